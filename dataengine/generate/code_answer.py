@@ -66,7 +66,9 @@ def parse_code_answer(text: str) -> CodeAnswer:
         try:
             ast.parse(code)
         except SyntaxError as exc:
-            return CodeAnswer(sections["problem"], solution, tests, f"{name} does not parse: {exc.msg} (line {exc.lineno})")
+            return CodeAnswer(
+                sections["problem"], solution, tests, f"{name} does not parse: {exc.msg} (line {exc.lineno})"
+            )
     if "assert" not in tests:
         return CodeAnswer(sections["problem"], solution, tests, "tests contain no assert")
     return CodeAnswer(sections["problem"], solution, tests, None)

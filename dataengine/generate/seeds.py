@@ -88,7 +88,9 @@ def chat_seeds(gen: GenerateConfig) -> list[PromptSeed]:
             # A quota larger than the topic pool repeats topics; the repeat number keeps prompts distinct.
             suffix = "" if n < len(pool) else f" ({n // len(pool) + 1})"
             seeds.append(
-                PromptSeed("chat", "instruct_answer", lang.code, topic, template.format(topic=topic) + suffix, chat.rollouts)
+                PromptSeed(
+                    "chat", "instruct_answer", lang.code, topic, template.format(topic=topic) + suffix, chat.rollouts
+                )
             )
     return seeds
 

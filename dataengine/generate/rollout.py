@@ -1,0 +1,93 @@
+"""What one prompt asks of the teacher, as a datatrove rollout function.
+
+One datatrove document is one distinct prompt. For an `instruct_answer` prompt the teacher first
+writes the question (once, shared by every rollout), then answers it `rollouts` times; other tasks
+answer the prompt directly. Every request carries a seed derived from the prompt, so a resumed run
+sends byte-identical requests and datatrove's request cache answers the finished ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from datatrove.data import Document
+from datatrove.pipeline.inference.types import GenerateFunction
+
+_LABEL = re.compile(
+    r"^\s*(?:\*\*)?(?:question|frage|pregunta|domanda|pergunta|вопрос|问题)\s*[:：]\s*(?:\*\*)?\s*", re.I
+)
+
+
+def request_seed(*parts: object) -> int:
+    """A stable 31-bit sampling seed from the run seed, the prompt and the request's role."""
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:4], "big") >> 1
+
+
+def clean_question(text: str) -> str:
+    """The question a teacher wrote, without a leading label, quotes, or rambling after a blank line."""
+    text = text.strip()
+    text = re.split(r"\n\s*\n", text, maxsplit=1)[0]
+    text = _LABEL.sub("", text).strip()
+    return text.strip("\"'“”«»「」 \n")
+
+
+def _payload(
+    messages: list[dict], max_tokens: int, tag: str, seed: int | None, prefix: str | None = None
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "user": tag}
+    if seed is not None:
+        payload["seed"] = seed
+    if prefix:
+        # vLLM continues a partial assistant turn: the answer starts in the format we parse
+        payload.update(
+            messages=messages + [{"role": "assistant", "content": prefix}],
+            continue_final_message=True,
+            add_generation_prompt=False,
+        )
+    return payload
+
+
+async def rollout(document: Document, generate: GenerateFunction, *, on_done: Callable[[int], None]) -> dict[str, Any]:
+    meta = document.metadata
+    result: dict[str, Any] = {"question": None, "question_finish_reason": None, "question_tokens": 0, "answers": []}
+    user = document.text
+    if meta["task"] == "instruct_answer":
+        question_request = [{"role": "user", "content": document.text}]
+        asked = await generate(
+            _payload(question_request, meta["question_max_tokens"], f"{document.id}/q", meta["question_seed"])
+        )
+        user = clean_question(asked.text)
+        result.update(
+            question=user,
+            question_finish_reason=asked.finish_reason,
+            question_tokens=asked.usage.get("completion_tokens", 0),
+        )
+        if not user:
+            on_done(result["question_tokens"])
+            return result  # no question, no answers: counted as a drop by the stage
+    messages = ([{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []) + [
+        {"role": "user", "content": user}
+    ]
+    answers = await asyncio.gather(
+        *(
+            generate(_payload(messages, meta["max_tokens"], f"{document.id}/a{r}", seed, meta.get("answer_prefix")))
+            for r, seed in enumerate(meta["answer_seeds"])
+        )
+    )
+    result["messages"] = messages
+    result["answers"] = [
+        {
+            "text": (meta.get("answer_prefix") or "") + a.text,
+            "finish_reason": a.finish_reason,
+            "prompt_tokens": a.usage.get("prompt_tokens", 0),
+            "completion_tokens": a.usage.get("completion_tokens", 0),
+            "seed": s,
+        }
+        for a, s in zip(answers, meta["answer_seeds"], strict=True)
+    ]
+    on_done(result["question_tokens"] + sum(a["completion_tokens"] for a in result["answers"]))
+    return result

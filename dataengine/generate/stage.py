@@ -1,0 +1,294 @@
+"""The generate stage: seeds -> teacher (datatrove InferenceRunner over vLLM) -> sample rows."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from datatrove.data import Document
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+from datatrove.pipeline.inference.servers import EndpointServer
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+from loguru import logger
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dataengine.errors import StageError
+from dataengine.generate.code_answer import parse_code_answer
+from dataengine.generate.rollout import request_seed, rollout
+from dataengine.generate.seeds import PromptSeed, expand_seeds
+from dataengine.manifest import Manifest, fingerprint_files
+from dataengine.recipe import Recipe, resolve_path
+from dataengine.runner import RunContext, StageResult
+from dataengine.sample import write_shards
+from dataengine.teacher.server import served_name
+
+
+class _RootEndpointServer(EndpointServer):
+    """datatrove's EndpointServer takes its URL as the OpenAI client's base (which must end in /v1)
+    but probes readiness at `<url>/v1/models`; we hand it `<root>/v1` and give the probe the root."""
+
+    def get_base_url(self) -> str:
+        return self.endpoint_url.rstrip("/").removesuffix("/v1")
+
+
+class _Runner(InferenceRunner):
+    def _init_server(self, rank: int) -> EndpointServer:
+        return _RootEndpointServer(self.config, rank)
+
+
+class GenerateStage:
+    name = "generate"
+    output = "generated"
+    inputs: tuple[str, ...] = ()
+
+    def __init__(self, recipe: Recipe, base_dir: Path) -> None:
+        self.recipe = recipe
+        self.base_dir = base_dir
+
+    def config_hash(self) -> str:
+        """What the rows depend on: the teacher's identity and the generate block, plus the
+        content of local prompt files. Server knobs (port, eager mode) do not change the data."""
+        t = self.recipe.teacher
+        digest = hashlib.sha256(self.recipe.fingerprint("generate").encode())
+        digest.update(orjson.dumps([t.model, t.revision, t.builtin.model_dump(), t.served_model_name]))
+        for src in self.recipe.generate.sources:
+            if src.path:
+                digest.update(fingerprint_files([resolve_path(src.path, self.base_dir)]).encode())
+        return digest.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ documents
+
+    def documents(self, seeds: list[PromptSeed]) -> list[Document]:
+        gen = self.recipe.generate
+        seeded = gen.sampling.seed_requests
+        docs = []
+        for seed in seeds:
+            is_code = seed.kind == "code"
+            max_tokens = gen.code.max_tokens if is_code and gen.code else gen.sampling.max_tokens
+            system = gen.chat.system_prompt if gen.chat and seed.kind == "chat" else None
+            meta = {
+                **{k: getattr(seed, k) for k in ("kind", "task", "language", "topic", "rollouts")},
+                "max_tokens": max_tokens,
+                "question_max_tokens": gen.chat.question_max_tokens if gen.chat else 0,
+                "question_seed": request_seed(gen.seed, seed.key, "question") if seeded else None,
+                "answer_seeds": [
+                    request_seed(gen.seed, seed.key, "answer", r) if seeded else None for r in range(seed.rollouts)
+                ],
+                "system_prompt": system,
+                "answer_prefix": gen.code.answer_prefix if is_code and gen.code else None,
+            }
+            docs.append(Document(text=seed.prompt, id=seed.key, metadata=meta))
+        return docs
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
+        seeds = expand_seeds(self.recipe.generate, self.base_dir)
+        unique = list({s.key: s for s in seeds}.values())
+        if not unique:
+            raise StageError("no prompts to generate: quotas are 0 and the prompt sources are empty")
+        docs = self.documents(unique)
+        ctx.log(f"{len(docs)} prompts, {sum(s.rollouts for s in unique)} rollouts expected")
+        elapsed = self._infer(ctx, docs, work_dir)
+        rows, drops, duplicates = self._rows(ctx, work_dir / "raw")
+        expected = sum(s.rollouts for s in unique)
+        missing = expected - len(rows) - drops.get("empty_question", 0)
+        if missing:
+            raise StageError(
+                f"generation lost {missing} of {expected} rollouts (see {work_dir / 'logs'}); "
+                "run again to resume, finished requests are not sent twice"
+            )
+        paths = write_shards(rows, output_dir)
+        return StageResult(
+            rows_in=expected,
+            rows_out=len(rows),
+            output_fingerprint=fingerprint_files(paths),
+            drops=dict(drops),
+            stats=self._stats(rows, elapsed, len(docs), duplicates),
+        )
+
+    def _infer(self, ctx: RunContext, docs: list[Document], work_dir: Path) -> float:
+        """Run datatrove's InferenceRunner over the prompts; returns seconds spent generating."""
+        gen = self.recipe.generate
+        config = InferenceConfig(
+            server_type="endpoint",
+            model_name_or_path=served_name(self.recipe.teacher),
+            endpoint_url=ctx.teacher.url() + "/v1",
+            use_chat=True,
+            default_generation_params={"temperature": gen.sampling.temperature, "top_p": gen.sampling.top_p},
+            max_concurrent_generations=gen.max_concurrent_requests,
+            request_timeout=gen.request_timeout_s,
+            metric_interval=3600,
+        )
+        done_before = len(_ids_in(work_dir / "raw") | _ids_in(work_dir / "checkpoints"))
+        with _progress(ctx.console) as progress:
+            task = progress.add_task("generating", total=len(docs), completed=done_before, tokens=0)
+
+            def on_done(tokens: int) -> None:
+                progress.advance(task)
+                progress.update(task, tokens=progress.tasks[task].fields["tokens"] + tokens)
+
+            runner = _Runner(
+                rollout_fn=rollout,
+                config=config,
+                output_writer=JsonlWriter(
+                    str(work_dir / "raw"), output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None
+                ),
+                # a function, not a dict: the executor deep-copies the pipeline, and a function is copied by reference
+                shared_context=lambda: {"on_done": on_done},
+                checkpoints_local_dir=str(work_dir / "checkpoints"),
+                records_per_chunk=gen.records_per_chunk,
+            )
+            executor = LocalPipelineExecutor(
+                pipeline=[docs, runner], tasks=1, workers=1, logging_dir=str(work_dir / "logs")
+            )
+            started = time.time()
+            with datatrove_logs_to(work_dir / "datatrove.log"):
+                try:
+                    executor.run()
+                except Exception as exc:
+                    raise StageError(
+                        f"generation failed: {exc}\nlog: {work_dir / 'logs'}; run again to resume"
+                    ) from exc
+        return time.time() - started
+
+    def _rows(self, ctx: RunContext, raw: Path) -> tuple[list[dict], Counter, int]:
+        """Turn datatrove's documents (one per prompt) into sample rows (one per rollout)."""
+        recipe, gen = self.recipe, self.recipe.generate
+        teacher = recipe.teacher
+        revision = teacher.revision or ""
+        if teacher.is_builtin:
+            from dataengine.teacher.builtin import build_key
+
+            revision = f"build-{build_key(teacher.model.split(':', 1)[1], teacher.builtin)}"
+        created = datetime.now(UTC).isoformat()
+        gen_hash = self.config_hash()
+        rows: dict[str, dict[str, Any]] = {}
+        drops: Counter = Counter()
+        duplicates = 0
+        with datatrove_logs_to(raw.parent / "datatrove.log"):
+            docs = list(JsonlReader(str(raw), compression=None).run())
+        for doc in docs:
+            meta = doc.metadata
+            for result in meta["rollout_results"]:
+                if not result["answers"]:
+                    drops["empty_question"] += meta["rollouts"]
+                    continue
+                for index, answer in enumerate(result["answers"]):
+                    row_id = hashlib.sha256(f"{doc.id}\x1f{index}\x1f{gen_hash}".encode()).hexdigest()[:24]
+                    if row_id in rows:
+                        duplicates += 1  # a resumed chunk replayed from its checkpoint
+                        continue
+                    code = parse_code_answer(answer["text"]) if meta["kind"] == "code" else None
+                    rows[row_id] = {
+                        "id": row_id,
+                        "messages": result["messages"] + [{"role": "assistant", "content": answer["text"]}],
+                        "kind": meta["kind"],
+                        "language": meta["language"],
+                        "topic": meta["topic"],
+                        "task": meta["task"],
+                        "teacher_model": teacher.model,
+                        "teacher_revision": revision,
+                        "sampling": {
+                            "temperature": gen.sampling.temperature,
+                            "top_p": gen.sampling.top_p,
+                            "max_tokens": meta["max_tokens"],
+                        },
+                        "seed": answer["seed"],
+                        "rollout_index": index,
+                        "finish_reason": answer["finish_reason"],
+                        "prompt_tokens": answer["prompt_tokens"],
+                        "completion_tokens": answer["completion_tokens"],
+                        "instruction": doc.text,
+                        "question_finish_reason": result["question_finish_reason"],
+                        "run_id": ctx.run_id,
+                        "recipe_hash": recipe.fingerprint(),
+                        "created_at": created,
+                        "code_problem": code.problem if code else None,
+                        "code_solution": code.solution if code else None,
+                        "code_tests": code.tests if code else None,
+                        "code_parse_error": code.parse_error if code else None,
+                    }
+        ordered = sorted(rows.values(), key=lambda r: (r["kind"], r["language"], r["id"]))
+        return ordered, drops, duplicates
+
+    @staticmethod
+    def _stats(rows: list[dict], seconds: float, prompts: int, duplicates: int) -> dict[str, Any]:
+        per_group = Counter(f"{r['kind']}/{r['language']}" for r in rows)
+        completion = sum(r["completion_tokens"] for r in rows)
+        return {
+            "prompts": prompts,
+            "rows_by_kind_language": dict(sorted(per_group.items())),
+            "finish_reasons": dict(Counter(r["finish_reason"] for r in rows)),
+            "code_parsed": sum(1 for r in rows if r["kind"] == "code" and r["code_parse_error"] is None),
+            "code_rows": sum(1 for r in rows if r["kind"] == "code"),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+            "completion_tokens": completion,
+            "generation_seconds": round(seconds, 2),
+            # answers only: question-writing tokens are not in the rows; rows replayed after a resume
+            # were generated earlier, so this under-reports speed on resumed runs
+            "answer_tokens_per_second": round(completion / seconds, 2) if seconds > 0 else None,
+            "replayed_duplicates": duplicates,
+        }
+
+    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
+        stats = manifest.stats
+        table = Table(title=f"generated: {manifest.rows_out} rows", title_justify="left")
+        table.add_column("kind/language")
+        table.add_column("rows", justify="right")
+        for group, count in stats["rows_by_kind_language"].items():
+            table.add_row(group, str(count))
+        console.print(table)
+        console.print(
+            f"tokens: {stats['prompt_tokens']} prompt, {stats['completion_tokens']} completion; "
+            f"{stats['answer_tokens_per_second']} answer tokens/s over {stats['generation_seconds']}s; "
+            f"finish reasons {stats['finish_reasons']}; code answers parsed {stats['code_parsed']}/{stats['code_rows']}"
+        )
+        if manifest.drops:
+            console.print(f"dropped: {manifest.drops}")
+        console.print(f"output: {output_dir}")
+
+
+@contextlib.contextmanager
+def datatrove_logs_to(path: Path) -> Iterator[None]:
+    """datatrove logs every task to stderr as well as to its own log file; send that copy to a file
+    so the terminal keeps the progress bar, then leave loguru with warnings-only on stderr."""
+    with open(path, "a") as sink, contextlib.redirect_stderr(sink):
+        try:
+            yield
+        finally:
+            logger.remove()
+            logger.add(sys.stderr, level="WARNING")
+
+
+def _ids_in(folder: Path) -> set[str]:
+    """Ids of documents already written (raw output or checkpoints), to start the progress bar there."""
+    ids: set[str] = set()
+    for path in folder.rglob("*.jsonl") if folder.exists() else []:
+        for line in path.read_bytes().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                ids.add(orjson.loads(line)["id"])
+    return ids
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("prompts · {task.fields[tokens]} tokens"),
+        TimeElapsedColumn(),
+        console=console,
+    )
