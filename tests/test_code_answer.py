@@ -1,0 +1,68 @@
+from dataengine.generate.code_answer import parse_code_answer
+
+GOOD = """### Problem
+Write `add(a, b)` that returns the sum of two numbers.
+
+### Solution
+```python
+def add(a, b):
+    return a + b
+```
+
+### Tests
+```python
+assert add(1, 2) == 3
+assert add(-1, 1) == 0
+```
+"""
+
+
+def test_well_formed_answer():
+    parsed = parse_code_answer(GOOD)
+    assert parsed.ok
+    assert parsed.problem.startswith("Write `add(a, b)`")
+    assert parsed.solution == "def add(a, b):\n    return a + b"
+    assert parsed.tests.splitlines() == ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
+
+
+def test_heading_variants_are_accepted():
+    text = GOOD.replace("### Problem", "**Problem:**").replace("### Solution", "## Solution").replace(
+        "### Tests", "Unit tests:"
+    )
+    parsed = parse_code_answer(text)
+    assert parsed.ok, parsed.parse_error
+    assert "return a + b" in parsed.solution
+
+
+def test_missing_fence_uses_section_text():
+    text = "### Problem\nSum.\n### Solution\ndef add(a, b):\n    return a + b\n### Tests\nassert add(1, 1) == 2\n"
+    parsed = parse_code_answer(text)
+    assert parsed.ok and parsed.solution.startswith("def add")
+
+
+def test_unclosed_fence_at_end_still_parses():
+    parsed = parse_code_answer(GOOD.rstrip().removesuffix("```"))
+    assert parsed.ok and parsed.tests.endswith("== 0")
+
+
+def test_missing_sections_are_named():
+    parsed = parse_code_answer("```python\ndef f():\n    pass\n```")
+    assert not parsed.ok and parsed.parse_error == "missing section(s): problem, solution, tests"
+    parsed = parse_code_answer(GOOD.split("### Tests")[0])
+    assert parsed.parse_error == "missing section(s): tests"
+    assert parsed.solution is not None
+
+
+def test_syntax_error_is_reported_with_line():
+    parsed = parse_code_answer(GOOD.replace("return a + b", "return a +"))
+    assert not parsed.ok and parsed.parse_error.startswith("solution does not parse") and "line 2" in parsed.parse_error
+
+
+def test_tests_without_assert():
+    parsed = parse_code_answer(GOOD.replace("assert add(1, 2) == 3\nassert add(-1, 1) == 0", "print(add(1, 2))"))
+    assert parsed.parse_error == "tests contain no assert"
+
+
+def test_empty_sections():
+    parsed = parse_code_answer("### Problem\n\n### Solution\n```python\n```\n### Tests\nassert True\n")
+    assert not parsed.ok and "problem" in parsed.parse_error

@@ -1,0 +1,121 @@
+"""Recipe validation: every bad input gets a precise message (field, line, value, what is allowed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dataengine.errors import RecipeError
+from dataengine.recipe import load_recipe, parse_recipe
+from tests.conftest import MINIMAL
+
+
+def problems(text: str) -> str:
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text, "r.yaml")
+    return "\n".join(info.value.problems)
+
+
+def test_minimal_recipe_gets_defaults():
+    recipe = parse_recipe(MINIMAL)
+    assert recipe.pipeline == "generate"
+    assert recipe.teacher.builtin.num_experts == 4
+    assert recipe.generate.chat.languages[0].quota == 2
+    assert recipe.generate.sampling.max_tokens == 256
+
+
+def test_shipped_quickstart_is_valid():
+    recipe = load_recipe("recipes/quickstart.yaml")
+    langs = [lang.code for lang in recipe.generate.chat.languages]
+    assert len(langs) >= 3 and recipe.generate.code.count > 0
+
+
+BAD = [
+    # (description, recipe text, expected fragments of the message)
+    ("yaml syntax", "name: t\nteacher: [unclosed\n", ["line 3", "YAML syntax error"]),
+    ("top level not a mapping", "- a\n- b\n", ["must be a YAML mapping"]),
+    ("unknown key with hint", MINIMAL + "genrate: {}\n", ["line 9", "genrate: unknown key", "did you mean 'generate'"]),
+    (
+        "nested unknown key",
+        MINIMAL.replace("model: builtin:smollm2-moe", "model: builtin:smollm2-moe\n  vllm: {enforce_eagr: true}"),
+        ["teacher.vllm.enforce_eagr: unknown key", "did you mean 'enforce_eager'"],
+    ),
+    ("wrong type", MINIMAL.replace("quota: 2", "quota: many"), ["generate.chat.languages[0].quota", "'many'"]),
+    ("out of range", MINIMAL + "  sampling: {temperature: 5}\n", ["generate.sampling.temperature", "less than or equal to 2"]),
+    ("missing field", "name: t\ngenerate: {chat: {languages: [{code: en, quota: 1}]}}\n", ["teacher: required field is missing"]),
+    ("unknown pipeline", MINIMAL + "pipeline: generat\n", ["unknown pipeline 'generat'", "did you mean 'generate'"]),
+    ("unknown builtin", MINIMAL.replace("smollm2-moe", "gpt5"), ["unknown builtin teacher 'gpt5'", "smollm2-moe"]),
+    ("bad language code", MINIMAL.replace("code: en", "code: English"), ["not a BCP-47 language code"]),
+    (
+        "language without meta-prompt",
+        MINIMAL.replace("code: en", "code: sw"),
+        ["language 'sw' has no shipped meta-prompt", "instruction:"],
+    ),
+    ("nothing to generate", "name: t\nteacher: {model: builtin:smollm2-moe}\ngenerate: {}\n", ["nothing to generate"]),
+    ("missing prompt file", MINIMAL + "  sources: [{path: nope.jsonl}]\n", ["generate.sources[0].path: file not found"]),
+    ("two prompt origins", MINIMAL + "  sources: [{path: a.jsonl, dataset: org/x}]\n", ["exactly one of `path`"]),
+    ("reserved block", MINIMAL + "train: {epochs: 1}\n", ["`train` block is reserved"]),
+    ("bad endpoint", MINIMAL.replace("smollm2-moe", "smollm2-moe\n  endpoint: localhost:8000"), ["http(s) URL"]),
+    ("bad name", MINIMAL.replace("name: t", "name: ../escape"), ["must be letters, digits"]),
+    ("unknown domain", MINIMAL + "    domains: [astrology]\n", ["unknown topic domain", "science"]),
+]
+
+
+@pytest.mark.parametrize("label, text, expected", [b for b in BAD if b[2]], ids=[b[0] for b in BAD if b[2]])
+def test_bad_recipes_are_explained(label, text, expected):
+    message = problems(text)
+    for fragment in expected:
+        assert fragment in message, f"{label}: {fragment!r} not in {message!r}"
+
+
+def test_top_k_above_experts():
+    text = MINIMAL.replace("model: builtin:smollm2-moe", "model: builtin:smollm2-moe\n  builtin: {num_experts: 2, top_k: 3}")
+    assert "top_k (3) must be <= num_experts (2)" in problems(text)
+
+
+def test_all_problems_reported_at_once():
+    text = MINIMAL.replace("quota: 2", "quota: -1") + "  sampling: {top_p: 0}\n"
+    message = problems(text)
+    assert "quota" in message and "top_p" in message
+
+
+def test_env_interpolation(monkeypatch):
+    monkeypatch.setenv("TEACHER_URL", "http://127.0.0.1:9999")
+    text = MINIMAL.replace("smollm2-moe", "smollm2-moe\n  endpoint: ${TEACHER_URL}") + "output_dir: ${OUT:-runs/x}\n"
+    recipe = parse_recipe(text)
+    assert recipe.teacher.endpoint == "http://127.0.0.1:9999"
+    assert recipe.output_dir == "runs/x"
+
+
+def test_missing_env_var_is_named():
+    text = MINIMAL.replace("smollm2-moe", "smollm2-moe\n  endpoint: ${NOT_SET_ANYWHERE_123}")
+    assert "teacher.endpoint: environment variable ${NOT_SET_ANYWHERE_123} is not set" in problems(text)
+
+
+def test_relative_source_paths_resolve_from_recipe_folder(write_recipe, tmp_path):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
+    recipe = load_recipe(write_recipe(MINIMAL + "  sources: [{path: prompts.jsonl}]\n"))
+    assert recipe.generate.sources[0].path == "prompts.jsonl"
+
+
+def test_cli_exit_code_2_and_no_traceback(write_recipe):
+    path = write_recipe(MINIMAL + "genrate: {}\n")
+    done = subprocess.run([sys.executable, "-m", "dataengine.cli", "validate", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "did you mean 'generate'" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_cli_missing_file_exit_2(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "dataengine.cli", "plan", str(tmp_path / "nope.yaml")], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "file not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_fingerprint_tracks_content():
+    a, b = parse_recipe(MINIMAL), parse_recipe(MINIMAL.replace("quota: 2", "quota: 3"))
+    assert a.fingerprint("generate") != b.fingerprint("generate")
+    assert a.fingerprint("teacher") == b.fingerprint("teacher")

@@ -1,0 +1,104 @@
+"""Seed expansion: quotas, determinism, distinct prompts, and prompts from files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dataengine.errors import UserError
+from dataengine.generate.rollout import clean_question
+from dataengine.generate.seeds import expand_seeds, load_languages, load_topics
+from dataengine.recipe import parse_recipe
+
+RECIPE = """
+name: t
+teacher: {{model: builtin:smollm2-moe}}
+generate:
+  seed: {seed}
+  chat:
+    languages:
+      - {{code: en, quota: 3}}
+      - {{code: fr, quota: 5}}
+      - {{code: zh, quota: 0}}
+    rollouts: 2
+  code: {{count: 4, rollouts: 3}}
+"""
+
+
+def seeds(seed: int = 0, extra: str = "", base_dir=None):
+    recipe = parse_recipe(RECIPE.format(seed=seed) + extra, base_dir=base_dir)
+    return expand_seeds(recipe.generate, base_dir)
+
+
+def test_quotas_per_language_and_kind():
+    out = seeds()
+    counts = Counter((s.kind, s.language) for s in out)
+    assert counts == {("chat", "en"): 3, ("chat", "fr"): 5, ("code", "en"): 4}
+    assert {s.rollouts for s in out if s.kind == "chat"} == {2}
+    assert {s.rollouts for s in out if s.kind == "code"} == {3}
+
+
+def test_prompts_are_in_the_target_language_template():
+    out = seeds()
+    fr = [s for s in out if s.language == "fr"]
+    assert all(s.prompt.startswith("Écris une seule question") for s in fr)
+    assert all(s.topic in s.prompt for s in fr)
+
+
+def test_expansion_is_deterministic_and_seed_dependent():
+    assert [s.key for s in seeds(0)] == [s.key for s in seeds(0)]
+    assert [s.topic for s in seeds(0)] != [s.topic for s in seeds(1)]
+
+
+def test_prompts_are_distinct_even_beyond_the_topic_pool():
+    pool = sum(len(t) for t in load_topics().values())
+    extra_quota = RECIPE.replace("quota: 3", f"quota: {pool + 5}")
+    recipe = parse_recipe(extra_quota.format(seed=0))
+    out = expand_seeds(recipe.generate, None)
+    en = [s for s in out if s.kind == "chat" and s.language == "en"]
+    assert len(en) == pool + 5
+    assert len({s.key for s in en}) == pool + 5
+
+
+def test_every_shipped_language_template_has_topic_slot():
+    for code, spec in load_languages().items():
+        assert "{topic}" in spec["instruction"], code
+
+
+def test_prompts_from_jsonl_and_parquet(tmp_path):
+    (tmp_path / "p.jsonl").write_text(
+        "\n".join(json.dumps({"q": f"question {i}", "lang": "de" if i % 2 else "en"}) for i in range(5)) + "\n"
+    )
+    pq.write_table(pa.table({"prompt": ["a", "b", "  "]}), tmp_path / "p.parquet")
+    extra = (
+        "  sources:\n"
+        "    - {path: p.jsonl, field: q, language_field: lang, limit: 4}\n"
+        "    - {path: p.parquet, language: es}\n"
+    )
+    out = [s for s in seeds(extra=extra, base_dir=tmp_path) if s.task == "answer"]
+    assert [s.prompt for s in out] == ["question 0", "question 1", "question 2", "question 3", "a", "b"]
+    assert [s.language for s in out] == ["en", "de", "en", "de", "es", "es"]
+
+
+def test_missing_column_is_a_clear_error(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"text": "hi"}\n')
+    with pytest.raises(UserError, match="no column 'prompt'.*columns: text"):
+        seeds(extra="  sources: [{path: p.jsonl}]\n", base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("  What is a black hole?  ", "What is a black hole?"),
+        ('Question: "Why is the sky blue?"', "Why is the sky blue?"),
+        ("问题：什么是光合作用？", "什么是光合作用？"),
+        ("How do vaccines work?\n\nVaccines work by ...", "How do vaccines work?"),
+        ("", ""),
+    ],
+)
+def test_clean_question(raw, clean):
+    assert clean_question(raw) == clean
