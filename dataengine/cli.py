@@ -71,6 +71,14 @@ def run(
     run_recipe(r, base, run_dir=output, only=stage, force=force, console=console)
 
 
+@app.command()
+def reference() -> None:
+    """Print the recipe reference (every key, type, default and meaning) as Markdown."""
+    from dataengine.reference import render
+
+    typer.echo(render(), nl=False)
+
+
 @teacher_app.command("build")
 def teacher_build(recipe: RecipeArg) -> None:
     """Build (once) the recipe's builtin teacher and print its folder."""

@@ -51,31 +51,33 @@ class BuiltinTeacherOptions(StrictModel):
 class VLLMOptions(StrictModel):
     """Passed through to `python -m vllm.entrypoints.openai.api_server`."""
 
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="address the server binds to")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
-    max_model_len: int | None = Field(2048, ge=64)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="weights and activations")
+    max_model_len: int | None = Field(2048, ge=64, description="context length; null takes the model's")
     enforce_eager: bool = Field(False, description="skip graph compilation: faster start, slower decode")
-    tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1)
-    enable_expert_parallel: bool = False
-    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
-    max_logprobs: int = Field(20, ge=0)
-    max_num_seqs: int | None = Field(None, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica")
+    data_parallel_size: int = Field(1, ge=1, description="model replicas behind one server")
+    enable_expert_parallel: bool = Field(False, description="spread MoE experts over the parallel ranks")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0.0, le=1.0, description="GPU memory share; null: vLLM's default"
+    )
+    max_logprobs: int = Field(20, ge=0, description="largest top-k of logprobs a request may ask for")
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences decoded together; null: vLLM's default")
     extra_args: list[str] = Field(default_factory=list, description="more server flags, verbatim")
     env: dict[str, str] = Field(
         default_factory=dict, description="extra environment for the server, e.g. VLLM_CPU_KVCACHE_SPACE"
     )
-    startup_timeout_s: float = Field(900.0, gt=0)
+    startup_timeout_s: float = Field(900.0, gt=0, description="give up if the server is not ready by then")
 
 
 class TeacherConfig(StrictModel):
     model: str = Field(description="Hub id, local folder, or builtin:<name>")
-    revision: str | None = None
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the teacher")
     endpoint: str | None = Field(None, description="use a running OpenAI-compatible server instead of starting one")
     served_model_name: str | None = Field(None, description="model name the endpoint expects; defaults to `model`")
-    builtin: BuiltinTeacherOptions = BuiltinTeacherOptions()
-    vllm: VLLMOptions = VLLMOptions()
+    builtin: BuiltinTeacherOptions = Field(BuiltinTeacherOptions(), description="options of builtin:<name> teachers")
+    vllm: VLLMOptions = Field(VLLMOptions(), description="how the engine starts vLLM (unused with `endpoint`)")
 
     @field_validator("model")
     @classmethod
@@ -104,8 +106,8 @@ class TeacherConfig(StrictModel):
 
 
 class SamplingConfig(StrictModel):
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 is greedy")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     max_tokens: int = Field(256, ge=1, description="answer length cap; a longer answer ends with finish_reason=length")
     seed_requests: bool = Field(
         False,
@@ -133,12 +135,12 @@ class LanguageQuota(StrictModel):
 class ChatConfig(StrictModel):
     """Multilingual instruction/answer pairs: the teacher writes a question in the language, then answers it."""
 
-    languages: list[LanguageQuota] = Field(min_length=1)
+    languages: list[LanguageQuota] = Field(min_length=1, description="languages with their prompt quotas")
     domains: list[str] | None = Field(None, description="subset of the shipped topic domains; all when unset")
     topics: list[str] | None = Field(None, description="your own topics, replacing the shipped ones")
     rollouts: int = Field(1, ge=1, le=64, description="answers sampled per question")
-    question_max_tokens: int = Field(96, ge=8)
-    system_prompt: str | None = None
+    question_max_tokens: int = Field(96, ge=8, description="length cap of the question the teacher writes")
+    system_prompt: str | None = Field(None, description="system turn of every chat answer")
 
     @model_validator(mode="after")
     def _languages_are_usable(self) -> ChatConfig:
@@ -170,7 +172,7 @@ class CodeConfig(StrictModel):
 
     count: int = Field(ge=0, description="number of distinct code prompts")
     archetypes: list[str] | None = Field(None, description="subset of the shipped archetypes; all when unset")
-    rollouts: int = Field(1, ge=1, le=64)
+    rollouts: int = Field(1, ge=1, le=64, description="answers sampled per code prompt")
     max_tokens: int = Field(512, ge=16, description="answer length cap for code answers")
     language: str = Field("en", description="natural language the problem is asked in")
     answer_prefix: str | None = Field(
@@ -197,12 +199,12 @@ class PromptSource(StrictModel):
 
     path: str | None = Field(None, description="local .jsonl, .json or .parquet file")
     dataset: str | None = Field(None, description="Hub dataset id, loaded with datasets.load_dataset")
-    split: str = "train"
+    split: str = Field("train", description="split of the Hub dataset")
     field: str = Field("prompt", description="column holding the prompt text")
     language_field: str | None = Field(None, description="column holding a BCP-47 code per row")
     language: str = Field("en", description="language of every row when language_field is unset")
-    limit: int | None = Field(None, ge=1)
-    rollouts: int = Field(1, ge=1, le=64)
+    limit: int | None = Field(None, ge=1, description="read at most this many rows")
+    rollouts: int = Field(1, ge=1, le=64, description="answers sampled per prompt")
 
     @model_validator(mode="after")
     def _one_origin(self) -> PromptSource:
@@ -215,13 +217,13 @@ class PromptSource(StrictModel):
 
 class GenerateConfig(StrictModel):
     seed: int = Field(0, description="drives topic and archetype choice and per-request sampling seeds")
-    sampling: SamplingConfig = SamplingConfig()
-    chat: ChatConfig | None = None
-    code: CodeConfig | None = None
-    sources: list[PromptSource] = Field(default_factory=list)
-    max_concurrent_requests: int = Field(32, ge=1, le=4096)
+    sampling: SamplingConfig = Field(SamplingConfig(), description="sampling of every answer")
+    chat: ChatConfig | None = Field(None, description="multilingual instruction/answer pairs")
+    code: CodeConfig | None = Field(None, description="code tasks with solution and tests")
+    sources: list[PromptSource] = Field(default_factory=list, description="prompts from files or Hub datasets")
+    max_concurrent_requests: int = Field(32, ge=1, le=4096, description="requests in flight to the teacher")
     records_per_chunk: int = Field(16, ge=1, description="checkpoint granularity: rows per resumable chunk")
-    request_timeout_s: float = Field(600.0, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0, description="per request, before it is retried")
 
     @model_validator(mode="after")
     def _something_to_generate(self) -> GenerateConfig:
@@ -236,10 +238,10 @@ class GenerateConfig(StrictModel):
 class Recipe(StrictModel):
     name: str = Field(description="run name; also the default output folder runs/<name>")
     pipeline: str = Field("generate", description="a module in pipelines/ that turns the recipe into stages")
-    description: str | None = None
+    description: str | None = Field(None, description="free text, shown in plans and reports")
     output_dir: str | None = Field(None, description="run folder; default runs/<name> in the working directory")
-    teacher: TeacherConfig
-    generate: GenerateConfig
+    teacher: TeacherConfig = Field(description="the model that writes the data")
+    generate: GenerateConfig = Field(description="what to ask the teacher")
     curate: Any = None
     train: Any = None
     publish: Any = None

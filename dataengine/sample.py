@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset, Features, List, Value, disable_progress_bars
 
 SAMPLE_FEATURES = Features(
     {
@@ -44,5 +44,6 @@ def write_shards(
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
     path = data / f"{split}-00000-of-00001.parquet"
+    disable_progress_bars()  # a bar for one small file is noise in the run's output
     Dataset.from_list(rows, features=features).to_parquet(str(path))
     return [path]

@@ -26,8 +26,10 @@ def test_well_formed_answer():
 
 
 def test_heading_variants_are_accepted():
-    text = GOOD.replace("### Problem", "**Problem:**").replace("### Solution", "## Solution").replace(
-        "### Tests", "Unit tests:"
+    text = (
+        GOOD.replace("### Problem", "**Problem:**")
+        .replace("### Solution", "## Solution")
+        .replace("### Tests", "Unit tests:")
     )
     parsed = parse_code_answer(text)
     assert parsed.ok, parsed.parse_error

