@@ -118,13 +118,15 @@ def test_generate_run_then_skip(tmp_path):
     stats = manifest.stats
     assert stats["completion_tokens"] == sum(ds["completion_tokens"])
     assert stats["teacher_tokens_per_second"] > 0 and stats["question_tokens"] > 0
-    assert "generated:" in console.export_text() and str(out) in console.export_text()
+    shown = console.export_text()
+    assert "generated:" in shown and str(out) in shown and "chat/fr" in shown
 
     # second run: skipped from the manifest, no server started, output untouched
     before = (out / "manifest.json").read_text()
     console = Console(record=True, width=200)
     again = run_recipe(recipe, tmp_path, run_dir=run_dir, console=console)
-    assert "already done" in console.export_text() and "starting vLLM" not in console.export_text()
+    shown = console.export_text()
+    assert "already done" in shown and "starting vLLM" not in shown
     assert (out / "manifest.json").read_text() == before
     assert again["generate"].output_fingerprint == manifest.output_fingerprint
     assert [status for _, status in plan(recipe, tmp_path, run_dir)] == ["done"]
@@ -188,3 +190,18 @@ def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server):
     assert len(set(ds["id"])) == len(ds)
     assert sorted(ds["id"]) == sorted(full["id"])
     assert _requests(_stats(killed_dir)) < total_requests
+
+
+def test_upcycled_smollm2_matches_its_dense_parent():
+    """On the real GGUF model (fp32): identical experts reproduce the dense logits."""
+    import torch
+
+    from dataengine.recipe import BuiltinTeacherOptions
+    from dataengine.teacher.builtin import BUILTIN_MODELS, fetch_gguf, load_dense, upcycle
+
+    dense, tokenizer = load_dense(fetch_gguf(BUILTIN_MODELS["smollm2-moe"]))
+    moe = upcycle(dense, BuiltinTeacherOptions(num_experts=4, top_k=2))
+    ids = tokenizer(["The capital of France is", "def fibonacci(n):"], return_tensors="pt", padding=True).input_ids
+    with torch.no_grad():
+        diff = (dense(ids).logits - moe(ids).logits).abs().max().item()
+    assert diff < 1e-3

@@ -170,10 +170,14 @@ class TeacherEndpoint:
         self.server = None if teacher.endpoint else TeacherServer(teacher, log_path, log)
 
     def url(self) -> str:
+        """The server's base URL; (re)starts our own server if it is not running or has died."""
         if self.teacher.endpoint:
             return self.teacher.endpoint
         if self.server.process is None:
             self.server.start()
+        elif self.server.process.poll() is not None:
+            self.server.log(f"vLLM server had exited with code {self.server.process.returncode}; restarting it")
+            self.server.restart()
         return self.server.base_url
 
     def close(self) -> None:
