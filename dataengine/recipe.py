@@ -232,6 +232,99 @@ class GenerateConfig(StrictModel):
         return self
 
 
+# --------------------------------------------------------------------------- curate
+
+
+class FilterSwitch(StrictModel):
+    enabled: bool = Field(True, description="run this filter")
+
+
+class LengthConfig(StrictModel):
+    enabled: bool = True
+    min_chars: int = Field(16, ge=0, description="shorter answers are dropped (too_short)")
+    max_chars: int = Field(20000, ge=1, description="longer answers are dropped (too_long)")
+
+
+class RefusalConfig(StrictModel):
+    enabled: bool = True
+    extra_phrases: list[str] = Field(default_factory=list, description="more phrases, matched in every language")
+
+
+class LanguageCheckConfig(StrictModel):
+    enabled: bool = True
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="below this the answer is dropped as uncertain")
+
+
+class ProseQualityConfig(StrictModel):
+    """Gopher-style quality rules, on chat answers in spaced scripts only (never on code)."""
+
+    enabled: bool = True
+    min_words: int = Field(5, ge=0)
+    max_words: int = Field(5000, ge=1)
+
+
+class FiltersConfig(StrictModel):
+    truncated: FilterSwitch = Field(FilterSwitch(), description="finish_reason=length or an unclosed code fence")
+    length: LengthConfig = Field(LengthConfig(), description="empty, too short, too long answers")
+    refusal: RefusalConfig = Field(RefusalConfig(), description="refusals, AI boilerplate, identity leaks")
+    repetition: FilterSwitch = Field(FilterSwitch(), description="datatrove's GopherRepetitionFilter, chat answers")
+    language: LanguageCheckConfig = Field(LanguageCheckConfig(), description="answer in the language asked")
+    prose_quality: ProseQualityConfig = Field(ProseQualityConfig(), description="Gopher quality, chat only")
+
+
+class CodeCheckConfig(StrictModel):
+    """Code rows must parse and pass their own tests in the sandbox (a subprocess with limits)."""
+
+    enabled: bool = True
+    timeout_s: float = Field(10.0, gt=0, description="wall clock per run")
+    cpu_s: int = Field(10, ge=1)
+    memory_mb: int = Field(512, ge=64)
+    max_output_bytes: int = Field(16384, ge=256)
+    max_processes: int = Field(16, ge=1)
+    parallel: int = Field(2, ge=1, description="sandboxed runs at a time")
+    require_network_isolation: bool = Field(False, description="fail instead of warning when unshare -n is unavailable")
+
+
+class MinhashSettings(StrictModel):
+    enabled: bool = True
+    n_grams: int = Field(5, ge=1, description="word n-grams per shingle")
+    num_buckets: int = Field(14, ge=1, description="LSH bands")
+    hashes_per_bucket: int = Field(8, ge=1, description="rows per band; with num_buckets sets the threshold")
+
+
+class DedupConfig(StrictModel):
+    """Exact (normalised text) then MinHash near-duplicate removal over prompt + answer, per language."""
+
+    exact: bool = Field(True, description="drop exact copies of prompt + answer")
+    minhash: MinhashSettings = MinhashSettings()
+    reference: list[str] = Field(
+        default_factory=list, description="folders of earlier curated/published parquet to dedup against"
+    )
+
+
+class BenchmarkFile(StrictModel):
+    path: str = Field(description=".jsonl, .jsonl.gz or .parquet")
+    field: str = Field("prompt", description="column holding the benchmark text")
+    name: str | None = Field(None, description="label recorded on contaminated rows; default the file name")
+
+
+class DecontaminationConfig(StrictModel):
+    enabled: bool = True
+    n: int = Field(8, ge=3, description="n-gram size, lowercased words")
+    builtin: list[Literal["humaneval"]] = Field(["humaneval"], description="benchmarks shipped with the package")
+    files: list[BenchmarkFile] = Field(default_factory=list, description="your own benchmark files")
+
+
+class CurateConfig(StrictModel):
+    filters: FiltersConfig = FiltersConfig()
+    code: CodeCheckConfig = CodeCheckConfig()
+    dedup: DedupConfig = DedupConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
+    executor: Literal["local", "ray"] = Field("local", description="datatrove executor for every curation step")
+    tasks: int = Field(1, ge=1, description="datatrove tasks (shards) for the filter step")
+    workers: int = Field(1, ge=1, description="tasks run at once")
+
+
 # --------------------------------------------------------------------------- recipe
 
 
@@ -242,12 +335,12 @@ class Recipe(StrictModel):
     output_dir: str | None = Field(None, description="run folder; default runs/<name> in the working directory")
     teacher: TeacherConfig = Field(description="the model that writes the data")
     generate: GenerateConfig = Field(description="what to ask the teacher")
-    curate: Any = None
+    curate: CurateConfig | None = Field(None, description="filters, dedup, decontamination, code checks")
     train: Any = None
     publish: Any = None
     schedule: Any = None
 
-    @field_validator("curate", "train", "publish", "schedule")
+    @field_validator("train", "publish", "schedule")
     @classmethod
     def _reserved(cls, value: Any, info: ValidationInfo) -> Any:
         # Later stages fill these blocks in; until one runs them, a set block is an error, never a silent no-op.

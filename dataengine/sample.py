@@ -36,6 +36,23 @@ SAMPLE_FEATURES = Features(
     }
 )
 
+# Curation adds quality signals, dedup clusters and, on rejected rows, why and where they were dropped.
+CURATED_FEATURES = Features(
+    {
+        **SAMPLE_FEATURES,
+        "language_detected": Value("string"),
+        "language_confidence": Value("float32"),
+        "tests_passed": Value("bool"),
+        "test_runtime_s": Value("float32"),
+        "test_output": Value("string"),
+        "contaminated_by": Value("string"),
+        "dedup_cluster_id": Value("string"),
+        "dedup_cluster_size": Value("int32"),
+        "drop_reason": Value("string"),
+        "drop_step": Value("string"),
+    }
+)
+
 
 def write_shards(
     rows: list[dict], folder: Path, split: str = "train", features: Features = SAMPLE_FEATURES

@@ -14,6 +14,7 @@ The layers overlap on purpose: each one alone has known ways around it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -186,7 +187,5 @@ def _read_capped(proc: subprocess.Popen, limits: SandboxLimits, started: float) 
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

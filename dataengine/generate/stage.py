@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,6 @@ from datatrove.pipeline.inference.run_inference import InferenceConfig, Inferenc
 from datatrove.pipeline.inference.servers import EndpointServer
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
-from loguru import logger
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,6 +25,7 @@ from dataengine.errors import StageError
 from dataengine.generate.code_answer import parse_code_answer
 from dataengine.generate.rollout import request_seed, rollout
 from dataengine.generate.seeds import PromptSeed, expand_seeds
+from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
 from dataengine.runner import RunContext, StageResult
@@ -263,18 +261,6 @@ class GenerateStage:
         if manifest.drops:
             console.print(f"dropped: {manifest.drops}")
         console.print(f"output: {output_dir}")
-
-
-@contextlib.contextmanager
-def datatrove_logs_to(path: Path) -> Iterator[None]:
-    """datatrove logs every task to stderr as well as to its own log file; send that copy to a file
-    so the terminal keeps the progress bar, then leave loguru with warnings-only on stderr."""
-    with open(path, "a") as sink, contextlib.redirect_stderr(sink):
-        try:
-            yield
-        finally:
-            logger.remove()
-            logger.add(sys.stderr, level="WARNING")
 
 
 def _ids_in(folder: Path) -> set[str]:

@@ -19,9 +19,10 @@ UNSPACED = {"zh", "ja", "th", "lo", "km", "my", "bo"}
 
 @cache
 def _identifier():
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 
-    return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+    # the model shipped in the wheel, with probabilities normalised to [0, 1] (the default gives log-scores)
+    return LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
 
 
 def detect_language(text: str) -> tuple[str, float]:

@@ -1,0 +1,250 @@
+"""The curate stage: generated rows -> datatrove filters -> exact + MinHash dedup -> curated/ and rejected/.
+
+Every step is a datatrove pipeline with its own logging folder, so a crashed stage resumes per
+datatrove task (completed tasks are skipped). Nothing is silently lost: rows in = kept + rejected,
+checked before the manifest is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+from datatrove.data import Document
+from datatrove.pipeline.readers import JsonlReader, ParquetReader
+from datatrove.pipeline.writers import JsonlWriter
+from rich.console import Console
+from rich.table import Table
+
+from dataengine.curate.dedup import dedup_language
+from dataengine.curate.executor import pipeline_runner
+from dataengine.curate.filters.answer import LengthFilter, RefusalFilter, TruncationFilter
+from dataengine.curate.filters.code import CodeParseFilter, CodeTestsFilter
+from dataengine.curate.filters.decontamination import DecontaminationFilter, builtin_benchmarks, read_texts
+from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualityFilter, RepetitionFilter
+from dataengine.curate.sandbox import SandboxLimits
+from dataengine.errors import StageError
+from dataengine.logs import datatrove_logs_to
+from dataengine.manifest import Manifest, fingerprint_files
+from dataengine.recipe import CurateConfig, Recipe, resolve_path
+from dataengine.runner import RunContext, StageResult
+from dataengine.sample import CURATED_FEATURES, write_shards
+
+REJECTED = "rejected"
+
+
+def row_to_document(self, data: dict, path: str, id_in_file: int | str) -> dict:
+    """A sample row as a datatrove document: the answer is the text, the whole row the metadata."""
+    return {"text": data["messages"][-1]["content"], "id": data["id"], "metadata": data}
+
+
+def prompt_and_answer(self, document: Document) -> dict:
+    """What the dedup steps compare: prompt + answer. The row itself travels in the metadata."""
+    prompt = next((m["content"] for m in reversed(document.metadata["messages"]) if m["role"] == "user"), "")
+    return {"text": f"{prompt}\n\n{document.text}", "id": document.id, "metadata": document.metadata}
+
+
+class CurateStage:
+    name = "curate"
+    output = "curated"
+    inputs = ("generate",)
+
+    def __init__(self, recipe: Recipe, base_dir: Path) -> None:
+        if recipe.curate is None:
+            raise ValueError("the curate stage needs a `curate:` block")
+        self.recipe = recipe
+        self.cfg: CurateConfig = recipe.curate
+        self.base_dir = base_dir
+
+    def config_hash(self) -> str:
+        digest = hashlib.sha256(self.recipe.fingerprint("curate").encode())
+        for path in self._benchmark_paths().values():
+            digest.update(fingerprint_files([path]).encode())
+        return digest.hexdigest()[:16]
+
+    def _benchmark_paths(self) -> dict[str, Path]:
+        dc = self.cfg.decontamination
+        if not dc.enabled:
+            return {}
+        shipped = builtin_benchmarks()
+        paths = {name: shipped[name] for name in dc.builtin}
+        for f in dc.files:
+            path = resolve_path(f.path, self.base_dir)
+            paths[f.name or path.name] = path
+        return paths
+
+    # ------------------------------------------------------------------ pipeline pieces
+
+    def _filters(self, rejected: Path) -> list:
+        cfg, f = self.cfg, self.cfg.filters
+
+        def out(step: str) -> JsonlWriter:
+            return JsonlWriter(str(rejected), output_filename=f"{step}_${{rank}}.jsonl", compression=None)
+
+        steps: list = []
+        if f.truncated.enabled:
+            steps.append(TruncationFilter(exclusion_writer=out("truncated")))
+        if f.length.enabled:
+            steps.append(LengthFilter(f.length.min_chars, f.length.max_chars, exclusion_writer=out("length")))
+        if f.refusal.enabled:
+            steps.append(RefusalFilter(f.refusal.extra_phrases, exclusion_writer=out("refusal")))
+        if f.repetition.enabled:
+            steps.append(RepetitionFilter(exclusion_writer=out("repetition")))
+        if f.language.enabled:
+            steps.append(AnswerLanguageFilter(f.language.min_confidence, exclusion_writer=out("language")))
+        if f.prose_quality.enabled:
+            pq = f.prose_quality
+            steps.append(ProseQualityFilter(pq.min_words, pq.max_words, exclusion_writer=out("prose_quality")))
+        if cfg.code.enabled:
+            c = cfg.code
+            limits = SandboxLimits(
+                timeout_s=c.timeout_s, cpu_s=c.cpu_s, memory_mb=c.memory_mb, max_output_bytes=c.max_output_bytes,
+                max_processes=c.max_processes, require_network_isolation=c.require_network_isolation,
+            )  # fmt: skip
+            steps.append(CodeParseFilter(exclusion_writer=out("code_parse")))
+            steps.append(CodeTestsFilter(limits, c.parallel, exclusion_writer=out("code_tests")))
+        if cfg.decontamination.enabled:
+            fields = {f.name or resolve_path(f.path, self.base_dir).name: f.field for f in cfg.decontamination.files}
+            texts = {
+                name: read_texts(path, fields.get(name, "prompt")) for name, path in self._benchmark_paths().items()
+            }
+            steps.append(DecontaminationFilter(texts, cfg.decontamination.n, exclusion_writer=out("decontamination")))
+        return steps
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
+        source = ctx.run_dir / "generated" / "data"
+        rejected_raw, filtered = work_dir / "rejected", work_dir / "filtered"
+        run = pipeline_runner(self.cfg.executor, self.cfg.workers, work_dir / "logs")
+        with datatrove_logs_to(work_dir / "datatrove.log"):
+            try:
+                steps = self._filters(rejected_raw)
+                ctx.log(f"filters: {', '.join(s.name for s in steps)}")
+                run(
+                    "filter",
+                    [
+                        ParquetReader(str(source), adapter=row_to_document),
+                        *steps,
+                        JsonlWriter(str(filtered), output_filename="${language}/${rank}.jsonl", compression=None,
+                                    adapter=prompt_and_answer),
+                    ],
+                    self.cfg.tasks,
+                )  # fmt: skip
+                for language_dir in sorted(p for p in filtered.iterdir() if p.is_dir()) if filtered.exists() else []:
+                    lang = language_dir.name
+                    ctx.log(f"dedup {lang}")
+                    dedup_language(lang, language_dir, work_dir / "dedup" / lang, rejected_raw,
+                                   work_dir / "kept" / lang, self.cfg.dedup, run)  # fmt: skip
+                kept = _read_rows(work_dir / "kept")
+                rejected = _read_rejected(rejected_raw)
+                generated = Manifest.read(ctx.run_dir / "generated")
+            except StageError:
+                raise
+            except Exception as exc:
+                raise StageError(f"curation failed: {exc}\nlogs: {work_dir / 'logs'}; run again to resume") from exc
+        rows_in = generated.rows_out
+        if len(kept) + len(rejected) != rows_in:
+            raise StageError(
+                f"curation lost rows: {rows_in} in, {len(kept)} kept + {len(rejected)} rejected "
+                f"(logs: {work_dir / 'logs'})"
+            )
+        paths = write_shards(kept, output_dir, features=CURATED_FEATURES)
+        rejected_dir = ctx.run_dir / REJECTED
+        shutil.rmtree(rejected_dir, ignore_errors=True)
+        write_shards(rejected, rejected_dir, features=CURATED_FEATURES)
+        drops = Counter(r["drop_reason"] for r in rejected)
+        return StageResult(
+            rows_in=rows_in,
+            rows_out=len(kept),
+            output_fingerprint=fingerprint_files(paths),
+            drops=dict(drops.most_common()),
+            stats=self._stats(kept, rejected, rejected_dir),
+        )
+
+    def _stats(self, kept: list[dict], rejected: list[dict], rejected_dir: Path) -> dict[str, Any]:
+        targets = _targets(self.recipe)
+        kept_by = Counter(f"{r['kind']}/{r['language']}" for r in kept)
+        quota = {
+            group: {"target": target, "kept": kept_by.get(group, 0), "short": max(0, target - kept_by.get(group, 0))}
+            for group, target in targets.items()
+        }
+        return {
+            "kept_by_kind_language": dict(sorted(kept_by.items())),
+            "rejected_by_step": dict(Counter(r["drop_step"] for r in rejected).most_common()),
+            "quota": quota,
+            "code_tests_passed": sum(1 for r in kept if r.get("tests_passed")),
+            "rejected_dir": str(rejected_dir),
+        }
+
+    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
+        table = Table(title=f"curated: kept {manifest.rows_out} of {manifest.rows_in} rows", title_justify="left")
+        for column in ("kind/language", "target", "kept", "short"):
+            table.add_column(column, justify="left" if column == "kind/language" else "right")
+        for group, q in manifest.stats["quota"].items():
+            table.add_row(group, str(q["target"]), str(q["kept"]), str(q["short"]) if q["short"] else "")
+        console.print(table)
+        if manifest.drops:
+            console.print("dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest.drops.items()))
+        console.print(f"output: {output_dir} (rejected rows with reasons: {manifest.stats['rejected_dir']})")
+
+
+def _targets(recipe: Recipe) -> dict[str, int]:
+    """Rows the recipe asked for per kind/language (prompts x rollouts), to report shortfalls."""
+    gen, targets = recipe.generate, Counter()
+    if gen.chat:
+        for lang in gen.chat.languages:
+            targets[f"chat/{lang.code}"] += lang.quota * gen.chat.rollouts
+    if gen.code:
+        targets[f"code/{gen.code.language}"] += gen.code.count * gen.code.rollouts
+    return dict(sorted(targets.items()))
+
+
+_ADDED = (
+    "language_detected",
+    "language_confidence",
+    "tests_passed",
+    "test_runtime_s",
+    "test_output",
+    "contaminated_by",
+)
+
+
+def _row(doc: Document) -> dict:
+    row = dict(doc.metadata)
+    row["id"] = doc.id
+    for key in _ADDED:
+        row.setdefault(key, None)
+    cluster = row.pop("minhash_cluster_id", -1)
+    row["dedup_cluster_id"] = f"{row['language']}-{cluster}" if cluster not in (-1, None) else None
+    row["dedup_cluster_size"] = row.pop("minhash_cluster_size", 1)
+    # only the schema's columns: readers and filters add bookkeeping keys (file_path, filter_reason)
+    return {key: row.get(key) for key in CURATED_FEATURES}
+
+
+def _read_rows(folder: Path) -> list[dict]:
+    if not folder.exists():
+        return []
+    return [_row(doc) for doc in JsonlReader(str(folder), recursive=True).run()]
+
+
+def _read_rejected(folder: Path) -> list[dict]:
+    """Rejected rows from every exclusion writer; the file name says which step dropped them."""
+    rows = []
+    for path in sorted(folder.glob("*.jsonl*")) if folder.exists() else []:
+        step = path.name.rsplit("_", 1)[0]
+        for line in path.read_bytes().splitlines():
+            raw = orjson.loads(line)
+            meta = raw["metadata"]
+            reason = meta.get("filter_reason")
+            if step.startswith("exact_dedup"):
+                step, reason = "exact_dedup", "exact_duplicate"
+            elif step.startswith("near_dedup"):
+                step, reason = "near_dedup", "near_duplicate"
+            meta = {**meta, "drop_reason": reason or step, "drop_step": step}
+            rows.append(_row(Document(text=raw["text"], id=raw["id"], metadata=meta)))
+    return rows

@@ -1,0 +1,64 @@
+"""Exact + MinHash dedup (datatrove blocks) on a planted corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from datatrove.pipeline.readers import JsonlReader
+
+from dataengine.curate.dedup import dedup_language
+from dataengine.curate.executor import pipeline_runner
+from dataengine.recipe import DedupConfig
+from tests.planted_corpus import planted_corpus
+
+
+def write_docs(folder: Path, docs: list[tuple[str, str]], language: str = "en") -> None:
+    folder.mkdir(parents=True)
+    with open(folder / "00000.jsonl", "wb") as fh:
+        for doc_id, text in docs:
+            fh.write(orjson.dumps({"text": text, "id": doc_id, "metadata": {"language": language}}) + b"\n")
+
+
+def run_dedup(tmp_path: Path, docs, cfg: DedupConfig):
+    write_docs(tmp_path / "in", docs)
+    run = pipeline_runner("local", 1, tmp_path / "logs")
+    dedup_language("en", tmp_path / "in", tmp_path / "work", tmp_path / "rejected", tmp_path / "out", cfg, run)
+    kept = {d.id: d for d in JsonlReader(str(tmp_path / "out")).run()}
+    rejected = {}
+    for path in (tmp_path / "rejected").glob("*.jsonl"):
+        for line in path.read_bytes().splitlines():
+            rejected[orjson.loads(line)["id"]] = path.name.split("_")[0]
+    return kept, rejected
+
+
+def test_planted_corpus_exact_and_near_copies(tmp_path):
+    planted = planted_corpus(distinct=60, exact=12, near=12, edits=1)
+    kept, rejected = run_dedup(tmp_path, planted.docs, DedupConfig())
+    assert len(kept) + len(rejected) == len(planted.docs)  # nothing lost
+    assert set(rejected) == planted.duplicates  # every copy removed, nothing else
+    assert {i for i in rejected if i.startswith("e")} == {i for i, step in rejected.items() if step == "exact"}
+    assert {i for i in rejected if i.startswith("n")} == {i for i, step in rejected.items() if step == "near"}
+    assert all(i.startswith("d") for i in kept)
+
+
+def test_cluster_ids_are_consistent(tmp_path):
+    planted = planted_corpus(distinct=30, exact=0, near=8, edits=1, seed=3)
+    kept, _ = run_dedup(tmp_path, planted.docs, DedupConfig())
+    copies_of = {}
+    for dup, src in planted.source_of.items():
+        copies_of.setdefault(src, []).append(dup)
+    for doc_id, doc in kept.items():
+        expected = 1 + len(copies_of.get(doc_id, []))
+        assert doc.metadata["minhash_cluster_size"] == expected
+        assert (doc.metadata["minhash_cluster_id"] != -1) == (expected > 1)
+    ids = [kept[src].metadata["minhash_cluster_id"] for src in copies_of]
+    assert len(set(ids)) == len(ids)  # one cluster per original
+
+
+def test_distinct_documents_all_kept_and_exact_only(tmp_path):
+    planted = planted_corpus(distinct=40, exact=5, near=5, edits=1, seed=7)
+    cfg = DedupConfig(minhash={"enabled": False})
+    kept, rejected = run_dedup(tmp_path, planted.docs, cfg)
+    assert set(rejected) == {i for i in planted.duplicates if i.startswith("e")}
+    assert len(kept) == 45  # near-copies survive without MinHash
