@@ -497,6 +497,15 @@ def _check_paths(recipe: Recipe, base_dir: Path) -> list[str]:
     for i, src in enumerate(recipe.generate.sources):
         if src.path is not None and not resolve_path(src.path, base_dir).is_file():
             problems.append(f"generate.sources[{i}].path: file not found: {resolve_path(src.path, base_dir)}")
+    if recipe.curate is not None:
+        for i, folder in enumerate(recipe.curate.dedup.reference):
+            if not resolve_path(folder, base_dir).is_dir():
+                problems.append(f"curate.dedup.reference[{i}]: folder not found: {resolve_path(folder, base_dir)}")
+        for i, bench in enumerate(recipe.curate.decontamination.files):
+            if not resolve_path(bench.path, base_dir).is_file():
+                problems.append(
+                    f"curate.decontamination.files[{i}].path: file not found: {resolve_path(bench.path, base_dir)}"
+                )
     model = recipe.teacher.model
     # A Hub id never starts with these; a path that does must be a model folder.
     if model.startswith(("/", "./", "../", "~")) and not resolve_path(model, base_dir).is_dir():

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from dataengine.recipe import load_recipe
+
 MINIMAL = """
 name: t
 teacher:
@@ -24,3 +26,58 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+TINY = """
+name: tiny
+teacher:
+  model: builtin:smollm2-moe
+  {endpoint}
+  vllm: {{enforce_eager: true, max_model_len: 1024}}
+generate:
+  sampling: {{max_tokens: 40, temperature: {temperature}}}
+  chat:
+    languages:
+      - {{code: en, quota: {quota}}}
+      - {{code: fr, quota: {quota}}}
+      - {{code: zh, quota: {quota}}}
+    question_max_tokens: 32
+    rollouts: 2
+  code: {{count: {code}, max_tokens: 64}}
+  max_concurrent_requests: {concurrency}
+  records_per_chunk: {chunk}
+"""
+
+
+def tiny_recipe(
+    folder: Path,
+    endpoint: str | None = None,
+    quota: int = 2,
+    code: int = 2,
+    concurrency: int = 16,
+    chunk: int = 4,
+    temperature: float = 0.8,
+    extra: str = "",
+) -> Path:
+    text = TINY.format(
+        endpoint=f"endpoint: {endpoint}" if endpoint else "",
+        quota=quota,
+        code=code,
+        concurrency=concurrency,
+        chunk=chunk,
+        temperature=temperature,
+    )
+    path = folder / "tiny.yaml"
+    path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_server(tmp_path_factory):
+    """One vLLM server with the builtin teacher, shared by the end-to-end tests that use `endpoint`."""
+    from dataengine.teacher.server import TeacherServer
+
+    folder = tmp_path_factory.mktemp("server")
+    recipe = load_recipe(tiny_recipe(folder))
+    with TeacherServer(recipe.teacher, folder / "server.log") as server:
+        yield server

@@ -62,3 +62,29 @@ def test_distinct_documents_all_kept_and_exact_only(tmp_path):
     kept, rejected = run_dedup(tmp_path, planted.docs, cfg)
     assert set(rejected) == {i for i in planted.duplicates if i.startswith("e")}
     assert len(kept) == 45  # near-copies survive without MinHash
+
+
+def test_dedup_against_a_reference_folder(tmp_path):
+    """A second run adds only new content: rows copying earlier data (exactly or nearly) are removed."""
+    from datasets import Dataset
+
+    planted = planted_corpus(distinct=40, exact=0, near=0, seed=11)
+    earlier, fresh = planted.docs[:20], planted.docs[20:]
+    reference = tmp_path / "published" / "data"
+    reference.mkdir(parents=True)
+    rows = [
+        {"id": i, "language": "en", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": t}]}
+        for i, t in earlier
+    ]
+    Dataset.from_list(rows).to_parquet(str(reference / "train-00000-of-00001.parquet"))
+    (tmp_path / "published" / "manifest.json").write_text("{}")  # other files in the folder are ignored
+
+    exact_copy = ("again-exact", "q\n\n" + earlier[0][1].upper())
+    near_copy = ("again-near", "q\n\n" + earlier[1][1].replace(earlier[1][1].split()[5], "zzzword", 1))
+    new = [(i, "q\n\n" + t) for i, t in fresh] + [exact_copy, near_copy]
+    write_docs(tmp_path / "in", new)
+    run = pipeline_runner("local", 1, tmp_path / "logs")
+    dedup_language("en", tmp_path / "in", tmp_path / "work", tmp_path / "rejected", tmp_path / "out", DedupConfig(),
+                   run, references=[tmp_path / "published"])  # fmt: skip
+    kept = {d.id for d in JsonlReader(str(tmp_path / "out")).run()}
+    assert kept == {i for i, _ in fresh}

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -22,51 +21,10 @@ from transformers import AutoConfig
 from dataengine.manifest import Manifest
 from dataengine.recipe import load_recipe
 from dataengine.runner import plan, run_recipe
-from dataengine.teacher.server import TeacherServer, resolve_model
+from dataengine.teacher.server import resolve_model
+from tests.conftest import tiny_recipe
 
 pytestmark = pytest.mark.slow
-
-TINY = """
-name: tiny
-teacher:
-  model: builtin:smollm2-moe
-  {endpoint}
-  vllm: {{enforce_eager: true, max_model_len: 1024}}
-generate:
-  sampling: {{max_tokens: 40, temperature: {temperature}}}
-  chat:
-    languages:
-      - {{code: en, quota: {quota}}}
-      - {{code: fr, quota: {quota}}}
-      - {{code: zh, quota: {quota}}}
-    question_max_tokens: 32
-    rollouts: 2
-  code: {{count: {code}, max_tokens: 64}}
-  max_concurrent_requests: {concurrency}
-  records_per_chunk: {chunk}
-"""
-
-
-def tiny_recipe(
-    folder: Path,
-    endpoint: str | None = None,
-    quota: int = 2,
-    code: int = 2,
-    concurrency: int = 16,
-    chunk: int = 4,
-    temperature: float = 0.8,
-) -> Path:
-    text = TINY.format(
-        endpoint=f"endpoint: {endpoint}" if endpoint else "",
-        quota=quota,
-        code=code,
-        concurrency=concurrency,
-        chunk=chunk,
-        temperature=temperature,
-    )
-    path = folder / "tiny.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def test_builtin_teacher_is_a_mixtral_moe(tmp_path):
@@ -134,14 +92,6 @@ def test_generate_run_then_skip(tmp_path):
     # a changed generate block makes the stage stale
     changed = load_recipe(path.write_text(path.read_text().replace("temperature: 0.8", "temperature: 0.5")) and path)
     assert [status for _, status in plan(changed, tmp_path, run_dir)] == ["stale"]
-
-
-@pytest.fixture(scope="module")
-def teacher_server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("server")
-    recipe = load_recipe(tiny_recipe(folder))
-    with TeacherServer(recipe.teacher, folder / "server.log") as server:
-        yield server
 
 
 def _cli(recipe: Path, run_dir: Path) -> list[str]:

@@ -64,6 +64,8 @@ class CurateStage:
         digest = hashlib.sha256(self.recipe.fingerprint("curate").encode())
         for path in self._benchmark_paths().values():
             digest.update(fingerprint_files([path]).encode())
+        for folder in self.cfg.dedup.reference:  # new reference data changes what counts as a duplicate
+            digest.update(fingerprint_files(sorted(resolve_path(folder, self.base_dir).rglob("*.parquet"))).encode())
         return digest.hexdigest()[:16]
 
     def _benchmark_paths(self) -> dict[str, Path]:
@@ -121,6 +123,7 @@ class CurateStage:
         source = ctx.run_dir / "generated" / "data"
         rejected_raw, filtered = work_dir / "rejected", work_dir / "filtered"
         run = pipeline_runner(self.cfg.executor, self.cfg.workers, work_dir / "logs")
+        references = [resolve_path(r, self.base_dir) for r in self.cfg.dedup.reference]
         with datatrove_logs_to(work_dir / "datatrove.log"):
             try:
                 steps = self._filters(rejected_raw)
@@ -139,7 +142,7 @@ class CurateStage:
                     lang = language_dir.name
                     ctx.log(f"dedup {lang}")
                     dedup_language(lang, language_dir, work_dir / "dedup" / lang, rejected_raw,
-                                   work_dir / "kept" / lang, self.cfg.dedup, run)  # fmt: skip
+                                   work_dir / "kept" / lang, self.cfg.dedup, run, references)  # fmt: skip
                 kept = _read_rows(work_dir / "kept")
                 rejected = _read_rejected(rejected_raw)
                 generated = Manifest.read(ctx.run_dir / "generated")

@@ -1,0 +1,90 @@
+"""Curation end to end on the builtin teacher's real output (vLLM CPU server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset
+from rich.console import Console
+
+from dataengine.recipe import load_recipe
+from dataengine.runner import run_recipe
+from tests.conftest import tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+CURATE = """
+pipeline: curate
+curate:
+  filters:
+    truncated: {enabled: false}   # the tiny run caps answers at 40 tokens: keep some rows to dedup
+    length: {min_chars: 8}
+  dedup:
+    minhash: {num_buckets: 4, hashes_per_bucket: 4}
+  code: {timeout_s: 5, cpu_s: 3}
+"""
+
+
+def curate_run(tmp_path: Path, endpoint: str):
+    path = tiny_recipe(tmp_path, endpoint=endpoint, extra=CURATE)
+    recipe = load_recipe(path)
+    console = Console(record=True, width=200)
+    manifests = run_recipe(recipe, tmp_path, run_dir=tmp_path / "run", console=console)
+    return recipe, manifests, console.export_text()
+
+
+def test_curate_accounts_for_every_row_and_skips_on_rerun(tmp_path, teacher_server):
+    recipe, manifests, shown = curate_run(tmp_path, teacher_server.base_url)
+    run_dir = tmp_path / "run"
+    generated, curated = manifests["generate"], manifests["curate"]
+    kept = load_dataset(str(run_dir / "curated"), split="train")
+    rejected = load_dataset(str(run_dir / "rejected"), split="train")
+
+    assert curated.rows_in == generated.rows_out == len(kept) + len(rejected)
+    assert sum(curated.drops.values()) == len(rejected)
+    assert all(r["drop_reason"] and r["drop_step"] for r in rejected)
+    assert all(r["drop_reason"] is None for r in kept)
+    assert not set(kept["id"]) & set(rejected["id"])
+    for row in kept:
+        if row["kind"] == "chat":
+            assert row["language_detected"] == row["language"].split("-")[0]
+        else:
+            assert row["tests_passed"] is True
+        assert row["dedup_cluster_size"] >= 1
+    for row in rejected:
+        if row["drop_reason"] in ("code_tests_failed", "code_tests_timeout"):
+            assert row["tests_passed"] is False and row["test_output"]
+    quota = curated.stats["quota"]
+    assert set(quota) == {"chat/en", "chat/fr", "chat/zh", "code/en"}
+    assert sum(q["kept"] for q in quota.values()) == len(kept)
+    assert "curated: kept" in shown and "target" in shown
+
+    console = Console(record=True, width=200)
+    again = run_recipe(recipe, tmp_path, run_dir=run_dir, console=console)
+    assert console.export_text().count("already done") == 2
+    assert again["curate"].output_fingerprint == curated.output_fingerprint
+
+
+def test_curate_resumes_after_a_crash_between_steps(tmp_path, teacher_server):
+    """A crash after the filter step: the manifest is missing, the filter step's tasks are complete.
+    The rerun skips the finished datatrove tasks and ends with the same rows."""
+    recipe, manifests, _ = curate_run(tmp_path, teacher_server.base_url)
+    run_dir, work = tmp_path / "run", tmp_path / "run" / ".work" / "curate"
+    before = sorted(load_dataset(str(run_dir / "curated"), split="train")["id"])
+    filter_stats = work / "logs" / "filter" / "stats.json"
+    stamp = filter_stats.stat().st_mtime_ns
+
+    (run_dir / "curated" / "manifest.json").unlink()  # the stage never finished
+    for step in (work / "logs").iterdir():  # ... and crashed before any dedup step completed
+        if step.name != "filter":
+            for marker in (step / "completions").glob("*"):
+                marker.unlink()
+
+    console = Console(record=True, width=200)
+    resumed = run_recipe(recipe, tmp_path, run_dir=run_dir, console=console)
+    assert filter_stats.stat().st_mtime_ns == stamp  # the filter step was not run again
+    assert sorted(load_dataset(str(run_dir / "curated"), split="train")["id"]) == before
+    assert resumed["curate"].rows_out == manifests["curate"].rows_out
+    assert json.loads((run_dir / "curated" / "manifest.json").read_text())["rows_in"] == manifests["curate"].rows_in
