@@ -26,8 +26,6 @@ import time
 from dataclasses import dataclass
 from functools import cache
 
-from loguru import logger
-
 # Runs inside the sandboxed interpreter before the code: an audit hook that refuses what a unit test never needs.
 _PREAMBLE = r"""
 import os, sys
@@ -130,8 +128,7 @@ def _limit(limits: SandboxLimits):
 
 def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
     """Run `code` as a script in the sandbox; passed means exit status 0 within the limits."""
-    if (warning := isolation_warning(limits)) is not None:
-        logger.warning(warning)
+    isolation_warning(limits)  # raises when isolation is required but unavailable; the stage shows the warning
     with tempfile.TemporaryDirectory(prefix="dataengine-sandbox-") as tmp:
         os.chmod(tmp, 0o777)  # writable by nobody, who runs the code when we are root
         script = os.path.join(tmp, "main.py")

@@ -26,7 +26,7 @@ from dataengine.curate.filters.answer import LengthFilter, RefusalFilter, Trunca
 from dataengine.curate.filters.code import CodeParseFilter, CodeTestsFilter
 from dataengine.curate.filters.decontamination import DecontaminationFilter, builtin_benchmarks, read_texts
 from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualityFilter, RepetitionFilter
-from dataengine.curate.sandbox import SandboxLimits
+from dataengine.curate.sandbox import SandboxLimits, isolation_warning
 from dataengine.errors import StageError
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
@@ -81,6 +81,13 @@ class CurateStage:
 
     # ------------------------------------------------------------------ pipeline pieces
 
+    def _limits(self) -> SandboxLimits:
+        c = self.cfg.code
+        return SandboxLimits(
+            timeout_s=c.timeout_s, cpu_s=c.cpu_s, memory_mb=c.memory_mb, max_output_bytes=c.max_output_bytes,
+            max_processes=c.max_processes, require_network_isolation=c.require_network_isolation,
+        )  # fmt: skip
+
     def _filters(self, rejected: Path) -> list:
         cfg, f = self.cfg, self.cfg.filters
 
@@ -102,13 +109,8 @@ class CurateStage:
             pq = f.prose_quality
             steps.append(ProseQualityFilter(pq.min_words, pq.max_words, exclusion_writer=out("prose_quality")))
         if cfg.code.enabled:
-            c = cfg.code
-            limits = SandboxLimits(
-                timeout_s=c.timeout_s, cpu_s=c.cpu_s, memory_mb=c.memory_mb, max_output_bytes=c.max_output_bytes,
-                max_processes=c.max_processes, require_network_isolation=c.require_network_isolation,
-            )  # fmt: skip
             steps.append(CodeParseFilter(exclusion_writer=out("code_parse")))
-            steps.append(CodeTestsFilter(limits, c.parallel, exclusion_writer=out("code_tests")))
+            steps.append(CodeTestsFilter(self._limits(), cfg.code.parallel, exclusion_writer=out("code_tests")))
         if cfg.decontamination.enabled:
             fields = {f.name or resolve_path(f.path, self.base_dir).name: f.field for f in cfg.decontamination.files}
             texts = {
@@ -124,6 +126,8 @@ class CurateStage:
         rejected_raw, filtered = work_dir / "rejected", work_dir / "filtered"
         run = pipeline_runner(self.cfg.executor, self.cfg.workers, work_dir / "logs")
         references = [resolve_path(r, self.base_dir) for r in self.cfg.dedup.reference]
+        if self.cfg.code.enabled and (warning := isolation_warning(self._limits())):
+            ctx.console.print(f"[yellow]warning:[/yellow] {warning}")
         with datatrove_logs_to(work_dir / "datatrove.log"):
             try:
                 steps = self._filters(rejected_raw)

@@ -8,7 +8,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from dataengine.curate.sandbox import SandboxLimits, isolation_warning, run_python
+from dataengine.curate.sandbox import SandboxLimits, run_python
 
 OUTPUT_KEPT = 2000  # characters of a failing run's output kept on the rejected row
 
@@ -33,7 +33,6 @@ class CodeTestsFilter(BaseFilter):
         super().__init__(exclusion_writer, batch_size=max(1, parallel) * 4)
         self.limits = limits
         self.parallel = max(1, parallel)
-        self.warning = isolation_warning(limits)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         return self.filter_batch([doc])[0]
