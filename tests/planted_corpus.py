@@ -52,3 +52,25 @@ def planted_corpus(distinct: int, exact: int, near: int, words: int = 120, edits
     # originals come first in the stream so that dedup keeps them rather than their copies
     docs.sort(key=lambda d: d[0][0] != "d")
     return Planted(docs, duplicates, source_of)
+
+
+def groups(planted: Planted) -> list[set[str]]:
+    """Each original with its copies: a perfect dedup keeps exactly one document of each group."""
+    by_source: dict[str, set[str]] = {}
+    for doc_id, _ in planted.docs:
+        if doc_id not in planted.source_of:
+            by_source.setdefault(doc_id, {doc_id})
+    for dup, src in planted.source_of.items():
+        by_source[src].add(dup)
+    return list(by_source.values())
+
+
+def removal_scores(removed: set[str], planted: Planted) -> dict[str, float]:
+    """Precision / recall / F1 of a removed set, where keeping any one member of a group is right
+    (which copy survives depends on processing order, e.g. across datatrove shards)."""
+    tp = sum(min(len(removed & g), len(g) - 1) for g in groups(planted))
+    should = sum(len(g) - 1 for g in groups(planted))
+    precision = tp / len(removed) if removed else 1.0
+    recall = tp / should if should else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}

@@ -10,19 +10,21 @@ from datatrove.pipeline.readers import JsonlReader
 from dataengine.curate.dedup import dedup_language
 from dataengine.curate.executor import pipeline_runner
 from dataengine.recipe import DedupConfig
-from tests.planted_corpus import planted_corpus
+from tests.planted_corpus import groups, planted_corpus, removal_scores
 
 
-def write_docs(folder: Path, docs: list[tuple[str, str]], language: str = "en") -> None:
+def write_docs(folder: Path, docs: list[tuple[str, str]], language: str = "en", shards: int = 1) -> None:
+    """Documents as the filter step writes them: one jsonl file per datatrove task."""
     folder.mkdir(parents=True)
-    with open(folder / "00000.jsonl", "wb") as fh:
-        for doc_id, text in docs:
-            fh.write(orjson.dumps({"text": text, "id": doc_id, "metadata": {"language": language}}) + b"\n")
+    for shard in range(shards):
+        with open(folder / f"{shard:05d}.jsonl", "wb") as fh:
+            for doc_id, text in docs[shard::shards]:
+                fh.write(orjson.dumps({"text": text, "id": doc_id, "metadata": {"language": language}}) + b"\n")
 
 
-def run_dedup(tmp_path: Path, docs, cfg: DedupConfig):
-    write_docs(tmp_path / "in", docs)
-    run = pipeline_runner("local", 1, tmp_path / "logs")
+def run_dedup(tmp_path: Path, docs, cfg: DedupConfig, shards: int = 1, workers: int = 1):
+    write_docs(tmp_path / "in", docs, shards=shards)
+    run = pipeline_runner("local", workers, tmp_path / "logs")
     dedup_language("en", tmp_path / "in", tmp_path / "work", tmp_path / "rejected", tmp_path / "out", cfg, run)
     kept = {d.id: d for d in JsonlReader(str(tmp_path / "out")).run()}
     rejected = {}
@@ -40,6 +42,17 @@ def test_planted_corpus_exact_and_near_copies(tmp_path):
     assert {i for i in rejected if i.startswith("e")} == {i for i, step in rejected.items() if step == "exact"}
     assert {i for i in rejected if i.startswith("n")} == {i for i, step in rejected.items() if step == "near"}
     assert all(i.startswith("d") for i in kept)
+
+
+def test_sharded_input_in_parallel_finds_copies_across_shards(tmp_path):
+    """Three shards, two workers: copies in other shards are found; one document of each group is kept
+    (which one depends on the shard order, so it may be a copy rather than the original)."""
+    planted = planted_corpus(distinct=60, exact=12, near=12, edits=1, seed=5)
+    kept, rejected = run_dedup(tmp_path, planted.docs, DedupConfig(), shards=3, workers=2)
+    assert len(kept) + len(rejected) == len(planted.docs)
+    for group in groups(planted):
+        assert len(group & set(kept)) == 1, group
+    assert removal_scores(set(rejected), planted)["f1"] == 1.0
 
 
 def test_cluster_ids_are_consistent(tmp_path):

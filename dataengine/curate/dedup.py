@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import xxhash
 from datatrove.data import Document
 from datatrove.pipeline.dedup import (
     ExactDedupConfig,
@@ -28,9 +29,9 @@ from datatrove.pipeline.dedup.exact_dedup import ExactDedupBuildIndex
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter
-from datatrove.utils.hashing import HashConfig
-from datatrove.utils.word_tokenizers import load_word_tokenizer
+from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
 
+from dataengine.curate.scripts import UNSPACED
 from dataengine.recipe import DedupConfig, MinhashSettings
 
 _SPACE = re.compile(r"\s+")
@@ -46,14 +47,47 @@ def normalised_text(doc: Document) -> bytes:
     return _SPACE.sub(" ", doc.text.lower()).strip().encode()
 
 
-def tokenizer_language(language: str) -> str:
-    """datatrove's word tokenizer for a BCP-47 code, English's where it has none."""
+class SpacedWordTokenizer(WordTokenizer):
+    """Words of a script that puts spaces between them, by regex. MinHash shingles need only word
+    boundaries, and datatrove's spaCy tokenizers spend ~10 ms a document building lexemes
+    (measured with bench/dedup.py: 7x slower overall than this)."""
+
+    _WORD = re.compile(r"\w+", re.UNICODE)
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return self._WORD.findall(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in self._WORD.finditer(text)]
+
+
+def word_tokenizer(language: str) -> WordTokenizer:
+    """The MinHash word tokenizer for a BCP-47 code: datatrove's segmenter for unspaced scripts,
+    a regex for the rest."""
     primary = language.split("-")[0]
-    try:
-        load_word_tokenizer(primary)
-        return primary
-    except ValueError:
-        return "en"
+    if primary in UNSPACED:
+        try:
+            return load_word_tokenizer(primary)
+        except ValueError:
+            pass
+    return SpacedWordTokenizer(primary)
+
+
+def xxhash64_text(text: str) -> int:
+    return xxhash.xxh64_intdigest(text.encode())
+
+
+class MinhashSignature(MinhashDedupSignature):
+    """datatrove's MinHash signature step, with its default 64-bit xxhash given bytes: datatrove hands it
+    str shingles, which xxhash 3 refuses ("Strings must be encoded before hashing"). Same hash family
+    and precision as the config says, so the bucket and cluster steps read these signatures unchanged."""
+
+    def __init__(self, output_folder: str, config: MinhashConfig, language: str | WordTokenizer) -> None:
+        super().__init__(output_folder, config, language=language)
+        self._hash_func = xxhash64_text
 
 
 class LanguageIs(BaseFilter):
@@ -101,6 +135,12 @@ class _LanguageDedup:
         name = f"{step}_{self.language}_${{rank}}.jsonl"
         return JsonlWriter(str(self.rejected), output_filename=name, compression=None)
 
+    @staticmethod
+    def shards(folder: str) -> int:
+        """One datatrove task per input file, so that the filter step's shards are processed in parallel.
+        The steps that read documents back by index (the dedup filters) must use the same count."""
+        return max(1, len(list(Path(folder).glob("*.jsonl*"))))
+
     def step(self, name: str, pipeline: list, tasks: int = 1) -> None:
         self.run(f"{name}-{self.language}", pipeline, tasks)
 
@@ -121,34 +161,31 @@ class _LanguageDedup:
             build = ExactDedupBuildIndex(self.at("ref_exact_sigs"), self.at("ref_exact_index"), "reference", config)
             self.step("ref-exact-index", [build])
             index = self.at("ref_exact_index")
-        self.step("exact-sigs", [JsonlReader(source), ExactDedupSignature(self.at("exact_sigs"), config)])
+        shards = self.shards(source)
+        self.step("exact-sigs", [JsonlReader(source), ExactDedupSignature(self.at("exact_sigs"), config)], shards)
         self.step(
             "exact-find",
             [ExactFindDedups(self.at("exact_sigs"), self.at("exact_dups"), config, index_folder=index)],
         )  # noqa: E501
         dedup = ExactDedupFilter(self.at("exact_dups"), config, exclusion_writer=self.excluded("exact_dedup"))
-        self.step("exact-filter", [JsonlReader(source), dedup, JsonlWriter(self.at("exact_out"))])
+        self.step(
+            "exact-filter", [JsonlReader(source), dedup, JsonlWriter(self.at("exact_out"), compression=None)], shards
+        )
         return self.at("exact_out")
 
     def minhash(self, source: str, out: Path, mh: MinhashSettings) -> None:
-        config = MinhashConfig(
-            n_grams=mh.n_grams,
-            num_buckets=mh.num_buckets,
-            hashes_per_bucket=mh.hashes_per_bucket,
-            # datatrove's default xxhash is handed str shingles, which xxhash 3 refuses ("Strings must be
-            # encoded before hashing"); its sha1 path encodes them first
-            hash_config=HashConfig(precision=64, hash_fc="sha1"),
-        )
-        tok = tokenizer_language(self.language)
+        config = MinhashConfig(n_grams=mh.n_grams, num_buckets=mh.num_buckets, hashes_per_bucket=mh.hashes_per_bucket)
+        tok = word_tokenizer(self.language)
         index = None
         if self.references:
-            signature = MinhashDedupSignature(self.at("ref_mh_sigs"), config, language=tok)
+            signature = MinhashSignature(self.at("ref_mh_sigs"), config, language=tok)
             self.step("ref-minhash-sigs", [*self.reference_docs(), signature])
             build = MinhashBuildIndex(self.at("ref_mh_sigs"), self.at("ref_mh_index"), "reference", config=config)
             self.step("ref-minhash-index", [build], mh.num_buckets)  # datatrove: one task per bucket
             index = self.at("ref_mh_index")
+        shards = self.shards(source)
         self.step(
-            "minhash-sigs", [JsonlReader(source), MinhashDedupSignature(self.at("mh_sigs"), config, language=tok)]
+            "minhash-sigs", [JsonlReader(source), MinhashSignature(self.at("mh_sigs"), config, language=tok)], shards
         )
         buckets = MinhashDedupBuckets(
             self.at("mh_sigs"),
@@ -166,7 +203,7 @@ class _LanguageDedup:
             self.at("mh_remove"), exclusion_writer=self.excluded("near_dedup"), load_cluster_ids=True,
             load_cluster_sizes=True,
         )  # fmt: skip
-        self.step("minhash-filter", [JsonlReader(source), dedup, JsonlWriter(str(out))])
+        self.step("minhash-filter", [JsonlReader(source), dedup, JsonlWriter(str(out), compression=None)], shards)
 
 
 def dedup_language(language: str, data: Path, work: Path, rejected: Path, out: Path, cfg: DedupConfig,
@@ -179,4 +216,4 @@ def dedup_language(language: str, data: Path, work: Path, rejected: Path, out: P
     if cfg.minhash.enabled:
         steps.minhash(source, out, cfg.minhash)
     else:
-        steps.step("copy", [JsonlReader(source), JsonlWriter(str(out))])
+        steps.step("copy", [JsonlReader(source), JsonlWriter(str(out), compression=None)])

@@ -13,8 +13,7 @@ from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilt
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-# Scripts without spaces between words: word-count rules (Gopher) do not apply to them.
-UNSPACED = {"zh", "ja", "th", "lo", "km", "my", "bo"}
+from dataengine.curate.scripts import UNSPACED
 
 
 @cache
