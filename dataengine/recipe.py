@@ -215,6 +215,13 @@ class PromptSource(StrictModel):
         return self
 
 
+class TopUpConfig(StrictModel):
+    """After curation, ask for more prompts where a kind/language kept fewer rows than its target."""
+
+    rounds: int = Field(0, ge=0, le=5, description="top-up rounds at most; 0 turns top-up off")
+    max_factor: float = Field(3.0, ge=1.0, le=20.0, description="a round asks at most this many times the missing rows")
+
+
 class GenerateConfig(StrictModel):
     seed: int = Field(0, description="drives topic and archetype choice and per-request sampling seeds")
     sampling: SamplingConfig = Field(SamplingConfig(), description="sampling of every answer")
@@ -224,6 +231,7 @@ class GenerateConfig(StrictModel):
     max_concurrent_requests: int = Field(32, ge=1, le=4096, description="requests in flight to the teacher")
     records_per_chunk: int = Field(16, ge=1, description="checkpoint granularity: rows per resumable chunk")
     request_timeout_s: float = Field(600.0, gt=0, description="per request, before it is retried")
+    top_up: TopUpConfig = Field(TopUpConfig(), description="more prompts where curation fell short (curate pipeline)")
 
     @model_validator(mode="after")
     def _something_to_generate(self) -> GenerateConfig:

@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 from rich.console import Console
 
 from dataengine.errors import UserError
+from dataengine.generate.top_up import add_round
 from dataengine.manifest import Manifest, tool_versions
 from dataengine.recipe import Recipe, resolve_path
 from dataengine.teacher.server import TeacherEndpoint
@@ -42,6 +43,10 @@ class Stage(Protocol):
     inputs: tuple[str, ...]  # names of the stages whose output it reads
 
     def config_hash(self) -> str: ...
+
+    def state(self, run_dir: Path) -> str:
+        """What else, outside the recipe, the stage's output depends on (e.g. top-up rounds); "" if nothing."""
+        ...
 
     def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult: ...
 
@@ -77,6 +82,15 @@ def build_stages(recipe: Recipe, base_dir: Path) -> list[Stage]:
 
 
 def _input_fingerprint(stage: Stage, run_dir: Path, by_name: dict[str, Stage]) -> str | None:
+    """What the output depends on besides the config: the stage's own state (top-up rounds) and its
+    inputs' outputs; None while an input is not done."""
+    inputs = _inputs(stage, run_dir, by_name)
+    if inputs is None:
+        return None
+    return ",".join(([f"state:{state}"] if (state := stage.state(run_dir)) else []) + ([inputs] if inputs else []))
+
+
+def _inputs(stage: Stage, run_dir: Path, by_name: dict[str, Stage]) -> str | None:
     """Fingerprints of the input stages' outputs, or None while an input is not done."""
     parts = []
     for name in stage.inputs:
@@ -123,13 +137,14 @@ def _run_info(run_dir: Path, recipe: Recipe) -> str:
     return run_id
 
 
-def _prepare_work_dir(work_dir: Path, config_hash: str, fresh: bool) -> None:
-    """Resumable state belongs to one config: a changed config (or --force) starts from scratch."""
-    marker = work_dir / "config_hash"
-    if fresh or (work_dir.exists() and (not marker.is_file() or marker.read_text() != config_hash)):
+def _prepare_work_dir(work_dir: Path, key: str, fresh: bool) -> None:
+    """Resumable state belongs to one config and one input: a change there (or --force) starts from
+    scratch. The stage's own state (top-up rounds) is not part of the key: its work is added to."""
+    marker = work_dir / "work_key"
+    if fresh or (work_dir.exists() and (not marker.is_file() or marker.read_text() != key)):
         shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(config_hash)
+    marker.write_text(key)
 
 
 def run_recipe(
@@ -153,16 +168,27 @@ def run_recipe(
     run_id = _run_info(run_dir, recipe)
     teacher = TeacherEndpoint(recipe.teacher, run_dir / ".work" / "teacher-server.log", log=console.print)
     ctx = RunContext(recipe, base_dir, run_dir, console, run_id, teacher)
-    manifests: dict[str, Manifest] = {}
     try:
-        for stage in stages:
-            if only and stage.name not in only:
-                if (m := Manifest.read(run_dir / stage.output)) is not None:
-                    manifests[stage.name] = m
-                continue
-            manifests[stage.name] = _run_stage(stage, ctx, by_name, forced=stage.name in (force or []))
+        manifests = _run_stages(stages, ctx, by_name, only, force)
+        # curation fell short of the recipe's targets: more prompts there, then the stages again
+        while not only and (extra := add_round(recipe, run_dir, manifests)) is not None:
+            console.rule("[bold]top-up")
+            console.print(f"asking for more prompts where curation fell short: {extra}")
+            manifests = _run_stages(stages, ctx, by_name, None, None)
     finally:
         teacher.close()
+    return manifests
+
+
+def _run_stages(stages: list[Stage], ctx: RunContext, by_name: dict[str, Stage], only: list[str] | None,
+                force: list[str] | None) -> dict[str, Manifest]:  # fmt: skip
+    manifests: dict[str, Manifest] = {}
+    for stage in stages:
+        if only and stage.name not in only:
+            if (m := Manifest.read(ctx.run_dir / stage.output)) is not None:
+                manifests[stage.name] = m
+            continue
+        manifests[stage.name] = _run_stage(stage, ctx, by_name, forced=stage.name in (force or []))
     return manifests
 
 
@@ -180,7 +206,7 @@ def _run_stage(stage: Stage, ctx: RunContext, by_name: dict[str, Stage], forced:
     ctx.console.rule(f"[bold]{stage.name}")
     work_dir = ctx.run_dir / ".work" / stage.name
     config_hash = stage.config_hash()
-    _prepare_work_dir(work_dir, config_hash, fresh=forced)
+    _prepare_work_dir(work_dir, f"{config_hash}|{_inputs(stage, ctx.run_dir, by_name)}", fresh=forced)
     # the old output is removed before the run: a folder without a manifest is never mistaken for done
     shutil.rmtree(output_dir, ignore_errors=True)
     output_dir.mkdir(parents=True)

@@ -62,5 +62,7 @@ def write_shards(
     data.mkdir(parents=True, exist_ok=True)
     path = data / f"{split}-00000-of-00001.parquet"
     disable_progress_bars()  # a bar for one small file is noise in the run's output
-    Dataset.from_list(rows, features=features).to_parquet(str(path))
+    # from_dict for an empty list too: from_list([]) loses the columns, and the folder would not load
+    columns = {name: [row.get(name) for row in rows] for name in features}
+    Dataset.from_dict(columns, features=features).to_parquet(str(path))
     return [path]

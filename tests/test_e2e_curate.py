@@ -88,3 +88,36 @@ def test_curate_resumes_after_a_crash_between_steps(tmp_path, teacher_server):
     assert sorted(load_dataset(str(run_dir / "curated"), split="train")["id"]) == before
     assert resumed["curate"].rows_out == manifests["curate"].rows_out
     assert json.loads((run_dir / "curated" / "manifest.json").read_text())["rows_in"] == manifests["curate"].rows_in
+
+
+def test_top_up_round_when_curation_falls_short(tmp_path, teacher_server):
+    """Everything is dropped (an impossible length floor), so one bounded top-up round asks for more
+    prompts in every group; the first round is not generated again, and a rerun adds no round."""
+    curate = CURATE.replace("length: {min_chars: 8}", "length: {min_chars: 100000}")
+    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, extra=curate)
+    top_up = "  records_per_chunk: 4\n  top_up: {rounds: 1, max_factor: 1.5}\n"
+    path.write_text(path.read_text().replace("  records_per_chunk: 4\n", top_up))
+    recipe = load_recipe(path)
+    run_dir = tmp_path / "run"
+    console = Console(record=True, width=200)
+    manifests = run_recipe(recipe, tmp_path, run_dir=run_dir, console=console)
+    shown = console.export_text()
+
+    rounds = json.loads((run_dir / "top_up.json").read_text())["rounds"]
+    assert len(rounds) == 1 and "top-up" in shown
+    # 2 chat prompts x 2 rollouts = 4 rows short per language, keep rate floor 1/1.5 -> 6 rows -> 3 prompts
+    assert rounds[0] == {"chat/en": 3, "chat/fr": 3, "chat/zh": 3, "code/en": 3}
+    generated = manifests["generate"]
+    assert generated.stats["top_up_rounds"] == 1
+    assert generated.rows_in == (2 * 3 * 2 + 2) + (3 * 3 * 2 + 3)
+    ds = load_dataset(str(run_dir / "generated"), split="train")
+    assert len(set(ds["id"])) == len(ds) == generated.rows_out
+    work = run_dir / ".work" / "generate"
+    assert (work / "top-up-1" / "raw").is_dir()
+    base_stats = (work / "logs" / "stats.json").stat().st_mtime_ns
+
+    console = Console(record=True, width=200)
+    run_recipe(recipe, tmp_path, run_dir=run_dir, console=console)
+    assert console.export_text().count("already done") == 2 and "top-up" not in console.export_text()
+    assert (work / "logs" / "stats.json").stat().st_mtime_ns == base_stats
+    assert len(json.loads((run_dir / "top_up.json").read_text())["rounds"]) == 1

@@ -68,6 +68,9 @@ class CurateStage:
             digest.update(fingerprint_files(sorted(resolve_path(folder, self.base_dir).rglob("*.parquet"))).encode())
         return digest.hexdigest()[:16]
 
+    def state(self, run_dir: Path) -> str:
+        return ""  # everything it depends on is in the recipe and its input
+
     def _benchmark_paths(self) -> dict[str, Path]:
         dc = self.cfg.decontamination
         if not dc.enabled:

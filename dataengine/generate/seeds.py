@@ -52,11 +52,14 @@ class PromptSeed:
     topic: str | None
     prompt: str
     rollouts: int
+    round: int = 0  # 0: the recipe's quotas; 1..: top-up rounds after curation fell short
 
     @property
     def key(self) -> str:
-        """Content hash of the prompt; with the rollout index and generation config it makes the row id."""
-        raw = "\x1f".join([self.kind, self.task, self.language, self.topic or "", self.prompt])
+        """Content hash of the prompt (and top-up round: a round may draw a topic again, as a new sample);
+        with the rollout index and generation config it makes the row id."""
+        parts = [self.kind, self.task, self.language, self.topic or "", self.prompt]
+        raw = "\x1f".join(parts + ([f"round {self.round}"] if self.round else []))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -70,7 +73,11 @@ def _draw(pool: list[str], count: int, rng: random.Random) -> list[str]:
     return out
 
 
-def chat_seeds(gen: GenerateConfig) -> list[PromptSeed]:
+def _rng(gen: GenerateConfig, what: str, round: int) -> random.Random:
+    return random.Random(f"{gen.seed}:{what}" + (f":top-up {round}" if round else ""))
+
+
+def chat_seeds(gen: GenerateConfig, round: int = 0) -> list[PromptSeed]:
     chat = gen.chat
     if chat is None:
         return []
@@ -83,15 +90,12 @@ def chat_seeds(gen: GenerateConfig) -> list[PromptSeed]:
     seeds = []
     for lang in chat.languages:
         template = lang.instruction or shipped[lang.code]["instruction"]
-        rng = random.Random(f"{gen.seed}:chat:{lang.code}")
+        rng = _rng(gen, f"chat:{lang.code}", round)
         for n, topic in enumerate(_draw(pool, lang.quota, rng)):
             # A quota larger than the topic pool repeats topics; the repeat number keeps prompts distinct.
             suffix = "" if n < len(pool) else f" ({n // len(pool) + 1})"
-            seeds.append(
-                PromptSeed(
-                    "chat", "instruct_answer", lang.code, topic, template.format(topic=topic) + suffix, chat.rollouts
-                )
-            )
+            prompt = template.format(topic=topic) + suffix
+            seeds.append(PromptSeed("chat", "instruct_answer", lang.code, topic, prompt, chat.rollouts, round))
     return seeds
 
 
@@ -112,18 +116,18 @@ Use exactly this format, with these three headings and nothing else:
 ```"""
 
 
-def code_seeds(gen: GenerateConfig) -> list[PromptSeed]:
+def code_seeds(gen: GenerateConfig, round: int = 0) -> list[PromptSeed]:
     code = gen.code
     if code is None:
         return []
     archetypes = load_code_archetypes()
     names = code.archetypes or sorted(archetypes)
-    rng = random.Random(f"{gen.seed}:code")
+    rng = _rng(gen, "code", round)
     seeds = []
     for n, name in enumerate(_draw(names, code.count, rng)):
         suffix = "" if n < len(names) else f"\n(Variant {n // len(names) + 1}: pick a different function than usual.)"
         prompt = CODE_REQUEST.format(archetype=archetypes[name]) + suffix
-        seeds.append(PromptSeed("code", "code_task", code.language, name, prompt, code.rollouts))
+        seeds.append(PromptSeed("code", "code_task", code.language, name, prompt, code.rollouts, round))
     return seeds
 
 
@@ -161,3 +165,18 @@ def expand_seeds(gen: GenerateConfig, base_dir: Path) -> list[PromptSeed]:
     for source in gen.sources:
         seeds += source_seeds(source, base_dir)
     return seeds
+
+
+def top_up_seeds(gen: GenerateConfig, extra: dict[str, int], round: int) -> list[PromptSeed]:
+    """Prompts of one top-up round: `extra` maps "chat/<language>" and "code/<language>" to how many
+    more distinct prompts to ask, drawn with a round-specific seed so that they differ from earlier ones."""
+    update: dict = {"sources": []}
+    if gen.chat is not None:
+        languages = [
+            lang.model_copy(update={"quota": extra.get(f"chat/{lang.code}", 0)}) for lang in gen.chat.languages
+        ]
+        update["chat"] = gen.chat.model_copy(update={"languages": languages})
+    if gen.code is not None:
+        update["code"] = gen.code.model_copy(update={"count": extra.get(f"code/{gen.code.language}", 0)})
+    again = gen.model_copy(update=update)
+    return chat_seeds(again, round) + code_seeds(again, round)

@@ -24,7 +24,8 @@ from rich.table import Table
 from dataengine.errors import StageError
 from dataengine.generate.code_answer import parse_code_answer
 from dataengine.generate.rollout import request_seed, rollout
-from dataengine.generate.seeds import PromptSeed, expand_seeds
+from dataengine.generate.seeds import PromptSeed, expand_seeds, top_up_seeds
+from dataengine.generate.top_up import load_rounds
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
@@ -59,7 +60,9 @@ class GenerateStage:
         """What the rows depend on: the teacher's identity and the generate block, plus the
         content of local prompt files. Server knobs (port, eager mode) do not change the data."""
         t = self.recipe.teacher
-        digest = hashlib.sha256(self.recipe.fingerprint("generate").encode())
+        generate = self.recipe.model_dump(mode="json")["generate"]
+        generate.pop("top_up")  # top-up rounds add to the rows, they do not change the ones made
+        digest = hashlib.sha256(orjson.dumps(generate, option=orjson.OPT_SORT_KEYS))
         digest.update(orjson.dumps([t.model, t.revision, t.builtin.model_dump(), t.served_model_name]))
         for src in self.recipe.generate.sources:
             if src.path:
@@ -92,15 +95,27 @@ class GenerateStage:
 
     # ------------------------------------------------------------------ run
 
+    def state(self, run_dir: Path) -> str:
+        """The top-up rounds recorded for this run: a new round makes the stage run again."""
+        rounds = load_rounds(run_dir)
+        return hashlib.sha256(orjson.dumps(rounds)).hexdigest()[:16] if rounds else ""
+
     def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
-        seeds = expand_seeds(self.recipe.generate, self.base_dir)
-        unique = list({s.key: s for s in seeds}.values())
+        gen = self.recipe.generate
+        # round 0 is the recipe's own prompts; each top-up round has its own datatrove work folder,
+        # so finished rounds are skipped by datatrove's completion markers
+        rounds = [(work_dir, expand_seeds(gen, self.base_dir))]
+        for r, extra in enumerate(load_rounds(ctx.run_dir), start=1):
+            rounds.append((work_dir / f"top-up-{r}", top_up_seeds(gen, extra, r)))
+        unique = list({s.key: s for _, seeds in rounds for s in seeds}.values())
         if not unique:
             raise StageError("no prompts to generate: quotas are 0 and the prompt sources are empty")
-        docs = self.documents(unique)
-        ctx.log(f"{len(docs)} prompts, {sum(s.rollouts for s in unique)} rollouts expected")
-        elapsed = self._infer(ctx, docs, work_dir)
-        rows, drops, question_tokens, duplicates = self._rows(ctx, work_dir / "raw")
+        ctx.log(f"{len(unique)} prompts, {sum(s.rollouts for s in unique)} rollouts expected")
+        elapsed = 0.0
+        for work, seeds in rounds:
+            docs = self.documents(list({s.key: s for s in seeds}.values()))
+            elapsed += self._infer(ctx, docs, work) if docs else 0.0
+        rows, drops, question_tokens, duplicates = self._rows(ctx, [work / "raw" for work, _ in rounds])
         expected = sum(s.rollouts for s in unique)
         missing = expected - len(rows) - drops.get("empty_question", 0)
         if missing:
@@ -114,7 +129,10 @@ class GenerateStage:
             rows_out=len(rows),
             output_fingerprint=fingerprint_files(paths),
             drops=dict(drops),
-            stats=self._stats(rows, elapsed, len(docs), question_tokens, duplicates),
+            stats={
+                **self._stats(rows, elapsed, len(unique), question_tokens, duplicates),
+                "top_up_rounds": len(rounds) - 1,
+            },
         )
 
     def _infer(self, ctx: RunContext, docs: list[Document], work_dir: Path) -> float:
@@ -162,7 +180,7 @@ class GenerateStage:
                     ) from exc
         return time.time() - started
 
-    def _rows(self, ctx: RunContext, raw: Path) -> tuple[list[dict], Counter, int, int]:
+    def _rows(self, ctx: RunContext, raws: list[Path]) -> tuple[list[dict], Counter, int, int]:
         """Turn datatrove's documents (one per prompt) into sample rows (one per rollout)."""
         recipe, gen = self.recipe, self.recipe.generate
         teacher = recipe.teacher
@@ -177,8 +195,8 @@ class GenerateStage:
         drops: Counter = Counter()
         question_tokens = 0
         duplicates = 0
-        with datatrove_logs_to(raw.parent / "datatrove.log"):
-            docs = list(JsonlReader(str(raw), compression=None).run())
+        with datatrove_logs_to(raws[0].parent / "datatrove.log"):
+            docs = [doc for raw in raws for doc in JsonlReader(str(raw), compression=None).run()]
         for doc in docs:
             meta = doc.metadata
             for result in meta["rollout_results"]:

@@ -1,0 +1,59 @@
+"""Top-up rounds: when curation keeps fewer rows than the recipe asked for in a kind/language, ask the
+teacher for more prompts there, a bounded number of times.
+
+The rounds are recorded in `<run>/top_up.json`; the generate stage reads them (each round has its own
+datatrove work folder, so the finished rounds are never generated again) and the runner reruns the
+stages after adding one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from dataengine.manifest import Manifest
+from dataengine.recipe import Recipe
+
+TOP_UP_FILE = "top_up.json"
+
+
+def load_rounds(run_dir: Path) -> list[dict[str, int]]:
+    path = run_dir / TOP_UP_FILE
+    return json.loads(path.read_text())["rounds"] if path.is_file() else []
+
+
+def rollouts(recipe: Recipe, group: str) -> int:
+    gen = recipe.generate
+    if group.startswith("chat/") and gen.chat:
+        return gen.chat.rollouts
+    return gen.code.rollouts if gen.code else 1
+
+
+def plan_round(recipe: Recipe, generated: Manifest, curated: Manifest) -> dict[str, int]:
+    """Extra prompts per short group: the rows still missing divided by the group's keep rate so far
+    (at least 1 / max_factor, so a group where nothing survived asks max_factor times its shortfall)."""
+    cfg = recipe.generate.top_up
+    made = generated.stats["rows_by_kind_language"]
+    extra = {}
+    for group, quota in curated.stats["quota"].items():
+        if quota["short"] <= 0:
+            continue
+        keep_rate = max(quota["kept"] / made[group] if made.get(group) else 0.0, 1.0 / cfg.max_factor)
+        rows = math.ceil(quota["short"] / keep_rate)
+        extra[group] = math.ceil(rows / rollouts(recipe, group))
+    return extra
+
+
+def add_round(recipe: Recipe, run_dir: Path, manifests: dict[str, Manifest]) -> dict[str, int] | None:
+    """Record the next round and return it, or None: no curation yet, nothing short, or no rounds left."""
+    generated, curated = manifests.get("generate"), manifests.get("curate")
+    rounds = load_rounds(run_dir)
+    if generated is None or curated is None or len(rounds) >= recipe.generate.top_up.rounds:
+        return None
+    extra = plan_round(recipe, generated, curated)
+    if not extra:
+        return None
+    rounds.append(extra)
+    (run_dir / TOP_UP_FILE).write_text(json.dumps({"rounds": rounds}, indent=2))
+    return extra

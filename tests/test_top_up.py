@@ -1,0 +1,71 @@
+"""Top-up planning: how many more prompts, where, and how often."""
+
+from __future__ import annotations
+
+import json
+
+from dataengine.generate.seeds import expand_seeds, top_up_seeds
+from dataengine.generate.top_up import TOP_UP_FILE, add_round, load_rounds, plan_round
+from dataengine.manifest import Manifest
+from dataengine.recipe import parse_recipe
+
+RECIPE = """
+name: t
+pipeline: curate
+teacher: {model: builtin:smollm2-moe}
+generate:
+  chat:
+    languages: [{code: en, quota: 4}, {code: fr, quota: 4}]
+    rollouts: 2
+  code: {count: 4}
+  top_up: {rounds: 2, max_factor: 3}
+curate: {}
+"""
+
+
+def manifests(kept: dict[str, int], made: dict[str, int]) -> dict[str, Manifest]:
+    targets = {"chat/en": 8, "chat/fr": 8, "code/en": 4}
+    quota = {g: {"target": t, "kept": kept[g], "short": max(0, t - kept[g])} for g, t in targets.items()}
+    generated = Manifest("generate", "", "", "", 20, 20, stats={"rows_by_kind_language": made})
+    curated = Manifest("curate", "", "", "", 20, sum(kept.values()), stats={"quota": quota})
+    return {"generate": generated, "curate": curated}
+
+
+def test_plan_asks_for_missing_rows_over_keep_rate():
+    recipe = parse_recipe(RECIPE)
+    m = manifests(kept={"chat/en": 8, "chat/fr": 4, "code/en": 0}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
+    extra = plan_round(recipe, m["generate"], m["curate"])
+    # fr: 4 rows short at a keep rate of 1/2 -> 8 rows -> 4 prompts of 2 rollouts; en is complete
+    # code: nothing kept -> keep rate floor 1/3 -> 12 rows -> 12 prompts of 1 rollout
+    assert extra == {"chat/fr": 4, "code/en": 12}
+
+
+def test_rounds_are_recorded_and_bounded(tmp_path):
+    recipe = parse_recipe(RECIPE)
+    short = manifests(kept={"chat/en": 8, "chat/fr": 4, "code/en": 4}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
+    assert add_round(recipe, tmp_path, short) == {"chat/fr": 4}
+    assert add_round(recipe, tmp_path, short) == {"chat/fr": 4}
+    assert add_round(recipe, tmp_path, short) is None  # rounds: 2
+    assert load_rounds(tmp_path) == [{"chat/fr": 4}, {"chat/fr": 4}]
+    assert json.loads((tmp_path / TOP_UP_FILE).read_text())["rounds"][0] == {"chat/fr": 4}
+
+
+def test_no_round_when_nothing_is_short_or_top_up_is_off(tmp_path):
+    full = manifests(kept={"chat/en": 8, "chat/fr": 8, "code/en": 4}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
+    assert add_round(parse_recipe(RECIPE), tmp_path, full) is None
+    off = parse_recipe(RECIPE.replace("rounds: 2", "rounds: 0"))
+    short = manifests(kept={"chat/en": 0, "chat/fr": 0, "code/en": 0}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
+    assert add_round(off, tmp_path, short) is None
+    assert not (tmp_path / TOP_UP_FILE).exists()
+
+
+def test_top_up_prompts_are_new_samples():
+    gen = parse_recipe(RECIPE).generate
+    base = {s.key for s in expand_seeds(gen, None)}
+    extra = top_up_seeds(gen, {"chat/fr": 3, "code/en": 2}, round=1)
+    assert [(s.kind, s.language) for s in extra].count(("chat", "fr")) == 3
+    assert [(s.kind, s.language) for s in extra].count(("code", "en")) == 2
+    assert not any(s.kind == "chat" and s.language == "en" for s in extra)
+    assert not base & {s.key for s in extra}  # distinct ids even where a topic is drawn again
+    again = top_up_seeds(gen, {"chat/fr": 3, "code/en": 2}, round=2)
+    assert not {s.key for s in extra} & {s.key for s in again}
