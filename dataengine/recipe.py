@@ -12,14 +12,32 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dataengine.errors import RecipeError
 
 BUILTIN_PREFIX = "builtin:"
+
+
+def _bcp47(value: str) -> str:
+    if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", value):
+        raise ValueError(f"{value!r} is not a BCP-47 language code (e.g. en, fr, pt-BR, zh-Hans)")
+    return value
+
+
+LanguageCode = Annotated[str, AfterValidator(_bcp47)]
 
 
 class StrictModel(BaseModel):
@@ -117,19 +135,12 @@ class SamplingConfig(StrictModel):
 
 
 class LanguageQuota(StrictModel):
-    code: str = Field(description="BCP-47 code, e.g. en, fr, zh")
+    code: LanguageCode = Field(description="BCP-47 code, e.g. en, fr, zh")
     quota: int = Field(ge=0, description="number of distinct prompts in this language")
     instruction: str | None = Field(
         None,
         description="meta-prompt written in this language, with {topic}; needed for languages without a shipped one",
     )
-
-    @field_validator("code")
-    @classmethod
-    def _bcp47(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", value):
-            raise ValueError(f"{value!r} is not a BCP-47 language code (e.g. en, fr, pt-BR, zh-Hans)")
-        return value
 
 
 class ChatConfig(StrictModel):
@@ -174,7 +185,7 @@ class CodeConfig(StrictModel):
     archetypes: list[str] | None = Field(None, description="subset of the shipped archetypes; all when unset")
     rollouts: int = Field(1, ge=1, le=64, description="answers sampled per code prompt")
     max_tokens: int = Field(512, ge=16, description="answer length cap for code answers")
-    language: str = Field("en", description="natural language the problem is asked in")
+    language: LanguageCode = Field("en", description="natural language the problem is asked in")
     answer_prefix: str | None = Field(
         "### Problem\n",
         description="the teacher's answer starts with this text (vLLM's continue_final_message), which keeps "
@@ -202,7 +213,7 @@ class PromptSource(StrictModel):
     split: str = Field("train", description="split of the Hub dataset")
     field: str = Field("prompt", description="column holding the prompt text")
     language_field: str | None = Field(None, description="column holding a BCP-47 code per row")
-    language: str = Field("en", description="language of every row when language_field is unset")
+    language: LanguageCode = Field("en", description="language of every row when language_field is unset")
     limit: int | None = Field(None, ge=1, description="read at most this many rows")
     rollouts: int = Field(1, ge=1, le=64, description="answers sampled per prompt")
 
@@ -244,31 +255,31 @@ class GenerateConfig(StrictModel):
 
 
 class FilterSwitch(StrictModel):
-    enabled: bool = Field(True, description="run this filter")
+    enabled: bool = Field(True, description="run this step")
 
 
 class LengthConfig(StrictModel):
-    enabled: bool = True
+    enabled: bool = Field(True, description="run this step")
     min_chars: int = Field(16, ge=0, description="shorter answers are dropped (too_short)")
     max_chars: int = Field(20000, ge=1, description="longer answers are dropped (too_long)")
 
 
 class RefusalConfig(StrictModel):
-    enabled: bool = True
+    enabled: bool = Field(True, description="run this step")
     extra_phrases: list[str] = Field(default_factory=list, description="more phrases, matched in every language")
 
 
 class LanguageCheckConfig(StrictModel):
-    enabled: bool = True
+    enabled: bool = Field(True, description="run this step")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="below this the answer is dropped as uncertain")
 
 
 class ProseQualityConfig(StrictModel):
     """Gopher-style quality rules, on chat answers in spaced scripts only (never on code)."""
 
-    enabled: bool = True
-    min_words: int = Field(5, ge=0)
-    max_words: int = Field(5000, ge=1)
+    enabled: bool = Field(True, description="run this step")
+    min_words: int = Field(5, ge=0, description="fewer words: dropped (gopher_short_doc)")
+    max_words: int = Field(5000, ge=1, description="more words: dropped (gopher_long_doc)")
 
 
 class FiltersConfig(StrictModel):
@@ -283,18 +294,18 @@ class FiltersConfig(StrictModel):
 class CodeCheckConfig(StrictModel):
     """Code rows must parse and pass their own tests in the sandbox (a subprocess with limits)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="run this step")
     timeout_s: float = Field(10.0, gt=0, description="wall clock per run")
-    cpu_s: int = Field(10, ge=1)
-    memory_mb: int = Field(512, ge=64)
-    max_output_bytes: int = Field(16384, ge=256)
-    max_processes: int = Field(16, ge=1)
+    cpu_s: int = Field(10, ge=1, description="CPU seconds (RLIMIT_CPU)")
+    memory_mb: int = Field(512, ge=64, description="address space (RLIMIT_AS)")
+    max_output_bytes: int = Field(16384, ge=256, description="output read back; more kills the run")
+    max_processes: int = Field(16, ge=1, description="processes of the sandbox user (RLIMIT_NPROC)")
     parallel: int = Field(2, ge=1, description="sandboxed runs at a time")
     require_network_isolation: bool = Field(False, description="fail instead of warning when unshare -n is unavailable")
 
 
 class MinhashSettings(StrictModel):
-    enabled: bool = True
+    enabled: bool = Field(True, description="run this step")
     n_grams: int = Field(5, ge=1, description="word n-grams per shingle")
     num_buckets: int = Field(14, ge=1, description="LSH bands")
     hashes_per_bucket: int = Field(8, ge=1, description="rows per band; with num_buckets sets the threshold")
@@ -304,7 +315,7 @@ class DedupConfig(StrictModel):
     """Exact (normalised text) then MinHash near-duplicate removal over prompt + answer, per language."""
 
     exact: bool = Field(True, description="drop exact copies of prompt + answer")
-    minhash: MinhashSettings = MinhashSettings()
+    minhash: MinhashSettings = Field(MinhashSettings(), description="near-duplicates (datatrove MinhashDedup*)")
     reference: list[str] = Field(
         default_factory=list, description="folders of earlier curated/published parquet to dedup against"
     )
@@ -317,17 +328,17 @@ class BenchmarkFile(StrictModel):
 
 
 class DecontaminationConfig(StrictModel):
-    enabled: bool = True
+    enabled: bool = Field(True, description="run this step")
     n: int = Field(8, ge=3, description="n-gram size, lowercased words")
     builtin: list[Literal["humaneval"]] = Field(["humaneval"], description="benchmarks shipped with the package")
     files: list[BenchmarkFile] = Field(default_factory=list, description="your own benchmark files")
 
 
 class CurateConfig(StrictModel):
-    filters: FiltersConfig = FiltersConfig()
-    code: CodeCheckConfig = CodeCheckConfig()
-    dedup: DedupConfig = DedupConfig()
-    decontamination: DecontaminationConfig = DecontaminationConfig()
+    filters: FiltersConfig = Field(FiltersConfig(), description="filters on the teacher's answers")
+    code: CodeCheckConfig = Field(CodeCheckConfig(), description="code rows: parse, then own tests in the sandbox")
+    dedup: DedupConfig = Field(DedupConfig(), description="exact and near-duplicate removal")
+    decontamination: DecontaminationConfig = Field(DecontaminationConfig(), description="benchmark n-gram overlap")
     executor: Literal["local", "ray"] = Field("local", description="datatrove executor for every curation step")
     tasks: int = Field(1, ge=1, description="datatrove tasks (shards) for the filter step")
     workers: int = Field(1, ge=1, description="tasks run at once")

@@ -127,11 +127,17 @@ class CurateStage:
     def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
         source = ctx.run_dir / "generated" / "data"
         rejected_raw, filtered = work_dir / "rejected", work_dir / "filtered"
-        run = pipeline_runner(self.cfg.executor, self.cfg.workers, work_dir / "logs")
+        run_pipeline = pipeline_runner(self.cfg.executor, self.cfg.workers, work_dir / "logs")
+        status = ctx.console.status("curating")
+
+        def run(name: str, pipeline: list, tasks: int) -> None:
+            status.update(f"curating: {name} ({tasks} task{'s' if tasks > 1 else ''})")
+            run_pipeline(name, pipeline, tasks)
+
         references = [resolve_path(r, self.base_dir) for r in self.cfg.dedup.reference]
         if self.cfg.code.enabled and (warning := isolation_warning(self._limits())):
             ctx.console.print(f"[yellow]warning:[/yellow] {warning}")
-        with datatrove_logs_to(work_dir / "datatrove.log"):
+        with status, datatrove_logs_to(work_dir / "datatrove.log"):
             try:
                 steps = self._filters(rejected_raw)
                 ctx.log(f"filters: {', '.join(s.name for s in steps)}")
