@@ -202,6 +202,7 @@ def _run_stage(stage: Stage, ctx: RunContext, by_name: dict[str, Stage], forced:
     if status == "done" and not forced:
         manifest = Manifest.read(output_dir)
         ctx.console.print(f"[green]✓[/green] {stage.name}: already done ({manifest.rows_out} rows) — skipped")
+        stage.summary(manifest, output_dir, ctx.console)
         return manifest
     ctx.console.rule(f"[bold]{stage.name}")
     work_dir = ctx.run_dir / ".work" / stage.name
