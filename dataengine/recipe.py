@@ -334,14 +334,33 @@ class DecontaminationConfig(StrictModel):
     files: list[BenchmarkFile] = Field(default_factory=list, description="your own benchmark files")
 
 
+class SlurmSettings(StrictModel):
+    """How datatrove's SlurmPipelineExecutor submits each curation step (one sbatch array per step)."""
+
+    partition: str = Field(description="Slurm partition")
+    time: str = Field("02:00:00", description="time limit per task, Slurm syntax")
+    cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: float = Field(2, gt=0)
+    sbatch_args: dict[str, str] = Field(default_factory=dict, description="more #SBATCH directives, e.g. account")
+    venv_path: str | None = Field(None, description="activate script sourced by the jobs; default this venv's")
+    poll_s: float = Field(30.0, gt=0, description="how often the run checks whether a step's tasks are done")
+
+
 class CurateConfig(StrictModel):
     filters: FiltersConfig = Field(FiltersConfig(), description="filters on the teacher's answers")
     code: CodeCheckConfig = Field(CodeCheckConfig(), description="code rows: parse, then own tests in the sandbox")
     dedup: DedupConfig = Field(DedupConfig(), description="exact and near-duplicate removal")
     decontamination: DecontaminationConfig = Field(DecontaminationConfig(), description="benchmark n-gram overlap")
-    executor: Literal["local", "ray"] = Field("local", description="datatrove executor for every curation step")
+    executor: Literal["local", "ray", "slurm"] = Field("local", description="datatrove executor for every step")
+    slurm: SlurmSettings | None = Field(None, description="required with executor: slurm")
     tasks: int = Field(1, ge=1, description="datatrove tasks (shards) for the filter step")
     workers: int = Field(1, ge=1, description="tasks run at once")
+
+    @model_validator(mode="after")
+    def _slurm_settings(self) -> CurateConfig:
+        if self.executor == "slurm" and self.slurm is None:
+            raise ValueError("executor: slurm needs a `slurm:` block with at least `partition`")
+        return self
 
 
 # --------------------------------------------------------------------------- recipe

@@ -127,7 +127,7 @@ class CurateStage:
     def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
         source = ctx.run_dir / "generated" / "data"
         rejected_raw, filtered = work_dir / "rejected", work_dir / "filtered"
-        run_pipeline = pipeline_runner(self.cfg.executor, self.cfg.workers, work_dir / "logs")
+        run_pipeline = pipeline_runner(self.cfg.executor, self.cfg.workers, work_dir / "logs", self.cfg.slurm)
         status = ctx.console.status("curating")
 
         def run(name: str, pipeline: list, tasks: int) -> None:
