@@ -34,7 +34,7 @@ found = re.search(r"#SBATCH --array=(\\d+)-(\\d+)", text)
 indices = range(int(found.group(1)), int(found.group(2)) + 1) if found else [0]
 if {run_jobs}:
     for i in indices:
-        job = {{"SLURM_ARRAY_TASK_ID": str(i), "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost", "SLURM_NODEID": "0"}}
+        job = {{"SLURM_ARRAY_TASK_ID": str(i), "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost"}}
         subprocess.run(["bash", script], env={{**env, **job}},
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print("Submitted batch job 4242")
