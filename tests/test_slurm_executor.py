@@ -22,6 +22,8 @@ from dataengine.recipe import DedupConfig, SlurmSettings
 from tests.planted_corpus import groups, planted_corpus
 from tests.test_dedup import write_docs
 
+pytestmark = pytest.mark.slow
+
 SBATCH = """#!{python}
 import os, re, subprocess, sys
 script = sys.argv[-1]
