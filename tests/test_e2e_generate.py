@@ -90,7 +90,8 @@ def test_generate_run_then_skip(tmp_path):
     assert [status for _, status in plan(recipe, tmp_path, run_dir)] == ["done"]
 
     # a changed generate block makes the stage stale
-    changed = load_recipe(path.write_text(path.read_text().replace("temperature: 0.8", "temperature: 0.5")) and path)
+    path.write_text(path.read_text().replace("temperature: 0.8", "temperature: 0.5"))
+    changed = load_recipe(path)
     assert [status for _, status in plan(changed, tmp_path, run_dir)] == ["stale"]
 
 

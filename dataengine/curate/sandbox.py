@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import selectors
 import shutil
 import signal
 import subprocess
@@ -151,8 +152,6 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
 
 def _read_capped(proc: subprocess.Popen, limits: SandboxLimits, started: float) -> tuple[bytes, str | None]:
     """Read output until exit, the wall-clock timeout, or the output cap; kill the group on the last two."""
-    import selectors
-
     chunks, size, reason = [], 0, None
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)

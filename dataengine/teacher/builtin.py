@@ -75,9 +75,7 @@ def load_dense(gguf_path: Path):
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # The GGUF loader records a quantization config; the weights are dequantised now, and
     # keeping it would make save_pretrained/vLLM treat the checkpoint as quantised.
-    model.config.quantization_config = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    model.config.__dict__.pop("quantization_config", None)
     model.hf_quantizer = None
     model.is_quantized = False
     return model, tokenizer
