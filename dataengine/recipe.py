@@ -363,6 +363,139 @@ class CurateConfig(StrictModel):
         return self
 
 
+# --------------------------------------------------------------------------- score, train, evaluate
+
+
+class ScoreConfig(StrictModel):
+    """The teacher's top-k logprobs for every answer token of the kept rows (vLLM `prompt_logprobs`)."""
+
+    top_k: int = Field(20, ge=1, le=1000, description="logprobs kept per token; at most teacher.vllm.max_logprobs")
+    batch_size: int = Field(8, ge=1, description="sequences per request; also the resumable unit")
+    max_concurrent_requests: int = Field(4, ge=1, description="requests in flight to the teacher")
+
+
+class PruneConfig(StrictModel):
+    """Depth pruning (Minitron-style) of the teacher's dense parent: the student keeps some of its layers
+    and shares its tokenizer. Builtin teachers only: their dense parent ships with the package."""
+
+    keep_every: int | None = Field(None, ge=1, description="keep layers 0, k, 2k, ...")
+    layers: list[int] | None = Field(None, min_length=1, description="explicit layer indices to keep, in order")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> PruneConfig:
+        if (self.keep_every is None) == (self.layers is None):
+            raise ValueError("give exactly one of `keep_every` or `layers`")
+        if self.layers is not None and (len(set(self.layers)) != len(self.layers) or min(self.layers) < 0):
+            raise ValueError(f"layers must be distinct indices >= 0, got {self.layers}")
+        return self
+
+
+class StudentConfig(StrictModel):
+    name: str = Field("student", description="folder under students/ that receives the final model")
+    model: str | None = Field(None, description="Hub id, local folder or builtin:<name> to start from")
+    revision: str | None = Field(None, description="Hub revision of `model`")
+    prune: PruneConfig | None = Field(None, description="start from the teacher's dense parent, depth-pruned")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
+            raise ValueError(f"name {value!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> StudentConfig:
+        if (self.model is None) == (self.prune is None):
+            raise ValueError("give exactly one of `model` (Hub id, folder, builtin:<name>) or `prune`")
+        return self
+
+
+class LoraSettings(StrictModel):
+    """LoRA adapters through peft; the final student is saved with the adapters merged."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="scaling numerator (lora_alpha)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names to adapt")
+
+
+class TrainerSettings(StrictModel):
+    """TRL/transformers training arguments shared by every phase; names are TRL's."""
+
+    learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule"
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
+    num_train_epochs: float = Field(1.0, gt=0, description="passes over the training rows (unless max_steps)")
+    max_steps: int = Field(-1, description="optimizer steps; -1 lets num_train_epochs decide")
+    per_device_train_batch_size: int = Field(8, ge=1, description="rows per step per device")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="steps summed before an optimizer update")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_length: int = Field(1024, ge=16, description="tokens per training sequence; longer ones are truncated")
+    seed: int = Field(0, description="data order and init seed")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on a GPU, fp32 on CPU")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    logging_steps: int = Field(5, ge=1, description="log the loss every N steps")
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps (a crash resumes from the last)")
+
+
+class SFTSettings(TrainerSettings):
+    """Supervised fine-tuning on the curated conversations with TRL's SFTTrainer."""
+
+    enabled: bool = Field(True, description="run this phase")
+    packing: bool = Field(False, description="pack several rows into each max_length sequence")
+    assistant_only_loss: bool = Field(True, description="loss on the teacher's answer only, not on the prompt")
+    lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of all weights")
+    router_aux_loss_coef: float | None = Field(
+        None, ge=0, description="MoE students: weight of the router load-balancing loss; null keeps the model's"
+    )
+
+
+class DistillSettings(TrainerSettings):
+    """Logit distillation after SFT. offline_topk trains on the stored teacher top-k (needs `score`), with no
+    teacher in memory; gkd, on_policy and server are TRL's GKDTrainer, DistillationTrainer and
+    ServerDistillationTrainer. All need the student to share the teacher's vocabulary."""
+
+    method: Literal["offline_topk", "gkd", "on_policy", "server"] = Field(description="how the student learns")
+    temperature: float = Field(1.0, gt=0, description="softens teacher and student distributions alike")
+    ce_weight: float = Field(
+        0.0, ge=0, description="offline_topk: weight of next-token cross-entropy on the answer, added to the KL"
+    )
+    lmbda: float = Field(0.5, ge=0, le=1, description="gkd: share of batches with student-generated answers")
+    beta: float = Field(0.5, ge=0, le=1, description="gkd/on_policy/server: 0 forward KL, 1 reverse KL, between JSD")
+    seq_kd: bool = Field(False, description="gkd: also train on teacher-generated answers")
+    max_new_tokens: int = Field(128, ge=1, description="gkd/on_policy/server: length of answers the student writes")
+    loss_top_k: int = Field(1, ge=1, description="server: teacher top-k per token; must be 1 unless beta is 0")
+
+    @model_validator(mode="after")
+    def _server_top_k(self) -> DistillSettings:
+        if self.method == "server" and self.beta > 0 and self.loss_top_k != 1:
+            raise ValueError(f"method server with beta > 0 needs loss_top_k: 1 (got {self.loss_top_k}); TRL's rule")
+        return self
+
+
+class EvaluateSettings(StrictModel):
+    """Held-out rows that training never sees: student vs teacher, before and after training."""
+
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of curated rows held out (at least one)")
+    max_new_tokens: int = Field(256, ge=8, description="length cap of the student's answers")
+    code_timeout_s: float = Field(10.0, gt=0, description="sandbox wall clock per student code answer")
+
+
+class TrainConfig(StrictModel):
+    student: StudentConfig = Field(description="the model that learns")
+    sft: SFTSettings | None = Field(SFTSettings(), description="sequence-level distillation; null skips it")
+    distill: DistillSettings | None = Field(None, description="logit distillation after SFT; null skips it")
+    evaluate: EvaluateSettings = Field(EvaluateSettings(), description="held-out split and evaluation")
+
+    @model_validator(mode="after")
+    def _something_to_train(self) -> TrainConfig:
+        if (self.sft is None or not self.sft.enabled) and self.distill is None:
+            raise ValueError("nothing to train: enable `sft` or set `distill`")
+        return self
+
+
 # --------------------------------------------------------------------------- recipe
 
 
@@ -374,11 +507,12 @@ class Recipe(StrictModel):
     teacher: TeacherConfig = Field(description="the model that writes the data")
     generate: GenerateConfig = Field(description="what to ask the teacher")
     curate: CurateConfig | None = Field(None, description="filters, dedup, decontamination, code checks")
-    train: Any = None
+    score: ScoreConfig | None = Field(None, description="teacher top-k logprobs on kept rows (distill pipeline)")
+    train: TrainConfig | None = Field(None, description="student init, SFT, distillation, evaluation")
     publish: Any = None
     schedule: Any = None
 
-    @field_validator("train", "publish", "schedule")
+    @field_validator("publish", "schedule")
     @classmethod
     def _reserved(cls, value: Any, info: ValidationInfo) -> Any:
         # Later stages fill these blocks in; until one runs them, a set block is an error, never a silent no-op.
@@ -392,6 +526,26 @@ class Recipe(StrictModel):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
             raise ValueError(f"name {value!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
         return value
+
+    @model_validator(mode="after")
+    def _distill_needs(self) -> Recipe:
+        if self.pipeline == "distill" and (self.curate is None or self.train is None):
+            raise ValueError("pipeline distill needs `curate` and `train` blocks")
+        distill = self.train.distill if self.train else None
+        if distill is not None and distill.method == "offline_topk" and self.score is None:
+            raise ValueError("train.distill.method offline_topk trains on stored teacher logprobs: add a `score` block")
+        if self.score is not None and not self.teacher.endpoint and self.score.top_k > self.teacher.vllm.max_logprobs:
+            raise ValueError(
+                f"score.top_k ({self.score.top_k}) exceeds teacher.vllm.max_logprobs "
+                f"({self.teacher.vllm.max_logprobs}); raise max_logprobs or lower top_k"
+            )
+        student = self.train.student if self.train else None
+        if student is not None and student.prune is not None and not self.teacher.is_builtin:
+            raise ValueError(
+                "train.student.prune starts from the teacher's dense parent, which only builtin teachers ship; "
+                "give train.student.model instead"
+            )
+        return self
 
     @field_validator("pipeline")
     @classmethod
@@ -548,6 +702,14 @@ def _check_paths(recipe: Recipe, base_dir: Path) -> list[str]:
     # A Hub id never starts with these; a path that does must be a model folder.
     if model.startswith(("/", "./", "../", "~")) and not resolve_path(model, base_dir).is_dir():
         problems.append(f"teacher.model: folder not found: {resolve_path(model, base_dir)}")
+    student = recipe.train.student.model if recipe.train else None
+    if student and student.startswith(("/", "./", "../", "~")) and not resolve_path(student, base_dir).is_dir():
+        problems.append(f"train.student.model: folder not found: {resolve_path(student, base_dir)}")
+    elif not problems:
+        from dataengine.train.student import vocab_problem
+
+        if problem := vocab_problem(recipe, base_dir):
+            problems.append(problem)
     return problems
 
 

@@ -1,0 +1,1 @@
+"""Students: initialisation, TRL fine-tuning and distillation, held-out evaluation."""

@@ -1,0 +1,95 @@
+"""Held-out metrics of one student: how close its token distribution is to the teacher's, and what
+its own answers are worth (code that passes its tests in the sandbox, answers in the language asked)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dataengine.curate.filters.language import detect_language, primary
+from dataengine.curate.sandbox import SandboxLimits, run_python
+from dataengine.generate.code_answer import parse_code_answer
+from dataengine.train.data import prompt_and_full_ids
+from dataengine.train.offline_topk import topk_kl
+
+
+@torch.no_grad()
+def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
+    """On the teacher's answers: mean per-token KL(teacher || student) over the teacher's top-k plus a tail
+    bucket (when the rows were scored) and the student's perplexity."""
+    model.eval()
+    nll, kl, tokens, kl_tokens = 0.0, 0.0, 0, 0
+    for row in rows:
+        if row.get("token_ids") is not None:
+            ids, start = row["token_ids"], row["completion_start"]
+        else:
+            ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+        input_ids = torch.tensor([ids])
+        logits = model(input_ids=input_ids).logits[0].float()
+        predicted = logits[start - 1 : -1]  # the logits at p - 1 predict token p
+        targets = input_ids[0, start:]
+        nll += F.cross_entropy(predicted, targets, reduction="sum").item()
+        tokens += len(targets)
+        if row.get("teacher_topk_ids") is not None:
+            n = len(row["teacher_topk_ids"])
+            kl_sum, count = topk_kl(predicted[:n], torch.tensor(row["teacher_topk_ids"]),
+                                    torch.tensor(row["teacher_topk_logprobs"]), torch.ones(n))  # fmt: skip
+            kl += kl_sum.item()
+            kl_tokens += int(count)
+    return {
+        "kl_teacher_student": kl / kl_tokens if kl_tokens else None,
+        "perplexity": math.exp(nll / tokens) if tokens else None,
+        "answer_tokens": tokens,
+    }
+
+
+@torch.no_grad()
+def generate_answer(model, tokenizer, messages: list[dict], prefix: str, max_new_tokens: int) -> str:
+    """Greedy answer to the prompt turns; `prefix` starts the answer as it started the teacher's."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    return prefix + tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def answer_quality(
+    model,
+    tokenizer,
+    rows: list[dict],
+    code_prefix: str,
+    max_new_tokens: int,
+    limits: SandboxLimits,
+    advance: Callable[[], None] = lambda: None,
+) -> dict:
+    """The student answers the held-out prompts itself: code answers must parse and pass their own tests in
+    the sandbox (the rule curation applied to the teacher); chat answers must be in the language asked."""
+    model.eval()
+    passed = code = in_language = chat = 0
+    samples = []
+    for row in rows:
+        is_code = row["kind"] == "code"
+        answer = generate_answer(model, tokenizer, row["messages"][:-1], code_prefix if is_code else "", max_new_tokens)
+        if is_code:
+            code += 1
+            parsed = parse_code_answer(answer)
+            ok = parsed.ok and run_python(f"{parsed.solution}\n\n\n{parsed.tests}\n", limits).passed
+            passed += ok
+        else:
+            chat += 1
+            detected, _ = detect_language(answer)
+            ok = detected == primary(row["language"])
+            in_language += ok
+        samples.append({"id": row["id"], "kind": row["kind"], "language": row["language"], "ok": bool(ok),
+                        "answer": answer[:2000]})  # fmt: skip
+        advance()
+    return {
+        "code_pass_rate": passed / code if code else None,
+        "code_rows": code,
+        "language_fidelity": in_language / chat if chat else None,
+        "chat_rows": chat,
+        "samples": samples,
+    }

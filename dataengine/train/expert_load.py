@@ -1,0 +1,53 @@
+"""Per-expert token load of an MoE being fine-tuned, counted where the routing happens.
+
+transformers' MoE routers (MixtralTopKRouter, Qwen3MoeTopKRouter, ...) return
+(logits, scores, expert indices); a forward hook counts the indices during training steps.
+Padding tokens are routed like any other and are counted too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+
+def routers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if type(m).__name__.endswith("TopKRouter")}
+
+
+class ExpertLoadCallback(TrainerCallback):
+    """Counts tokens per expert per MoE layer; logs the busiest expert's share over the even share
+    (`expert_load_max_over_mean`, 1.0 is perfectly balanced) with every loss log."""
+
+    def __init__(self, model: nn.Module, num_experts: int) -> None:
+        self.num_experts = num_experts
+        self.counts = {name: torch.zeros(num_experts, dtype=torch.long) for name in routers(model)}
+        self.since_log = {name: torch.zeros(num_experts, dtype=torch.long) for name in self.counts}
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in routers(model).items()]
+
+    def _hook(self, name: str):
+        def count(module: nn.Module, args, output) -> None:
+            if module.training:
+                indices = output[2].detach().reshape(-1).cpu()
+                seen = torch.bincount(indices, minlength=self.num_experts)
+                self.counts[name] += seen
+                self.since_log[name] += seen
+
+        return count
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        total = sum(self.since_log.values())
+        if isinstance(total, torch.Tensor) and total.sum() > 0 and state.log_history:
+            # Trainer appends a copy of `logs` to the history before callbacks run: record it there
+            state.log_history[-1]["expert_load_max_over_mean"] = round((total.max() / total.float().mean()).item(), 4)
+        for c in self.since_log.values():
+            c.zero_()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for handle in self.handles:
+            handle.remove()
+
+    def load(self) -> dict[str, list[float]]:
+        """Share of routed tokens per expert, per layer."""
+        return {name: (c / max(1, int(c.sum()))).tolist() for name, c in self.counts.items()}

@@ -1,0 +1,139 @@
+"""train: student init -> SFT -> distillation, on the training split of the curated (or scored) rows.
+
+The held-out split (train.evaluate.eval_fraction) is never trained on. The final student is written
+to students/<name>/ as a plain transformers folder (vLLM and AutoModelForCausalLM load it), with
+training.json holding every phase's log history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from dataengine.manifest import Manifest, fingerprint_files
+from dataengine.recipe import Recipe
+from dataengine.runner import RunContext, StageResult
+from dataengine.teacher.server import resolve_model
+from dataengine.train.data import read_rows, split_rows
+from dataengine.train.phases import DONE, run_distill, run_sft
+from dataengine.train.student import init_student
+
+
+def source_stage(recipe: Recipe) -> tuple[str, str]:
+    """(stage name, folder) of the rows students learn from: scored rows when the recipe scores."""
+    return ("score", "scored") if recipe.score is not None else ("curate", "curated")
+
+
+class TrainStage:
+    name = "train"
+
+    def __init__(self, recipe: Recipe, base_dir: Path) -> None:
+        self.recipe = recipe
+        self.cfg = recipe.train
+        self.base_dir = base_dir
+        self.output = f"students/{self.cfg.student.name}"
+        self.inputs = (source_stage(recipe)[0],)
+
+    def config_hash(self) -> str:
+        data = self.recipe.model_dump(mode="json")
+        train = data["train"]
+        relevant = {
+            "teacher": data["teacher"],  # prune and gkd/on_policy read the teacher
+            "student": train["student"],
+            "sft": train["sft"],
+            "distill": train["distill"],
+            "eval_fraction": train["evaluate"]["eval_fraction"],
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    def state(self, run_dir: Path) -> str:
+        return ""
+
+    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
+        rows = read_rows(ctx.run_dir / source_stage(self.recipe)[1])
+        train_rows, held_out = split_rows(rows, self.cfg.evaluate.eval_fraction)
+        if not train_rows:
+            from dataengine.errors import StageError
+
+            raise StageError(f"train: {len(rows)} curated row(s), none left to train on after the held-out split")
+        ctx.log(f"training on {len(train_rows)} rows; {len(held_out)} held out for evaluation")
+        current = init_student(self.recipe, self.base_dir, work_dir / "init", ctx.log)
+        phases = []
+        sft = self.cfg.sft
+        if sft is not None and sft.enabled:
+            current = self._phase(
+                "sft", work_dir, ctx, lambda out, start: run_sft(start, train_rows, sft, out, ctx.log), current
+            )
+            phases.append(json.loads((current / DONE).read_text()))
+        distill = self.cfg.distill
+        if distill is not None:
+            top_k = self.recipe.score.top_k if self.recipe.score else None
+
+            def go(out: Path, start: Path) -> Path:
+                return run_distill(start, train_rows, distill, out, lambda: resolve_model(self.recipe.teacher, ctx.log),
+                                   ctx.teacher.url, top_k, ctx.log)  # fmt: skip
+
+            current = self._phase(f"distill-{distill.method}", work_dir, ctx, go, current)
+            phases.append(json.loads((current / DONE).read_text()))
+        for item in current.iterdir():
+            if item.name != DONE:
+                shutil.copy2(item, output_dir / item.name)
+        record = {
+            "student": json.loads((work_dir / "init" / "student_init.json").read_text()),
+            "train_rows": len(train_rows),
+            "held_out_rows": len(held_out),
+            "held_out_ids": sorted(r["id"] for r in held_out),
+            "phases": phases,
+        }
+        (output_dir / "training.json").write_text(json.dumps(record, indent=2))
+        return StageResult(
+            rows_in=len(rows),
+            rows_out=len(train_rows),
+            output_fingerprint=fingerprint_files(sorted(output_dir.glob("*.safetensors"))),
+            stats={
+                "held_out_rows": len(held_out),
+                "phases": [_phase_stats(p) for p in phases],
+                "student": record["student"],
+            },  # fmt: skip
+        )
+
+    @staticmethod
+    def _phase(name: str, work_dir: Path, ctx: RunContext, train, start: Path) -> Path:
+        out = work_dir / name
+        final = out / "final"
+        if (final / DONE).is_file():
+            ctx.log(f"{name}: already trained — reusing {final}")
+            return final
+        ctx.log(f"{name}: training from {start}")
+        return train(out, start)
+
+    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
+        table = Table(title=f"trained on {manifest.rows_out} rows ({manifest.stats['held_out_rows']} held out)",
+                      title_justify="left")  # fmt: skip
+        for column in ("phase", "steps", "first loss", "last loss", "seconds"):
+            table.add_column(column, justify="left" if column == "phase" else "right")
+        for p in manifest.stats["phases"]:
+            table.add_row(p["method"], str(p["steps"]), _fmt(p["first_loss"]), _fmt(p["last_loss"]), str(p["seconds"]))
+        console.print(table)
+        console.print(f"student: {output_dir}")
+
+
+def _phase_stats(record: dict) -> dict:
+    losses = [entry["loss"] for entry in record["log_history"] if "loss" in entry]
+    return {
+        "method": record["method"],
+        "steps": record["steps"],
+        "seconds": record["seconds"],
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "resumed_from": record["resumed_from"],
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"

@@ -1,0 +1,138 @@
+"""Students end to end on the builtin teacher (vLLM CPU server): score, SFT, offline_topk, evaluate,
+a crash in training that resumes from the checkpoint, and the saved student served by vLLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from datasets import load_dataset
+from rich.console import Console
+from transformers import AutoModelForCausalLM
+
+from dataengine.recipe import DistillSettings, TeacherConfig, load_recipe
+from dataengine.runner import run_recipe
+from dataengine.teacher.server import TeacherServer, resolve_model
+from dataengine.train.phases import run_distill
+from dataengine.train.student import init_student
+from tests.conftest import tiny_recipe
+from tests.tiny_models import rows as tiny_rows
+
+pytestmark = pytest.mark.slow
+
+DISTILL = """
+pipeline: distill
+curate:
+  filters:
+    truncated: {enabled: false}   # answers are capped at 40 tokens here
+    length: {min_chars: 8}
+    language: {enabled: false}
+  dedup:
+    minhash: {enabled: false}
+  code: {timeout_s: 5, cpu_s: 3}
+score: {top_k: 8, batch_size: 4}
+train:
+  student:
+    name: tiny-student
+    prune: {keep_every: 3}
+  sft: {max_steps: 6, per_device_train_batch_size: 4, learning_rate: 3.0e-4, save_steps: 3, logging_steps: 1,
+        max_length: 256}
+  distill: {method: offline_topk, max_steps: 6, per_device_train_batch_size: 4, learning_rate: 3.0e-4,
+            save_steps: 3, logging_steps: 1, max_length: 256}
+  evaluate: {eval_fraction: 0.25, max_new_tokens: 24}
+"""
+
+
+def _cli(recipe: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
+
+
+def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_server):
+    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=3, extra=DISTILL)
+    run_dir = tmp_path / "run"
+    # first run: killed once SFT has written its first checkpoint
+    proc = subprocess.Popen(_cli(path, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    checkpoint = run_dir / ".work" / "train" / "sft" / "checkpoint-3"
+    deadline = time.time() + 900
+    while not checkpoint.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.is_dir(), f"no checkpoint appeared (exit {proc.poll()})"
+    time.sleep(1)  # let the trainer finish writing the checkpoint's files
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "students" / "tiny-student" / "manifest.json").exists()
+
+    console = Console(record=True, width=200)
+    manifests = run_recipe(load_recipe(path), tmp_path, run_dir=run_dir, console=console)
+    shown = console.export_text()
+
+    # scoring: every kept row has one top-k entry per answer token
+    scored = load_dataset(str(run_dir / "scored"), split="train")
+    assert len(scored) == manifests["curate"].rows_out
+    for row in scored:
+        answer_tokens = len(row["token_ids"]) - row["completion_start"]
+        assert len(row["teacher_topk_ids"]) == answer_tokens
+        assert all(len(k) == 8 for k in row["teacher_topk_ids"])
+        assert all(lp[0] >= lp[-1] for lp in row["teacher_topk_logprobs"])  # best first
+
+    # training resumed from the checkpoint the crash left, and never saw the held-out rows
+    student_dir = run_dir / "students" / "tiny-student"
+    training = json.loads((student_dir / "training.json").read_text())
+    sft, distill = training["phases"]
+    assert sft["resumed_from"] == "checkpoint-3" and sft["steps"] == 6
+    assert distill["method"] == "offline_topk" and distill["steps"] == 6
+    assert training["student"]["layers"] == list(range(0, 30, 3))
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert metrics["held_out_ids"] == training["held_out_ids"] and metrics["held_out_rows"] >= 1
+    assert training["train_rows"] + training["held_out_rows"] == len(scored)
+
+    # the student got closer to the teacher on rows it never trained on
+    before, after = metrics["before"], metrics["after"]
+    assert after["kl_teacher_student"] < before["kl_teacher_student"]
+    assert after["perplexity"] < before["perplexity"]
+    assert "KL(teacher || student)" in shown and "held-out" in shown
+
+    # the saved student is a plain transformers folder...
+    model = AutoModelForCausalLM.from_pretrained(student_dir)
+    assert model.config.num_hidden_layers == 10
+    # ...that vLLM serves
+    with TeacherServer(TeacherConfig(model=str(student_dir), vllm={"enforce_eager": True, "max_model_len": 512}),
+                       tmp_path / "student-server.log") as server:  # fmt: skip
+        answer = httpx.post(
+            f"{server.base_url}/v1/completions",
+            json={"model": str(student_dir), "prompt": "The capital of France is", "max_tokens": 8},
+            timeout=120,
+        ).json()
+    assert answer["usage"]["completion_tokens"] > 0 and answer["choices"][0]["text"]
+
+    # a second run skips every stage
+    again = Console(record=True, width=200)
+    run_recipe(load_recipe(path), tmp_path, run_dir=run_dir, console=again)
+    assert again.export_text().count("already done") == 5
+
+
+@pytest.mark.parametrize("method", ["gkd", "on_policy", "server"])
+def test_online_methods_train_a_few_steps_with_the_moe_teacher(tmp_path, teacher_server, method):
+    recipe = load_recipe(tiny_recipe(tmp_path, endpoint=teacher_server.base_url,
+                                     extra="train: {student: {prune: {keep_every: 10}}}\n"))  # fmt: skip
+    start = init_student(recipe, tmp_path, tmp_path / "init")
+    settings = DistillSettings(method=method, max_steps=2, per_device_train_batch_size=2, max_new_tokens=8,
+                               logging_steps=1, precision="fp32", beta=0.0 if method == "server" else 0.5,
+                               loss_top_k=4 if method == "server" else 1)  # fmt: skip
+    teacher_path = resolve_model(recipe.teacher)
+    assert json.loads((Path(teacher_path) / "config.json").read_text())["architectures"] == ["MixtralForCausalLM"]
+    final = run_distill(start, tiny_rows(4), settings, tmp_path / method, lambda: teacher_path,
+                        lambda: teacher_server.base_url, None, print)  # fmt: skip
+    record = json.loads((final / "phase.json").read_text())
+    losses = [e["loss"] for e in record["log_history"] if "loss" in e]
+    assert record["steps"] == 2 and len(losses) == 2
+    assert all(loss == loss and loss != float("inf") for loss in losses)  # finite
+    assert AutoModelForCausalLM.from_pretrained(final).config.num_hidden_layers == 3

@@ -1,0 +1,103 @@
+"""Recipe validation of the score and train blocks, including the vocabulary check for logit distillation."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from dataengine.errors import RecipeError
+from dataengine.recipe import load_recipe, parse_recipe
+from tests.conftest import MINIMAL
+from tests.tiny_models import WORDS, save, tiny_llama, tiny_tokenizer
+
+CURATE = "curate: {}\n"
+TRAIN = """
+train:
+  student: {prune: {keep_every: 3}}
+  distill: {method: offline_topk}
+"""
+
+
+def problems(text: str) -> str:
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text, "r.yaml")
+    return "\n".join(info.value.problems)
+
+
+def test_shipped_quickstart_distills_offline():
+    recipe = load_recipe("recipes/quickstart.yaml")
+    assert recipe.pipeline == "distill"
+    assert recipe.train.student.prune.keep_every == 3
+    assert recipe.train.distill.method == "offline_topk" and recipe.score.top_k == 20
+
+
+def test_distill_pipeline_with_defaults():
+    recipe = parse_recipe(MINIMAL + "pipeline: distill\nscore: {}\n" + CURATE + TRAIN)
+    assert recipe.train.sft.enabled and recipe.train.sft.assistant_only_loss
+    assert recipe.train.evaluate.eval_fraction == 0.2
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (MINIMAL + "pipeline: distill\n" + CURATE, ["pipeline distill needs `curate` and `train`"]),
+        (MINIMAL + CURATE + TRAIN, ["offline_topk trains on stored teacher logprobs: add a `score` block"]),
+        (
+            MINIMAL + "score: {top_k: 50}\n" + CURATE + TRAIN,
+            ["score.top_k (50) exceeds teacher.vllm.max_logprobs (20)"],
+        ),
+        (MINIMAL + "train: {student: {name: s}}\n", ["train.student", "exactly one of `model`"]),
+        (MINIMAL + "train: {student: {prune: {keep_every: 2, layers: [0]}}}\n", ["exactly one of `keep_every`"]),
+        (MINIMAL + "train: {student: {model: x}, sft: null}\n", ["nothing to train"]),
+        (MINIMAL + "train: {student: {model: x}, distill: {method: magic}}\n", ["train.distill.method", "'magic'"]),
+        (
+            MINIMAL + "train: {student: {model: x}, distill: {method: server, beta: 0.5, loss_top_k: 4}}\n",
+            ["needs loss_top_k: 1"],
+        ),
+        (MINIMAL + "train: {student: {model: x}, sft: {learning_rate: -1}}\n", ["train.sft.learning_rate"]),
+    ],
+)
+def test_bad_train_blocks_are_explained(text, expected):
+    message = problems(text)
+    for fragment in expected:
+        assert fragment in message
+
+
+def _recipe(tmp_path, teacher_words, student_words, distill: bool) -> str:
+    teacher = save(tiny_llama(len(tiny_tokenizer(teacher_words))), tiny_tokenizer(teacher_words), tmp_path / "t")
+    student = save(tiny_llama(len(tiny_tokenizer(student_words))), tiny_tokenizer(student_words), tmp_path / "s")
+    text = textwrap.dedent(
+        f"""
+        name: v
+        teacher: {{model: {teacher}}}
+        generate: {{chat: {{languages: [{{code: en, quota: 1}}]}}}}
+        train:
+          student: {{model: {student}}}
+        """
+    )
+    if distill:
+        text += "  distill: {method: gkd}\n"
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_logit_distillation_needs_the_teachers_vocabulary(tmp_path):
+    path = _recipe(tmp_path, WORDS, WORDS[:-5] + ["aaa", "bbb", "ccc", "ddd", "eee"], distill=True)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    message = "\n".join(info.value.problems)
+    assert "different vocabularies" in message and "same size, different token ids" in message
+    assert "SFT on the curated text works across vocabularies" in message
+
+
+def test_sft_alone_accepts_another_vocabulary_and_same_vocab_distills(tmp_path):
+    assert load_recipe(_recipe(tmp_path / "a", WORDS, WORDS[:40], distill=False)).train.distill is None
+    assert load_recipe(_recipe(tmp_path / "b", WORDS, WORDS, distill=True)).train.distill.method == "gkd"
+
+
+def test_prune_needs_a_builtin_teacher(tmp_path):
+    teacher = save(tiny_llama(len(tiny_tokenizer())), tiny_tokenizer(), tmp_path / "t")
+    text = MINIMAL.replace("builtin:smollm2-moe", str(teacher)) + "train: {student: {prune: {keep_every: 2}}}\n"
+    assert "only builtin teachers ship" in problems(text)

@@ -1,0 +1,194 @@
+"""Students without a teacher server: pruning, the offline top-k loss and trainer, split, vocab checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dataengine.recipe import DistillSettings, PruneConfig, SFTSettings
+from dataengine.train.data import prompt_and_full_ids, split_rows
+from dataengine.train.evaluation import answer_fit
+from dataengine.train.offline_topk import OfflineTopKCollator, topk_kl
+from dataengine.train.phases import run_distill, run_sft
+from dataengine.train.student import kept_layers, prune_layers
+from tests.tiny_models import rows, save, tiny_llama, tiny_mixtral, tiny_tokenizer
+
+# ---------------------------------------------------------------- pruning
+
+
+def test_kept_layers_every_k_and_explicit():
+    assert kept_layers(PruneConfig(keep_every=3), 30) == list(range(0, 30, 3))
+    assert kept_layers(PruneConfig(layers=[5, 0, 29]), 30) == [0, 5, 29]
+    with pytest.raises(Exception, match="out of range"):
+        kept_layers(PruneConfig(layers=[0, 30]), 30)
+
+
+def test_pruned_student_keeps_the_requested_layers_and_loads(tmp_path):
+    tokenizer = tiny_tokenizer()
+    parent = tiny_llama(len(tokenizer), layers=6)
+    parent_layers = [layer.self_attn.q_proj.weight.clone() for layer in parent.model.layers]
+    student = prune_layers(parent, [0, 2, 5])
+    save(student, tokenizer, tmp_path / "student")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert loaded.config.num_hidden_layers == 3
+    for new, old in enumerate([0, 2, 5]):
+        assert torch.equal(loaded.model.layers[new].self_attn.q_proj.weight, parent_layers[old])
+        assert loaded.model.layers[new].self_attn.layer_idx == new
+    # generation uses the KV cache, which is indexed by the renumbered layer_idx
+    out = loaded.generate(torch.tensor([[4, 5, 6]]), max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 8)
+
+
+# ---------------------------------------------------------------- loss
+
+
+def _reference_kl(student_logits, ids, teacher_logprobs, temperature):
+    """The truncated KL written out in float64 Python arithmetic."""
+    student = torch.log_softmax(student_logits.double(), -1).tolist()
+    t = list(teacher_logprobs) + [math.log(1 - sum(math.exp(v) for v in teacher_logprobs))]
+    s = [student[i] for i in ids]
+    s = s + [math.log(1 - sum(math.exp(v) for v in s))]
+
+    def temper(buckets):
+        scaled = [b / temperature for b in buckets]
+        norm = math.log(sum(math.exp(b) for b in scaled))
+        return [b - norm for b in scaled]
+
+    t, s = temper(t), temper(s)
+    return sum(math.exp(a) * (a - b) for a, b in zip(t, s, strict=True)) * temperature**2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 0.5])
+def test_topk_kl_matches_a_float64_computation(temperature):
+    torch.manual_seed(0)
+    teacher = torch.log_softmax(torch.randn(3, 50, dtype=torch.float64) * 2, -1)
+    top = torch.topk(teacher, 5)
+    student_logits = torch.randn(3, 50, dtype=torch.float64, requires_grad=True)
+    kl, count = topk_kl(student_logits, top.indices, top.values, torch.ones(3), temperature)
+    expected = sum(
+        _reference_kl(student_logits[i].detach(), top.indices[i].tolist(), top.values[i].tolist(), temperature)
+        for i in range(3)
+    )
+    assert count == 3
+    assert kl.item() == pytest.approx(expected, rel=1e-9)
+    kl.backward()
+    assert student_logits.grad is not None and student_logits.grad.abs().sum() > 0
+
+
+def test_topk_kl_is_zero_for_the_teacher_itself_and_ignores_padding_and_masked_positions():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 4, 30)
+    top = torch.topk(torch.log_softmax(logits, -1), 6)
+    values = top.values.clone()
+    values[..., 4:] = float("-inf")  # a position with fewer than k entries is padded with -inf
+    kl, _ = topk_kl(logits, top.indices, values, torch.ones(2, 4))
+    assert kl.item() == pytest.approx(0.0, abs=1e-5)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    kl, count = topk_kl(torch.randn(2, 4, 30), top.indices, values, mask)
+    assert count == 3 and torch.isfinite(kl)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_split_is_deterministic_disjoint_and_holds_at_least_one_row():
+    data = [{"id": f"r{i}"} for i in range(10)]
+    train, held = split_rows(data, 0.2)
+    assert len(held) == 2 and len(train) == 8
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
+    assert {r["id"] for r in split_rows(list(reversed(data)), 0.2)[1]} == {r["id"] for r in held}
+    assert len(split_rows(data[:3], 0.01)[1]) == 1
+
+
+def peaky_teacher(vocab_size: int):
+    """A random model is near uniform; a larger final norm makes its distributions confident, like a real one."""
+    teacher = tiny_llama(vocab_size, seed=1)
+    teacher.model.norm.weight.data *= 40
+    return teacher
+
+
+def _scored(rows_, teacher, tokenizer, k=5):
+    """Rows with the teacher's top-k per answer token, laid out as the score stage stores them."""
+    out = []
+    for row in rows_:
+        ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(teacher(torch.tensor([ids])).logits[0], -1)
+        top = torch.topk(logprobs[start - 1 : -1], k)
+        out.append({**row, "token_ids": ids, "completion_start": start, "teacher_topk_ids": top.indices.tolist(),
+                    "teacher_topk_logprobs": top.values.tolist()})  # fmt: skip
+    return out
+
+
+def test_collator_puts_each_teacher_distribution_at_its_token(tmp_path):
+    tokenizer = tiny_tokenizer()
+    scored = _scored(rows(2), tiny_llama(len(tokenizer), seed=1), tokenizer)
+    examples = [
+        {"input_ids": r["token_ids"], "completion_start": r["completion_start"],
+         "teacher_topk_ids": r["teacher_topk_ids"], "teacher_topk_logprobs": r["teacher_topk_logprobs"]}
+        for r in scored
+    ]  # fmt: skip
+    batch = OfflineTopKCollator(pad_token_id=0, top_k=5).torch_call(examples)
+    for b, r in enumerate(scored):
+        start, n = r["completion_start"], len(r["teacher_topk_ids"])
+        assert batch["teacher_topk_ids"][b, start : start + n].tolist() == r["teacher_topk_ids"]
+        assert torch.isinf(batch["teacher_topk_logprobs"][b, :start]).all()
+        assert torch.isinf(batch["teacher_topk_logprobs"][b, start + n :]).all()
+
+
+def _settings(cls, **extra):
+    return cls(max_steps=12, per_device_train_batch_size=4, learning_rate=3e-2, logging_steps=2, save_steps=6,
+               max_length=64, precision="fp32", **extra)  # fmt: skip
+
+
+def test_offline_topk_trainer_moves_the_student_towards_the_teacher(tmp_path):
+    tokenizer = tiny_tokenizer()
+    teacher = peaky_teacher(len(tokenizer))
+    start = save(tiny_llama(len(tokenizer), seed=2), tokenizer, tmp_path / "start")
+    scored = _scored(rows(), teacher, tokenizer)
+    before = answer_fit(AutoModelForCausalLM.from_pretrained(start), tokenizer, scored)
+    final = run_distill(start, scored, _settings(DistillSettings, method="offline_topk"), tmp_path / "distill",
+                        teacher=None, teacher_url=None, top_k=5, log=print)  # fmt: skip
+    after = answer_fit(AutoModelForCausalLM.from_pretrained(final), tokenizer, scored)
+    record = json.loads((final / "phase.json").read_text())
+    assert record["steps"] == 12 and record["method"] == "offline_topk"
+    assert any("topk_kl" in entry for entry in record["log_history"])
+    assert after["kl_teacher_student"] < 0.85 * before["kl_teacher_student"]
+    # the teacher scored against its own stored distribution: KL ~ 0 (checks the token alignment)
+    assert answer_fit(teacher, tokenizer, scored)["kl_teacher_student"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_sft_resumes_from_its_last_checkpoint(tmp_path):
+    tokenizer = tiny_tokenizer()
+    start = save(tiny_llama(len(tokenizer), seed=2), tokenizer, tmp_path / "start")
+    out = tmp_path / "sft"
+    run_sft(start, rows(), _settings(SFTSettings), out, print)
+    first = json.loads((out / "final" / "phase.json").read_text())
+    assert first["steps"] == 12 and first["resumed_from"] is None
+    # a crash after the step-6 checkpoint: the next run picks it up and trains only the rest
+    for item in ("final", "checkpoint-12"):
+        shutil.rmtree(out / item)
+    resumed = run_sft(start, rows(), _settings(SFTSettings), out, print)
+    record = json.loads((resumed / "phase.json").read_text())
+    assert record["resumed_from"] == "checkpoint-6"
+    assert record["steps"] == 12
+    assert min(e["step"] for e in record["log_history"] if "loss" in e) <= 6  # history carried over
+
+
+def test_sft_of_an_moe_applies_the_router_loss_and_logs_expert_load(tmp_path):
+    tokenizer = tiny_tokenizer()
+    start = save(tiny_mixtral(len(tokenizer)), tokenizer, tmp_path / "moe")
+    final = run_sft(start, rows(), _settings(SFTSettings, router_aux_loss_coef=0.02), tmp_path / "sft", print)
+    record = json.loads((final / "phase.json").read_text())
+    load = record["expert_load"]
+    assert len(load) == 2  # one entry per MoE layer
+    for shares in load.values():
+        assert len(shares) == 4 and sum(shares) == pytest.approx(1.0)
+    assert any("expert_load_max_over_mean" in entry for entry in record["log_history"])
+    config = json.loads((final / "config.json").read_text())
+    assert config["router_aux_loss_coef"] == 0.02 and config["output_router_logits"] is True
