@@ -30,6 +30,8 @@ def plain_trl_sft(start: Path, rows: list[dict], settings, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from dataengine.train.phases import use_bf16
+
     tokenizer = AutoTokenizer.from_pretrained(str(start))
     model = AutoModelForCausalLM.from_pretrained(str(start))
     config = SFTConfig(
@@ -45,6 +47,10 @@ def plain_trl_sft(start: Path, rows: list[dict], settings, out: Path) -> None:
         save_steps=settings.save_steps,
         save_total_limit=2,
         report_to=[],
+        # TRL's own defaults differ from the recipe's here (gradient checkpointing on, bf16): matched, so
+        # both contenders do the same work
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=use_bf16(settings),
     )
     data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)

@@ -72,6 +72,19 @@ def run(
 
 
 @app.command()
+def publish(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder (runs/<name>)", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help="hf://datasets/ORG/NAME, file://PATH or a folder path")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="write the layout locally and stop; no upload")] = False,
+) -> None:
+    """Publish a finished run's curated rows (configs, splits, dataset card) to the Hub or a folder.
+    The Hub token comes from HF_TOKEN or `hf auth login`; the same content twice makes no new commit."""
+    from dataengine.publish.stage import publish_run
+
+    publish_run(run_dir, to, dry_run, console)
+
+
+@app.command()
 def reference() -> None:
     """Print the recipe reference (every key, type, default and meaning) as Markdown."""
     from dataengine.reference import render

@@ -496,6 +496,36 @@ class TrainConfig(StrictModel):
         return self
 
 
+# --------------------------------------------------------------------------- publish
+
+
+class PublishConfig(StrictModel):
+    """The curated rows as a Hub dataset: parquet under data/<config>/<split>-NNNNN-of-NNNNN.parquet and a
+    README.md dataset card, uploaded to the Hub in one commit or written to a folder."""
+
+    to: str = Field(description="hf://datasets/ORG/NAME, file://PATH or a plain folder path")
+    private: bool = Field(True, description="hf:// only: create the repository private")
+    revision: str | None = Field(None, description="hf:// only: branch to commit to (created if missing)")
+    configs: list[Literal["kind", "language"]] = Field(
+        default_factory=list, description="extra configs besides `default` (all rows): one per kind, per language"
+    )
+    test_fraction: float | None = Field(
+        None, gt=0, lt=1, description="rows in the test split; default: train.evaluate.eval_fraction, else 0.1"
+    )
+    max_rows_per_shard: int = Field(50_000, ge=1, description="rows per parquet file")
+    license: str = Field("other", description="license in the card's front matter (a Hub license id)")
+    tags: list[str] = Field(default_factory=list, description="extra tags in the card's front matter")
+
+    @field_validator("to")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if value.startswith("hf://") and not re.fullmatch(r"hf://datasets/[\w.-]+/[\w.-]+", value):
+            raise ValueError(f"hf:// targets look like hf://datasets/ORG/NAME, got {value!r}")
+        if "://" in value and not value.startswith(("hf://", "file://")):
+            raise ValueError(f"unknown scheme in {value!r}: use hf://datasets/ORG/NAME, file://PATH or a path")
+        return value
+
+
 # --------------------------------------------------------------------------- recipe
 
 
@@ -509,10 +539,10 @@ class Recipe(StrictModel):
     curate: CurateConfig | None = Field(None, description="filters, dedup, decontamination, code checks")
     score: ScoreConfig | None = Field(None, description="teacher top-k logprobs on kept rows (distill pipeline)")
     train: TrainConfig | None = Field(None, description="student init, SFT, distillation, evaluation")
-    publish: Any = None
+    publish: PublishConfig | None = Field(None, description="where the curated dataset goes, with its card")
     schedule: Any = None
 
-    @field_validator("publish", "schedule")
+    @field_validator("schedule")
     @classmethod
     def _reserved(cls, value: Any, info: ValidationInfo) -> Any:
         # Later stages fill these blocks in; until one runs them, a set block is an error, never a silent no-op.
@@ -539,6 +569,8 @@ class Recipe(StrictModel):
                 f"score.top_k ({self.score.top_k}) exceeds teacher.vllm.max_logprobs "
                 f"({self.teacher.vllm.max_logprobs}); raise max_logprobs or lower top_k"
             )
+        if self.publish is not None and (self.curate is None or self.pipeline == "generate"):
+            raise ValueError("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
         student = self.train.student if self.train else None
         if student is not None and student.prune is not None and not self.teacher.is_builtin:
             raise ValueError(

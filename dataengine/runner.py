@@ -2,7 +2,7 @@
 
 Layout of a run folder:
     <run>/run.json          run id, recipe hash, when it was created
-    <run>/recipe.json       the validated recipe (what every stage was configured with)
+    <run>/recipe.json       the validated recipe (what every stage was configured with), secrets removed
     <run>/<stage output>/   parquet shards + manifest.json, one folder per stage
     <run>/.work/<stage>/    the stage's resumable state (checkpoints, request cache, logs)
 """
@@ -25,6 +25,7 @@ from dataengine.errors import UserError
 from dataengine.generate.top_up import add_round
 from dataengine.manifest import Manifest, tool_versions
 from dataengine.recipe import Recipe, resolve_path
+from dataengine.secrets import scrub_known
 from dataengine.teacher.server import TeacherEndpoint
 
 
@@ -164,7 +165,8 @@ def run_recipe(
         if name not in by_name:
             raise UserError(f"no stage {name!r} in pipeline {recipe.pipeline!r} (stages: {', '.join(by_name)})")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2))
+    # secrets removed: the run folder is meant to be shared (and is what `dataengine publish` reads)
+    (run_dir / "recipe.json").write_text(json.dumps(scrub_known(recipe.model_dump(mode="json")), indent=2))
     run_id = _run_info(run_dir, recipe)
     teacher = TeacherEndpoint(recipe.teacher, run_dir / ".work" / "teacher-server.log", log=console.print)
     ctx = RunContext(recipe, base_dir, run_dir, console, run_id, teacher)

@@ -1,4 +1,5 @@
-"""distill: generate -> curate -> score (when the recipe has `score`) -> train -> evaluate."""
+"""distill: generate -> curate -> score (when the recipe has `score`) -> train -> evaluate -> publish (when
+the recipe has `publish`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from dataengine.curate.stage import CurateStage
 from dataengine.generate.stage import GenerateStage
+from dataengine.publish.stage import PublishStage
 from dataengine.recipe import Recipe
 from dataengine.runner import Stage
 from dataengine.score.stage import ScoreStage
@@ -17,4 +19,5 @@ def build(recipe: Recipe, base_dir: Path) -> list[Stage]:
     stages: list[Stage] = [GenerateStage(recipe, base_dir), CurateStage(recipe, base_dir)]
     if recipe.score is not None:
         stages.append(ScoreStage(recipe, base_dir))
-    return [*stages, TrainStage(recipe, base_dir), EvaluateStage(recipe, base_dir)]
+    stages += [TrainStage(recipe, base_dir), EvaluateStage(recipe, base_dir)]
+    return [*stages, PublishStage(recipe, base_dir)] if recipe.publish is not None else stages

@@ -54,18 +54,26 @@ def _cli(recipe: Path, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
 
 
+def _parses(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_server):
     path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=3, extra=DISTILL)
     run_dir = tmp_path / "run"
     # first run: killed once SFT has written its first checkpoint
     proc = subprocess.Popen(_cli(path, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
-    checkpoint = run_dir / ".work" / "train" / "sft" / "checkpoint-3"
+    # transformers writes trainer_state.json last: once it parses, checkpoint-3 is complete
+    state = run_dir / ".work" / "train" / "sft" / "checkpoint-3" / "trainer_state.json"
     deadline = time.time() + 900
-    while not checkpoint.is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert checkpoint.is_dir(), f"no checkpoint appeared (exit {proc.poll()})"
-    time.sleep(1)  # let the trainer finish writing the checkpoint's files
+    while not _parses(state) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert _parses(state), f"no complete checkpoint appeared (exit {proc.poll()})"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "students" / "tiny-student" / "manifest.json").exists()

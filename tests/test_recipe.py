@@ -68,7 +68,7 @@ BAD = [
         ["generate.sources[0].path: file not found"],
     ),
     ("two prompt origins", MINIMAL + "  sources: [{path: a.jsonl, dataset: org/x}]\n", ["exactly one of `path`"]),
-    ("reserved block", MINIMAL + "publish: {to: x}\n", ["`publish` block is reserved"]),
+    ("reserved block", MINIMAL + "schedule: {cron: x}\n", ["`schedule` block is reserved"]),
     ("bad endpoint", MINIMAL.replace("smollm2-moe", "smollm2-moe\n  endpoint: localhost:8000"), ["http(s) URL"]),
     ("bad name", MINIMAL.replace("name: t", "name: ../escape"), ["must be letters, digits"]),
     ("unknown domain", MINIMAL + "    domains: [astrology]\n", ["unknown topic domain", "science"]),

@@ -1,0 +1,140 @@
+"""The dataset card (README.md): Hub front matter plus the provenance a reader needs to trust the data.
+
+Built with huggingface_hub's `DatasetCard` / `DatasetCardData`, so the Hub and `DatasetCard.load` parse it.
+Nothing time-dependent goes in: the same content gives the same card, and republishing is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from dataengine.manifest import Manifest
+from dataengine.recipe import Recipe
+from dataengine.secrets import scrub
+
+
+def size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "n>1M"
+
+
+def moe_shape(recipe: Recipe) -> str:
+    teacher = recipe.teacher
+    if teacher.is_builtin:
+        return f"{teacher.builtin.num_experts} experts, top-{teacher.builtin.top_k} routing (builtin, upcycled)"
+    config = Path(teacher.model).expanduser() / "config.json"
+    if config.is_file():
+        data = json.loads(config.read_text())
+        experts = data.get("num_local_experts") or data.get("num_experts")
+        if experts:
+            return f"{experts} experts, top-{data.get('num_experts_per_tok', '?')} routing"
+    return "see the teacher's model card"
+
+
+def build_card(
+    recipe: Recipe,
+    run_dir: Path,
+    counts: dict[str, dict[str, int]],
+    configs: list[dict],
+    rows: list[dict],
+    load_from: str,
+    test_ids: set[str],
+    secrets: tuple[str, ...] = (),
+) -> DatasetCard:
+    publish = recipe.publish
+    languages = sorted({row["language"].split("-")[0] for row in rows})
+    data = DatasetCardData(
+        pretty_name=recipe.name,
+        language=languages,
+        license=publish.license if publish else "other",
+        task_categories=["text-generation"],
+        size_categories=[size_category(len(rows))],
+        tags=["synthetic", "dataengine", "mixture-of-experts", *(publish.tags if publish else [])],
+        configs=configs,
+    )
+    body = _body(recipe, run_dir, counts, rows, load_from, secrets, test_ids)
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _body(recipe: Recipe, run_dir: Path, counts: dict, rows: list[dict], load_from: str, secrets,
+          test_ids: set[str]) -> str:  # fmt: skip
+    sampling = recipe.generate.sampling.model_dump(mode="json")
+    revisions = sorted({row["teacher_revision"] for row in rows if row.get("teacher_revision")})
+    lines = [
+        f"# {recipe.name}",
+        "",
+        scrub(recipe.description or "Synthetic data written by a Mixture-of-Experts teacher.", secrets),
+        "",
+        "Made with dataengine from one recipe: the teacher's answers, filtered,",
+        "deduplicated and decontaminated. Every row carries its provenance (teacher, sampling, seed, run id).",
+        "",
+        "## Teacher",
+        "",
+        f"- model: `{scrub(recipe.teacher.model, secrets)}`",
+        f"- revision: {', '.join(f'`{r}`' for r in revisions) or 'not recorded'}",
+        f"- MoE shape: {moe_shape(recipe)}",
+        f"- sampling: `{json.dumps(sampling, sort_keys=True)}`",
+        "",
+        "## Configs and splits",
+        "",
+        "| config | train | test |",
+        "|---|---:|---:|",
+        *(f"| {name} | {s.get('train', 0)} | {s.get('test', 0)} |" for name, s in counts.items()),
+        "",
+        "The test split is drawn by a hash of the row id; it is the split a student trained by the same",
+        "recipe never saw.",
+        "",
+        "## Counts per stage",
+        "",
+        "| stage | rows in | rows out |",
+        "|---|---:|---:|",
+    ]
+    manifests = [m for folder in ("generated", "curated", "scored") if (m := Manifest.read(run_dir / folder))]
+    lines += [f"| {m.stage} | {m.rows_in if m.rows_in is not None else '—'} | {m.rows_out} |" for m in manifests]
+    curate = Manifest.read(run_dir / "curated")
+    if curate and curate.drops:
+        lines += ["", "## Drop reasons", "", "| reason | rows |", "|---|---:|"]
+        lines += [f"| {reason} | {n} |" for reason, n in sorted(curate.drops.items(), key=lambda kv: -kv[1])]
+    if recipe.curate is not None:
+        settings = {"dedup": recipe.curate.dedup.model_dump(mode="json"),
+                    "decontamination": recipe.curate.decontamination.model_dump(mode="json")}  # fmt: skip
+        lines += ["", "## Dedup and decontamination", "", "```yaml", _yaml(scrub(settings, secrets)), "```"]
+    lines += _evaluation(run_dir, test_ids)
+    recipe_json = scrub(recipe.model_dump(mode="json", exclude_none=True), secrets)
+    lines += ["", "## Recipe (secrets removed)", "", "```yaml", _yaml(recipe_json), "```"]
+    lines += ["", "## Load it", "", "```python", "from datasets import load_dataset", "",
+              f'ds = load_dataset("{load_from}")  # every row; or a config: load_dataset(..., "{_example(counts)}")',
+              "```", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _evaluation(run_dir: Path, test_ids: set[str]) -> list[str]:
+    metrics_file = run_dir / "eval" / "metrics.json"
+    if not metrics_file.is_file():
+        return []
+    metrics = json.loads(metrics_file.read_text())
+    which = "the test split" if set(metrics["held_out_ids"]) == test_ids else "not the same rows as the test split"
+    lines = ["", "## Student evaluation", "", f"On {metrics['held_out_rows']} held-out rows ({which}):", "",
+             "| metric | before training | after training |", "|---|---:|---:|"]  # fmt: skip
+    for key in ("kl_teacher_student", "perplexity", "code_pass_rate", "language_fidelity"):
+        before, after = metrics["before"].get(key), metrics["after"].get(key)
+        lines.append(f"| {key} | {_num(before)} | {_num(after)} |")
+    return lines
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _example(counts: dict) -> str:
+    return next((name for name in counts if name != "default"), "default")
+
+
+def _yaml(value) -> str:
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip()

@@ -1,0 +1,69 @@
+"""The Hub dataset layout: `data/<config>/<split>-NNNNN-of-NNNNN.parquet`, configs per kind and language.
+
+`datasets` maps these names to splits, and the card's `configs:` front matter names each config's files,
+so `load_dataset(folder)` and `load_dataset(folder, CONFIG)` work on the folder and on the Hub alike.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from datasets import Dataset, Features, disable_progress_bars
+
+from dataengine.train.data import split_rows
+
+DEFAULT = "default"
+
+
+def config_rows(rows: list[dict], configs: list[str]) -> dict[str, list[dict]]:
+    """`default` holds every row; `kind` adds one config per kind (chat, code), `language` one per language."""
+    out = {DEFAULT: rows}
+    for field in configs:
+        for value in sorted({row[field] for row in rows}):
+            if value in out:
+                raise ValueError(f"config name {value!r} of {field} clashes with another config")
+            out[value] = [row for row in rows if row[field] == value]
+    return out
+
+
+def write_layout(
+    rows: list[dict], features: Features, folder: Path, configs: list[str], test_fraction: float, shard_rows: int
+) -> dict[str, dict[str, int]]:
+    """Write every config's train and test parquet shards under `folder/data`; rows per config and split.
+
+    The test split is drawn by a hash of the row id (the rule the train stage uses for its held-out rows), so
+    with the same fraction the published test split is exactly what the student never trained on.
+    """
+    disable_progress_bars()  # one bar per small file is noise
+    counts: dict[str, dict[str, int]] = {}
+    for name, subset in config_rows(rows, configs).items():
+        train, test = split_rows(subset, test_fraction)
+        counts[name] = {}
+        for split, part in (("train", train), ("test", test)):
+            if part:
+                _write_split(part, features, folder / "data" / name, split, shard_rows)
+                counts[name][split] = len(part)
+    return counts
+
+
+def _write_split(rows: list[dict], features: Features, folder: Path, split: str, shard_rows: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = math.ceil(len(rows) / shard_rows)
+    for i in range(shards):
+        part = rows[i * shard_rows : (i + 1) * shard_rows]
+        columns = {name: [row.get(name) for row in part] for name in features}
+        path = folder / f"{split}-{i:05d}-of-{shards:05d}.parquet"
+        Dataset.from_dict(columns, features=features).to_parquet(str(path))
+
+
+def card_configs(counts: dict[str, dict[str, int]]) -> list[dict]:
+    """The `configs:` front matter that tells `datasets` (and the Hub viewer) which files make which split."""
+    return [
+        {
+            "config_name": name,
+            **({"default": True} if name == DEFAULT else {}),
+            "data_files": [{"split": split, "path": f"data/{name}/{split}-*.parquet"} for split in splits],
+        }
+        for name, splits in counts.items()
+    ]
