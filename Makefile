@@ -37,6 +37,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/dedup.py
+	$(BIN)/dataengine run recipes/quickstart.yaml   # bench/train.py trains on this run's scored rows
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,7 +35,10 @@ def plain_trl_sft(start: Path, rows: list[dict], settings, out: Path) -> None:
     from dataengine.train.phases import use_bf16
 
     tokenizer = AutoTokenizer.from_pretrained(str(start))
-    model = AutoModelForCausalLM.from_pretrained(str(start))
+    # the same weights dtype as the phase (from_pretrained's default keeps the checkpoint's bf16)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(start), dtype=torch.bfloat16 if use_bf16(settings) else torch.float32
+    )
     config = SFTConfig(
         output_dir=str(out),
         learning_rate=settings.learning_rate,
@@ -67,7 +72,7 @@ def held_out_kl(folder: Path, rows: list[dict]) -> float:
 
     from dataengine.train.evaluation import answer_fit
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)  # as the evaluate stage
     return answer_fit(model, AutoTokenizer.from_pretrained(str(folder)), rows)["kl_teacher_student"]
 
 
@@ -76,12 +81,11 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "quickstart", help="finished distill run")
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps per contender")
     parser.add_argument("--repeats", type=int, default=2, help="SFT runs per contender (median reported)")
+    parser.add_argument("--part", choices=["sft", "distill", "all"], default="all", help="which comparison to run")
     args = parser.parse_args()
 
     from dataengine.recipe import load_recipe
-    from dataengine.teacher.server import resolve_model
     from dataengine.train.data import read_rows, split_rows
-    from dataengine.train.phases import run_distill, run_sft
     from dataengine.train.student import init_student
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
@@ -92,7 +96,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     start = init_student(recipe, ROOT / "recipes", work / "init", print)
 
-    # (a) SFT overhead. Both checkpoint every save_steps and save the final model, as the stage does.
+    if args.part in ("sft", "all"):
+        compare_sft(args, start, train_rows, recipe, work)
+    if args.part in ("distill", "all"):
+        compare_distill(args, start, train_rows, held_out, recipe, work)
+    print(f"\nwork folder: {work}")
+
+
+def compare_sft(args, start: Path, train_rows: list[dict], recipe, work: Path) -> None:
+    """(a) SFT overhead. Both checkpoint every save_steps and save the final model, as the stage does."""
+    from dataengine.train.phases import run_sft
+
     sft = recipe.train.sft.model_copy(update={"max_steps": args.steps, "save_steps": args.steps})
     timings: dict[str, list[float]] = {"dataengine SFT phase": [], "TRL SFTTrainer direct": []}
     for i in range(args.repeats):
@@ -114,7 +128,12 @@ def main() -> None:
         median = statistics.median(runs)
         print(f"| {name} | {', '.join(f'{t:.1f}' for t in runs)} | {median:.1f} | {median / base:.3f}x |")
 
-    # (b) offline_topk vs gkd from the same untrained student, same steps and batch.
+
+def compare_distill(args, start: Path, train_rows: list[dict], held_out: list[dict], recipe, work: Path) -> None:
+    """(b) offline_topk vs gkd from the same untrained student, same steps and batch."""
+    from dataengine.teacher.server import resolve_model
+    from dataengine.train.phases import run_distill
+
     distill = recipe.train.distill.model_copy(update={"max_steps": args.steps, "save_steps": args.steps})
     teacher = resolve_model(recipe.teacher, print)
     before = held_out_kl(start, held_out)
@@ -132,7 +151,6 @@ def main() -> None:
     print("| method | seconds | s/step | held-out KL after | KL vs untrained |\n|---|---:|---:|---:|---:|")
     for method, (seconds, kl) in results.items():
         print(f"| {method} | {seconds:.1f} | {seconds / args.steps:.2f} | {kl:.3f} | {kl / before:.3f}x |")
-    print(f"\nwork folder: {work}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ app = typer.Typer(
 )
 teacher_app = typer.Typer(help="Build and serve the recipe's teacher.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
+schedule_app = typer.Typer(help="Run recipes on their `schedule:` or export it to a real scheduler.",
+                           no_args_is_help=True)  # fmt: skip
+app.add_typer(schedule_app, name="schedule")
 
 console = Console()
 err = Console(stderr=True)
@@ -78,7 +81,9 @@ def publish(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="write the layout locally and stop; no upload")] = False,
 ) -> None:
     """Publish a finished run's curated rows (configs, splits, dataset card) to the Hub or a folder.
-    The Hub token comes from HF_TOKEN or `hf auth login`; the same content twice makes no new commit."""
+
+    The Hub token comes from HF_TOKEN or `hf auth login`. Publishing the same content again changes nothing.
+    """
     from dataengine.publish.stage import publish_run
 
     publish_run(run_dir, to, dry_run, console)
@@ -124,6 +129,76 @@ def teacher_serve(recipe: RecipeArg, output: OutputOpt = None) -> None:
         console.print("stopping")
     finally:
         server.stop()
+
+
+@schedule_app.command("run")
+def schedule_run(
+    recipes: Annotated[list[Path], typer.Argument(help="recipe YAML files with a schedule: block", show_default=False)],
+    max_runs: Annotated[int | None, typer.Option("--max-runs", help="stop after this many runs have finished")] = None,
+) -> None:
+    """Foreground scheduler: start each recipe's runs when due, never two of one recipe at once; Ctrl-C stops."""
+    from dataengine.schedule.scheduler import run_scheduler
+
+    run_scheduler(recipes, console, max_runs=max_runs)
+
+
+@schedule_app.command("once")
+def schedule_once(
+    recipe: RecipeArg,
+    tick: Annotated[
+        str | None, typer.Option("--tick", help="the due time (ISO 8601) this run is for; default now")
+    ] = None,
+) -> None:
+    """One scheduled run now: takes the recipe's lock (exit 75 if a run holds it), draws a fresh seed, records it."""
+    from datetime import datetime
+
+    from dataengine.schedule.scheduled_run import run_scheduled
+
+    r, base = _load(recipe)
+    try:
+        when = datetime.fromisoformat(tick) if tick else None
+    except ValueError:
+        raise UserError(f"--tick {tick!r} is not an ISO 8601 time (e.g. 2026-11-23T03:00:00+00:00)") from None
+    raise typer.Exit(run_scheduled(r, base, when, console))
+
+
+@schedule_app.command("export")
+def schedule_export(
+    recipe: RecipeArg,
+    to: Annotated[str, typer.Option("--to", help="crontab, systemd, k8s or slurm")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write the file(s) into this folder instead of printing")
+    ] = None,
+    image: Annotated[str, typer.Option("--image", help="k8s: container image with dataengine")] = "dataengine:latest",
+) -> None:
+    """Write the recipe's schedule for a real scheduler; every export runs `dataengine schedule once`."""
+    from dataengine.schedule.export import export
+
+    r, _ = _load(recipe)
+    files = export(r, recipe, to, image)
+    for name, text in files.items():
+        if out is None:
+            console.print(f"# {name}", style="dim")
+            typer.echo(text)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(text)
+            console.print(f"wrote {out / name}")
+
+
+@schedule_app.command("next")
+def schedule_next(
+    recipe: RecipeArg,
+    local: Annotated[bool, typer.Option("--local", help="in this machine's local time, without offset")] = False,
+) -> None:
+    """Print the recipe's next due time (ISO 8601)."""
+    from dataengine.schedule.export import next_due
+
+    r, _ = _load(recipe)
+    if r.schedule is None:
+        raise UserError(f"{recipe}: no `schedule:` block")
+    due = next_due(r, local=local)
+    typer.echo(due.strftime("%Y-%m-%dT%H:%M:%S") if local else due.isoformat())
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -526,6 +525,38 @@ class PublishConfig(StrictModel):
         return value
 
 
+# --------------------------------------------------------------------------- schedule
+
+
+class ScheduleConfig(StrictModel):
+    """Scheduled batch runs (`dataengine schedule run`, or exported to crontab/systemd/k8s/slurm). Each run
+    draws a fresh generation seed, recorded in runs/<name>/schedule.jsonl, and writes
+    runs/<name>/scheduled/<UTC stamp>/; two runs of one recipe never overlap."""
+
+    cron: str = Field(description="when: 5-field cron (minute hour day month weekday), or 6 with seconds first")
+    timezone: str = Field("UTC", description="IANA timezone the cron expression is read in")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from dataengine.schedule.cron import check
+
+        if problem := check(value):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as UTC or Europe/Paris") from None
+        return value
+
+
 # --------------------------------------------------------------------------- recipe
 
 
@@ -540,15 +571,7 @@ class Recipe(StrictModel):
     score: ScoreConfig | None = Field(None, description="teacher top-k logprobs on kept rows (distill pipeline)")
     train: TrainConfig | None = Field(None, description="student init, SFT, distillation, evaluation")
     publish: PublishConfig | None = Field(None, description="where the curated dataset goes, with its card")
-    schedule: Any = None
-
-    @field_validator("schedule")
-    @classmethod
-    def _reserved(cls, value: Any, info: ValidationInfo) -> Any:
-        # Later stages fill these blocks in; until one runs them, a set block is an error, never a silent no-op.
-        if value is not None:
-            raise ValueError(f"the `{info.field_name}` block is reserved: no stage implements it in this version yet")
-        return value
+    schedule: ScheduleConfig | None = Field(None, description="cron schedule for `dataengine schedule`")
 
     @field_validator("name")
     @classmethod

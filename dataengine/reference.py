@@ -42,8 +42,6 @@ def _section(model: type[BaseModel], path: str, out: list[str]) -> None:
         inner = _unwrap(field.annotation)
         is_block = isinstance(inner, type) and issubclass(inner, BaseModel)
         desc = (field.description or "").replace("|", "\\|")
-        if name == "schedule" and model is Recipe:
-            desc = "reserved for later stages; setting it is an error in this version"
         out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
         if is_block:
             is_list = "list[" in str(field.annotation)

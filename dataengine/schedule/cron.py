@@ -1,0 +1,74 @@
+"""Cron expressions: validation, next due times (croniter) and systemd's calendar syntax.
+
+Five fields are standard cron (minute hour day-of-month month day-of-week). A sixth field in front gives
+seconds, which only the foreground scheduler, systemd and Slurm can honour.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+# what crontab, systemd and k8s all understand: *, numbers, 3-letter names, ranges, steps, lists (no L, W, #, ?, H)
+_ATOM = r"(\*|\d+|[A-Za-z]{3})(-(\d+|[A-Za-z]{3}))?(/\d+)?"
+PLAIN = re.compile(rf"{_ATOM}(,{_ATOM})*")
+DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+
+
+def check(expr: str) -> str | None:
+    """Why `expr` is not a usable cron expression, or None."""
+    fields = expr.split()
+    if len(fields) not in (5, 6):
+        return f"{expr!r} has {len(fields)} fields; cron needs 5 (minute hour day month weekday) or 6 (seconds first)"
+    if not croniter.is_valid(expr, second_at_beginning=len(fields) == 6):
+        return f"{expr!r} is not a valid cron expression"
+    if not all(PLAIN.fullmatch(part) for part in fields):
+        return f"{expr!r}: only numbers, names, '*', '/', '-' and ',' are supported (no croniter extensions)"
+    return None
+
+
+def has_seconds(expr: str) -> bool:
+    return len(expr.split()) == 6
+
+
+def due_times(expr: str, timezone: str, after: datetime) -> croniter:
+    """An iterator of due times (aware datetimes in `timezone`) strictly after `after`."""
+    return croniter(expr, after.astimezone(ZoneInfo(timezone)), ret_type=datetime,
+                    second_at_beginning=has_seconds(expr))  # fmt: skip
+
+
+def on_calendar(expr: str) -> str:
+    """The same schedule as a systemd OnCalendar= value (`Wed *-*-1/2 3:00:00`): systemd writes steps as
+    `start/step` and weekdays by name; the timezone is appended by the caller."""
+    fields = expr.split()
+    second, (minute, hour, day, month, weekday) = (fields[0], fields[1:]) if len(fields) == 6 else ("0", fields)
+    date = f"*-{_systemd(month)}-{_systemd(day)}"
+    time = f"{_systemd(hour)}:{_systemd(minute)}:{_systemd(second)}"
+    return f"{_weekdays(weekday)} {date} {time}" if weekday != "*" else f"{date} {time}"
+
+
+def _systemd(field: str) -> str:
+    # cron "*/15" is systemd "0/15"; "a-b/n" is "a..b/n"; lists and plain values are the same
+    parts = []
+    for part in field.split(","):
+        base, _, step = part.partition("/")
+        base = "0" if base == "*" and step else base
+        base = base.replace("-", "..")
+        parts.append(f"{base}/{step}" if step else base)
+    return ",".join(parts)
+
+
+def _weekdays(field: str) -> str:
+    def name(value: str) -> str:
+        return DAYS[int(value) % 7] if value.isdigit() else value.capitalize()[:3]
+
+    parts = []
+    for part in field.split(","):
+        if "/" in part:
+            raise ValueError(f"weekday steps ({part!r}) have no systemd equivalent; list the days instead")
+        first, _, last = part.partition("-")
+        parts.append(f"{name(first)}..{name(last)}" if last else name(first))
+    return ",".join(parts)

@@ -1,0 +1,193 @@
+"""schedule: cron handling, the run lock, the foreground scheduler, and the exports for real schedulers."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from croniter import croniter
+from rich.console import Console
+from typer.testing import CliRunner
+
+from dataengine.cli import app
+from dataengine.errors import UserError
+from dataengine.recipe import load_recipe
+from dataengine.schedule.cron import check, due_times, on_calendar
+from dataengine.schedule.export import export, next_due
+from dataengine.schedule.scheduled_run import BUSY, RunLock, history, run_scheduled
+from dataengine.schedule.scheduler import Entry, _launch
+
+# Runs of this recipe fail fast and for a real reason: the prompt file has no `question` column.
+RECIPE = """
+name: sched
+pipeline: curate
+teacher: {{model: builtin:smollm2-moe, endpoint: "http://127.0.0.1:9/v1"}}
+generate:
+  sources: [{{path: prompts.jsonl, field: question}}]
+curate: {{}}
+schedule: {{cron: "{cron}", timezone: {tz}}}
+"""
+
+
+def _recipe(tmp_path: Path, cron: str = "30 3 * * 1-5", tz: str = "Europe/Paris") -> Path:
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hello"}\n')
+    path = tmp_path / "sched.yaml"
+    path.write_text(RECIPE.format(cron=cron, tz=tz))
+    return path
+
+
+@pytest.mark.parametrize("expr", ["30 3 * * 1-5", "*/15 * * * *", "0 0 1 * *", "0 12 * * 0", "5 4 * 1,6 *",
+                                  "0 9-17/2 * * mon-fri"])  # fmt: skip
+def test_systemd_calendar_matches_cron(expr):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    spec = f"{on_calendar(expr)} UTC"
+    out = subprocess.run(["systemd-analyze", "calendar", "--iterations=5", spec], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    elapses = [line.split(":", 1)[1].strip() for line in out.stdout.splitlines()
+               if line.strip().startswith(("Next elapse", "Iter."))]  # fmt: skip
+    systemd = [datetime.strptime(e.split(" ", 1)[1], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC) for e in elapses]
+    it = croniter(expr, datetime.now(UTC), ret_type=datetime)
+    assert systemd == [it.get_next(datetime) for _ in range(5)]
+
+
+def test_cron_checks():
+    assert check("0 3 * * *") is None and check("*/5 0 3 * * *") is None
+    assert "6 (seconds first)" in check("* * *")
+    assert "not a valid cron" in check("61 * * * *")
+    assert "no croniter extensions" in check("0 0 L * *")
+
+
+def test_exports_parse_and_all_run_schedule_once(tmp_path):
+    path = _recipe(tmp_path)
+    recipe = load_recipe(path)
+    once = f"schedule once {path.resolve()}"
+
+    crontab = export(recipe, path, "crontab", "img")["crontab"].splitlines()
+    assert crontab[0] == "CRON_TZ=Europe/Paris"
+    fields = crontab[1].split()
+    assert croniter.is_valid(" ".join(fields[:5])) and " ".join(fields[:5]) == "30 3 * * 1-5" and once in crontab[1]
+
+    cronjob = yaml.safe_load(export(recipe, path, "k8s", "registry/dataengine:1")["dataengine-sched.cronjob.yaml"])
+    assert cronjob["kind"] == "CronJob" and cronjob["apiVersion"] == "batch/v1"
+    spec = cronjob["spec"]
+    assert spec["schedule"] == "30 3 * * 1-5" and spec["timeZone"] == "Europe/Paris"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    container = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry/dataengine:1" and container["command"][-2:] == ["once", str(path.resolve())]
+
+    script = export(recipe, path, "slurm", "img")["dataengine-sched.sbatch"]
+    sbatch = dict(line[len("#SBATCH --") :].split("=", 1) for line in script.splitlines() if line.startswith("#SBATCH"))
+    assert sbatch["dependency"] == "singleton" and sbatch["job-name"] == "dataengine-sched"
+    assert datetime.fromisoformat(sbatch["begin"]) == next_due(recipe).replace(tzinfo=None)
+    assert once in script and "sbatch --begin" in script
+    syntax = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+    units = export(recipe, path, "systemd", "img")
+    assert "OnCalendar=Mon..Fri *-*-* 3:30:0 Europe/Paris" in units["dataengine-sched.timer"]
+    assert once in units["dataengine-sched.service"]
+    if shutil.which("systemd-analyze"):
+        for name, text in units.items():
+            (tmp_path / name).write_text(text)
+        verify = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in units)],
+                                capture_output=True, text=True)  # fmt: skip
+        assert verify.returncode == 0, verify.stderr
+
+
+def test_exports_refuse_what_the_target_cannot_express(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path, cron="*/5 * * * * *"))
+    for fmt in ("crontab", "k8s"):
+        with pytest.raises(UserError, match=f"seconds field, which {fmt} cannot express"):
+            export(recipe, tmp_path / "sched.yaml", fmt, "img")
+    with pytest.raises(UserError, match="unknown export format 'cron'"):
+        export(recipe, tmp_path / "sched.yaml", "cron", "img")
+    timer = export(recipe, tmp_path / "sched.yaml", "systemd", "img")["dataengine-sched.timer"]
+    assert "OnCalendar=*-*-* *:*:0/5 Europe/Paris" in timer  # every 5 seconds
+
+
+def test_a_held_lock_skips_the_run_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/<name> is under the working directory
+    path = _recipe(tmp_path)
+    recipe = load_recipe(path)
+    home = tmp_path / "runs" / "sched"
+    with RunLock(home / ".schedule.lock") as lock:
+        assert lock.held
+        console = Console(record=True, width=200)
+        assert run_scheduled(recipe, tmp_path, None, console) == BUSY
+        result = CliRunner().invoke(app, ["schedule", "once", str(path)])
+        assert result.exit_code == BUSY
+    assert "already running" in console.export_text()
+    assert [h["status"] for h in history(home)] == ["skipped", "skipped"]
+
+
+def test_the_lock_does_not_outlive_a_crashed_holder(tmp_path):
+    lock_file = tmp_path / "x.lock"
+    code = (
+        "import time; from pathlib import Path; from dataengine.schedule.scheduled_run import RunLock\n"
+        f"lock = RunLock(Path({str(lock_file)!r})).__enter__()\nprint(lock.held, flush=True)\ntime.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "True"
+    with RunLock(lock_file) as lock:
+        assert not lock.held and lock.holder == str(holder.pid)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with RunLock(lock_file) as lock:
+        assert lock.held
+
+
+def test_a_tick_is_skipped_while_the_previous_run_is_still_going(tmp_path):
+    entry = Entry(_recipe(tmp_path), load_recipe(_recipe(tmp_path)))
+    entry.process = subprocess.Popen(["sleep", "30"])
+    console = Console(record=True, width=200)
+    try:
+        assert _launch(entry, console) == 0
+    finally:
+        entry.process.kill()
+    assert "skipped, the previous run is still going" in console.export_text()
+
+
+def test_due_times_are_read_in_the_recipe_timezone():
+    after = datetime(2026, 3, 28, 0, 0, tzinfo=UTC)  # Paris moves to summer time on the 29th at 02:00
+    it = due_times("30 3 * * *", "Europe/Paris", after)
+    first, second = (it.get_next(datetime).astimezone(UTC) for _ in range(2))
+    assert first == datetime(2026, 3, 28, 2, 30, tzinfo=UTC)  # 03:30 CET
+    assert second == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # 03:30 CEST: 23 hours later
+
+
+@pytest.mark.slow
+def test_scheduler_runs_each_tick_once_and_goes_on_after_failures(tmp_path):
+    path = _recipe(tmp_path, cron="*/10 * * * * *", tz="UTC")
+    proc = subprocess.run([sys.executable, "-m", "dataengine.cli", "schedule", "run", str(path), "--max-runs", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    shown = " ".join(proc.stdout.split())  # rich wraps lines at 80 columns without a terminal
+    assert shown.count("failed with exit code 2") == 2 and "the scheduler goes on" in shown
+    runs = history(tmp_path / "runs" / "sched")
+    assert [r["status"] for r in runs] == ["failed", "failed"]
+    assert "no column 'question'" in runs[0]["error"]
+    ticks = [datetime.fromisoformat(r["tick"]) for r in runs]
+    assert ticks[1] - ticks[0] == timedelta(seconds=10) and all(t.second % 10 == 0 for t in ticks)
+    assert runs[0]["seed"] != runs[1]["seed"]  # a fresh seed per tick, recorded
+    logs = sorted((tmp_path / "runs" / "sched" / "scheduled").glob("*.log"))
+    assert len(logs) == 2 and "no column 'question'" in logs[0].read_text()
+
+
+@pytest.mark.slow
+def test_a_second_scheduler_does_not_start_an_overlapping_run(tmp_path):
+    path = _recipe(tmp_path, cron="*/2 * * * * *", tz="UTC")
+    with RunLock(tmp_path / "runs" / "sched" / ".schedule.lock") as lock:  # the first scheduler's run
+        assert lock.held
+        proc = subprocess.run([sys.executable, "-m", "dataengine.cli", "schedule", "run", str(path), "--max-runs", "1"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "another run of this recipe holds its lock" in " ".join(proc.stdout.split())
+    assert [r["status"] for r in history(tmp_path / "runs" / "sched")] == ["skipped"]
+    assert not [p for p in (tmp_path / "runs" / "sched" / "scheduled").iterdir() if p.is_dir()]  # no run folder
