@@ -509,7 +509,7 @@ class PublishConfig(StrictModel):
         default_factory=list, description="extra configs besides `default` (all rows): one per kind, per language"
     )
     test_fraction: float | None = Field(
-        None, gt=0, lt=1, description="rows in the test split; default: train.evaluate.eval_fraction, else 0.1"
+        None, gt=0, lt=1, description="share of rows in the test split; default: the student's held-out rows, else 0.1"
     )
     max_rows_per_shard: int = Field(50_000, ge=1, description="rows per parquet file")
     license: str = Field("other", description="license in the card's front matter (a Hub license id)")

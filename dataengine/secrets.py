@@ -7,43 +7,50 @@ extra args, HF_TOKEN in the server's env); the Hub token lives in huggingface_hu
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 REMOVED = "<removed>"
-# a key *named* as a secret (HF_TOKEN, api_key), not one that merely mentions tokens (max_tokens)
-SECRET_KEY = re.compile(r"(^|[_-])(token|secret|password|passwd|api[_-]?key|authorization|credentials?)$", re.I)
-SECRET_FLAG = re.compile(r"^--?(api[_-]?key|token|hf[_-]token|password)(=.*)?$", re.IGNORECASE)
+# a key *named* as a secret (HF_TOKEN, api_key, AWS_SECRET_ACCESS_KEY, PGPASSWORD), not one that merely
+# mentions tokens (max_tokens)
+SECRET_KEY = re.compile(
+    r"(secret|passw(or)?d|api[_-]?key|access[_-]?key|private[_-]?key|authorization|credential|(^|[_-])token$)", re.I
+)
+FLAG = re.compile(r"^(--?[A-Za-z0-9_-]+)(=.*)?$")
+URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.I)
+QUERY_PARAM = re.compile(r"([?&;]([^=&\s]+)=)([^&\s#]*)")
 
 
 def scrub(value, secrets: tuple[str, ...] = ()):
-    """The recipe with secrets removed: secret-named keys, the value after a secret flag (`--api-key X`),
-    credentials in URLs, and any known secret string wherever it appears."""
+    """The recipe with secrets removed: values of secret-named keys, the value of a secret-named flag
+    (`--api-key X`, `--token=X`), credentials and secret query parameters in URLs anywhere in a string, and
+    any known secret string wherever it appears."""
     if isinstance(value, dict):
         return {k: REMOVED if SECRET_KEY.search(k) and v is not None else scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
-        out, hide_next = [], False
-        for item in value:
-            if hide_next:
-                out.append(REMOVED)
-                hide_next = False
-                continue
-            if isinstance(item, str) and (m := SECRET_FLAG.match(item)):
-                hide_next = m.group(2) is None
-                out.append(item if hide_next else item.split("=", 1)[0] + "=" + REMOVED)
-                continue
-            out.append(scrub(item, secrets))
-        return out
+        return _scrub_args(value, secrets)
     if isinstance(value, str):
         for secret in secrets:
             if secret:
                 value = value.replace(secret, REMOVED)
-        if "://" in value:
-            parts = urlsplit(value)
-            if parts.username or parts.password:
-                value = urlunsplit(parts._replace(netloc=f"{REMOVED}@{parts.hostname}" +
-                                                  (f":{parts.port}" if parts.port else "")))  # fmt: skip
-        return value
+        value = URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{REMOVED}@", value)
+        return QUERY_PARAM.sub(lambda m: m.group(1) + (REMOVED if SECRET_KEY.search(m.group(2)) else m.group(3)), value)
     return value
+
+
+def _scrub_args(items: list, secrets: tuple[str, ...]) -> list:
+    """A command line: after a secret-named flag, its value goes whether it is `--flag=V` or `--flag V`."""
+    out, hide_next = [], False
+    for item in items:
+        if hide_next:
+            out.append(REMOVED)
+            hide_next = False
+            continue
+        flag = FLAG.match(item) if isinstance(item, str) else None
+        if flag and SECRET_KEY.search(flag.group(1).lstrip("-")):
+            hide_next = flag.group(2) is None
+            out.append(flag.group(1) if hide_next else f"{flag.group(1)}={REMOVED}")
+            continue
+        out.append(scrub(item, secrets))
+    return out
 
 
 def hub_token() -> str | None:

@@ -7,16 +7,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 from rich.console import Console
 from typer.testing import CliRunner
 
 from dataengine.cli import app
-from dataengine.errors import UserError
+from dataengine.errors import StageError, UserError
 from dataengine.manifest import Manifest
 from dataengine.publish import target as target_module
-from dataengine.recipe import load_recipe
+from dataengine.publish.stage import pick_test_split
+from dataengine.recipe import Recipe, load_recipe
 from dataengine.runner import run_recipe
 from dataengine.sample import CURATED_FEATURES, write_shards
 from dataengine.secrets import REMOVED, scrub
@@ -243,3 +245,67 @@ def test_bad_targets_are_refused_at_validation(tmp_path, monkeypatch, to, messag
 def test_parse_target_resolves_folders_against_the_recipe_folder(tmp_path):
     assert str(target_module.parse_target("file://rel/x", tmp_path)) == f"file://{tmp_path / 'rel' / 'x'}"
     assert str(target_module.parse_target("hf://datasets/a/b", tmp_path)) == "hf://datasets/a/b"
+
+
+def test_a_run_that_kept_no_rows_is_refused(tmp_path, monkeypatch):
+    recipe_path, run_dir = _finished_run(tmp_path, "out", monkeypatch)
+    write_shards([], run_dir / "curated", features=CURATED_FEATURES)
+    with pytest.raises(StageError, match="nothing to publish: curation kept 0 rows"):
+        _publish(recipe_path, run_dir)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_config_shares_one_test_split(tmp_path, monkeypatch):
+    recipe_path, run_dir = _finished_run(tmp_path, "out", monkeypatch)
+    _publish(recipe_path, run_dir)
+    test_ids = set(load_dataset(str(tmp_path / "out"), split="test")["id"])
+    for config in ("chat", "code", "en", "fr"):
+        ds = load_dataset(str(tmp_path / "out"), config)
+        assert set(ds["train"]["id"]).isdisjoint(test_ids)
+        assert set(ds["test"]["id"] if "test" in ds else []) <= test_ids
+
+
+def test_the_test_split_is_the_students_held_out_rows(tmp_path):
+    recipe = Recipe.model_validate(
+        yaml.safe_load(RECIPE.format(token="t", to="out").replace("  test_fraction: 0.25\n", ""))
+        | {"train": {"student": {"name": "s", "model": "some/model"}}}
+    )
+    run_dir = tmp_path / "run"
+    (run_dir / "students" / "s").mkdir(parents=True)
+    (run_dir / "students" / "s" / "training.json").write_text(json.dumps({"held_out_ids": ["row-05", "row-07"]}))
+    assert pick_test_split(recipe, recipe.publish, run_dir, _rows()) == ({"row-05", "row-07"}, True)
+    (run_dir / "students" / "s" / "training.json").unlink()  # no student trained: the id hash decides
+    ids, held_out = pick_test_split(recipe, recipe.publish, run_dir, _rows())
+    assert not held_out and len(ids) == 3  # train.evaluate.eval_fraction 0.2 of 12 rows, rounded up
+
+
+def test_a_folder_target_never_replaces_what_it_did_not_write(tmp_path, monkeypatch):
+    recipe_path, run_dir = _finished_run(tmp_path, "out", monkeypatch)
+    _publish(recipe_path, run_dir)  # a run folder as `dataengine run` leaves it
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("# my project\n")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["publish", str(run_dir), "--to", str(project)])
+    # CliRunner calls the app without main(), which prints a UserError in one line and exits 2
+    assert isinstance(refused.exception, UserError)
+    assert "non-empty folder that no earlier publish wrote" in str(refused.exception)
+    assert (project / "README.md").read_text() == "# my project\n"
+    (tmp_path / "afile").write_text("x")
+    to_file = runner.invoke(app, ["publish", str(run_dir), "--to", str(tmp_path / "afile")])
+    assert "is a file, not a folder" in str(to_file.exception)
+    unknown = runner.invoke(app, ["publish", str(run_dir), "--to", "s3://bucket/x"])
+    assert "use hf://datasets/ORG/NAME" in str(unknown.exception)
+    again = runner.invoke(app, ["publish", str(run_dir), "--to", str(tmp_path / "out")])  # ours: replaced in place
+    assert again.exit_code == 0 and "unchanged" in again.output
+
+
+def test_scrub_catches_secret_env_names_query_tokens_and_urls_inside_flags():
+    value = {"env": {"AWS_SECRET_ACCESS_KEY": "a", "PGPASSWORD": "b", "NUM_THREADS": "4"},
+             "endpoint": "http://h/v1?token=abc&x=1", "args": ["--endpoint=https://u:p@h:80/x", "--hf-token", "z"],
+             "note": "see https://u:p@host/v1 now"}  # fmt: skip
+    assert scrub(value) == {
+        "env": {"AWS_SECRET_ACCESS_KEY": REMOVED, "PGPASSWORD": REMOVED, "NUM_THREADS": "4"},
+        "endpoint": f"http://h/v1?token={REMOVED}&x=1",
+        "args": [f"--endpoint=https://{REMOVED}@h:80/x", "--hf-token", REMOVED],
+        "note": f"see https://{REMOVED}@host/v1 now"}  # fmt: skip

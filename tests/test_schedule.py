@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -18,10 +19,11 @@ from typer.testing import CliRunner
 from dataengine.cli import app
 from dataengine.errors import UserError
 from dataengine.recipe import load_recipe
-from dataengine.schedule.cron import check, due_times, on_calendar
+from dataengine.schedule.cron import check, due_times, next_time, on_calendar
 from dataengine.schedule.export import export, next_due
 from dataengine.schedule.scheduled_run import BUSY, RunLock, history, run_scheduled
 from dataengine.schedule.scheduler import Entry, _launch
+from tests.conftest import tiny_recipe
 
 # Runs of this recipe fail fast and for a real reason: the prompt file has no `question` column.
 RECIPE = """
@@ -43,7 +45,7 @@ def _recipe(tmp_path: Path, cron: str = "30 3 * * 1-5", tz: str = "Europe/Paris"
 
 
 @pytest.mark.parametrize("expr", ["30 3 * * 1-5", "*/15 * * * *", "0 0 1 * *", "0 12 * * 0", "5 4 * 1,6 *",
-                                  "0 9-17/2 * * mon-fri"])  # fmt: skip
+                                  "0 9-17/2 * * mon-fri", "0 3 * jan-mar *"])  # fmt: skip
 def test_systemd_calendar_matches_cron(expr):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
@@ -191,3 +193,38 @@ def test_a_second_scheduler_does_not_start_an_overlapping_run(tmp_path):
     assert "another run of this recipe holds its lock" in " ".join(proc.stdout.split())
     assert [r["status"] for r in history(tmp_path / "runs" / "sched")] == ["skipped"]
     assert not [p for p in (tmp_path / "runs" / "sched" / "scheduled").iterdir() if p.is_dir()]  # no run folder
+
+
+@pytest.mark.slow
+def test_a_scheduled_run_generates_with_its_own_seed(tmp_path, monkeypatch, teacher_server):
+    monkeypatch.chdir(tmp_path)
+    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=1, code=0,
+                       extra="schedule: {cron: '0 3 * * *', timezone: UTC}\n")  # fmt: skip
+    recipe = load_recipe(path)
+    tick = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
+    assert run_scheduled(recipe, tmp_path, tick, Console(quiet=True)) == 0
+    (record,) = history(tmp_path / "runs" / "tiny")
+    run_dir = tmp_path / "runs" / "tiny" / "scheduled" / "20261124T030000Z"
+    assert record["status"] == "ok" and record["run_dir"] == str(run_dir) and record["seed"] == int(tick.timestamp())
+    assert json.loads((run_dir / "recipe.json").read_text())["generate"]["seed"] == record["seed"]
+    generated = json.loads((run_dir / "generated" / "manifest.json").read_text())
+    assert generated["rows_out"] + generated["drops"].get("empty_question", 0) == 6  # 3 languages x 2 rollouts
+
+
+def test_the_repeated_hour_when_clocks_go_back_runs_once():
+    after = datetime(2026, 10, 25, 0, 0, tzinfo=UTC)  # 02:00 CEST; at 03:00 CEST Paris goes back to 02:00 CET
+    first = next_time("30 2 * * *", "Europe/Paris", after)
+    assert first.astimezone(UTC) == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    second = next_time("30 2 * * *", "Europe/Paris", first, previous=first)
+    assert second.astimezone(UTC) == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)  # not 02:30 CET the same night
+    # a job that runs every 15 minutes keeps running through the repeated hour
+    quarter = next_time("*/15 * * * *", "Europe/Paris", datetime(2026, 10, 25, 0, 45, tzinfo=UTC))
+    assert quarter.astimezone(UTC) == datetime(2026, 10, 25, 1, 0, tzinfo=UTC)
+
+
+def test_systemd_export_refuses_what_it_would_get_wrong(tmp_path):
+    with pytest.raises(UserError, match="both day of month and weekday"):
+        on_calendar("0 0 1 * mon")
+    with pytest.raises(UserError, match="weekday steps"):
+        on_calendar("0 0 * * 1-5/2")
+    assert on_calendar("0 3 * jan-mar *") == "*-1..3-* 3:0:0"  # systemd months are numbers

@@ -13,15 +13,17 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from dataengine.manifest import Manifest
+from dataengine.publish.target import MARK
 from dataengine.recipe import Recipe
 from dataengine.secrets import scrub
 
 
 def size_category(n: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if n < limit:
+    labels = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B")
+    for power, label in enumerate(labels, start=3):
+        if n < 10**power:
             return label
-    return "n>1M"
+    return "1B<n<10B"
 
 
 def moe_shape(recipe: Recipe) -> str:
@@ -45,6 +47,7 @@ def build_card(
     rows: list[dict],
     load_from: str,
     test_ids: set[str],
+    held_out: bool,
     secrets: tuple[str, ...] = (),
 ) -> DatasetCard:
     publish = recipe.publish
@@ -58,15 +61,16 @@ def build_card(
         tags=["synthetic", "dataengine", "mixture-of-experts", *(publish.tags if publish else [])],
         configs=configs,
     )
-    body = _body(recipe, run_dir, counts, rows, load_from, secrets, test_ids)
+    body = _body(recipe, run_dir, counts, rows, load_from, secrets, test_ids, held_out)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
 def _body(recipe: Recipe, run_dir: Path, counts: dict, rows: list[dict], load_from: str, secrets,
-          test_ids: set[str]) -> str:  # fmt: skip
+          test_ids: set[str], held_out: bool) -> str:  # fmt: skip
     sampling = recipe.generate.sampling.model_dump(mode="json")
     revisions = sorted({row["teacher_revision"] for row in rows if row.get("teacher_revision")})
     lines = [
+        f"<!-- {MARK} -->",
         f"# {recipe.name}",
         "",
         scrub(recipe.description or "Synthetic data written by a Mixture-of-Experts teacher.", secrets),
@@ -87,8 +91,9 @@ def _body(recipe: Recipe, run_dir: Path, counts: dict, rows: list[dict], load_fr
         "|---|---:|---:|",
         *(f"| {name} | {s.get('train', 0)} | {s.get('test', 0)} |" for name, s in counts.items()),
         "",
-        "The test split is drawn by a hash of the row id; it is the split a student trained by the same",
-        "recipe never saw.",
+        "The test split is exactly the rows the student trained in this run held out."
+        if held_out
+        else "The test split is drawn by a hash of the row id.",
         "",
         "## Counts per stage",
         "",

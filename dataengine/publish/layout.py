@@ -11,7 +11,7 @@ from pathlib import Path
 
 from datasets import Dataset, Features, disable_progress_bars
 
-from dataengine.train.data import split_rows
+from dataengine.errors import UserError
 
 DEFAULT = "default"
 
@@ -22,25 +22,25 @@ def config_rows(rows: list[dict], configs: list[str]) -> dict[str, list[dict]]:
     for field in configs:
         for value in sorted({row[field] for row in rows}):
             if value in out:
-                raise ValueError(f"config name {value!r} of {field} clashes with another config")
+                raise UserError(f"publish.configs: the {field} {value!r} would name a config that already exists")
             out[value] = [row for row in rows if row[field] == value]
     return out
 
 
 def write_layout(
-    rows: list[dict], features: Features, folder: Path, configs: list[str], test_fraction: float, shard_rows: int
+    rows: list[dict], features: Features, folder: Path, configs: list[str], test_ids: set[str], shard_rows: int
 ) -> dict[str, dict[str, int]]:
     """Write every config's train and test parquet shards under `folder/data`; rows per config and split.
 
-    The test split is drawn by a hash of the row id (the rule the train stage uses for its held-out rows), so
-    with the same fraction the published test split is exactly what the student never trained on.
+    One set of test ids for every config, so a row is in the test split of each config it belongs to, or
+    in none.
     """
     disable_progress_bars()  # one bar per small file is noise
     counts: dict[str, dict[str, int]] = {}
     for name, subset in config_rows(rows, configs).items():
-        train, test = split_rows(subset, test_fraction)
         counts[name] = {}
-        for split, part in (("train", train), ("test", test)):
+        for split, part in (("train", [r for r in subset if r["id"] not in test_ids]),
+                            ("test", [r for r in subset if r["id"] in test_ids])):  # fmt: skip
             if part:
                 _write_split(part, features, folder / "data" / name, split, shard_rows)
                 counts[name][split] = len(part)

@@ -7,13 +7,14 @@ The stage writes the exact layout into the run's `published/` folder, then sends
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from dataengine.errors import UserError
+from dataengine.errors import StageError, UserError
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import build_card
 from dataengine.publish.layout import DEFAULT, card_configs, write_layout
@@ -30,19 +31,35 @@ for _column in ("drop_reason", "drop_step"):
     del FEATURES[_column]
 
 
-def test_fraction(recipe: Recipe, publish: PublishConfig) -> float:
+def _test_share(recipe: Recipe, publish: PublishConfig) -> float:
     if publish.test_fraction is not None:
         return publish.test_fraction
     return recipe.train.evaluate.eval_fraction if recipe.train is not None else 0.1
 
 
+def pick_test_split(recipe: Recipe, publish: PublishConfig, run_dir: Path, rows: list[dict]) -> tuple[set[str], bool]:
+    """(test row ids, whether they are the student's held-out rows). When the run trained a student and the
+    recipe sets no test_fraction, the test split is exactly what the student held out (its training.json)."""
+    if publish.test_fraction is None and recipe.train is not None:
+        training = run_dir / "students" / recipe.train.student.name / "training.json"
+        if training.is_file():
+            return set(json.loads(training.read_text())["held_out_ids"]), True
+    return {r["id"] for r in split_rows(rows, _test_share(recipe, publish))[1]}, False
+
+
+def _load_from(target: Target) -> str:
+    # a folder's absolute path means nothing to the card's readers: its name, loaded from its parent
+    return target.location if target.kind == "hub" else Path(target.location).name
+
+
 def build_layout(recipe: Recipe, publish: PublishConfig, run_dir: Path, layout: Path, target: Target) -> dict:
     """Write data/<config>/<split>-*.parquet and README.md into `layout`; rows per config and split."""
     rows = read_rows(run_dir / "curated")
-    fraction = test_fraction(recipe, publish)
-    counts = write_layout(rows, FEATURES, layout, publish.configs, fraction, publish.max_rows_per_shard)
-    test_ids = {r["id"] for r in split_rows(rows, fraction)[1]}
-    card = build_card(recipe, run_dir, counts, card_configs(counts), rows, target.location, test_ids,
+    if not rows:
+        raise StageError(f"nothing to publish: curation kept 0 rows (see {run_dir / 'rejected'} for why)")
+    test_ids, held_out = pick_test_split(recipe, publish, run_dir, rows)
+    counts = write_layout(rows, FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
+    card = build_card(recipe, run_dir, counts, card_configs(counts), rows, _load_from(target), test_ids, held_out,
                       secrets=tuple(t for t in (hub_token(),) if t))  # fmt: skip
     card.save(str(layout / "README.md"))
     return counts
@@ -107,23 +124,29 @@ def published_table(counts: dict[str, dict[str, int]]) -> Table:
 
 
 def publish_run(run_dir: Path, to: str, dry_run: bool, console: Console) -> Outcome | None:
-    """`dataengine publish`: the same layout and card from a finished run's recipe, sent to `to`."""
+    """`dataengine publish`: the same layout and card from a finished run's recipe, sent to `to`. A dry run
+    leaves the layout in <run>/.work/publish-dry-run/ to look at."""
     recipe_file = run_dir / "recipe.json"
     if not recipe_file.is_file() or Manifest.read(run_dir / "curated") is None:
         raise UserError(f"{run_dir} is not a finished curate run (needs recipe.json and curated/manifest.json)")
     recipe = Recipe.model_validate_json(recipe_file.read_text())
     publish = (recipe.publish or PublishConfig(to=to)).model_copy(update={"to": to})
     target = parse_target(to, Path.cwd())
-    layout = Path(tempfile.mkdtemp(prefix="dataengine-publish-"))
-    counts = build_layout(recipe, publish, run_dir, layout, target)
-    console.print(published_table(counts))
     if dry_run:
+        layout = run_dir / ".work" / "publish-dry-run"
+        shutil.rmtree(layout, ignore_errors=True)
+        console.print(published_table(build_layout(recipe, publish, run_dir, layout, target)))
         files = published_files(layout)
         console.print(f"dry run: would send {len(files)} files to {target}; the exact layout is in {layout}")
         return None
-    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
-    rows = sum(counts[DEFAULT].values())
-    outcome = send(layout, publish, target, f"dataengine: {recipe.name}, run {run_id}, {rows} rows")
+    run_info = run_dir / "run.json"
+    run_id = json.loads(run_info.read_text()).get("run_id") if run_info.is_file() else run_dir.name
+    with tempfile.TemporaryDirectory(prefix="dataengine-publish-") as tmp:
+        layout = Path(tmp)
+        counts = build_layout(recipe, publish, run_dir, layout, target)
+        console.print(published_table(counts))
+        rows = sum(counts[DEFAULT].values())
+        outcome = send(layout, publish, target, f"dataengine: {recipe.name}, run {run_id}, {rows} rows")
     what = "published" if outcome.changed else "unchanged (same content already there, nothing committed)"
     console.print(f"{outcome.target}: {what}" + (f" — {outcome.commit}" if outcome.commit else ""))
     return outcome

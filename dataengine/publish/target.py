@@ -12,9 +12,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from dataengine.errors import UserError
 
 PUBLISHED = ("README.md", "data/**")
+MARK = "dataengine_card: true"  # in every card we write: a folder holding it was written by a publish
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,24 @@ def parse_target(value: str, base_dir: Path) -> Target:
         if repo.count("/") != 1 or not all(repo.split("/")):
             raise UserError(f"publish target {value!r}: Hub targets look like hf://datasets/ORG/NAME")
         return Target("hub", repo)
+    if "://" in value and not value.startswith("file://"):
+        raise UserError(f"publish target {value!r}: use hf://datasets/ORG/NAME, file://PATH or a folder path")
     path = Path(value[len("file://") :] if value.startswith("file://") else value).expanduser()
     return Target("folder", str(path if path.is_absolute() else (base_dir / path).resolve()))
+
+
+def check_destination(destination: Path) -> None:
+    """Only an empty folder or one an earlier publish wrote (its card is ours) may be replaced: publishing to
+    `.` must never delete a project's README.md and data/."""
+    if destination.exists() and not destination.is_dir():
+        raise UserError(f"publish target {destination} is a file, not a folder")
+    if not destination.is_dir() or not any(destination.iterdir()):
+        return
+    card = destination / "README.md"
+    ours = card.is_file() and MARK in card.read_text(errors="replace")
+    if not ours:
+        raise UserError(f"publish target {destination} is a non-empty folder that no earlier publish wrote; "
+                        "give an empty or new folder")  # fmt: skip
 
 
 def published_files(layout: Path) -> list[Path]:
@@ -58,6 +77,7 @@ def _same_tree(a: Path, b: Path) -> bool:
 
 def to_folder(layout: Path, destination: Path) -> Outcome:
     """Replace the folder's README.md and data/ with the layout's; untouched when identical (a no-op)."""
+    check_destination(destination)
     files = published_files(layout)
     card, data = destination / "README.md", destination / "data"
     same_card = card.is_file() and filecmp.cmp(layout / "README.md", card, shallow=False)
@@ -97,6 +117,8 @@ def to_hub(layout: Path, repo_id: str, private: bool, revision: str | None, mess
     except HfHubHTTPError as exc:
         # the message names the repo and the HTTP status; the token is in neither
         raise UserError(f"publishing to hf://datasets/{repo_id} failed: {exc}") from None
+    except (httpx.HTTPError, OSError) as exc:
+        raise UserError(f"publishing to hf://datasets/{repo_id} failed: cannot reach the Hub ({exc})") from None
     return Outcome(f"hf://datasets/{repo_id}", changed=info.oid != head, files=len(published_files(layout)),
                    commit=info.commit_url)  # fmt: skip
 

@@ -59,7 +59,9 @@ class Job:
 
 def _crontab(job: Job, image: str) -> dict[str, str]:
     log = shlex.quote(str(job.home / "schedule-cron.log"))
-    line = f"{job.schedule.cron} cd {shlex.quote(str(job.workdir))} && {job.once} >> {log} 2>&1"
+    # the run folder may not exist before the first run, and a redirection into a missing folder fails
+    prepare = f"mkdir -p {shlex.quote(str(job.home))} && cd {shlex.quote(str(job.workdir))}"
+    line = f"{job.schedule.cron} {prepare} && {job.once} >> {log} 2>&1"
     return {"crontab": f"CRON_TZ={job.schedule.timezone}\n{line}\n"}
 
 
@@ -112,7 +114,7 @@ def _slurm(job: Job, image: str) -> dict[str, str]:
 #SBATCH --job-name={job.name}
 #SBATCH --begin={begin}
 #SBATCH --dependency=singleton
-#SBATCH --output={job.home}/schedule-slurm-%j.log
+#SBATCH --output={job.workdir}/{job.name}-%j.log
 # One job per tick: run the recipe, then queue this script again for the next due time.
 # --begin is in the cluster's local time; the recipe's timezone is {job.schedule.timezone}.
 cd {shlex.quote(str(job.workdir))}

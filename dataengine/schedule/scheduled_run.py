@@ -64,7 +64,8 @@ def run_scheduled(recipe: Recipe, base_dir: Path, tick: datetime | None, console
 
     folder = home(recipe, base_dir)
     timezone = ZoneInfo(recipe.schedule.timezone) if recipe.schedule else UTC
-    tick = (tick or datetime.now(timezone)).astimezone(timezone)
+    tick = tick or datetime.now(timezone)
+    tick = (tick if tick.tzinfo else tick.replace(tzinfo=timezone)).astimezone(timezone)  # no offset: the recipe's
     with RunLock(folder / ".schedule.lock") as lock:
         if not lock.held:
             console.print(f"a scheduled run of {recipe.name} is already running (pid {lock.holder}): tick skipped")

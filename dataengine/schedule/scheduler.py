@@ -20,8 +20,8 @@ from rich.console import Console
 
 from dataengine.errors import UserError
 from dataengine.recipe import Recipe, load_recipe
-from dataengine.schedule.cron import due_times
-from dataengine.schedule.scheduled_run import BUSY, home
+from dataengine.schedule.cron import next_time
+from dataengine.schedule.scheduled_run import BUSY, history, home
 
 
 @dataclass
@@ -35,9 +35,11 @@ class Entry:
     def __post_init__(self) -> None:
         self.advance(datetime.now(UTC))
 
-    def advance(self, now: datetime) -> None:
-        """The first due time strictly after `now`: missed ticks collapse into one."""
-        self.next_due = due_times(self.recipe.schedule.cron, self.recipe.schedule.timezone, now).get_next(datetime)
+    def advance(self, now: datetime, previous: datetime | None = None) -> None:
+        """The first due time strictly after `now` (missed ticks collapse into one), never the same wall-clock
+        time as `previous` (the repeated hour when clocks go back)."""
+        schedule = self.recipe.schedule
+        self.next_due = next_time(schedule.cron, schedule.timezone, now, previous)
 
 
 def load_entries(paths: list[Path]) -> list[Entry]:
@@ -54,8 +56,10 @@ def run_scheduler(paths: list[Path], console: Console, max_runs: int | None = No
     """Run until interrupted (or until `max_runs` runs have finished); returns the number of runs started."""
     entries = load_entries(paths)
     for e in entries:
+        past = history(home(e.recipe, e.path.parent))
+        last = f"; last run {past[-1]['tick']}: {past[-1]['status']}" if past else ""
         console.print(f"{e.recipe.name}: '{e.recipe.schedule.cron}' ({e.recipe.schedule.timezone}), "
-                      f"next run {e.next_due.isoformat()}")  # fmt: skip
+                      f"next run {e.next_due.isoformat()}{last}")  # fmt: skip
     started = 0
     try:
         while True:
@@ -69,7 +73,7 @@ def run_scheduler(paths: list[Path], console: Console, max_runs: int | None = No
                 for e in entries:
                     if e.next_due <= now:
                         started += _launch(e, console)
-                        e.advance(now)
+                        e.advance(now, previous=e.next_due)
             time.sleep(0.2)
     finally:
         for e in entries:

@@ -10,15 +10,14 @@ import hashlib
 import math
 from pathlib import Path
 
-from datasets import Dataset
+import pyarrow.parquet as pq
 
 
 def read_rows(folder: Path) -> list[dict]:
     """Every row of a stage's parquet shards (`<folder>/data/*.parquet`)."""
-    paths = sorted((folder / "data").glob("*.parquet"))
-    if not paths:
-        return []
-    return Dataset.from_parquet([str(p) for p in paths]).to_list()
+    # pyarrow rather than Dataset.from_parquet, which refuses a shard with no rows ("corresponds to no
+    # data"): a stage that kept nothing must read as no rows, so the next stage can say so
+    return [row for path in sorted((folder / "data").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
 
 
 def split_rows(rows: list[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:

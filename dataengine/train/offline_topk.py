@@ -103,7 +103,10 @@ class OfflineTopKTrainer(SFTTrainer):
         loss = kl
         mode = "train" if model.training else "eval"
         if self.ce_weight:
-            ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1))
+            targets = labels[:, 1:].reshape(-1)
+            # summed then divided, so a batch whose answers were all truncated away gives 0, not NaN
+            ce_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets, reduction="sum")
+            ce = ce_sum / (targets != -100).sum().clamp(min=1)
             loss = loss + self.ce_weight * ce
             self._metrics[mode]["cross_entropy"].append(ce.item())
         self._metrics[mode]["topk_kl"].append(kl.item())
