@@ -6,7 +6,7 @@
 (b) `offline_topk` against `gkd`, both from the same untrained student for the same number of
     steps: seconds per optimizer step, and the held-out KL(teacher || student) reached.
 
-    .venv/bin/python bench/train.py [--run runs/quickstart] [--steps 16] [--repeats 2]
+    .venv/bin/python bench/train.py [--run runs/quickstart] [--steps 16] [--repeats 2] [--part sft|distill|all]
 
 It reads the scored rows of a finished distill run of recipes/quickstart.yaml (`make demo` makes
 runs/quickstart) and uses that recipe's student, split and training settings.
