@@ -39,6 +39,15 @@ def _bcp47(value: str) -> str:
 LanguageCode = Annotated[str, AfterValidator(_bcp47)]
 
 
+def _folder_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
+        raise ValueError(f"name {value!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    return value
+
+
+FolderName = Annotated[str, AfterValidator(_folder_name)]
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a recipe must never be silently ignored."""
 
@@ -390,17 +399,10 @@ class PruneConfig(StrictModel):
 
 
 class StudentConfig(StrictModel):
-    name: str = Field("student", description="folder under students/ that receives the final model")
+    name: FolderName = Field("student", description="folder under students/ that receives the final model")
     model: str | None = Field(None, description="Hub id, local folder or builtin:<name> to start from")
     revision: str | None = Field(None, description="Hub revision of `model`")
     prune: PruneConfig | None = Field(None, description="start from the teacher's dense parent, depth-pruned")
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
-            raise ValueError(f"name {value!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
-        return value
 
     @model_validator(mode="after")
     def _one_origin(self) -> StudentConfig:
@@ -561,7 +563,7 @@ class ScheduleConfig(StrictModel):
 
 
 class Recipe(StrictModel):
-    name: str = Field(description="run name; also the default output folder runs/<name>")
+    name: FolderName = Field(description="run name; also the default output folder runs/<name>")
     pipeline: str = Field("generate", description="a module in pipelines/ that turns the recipe into stages")
     description: str | None = Field(None, description="free text, shown in plans and reports")
     output_dir: str | None = Field(None, description="run folder; default runs/<name> in the working directory")
@@ -572,13 +574,6 @@ class Recipe(StrictModel):
     train: TrainConfig | None = Field(None, description="student init, SFT, distillation, evaluation")
     publish: PublishConfig | None = Field(None, description="where the curated dataset goes, with its card")
     schedule: ScheduleConfig | None = Field(None, description="cron schedule for `dataengine schedule`")
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
-            raise ValueError(f"name {value!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
-        return value
 
     @model_validator(mode="after")
     def _distill_needs(self) -> Recipe:

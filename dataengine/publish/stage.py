@@ -110,8 +110,12 @@ class PublishStage:
     def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
         console.print(published_table(manifest.stats["counts"]))
         stats = manifest.stats
-        what = "published" if stats["changed"] else "unchanged (same content already there, nothing committed)"
-        console.print(f"{stats['target']}: {what}" + (f" — {stats['commit']}" if stats.get("commit") else ""))
+        console.print(outcome_line(stats["target"], stats["changed"], stats.get("commit")))
+
+
+def outcome_line(target: str, changed: bool, commit: str | None) -> str:
+    what = "published" if changed else "unchanged (same content already there, nothing committed)"
+    return f"{target}: {what}" + (f" — {commit}" if commit else "")
 
 
 def published_table(counts: dict[str, dict[str, int]]) -> Table:
@@ -147,6 +151,5 @@ def publish_run(run_dir: Path, to: str, dry_run: bool, console: Console) -> Outc
         console.print(published_table(counts))
         rows = sum(counts[DEFAULT].values())
         outcome = send(layout, publish, target, f"dataengine: {recipe.name}, run {run_id}, {rows} rows")
-    what = "published" if outcome.changed else "unchanged (same content already there, nothing committed)"
-    console.print(f"{outcome.target}: {what}" + (f" — {outcome.commit}" if outcome.commit else ""))
+    console.print(outcome_line(outcome.target, outcome.changed, outcome.commit))
     return outcome

@@ -41,7 +41,9 @@ def export(recipe: Recipe, recipe_path: Path, fmt: str, image: str) -> dict[str,
     if has_seconds(recipe.schedule.cron) and fmt in ("crontab", "k8s"):
         raise UserError(f"schedule.cron {recipe.schedule.cron!r} has a seconds field, which {fmt} cannot express")
     job = Job(recipe, recipe_path.resolve())
-    return {"crontab": _crontab, "systemd": _systemd, "k8s": _k8s, "slurm": _slurm}[fmt](job, image)
+    if fmt == "k8s":
+        return _k8s(job, image)
+    return {"crontab": _crontab, "systemd": _systemd, "slurm": _slurm}[fmt](job)
 
 
 class Job:
@@ -57,7 +59,7 @@ class Job:
         self.once = f"{shlex.quote(_dataengine())} schedule once {shlex.quote(str(recipe_path))}"
 
 
-def _crontab(job: Job, image: str) -> dict[str, str]:
+def _crontab(job: Job) -> dict[str, str]:
     log = shlex.quote(str(job.home / "schedule-cron.log"))
     # the run folder may not exist before the first run, and a redirection into a missing folder fails
     prepare = f"mkdir -p {shlex.quote(str(job.home))} && cd {shlex.quote(str(job.workdir))}"
@@ -65,7 +67,7 @@ def _crontab(job: Job, image: str) -> dict[str, str]:
     return {"crontab": f"CRON_TZ={job.schedule.timezone}\n{line}\n"}
 
 
-def _systemd(job: Job, image: str) -> dict[str, str]:
+def _systemd(job: Job) -> dict[str, str]:
     service = f"""[Unit]
 Description=dataengine scheduled run of {job.recipe.name}
 
@@ -107,7 +109,7 @@ def _k8s(job: Job, image: str) -> dict[str, str]:
     return {f"{job.name}.cronjob.yaml": yaml.safe_dump(cronjob, sort_keys=False)}
 
 
-def _slurm(job: Job, image: str) -> dict[str, str]:
+def _slurm(job: Job) -> dict[str, str]:
     begin = next_due(job.recipe).strftime("%Y-%m-%dT%H:%M:%S")
     again = f"{shlex.quote(_dataengine())} schedule next {shlex.quote(str(job.recipe_path))} --local"
     script = f"""#!/bin/bash
