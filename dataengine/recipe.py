@@ -516,6 +516,11 @@ class PublishConfig(StrictModel):
     max_rows_per_shard: int = Field(50_000, ge=1, description="rows per parquet file")
     license: str = Field("other", description="license in the card's front matter (a Hub license id)")
     tags: list[str] = Field(default_factory=list, description="extra tags in the card's front matter")
+    append: bool = Field(
+        False,
+        description="add to what the target already holds: curation dedups against its rows, only new rows are "
+        "appended (earlier rows keep their split) and the card's run history grows; scheduled runs turn this on",
+    )
 
     @field_validator("to")
     @classmethod
@@ -537,6 +542,11 @@ class ScheduleConfig(StrictModel):
 
     cron: str = Field(description="when: 5-field cron (minute hour day month weekday), or 6 with seconds first")
     timezone: str = Field("UTC", description="IANA timezone the cron expression is read in")
+    incremental: bool | None = Field(
+        None,
+        description="each run dedups against what publish.to already holds and appends only new rows "
+        "(publish.append); default: on when the recipe has a publish block",
+    )
 
     @field_validator("cron")
     @classmethod
@@ -589,6 +599,9 @@ class Recipe(StrictModel):
             )
         if self.publish is not None and (self.curate is None or self.pipeline == "generate"):
             raise ValueError("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
+        if self.schedule is not None and self.schedule.incremental and self.publish is None:
+            raise ValueError("schedule.incremental appends each run to what is published: add a `publish` block "
+                             "or set incremental: false")  # fmt: skip
         student = self.train.student if self.train else None
         if student is not None and student.prune is not None and not self.teacher.is_builtin:
             raise ValueError(

@@ -30,6 +30,7 @@ from dataengine.curate.sandbox import SandboxLimits, isolation_warning
 from dataengine.errors import StageError
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
+from dataengine.publish.existing import reference_folder
 from dataengine.recipe import CurateConfig, Recipe, resolve_path
 from dataengine.runner import RunContext, StageResult
 from dataengine.sample import CURATED_FEATURES, write_shards
@@ -135,6 +136,11 @@ class CurateStage:
             run_pipeline(name, pipeline, tasks)
 
         references = [resolve_path(r, self.base_dir) for r in self.cfg.dedup.reference]
+        if self.recipe.publish is not None and (
+            published := reference_folder(self.recipe.publish, self.base_dir, work_dir / "published-before")
+        ):
+            ctx.log(f"dedup also against the rows already published at {self.recipe.publish.to} (publish.append)")
+            references.append(published)
         if self.cfg.code.enabled and (warning := isolation_warning(self._limits())):
             ctx.console.print(f"[yellow]warning:[/yellow] {warning}")
         with status, datatrove_logs_to(work_dir / "datatrove.log"):

@@ -7,12 +7,16 @@ Nothing time-dependent goes in: the same content gives the same card, and republ
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from datasets import Features
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from dataengine.manifest import Manifest
+from dataengine.publish.existing import HISTORY_KEY
+from dataengine.publish.layout import add_dataset_infos
 from dataengine.publish.target import MARK
 from dataengine.recipe import Recipe
 from dataengine.secrets import scrub
@@ -39,6 +43,21 @@ def moe_shape(recipe: Recipe) -> str:
     return "see the teacher's model card"
 
 
+@dataclass(frozen=True)
+class TestSplit:
+    """Where the test split came from: the student's held-out rows or an id hash, and whether rows published
+    by earlier runs (which keep their split) are in it too."""
+
+    held_out: bool
+    earlier: bool = False
+
+    def sentence(self) -> str:
+        new = "exactly the rows the student of this run held out" if self.held_out else "drawn by a hash of the row id"
+        if self.earlier:
+            return f"Rows published by earlier runs keep their split; this run's new test rows are {new}."
+        return f"The test split is {new}."
+
+
 def build_card(
     recipe: Recipe,
     run_dir: Path,
@@ -47,7 +66,10 @@ def build_card(
     rows: list[dict],
     load_from: str,
     test_ids: set[str],
-    held_out: bool,
+    split: TestSplit,
+    history: list[dict],
+    layout: Path,
+    features: Features,
     secrets: tuple[str, ...] = (),
 ) -> DatasetCard:
     publish = recipe.publish
@@ -60,13 +82,15 @@ def build_card(
         size_categories=[size_category(len(rows))],
         tags=["synthetic", "dataengine", "mixture-of-experts", *(publish.tags if publish else [])],
         configs=configs,
+        **{HISTORY_KEY: history},  # read back by the next appending publish
     )
-    body = _body(recipe, run_dir, counts, rows, load_from, secrets, test_ids, held_out)
+    add_dataset_infos(data, layout, counts, features)
+    body = _body(recipe, run_dir, counts, rows, load_from, secrets, test_ids, split, history)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
 def _body(recipe: Recipe, run_dir: Path, counts: dict, rows: list[dict], load_from: str, secrets,
-          test_ids: set[str], held_out: bool) -> str:  # fmt: skip
+          test_ids: set[str], split: TestSplit, history: list[dict]) -> str:  # fmt: skip
     sampling = recipe.generate.sampling.model_dump(mode="json")
     revisions = sorted({row["teacher_revision"] for row in rows if row.get("teacher_revision")})
     lines = [
@@ -91,11 +115,18 @@ def _body(recipe: Recipe, run_dir: Path, counts: dict, rows: list[dict], load_fr
         "|---|---:|---:|",
         *(f"| {name} | {s.get('train', 0)} | {s.get('test', 0)} |" for name, s in counts.items()),
         "",
-        "The test split is exactly the rows the student trained in this run held out."
-        if held_out
-        else "The test split is drawn by a hash of the row id.",
+        split.sentence(),
         "",
-        "## Counts per stage",
+        "## Run history",
+        "",
+        "| run | started | seed | rows added | rows in all |",
+        "|---|---|---:|---:|---:|",
+        *(
+            f"| {h['run_id']} | {h.get('started') or '—'} | {h.get('seed')} | {h['rows_added']} | {h['rows_total']} |"
+            for h in history
+        ),  # fmt: skip
+        "",
+        "## Counts per stage (latest run)",
         "",
         "| stage | rows in | rows out |",
         "|---|---:|---:|",
@@ -124,7 +155,11 @@ def _evaluation(run_dir: Path, test_ids: set[str]) -> list[str]:
     if not metrics_file.is_file():
         return []
     metrics = json.loads(metrics_file.read_text())
-    which = "the test split" if set(metrics["held_out_ids"]) == test_ids else "not the same rows as the test split"
+    held_out = set(metrics["held_out_ids"])
+    if held_out == test_ids:
+        which = "the test split"
+    else:
+        which = "this run's rows of the test split" if held_out <= test_ids else "not the same rows as the test split"
     lines = ["", "## Student evaluation", "", f"On {metrics['held_out_rows']} held-out rows ({which}):", "",
              "| metric | before training | after training |", "|---|---:|---:|"]  # fmt: skip
     for key in ("kl_teacher_student", "perplexity", "code_pass_rate", "language_fidelity"):

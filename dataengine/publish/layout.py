@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from datasets import Dataset, Features, disable_progress_bars
+import pyarrow.parquet as pq
+from datasets import Dataset, DatasetInfo, Features, SplitDict, SplitInfo, disable_progress_bars
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCardData
 
 from dataengine.errors import UserError
 
@@ -67,3 +70,22 @@ def card_configs(counts: dict[str, dict[str, int]]) -> list[dict]:
         }
         for name, splits in counts.items()
     ]
+
+
+def add_dataset_infos(card_data: DatasetCardData, folder: Path, counts: dict[str, dict[str, int]],
+                      features: Features) -> None:  # fmt: skip
+    """The `dataset_info` front matter `push_to_hub` writes: features, rows and bytes per split. Besides
+    informing the Hub viewer, it is part of the key `datasets` caches a local folder under (file mtimes are
+    not, when the card names the configs), so a folder that gained rows is not served from a stale cache."""
+    infos = DatasetInfosDict()
+    for name, splits in counts.items():
+        split_dict, download = SplitDict(), 0
+        for split, rows in splits.items():
+            files = sorted((folder / "data" / name).glob(f"{split}-*.parquet"))
+            download += sum(path.stat().st_size for path in files)
+            in_memory = sum(pq.read_metadata(path).row_group(i).total_byte_size
+                            for path in files for i in range(pq.read_metadata(path).num_row_groups))  # fmt: skip
+            split_dict.add(SplitInfo(name=split, num_examples=rows, num_bytes=in_memory))
+        infos[name] = DatasetInfo(features=features, splits=split_dict, download_size=download,
+                                  dataset_size=sum(s.num_bytes for s in split_dict.values()))  # fmt: skip
+    infos.to_dataset_card_data(card_data)

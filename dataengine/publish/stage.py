@@ -16,8 +16,10 @@ from rich.table import Table
 
 from dataengine.errors import StageError, UserError
 from dataengine.manifest import Manifest, fingerprint_files
-from dataengine.publish.card import build_card
-from dataengine.publish.layout import DEFAULT, card_configs, write_layout
+from dataengine.publish import existing
+from dataengine.publish.card import TestSplit, build_card
+from dataengine.publish.existing import Published
+from dataengine.publish.layout import card_configs, write_layout
 from dataengine.publish.target import Outcome, Target, parse_target, published_files, to_folder, to_hub
 from dataengine.recipe import PublishConfig, Recipe
 from dataengine.runner import RunContext, StageResult
@@ -52,17 +54,39 @@ def _load_from(target: Target) -> str:
     return target.location if target.kind == "hub" else Path(target.location).name
 
 
-def build_layout(recipe: Recipe, publish: PublishConfig, run_dir: Path, layout: Path, target: Target) -> dict:
-    """Write data/<config>/<split>-*.parquet and README.md into `layout`; rows per config and split."""
-    rows = read_rows(run_dir / "curated")
+def build_layout(recipe: Recipe, publish: PublishConfig, run_dir: Path, layout: Path, target: Target,
+                 cache: Path) -> dict:  # fmt: skip
+    """Write data/<config>/<split>-*.parquet and README.md into `layout`; rows per config and split, and
+    the rows this run added. With `publish.append`, the target's rows (fetched into `cache` from the Hub)
+    stay, in the split they were published in, and only rows with new ids are added."""
+    before = existing.read(existing.fetch(target, publish.revision, cache)) if publish.append else Published()
+    known = {row["id"] for row in before.rows}
+    added = [row for row in read_rows(run_dir / "curated") if row["id"] not in known]
+    rows = before.rows + added
     if not rows:
         raise StageError(f"nothing to publish: curation kept 0 rows (see {run_dir / 'rejected'} for why)")
-    test_ids, held_out = pick_test_split(recipe, publish, run_dir, rows)
+    new_test_ids, held_out = pick_test_split(recipe, publish, run_dir, added)
+    test_ids = before.test_ids | new_test_ids
     counts = write_layout(rows, FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
-    card = build_card(recipe, run_dir, counts, card_configs(counts), rows, _load_from(target), test_ids, held_out,
+    history = run_history(before.history, run_dir, recipe, len(added), len(rows))
+    card = build_card(recipe, run_dir, counts, card_configs(counts), rows, _load_from(target), test_ids,
+                      TestSplit(held_out, earlier=len(before.rows) > 0), history, layout, FEATURES,
                       secrets=tuple(t for t in (hub_token(),) if t))  # fmt: skip
     card.save(str(layout / "README.md"))
-    return counts
+    return {"counts": counts, "rows_added": len(added), "rows_total": len(rows)}
+
+
+def run_history(earlier: list[dict], run_dir: Path, recipe: Recipe, added: int, total: int) -> list[dict]:
+    """The card's history plus this run; republishing a run already in it leaves it as it is, so the card,
+    and with it the whole publish, stays the same."""
+    info_file = run_dir / "run.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    run_id = info.get("run_id", run_dir.name)
+    if any(entry.get("run_id") == run_id for entry in earlier):
+        return earlier
+    entry = {"run_id": run_id, "started": info.get("created_at"), "seed": recipe.generate.seed,
+             "rows_added": added, "rows_total": total}  # fmt: skip
+    return [*earlier, entry]
 
 
 def send(layout: Path, publish: PublishConfig, target: Target, message: str) -> Outcome:
@@ -90,16 +114,16 @@ class PublishStage:
 
     def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
         target = parse_target(self.cfg.to, self.base_dir)
-        counts = build_layout(self.recipe, self.cfg, ctx.run_dir, output_dir, target)
-        rows = sum(counts[DEFAULT].values())
-        ctx.log(f"publishing {rows} rows in {len(counts)} config(s) to {target}")
-        outcome = send(output_dir, self.cfg, target, f"dataengine: {self.recipe.name}, run {ctx.run_id}, {rows} rows")
+        built = build_layout(self.recipe, self.cfg, ctx.run_dir, output_dir, target, work_dir / "published-before")
+        counts, rows = built["counts"], built["rows_total"]
+        ctx.log(f"publishing {rows} rows ({built['rows_added']} new) in {len(counts)} config(s) to {target}")
+        outcome = send(output_dir, self.cfg, target, commit_message(self.recipe.name, ctx.run_id, built))
         return StageResult(
             rows_in=rows,
             rows_out=rows,
             output_fingerprint=fingerprint_files(published_files(output_dir)),
             stats={
-                "counts": counts,
+                **built,
                 "target": outcome.target,
                 "changed": outcome.changed,
                 "files": outcome.files,
@@ -108,9 +132,19 @@ class PublishStage:
         )
 
     def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
-        console.print(published_table(manifest.stats["counts"]))
         stats = manifest.stats
+        console.print(published_table(stats["counts"]))
+        if self.cfg.append:
+            console.print(appended_line(stats))
         console.print(outcome_line(stats["target"], stats["changed"], stats.get("commit")))
+
+
+def commit_message(name: str, run_id: str, built: dict) -> str:
+    return f"dataengine: {name}, run {run_id}, {built['rows_added']} new rows, {built['rows_total']} in all"
+
+
+def appended_line(built: dict) -> str:
+    return f"appended {built['rows_added']} new rows; {built['rows_total']} rows in all"
 
 
 def outcome_line(target: str, changed: bool, commit: str | None) -> str:
@@ -139,17 +173,21 @@ def publish_run(run_dir: Path, to: str, dry_run: bool, console: Console) -> Outc
     if dry_run:
         layout = run_dir / ".work" / "publish-dry-run"
         shutil.rmtree(layout, ignore_errors=True)
-        console.print(published_table(build_layout(recipe, publish, run_dir, layout, target)))
+        built = build_layout(recipe, publish, run_dir, layout, target, run_dir / ".work" / "publish-dry-run-before")
+        console.print(published_table(built["counts"]))
+        if publish.append:
+            console.print(appended_line(built))
         files = published_files(layout)
         console.print(f"dry run: would send {len(files)} files to {target}; the exact layout is in {layout}")
         return None
     run_info = run_dir / "run.json"
     run_id = json.loads(run_info.read_text()).get("run_id") if run_info.is_file() else run_dir.name
     with tempfile.TemporaryDirectory(prefix="dataengine-publish-") as tmp:
-        layout = Path(tmp)
-        counts = build_layout(recipe, publish, run_dir, layout, target)
-        console.print(published_table(counts))
-        rows = sum(counts[DEFAULT].values())
-        outcome = send(layout, publish, target, f"dataengine: {recipe.name}, run {run_id}, {rows} rows")
+        layout = Path(tmp) / "layout"
+        built = build_layout(recipe, publish, run_dir, layout, target, Path(tmp) / "before")
+        console.print(published_table(built["counts"]))
+        if publish.append:
+            console.print(appended_line(built))
+        outcome = send(layout, publish, target, commit_message(recipe.name, run_id, built))
     console.print(outcome_line(outcome.target, outcome.changed, outcome.commit))
     return outcome

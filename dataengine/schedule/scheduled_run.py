@@ -58,6 +58,16 @@ def seed_for(tick: datetime) -> int:
     return int(tick.timestamp())
 
 
+def scheduled_recipe(recipe: Recipe, seed: int) -> Recipe:
+    """The recipe as a scheduled run runs it: the tick's seed, and appending to the published dataset when
+    the run is incremental (schedule.incremental, by default whenever the recipe publishes)."""
+    update: dict = {"generate": recipe.generate.model_copy(update={"seed": seed})}
+    incremental = recipe.schedule.incremental if recipe.schedule and recipe.schedule.incremental is not None else True
+    if incremental and recipe.publish is not None:
+        update["publish"] = recipe.publish.model_copy(update={"append": True})
+    return recipe.model_copy(update=update)
+
+
 def run_scheduled(recipe: Recipe, base_dir: Path, tick: datetime | None, console: Console) -> int:
     """Run the recipe once for `tick` (default: now) in runs/<name>/scheduled/<UTC stamp>/; exit code."""
     from dataengine.runner import run_recipe
@@ -73,16 +83,19 @@ def run_scheduled(recipe: Recipe, base_dir: Path, tick: datetime | None, console
             return BUSY
         seed = seed_for(tick)
         run_dir = folder / "scheduled" / tick.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-        scheduled = recipe.model_copy(update={"generate": recipe.generate.model_copy(update={"seed": seed})})
+        scheduled = scheduled_recipe(recipe, seed)
         console.print(f"scheduled run of {recipe.name} for {tick.isoformat()}: seed {seed}, folder {run_dir}")
         started = time.time()
         record = {"tick": tick.isoformat(), "seed": seed, "run_dir": str(run_dir), "pid": os.getpid()}
         try:
-            run_recipe(scheduled, base_dir, run_dir=run_dir, console=console)
+            manifests = run_recipe(scheduled, base_dir, run_dir=run_dir, console=console)
         except (UserError, StageError) as exc:
             _history(folder, {**record, "status": "failed", "error": str(exc), "seconds": _since(started)})
             raise
-        _history(folder, {**record, "status": "ok", "seconds": _since(started)})
+        published = (
+            {k: manifests["publish"].stats[k] for k in ("rows_added", "rows_total")} if "publish" in manifests else {}
+        )
+        _history(folder, {**record, "status": "ok", "seconds": _since(started), **published})
         return 0
 
 

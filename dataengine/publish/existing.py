@@ -1,0 +1,83 @@
+"""What a target already holds, for appending runs (`publish.append`, on in incremental scheduled runs).
+
+Curation dedups new rows against the target's `data/default` rows, and publishing keeps those rows (in the
+split they were published in) and adds only rows with new ids. The card's front matter carries the run
+history, so each publish extends the history it finds there, wherever the earlier runs happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+from huggingface_hub import DatasetCard
+
+from dataengine.errors import UserError
+from dataengine.publish.layout import DEFAULT
+from dataengine.publish.target import MARK, Target, parse_target
+from dataengine.recipe import PublishConfig
+
+HISTORY_KEY = "dataengine_runs"  # front-matter key of the run history
+
+
+@dataclass
+class Published:
+    """The target's rows per split and its card's run history (all empty for a new target)."""
+
+    rows: list[dict] = field(default_factory=list)
+    test_ids: set[str] = field(default_factory=set)
+    history: list[dict] = field(default_factory=list)
+
+
+def fetch(target: Target, revision: str | None, cache: Path) -> Path | None:
+    """A local folder with the target's README.md and data/default/, or None when nothing is published yet.
+    A folder target is read where it is; a Hub target is downloaded (those files only) into `cache`."""
+    if target.kind == "folder":
+        folder = Path(target.location)
+        return folder if (folder / "data" / DEFAULT).is_dir() else None
+    return _download(target, revision, cache)
+
+
+def _download(target: Target, revision: str | None, cache: Path) -> Path | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        snapshot_download(target.location, repo_type="dataset", revision=revision, local_dir=str(cache),
+                          allow_patterns=["README.md", f"data/{DEFAULT}/*"])  # fmt: skip
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return None  # the first publish creates it
+    except HfHubHTTPError as exc:
+        raise UserError(f"reading what {target} holds failed: {exc}") from None
+    except (httpx.HTTPError, OSError) as exc:
+        raise UserError(f"reading what {target} holds failed: cannot reach the Hub ({exc})") from None
+    return cache if (cache / "data" / DEFAULT).is_dir() else None
+
+
+def reference_folder(publish: PublishConfig, base_dir: Path, cache: Path) -> Path | None:
+    """The target's `default` rows as a dedup reference folder, when appending to a target that has rows."""
+    folder = fetch(parse_target(publish.to, base_dir), publish.revision, cache) if publish.append else None
+    return folder / "data" / DEFAULT if folder is not None else None
+
+
+def read(folder: Path | None) -> Published:
+    """Rows and test ids from data/default/{train,test}-*.parquet, and the card's run history."""
+    if folder is None:
+        return Published()
+    card = folder / "README.md"
+    if card.is_file() and MARK not in card.read_text(errors="replace"):
+        raise UserError(f"publish.append: {folder} holds a dataset no dataengine publish wrote; not appending to it")
+    out = Published(history=_history(card))
+    for split in ("train", "test"):
+        for path in sorted((folder / "data" / DEFAULT).glob(f"{split}-*.parquet")):
+            rows = pq.read_table(path).to_pylist()
+            out.rows += rows
+            if split == "test":
+                out.test_ids |= {row["id"] for row in rows}
+    return out
+
+
+def _history(card: Path) -> list[dict]:
+    return list(DatasetCard.load(card).data.to_dict().get(HISTORY_KEY) or []) if card.is_file() else []

@@ -1,0 +1,173 @@
+"""Incremental runs: each run dedups against what is already published and appends only new rows.
+
+The curate and publish stages run for real (datatrove dedup, parquet, the card) on generated rows written
+here, so no teacher is needed; `scheduled_recipe` is what turns a scheduled run into an appending one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset
+from huggingface_hub import DatasetCard
+from rich.console import Console
+
+from dataengine.errors import UserError
+from dataengine.manifest import Manifest
+from dataengine.publish import existing
+from dataengine.recipe import load_recipe
+from dataengine.runner import run_recipe
+from dataengine.sample import SAMPLE_FEATURES, write_shards
+from dataengine.schedule.scheduled_run import scheduled_recipe
+from tests.planted_corpus import SYLLABLES
+
+RECIPE = """
+name: inc
+pipeline: curate
+teacher: {model: "builtin:smollm2-moe"}
+generate:
+  chat: {languages: [{code: en, quota: 8}]}
+curate:
+  filters:
+    truncated: {enabled: false}
+    length: {enabled: false}
+    refusal: {enabled: false}
+    repetition: {enabled: false}
+    language: {enabled: false}
+    prose_quality: {enabled: false}
+  code: {enabled: false}
+  decontamination: {enabled: false}
+publish:
+  to: published
+  configs: [language]
+  test_fraction: 0.3
+schedule: {cron: "0 3 * * *"}
+"""
+
+
+def _answers(n: int, seed: int) -> list[str]:
+    """Distinct answers that differ in words (dedup normalises digits away)."""
+    rng = random.Random(seed)
+    vocab = sorted({"".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(3000)})
+    return [" ".join(rng.choice(vocab) for _ in range(80)) for _ in range(n)]
+
+
+def _row(row_id: str, answer: str, seed: int) -> dict:
+    return {"id": row_id, "kind": "chat", "language": "en", "seed": seed, "teacher_model": "builtin:smollm2-moe",
+            "messages": [{"role": "user", "content": "Tell me something."},
+                         {"role": "assistant", "content": answer}]}  # fmt: skip
+
+
+def _run(recipe_path: Path, run_dir: Path, rows: list[dict], run_id: str, seed: int) -> dict[str, Manifest]:
+    """A scheduled run whose teacher wrote `rows` (the generate stage's output), then curate and publish for
+    real, with the recipe as `schedule once` runs it."""
+    write_shards(rows, run_dir / "generated", features=SAMPLE_FEATURES)
+    Manifest(stage="generate", config_hash="g", input_fingerprint="", output_fingerprint=run_id, rows_in=None,
+             rows_out=len(rows), drops={}, stats={}, timings={}, run_id=run_id, recipe_hash="r",
+             versions={}).write(run_dir / "generated")  # fmt: skip
+    (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "created_at": f"2026-11-23T0{run_id[-1]}:00"}))
+    recipe = scheduled_recipe(load_recipe(recipe_path), seed)
+    return run_recipe(recipe, recipe_path.parent, run_dir=run_dir, only=["curate", "publish"],
+                      console=Console(width=200, quiet=True))  # fmt: skip
+
+
+def _published(folder: Path) -> dict[str, set[str]]:
+    return {split: set(load_dataset(str(folder), split=split)["id"]) for split in ("train", "test")}
+
+
+def test_a_second_run_appends_only_rows_not_already_published(tmp_path):
+    recipe_path = tmp_path / "inc.yaml"
+    recipe_path.write_text(RECIPE)
+    target = tmp_path / "published"
+    first, fresh = _answers(6, seed=1), _answers(4, seed=2)
+
+    one = _run(
+        recipe_path, tmp_path / "run1", [_row(f"a{i}", text, 1) for i, text in enumerate(first)], "inc-run1", 101
+    )
+    assert one["publish"].stats["rows_added"] == one["publish"].stats["rows_total"] == 6
+    before = _published(target)
+    assert before["train"] | before["test"] == {f"a{i}" for i in range(6)}
+
+    # the second run's teacher repeats itself: an exact copy (new id, other case and spacing), a near
+    # copy (one word changed), a row under an id already published, and four new answers
+    words = first[1].split()
+    words[10] = "zzzword"
+    again = [
+        _row("b-exact", "  " + first[0].upper().replace(" ", "  "), 2),
+        _row("b-near", " ".join(words), 2),
+        _row("a2", first[2], 2),
+        *(_row(f"b{i}", text, 2) for i, text in enumerate(fresh)),
+    ]
+    two = _run(recipe_path, tmp_path / "run2", again, "inc-run2", 202)
+
+    curated = two["curate"]
+    assert curated.rows_out == 4
+    assert curated.drops == {"exact_duplicate": 2, "near_duplicate": 1}  # the copies matched the published rows
+    assert two["publish"].stats["rows_added"] == 4 and two["publish"].stats["rows_total"] == 10
+    after = _published(target)
+    assert after["train"] | after["test"] == {f"a{i}" for i in range(6)} | {f"b{i}" for i in range(4)}
+    assert before["train"] <= after["train"] and before["test"] <= after["test"]  # earlier rows keep their split
+    assert len(load_dataset(str(target), "en", split="train")) == len(after["train"])
+
+    card = DatasetCard.load(target / "README.md")
+    history = card.data.to_dict()[existing.HISTORY_KEY]
+    assert [(h["run_id"], h["rows_added"], h["rows_total"]) for h in history] == [
+        ("inc-run1", 6, 6),
+        ("inc-run2", 4, 10),
+    ]
+    assert "| inc-run2 | 2026-11-23T02:00 | 202 | 4 | 10 |" in card.text
+
+    # publishing the second run again finds all its rows there: nothing changes
+    mtimes = {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()}
+    recipe = scheduled_recipe(load_recipe(recipe_path), 202)
+    again = run_recipe(recipe, tmp_path, run_dir=tmp_path / "run2", only=["publish"], force=["publish"],
+                       console=Console(quiet=True))  # fmt: skip
+    assert again["publish"].stats["changed"] is False
+    assert {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()} == mtimes
+
+
+def test_appending_refuses_a_dataset_it_did_not_write(tmp_path):
+    (tmp_path / "data" / "default").mkdir(parents=True)
+    (tmp_path / "README.md").write_text("# someone else's dataset\n")
+    with pytest.raises(UserError, match="no dataengine publish wrote"):
+        existing.read(tmp_path)
+
+
+def test_scheduled_runs_append_unless_the_recipe_says_otherwise(tmp_path):
+    path = tmp_path / "inc.yaml"
+    path.write_text(RECIPE)
+    recipe = load_recipe(path)
+    assert recipe.publish.append is False
+    scheduled = scheduled_recipe(recipe, seed=1234)
+    assert scheduled.publish.append is True and scheduled.generate.seed == 1234
+    path.write_text(RECIPE.replace('"0 3 * * *"}', '"0 3 * * *", incremental: false}'))
+    assert scheduled_recipe(load_recipe(path), seed=1).publish.append is False
+
+
+def test_a_hub_target_is_read_through_snapshot_download(tmp_path, monkeypatch):
+    """The Hub path up to the network: what is downloaded, and a repo that does not exist yet."""
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from dataengine.publish.target import parse_target
+
+    calls = []
+
+    def snapshot_download(repo_id, **kw):
+        calls.append((repo_id, kw))
+        if repo_id == "org/new":
+            response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/api/datasets/org/new"))
+            raise RepositoryNotFoundError("404 Client Error: Repository Not Found", response=response)
+        (Path(kw["local_dir"]) / "data" / "default").mkdir(parents=True)
+        return kw["local_dir"]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    cache = tmp_path / "cache"
+    assert existing.fetch(parse_target("hf://datasets/org/new", tmp_path), None, cache) is None
+    assert existing.fetch(parse_target("hf://datasets/org/old", tmp_path), "nightly", cache) == cache
+    assert calls[1] == ("org/old", {"repo_type": "dataset", "revision": "nightly", "local_dir": str(cache),
+                                    "allow_patterns": ["README.md", "data/default/*"]})  # fmt: skip
