@@ -10,7 +10,7 @@ EXTRAS ?= cpu,dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -22,10 +22,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
+# The report's browser test renders report.html in Debian's chromium (needs root for apt-get; without it the
+# test is skipped outside CI and fails in CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null; } || \
+		echo "could not install chromium (apt-get install chromium); the report's browser test needs it"
+
 demo: setup
 	$(BIN)/dataengine run recipes/quickstart.yaml
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

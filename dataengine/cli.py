@@ -90,6 +90,27 @@ def publish(
 
 
 @app.command()
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (runs/<name>)", show_default=False)],
+    html: Annotated[bool, typer.Option("--html", help="also (re)write <run>/report.html")] = False,
+) -> None:
+    """What a run did: the figures of its report.html, in the terminal.
+
+    Rows through the stages, drop reasons, answer lengths, dedup clusters, teacher tokens/s, training loss
+    and the student's evaluation.
+    """
+    from dataengine.report.facts import collect
+    from dataengine.report.page import write_report
+    from dataengine.report.terminal import show
+
+    if not (run_dir / "run.json").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no run.json); runs are under runs/<name>")
+    if html:
+        write_report(run_dir)
+    show(collect(run_dir), console)
+
+
+@app.command()
 def reference() -> None:
     """Print the recipe reference (every key, type, default and meaning) as Markdown."""
     from dataengine.reference import render

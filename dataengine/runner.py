@@ -179,7 +179,17 @@ def run_recipe(
             manifests = _run_stages(stages, ctx, by_name, None, None)
     finally:
         teacher.close()
+        _write_report(run_dir, console)  # a failed run gets one too: it shows how far things got
     return manifests
+
+
+def _write_report(run_dir: Path, console: Console) -> None:
+    from dataengine.report.page import write_report
+
+    try:
+        console.print(f"report: {write_report(run_dir)}")
+    except Exception as exc:  # the run's data is written either way; a report that cannot be drawn must not fail it
+        console.print(f"[yellow]warning:[/yellow] report.html not written: {exc!r}")
 
 
 def _run_stages(stages: list[Stage], ctx: RunContext, by_name: dict[str, Stage], only: list[str] | None,

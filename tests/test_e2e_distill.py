@@ -108,6 +108,11 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     assert after["perplexity"] < before["perplexity"]
     assert "KL(teacher || student)" in shown and "held-out" in shown
 
+    # the run report draws every figure from what this real run wrote (the crashed half included)
+    page = (run_dir / "report.html").read_text()
+    for figure in ("funnel", "lengths", "clusters", "throughput", "loss", "evaluation"):
+        assert f'id="{figure}" data-drawn="true"' in page, figure
+
     # the saved student is a plain transformers folder...
     model = AutoModelForCausalLM.from_pretrained(student_dir)
     assert model.config.num_hidden_layers == 10

@@ -25,6 +25,8 @@ from dataengine.errors import StageError
 from dataengine.generate.code_answer import parse_code_answer
 from dataengine.generate.rollout import request_seed, rollout
 from dataengine.generate.seeds import PromptSeed, expand_seeds, top_up_seeds
+from dataengine.generate.throughput import FILE as THROUGHPUT
+from dataengine.generate.throughput import recorder, timeline
 from dataengine.generate.top_up import load_rounds
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
@@ -132,6 +134,7 @@ class GenerateStage:
             stats={
                 **self._stats(rows, elapsed, len(unique), question_tokens, duplicates),
                 "top_up_rounds": len(rounds) - 1,
+                "teacher_tokens_per_second_timeline": timeline([work / THROUGHPUT for work, _ in rounds]),
             },
         )
 
@@ -149,10 +152,11 @@ class GenerateStage:
             metric_interval=3600,
         )
         done_before = len(_ids_in(work_dir / "raw") | _ids_in(work_dir / "checkpoints"))
-        with _progress(ctx.console) as progress:
+        with recorder(work_dir / THROUGHPUT) as record, _progress(ctx.console) as progress:
             task = progress.add_task("generating", total=len(docs), completed=done_before, tokens=0)
 
             def on_done(tokens: int) -> None:
+                record(tokens)
                 progress.advance(task)
                 progress.update(task, tokens=progress.tasks[task].fields["tokens"] + tokens)
 

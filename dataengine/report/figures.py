@@ -1,0 +1,155 @@
+"""The report's figures as inline SVG, drawn with matplotlib (text kept as text, no scripts, no files).
+
+Each function takes the run's facts and returns an SVG string, or None when the run has nothing to show
+there (the page then says why instead).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to SVG only
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+from dataengine.report.facts import RunFacts  # noqa: E402
+
+plt.rcParams.update({
+    "svg.fonttype": "none",  # text stays text: searchable, small, crisp
+    "svg.hashsalt": "dataengine",  # stable element ids: the same run gives the same page
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+})  # fmt: skip
+
+WIDE = (7.5, 3.2)
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]  # inline: without the XML declaration and doctype
+
+
+def funnel(facts: RunFacts) -> str | None:
+    """Rows per kind/language at each step: generated, kept by curation, trained on, published."""
+    if not facts.funnel:
+        return None
+    groups, steps = list(facts.funnel), facts.funnel_steps
+    fig, ax = plt.subplots(figsize=(max(WIDE[0], 1.1 * len(groups) * len(steps) / 2), WIDE[1]))
+    width = 0.8 / len(steps)
+    for i, step in enumerate(steps):
+        xs = [g + (i - (len(steps) - 1) / 2) * width for g in range(len(groups))]
+        bars = ax.bar(xs, [facts.funnel[group].get(step, 0) for group in groups], width, label=step)
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("rows")
+    ax.legend(ncols=len(steps), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
+    return _svg(fig)
+
+
+def drops(facts: RunFacts) -> str | None:
+    if not facts.drops:
+        return None
+    reasons = list(facts.drops)[::-1]
+    fig, ax = plt.subplots(figsize=(WIDE[0], 0.3 * len(reasons) + 0.8))
+    bars = ax.barh(reasons, [facts.drops[r] for r in reasons], color="#c0504d")
+    ax.bar_label(bars, fontsize=7, padding=2)
+    ax.set_xlabel("rows dropped")
+    return _svg(fig)
+
+
+def answer_lengths(facts: RunFacts) -> str | None:
+    series = {name: lengths for name, lengths in facts.answer_chars.items() if lengths}
+    if not series:
+        return None
+    top = max(max(lengths) for lengths in series.values())
+    bins = [top * i / 20 for i in range(21)] if top else 1
+    fig, ax = plt.subplots(figsize=WIDE)
+    for name, lengths in series.items():
+        ax.hist(lengths, bins=bins, alpha=0.6, label=f"{name} ({len(lengths)})")
+    ax.set_xlabel("answer length (characters)")
+    ax.set_ylabel("rows")
+    ax.legend(frameon=False)
+    return _svg(fig)
+
+
+def cluster_sizes(facts: RunFacts) -> str | None:
+    if not facts.cluster_sizes:
+        return None
+    sizes = list(facts.cluster_sizes)
+    fig, ax = plt.subplots(figsize=(WIDE[0] / 1.5, WIDE[1]))
+    bars = ax.bar([str(s) for s in sizes], [facts.cluster_sizes[s] for s in sizes], width=0.5, color="#4f81bd")
+    ax.bar_label(bars, fontsize=7)
+    ax.set_xlim(-0.75, len(sizes) - 0.25)
+    ax.set_xlabel("near-duplicate cluster size (1: no duplicate found)")
+    ax.set_ylabel("kept rows")
+    return _svg(fig)
+
+
+def throughput(facts: RunFacts) -> str | None:
+    if not facts.throughput:
+        return None
+    seconds, rates = zip(*facts.throughput, strict=True)
+    fig, ax = plt.subplots(figsize=WIDE)
+    ax.plot([s / 60 for s in seconds], rates, marker="o", markersize=3)
+    if facts.tokens_per_second:
+        ax.axhline(facts.tokens_per_second, linestyle="--", color="grey", label=f"run: {facts.tokens_per_second}")
+        ax.legend(frameon=False)
+    ax.set_xlabel("minutes since the first answer")
+    ax.set_ylabel("teacher tokens/s")
+    ax.set_ylim(bottom=0)
+    return _svg(fig)
+
+
+def losses(facts: RunFacts) -> str | None:
+    phases = {name: points for name, points in facts.losses.items() if points}
+    if not phases:
+        return None
+    fig, axes = plt.subplots(1, len(phases), figsize=(WIDE[0], WIDE[1]), squeeze=False)
+    for ax, (name, points) in zip(axes[0], phases.items(), strict=True):
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, marker="o", markersize=3)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("training loss")
+    return _svg(fig)
+
+
+EVAL_METRICS = (  # key, title, scale of its axis
+    ("kl_teacher_student", "KL(teacher ‖ student)", "linear"),
+    ("perplexity", "perplexity", "log"),
+    ("code_pass_rate", "code pass rate", "rate"),
+    ("language_fidelity", "language fidelity", "rate"),
+)
+
+
+EVAL_COLOURS = {"before": "#9bbb59", "after": "#4f81bd", "teacher": "#8064a2"}
+
+
+def evaluation(facts: RunFacts) -> str | None:
+    """Student before and after training, and the teacher where the same check applies to its answers."""
+    if facts.evaluation is None:
+        return None
+    fig, axes = plt.subplots(1, len(EVAL_METRICS), figsize=(WIDE[0] + 1, WIDE[1]))
+    for ax, (key, title, scale) in zip(axes, EVAL_METRICS, strict=True):
+        bars = {"before": facts.evaluation["before"].get(key), "after": facts.evaluation["after"].get(key)}
+        if key in facts.teacher_quality:
+            bars["teacher"] = facts.teacher_quality[key]
+        shown = {name: value for name, value in bars.items() if value is not None and math.isfinite(value)}
+        drawn = ax.bar(list(shown), list(shown.values()), color=[EVAL_COLOURS[name] for name in shown])
+        ax.bar_label(drawn, fmt="%.3g", fontsize=7)
+        if scale == "log" and shown:
+            ax.set_yscale("log")
+        if scale == "rate":
+            ax.set_ylim(0, 1.1)
+        if not shown:
+            ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title + (" (log scale)" if scale == "log" else ""), fontsize=9)
+    return _svg(fig)

@@ -1,0 +1,96 @@
+"""runs/<run>/report.html: one static page (inline SVG and CSS, no scripts, nothing fetched) to open in a
+browser or attach to a message."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+
+from dataengine.report import figures
+from dataengine.report.facts import RunFacts, collect
+
+REPORT = "report.html"
+
+# (figure id, title, draw, what the page says when the run has nothing to draw there)
+SECTIONS: tuple[tuple[str, str, Callable[[RunFacts], str | None], str], ...] = (
+    ("funnel", "Rows through the stages, per kind and language", figures.funnel, "no stage has written rows yet"),
+    ("drops", "Why curation dropped rows", figures.drops, "curation has not run, or dropped nothing"),
+    ("lengths", "Answer lengths, kept and rejected", figures.answer_lengths, "curation has not run"),
+    ("clusters", "Near-duplicate cluster sizes of kept rows", figures.cluster_sizes, "curation has not run"),
+    ("throughput", "Teacher tokens/s over the generation", figures.throughput,
+     "generation has not run, or ran before throughput was recorded"),
+    ("loss", "Training loss", figures.losses, "no student was trained in this run"),
+    ("evaluation", "Student before and after training, and the teacher", figures.evaluation,
+     "no student evaluation in this run"),
+)  # fmt: skip
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } .sub { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; } td, th { padding: 0.2rem 0.8rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; } thead th { border-bottom: 1px solid #999; }
+figure { margin: 1.5rem 0; } figure svg { max-width: 100%; height: auto; }
+.empty { color: #888; font-style: italic; }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _stage_table(facts: RunFacts) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(s.stage)}</td><td>{'—' if s.rows_in is None else s.rows_in}</td><td>{s.rows_out}</td>"
+        f"<td>{'—' if s.seconds is None else f'{s.seconds:.0f}'}</td></tr>"
+        for s in facts.stages
+    )
+    head = "<thead><tr><th>stage</th><th>rows in</th><th>rows out</th><th>seconds</th></tr></thead>"
+    return f'<table id="stages">{head}<tbody>{rows}</tbody></table>'
+
+
+def _eval_table(facts: RunFacts) -> str:
+    if facts.evaluation is None:
+        return ""
+    before, after = facts.evaluation["before"], facts.evaluation["after"]
+    rows = "".join(
+        f"<tr><td>{_e(title)}</td><td>{_num(before.get(key))}</td><td>{_num(after.get(key))}</td>"
+        f"<td>{_num(facts.teacher_quality.get(key)) if key in facts.teacher_quality else '—'}</td></tr>"
+        for key, title, _ in figures.EVAL_METRICS
+    )
+    head = "<thead><tr><th>metric</th><th>before</th><th>after</th><th>teacher</th></tr></thead>"
+    note = (f"<p>On {facts.evaluation['held_out_rows']} held-out rows. The teacher's figures are curation's "
+            "checks on all its answers that reached them.</p>")  # fmt: skip
+    return f'<table id="evaluation-table">{head}<tbody>{rows}</tbody></table>{note}'
+
+
+def render(facts: RunFacts) -> str:
+    parts = [
+        f"<h1>{_e(facts.name)}</h1>",
+        f'<p class="sub">run {_e(facts.run_id)} · {_e(facts.run_dir)}</p>',
+        "<h2>Stages</h2>",
+        _stage_table(facts),
+    ]
+    for key, title, draw, missing in SECTIONS:
+        svg = draw(facts)
+        body = svg if svg is not None else f'<p class="empty">Nothing to show: {_e(missing)}.</p>'
+        extra = _eval_table(facts) if key == "evaluation" else ""
+        parts.append(f'<figure id="{key}" data-drawn="{str(svg is not None).lower()}">'
+                     f"<h2>{_e(title)}</h2>{body}{extra}</figure>")  # fmt: skip
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(facts.name)}: dataengine run report</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
+
+
+def write_report(run_dir: Path) -> Path:
+    path = run_dir / REPORT
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render(collect(run_dir)))
+    tmp.replace(path)  # a reader never sees half a page
+    return path

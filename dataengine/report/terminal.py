@@ -1,0 +1,97 @@
+"""`dataengine status RUN_DIR`: the report's figures as terminal tables (bars and sparklines in text)."""
+
+from __future__ import annotations
+
+import statistics
+
+from rich.console import Console
+from rich.table import Table
+
+from dataengine.report import figures
+from dataengine.report.facts import RunFacts
+from dataengine.report.page import REPORT
+
+TICKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(TICKS[round((v - low) / span * (len(TICKS) - 1))] for v in values)
+
+
+def _bar(value: int, top: int, width: int = 30) -> str:
+    return "█" * max(1, round(value / top * width)) if value and top else ""
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    return table
+
+
+def show(facts: RunFacts, console: Console) -> None:
+    console.print(f"[bold]{facts.name}[/bold]  run {facts.run_id}  ({facts.run_dir})")
+    stages = _table("stages", "stage", "rows in", "rows out", "seconds")
+    for s in facts.stages:
+        seconds = "—" if s.seconds is None else f"{s.seconds:.0f}"
+        stages.add_row(s.stage, "—" if s.rows_in is None else str(s.rows_in), str(s.rows_out), seconds)
+    console.print(stages if facts.stages else "no stage has finished yet")
+    if facts.funnel:
+        funnel = _table("rows through the stages", "kind/language", *facts.funnel_steps)
+        for group, counts in facts.funnel.items():
+            funnel.add_row(group, *(str(counts.get(step, 0)) for step in facts.funnel_steps))
+        console.print(funnel)
+    if facts.drops:
+        top = max(facts.drops.values())
+        drops = _table("why curation dropped rows", "reason", "rows", "")
+        for reason, n in facts.drops.items():
+            drops.add_row(reason, str(n), f"[red]{_bar(n, top)}[/red]")
+        console.print(drops)
+    _lengths_and_clusters(facts, console)
+    if facts.throughput:
+        rates = [rate for _, rate in facts.throughput]
+        console.print(f"teacher tokens/s over the generation: {sparkline(rates)}  "
+                      f"min {min(rates):.1f}, max {max(rates):.1f}, run {_num(facts.tokens_per_second)}")  # fmt: skip
+    if facts.losses:
+        loss = _table(f"training loss ({facts.student})", "phase", "steps", "first", "last", "curve")
+        for phase, points in facts.losses.items():
+            values = [v for _, v in points]
+            last_step = str(points[-1][0]) if points else "0"
+            loss.add_row(phase, last_step, _num(values[0] if values else None), _num(values[-1] if values else None),
+                         sparkline(values))  # fmt: skip
+        console.print(loss)
+    if facts.evaluation is not None:
+        ev = _table(f"evaluation on {facts.evaluation['held_out_rows']} held-out rows", "metric", "before", "after",
+                    "teacher")  # fmt: skip
+        for key, title, _ in figures.EVAL_METRICS:
+            teacher = _num(facts.teacher_quality.get(key)) if key in facts.teacher_quality else "—"
+            ev.add_row(title, _num(facts.evaluation["before"].get(key)), _num(facts.evaluation["after"].get(key)),
+                       teacher)  # fmt: skip
+        console.print(ev)
+    report = facts.run_dir / REPORT
+    console.print(f"report: {report}" if report.is_file() else "no report.html yet (written when a run ends)")
+
+
+def _lengths_and_clusters(facts: RunFacts, console: Console) -> None:
+    series = {name: lengths for name, lengths in facts.answer_chars.items() if lengths}
+    if series:
+        lengths = _table("answer lengths (characters)", "rows", "count", "min", "median", "p90", "max")
+        for name, values in series.items():
+            ordered = sorted(values)
+            p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+            lengths.add_row(name, str(len(values)), str(ordered[0]), f"{statistics.median(ordered):.0f}", str(p90),
+                            str(ordered[-1]))  # fmt: skip
+        console.print(lengths)
+    if facts.cluster_sizes:
+        clusters = _table("near-duplicate cluster sizes of kept rows", "size", "rows")
+        for size, n in facts.cluster_sizes.items():
+            clusters.add_row(str(size), str(n))
+        console.print(clusters)

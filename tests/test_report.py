@@ -1,0 +1,177 @@
+"""The run report: what it gathers from a run folder, the terminal version, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dataengine.cli import app
+from dataengine.generate.throughput import recorder, timeline
+from dataengine.manifest import Manifest
+from dataengine.report.facts import collect
+from dataengine.report.page import SECTIONS, write_report
+from dataengine.sample import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+GROUPS = [("chat", "en"), ("chat", "fr"), ("code", "en")]
+
+
+def _row(i: int, kind: str, language: str, **extra) -> dict:
+    answer = "word " * (10 + 7 * i)
+    return {"id": f"r{i:02d}", "kind": kind, "language": language,
+            "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": answer}],
+            **extra}  # fmt: skip
+
+
+def _manifest(folder: Path, stage: str, rows_in: int | None, rows_out: int, drops=None, stats=None) -> None:
+    Manifest(stage=stage, config_hash="c", input_fingerprint="", output_fingerprint="o", rows_in=rows_in,
+             rows_out=rows_out, drops=drops or {}, stats=stats or {}, timings={"seconds": 12.5}, run_id="rep-run",
+             recipe_hash="r", versions={}).write(folder)  # fmt: skip
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A finished distill run's folder: 12 generated rows, 7 kept, 2 held out, trained, evaluated, published."""
+    run = tmp_path / "rep"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"run_id": "rep-run", "recipe": "rep"}))
+    generated = [_row(i, *GROUPS[i % 3]) for i in range(12)]
+    write_shards(generated, run / "generated", features=SAMPLE_FEATURES)
+    timeline_points = [[30.0, 20.5], [90.0, 25.0], [150.0, 23.0]]
+    _manifest(
+        run / "generated",
+        "generate",
+        12,
+        12,
+        stats={"teacher_tokens_per_second": 23.1, "teacher_tokens_per_second_timeline": timeline_points},
+    )
+    kept, rejected = [], []
+    for row in generated:
+        i = int(row["id"][1:])
+        quality = {"tests_passed": i % 2 == 0} if row["kind"] == "code" else {"language_detected": row["language"]}
+        if i in (1, 4, 5, 9, 10):
+            rejected.append({**row, **quality, "drop_reason": "truncated" if i < 9 else "near_duplicate"})
+        else:
+            kept.append({**row, **quality, "dedup_cluster_size": 3 if i == 0 else 1})
+    write_shards(kept, run / "curated", features=CURATED_FEATURES)
+    write_shards(rejected, run / "rejected", features=CURATED_FEATURES)
+    _manifest(run / "curated", "curate", 12, len(kept), drops={"truncated": 3, "near_duplicate": 2})
+    student = run / "students" / "tiny"
+    student.mkdir(parents=True)
+    phases = [{"method": m, "steps": 6, "log_history": [{"loss": 5.0 - s * f, "step": s} for s in range(2, 7, 2)]}
+              for m, f in (("sft", 0.5), ("offline_topk", 0.3))]  # fmt: skip
+    (student / "training.json").write_text(json.dumps({"held_out_ids": ["r00", "r02"], "phases": phases}))
+    _manifest(student, "train", 7, 5)
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text(json.dumps({
+        "held_out_rows": 2, "held_out_ids": ["r00", "r02"],
+        "before": {"kl_teacher_student": 9.5, "perplexity": 4000.0, "code_pass_rate": 0.0, "language_fidelity": 0.5},
+        "after": {"kl_teacher_student": 4.2, "perplexity": 60.0, "code_pass_rate": None, "language_fidelity": 1.0},
+    }))  # fmt: skip
+    _manifest(run / "eval", "evaluate", 2, 2)
+    # the publish target also held a row of an earlier run: the funnel counts this run's rows only
+    write_shards([*kept[:5], _row(99, "chat", "en")], run / "published" / "data" / "default" / "..",
+                 features=SAMPLE_FEATURES)  # fmt: skip
+    _manifest(run / "published", "publish", 6, 6)
+    return run
+
+
+def test_collect_counts_rows_through_the_stages_from_the_run_folder(run_dir):
+    facts = collect(run_dir)
+    assert [s.stage for s in facts.stages] == ["generate", "curate", "train", "evaluate", "publish"]
+    # row i is chat/en, chat/fr, code/en for i % 3 = 0, 1, 2; rejected: r01, r04, r10 (fr), r05 (code), r09 (en);
+    # held out: r00 (en), r02 (code); published: kept r00, r02, r03, r06, r07 (and an earlier run's r99)
+    assert facts.funnel == {
+        "chat/en": {"generated": 4, "kept": 3, "trained on": 2, "published": 3},
+        "chat/fr": {"generated": 4, "kept": 1, "trained on": 1, "published": 1},
+        "code/en": {"generated": 4, "kept": 3, "trained on": 2, "published": 1},
+    }
+    assert facts.drops == {"truncated": 3, "near_duplicate": 2}
+    assert facts.cluster_sizes == {1: 6, 3: 1}
+    assert sorted(facts.answer_chars["rejected"]) == sorted(len("word " * (10 + 7 * i)) for i in (1, 4, 5, 9, 10))
+    assert facts.losses["sft"] == [(2, 4.0), (4, 3.0), (6, 2.0)]
+    # the teacher's code: r02, r08 passed, r05, r11 failed; every chat answer was in its language
+    assert facts.teacher_quality == {"code_pass_rate": 0.5, "language_fidelity": 1.0}
+    assert facts.throughput[1] == [90.0, 25.0] and facts.tokens_per_second == 23.1
+
+
+def test_status_prints_the_same_figures_in_the_terminal(run_dir):
+    result = CliRunner().invoke(app, ["status", str(run_dir), "--html"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "│ chat/en │ 4 │ 3 │ 2 │ 3 │" in out
+    assert "│ truncated │ 3 │" in out and "│ near_duplicate │ 2 │" in out
+    assert "│ sft │ 6 │ 4 │ 2 │" in out
+    assert "│ KL(teacher ‖ student) │ 9.5 │ 4.2 │ — │" in out and "│ code pass rate │ 0 │ n/a │ 0.5 │" in out
+    assert "min 20.5, max 25.0, run 23.1" in out
+    assert (run_dir / "report.html").is_file()
+
+
+def test_status_refuses_a_folder_that_is_not_a_run(tmp_path):
+    result = CliRunner().invoke(app, ["status", str(tmp_path)])
+    assert "is not a run folder" in str(result.exception)
+
+
+def test_a_run_that_only_generated_gets_a_page_that_says_what_is_missing(run_dir):
+    for folder in ("curated", "rejected", "students", "eval", "published"):
+        shutil.rmtree(run_dir / folder)
+    page = write_report(run_dir).read_text()
+    assert 'id="funnel" data-drawn="true"' in page and 'id="throughput" data-drawn="true"' in page
+    assert 'id="loss" data-drawn="false"' in page and "no student was trained in this run" in page
+
+
+def test_throughput_timeline_bins_tokens_per_second(tmp_path, monkeypatch):
+    clock = iter([100.0, 101.0, 104.0, 110.0])
+    monkeypatch.setattr("dataengine.generate.throughput.time.time", lambda: next(clock))
+    with recorder(tmp_path / "t.tsv") as record:
+        for tokens in (10, 30, 40, 60):
+            record(tokens)
+    # 10 s span in 5 bins of 2 s: [0,2) has 10+30, [4,6) has 40, the last bin (10 s) has 60
+    assert timeline([tmp_path / "t.tsv"], bins=5) == [[1.0, 20.0], [5.0, 20.0], [9.0, 30.0]]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: `make test` installs Debian's chromium package")
+        pytest.skip("chromium is not installed (`make test` installs it; apt-get install chromium)")
+    return path
+
+
+def test_the_report_renders_in_headless_chromium_with_every_figure(run_dir):
+    from playwright.sync_api import sync_playwright
+
+    executable = _chromium()
+    page_file = write_report(run_dir)
+    problems: list[str] = []
+    with sync_playwright() as pw:
+        # no network here: the flags keep Chromium from trying to reach Google's services at start
+        browser = pw.chromium.launch(executable_path=executable, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])  # fmt: skip
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning")
+                else None)  # fmt: skip
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        page.goto(page_file.as_uri())
+        for key, title, _, _ in SECTIONS:
+            figure = page.locator(f"figure#{key}")
+            assert figure.get_attribute("data-drawn") == "true", key
+            assert figure.locator("h2").inner_text() == title
+            box = figure.locator("svg").first.bounding_box()
+            assert box is not None and box["width"] > 200 and box["height"] > 100, (key, box)
+        assert page.locator("#stages tbody tr").count() == 5
+        assert "4.2" in page.locator("#evaluation-table").inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert problems == []
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
