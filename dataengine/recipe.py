@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from dataengine.errors import RecipeError
+from dataengine.secrets import remember
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -646,6 +647,7 @@ def _interpolate(value: Any, where: str, missing: list[str]) -> Any:
         def sub(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in os.environ:
+                remember(name, os.environ[name])
                 return os.environ[name]
             if default is not None:
                 return default

@@ -60,6 +60,23 @@ def hub_token() -> str | None:
     return get_token()
 
 
+# values that `${VAR}` put into a recipe from variables named like secrets (TEACHER_API_KEY, HF_TOKEN):
+# removed wherever they land, even in a field with an innocent name (`teacher.endpoint`, a description)
+_FROM_ENV: set[str] = set()
+
+
+def remember(name: str, value: str) -> None:
+    """Called for every `${VAR}` a recipe reads; keeps the value when the variable's name looks secret."""
+    if value and SECRET_KEY.search(name):
+        _FROM_ENV.add(value)
+
+
+def known_secrets() -> tuple[str, ...]:
+    """The Hub token and every secret a loaded recipe read from the environment, longest first (so that a
+    secret containing another is removed whole)."""
+    return tuple(sorted({t for t in (hub_token(), *_FROM_ENV) if t}, key=len, reverse=True))
+
+
 def scrub_known(value):
-    """`scrub` with the Hub token as a known secret."""
-    return scrub(value, tuple(t for t in (hub_token(),) if t))
+    """`scrub` with every known secret."""
+    return scrub(value, known_secrets())

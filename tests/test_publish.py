@@ -309,3 +309,15 @@ def test_scrub_catches_secret_env_names_query_tokens_and_urls_inside_flags():
         "endpoint": f"http://h/v1?token={REMOVED}&x=1",
         "args": [f"--endpoint=https://{REMOVED}@h:80/x", "--hf-token", REMOVED],
         "note": f"see https://{REMOVED}@host/v1 now"}  # fmt: skip
+
+
+def test_a_secret_from_a_secret_named_variable_is_removed_from_any_field(tmp_path, monkeypatch):
+    """`${TEACHER_API_KEY}` in a field with an innocent name (the description) is still a secret."""
+    secret = "sk-live-InnocentFieldSecret42"
+    monkeypatch.setenv("TEACHER_API_KEY", secret)
+    recipe_path, run_dir = _finished_run(tmp_path, "out", monkeypatch)
+    recipe_path.write_text(recipe_path.read_text().replace("rows for the publish tests", "for ${TEACHER_API_KEY}"))
+    _, shown = _publish(recipe_path, run_dir)
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and p != recipe_path and secret.encode() in p.read_bytes()]
+    assert leaks == [] and secret not in shown
+    assert f"for {REMOVED}" in (tmp_path / "out" / "README.md").read_text()

@@ -24,7 +24,7 @@ from dataengine.publish.target import Outcome, Target, parse_target, published_f
 from dataengine.recipe import PublishConfig, Recipe
 from dataengine.runner import RunContext, StageResult
 from dataengine.sample import CURATED_FEATURES
-from dataengine.secrets import hub_token
+from dataengine.secrets import known_secrets
 from dataengine.train.data import read_rows, split_rows
 
 # Kept rows have no drop reason: those columns only mean something in rejected/
@@ -71,7 +71,7 @@ def build_layout(recipe: Recipe, publish: PublishConfig, run_dir: Path, layout: 
     history = run_history(before.history, run_dir, recipe, len(added), len(rows))
     card = build_card(recipe, run_dir, counts, card_configs(counts), rows, _load_from(target), test_ids,
                       TestSplit(held_out, earlier=len(before.rows) > 0), history, layout, FEATURES,
-                      secrets=tuple(t for t in (hub_token(),) if t))  # fmt: skip
+                      secrets=known_secrets())  # fmt: skip
     card.save(str(layout / "README.md"))
     return {"counts": counts, "rows_added": len(added), "rows_total": len(rows)}
 
