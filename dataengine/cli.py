@@ -78,6 +78,9 @@ def run(
 def publish(
     run_dir: Annotated[Path, typer.Argument(help="a finished run folder (runs/<name>)", show_default=False)],
     to: Annotated[str, typer.Option("--to", help="hf://datasets/ORG/NAME, file://PATH or a folder path")],
+    append: Annotated[
+        bool, typer.Option("--append", help="add the run's new rows to what TARGET holds instead of replacing it")
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="write the layout locally and stop; no upload")] = False,
 ) -> None:
     """Publish a finished run's curated rows (configs, splits, dataset card) to the Hub or a folder.
@@ -86,7 +89,7 @@ def publish(
     """
     from dataengine.publish.stage import publish_run
 
-    publish_run(run_dir, to, dry_run, console)
+    publish_run(run_dir, to, append, dry_run, console)
 
 
 @app.command()

@@ -517,10 +517,11 @@ class PublishConfig(StrictModel):
     max_rows_per_shard: int = Field(50_000, ge=1, description="rows per parquet file")
     license: str = Field("other", description="license in the card's front matter (a Hub license id)")
     tags: list[str] = Field(default_factory=list, description="extra tags in the card's front matter")
-    append: bool = Field(
-        False,
+    append: bool | None = Field(
+        None,
         description="add to what the target already holds: curation dedups against its rows, only new rows are "
-        "appended (earlier rows keep their split) and the card's run history grows; scheduled runs turn this on",
+        "appended (earlier rows keep their split) and the card's run history grows; default: on when the recipe "
+        "has a schedule (unless schedule.incremental is false), so manual and scheduled runs add to one dataset",
     )
 
     @field_validator("to")
@@ -543,10 +544,10 @@ class ScheduleConfig(StrictModel):
 
     cron: str = Field(description="when: 5-field cron (minute hour day month weekday), or 6 with seconds first")
     timezone: str = Field("UTC", description="IANA timezone the cron expression is read in")
-    incremental: bool | None = Field(
-        None,
-        description="each run dedups against what publish.to already holds and appends only new rows "
-        "(publish.append); default: on when the recipe has a publish block",
+    incremental: bool = Field(
+        True,
+        description="each run dedups against what publish.to already holds and appends only new rows: the "
+        "default of publish.append (needs a publish block to have an effect)",
     )
 
     @field_validator("cron")
@@ -600,9 +601,7 @@ class Recipe(StrictModel):
             )
         if self.publish is not None and (self.curate is None or self.pipeline == "generate"):
             raise ValueError("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
-        if self.schedule is not None and self.schedule.incremental and self.publish is None:
-            raise ValueError("schedule.incremental appends each run to what is published: add a `publish` block "
-                             "or set incremental: false")  # fmt: skip
+        self._check_incremental()
         student = self.train.student if self.train else None
         if student is not None and student.prune is not None and not self.teacher.is_builtin:
             raise ValueError(
@@ -610,6 +609,29 @@ class Recipe(StrictModel):
                 "give train.student.model instead"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _append_follows_schedule(cls, data: Any) -> Any:
+        """publish.append defaults to the schedule's `incremental`: a recipe that runs on a schedule builds one
+        growing dataset, whether a run is started by the scheduler or by hand."""
+        if not isinstance(data, dict) or not isinstance(data.get("publish"), dict):
+            return data
+        if data["publish"].get("append") is not None:
+            return data
+        schedule = data.get("schedule")
+        incremental = isinstance(schedule, dict) and schedule.get("incremental", True) is not False
+        return {**data, "publish": {**data["publish"], "append": incremental}}
+
+    def _check_incremental(self) -> None:
+        schedule = self.schedule
+        if schedule is None or "incremental" not in schedule.model_fields_set or not schedule.incremental:
+            return
+        if self.publish is None:
+            raise ValueError("schedule.incremental appends each run to what is published: add a `publish` block "
+                             "or set incremental: false")  # fmt: skip
+        if self.publish.append is False:
+            raise ValueError("schedule.incremental: true contradicts publish.append: false; drop one of them")
 
     @field_validator("pipeline")
     @classmethod

@@ -63,11 +63,14 @@ def hub_token() -> str | None:
 # values that `${VAR}` put into a recipe from variables named like secrets (TEACHER_API_KEY, HF_TOKEN):
 # removed wherever they land, even in a field with an innocent name (`teacher.endpoint`, a description)
 _FROM_ENV: set[str] = set()
+MIN_SECRET = 8
 
 
 def remember(name: str, value: str) -> None:
     """Called for every `${VAR}` a recipe reads; keeps the value when the variable's name looks secret."""
-    if value and SECRET_KEY.search(name):
+    # a short value is a placeholder (vLLM's api key "EMPTY", "none"), not a secret: replacing it in every
+    # string would garble the recipe copy
+    if len(value) >= MIN_SECRET and SECRET_KEY.search(name):
         _FROM_ENV.add(value)
 
 

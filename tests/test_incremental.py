@@ -15,7 +15,7 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 from rich.console import Console
 
-from dataengine.errors import UserError
+from dataengine.errors import RecipeError, UserError
 from dataengine.manifest import Manifest
 from dataengine.publish import existing
 from dataengine.recipe import load_recipe
@@ -61,16 +61,18 @@ def _row(row_id: str, answer: str, seed: int) -> dict:
                          {"role": "assistant", "content": answer}]}  # fmt: skip
 
 
-def _run(recipe_path: Path, run_dir: Path, rows: list[dict], run_id: str, seed: int) -> dict[str, Manifest]:
-    """A scheduled run whose teacher wrote `rows` (the generate stage's output), then curate and publish for
-    real, with the recipe as `schedule once` runs it."""
-    write_shards(rows, run_dir / "generated", features=SAMPLE_FEATURES)
-    Manifest(stage="generate", config_hash="g", input_fingerprint="", output_fingerprint=run_id, rows_in=None,
-             rows_out=len(rows), drops={}, stats={}, timings={}, run_id=run_id, recipe_hash="r",
-             versions={}).write(run_dir / "generated")  # fmt: skip
-    (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "created_at": f"2026-11-23T0{run_id[-1]}:00"}))
+def _run(recipe_path: Path, run_dir: Path, rows: list[dict] | None, run_id: str, seed: int,
+         force: list[str] | None = None) -> dict[str, Manifest]:  # fmt: skip
+    """A scheduled run whose teacher wrote `rows` (the generate stage's output; None: keep what it wrote),
+    then curate and publish for real, with the recipe as `schedule once` runs it."""
+    if rows is not None:
+        write_shards(rows, run_dir / "generated", features=SAMPLE_FEATURES)
+        Manifest(stage="generate", config_hash="g", input_fingerprint="", output_fingerprint=run_id, rows_in=None,
+                 rows_out=len(rows), drops={}, stats={}, timings={}, run_id=run_id, recipe_hash="r",
+                 versions={}).write(run_dir / "generated")  # fmt: skip
+        (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "created_at": f"2026-11-23T0{run_id[-1]}:00"}))
     recipe = scheduled_recipe(load_recipe(recipe_path), seed)
-    return run_recipe(recipe, recipe_path.parent, run_dir=run_dir, only=["curate", "publish"],
+    return run_recipe(recipe, recipe_path.parent, run_dir=run_dir, only=["curate", "publish"], force=force,
                       console=Console(width=200, quiet=True))  # fmt: skip
 
 
@@ -78,11 +80,15 @@ def _published(folder: Path) -> dict[str, set[str]]:
     return {split: set(load_dataset(str(folder), split=split)["id"]) for split in ("train", "test")}
 
 
+def _mtimes(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
 def test_a_second_run_appends_only_rows_not_already_published(tmp_path):
     recipe_path = tmp_path / "inc.yaml"
     recipe_path.write_text(RECIPE)
     target = tmp_path / "published"
-    first, fresh = _answers(6, seed=1), _answers(4, seed=2)
+    first, fresh = _answers(6, seed=1), _answers(5, seed=2)
 
     one = _run(
         recipe_path, tmp_path / "run1", [_row(f"a{i}", text, 1) for i, text in enumerate(first)], "inc-run1", 101
@@ -91,26 +97,28 @@ def test_a_second_run_appends_only_rows_not_already_published(tmp_path):
     before = _published(target)
     assert before["train"] | before["test"] == {f"a{i}" for i in range(6)}
 
-    # the second run's teacher repeats itself: an exact copy (new id, other case and spacing), a near
-    # copy (one word changed), a row under an id already published, and four new answers
+    # the second run's teacher repeats itself: an exact copy (new id, other case and spacing), a near copy
+    # (one word changed), a new answer under an id already published, and four new answers
     words = first[1].split()
     words[10] = "zzzword"
     again = [
         _row("b-exact", "  " + first[0].upper().replace(" ", "  "), 2),
         _row("b-near", " ".join(words), 2),
-        _row("a2", first[2], 2),
-        *(_row(f"b{i}", text, 2) for i, text in enumerate(fresh)),
+        _row("a2", fresh[4], 2),
+        *(_row(f"b{i}", text, 2) for i, text in enumerate(fresh[:4])),
     ]
     two = _run(recipe_path, tmp_path / "run2", again, "inc-run2", 202)
 
     curated = two["curate"]
-    assert curated.rows_out == 4
-    assert curated.drops == {"exact_duplicate": 2, "near_duplicate": 1}  # the copies matched the published rows
-    assert two["publish"].stats["rows_added"] == 4 and two["publish"].stats["rows_total"] == 10
+    assert curated.rows_out == 5  # the new text under a2 is no copy...
+    assert curated.drops == {"exact_duplicate": 1, "near_duplicate": 1}  # ...the copies matched the published rows
+    assert two["publish"].stats["rows_added"] == 4 and two["publish"].stats["rows_total"] == 10  # ...a2 is taken
     after = _published(target)
     assert after["train"] | after["test"] == {f"a{i}" for i in range(6)} | {f"b{i}" for i in range(4)}
     assert before["train"] <= after["train"] and before["test"] <= after["test"]  # earlier rows keep their split
     assert len(load_dataset(str(target), "en", split="train")) == len(after["train"])
+    rows = {r["id"]: r for split in ("train", "test") for r in load_dataset(str(target), split=split)}
+    assert rows["a2"]["messages"][-1]["content"] == first[2]  # the published row is never replaced
 
     card = DatasetCard.load(target / "README.md")
     history = card.data.to_dict()[existing.HISTORY_KEY]
@@ -119,14 +127,16 @@ def test_a_second_run_appends_only_rows_not_already_published(tmp_path):
         ("inc-run2", 4, 10),
     ]
     assert "| inc-run2 | 2026-11-23T02:00 | 202 | 4 | 10 |" in card.text
+    assert "Rows published by earlier runs keep their split" in card.text
 
-    # publishing the second run again finds all its rows there: nothing changes
-    mtimes = {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()}
-    recipe = scheduled_recipe(load_recipe(recipe_path), 202)
-    again = run_recipe(recipe, tmp_path, run_dir=tmp_path / "run2", only=["publish"], force=["publish"],
-                       console=Console(quiet=True))  # fmt: skip
-    assert again["publish"].stats["changed"] is False
-    assert {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()} == mtimes
+    # curating the second run again after it published keeps its own rows (they are no copies of
+    # themselves), and publishing it again, or the first run after the second, changes nothing
+    mtimes = _mtimes(target)
+    recurated = _run(recipe_path, tmp_path / "run2", None, "inc-run2", 202, force=["curate", "publish"])
+    assert recurated["curate"].rows_out == 5 and recurated["publish"].stats["changed"] is False
+    republished = _run(recipe_path, tmp_path / "run1", None, "inc-run1", 101, force=["publish"])
+    assert republished["publish"].stats["changed"] is False
+    assert _mtimes(target) == mtimes
 
 
 def test_appending_refuses_a_dataset_it_did_not_write(tmp_path):
@@ -136,15 +146,20 @@ def test_appending_refuses_a_dataset_it_did_not_write(tmp_path):
         existing.read(tmp_path)
 
 
-def test_scheduled_runs_append_unless_the_recipe_says_otherwise(tmp_path):
+def test_a_recipe_with_a_schedule_appends_whoever_starts_the_run(tmp_path):
     path = tmp_path / "inc.yaml"
     path.write_text(RECIPE)
-    recipe = load_recipe(path)
-    assert recipe.publish.append is False
-    scheduled = scheduled_recipe(recipe, seed=1234)
+    assert load_recipe(path).publish.append is True  # a manual `dataengine run` adds to the same dataset
+    scheduled = scheduled_recipe(load_recipe(path), seed=1234)
     assert scheduled.publish.append is True and scheduled.generate.seed == 1234
     path.write_text(RECIPE.replace('"0 3 * * *"}', '"0 3 * * *", incremental: false}'))
-    assert scheduled_recipe(load_recipe(path), seed=1).publish.append is False
+    assert load_recipe(path).publish.append is False
+    path.write_text(RECIPE.replace("schedule:", "# schedule:"))
+    assert load_recipe(path).publish.append is False  # without a schedule, a publish replaces
+    path.write_text(RECIPE.replace("test_fraction: 0.3", "test_fraction: 0.3\n  append: false")
+                    .replace('"0 3 * * *"}', '"0 3 * * *", incremental: true}'))  # fmt: skip
+    with pytest.raises(RecipeError, match="contradicts publish.append: false"):
+        load_recipe(path)
 
 
 def test_a_hub_target_is_read_through_snapshot_download(tmp_path, monkeypatch):

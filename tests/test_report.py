@@ -126,14 +126,15 @@ def test_a_run_that_only_generated_gets_a_page_that_says_what_is_missing(run_dir
     assert 'id="loss" data-drawn="false"' in page and "no student was trained in this run" in page
 
 
-def test_throughput_timeline_bins_tokens_per_second(tmp_path, monkeypatch):
-    clock = iter([100.0, 101.0, 104.0, 110.0])
+def test_throughput_timeline_bins_each_stretch_of_generation(tmp_path, monkeypatch):
+    clock = iter([100.0, 101.0, 104.0, 110.0, 1000.0, 1002.0])
     monkeypatch.setattr("dataengine.generate.throughput.time.time", lambda: next(clock))
     with recorder(tmp_path / "t.tsv") as record:
-        for tokens in (10, 30, 40, 60):
+        for tokens in (10, 30, 40, 60, 50, 70):
             record(tokens)
-    # 10 s span in 5 bins of 2 s: [0,2) has 10+30, [4,6) has 40, the last bin (10 s) has 60
-    assert timeline([tmp_path / "t.tsv"], bins=5) == [[1.0, 20.0], [5.0, 20.0], [9.0, 30.0]]
+    # a crash between 110 s and 1000 s: 12 s of generation in 6 bins, 5 for the first stretch (2 s each:
+    # [0,2) has 10+30, [4,6) 40, the last 60) and 1 for the resumed one (50+70 over 2 s)
+    assert timeline([tmp_path / "t.tsv"], bins=6) == [[1.0, 20.0], [5.0, 20.0], [9.0, 30.0], [901.0, 60.0]]
 
 
 def _chromium() -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow.parquet as pq
 from datatrove.data import Document
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter
@@ -123,6 +124,18 @@ class CurateStage:
             steps.append(DecontaminationFilter(texts, cfg.decontamination.n, exclusion_writer=out("decontamination")))
         return steps
 
+    def _published_reference(self, source: Path, work_dir: Path) -> Path | None:
+        """With publish.append: the target's rows, less this run's own (by generated id), as a reference."""
+        publish = self.recipe.publish
+        if publish is None or not publish.append:
+            return None
+        own = {
+            i
+            for path in sorted(source.glob("*.parquet"))
+            for i in pq.read_table(path, columns=["id"])["id"].to_pylist()
+        }
+        return reference_folder(publish, self.base_dir, work_dir / "published-before", own)
+
     # ------------------------------------------------------------------ run
 
     def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
@@ -136,9 +149,7 @@ class CurateStage:
             run_pipeline(name, pipeline, tasks)
 
         references = [resolve_path(r, self.base_dir) for r in self.cfg.dedup.reference]
-        if self.recipe.publish is not None and (
-            published := reference_folder(self.recipe.publish, self.base_dir, work_dir / "published-before")
-        ):
+        if (published := self._published_reference(source, work_dir)) is not None:
             ctx.log(f"dedup also against the rows already published at {self.recipe.publish.to} (publish.append)")
             references.append(published)
         if self.cfg.code.enabled and (warning := isolation_warning(self._limits())):

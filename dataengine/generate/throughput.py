@@ -27,9 +27,12 @@ def recorder(path: Path) -> Iterator[Callable[[int], None]]:
         yield record
 
 
+GAP_S = 120.0  # no rollout finished for this long: generation stopped (a crash, then a resume)
+
+
 def timeline(paths: list[Path], bins: int = 40) -> list[list[float]]:
-    """[[seconds since the first rollout, teacher tokens/s in that bin], ...] over bins of equal width;
-    bins with no finished rollout (a pause between a crash and its resume) are left out."""
+    """[[seconds since the first rollout, teacher tokens/s], ...]: each stretch of generation (split where it
+    paused for GAP_S) gets bins of equal width, so a pause neither dilutes the rate nor hides the resume."""
     events = sorted(
         (float(t), int(n))
         for path in paths
@@ -38,10 +41,22 @@ def timeline(paths: list[Path], bins: int = 40) -> list[list[float]]:
     )
     if len(events) < 2:
         return []
-    start, end = events[0][0], events[-1][0]
-    width = max((end - start) / bins, 1.0)
-    tokens: dict[int, int] = {}
-    for t, n in events:
-        slot = min(int((t - start) / width), bins - 1)
-        tokens[slot] = tokens.get(slot, 0) + n
-    return [[round((slot + 0.5) * width, 1), round(n / width, 2)] for slot, n in sorted(tokens.items())]
+    segments = [[events[0]]]
+    for previous, event in zip(events, events[1:], strict=False):
+        if event[0] - previous[0] > GAP_S:
+            segments.append([])
+        segments[-1].append(event)
+    active = sum(seg[-1][0] - seg[0][0] for seg in segments) or 1.0
+    first = events[0][0]
+    points: list[list[float]] = []
+    for seg in segments:
+        span = seg[-1][0] - seg[0][0]
+        count = max(1, round(bins * span / active))
+        width = max(span / count, 1.0)
+        tokens: dict[int, int] = {}
+        for t, n in seg:
+            slot = min(int((t - seg[0][0]) / width), count - 1)
+            tokens[slot] = tokens.get(slot, 0) + n
+        start = seg[0][0] - first
+        points += [[round(start + (slot + 0.5) * width, 1), round(n / width, 2)] for slot, n in sorted(tokens.items())]
+    return points

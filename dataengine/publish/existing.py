@@ -7,10 +7,13 @@ history, so each publish extends the history it finds there, wherever the earlie
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard
 
@@ -44,6 +47,7 @@ def _download(target: Target, revision: str | None, cache: Path) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+    shutil.rmtree(cache, ignore_errors=True)  # snapshot_download never deletes: no stale shard may stay
     try:
         snapshot_download(target.location, repo_type="dataset", revision=revision, local_dir=str(cache),
                           allow_patterns=["README.md", f"data/{DEFAULT}/*"])  # fmt: skip
@@ -56,19 +60,40 @@ def _download(target: Target, revision: str | None, cache: Path) -> Path | None:
     return cache if (cache / "data" / DEFAULT).is_dir() else None
 
 
-def reference_folder(publish: PublishConfig, base_dir: Path, cache: Path) -> Path | None:
-    """The target's `default` rows as a dedup reference folder, when appending to a target that has rows."""
-    folder = fetch(parse_target(publish.to, base_dir), publish.revision, cache) if publish.append else None
-    return folder / "data" / DEFAULT if folder is not None else None
+def reference_folder(publish: PublishConfig, base_dir: Path, work: Path, own_ids: set[str]) -> Path | None:
+    """The target's `default` rows as a dedup reference folder (in `work`), when appending to a target that
+    has rows. Rows of this run (`own_ids`, its generated ids) are left out: curating again after this run
+    published must not drop its rows as copies of themselves."""
+    folder = fetch(parse_target(publish.to, base_dir), publish.revision, work / "target")
+    if folder is None:
+        return None
+    _check_ours(folder)
+    files = sorted((folder / "data" / DEFAULT).glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(path) for path in files], promote_options="default") if files else None
+    if table is None or table.num_rows == 0:
+        return None
+    others = table.filter(pc.invert(pc.is_in(table["id"], value_set=pa.array(sorted(own_ids), pa.string()))))
+    if others.num_rows == 0:
+        return None
+    out = work / "reference"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    pq.write_table(others, out / "rows.parquet")
+    return out
+
+
+def _check_ours(folder: Path) -> None:
+    card = folder / "README.md"
+    if card.is_file() and MARK not in card.read_text(errors="replace"):
+        raise UserError(f"publish.append: {folder} holds a dataset no dataengine publish wrote; not appending to it")
 
 
 def read(folder: Path | None) -> Published:
     """Rows and test ids from data/default/{train,test}-*.parquet, and the card's run history."""
     if folder is None:
         return Published()
+    _check_ours(folder)
     card = folder / "README.md"
-    if card.is_file() and MARK not in card.read_text(errors="replace"):
-        raise UserError(f"publish.append: {folder} holds a dataset no dataengine publish wrote; not appending to it")
     out = Published(history=_history(card))
     for split in ("train", "test"):
         for path in sorted((folder / "data" / DEFAULT).glob(f"{split}-*.parquet")):

@@ -74,7 +74,8 @@ def card_configs(counts: dict[str, dict[str, int]]) -> list[dict]:
 
 def add_dataset_infos(card_data: DatasetCardData, folder: Path, counts: dict[str, dict[str, int]],
                       features: Features) -> None:  # fmt: skip
-    """The `dataset_info` front matter `push_to_hub` writes: features, rows and bytes per split. Besides
+    """The `dataset_info` front matter `push_to_hub` writes: features, rows and bytes per split (uncompressed
+    parquet bytes, close to what `push_to_hub` counts in Arrow). Besides
     informing the Hub viewer, it is part of the key `datasets` caches a local folder under (file mtimes are
     not, when the card names the configs), so a folder that gained rows is not served from a stale cache."""
     infos = DatasetInfosDict()
@@ -83,8 +84,8 @@ def add_dataset_infos(card_data: DatasetCardData, folder: Path, counts: dict[str
         for split, rows in splits.items():
             files = sorted((folder / "data" / name).glob(f"{split}-*.parquet"))
             download += sum(path.stat().st_size for path in files)
-            in_memory = sum(pq.read_metadata(path).row_group(i).total_byte_size
-                            for path in files for i in range(pq.read_metadata(path).num_row_groups))  # fmt: skip
+            metadata = [pq.read_metadata(path) for path in files]
+            in_memory = sum(m.row_group(i).total_byte_size for m in metadata for i in range(m.num_row_groups))
             split_dict.add(SplitInfo(name=split, num_examples=rows, num_bytes=in_memory))
         infos[name] = DatasetInfo(features=features, splits=split_dict, download_size=download,
                                   dataset_size=sum(s.num_bytes for s in split_dict.values()))  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -54,39 +54,66 @@ def _load_from(target: Target) -> str:
     return target.location if target.kind == "hub" else Path(target.location).name
 
 
+@dataclass
+class Built:
+    """A layout written for publishing: rows per config and split, and what this run adds to the target."""
+
+    counts: dict[str, dict[str, int]]
+    rows_added: int
+    rows_total: int
+    unchanged: bool = False  # appending a run whose rows the target already holds: nothing to send
+
+    def stats(self) -> dict:
+        return {"counts": self.counts, "rows_added": self.rows_added, "rows_total": self.rows_total}
+
+
 def build_layout(recipe: Recipe, publish: PublishConfig, run_dir: Path, layout: Path, target: Target,
-                 cache: Path) -> dict:  # fmt: skip
-    """Write data/<config>/<split>-*.parquet and README.md into `layout`; rows per config and split, and
-    the rows this run added. With `publish.append`, the target's rows (fetched into `cache` from the Hub)
-    stay, in the split they were published in, and only rows with new ids are added."""
+                 cache: Path) -> Built:  # fmt: skip
+    """Write data/<config>/<split>-*.parquet and README.md into `layout`. With `publish.append`, the target's
+    rows (fetched into `cache` from the Hub) stay, in the split they were published in, and only rows with
+    new ids are added."""
     before = existing.read(existing.fetch(target, publish.revision, cache)) if publish.append else Published()
     known = {row["id"] for row in before.rows}
-    added = [row for row in read_rows(run_dir / "curated") if row["id"] not in known]
+    mine = read_rows(run_dir / "curated")
+    added = [row for row in mine if row["id"] not in known]
     rows = before.rows + added
     if not rows:
         raise StageError(f"nothing to publish: curation kept 0 rows (see {run_dir / 'rejected'} for why)")
     new_test_ids, held_out = pick_test_split(recipe, publish, run_dir, added)
-    test_ids = before.test_ids | new_test_ids
+    test_ids = before.test_ids | (new_test_ids & {row["id"] for row in added})  # earlier rows keep their split
     counts = write_layout(rows, FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
-    history = run_history(before.history, run_dir, recipe, len(added), len(rows))
-    card = build_card(recipe, run_dir, counts, card_configs(counts), rows, _load_from(target), test_ids,
-                      TestSplit(held_out, earlier=len(before.rows) > 0), history, layout, FEATURES,
-                      secrets=known_secrets())  # fmt: skip
+    history, seen = run_history(before.history, run_dir, recipe, len(added), len(rows))
+    mine_ids = {row["id"] for row in mine}
+    split = TestSplit(held_out, earlier=any(row["id"] not in mine_ids for row in before.rows))
+    card = build_card(recipe, run_dir, counts, card_configs(counts), rows, _load_from(target), test_ids, split,
+                      history, layout, FEATURES, secrets=known_secrets())  # fmt: skip
     card.save(str(layout / "README.md"))
-    return {"counts": counts, "rows_added": len(added), "rows_total": len(rows)}
+    return Built(counts, len(added), len(rows), unchanged=seen and not added)
 
 
-def run_history(earlier: list[dict], run_dir: Path, recipe: Recipe, added: int, total: int) -> list[dict]:
-    """The card's history plus this run; republishing a run already in it leaves it as it is, so the card,
-    and with it the whole publish, stays the same."""
+def run_history(earlier: list[dict], run_dir: Path, recipe: Recipe, added: int, total: int) -> tuple[list[dict], bool]:
+    """(the card's history with this run, whether it had this run already). A run that publishes again after
+    adding rows (a top-up round) updates its own entry rather than adding one."""
     info_file = run_dir / "run.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     run_id = info.get("run_id", run_dir.name)
-    if any(entry.get("run_id") == run_id for entry in earlier):
-        return earlier
-    entry = {"run_id": run_id, "started": info.get("created_at"), "seed": recipe.generate.seed,
-             "rows_added": added, "rows_total": total}  # fmt: skip
-    return [*earlier, entry]
+    if not any(entry.get("run_id") == run_id for entry in earlier):
+        entry = {"run_id": run_id, "started": info.get("created_at"), "seed": recipe.generate.seed,
+                 "rows_added": added, "rows_total": total}  # fmt: skip
+        return [*earlier, entry], False
+    if not added:
+        return earlier, True
+    grown = {"rows_total": total}
+    return [{**e, **grown, "rows_added": e["rows_added"] + added} if e.get("run_id") == run_id else e
+            for e in earlier], True  # fmt: skip
+
+
+def publish_layout(layout: Path, publish: PublishConfig, target: Target, built: Built, message: str) -> Outcome:
+    """Send the layout, unless the target already holds every row of this run (republishing an appended run
+    must change nothing, even when later runs have appended since)."""
+    if built.unchanged:
+        return Outcome(str(target), changed=False, files=len(published_files(layout)))
+    return send(layout, publish, target, message)
 
 
 def send(layout: Path, publish: PublishConfig, target: Target, message: str) -> Outcome:
@@ -115,15 +142,16 @@ class PublishStage:
     def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
         target = parse_target(self.cfg.to, self.base_dir)
         built = build_layout(self.recipe, self.cfg, ctx.run_dir, output_dir, target, work_dir / "published-before")
-        counts, rows = built["counts"], built["rows_total"]
-        ctx.log(f"publishing {rows} rows ({built['rows_added']} new) in {len(counts)} config(s) to {target}")
-        outcome = send(output_dir, self.cfg, target, commit_message(self.recipe.name, ctx.run_id, built))
+        rows = built.rows_total
+        ctx.log(f"publishing {rows} rows ({built.rows_added} new) in {len(built.counts)} config(s) to {target}")
+        message = commit_message(self.recipe.name, ctx.run_id, built)
+        outcome = publish_layout(output_dir, self.cfg, target, built, message)
         return StageResult(
             rows_in=rows,
             rows_out=rows,
             output_fingerprint=fingerprint_files(published_files(output_dir)),
             stats={
-                **built,
+                **built.stats(),
                 "target": outcome.target,
                 "changed": outcome.changed,
                 "files": outcome.files,
@@ -135,16 +163,16 @@ class PublishStage:
         stats = manifest.stats
         console.print(published_table(stats["counts"]))
         if self.cfg.append:
-            console.print(appended_line(stats))
+            console.print(appended_line(stats["rows_added"], stats["rows_total"]))
         console.print(outcome_line(stats["target"], stats["changed"], stats.get("commit")))
 
 
-def commit_message(name: str, run_id: str, built: dict) -> str:
-    return f"dataengine: {name}, run {run_id}, {built['rows_added']} new rows, {built['rows_total']} in all"
+def commit_message(name: str, run_id: str, built: Built) -> str:
+    return f"dataengine: {name}, run {run_id}, {built.rows_added} new rows, {built.rows_total} in all"
 
 
-def appended_line(built: dict) -> str:
-    return f"appended {built['rows_added']} new rows; {built['rows_total']} rows in all"
+def appended_line(added: int, total: int) -> str:
+    return f"appended {added} new rows; {total} rows in all"
 
 
 def outcome_line(target: str, changed: bool, commit: str | None) -> str:
@@ -161,33 +189,30 @@ def published_table(counts: dict[str, dict[str, int]]) -> Table:
     return table
 
 
-def publish_run(run_dir: Path, to: str, dry_run: bool, console: Console) -> Outcome | None:
-    """`dataengine publish`: the same layout and card from a finished run's recipe, sent to `to`. A dry run
-    leaves the layout in <run>/.work/publish-dry-run/ to look at."""
+def publish_run(run_dir: Path, to: str, append: bool, dry_run: bool, console: Console) -> Outcome | None:
+    """`dataengine publish`: the same layout and card from a finished run's recipe, sent to `to`, replacing
+    what it holds or (`append`) adding to it. A dry run leaves the layout in <run>/.work/publish-dry-run/."""
     recipe_file = run_dir / "recipe.json"
     if not recipe_file.is_file() or Manifest.read(run_dir / "curated") is None:
         raise UserError(f"{run_dir} is not a finished curate run (needs recipe.json and curated/manifest.json)")
     recipe = Recipe.model_validate_json(recipe_file.read_text())
-    publish = (recipe.publish or PublishConfig(to=to)).model_copy(update={"to": to})
+    publish = (recipe.publish or PublishConfig(to=to)).model_copy(update={"to": to, "append": append})
     target = parse_target(to, Path.cwd())
+    work = run_dir / ".work" / ("publish-dry-run" if dry_run else "publish-command")
+    shutil.rmtree(work, ignore_errors=True)
+    built = build_layout(recipe, publish, run_dir, work / "layout", target, work / "target")
+    console.print(published_table(built.counts))
+    if append:
+        console.print(appended_line(built.rows_added, built.rows_total))
     if dry_run:
-        layout = run_dir / ".work" / "publish-dry-run"
-        shutil.rmtree(layout, ignore_errors=True)
-        built = build_layout(recipe, publish, run_dir, layout, target, run_dir / ".work" / "publish-dry-run-before")
-        console.print(published_table(built["counts"]))
-        if publish.append:
-            console.print(appended_line(built))
-        files = published_files(layout)
-        console.print(f"dry run: would send {len(files)} files to {target}; the exact layout is in {layout}")
+        files = published_files(work / "layout")
+        console.print(f"dry run: would send {len(files)} files to {target}; the exact layout is in {work / 'layout'}")
         return None
     run_info = run_dir / "run.json"
     run_id = json.loads(run_info.read_text()).get("run_id") if run_info.is_file() else run_dir.name
-    with tempfile.TemporaryDirectory(prefix="dataengine-publish-") as tmp:
-        layout = Path(tmp) / "layout"
-        built = build_layout(recipe, publish, run_dir, layout, target, Path(tmp) / "before")
-        console.print(published_table(built["counts"]))
-        if publish.append:
-            console.print(appended_line(built))
-        outcome = send(layout, publish, target, commit_message(recipe.name, run_id, built))
+    try:
+        outcome = publish_layout(work / "layout", publish, target, built, commit_message(recipe.name, run_id, built))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     console.print(outcome_line(outcome.target, outcome.changed, outcome.commit))
     return outcome

@@ -6,8 +6,10 @@ there (the page then says why instead).
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+from collections.abc import Callable
 
 import matplotlib
 
@@ -16,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from dataengine.report.facts import RunFacts  # noqa: E402
 
-plt.rcParams.update({
+STYLE = {
     "svg.fonttype": "none",  # text stays text: searchable, small, crisp
     "svg.hashsalt": "dataengine",  # stable element ids: the same run gives the same page
     "font.size": 9,
@@ -24,9 +26,20 @@ plt.rcParams.update({
     "axes.spines.right": False,
     "axes.grid": True,
     "grid.alpha": 0.3,
-})  # fmt: skip
+}
 
 WIDE = (7.5, 3.2)
+
+
+def _styled(draw: Callable[[RunFacts], str | None]) -> Callable[[RunFacts], str | None]:
+    """Draw with the report's style without changing matplotlib's settings for anyone else in the process."""
+
+    @functools.wraps(draw)
+    def styled(facts: RunFacts) -> str | None:
+        with plt.rc_context(STYLE):
+            return draw(facts)
+
+    return styled
 
 
 def _svg(fig) -> str:
@@ -37,6 +50,7 @@ def _svg(fig) -> str:
     return text[text.index("<svg") :]  # inline: without the XML declaration and doctype
 
 
+@_styled
 def funnel(facts: RunFacts) -> str | None:
     """Rows per kind/language at each step: generated, kept by curation, trained on, published."""
     if not facts.funnel:
@@ -54,6 +68,7 @@ def funnel(facts: RunFacts) -> str | None:
     return _svg(fig)
 
 
+@_styled
 def drops(facts: RunFacts) -> str | None:
     if not facts.drops:
         return None
@@ -65,6 +80,7 @@ def drops(facts: RunFacts) -> str | None:
     return _svg(fig)
 
 
+@_styled
 def answer_lengths(facts: RunFacts) -> str | None:
     series = {name: lengths for name, lengths in facts.answer_chars.items() if lengths}
     if not series:
@@ -80,6 +96,7 @@ def answer_lengths(facts: RunFacts) -> str | None:
     return _svg(fig)
 
 
+@_styled
 def cluster_sizes(facts: RunFacts) -> str | None:
     if not facts.cluster_sizes:
         return None
@@ -93,6 +110,7 @@ def cluster_sizes(facts: RunFacts) -> str | None:
     return _svg(fig)
 
 
+@_styled
 def throughput(facts: RunFacts) -> str | None:
     if not facts.throughput:
         return None
@@ -108,6 +126,7 @@ def throughput(facts: RunFacts) -> str | None:
     return _svg(fig)
 
 
+@_styled
 def losses(facts: RunFacts) -> str | None:
     phases = {name: points for name, points in facts.losses.items() if points}
     if not phases:
@@ -133,6 +152,7 @@ EVAL_METRICS = (  # key, title, scale of its axis
 EVAL_COLOURS = {"before": "#9bbb59", "after": "#4f81bd", "teacher": "#8064a2"}
 
 
+@_styled
 def evaluation(facts: RunFacts) -> str | None:
     """Student before and after training, and the teacher where the same check applies to its answers."""
     if facts.evaluation is None:

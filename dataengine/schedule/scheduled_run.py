@@ -59,13 +59,9 @@ def seed_for(tick: datetime) -> int:
 
 
 def scheduled_recipe(recipe: Recipe, seed: int) -> Recipe:
-    """The recipe as a scheduled run runs it: the tick's seed, and appending to the published dataset when
-    the run is incremental (schedule.incremental, by default whenever the recipe publishes)."""
-    update: dict = {"generate": recipe.generate.model_copy(update={"seed": seed})}
-    incremental = recipe.schedule.incremental if recipe.schedule and recipe.schedule.incremental is not None else True
-    if incremental and recipe.publish is not None:
-        update["publish"] = recipe.publish.model_copy(update={"append": True})
-    return recipe.model_copy(update=update)
+    """The recipe as a scheduled run runs it: the tick's seed. (Appending to what is published follows
+    from the recipe itself: publish.append defaults to on when it has a schedule.)"""
+    return recipe.model_copy(update={"generate": recipe.generate.model_copy(update={"seed": seed})})
 
 
 def run_scheduled(recipe: Recipe, base_dir: Path, tick: datetime | None, console: Console) -> int:
