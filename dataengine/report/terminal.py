@@ -39,27 +39,45 @@ def _table(title: str, *columns: str) -> Table:
 
 def show(facts: RunFacts, console: Console) -> None:
     console.print(f"[bold]{facts.name}[/bold]  run {facts.run_id}  ({facts.run_dir})")
+    for section in (_stages, _funnel, _drops, _lengths_and_clusters, _throughput, _losses, _evaluation):
+        section(facts, console)
+    report = facts.run_dir / REPORT
+    console.print(f"report: {report}" if report.is_file() else "no report.html yet (written when a run ends)")
+
+
+def _stages(facts: RunFacts, console: Console) -> None:
     stages = _table("stages", "stage", "rows in", "rows out", "seconds")
     for s in facts.stages:
         seconds = "—" if s.seconds is None else f"{s.seconds:.0f}"
         stages.add_row(s.stage, "—" if s.rows_in is None else str(s.rows_in), str(s.rows_out), seconds)
     console.print(stages if facts.stages else "no stage has finished yet")
+
+
+def _funnel(facts: RunFacts, console: Console) -> None:
     if facts.funnel:
         funnel = _table("rows through the stages", "kind/language", *facts.funnel_steps)
         for group, counts in facts.funnel.items():
             funnel.add_row(group, *(str(counts.get(step, 0)) for step in facts.funnel_steps))
         console.print(funnel)
+
+
+def _drops(facts: RunFacts, console: Console) -> None:
     if facts.drops:
         top = max(facts.drops.values())
         drops = _table("why curation dropped rows", "reason", "rows", "")
         for reason, n in facts.drops.items():
             drops.add_row(reason, str(n), f"[red]{_bar(n, top)}[/red]")
         console.print(drops)
-    _lengths_and_clusters(facts, console)
+
+
+def _throughput(facts: RunFacts, console: Console) -> None:
     if facts.throughput:
         rates = [rate for _, rate in facts.throughput]
         console.print(f"teacher tokens/s over the generation: {sparkline(rates)}  "
                       f"min {min(rates):.1f}, max {max(rates):.1f}, run {_num(facts.tokens_per_second)}")  # fmt: skip
+
+
+def _losses(facts: RunFacts, console: Console) -> None:
     if facts.losses:
         loss = _table(f"training loss ({facts.student})", "phase", "steps", "first", "last", "curve")
         for phase, points in facts.losses.items():
@@ -68,6 +86,9 @@ def show(facts: RunFacts, console: Console) -> None:
             loss.add_row(phase, last_step, _num(values[0] if values else None), _num(values[-1] if values else None),
                          sparkline(values))  # fmt: skip
         console.print(loss)
+
+
+def _evaluation(facts: RunFacts, console: Console) -> None:
     if facts.evaluation is not None:
         ev = _table(f"evaluation on {facts.evaluation['held_out_rows']} held-out rows", "metric", "before", "after",
                     "teacher")  # fmt: skip
@@ -76,8 +97,6 @@ def show(facts: RunFacts, console: Console) -> None:
             ev.add_row(title, _num(facts.evaluation["before"].get(key)), _num(facts.evaluation["after"].get(key)),
                        teacher)  # fmt: skip
         console.print(ev)
-    report = facts.run_dir / REPORT
-    console.print(f"report: {report}" if report.is_file() else "no report.html yet (written when a run ends)")
 
 
 def _lengths_and_clusters(facts: RunFacts, console: Console) -> None:
