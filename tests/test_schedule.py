@@ -211,6 +211,47 @@ def test_a_scheduled_run_generates_with_its_own_seed(tmp_path, monkeypatch, teac
     assert generated["rows_out"] + generated["drops"].get("empty_question", 0) == 6  # 3 languages x 2 rollouts
 
 
+INCREMENTAL = """
+pipeline: curate
+curate:
+  filters:  # every answer the teacher writes gets to dedup, so both runs have rows to publish
+    truncated: {enabled: false}
+    length: {enabled: false}
+    refusal: {enabled: false}
+    repetition: {enabled: false}
+    language: {enabled: false}
+    prose_quality: {enabled: false}
+publish: {to: published}
+schedule: {cron: '0 3 * * *', timezone: UTC}
+"""
+
+
+@pytest.mark.slow
+def test_two_scheduled_runs_build_one_dataset_with_the_teacher(tmp_path, monkeypatch, teacher_server):
+    """Real generation, curation and publishing, twice: the second tick appends only what is new."""
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    monkeypatch.chdir(tmp_path)
+    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=1, code=0, extra=INCREMENTAL)
+    target = tmp_path / "published"
+    published: list[set[str]] = []
+    for day in (24, 25):
+        assert (
+            run_scheduled(load_recipe(path), tmp_path, datetime(2026, 11, day, 3, tzinfo=UTC), Console(quiet=True)) == 0
+        )
+        published.append({r["id"] for split in ("train", "test") for r in load_dataset(str(target), split=split)})
+    first, second = history(tmp_path / "runs" / "tiny")
+    run2 = Path(second["run_dir"])
+    kept2 = {r["id"] for r in load_dataset(str(run2 / "curated"), split="train")}
+    assert first["rows_total"] == len(published[0]) > 0
+    assert second["rows_added"] == len(kept2 - published[0]) and published[1] == published[0] | kept2
+    assert second["rows_total"] == len(published[1])
+    runs = DatasetCard.load(target / "README.md").data.to_dict()["dataengine_runs"]
+    assert [r["seed"] for r in runs] == [first["seed"], second["seed"]] and first["seed"] != second["seed"]
+    assert (run2 / "report.html").is_file()
+
+
 def test_the_repeated_hour_when_clocks_go_back_runs_once():
     after = datetime(2026, 10, 25, 0, 0, tzinfo=UTC)  # 02:00 CEST; at 03:00 CEST Paris goes back to 02:00 CET
     first = next_time("30 2 * * *", "Europe/Paris", after)
