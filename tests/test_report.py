@@ -126,15 +126,16 @@ def test_a_run_that_only_generated_gets_a_page_that_says_what_is_missing(run_dir
     assert 'id="loss" data-drawn="false"' in page and "no student was trained in this run" in page
 
 
-def test_throughput_timeline_bins_each_stretch_of_generation(tmp_path, monkeypatch):
-    clock = iter([100.0, 101.0, 104.0, 110.0, 1000.0, 1002.0])
-    monkeypatch.setattr("dataengine.generate.throughput.time.time", lambda: next(clock))
+def test_throughput_timeline_spreads_tokens_over_each_stretch_of_generation(tmp_path, monkeypatch):
+    ends = iter([104.0, 104.0, 1002.0])
+    monkeypatch.setattr("dataengine.generate.throughput.time.time", lambda: next(ends))
     with recorder(tmp_path / "t.tsv") as record:
-        for tokens in (10, 30, 40, 60, 50, 70):
-            record(tokens)
-    # a crash between 110 s and 1000 s: 12 s of generation in 6 bins, 5 for the first stretch (2 s each:
-    # [0,2) has 10+30, [4,6) 40, the last 60) and 1 for the resumed one (50+70 over 2 s)
-    assert timeline([tmp_path / "t.tsv"], bins=6) == [[1.0, 20.0], [5.0, 20.0], [9.0, 30.0], [901.0, 60.0]]
+        record(40, 100.0)  # ran 100-104 s
+        record(20, 102.0)  # ran 102-104 s, alongside
+        record(60, 1000.0)  # after a crash: ran 1000-1002 s
+    # 6 s of generation in 3 bins of 2 s: the first stretch gets two (40 tokens split 20/20, plus the
+    # second rollout's 20 in the later one), the resumed stretch one
+    assert timeline([tmp_path / "t.tsv"], bins=3) == [[1.0, 10.0], [3.0, 20.0], [901.0, 30.0]]
 
 
 def _chromium() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +52,12 @@ def _payload(
     return payload
 
 
-async def rollout(document: Document, generate: GenerateFunction, *, on_done: Callable[[int], None]) -> dict[str, Any]:
+async def rollout(
+    document: Document, generate: GenerateFunction, *, on_done: Callable[[int, float], None]
+) -> dict[str, Any]:
+    """The question (for instruct tasks) then the answers of one prompt; `on_done(tokens, started)` reports
+    the tokens the teacher wrote and when the rollout began, for the progress bar and the throughput log."""
+    started = time.time()
     meta = document.metadata
     result: dict[str, Any] = {"question": None, "question_finish_reason": None, "question_tokens": 0, "answers": []}
     user = document.text
@@ -67,7 +73,7 @@ async def rollout(document: Document, generate: GenerateFunction, *, on_done: Ca
             question_tokens=asked.usage.get("completion_tokens", 0),
         )
         if not user:
-            on_done(result["question_tokens"])
+            on_done(result["question_tokens"], started)
             return result  # no question, no answers: counted as a drop by the stage
     messages = ([{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []) + [
         {"role": "user", "content": user}
@@ -89,5 +95,5 @@ async def rollout(document: Document, generate: GenerateFunction, *, on_done: Ca
         }
         for a, s in zip(answers, meta["answer_seeds"], strict=True)
     ]
-    on_done(result["question_tokens"] + sum(a["completion_tokens"] for a in result["answers"]))
+    on_done(result["question_tokens"] + sum(a["completion_tokens"] for a in result["answers"]), started)
     return result

@@ -155,8 +155,8 @@ class GenerateStage:
         with recorder(work_dir / THROUGHPUT) as record, _progress(ctx.console) as progress:
             task = progress.add_task("generating", total=len(docs), completed=done_before, tokens=0)
 
-            def on_done(tokens: int) -> None:
-                record(tokens)
+            def on_done(tokens: int, started: float) -> None:
+                record(tokens, started)
                 progress.advance(task)
                 progress.update(task, tokens=progress.tasks[task].fields["tokens"] + tokens)
 

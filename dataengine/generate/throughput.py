@@ -1,62 +1,81 @@
 """The teacher's tokens/s over time: one line per finished rollout in `.work/generate/throughput.tsv`.
 
-Appended as rollouts finish, so a resumed generation adds to the same record; the stage's manifest keeps
-a binned timeline of it for the run report.
+Each line holds when the rollout started and ended and the tokens the teacher wrote for it. Appended as
+rollouts finish, so a resumed generation adds to the same record; the stage's manifest keeps a binned
+timeline of it for the run report.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 FILE = "throughput.tsv"
+GAP_S = 120.0  # no rollout running for this long: generation stopped (a crash, then a resume)
 
 
 @contextmanager
-def recorder(path: Path) -> Iterator[Callable[[int], None]]:
-    """A callback taking a rollout's token count: appends `<unix time> TAB <tokens>` and flushes."""
+def recorder(path: Path) -> Iterator[Callable[[int, float], None]]:
+    """A callback taking a rollout's token count and start time: appends `start TAB end TAB tokens`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
 
-        def record(tokens: int) -> None:
-            fh.write(f"{time.time():.3f}\t{tokens}\n")
+        def record(tokens: int, started: float) -> None:
+            fh.write(f"{started:.3f}\t{time.time():.3f}\t{tokens}\n")
             fh.flush()
 
         yield record
 
 
-GAP_S = 120.0  # no rollout finished for this long: generation stopped (a crash, then a resume)
+def _rollouts(paths: list[Path]) -> list[tuple[float, float, int]]:
+    rows = [line.split("\t") for path in paths if path.is_file() for line in path.read_text().splitlines()]
+    return sorted((float(start), float(end), int(tokens)) for start, end, tokens in (r for r in rows if len(r) == 3))
+
+
+def _stretches(rollouts: list[tuple[float, float, int]]) -> list[list[tuple[float, float, int]]]:
+    """Rollouts grouped into stretches of generation: a new stretch starts after GAP_S with none running."""
+    stretches: list[list[tuple[float, float, int]]] = []
+    end = float("-inf")
+    for rollout in rollouts:
+        if rollout[0] > end + GAP_S:
+            stretches.append([])
+        stretches[-1].append(rollout)
+        end = max(end, rollout[1])
+    return stretches
 
 
 def timeline(paths: list[Path], bins: int = 40) -> list[list[float]]:
-    """[[seconds since the first rollout, teacher tokens/s], ...]: each stretch of generation (split where it
-    paused for GAP_S) gets bins of equal width, so a pause neither dilutes the rate nor hides the resume."""
-    events = sorted(
-        (float(t), int(n))
-        for path in paths
-        if path.is_file()
-        for t, n in (line.split("\t") for line in path.read_text().splitlines() if "\t" in line)
-    )
-    if len(events) < 2:
+    """[[seconds since generation began, teacher tokens/s], ...]. A rollout's tokens are spread over the
+    time it ran (concurrent rollouts finishing together are no burst), and each stretch of generation gets
+    bins of equal width, so a pause between a crash and its resume neither dilutes the rate nor hides."""
+    rollouts = _rollouts(paths)
+    if not rollouts:
         return []
-    segments = [[events[0]]]
-    for previous, event in zip(events, events[1:], strict=False):
-        if event[0] - previous[0] > GAP_S:
-            segments.append([])
-        segments[-1].append(event)
-    active = sum(seg[-1][0] - seg[0][0] for seg in segments) or 1.0
-    first = events[0][0]
+    stretches = _stretches(rollouts)
+    spans = [(s[0][0], max(r[1] for r in s)) for s in stretches]
+    active = sum(end - start for start, end in spans) or 1.0
+    first = spans[0][0]
     points: list[list[float]] = []
-    for seg in segments:
-        span = seg[-1][0] - seg[0][0]
-        count = max(1, round(bins * span / active))
-        width = max(span / count, 1.0)
-        tokens: dict[int, int] = {}
-        for t, n in seg:
-            slot = min(int((t - seg[0][0]) / width), count - 1)
-            tokens[slot] = tokens.get(slot, 0) + n
-        start = seg[0][0] - first
-        points += [[round(start + (slot + 0.5) * width, 1), round(n / width, 2)] for slot, n in sorted(tokens.items())]
+    for stretch, (start, end) in zip(stretches, spans, strict=True):
+        count = max(1, round(bins * (end - start) / active))
+        width = max((end - start) / count, 1.0)
+        tokens = [0.0] * count
+        for r_start, r_end, n in stretch:
+            _spread(tokens, (r_start - start) / width, (r_end - start) / width, n)
+        points += [
+            [round(start - first + (i + 0.5) * width, 1), round(t / width, 2)] for i, t in enumerate(tokens) if t
+        ]
     return points
+
+
+def _spread(bins: list[float], lo: float, hi: float, tokens: int) -> None:
+    """Add `tokens` to the bins between positions lo and hi (in bin widths, within [0, len(bins)]), in
+    proportion to the overlap; a rollout of no measurable length goes to the bin it is in."""
+    if hi - lo <= 0:
+        bins[min(int(lo), len(bins) - 1)] += tokens
+        return
+    for i in range(int(lo), min(math.ceil(hi), len(bins))):
+        bins[i] += tokens * (min(hi, i + 1) - max(lo, i)) / (hi - lo)
