@@ -28,6 +28,12 @@ def write_recipe(tmp_path: Path):
     return write
 
 
+# every curation filter off: what the teacher writes reaches dedup, where the incremental tests look
+FILTERS_OFF = (
+    "{truncated: {enabled: false}, length: {enabled: false}, refusal: {enabled: false}, "
+    "repetition: {enabled: false}, language: {enabled: false}, prose_quality: {enabled: false}}"
+)
+
 TINY = """
 name: tiny
 teacher:

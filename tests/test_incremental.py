@@ -22,6 +22,7 @@ from dataengine.recipe import load_recipe
 from dataengine.runner import run_recipe
 from dataengine.sample import SAMPLE_FEATURES, write_shards
 from dataengine.schedule.scheduled_run import scheduled_recipe
+from tests.conftest import FILTERS_OFF
 from tests.planted_corpus import SYLLABLES
 
 RECIPE = """
@@ -31,13 +32,7 @@ teacher: {model: "builtin:smollm2-moe"}
 generate:
   chat: {languages: [{code: en, quota: 8}]}
 curate:
-  filters:
-    truncated: {enabled: false}
-    length: {enabled: false}
-    refusal: {enabled: false}
-    repetition: {enabled: false}
-    language: {enabled: false}
-    prose_quality: {enabled: false}
+  filters: FILTERS_OFF
   code: {enabled: false}
   decontamination: {enabled: false}
 publish:
@@ -45,7 +40,7 @@ publish:
   configs: [language]
   test_fraction: 0.3
 schedule: {cron: "0 3 * * *"}
-"""
+""".replace("FILTERS_OFF", FILTERS_OFF)
 
 
 def _answers(n: int, seed: int) -> list[str]:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from dataengine.cli import app
 from dataengine.generate.throughput import recorder, timeline
 from dataengine.manifest import Manifest
+from dataengine.publish.layout import write_layout
 from dataengine.report.facts import collect
 from dataengine.report.page import SECTIONS, write_report
 from dataengine.sample import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
@@ -76,8 +77,7 @@ def run_dir(tmp_path: Path) -> Path:
     }))  # fmt: skip
     _manifest(run / "eval", "evaluate", 2, 2)
     # the publish target also held a row of an earlier run: the funnel counts this run's rows only
-    write_shards([*kept[:5], _row(99, "chat", "en")], run / "published" / "data" / "default" / "..",
-                 features=SAMPLE_FEATURES)  # fmt: skip
+    write_layout([*kept[:5], _row(99, "chat", "en")], SAMPLE_FEATURES, run / "published", ["language"], {"r00"}, 4)
     _manifest(run / "published", "publish", 6, 6)
     return run
 

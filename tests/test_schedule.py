@@ -23,7 +23,7 @@ from dataengine.schedule.cron import check, due_times, next_time, on_calendar
 from dataengine.schedule.export import export, next_due
 from dataengine.schedule.scheduled_run import BUSY, RunLock, history, run_scheduled
 from dataengine.schedule.scheduler import Entry, _launch
-from tests.conftest import tiny_recipe
+from tests.conftest import FILTERS_OFF, tiny_recipe
 
 # Runs of this recipe fail fast and for a real reason: the prompt file has no `question` column.
 RECIPE = """
@@ -211,18 +211,12 @@ def test_a_scheduled_run_generates_with_its_own_seed(tmp_path, monkeypatch, teac
     assert generated["rows_out"] + generated["drops"].get("empty_question", 0) == 6  # 3 languages x 2 rollouts
 
 
-INCREMENTAL = """
+INCREMENTAL = f"""
 pipeline: curate
 curate:
-  filters:  # every answer the teacher writes gets to dedup, so both runs have rows to publish
-    truncated: {enabled: false}
-    length: {enabled: false}
-    refusal: {enabled: false}
-    repetition: {enabled: false}
-    language: {enabled: false}
-    prose_quality: {enabled: false}
-publish: {to: published}
-schedule: {cron: '0 3 * * *', timezone: UTC}
+  filters: {FILTERS_OFF}  # both runs have rows to publish, whatever the teacher writes
+publish: {{to: published}}
+schedule: {{cron: '0 3 * * *', timezone: UTC}}
 """
 
 

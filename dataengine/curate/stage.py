@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow.parquet as pq
 from datatrove.data import Document
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter
@@ -35,6 +34,7 @@ from dataengine.publish.existing import reference_folder
 from dataengine.recipe import CurateConfig, Recipe, resolve_path
 from dataengine.runner import RunContext, StageResult
 from dataengine.sample import CURATED_FEATURES, write_shards
+from dataengine.train.data import read_rows
 
 REJECTED = "rejected"
 
@@ -129,11 +129,7 @@ class CurateStage:
         publish = self.recipe.publish
         if publish is None or not publish.append:
             return None
-        own = {
-            i
-            for path in sorted(source.glob("*.parquet"))
-            for i in pq.read_table(path, columns=["id"])["id"].to_pylist()
-        }
+        own = {row["id"] for row in read_rows(source.parent, columns=["id"])}
         return reference_folder(publish, self.base_dir, work_dir / "published-before", own)
 
     # ------------------------------------------------------------------ run

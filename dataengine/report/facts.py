@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from dataengine.curate.filters.language import primary
 from dataengine.manifest import Manifest
+from dataengine.publish.layout import DEFAULT
 
 # where each stage writes its manifest, in pipeline order (students/<name>/ for train)
 STAGE_FOLDERS = (("generate", "generated"), ("curate", "curated"), ("score", "scored"), ("train", "students/*"),
@@ -53,10 +54,11 @@ class RunFacts:
         return list(dict.fromkeys(step for counts in self.funnel.values() for step in counts))
 
 
-def _columns(folder: Path, columns: list[str]) -> list[dict]:
-    """Rows of every parquet shard under folder/data (only `columns`, those a shard has)."""
+def _columns(data: Path, columns: list[str]) -> list[dict]:
+    """Rows of every parquet shard under `data` (only `columns`, those a shard has: runs made by an older
+    version may lack one)."""
     rows: list[dict] = []
-    for path in sorted((folder / "data").rglob("*.parquet")) if (folder / "data").is_dir() else []:
+    for path in sorted(data.rglob("*.parquet")) if data.is_dir() else []:
         have = [c for c in columns if c in pq.read_schema(path).names]
         rows += pq.read_table(path, columns=have).to_pylist()
     return rows
@@ -82,33 +84,38 @@ def collect(run_dir: Path) -> RunFacts:
     facts.stages = [
         StageLine(stage, m.rows_in, m.rows_out, (m.timings or {}).get("seconds")) for stage, m in manifests.items()
     ]
-    _rows_and_funnel(facts, run_dir)
+    training_file = next(iter(sorted((run_dir / "students").glob("*/training.json"))), None)
+    training = json.loads(training_file.read_text()) if training_file is not None else None
+    if training_file is not None:
+        facts.student = training_file.parent.name
+    _rows_and_funnel(facts, run_dir, training)
     if "curate" in manifests:
         facts.drops = dict(sorted(manifests["curate"].drops.items(), key=lambda kv: (-kv[1], kv[0])))
     if "generate" in manifests:
         stats = manifests["generate"].stats
         facts.throughput = stats.get("teacher_tokens_per_second_timeline") or []
         facts.tokens_per_second = stats.get("teacher_tokens_per_second")
-    _training(facts, run_dir)
+    _training(facts, run_dir, training)
     return facts
 
 
-def _rows_and_funnel(facts: RunFacts, run_dir: Path) -> None:
-    kept = _columns(run_dir / "curated", ["id", "kind", "language", "messages", "dedup_cluster_size",
+def _rows_and_funnel(facts: RunFacts, run_dir: Path, training: dict | None) -> None:
+    kept = _columns(run_dir / "curated" / "data", ["id", "kind", "language", "messages", "dedup_cluster_size",
                                           "tests_passed", "language_detected"])  # fmt: skip
-    rejected = _columns(run_dir / "rejected", ["kind", "language", "messages", "tests_passed", "language_detected"])
+    rejected = _columns(
+        run_dir / "rejected" / "data", ["kind", "language", "messages", "tests_passed", "language_detected"]
+    )
     steps: list[tuple[str, list[dict]]] = []
     if (run_dir / "generated" / "data").is_dir():
-        steps.append(("generated", _columns(run_dir / "generated", ["kind", "language"])))
+        steps.append(("generated", _columns(run_dir / "generated" / "data", ["kind", "language"])))
     if (run_dir / "curated" / "data").is_dir():
         steps.append(("kept", kept))
-    training = next(iter(sorted((run_dir / "students").glob("*/training.json"))), None)
     if training is not None:
-        held_out = set(json.loads(training.read_text())["held_out_ids"])
+        held_out = set(training["held_out_ids"])
         steps.append(("trained on", [row for row in kept if row["id"] not in held_out]))
     if (run_dir / "published" / "data").is_dir():
         # an appending publish also holds earlier runs' rows: count this run's
-        published = {row["id"] for row in _columns(run_dir / "published", ["id"])}
+        published = {row["id"] for row in _columns(run_dir / "published" / "data" / DEFAULT, ["id"])}
         steps.append(("published", [row for row in kept if row["id"] in published]))
     groups = sorted({_group(row) for _, rows in steps for row in rows})
     for name, rows in steps:
@@ -132,13 +139,10 @@ def _teacher_quality(rows: list[dict]) -> dict[str, float | None]:
     }
 
 
-def _training(facts: RunFacts, run_dir: Path) -> None:
-    training = next(iter(sorted((run_dir / "students").glob("*/training.json"))), None)
-    if training is not None:
-        facts.student = training.parent.name
-        for phase in json.loads(training.read_text())["phases"]:
-            points = [(e["step"], e["loss"]) for e in phase["log_history"] if "loss" in e and "step" in e]
-            facts.losses[phase["method"]] = points
+def _training(facts: RunFacts, run_dir: Path, training: dict | None) -> None:
+    for phase in training["phases"] if training is not None else []:
+        points = [(e["step"], e["loss"]) for e in phase["log_history"] if "loss" in e and "step" in e]
+        facts.losses[phase["method"]] = points
     metrics = run_dir / "eval" / "metrics.json"
     if metrics.is_file():
         facts.evaluation = json.loads(metrics.read_text())

@@ -13,11 +13,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
-def read_rows(folder: Path) -> list[dict]:
-    """Every row of a stage's parquet shards (`<folder>/data/*.parquet`)."""
+def read_rows(folder: Path, columns: list[str] | None = None) -> list[dict]:
+    """Every row of a stage's parquet shards (`<folder>/data/*.parquet`), all columns or only `columns`."""
     # pyarrow rather than Dataset.from_parquet, which refuses a shard with no rows ("corresponds to no
     # data"): a stage that kept nothing must read as no rows, so the next stage can say so
-    return [row for path in sorted((folder / "data").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+    return [row for path in sorted((folder / "data").glob("*.parquet"))
+            for row in pq.read_table(path, columns=columns).to_pylist()]  # fmt: skip
 
 
 def split_rows(rows: list[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:
