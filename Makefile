@@ -10,9 +10,9 @@ EXTRAS ?= cpu,dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup browser demo test test-fast lint bench clean
+.PHONY: setup bubblewrap browser demo test test-fast lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) bubblewrap
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml
 	@# `import transformers` fails ("operator torchvision::nms does not exist"). Nothing here uses them.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
+
+# The code sandbox's process boundary is bubblewrap (needs root for apt-get; without bwrap the sandbox falls back
+# to rlimits and its audit hook with a warning, and its boundary tests are skipped outside CI and fail in CI).
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq bubblewrap >/dev/null; } || \
+		echo "could not install bubblewrap (apt-get install bubblewrap); the sandbox runs without its process boundary"
 
 # The report's browser test renders report.html in Debian's chromium (needs root for apt-get; without it the
 # test is skipped outside CI and fails in CI).
@@ -45,6 +52,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/sandbox.py
 	$(BIN)/dataengine run recipes/quickstart.yaml   # bench/train.py trains on this run's scored rows
 	$(BIN)/python bench/train.py
 

@@ -310,7 +310,9 @@ class CodeCheckConfig(StrictModel):
     max_output_bytes: int = Field(16384, ge=256, description="output read back; more kills the run")
     max_processes: int = Field(16, ge=1, description="processes of the sandbox user (RLIMIT_NPROC)")
     parallel: int = Field(2, ge=1, description="sandboxed runs at a time")
-    require_network_isolation: bool = Field(False, description="fail instead of warning when unshare -n is unavailable")
+    require_isolation: bool = Field(
+        False, description="fail instead of warning when the bwrap process boundary cannot run here"
+    )
 
 
 class MinhashSettings(StrictModel):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from dataengine.curate import sandbox
 from dataengine.curate.sandbox import SandboxLimits, network_isolation, run_python
 
 LIMITS = SandboxLimits(timeout_s=5, cpu_s=3, memory_mb=256, max_output_bytes=4096)
@@ -124,3 +128,193 @@ def test_process_limit_alone_stops_a_fork_bomb():
     )  # fmt: skip
     assert "limited at" in done.stdout
     assert int(done.stdout.split()[-1]) < 8
+
+
+# ---------------------------------------------------------------- the bwrap process boundary
+
+MARK = "dataengine-escapee"
+
+
+def _need_bwrap() -> None:
+    if (problem := sandbox.bwrap_problem()) is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{problem}: `make test` installs Debian's bubblewrap package")
+        pytest.skip(problem)
+
+
+def _escape(payload: str, shell: bool = False) -> str:
+    """Sample code that starts `payload` (Python, or shell with `shell`) through `_posixsubprocess.fork_exec`
+    in a new session: no audit event is raised (the hook never sees it), the child is outside the process
+    group that a timeout kills, and the payload runs without any audit hook. The child says it runs."""
+    if shell:
+        argv = f"['/bin/sh', '-c', 'echo child running; ' + {payload!r} + '; true', {MARK!r}]"
+    else:
+        argv = f"[sys.executable, '-S', '-c', \"print('child running', flush=True)\\n\" + {payload!r}, {MARK!r}]"
+    return (
+        "import _posixsubprocess, os, sys\n"
+        f"argv = {argv}\n"
+        "r, w = os.pipe()\n"
+        "_posixsubprocess.fork_exec([a.encode() for a in argv], [argv[0].encode()], True, (w,), None, None,\n"
+        "    -1, -1, -1, -1, -1, -1, r, w, True, True, -1, None, None, None, -1, None, False)\n"
+        "import time; time.sleep(1)\n"
+    )
+
+
+ESCAPES = {
+    "fork_exec with a new session": "import time; time.sleep(60)",
+    "os.posix_spawn": (
+        "import os, sys, time\n"
+        f"os.posix_spawn(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {MARK!r}], {{}})\n"
+        "time.sleep(60)"
+    ),
+    "double fork with setsid": (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "time.sleep(60)"
+    ),
+    "thread bomb": (
+        "import threading, time\n"
+        "for _ in range(10000):\n"
+        "    try:\n"
+        "        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "    except Exception:\n"
+        "        break\n"
+        "time.sleep(60)"
+    ),
+}
+
+
+def _processes(marker: str | None = None, uid: int | None = None) -> list[int]:
+    """Pids on this machine whose command line holds `marker`, or that run as `uid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            marked = marker is not None and marker.encode() in (entry / "cmdline").read_bytes()
+            if marked or (uid is not None and entry.stat().st_uid == uid):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_no_process_a_sample_starts_outlives_its_run():
+    """Every escape route out of the audit hook and the process group, in a batch: nothing survives."""
+    _need_bwrap()
+    nobody_before = set(_processes(uid=65534))
+    for name, payload in ESCAPES.items():
+        r = run_python(_escape(payload), SandboxLimits(timeout_s=10, cpu_s=5, memory_mb=512, max_processes=64))
+        assert "child running" in r.output, (name, r.output)  # the route works, so the boundary is what stops it
+        assert _processes(MARK) == [], name
+    assert set(_processes(uid=65534)) - nobody_before == set()  # no new process of the sandbox user
+
+
+def test_the_escape_route_is_real_without_the_boundary(monkeypatch):
+    """The same fork_exec child outlives a run with only today's layers (why the boundary exists)."""
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: "off for this test")
+    # a shell, not Python: without the boundary nobody may not be able to exec a Python under /root
+    r = run_python(_escape("sleep 20", shell=True), SandboxLimits(timeout_s=10, max_processes=64))
+    escaped = _processes(MARK)
+    try:
+        assert "child running" in r.output and escaped
+    finally:
+        for pid in escaped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_timed_out_sample_takes_its_children_with_it():
+    _need_bwrap()
+    r = run_python(_escape("import time; time.sleep(60)") + "time.sleep(60)\n", SandboxLimits(timeout_s=3))
+    assert r.reason == "timeout" and "child running" in r.output
+    time.sleep(0.5)  # the kernel ends the namespace as its init goes
+    assert _processes(MARK) == []
+
+
+def test_the_engine_environment_is_not_readable_through_proc(monkeypatch):
+    _need_bwrap()
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_in_the_engine")
+    code = (
+        "import os\n"
+        "seen = []\n"
+        f"for pid in [{os.getpid()}, {os.getppid()}] + [p for p in os.listdir('/proc') if p.isdigit()]:\n"
+        "    try:\n"
+        "        seen.append(open(f'/proc/{pid}/environ', 'rb').read())\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print(b''.join(seen))\n"
+    )
+    r = run_python(code, LIMITS)
+    assert r.passed and "hf_secret" not in r.output
+
+
+def test_host_files_are_not_visible(tmp_path):
+    """Only /usr and the interpreter are there: not $HOME's files, /root, the checkout, the host's /tmp."""
+    _need_bwrap()
+    secret = Path.home() / f".dataengine-sandbox-secret-{os.getpid()}"
+    secret.write_text("secret")
+    checkout = Path(__file__).resolve().parents[1] / "README.md"
+    host_tmp = tmp_path / "host.txt"
+    host_tmp.write_text("host")
+    try:
+        for path in (secret, checkout, host_tmp, Path("/etc/passwd")):
+            r = run_python(f"print(open({str(path)!r}).read())", LIMITS)
+            assert not r.passed and ("FileNotFoundError" in r.output or "PermissionError" in r.output), path
+        r = run_python("import os\nprint(sorted(os.listdir('/')))", LIMITS)
+        assert r.passed and "'work'" not in r.output and "'home'" not in r.output and "'tmp'" not in r.output
+    finally:
+        secret.unlink()
+
+
+@pytest.mark.parametrize("where", ["tmp", "home", "checkout"])
+def test_writes_never_reach_the_host(where, tmp_path):
+    """The audit hook would refuse these; the payload runs in a child without it, so only the boundary stands."""
+    _need_bwrap()
+    target = {
+        "tmp": Path("/tmp") / f"dataengine-escape-{os.getpid()}.txt",
+        "home": Path.home() / f"dataengine-escape-{os.getpid()}.txt",
+        "checkout": Path(__file__).resolve().parents[1] / f"dataengine-escape-{os.getpid()}.txt",
+    }[where]
+    payload = (
+        f"import os\ntry:\n    os.makedirs({str(target.parent)!r}, exist_ok=True)\n"
+        f"    open({str(target)!r}, 'w').write('x')\nexcept OSError as e:\n    print(e)"
+    )
+    r = run_python(_escape(payload), LIMITS)
+    assert "child running" in r.output
+    assert not target.exists()
+
+
+def test_the_namespace_has_no_network(loopback_server):
+    """The boundary alone, from a child without the audit hook: the host's loopback is unreachable."""
+    _need_bwrap()
+    payload = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {loopback_server}), timeout=2)\n"
+        "    open('/sandbox/verdict', 'w').write('connected')\n"
+        "except OSError as e:\n"
+        "    open('/sandbox/verdict', 'w').write('refused')\n"
+    )
+    code = _escape(payload) + "time.sleep(3)\nprint(open('verdict').read())\n"
+    r = run_python(code, SandboxLimits(timeout_s=10))
+    assert r.passed and r.output.strip().endswith("refused"), r.output
+
+
+def test_without_bwrap_the_fallback_warns_or_fails_when_isolation_is_required(monkeypatch):
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: "bwrap not found: apt-get install bubblewrap")
+    warning = sandbox.isolation_warning(LIMITS)
+    assert warning is not None and "bwrap not found" in warning
+    assert run_python("print('still runs')", LIMITS).passed
+    with pytest.raises(RuntimeError, match="curate.code.require_isolation"):
+        run_python("print(1)", SandboxLimits(require_isolation=True))
+
+
+def test_the_benign_case_passes_inside_the_boundary():
+    _need_bwrap()
+    r = run_python("import json, os\nassert os.getcwd() == '/sandbox'\nprint(json.dumps({'ok': True}))", LIMITS)
+    assert r.passed and '{"ok": true}' in r.output

@@ -1,15 +1,21 @@
-"""Run model-written Python out of process, with layered limits.
+"""Run model-written Python out of process, inside a real process boundary, with layered limits.
 
-Never in-process. Each run gets:
-- a fresh temporary directory as its working directory, and a scrubbed environment (no secrets);
+Never in-process. The boundary is bubblewrap (`bwrap`, what Flatpak uses): new user, pid, net, ipc
+and uts namespaces, `--die-with-parent`, `--new-session`, no capabilities, a read-only view of only
+the interpreter and /usr, a fresh tmpfs as the working folder and a /proc of its own pid namespace.
+When the sample's main process ends, the namespace's init ends and the kernel kills every process
+the sample started, however it started them (PEP 578: audit hooks are not a sandbox; a direct
+`_posixsubprocess.fork_exec` never raises an audit event). On top of that boundary each run keeps:
+- the base interpreter's standard library only (`-I -S`: no site-packages, no virtualenv);
+- a scrubbed environment (no secrets);
 - rlimits: CPU seconds, address space, file size, open files, and processes;
 - a wall-clock timeout that kills the whole process group, and a cap on the output read back;
-- no network, through a new network namespace (`unshare -n`) where the machine allows it;
-- when we are root, the code runs as `nobody` (so the process limit counts and system files are
-  read-only to it);
+- when we are root, the code runs as `nobody` (so the process limit counts);
 - a Python audit hook installed before the code runs that refuses process creation, sockets,
-  ctypes, and writes outside the temporary directory.
-The layers overlap on purpose: each one alone has known ways around it.
+  ctypes, and writes outside the working folder.
+Where bwrap cannot run (no bwrap, or no user namespaces), today's layers alone remain: `unshare -n`
+for the network and a temporary folder on the host, with one warning line;
+`curate.code.require_isolation` turns that into an error.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 # Runs inside the sandboxed interpreter before the code: an audit hook that refuses what a unit test never needs.
 _PREAMBLE = r"""
@@ -70,7 +77,7 @@ class SandboxLimits:
     max_output_bytes: int = 16_384
     max_processes: int = 16
     max_file_mb: int = 16
-    require_network_isolation: bool = False
+    require_isolation: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,9 @@ class SandboxResult:
     runtime_s: float
     output: str  # stdout+stderr, truncated to max_output_bytes
     reason: str  # "passed", "failed", "timeout", "output_limit", "error"
+
+
+WORKDIR = "/sandbox"  # the working folder inside the bwrap boundary (a tmpfs)
 
 
 @cache
@@ -103,13 +113,76 @@ def _drop_privileges() -> list[str]:
     return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 
 
-def isolation_warning(limits: SandboxLimits) -> str | None:
-    if not network_isolation():
-        message = "network isolation unavailable (unshare -n failed): sandboxed code can reach the network"
-        if limits.require_network_isolation:
-            raise RuntimeError(message + "; curate.code.require_network_isolation is set")
-        return message
+def _interpreter() -> str:
+    """The base interpreter, not a virtualenv's: the sandbox sees its prefix only, never the project's venv."""
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+def _system_view() -> list[str]:
+    """Read-only binds of what the interpreter needs: /usr (with /bin, /lib... as on the host) and its prefix."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    prefix = Path(os.path.realpath(sys.base_prefix))
+    if not prefix.is_relative_to("/usr"):
+        # only the prefix itself is visible (pyenv's lives under /root): its parents are empty, traversable folders
+        for parent in reversed(prefix.parents[:-1]):
+            args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind", str(prefix), str(prefix)]
+    return args + ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+
+
+def bwrap_command(script: str, memory_mb: int) -> list[str]:
+    """The command up to the interpreter: bwrap with `script` (a host file) read-only in a fresh tmpfs.
+
+    As root, bwrap needs no user namespace: it keeps only the capability to change user, and `setpriv`
+    inside the boundary becomes `nobody`, a real unprivileged user whom RLIMIT_NPROC counts (a user
+    namespace would map the sandbox to root outside, which that limit exempts). As anyone else, bwrap
+    makes a user namespace and the code runs as the caller, as it did before bwrap."""
+    as_root = os.geteuid() == 0
+    return [
+        "bwrap",
+        *([] if as_root else ["--unshare-user"]),
+        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        *(["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"] if as_root else []),
+        *_system_view(),
+        "--proc", "/proc", "--dev", "/dev",
+        # the working folder lives in memory, so it counts against the run's memory budget
+        "--size", str(memory_mb * 1024 * 1024), "--perms", "01777", "--tmpfs", WORKDIR,
+        "--ro-bind", script, f"{WORKDIR}/main.py",
+        "--chdir", WORKDIR,
+        "--",
+        *(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"] if as_root else []),
+    ]  # fmt: skip
+
+
+@cache
+def bwrap_problem() -> str | None:
+    """Why the bwrap boundary cannot run here, or None when it can (probed once, as the sandbox will run it)."""
+    if shutil.which("bwrap") is None:
+        return "bwrap not found: apt-get install bubblewrap"
+    with tempfile.TemporaryDirectory(prefix="dataengine-probe-") as tmp:
+        done = _start(tmp, "pass\n", SandboxLimits(), boundary=True, stdout=subprocess.PIPE)
+        err = done.communicate()[0].decode(errors="replace").strip()
+    if done.returncode != 0:
+        return f"bwrap cannot start a sandbox here: {err[-300:] or f'exit {done.returncode}'}"
     return None
+
+
+def isolation_warning(limits: SandboxLimits) -> str | None:
+    """One line saying which layer is missing, or None with the full boundary; raises when isolation is required."""
+    if (problem := bwrap_problem()) is None:
+        return None
+    message = f"sandbox without its process boundary ({problem}); only rlimits and the audit hook contain samples"
+    if not network_isolation():
+        message += ", and sandboxed code can reach the network (unshare -n failed)"
+    if limits.require_isolation:
+        raise RuntimeError(message + "; curate.code.require_isolation is set")
+    return message
 
 
 def _limit(limits: SandboxLimits):
@@ -131,23 +204,32 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
     """Run `code` as a script in the sandbox; passed means exit status 0 within the limits."""
     isolation_warning(limits)  # raises when isolation is required but unavailable; the stage shows the warning
     with tempfile.TemporaryDirectory(prefix="dataengine-sandbox-") as tmp:
-        os.chmod(tmp, 0o777)  # writable by nobody, who runs the code when we are root
-        script = os.path.join(tmp, "main.py")
-        with open(script, "w") as fh:
-            fh.write(code)
-        env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
-        cmd = [*network_isolation(), *_drop_privileges(), sys.executable, "-I", "-c", _PREAMBLE, script]
         started = time.monotonic()
-        proc = subprocess.Popen(
-            cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            preexec_fn=_limit(limits),
-        )  # fmt: skip
+        proc = _start(tmp, code, limits, boundary=bwrap_problem() is None, stdout=subprocess.PIPE)
         output, reason = _read_capped(proc, limits, started)
         runtime = time.monotonic() - started
         text = output.decode("utf-8", errors="replace")
         if reason is None:
             reason = "passed" if proc.returncode == 0 else "failed"
         return SandboxResult(reason == "passed", proc.returncode, round(runtime, 3), text, reason)
+
+
+def _start(tmp: str, code: str, limits: SandboxLimits, boundary: bool, stdout: int) -> subprocess.Popen:
+    """Start `code` as tmp/main.py: inside bwrap (which sees the script only) or, without it, in tmp itself."""
+    os.chmod(tmp, 0o777)  # writable by nobody, who runs the code when we are root (the fallback's workdir)
+    script = os.path.join(tmp, "main.py")
+    with open(script, "w") as fh:
+        fh.write(code)
+    os.chmod(script, 0o644)
+    # without bwrap: `unshare -n` needs our privileges, then `setpriv` drops them
+    isolate = bwrap_command(script, limits.memory_mb) if boundary else [*network_isolation(), *_drop_privileges()]
+    workdir = WORKDIR if boundary else tmp
+    env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+    return subprocess.Popen(
+        [*isolate, _interpreter(), "-I", "-S", "-c", _PREAMBLE, f"{workdir}/main.py"],
+        cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+        preexec_fn=_limit(limits),
+    )  # fmt: skip
 
 
 def _read_capped(proc: subprocess.Popen, limits: SandboxLimits, started: float) -> tuple[bytes, str | None]:
@@ -176,9 +258,11 @@ def _read_capped(proc: subprocess.Popen, limits: SandboxLimits, started: float) 
         _kill_group(proc)
     proc.wait()
     proc.stdout.close()
-    if reason is None and proc.returncode is not None and proc.returncode < 0:
-        # killed by the kernel: SIGXCPU for the CPU limit, SIGKILL for memory or CPU hard limit
-        reason = "timeout" if -proc.returncode in (signal.SIGXCPU, signal.SIGKILL) else "failed"
+    # killed by the kernel: SIGXCPU for the CPU limit, SIGKILL for memory or CPU hard limit; bwrap reports
+    # its child's death by signal N as exit status 128 + N
+    signalled = -proc.returncode if proc.returncode < 0 else proc.returncode - 128
+    if reason is None and signalled in (signal.SIGXCPU, signal.SIGKILL):
+        reason = "timeout"
     return b"".join(chunks)[: limits.max_output_bytes], reason
 
 

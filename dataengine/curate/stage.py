@@ -90,7 +90,7 @@ class CurateStage:
         c = self.cfg.code
         return SandboxLimits(
             timeout_s=c.timeout_s, cpu_s=c.cpu_s, memory_mb=c.memory_mb, max_output_bytes=c.max_output_bytes,
-            max_processes=c.max_processes, require_network_isolation=c.require_network_isolation,
+            max_processes=c.max_processes, require_isolation=c.require_isolation,
         )  # fmt: skip
 
     def _filters(self, rejected: Path) -> list:

@@ -99,7 +99,7 @@ def _limits(recipe: Recipe):
     code = recipe.curate.code
     return SandboxLimits(timeout_s=recipe.train.evaluate.code_timeout_s, cpu_s=code.cpu_s, memory_mb=code.memory_mb,
                          max_output_bytes=code.max_output_bytes, max_processes=code.max_processes,
-                         require_network_isolation=code.require_network_isolation)  # fmt: skip
+                         require_isolation=code.require_isolation)  # fmt: skip
 
 
 def _fmt(value: float | None) -> str:
