@@ -97,7 +97,7 @@ def main() -> None:
     contenders = {"bwrap boundary": boundary, "fallback layers (no bwrap)": fallback,
                   "before the boundary": before_boundary}  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for name, run in contenders.items():
+    for run in contenders.values():
         run()  # warm the page cache
     for _ in range(args.runs):
         for name, run in contenders.items():
