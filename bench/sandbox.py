@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dataengine.curate import sandbox  # noqa: E402
 
-BENIGN = '''
+BENIGN = """
 def merge_intervals(intervals):
     out = []
     for start, end in sorted(intervals):
@@ -45,7 +45,7 @@ class TestMerge(unittest.TestCase):
 
 
 unittest.main(argv=["tests"], exit=False)
-'''
+"""
 
 
 def boundary() -> float:

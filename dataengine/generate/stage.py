@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
 from datatrove.pipeline.inference.servers import EndpointServer
+from datatrove.pipeline.inference.types import ServerError
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from rich.console import Console
@@ -35,18 +38,37 @@ from dataengine.runner import RunContext, StageResult
 from dataengine.sample import write_shards
 from dataengine.teacher.server import served_name
 
+HEALTH_INTERVAL_S = 2.0
+
 
 class _RootEndpointServer(EndpointServer):
     """datatrove's EndpointServer takes its URL as the OpenAI client's base (which must end in /v1)
-    but probes readiness at `<url>/v1/models`; we hand it `<root>/v1` and give the probe the root."""
+    but probes readiness at `<url>/v1/models`; we hand it `<root>/v1` and give the probe the root.
+
+    Its health monitor asks the run's teacher: once the teacher fails three checks in a row, datatrove
+    fails every waiting request at once (instead of each retrying a dead server for minutes), the
+    run ends, and the stage restarts the teacher and runs again from datatrove's checkpoints."""
+
+    health: Callable[[], bool] = staticmethod(lambda: True)
 
     def get_base_url(self) -> str:
         return self.endpoint_url.rstrip("/").removesuffix("/v1")
 
+    async def monitor_health(self) -> None:
+        failures = 0
+        while failures < 3:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            failures = 0 if await asyncio.to_thread(self.health) else failures + 1
+        raise ServerError("the teacher stopped answering its health check")
+
 
 class _Runner(InferenceRunner):
+    health: Callable[[], bool] = staticmethod(lambda: True)
+
     def _init_server(self, rank: int) -> EndpointServer:
-        return _RootEndpointServer(self.config, rank)
+        server = _RootEndpointServer(self.config, rank)
+        server.health = self.health
+        return server
 
 
 class GenerateStage:
@@ -65,7 +87,9 @@ class GenerateStage:
         generate = self.recipe.model_dump(mode="json")["generate"]
         generate.pop("top_up")  # top-up rounds add to the rows, they do not change the ones made
         digest = hashlib.sha256(orjson.dumps(generate, option=orjson.OPT_SORT_KEYS))
-        digest.update(orjson.dumps([t.model, t.revision, t.builtin.model_dump(), t.served_model_name]))
+        # where the builtin's weights were read from (builtin.source) does not change them
+        builtin = t.builtin.model_dump(exclude={"source"})
+        digest.update(orjson.dumps([t.model, t.revision, builtin, t.served_model_name]))
         for src in self.recipe.generate.sources:
             if src.path:
                 digest.update(fingerprint_files([resolve_path(src.path, self.base_dir)]).encode())
@@ -113,6 +137,7 @@ class GenerateStage:
         if not unique:
             raise StageError("no prompts to generate: quotas are 0 and the prompt sources are empty")
         ctx.log(f"{len(unique)} prompts, {sum(s.rollouts for s in unique)} rollouts expected")
+        restarts_before = ctx.teacher.restarts
         elapsed = 0.0
         for work, seeds in rounds:
             docs = self.documents(list({s.key: s for s in seeds}.values()))
@@ -134,12 +159,41 @@ class GenerateStage:
             stats={
                 **self._stats(rows, elapsed, len(unique), question_tokens, duplicates),
                 "top_up_rounds": len(rounds) - 1,
+                "teacher_restarts": ctx.teacher.restarts - restarts_before,
                 "teacher_tokens_per_second_timeline": timeline([work / THROUGHPUT for work, _ in rounds]),
             },
         )
 
     def _infer(self, ctx: RunContext, docs: list[Document], work_dir: Path) -> float:
-        """Run datatrove's InferenceRunner over the prompts; returns seconds spent generating."""
+        """Run datatrove's InferenceRunner over the prompts; returns seconds spent generating. A teacher that
+        dies (or an endpoint that stops answering) is recovered and the run goes on from the checkpoints."""
+        done_before = len(_ids_in(work_dir / "raw") | _ids_in(work_dir / "checkpoints"))
+        with recorder(work_dir / THROUGHPUT) as record, _progress(ctx.console) as progress:
+            task = progress.add_task("generating", total=len(docs), completed=done_before, tokens=0)
+
+            def on_done(tokens: int, started: float) -> None:
+                record(tokens, started)
+                progress.advance(task)
+                progress.update(task, tokens=progress.tasks[task].fields["tokens"] + tokens)
+
+            started = time.time()
+            with datatrove_logs_to(work_dir / "datatrove.log"):
+                while True:
+                    try:
+                        self._executor(ctx, docs, work_dir, on_done).run()
+                        break
+                    except Exception as exc:
+                        failure = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                        if not ctx.teacher.recover(failure):
+                            raise StageError(
+                                f"generation failed: {failure}\nlog: {work_dir / 'logs'}; run again to resume"
+                            ) from exc
+        return time.time() - started
+
+    def _executor(
+        self, ctx: RunContext, docs: list[Document], work_dir: Path, on_done: Callable[[int, float], None]
+    ) -> LocalPipelineExecutor:
+        """A fresh executor per attempt: a restarted teacher listens on a new port."""
         gen = self.recipe.generate
         config = InferenceConfig(
             server_type="endpoint",
@@ -151,38 +205,20 @@ class GenerateStage:
             request_timeout=gen.request_timeout_s,
             metric_interval=3600,
         )
-        done_before = len(_ids_in(work_dir / "raw") | _ids_in(work_dir / "checkpoints"))
-        with recorder(work_dir / THROUGHPUT) as record, _progress(ctx.console) as progress:
-            task = progress.add_task("generating", total=len(docs), completed=done_before, tokens=0)
-
-            def on_done(tokens: int, started: float) -> None:
-                record(tokens, started)
-                progress.advance(task)
-                progress.update(task, tokens=progress.tasks[task].fields["tokens"] + tokens)
-
-            runner = _Runner(
-                rollout_fn=rollout,
-                config=config,
-                output_writer=JsonlWriter(
-                    str(work_dir / "raw"), output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None
-                ),
-                # a function, not a dict: the executor deep-copies the pipeline, and a function is copied by reference
-                shared_context=lambda: {"on_done": on_done},
-                checkpoints_local_dir=str(work_dir / "checkpoints"),
-                records_per_chunk=gen.records_per_chunk,
-            )
-            executor = LocalPipelineExecutor(
-                pipeline=[docs, runner], tasks=1, workers=1, logging_dir=str(work_dir / "logs")
-            )
-            started = time.time()
-            with datatrove_logs_to(work_dir / "datatrove.log"):
-                try:
-                    executor.run()
-                except Exception as exc:
-                    raise StageError(
-                        f"generation failed: {exc}\nlog: {work_dir / 'logs'}; run again to resume"
-                    ) from exc
-        return time.time() - started
+        runner = _Runner(
+            rollout_fn=rollout,
+            config=config,
+            output_writer=JsonlWriter(
+                str(work_dir / "raw"), output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None
+            ),
+            # functions, not objects: the executor deep-copies the pipeline, and a function is copied by reference
+            shared_context=lambda: {"on_done": on_done},
+            checkpoints_local_dir=str(work_dir / "checkpoints"),
+            records_per_chunk=gen.records_per_chunk,
+        )
+        teacher = ctx.teacher
+        runner.health = lambda: teacher.healthy()
+        return LocalPipelineExecutor(pipeline=[docs, runner], tasks=1, workers=1, logging_dir=str(work_dir / "logs"))
 
     def _rows(self, ctx: RunContext, raws: list[Path]) -> tuple[list[dict], Counter, int, int]:
         """Turn datatrove's documents (one per prompt) into sample rows (one per rollout)."""
@@ -282,6 +318,8 @@ class GenerateStage:
         )
         if manifest.drops:
             console.print(f"dropped: {manifest.drops}")
+        if restarts := stats.get("teacher_restarts"):
+            console.print(f"[yellow]the teacher was restarted {restarts} time(s) during generation[/yellow]")
         console.print(f"output: {output_dir}")
 
 

@@ -75,9 +75,15 @@ class ScoreStage:
             bar = progress.add_task("scoring", total=len(todo))
             for batch in batches:
                 path = parts / f"part-{_batch_key(batch)}.parquet"
-                if not path.is_file():
+                while not path.is_file():
                     client = client or _client(ctx)
-                    _write_part(_score(client, batch, self.cfg), path)
+                    try:
+                        _write_part(_score(client, batch, self.cfg), path)
+                    except StageError as exc:
+                        # a teacher that died is restarted (on a new port: a new client); otherwise it is ours
+                        if not ctx.teacher.recover(str(exc).splitlines()[0]):
+                            raise
+                        client = None
                 progress.advance(bar, len(batch))
         scored = read_rows_from(parts, [_batch_key(b) for b in batches])
         if len(scored) != len(todo):

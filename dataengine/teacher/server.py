@@ -8,8 +8,9 @@ datatrove's `EndpointServer`, the same path as a user-supplied `teacher.endpoint
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,17 +19,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 
 from dataengine.errors import StageError
 from dataengine.recipe import TeacherConfig
 
 
-def resolve_model(teacher: TeacherConfig, log: Callable[[str], None] = print) -> str:
-    """Local folder or Hub id that vLLM should load; builds the builtin teacher on first use."""
+def resolve_model(teacher: TeacherConfig, log: Callable[[str], None] = print, allow_download: bool = False) -> str:
+    """Local folder or Hub id that vLLM should load; builds the builtin teacher on first use (downloading
+    its weights only with `allow_download`, i.e. at set-up)."""
     if teacher.is_builtin:
         from dataengine.teacher.builtin import ensure_builtin
 
-        return str(ensure_builtin(teacher.model.split(":", 1)[1], teacher.builtin, log=log))
+        name = teacher.model.split(":", 1)[1]
+        return str(ensure_builtin(name, teacher.builtin, log=log, allow_download=allow_download))
     return teacher.model
 
 
@@ -72,13 +76,20 @@ def server_command(teacher: TeacherConfig, model_path: str, port: int) -> list[s
 
 
 class TeacherServer:
-    """A vLLM server process for one teacher. Use as a context manager, or start()/stop()."""
+    """A vLLM server process tree for one teacher. Use as a context manager, or start()/stop().
+
+    The server runs under a keeper (`dataengine.teacher.keeper`) in a session of its own: the keeper
+    dies with this process and ends the whole tree (API server, EngineCore, Worker) whenever it stops.
+    `<log>.json` beside the log records the keeper (pid, start time, port), so a later run of the same
+    folder can stop a tree that an earlier, killed run left, and nothing else."""
 
     def __init__(self, teacher: TeacherConfig, log_path: Path, log: Callable[[str], None] = print) -> None:
         self.teacher = teacher
         self.log_path = log_path
+        self.record_path = log_path.with_suffix(".json")
         self.log = log
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the keeper
+        self._started = 0.0
         self.port: int | None = None
         self.model_path: str | None = None
 
@@ -89,6 +100,7 @@ class TeacherServer:
     def start(self) -> str:
         """Start the server and block until it answers; returns its base URL."""
         self.model_path = self.model_path or resolve_model(self.teacher, self.log)
+        stop_recorded(self.record_path, self.log)
         self.port = self.teacher.vllm.port or free_port(self.teacher.vllm.host)
         cmd = server_command(self.teacher, self.model_path, self.port)
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")}
@@ -98,10 +110,14 @@ class TeacherServer:
         with open(self.log_path, "ab") as logfile:
             logfile.write(f"\n$ {' '.join(cmd)}\n".encode())
             logfile.flush()
-            # own process group, so stop() also ends vLLM's engine workers
+            # from the calling (main) thread: the keeper's parent-death signal fires when this thread ends
             self.process = subprocess.Popen(
-                cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+                [sys.executable, "-m", "dataengine.teacher.keeper", str(os.getpid()), "--", *cmd],
+                stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            )  # fmt: skip
+        self._started = psutil.Process(self.process.pid).create_time()
+        record = {"pid": self.process.pid, "started": self._started, "port": self.port}
+        self.record_path.write_text(json.dumps(record))
         self._wait_ready()
         return self.base_url
 
@@ -110,8 +126,10 @@ class TeacherServer:
         started = time.monotonic()
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
+                code = self.process.returncode
+                self.stop()
                 raise StageError(
-                    f"vLLM server exited with code {self.process.returncode} while starting. "
+                    f"vLLM server exited with code {code} while starting. "
                     f"Last log lines ({self.log_path}):\n{self.log_tail()}"
                 )
             if self.healthy():
@@ -130,6 +148,15 @@ class TeacherServer:
         except httpx.HTTPError:
             return False
 
+    def alive(self) -> bool:
+        """The tree is running and its engine answers (vLLM's /health fails once its EngineCore is dead)."""
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            return httpx.get(f"{self.base_url}/health", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -141,17 +168,16 @@ class TeacherServer:
         return self.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            self.process = None
-            return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
+        """End the whole tree: the keeper stops the server, then kills what is left; SIGKILL if it hangs."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=timeout)
+            _kill_session(self.process.pid, self._started - 0.01)
             self.process.wait()
-        self.process = None
+            self.process = None
+        self.record_path.unlink(missing_ok=True)
 
     def __enter__(self) -> TeacherServer:
         self.start()
@@ -163,23 +189,107 @@ class TeacherServer:
 
 class TeacherEndpoint:
     """Where a run's requests go: the recipe's `teacher.endpoint`, or a server started on first use
-    (so a run whose generation is already done never starts one) and stopped when the run ends."""
+    (so a run whose generation is already done never starts one) and stopped when the run ends.
+
+    A stage whose requests failed calls `recover()`: a dead server of ours is restarted, an endpoint
+    that stopped answering is waited for, each with `teacher.recovery` attempts and backoff."""
 
     def __init__(self, teacher: TeacherConfig, log_path: Path, log: Callable[[str], None] = print) -> None:
         self.teacher = teacher
+        self.log = log
         self.server = None if teacher.endpoint else TeacherServer(teacher, log_path, log)
+        self.restarts = 0  # over the whole run
 
     def url(self) -> str:
-        """The server's base URL; (re)starts our own server if it is not running or has died."""
+        """The server's base URL; starts our own server if it is not running."""
         if self.teacher.endpoint:
             return self.teacher.endpoint
         if self.server.process is None:
             self.server.start()
         elif self.server.process.poll() is not None:
-            self.server.log(f"vLLM server had exited with code {self.server.process.returncode}; restarting it")
-            self.server.restart()
+            self._restart("the server had exited", self.teacher.recovery.max_attempts, self.teacher.recovery.backoff_s)
         return self.server.base_url
+
+    def healthy(self) -> bool:
+        if self.server is not None:
+            return self.server.alive()
+        try:
+            return httpx.get(f"{self.teacher.endpoint}/v1/models", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def recover(self, failure: str) -> bool:
+        """After requests failed with `failure`: False if the teacher is fine (the failure is not its);
+        True once it answers again (restarted or back). Raises StageError when the attempts run out."""
+        if self.healthy():
+            return False
+        policy = self.teacher.recovery
+        if self.server is not None:
+            return self._restart(failure, policy.max_attempts, policy.backoff_s)
+        for attempt in range(1, policy.max_attempts + 1):
+            wait = policy.backoff_s * 2 ** (attempt - 1)
+            self.log(f"teacher endpoint {self.teacher.endpoint} is not answering ({failure}); "
+                     f"retrying in {wait:.0f}s (attempt {attempt} of {policy.max_attempts})")  # fmt: skip
+            time.sleep(wait)
+            if self.healthy():
+                self.log(f"teacher endpoint {self.teacher.endpoint} answers again")
+                return True
+        raise StageError(
+            f"teacher endpoint {self.teacher.endpoint} did not answer after {policy.max_attempts} attempts "
+            f"(teacher.recovery); the last failure: {failure}. Finished requests are kept: run again to resume"
+        )
+
+    def _restart(self, failure: str, attempts: int, backoff_s: float) -> bool:
+        server = self.server
+        code = server.process.poll() if server.process is not None else None
+        while self.restarts < attempts:
+            self.restarts += 1
+            wait = backoff_s * 2 ** (self.restarts - 1)
+            self.log(
+                f"teacher server died (keeper exit code {code}; {failure}); restart {self.restarts} of {attempts} "
+                f"in {wait:.0f}s. Last log lines ({server.log_path}):\n{server.log_tail(10)}"
+            )
+            server.stop()  # reaps whatever is left of the dead tree
+            time.sleep(wait)
+            try:
+                server.start()
+                return True
+            except StageError as exc:
+                failure, code = str(exc).splitlines()[0], None
+        raise StageError(
+            f"the teacher server died and {self.restarts} restart(s) did not bring it back (teacher.recovery."
+            f"max_attempts: {attempts}); the last failure: {failure}. Server log: {server.log_path}. "
+            "Finished requests are kept: run again to resume"
+        )
 
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()
+
+
+def _kill_session(sid: int, not_before: float) -> list[int]:
+    """SIGKILL every process of session `sid` started at or after `not_before` (so a reused pid is
+    never touched); returns their pids."""
+    killed = []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid and proc.info["create_time"] >= not_before:
+                proc.kill()
+                killed.append(proc.pid)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    psutil.wait_procs([psutil.Process(p) for p in killed if psutil.pid_exists(p)], timeout=10)
+    return killed
+
+
+def stop_recorded(record_path: Path, log: Callable[[str], None] = print) -> None:
+    """Stop the server tree an earlier run of this folder recorded and left running (it was killed before
+    it could stop it). Only processes in the recorded keeper's session, started no earlier than it."""
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return
+    killed = _kill_session(record["pid"], record["started"] - 0.01)
+    if killed:
+        log(f"stopped {len(killed)} teacher server process(es) left by an earlier run of this folder: {killed}")
+    record_path.unlink(missing_ok=True)

@@ -65,7 +65,7 @@ def init_student(recipe: Recipe, base_dir: Path, out_dir: Path, log: Callable[[s
         from dataengine.teacher.builtin import BUILTIN_MODELS, fetch_gguf, load_dense
 
         name = recipe.teacher.model[len(BUILTIN_PREFIX) :]
-        model, tokenizer = load_dense(fetch_gguf(BUILTIN_MODELS[name]))
+        model, tokenizer = load_dense(fetch_gguf(BUILTIN_MODELS[name], recipe.teacher.builtin.source))
         keep = kept_layers(student.prune, model.config.num_hidden_layers)
         log(f"student: {name}'s dense parent pruned to layers {keep} of {model.config.num_hidden_layers}")
         model = prune_layers(model, keep)
@@ -98,7 +98,7 @@ def teacher_vocab(recipe: Recipe, base_dir: Path) -> dict[str, int]:
         # the dense parent's tokenizer is the builtin's: no need to build the MoE to read it
         from dataengine.teacher.builtin import BUILTIN_MODELS, fetch_gguf
 
-        gguf = fetch_gguf(BUILTIN_MODELS[teacher.model[len(BUILTIN_PREFIX) :]])
+        gguf = fetch_gguf(BUILTIN_MODELS[teacher.model[len(BUILTIN_PREFIX) :]], teacher.builtin.source)
         return _vocab(str(gguf.parent), gguf_file=gguf.name)
     return _vocab(model_source(teacher.model, base_dir, recipe), teacher.revision)
 
@@ -118,6 +118,8 @@ def vocab_problem(recipe: Recipe, base_dir: Path) -> str | None:
         ours = teacher_vocab(recipe, base_dir)
     except (OSError, ValueError) as exc:
         return f"train.student.model: could not read the tokenizer to compare vocabularies: {exc}"
+    except UserError:
+        return None  # the teacher's weights are not fetched yet: `dataengine teacher build` does that, runs say so
     if theirs == ours:
         return None
     detail = f"{len(theirs)} vs {len(ours)} tokens" if len(theirs) != len(ours) else "same size, different token ids"
