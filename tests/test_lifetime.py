@@ -1,0 +1,144 @@
+"""Whatever a run starts ends with it: the keeper ends a server's whole tree, forks die with their parent.
+
+The "server" here is a stand-in process tree shaped like vLLM's (an API server whose child ignores
+SIGTERM, as EngineCore does); the real vLLM tree is killed end to end in test_e2e_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from dataengine.teacher.server import stop_recorded
+
+MARK = "dataengine-tree-under-test"
+
+# an "API server" that ignores SIGTERM and starts an "EngineCore" that ignores it too
+TREE = [
+    sys.executable, "-c",
+    "import signal, subprocess, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "subprocess.Popen([sys.executable, '-c', 'import signal, time\\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\ntime.sleep(600)', sys.argv[1]])\n"
+    "time.sleep(600)\n",
+    MARK,
+]  # fmt: skip
+
+
+def _marked() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if MARK in (proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def _wait_for(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _keeper(owner: int) -> list[str]:
+    return [sys.executable, "-m", "dataengine.teacher.keeper", str(owner), "--", *TREE]
+
+
+def test_sigkill_of_the_owner_ends_the_whole_tree():
+    """The owner (a run) is killed with SIGKILL: the keeper, the server and the server's child all go."""
+    owner_code = (
+        "import os, subprocess, sys, time\n"
+        f"subprocess.Popen({_keeper(-1)!r}[:3] + [str(os.getpid())] + {_keeper(-1)!r}[4:], start_new_session=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", owner_code])
+    try:
+        # keeper (its command line holds the server's), server, server's child
+        assert _wait_for(lambda: len(_marked()) == 3), "the stand-in server tree did not start"
+        owner.kill()
+        owner.wait()
+        assert _wait_for(lambda: not _marked()), [p.pid for p in _marked()]
+    finally:
+        for proc in _marked():
+            proc.kill()
+
+
+def test_a_killed_server_takes_its_children_and_its_keeper_with_it():
+    """kill -9 of the API server: its SIGTERM-ignoring child does not live on under pid 1."""
+    keeper = subprocess.Popen(_keeper(os.getpid()), start_new_session=True)
+    try:
+        assert _wait_for(lambda: len(_marked()) == 3)
+        server = psutil.Process(keeper.pid).children()[0]
+        server.kill()
+        assert keeper.wait(timeout=20) == 128 + signal.SIGKILL  # the server's fate, as an exit status
+        assert _wait_for(lambda: not _marked())
+    finally:
+        keeper.kill()
+        for proc in _marked():
+            proc.kill()
+
+
+def test_sigterm_to_the_keeper_stops_the_tree_within_its_grace():
+    keeper = subprocess.Popen(_keeper(os.getpid()), start_new_session=True)
+    try:
+        assert _wait_for(lambda: len(_marked()) == 3)
+        started = time.monotonic()
+        keeper.terminate()
+        assert keeper.wait(timeout=20) == 128 + signal.SIGTERM
+        assert not _marked() and time.monotonic() - started < 10
+    finally:
+        keeper.kill()
+
+
+def test_a_rerun_stops_the_tree_its_folder_recorded_and_nothing_else(tmp_path: Path):
+    """A leftover tree (its keeper gone too) is found by its recorded session; an unrelated process
+    with the same command line is not touched."""
+    leftover = subprocess.Popen(TREE, start_new_session=True)
+    stranger = subprocess.Popen(TREE[:2] + ["import time; time.sleep(600)", MARK])
+    try:
+        assert _wait_for(lambda: len(_marked()) == 3)
+        record = tmp_path / "teacher-server.json"
+        record.write_text(json.dumps({"pid": leftover.pid, "started": psutil.Process(leftover.pid).create_time()}))
+        lines: list[str] = []
+        stop_recorded(record, lines.append)
+        assert _wait_for(lambda: [p.pid for p in _marked()] == [stranger.pid])
+        assert not record.exists() and "stopped 2 teacher server process(es)" in lines[0]
+        # a record whose pid now belongs to a younger process (pid reuse) is left alone
+        record.write_text(json.dumps({"pid": stranger.pid, "started": time.time() + 60}))
+        stop_recorded(record, lines.append)
+        assert stranger.poll() is None
+    finally:
+        leftover.kill()
+        stranger.kill()
+        for proc in _marked():
+            proc.kill()
+
+
+def test_forked_children_die_with_their_parent():
+    """What datatrove's multiprocess Manager is: a fork without exec. It must not outlive a killed run."""
+    code = (
+        "import os, sys, time\n"
+        "from dataengine.lifetime import forks_die_with_parent\n"
+        "forks_die_with_parent()\n"
+        "if os.fork() == 0:\n"
+        f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)', {MARK!r}])\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert _wait_for(lambda: len(_marked()) == 1)
+        parent.kill()
+        parent.wait()
+        assert _wait_for(lambda: not _marked(), timeout=5)
+    finally:
+        for proc in _marked():
+            proc.kill()
