@@ -233,10 +233,11 @@ def schedule_next(
     typer.echo(due.strftime("%Y-%m-%dT%H:%M:%S") if local else due.isoformat())
 
 
-class Terminated(BaseException):
+class Terminated(KeyboardInterrupt):
     """SIGTERM (what Slurm and Kubernetes send before SIGKILL), raised in the main thread so that every
-    `finally` runs: the teacher server is stopped and stages stay resumable. Not an Exception, so no
-    stage's error handling mistakes it for a failure of its own."""
+    `finally` runs: the teacher server is stopped and stages stay resumable. A KeyboardInterrupt, because
+    asyncio's event loop (datatrove's inference) re-raises only that and SystemExit out of a callback;
+    any other BaseException would be logged there and swallowed."""
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -254,12 +255,12 @@ def main() -> None:
     except StageError as exc:
         err.print(f"[red]failed:[/red] {exc}", highlight=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted: the teacher server is stopped, finished work is kept; run the same command to resume")
-        sys.exit(130)
     except Terminated:
         err.print("terminated: the teacher server is stopped, finished work is kept; run the same command to resume")
         sys.exit(143)
+    except KeyboardInterrupt:
+        err.print("interrupted: the teacher server is stopped, finished work is kept; run the same command to resume")
+        sys.exit(130)
 
 
 if __name__ == "__main__":
