@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -256,11 +257,19 @@ def main() -> None:
         err.print(f"[red]failed:[/red] {exc}", highlight=False)
         sys.exit(exc.exit_code)
     except Terminated:
-        err.print("terminated: the teacher server is stopped, finished work is kept; run the same command to resume")
-        sys.exit(143)
+        _exit_now(143, "terminated")
     except KeyboardInterrupt:
-        err.print("interrupted: the teacher server is stopped, finished work is kept; run the same command to resume")
-        sys.exit(130)
+        _exit_now(130, "interrupted")
+
+
+def _exit_now(code: int, what: str) -> None:
+    """Every `finally` has run (the server is stopped); exit without waiting for threads that the
+    interrupted libraries leave behind (aiosqlite's request-cache worker is not a daemon thread and
+    would keep the process alive forever)."""
+    err.print(f"{what}: the teacher server is stopped, finished work is kept; run the same command to resume")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from dataengine.teacher.server import stop_recorded
 
@@ -72,31 +73,29 @@ def test_sigkill_of_the_owner_ends_the_whole_tree():
             proc.kill()
 
 
-def test_a_killed_server_takes_its_children_and_its_keeper_with_it():
+@pytest.fixture
+def keeper():
+    """A keeper owned by this test process, running the stand-in tree; killed with what is left at the end."""
+    proc = subprocess.Popen(_keeper(os.getpid()), start_new_session=True)
+    assert _wait_for(lambda: len(_marked()) == 3)  # keeper (its command line holds the server's), server, child
+    yield proc
+    proc.kill()
+    for left in _marked():
+        left.kill()
+
+
+def test_a_killed_server_takes_its_children_and_its_keeper_with_it(keeper):
     """kill -9 of the API server: its SIGTERM-ignoring child does not live on under pid 1."""
-    keeper = subprocess.Popen(_keeper(os.getpid()), start_new_session=True)
-    try:
-        assert _wait_for(lambda: len(_marked()) == 3)
-        server = psutil.Process(keeper.pid).children()[0]
-        server.kill()
-        assert keeper.wait(timeout=20) == 128 + signal.SIGKILL  # the server's fate, as an exit status
-        assert _wait_for(lambda: not _marked())
-    finally:
-        keeper.kill()
-        for proc in _marked():
-            proc.kill()
+    psutil.Process(keeper.pid).children()[0].kill()
+    assert keeper.wait(timeout=20) == 128 + signal.SIGKILL  # the server's fate, as an exit status
+    assert _wait_for(lambda: not _marked())
 
 
-def test_sigterm_to_the_keeper_stops_the_tree_within_its_grace():
-    keeper = subprocess.Popen(_keeper(os.getpid()), start_new_session=True)
-    try:
-        assert _wait_for(lambda: len(_marked()) == 3)
-        started = time.monotonic()
-        keeper.terminate()
-        assert keeper.wait(timeout=20) == 128 + signal.SIGTERM
-        assert not _marked() and time.monotonic() - started < 10
-    finally:
-        keeper.kill()
+def test_sigterm_to_the_keeper_stops_the_tree_within_its_grace(keeper):
+    started = time.monotonic()
+    keeper.terminate()
+    assert keeper.wait(timeout=20) == 128 + signal.SIGTERM
+    assert not _marked() and time.monotonic() - started < 10
 
 
 def test_a_rerun_stops_the_tree_its_folder_recorded_and_nothing_else(tmp_path: Path):
