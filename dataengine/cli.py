@@ -158,8 +158,6 @@ def teacher_serve(recipe: RecipeArg, output: OutputOpt = None) -> None:
         console.print(f"serving [bold]{served_name(r.teacher)}[/bold] at {server.base_url}/v1 — Ctrl-C to stop")
         server.process.wait()
         raise StageError(f"vLLM server exited with code {server.process.returncode}:\n{server.log_tail()}")
-    except KeyboardInterrupt:
-        console.print("stopping")
     finally:
         server.stop()
 
@@ -234,20 +232,21 @@ def schedule_next(
     typer.echo(due.strftime("%Y-%m-%dT%H:%M:%S") if local else due.isoformat())
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what Slurm and Kubernetes send before SIGKILL), raised in the main thread so that every
-    `finally` runs: the teacher server is stopped and stages stay resumable. A KeyboardInterrupt, because
-    asyncio's event loop (datatrove's inference) re-raises only that and SystemExit out of a callback;
-    any other BaseException would be logged there and swallowed."""
+class Stopped(SystemExit):
+    """SIGTERM (what Slurm and Kubernetes send before SIGKILL) or Ctrl-C, raised in the main thread so that
+    every `finally` runs: the teacher server is stopped and stages stay resumable. A SystemExit because
+    both asyncio (datatrove's inference) and click re-raise it: asyncio swallows any other BaseException
+    raised in a callback, and click turns a KeyboardInterrupt into "Aborted!" and exit 1."""
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise Terminated
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(128 + signum)
 
 
 def main() -> None:
     forks_die_with_parent()
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         app()
     except UserError as exc:
@@ -256,20 +255,17 @@ def main() -> None:
     except StageError as exc:
         err.print(f"[red]failed:[/red] {exc}", highlight=False)
         sys.exit(exc.exit_code)
-    except Terminated:
-        _exit_now(143, "terminated")
-    except KeyboardInterrupt:
-        _exit_now(130, "interrupted")
-
-
-def _exit_now(code: int, what: str) -> None:
-    """Every `finally` has run (the server is stopped); exit without waiting for threads that the
-    interrupted libraries leave behind (aiosqlite's request-cache worker is not a daemon thread and
-    would keep the process alive forever)."""
-    err.print(f"{what}: the teacher server is stopped, finished work is kept; run the same command to resume")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    except Stopped as exc:
+        what = "terminated" if exc.code == 128 + signal.SIGTERM else "interrupted"
+        err.print(
+            f"{what}: the teacher server is stopped, finished work is kept; run the same command to resume",
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # every `finally` has run; do not wait for threads the interrupted libraries leave behind (aiosqlite's
+        # request-cache worker is not a daemon thread and would keep the process alive forever)
+        os._exit(exc.code)
 
 
 if __name__ == "__main__":
