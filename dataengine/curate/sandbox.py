@@ -166,7 +166,7 @@ def bwrap_problem() -> str | None:
     if shutil.which("bwrap") is None:
         return "bwrap not found: apt-get install bubblewrap"
     with tempfile.TemporaryDirectory(prefix="dataengine-probe-") as tmp:
-        done = _start(tmp, "pass\n", SandboxLimits(), boundary=True, stdout=subprocess.PIPE)
+        done = _start(tmp, "pass\n", SandboxLimits(), boundary=True)
         err = done.communicate()[0].decode(errors="replace").strip()
     if done.returncode != 0:
         return f"bwrap cannot start a sandbox here: {err[-300:] or f'exit {done.returncode}'}"
@@ -205,7 +205,7 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
     isolation_warning(limits)  # raises when isolation is required but unavailable; the stage shows the warning
     with tempfile.TemporaryDirectory(prefix="dataengine-sandbox-") as tmp:
         started = time.monotonic()
-        proc = _start(tmp, code, limits, boundary=bwrap_problem() is None, stdout=subprocess.PIPE)
+        proc = _start(tmp, code, limits, boundary=bwrap_problem() is None)
         output, reason = _read_capped(proc, limits, started)
         runtime = time.monotonic() - started
         text = output.decode("utf-8", errors="replace")
@@ -214,7 +214,7 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
         return SandboxResult(reason == "passed", proc.returncode, round(runtime, 3), text, reason)
 
 
-def _start(tmp: str, code: str, limits: SandboxLimits, boundary: bool, stdout: int) -> subprocess.Popen:
+def _start(tmp: str, code: str, limits: SandboxLimits, boundary: bool) -> subprocess.Popen:
     """Start `code` as tmp/main.py: inside bwrap (which sees the script only) or, without it, in tmp itself."""
     os.chmod(tmp, 0o777)  # writable by nobody, who runs the code when we are root (the fallback's workdir)
     script = os.path.join(tmp, "main.py")
@@ -227,7 +227,7 @@ def _start(tmp: str, code: str, limits: SandboxLimits, boundary: bool, stdout: i
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
     return subprocess.Popen(
         [*isolate, _interpreter(), "-I", "-S", "-c", _PREAMBLE, f"{workdir}/main.py"],
-        cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+        cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         preexec_fn=_limit(limits),
     )  # fmt: skip
 
