@@ -152,7 +152,8 @@ def teacher_serve(recipe: RecipeArg, output: OutputOpt = None) -> None:
         raise UserError(f"teacher.endpoint is set ({r.teacher.endpoint}): that server is already running elsewhere")
     log_path = (output or default_run_dir(r, base)) / ".work" / "teacher-server.log"
     server = TeacherServer(r.teacher, log_path, log=console.print)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stopping is what serving is for: exit 0 once the server is down
+        signal.signal(sig, _stop_serving)
     try:
         server.start()
         console.print(f"serving [bold]{served_name(r.teacher)}[/bold] at {server.base_url}/v1 — Ctrl-C to stop")
@@ -160,6 +161,11 @@ def teacher_serve(recipe: RecipeArg, output: OutputOpt = None) -> None:
         raise StageError(f"vLLM server exited with code {server.process.returncode}:\n{server.log_tail()}")
     finally:
         server.stop()
+
+
+def _stop_serving(signum: int, _frame: object) -> None:
+    console.print("stopping")
+    sys.exit(0)
 
 
 @schedule_app.command("run")
