@@ -89,8 +89,11 @@ def main() -> None:
             seconds = time.perf_counter() - started
             results[name] = {"seconds": seconds, "docs_per_s": n / seconds, **removal_scores(removed, planted)}
             r = results[name]
-            print(f"{name:>14}: {seconds:7.1f} s  {r['docs_per_s']:8.0f} docs/s  "
-                  f"P {r['precision']:.4f}  R {r['recall']:.4f}  F1 {r['f1']:.4f}", flush=True)  # fmt: skip
+            print(
+                f"{name:>14}: {seconds:7.1f} s  {r['docs_per_s']:8.0f} docs/s  "
+                f"P {r['precision']:.4f}  R {r['recall']:.4f}  F1 {r['f1']:.4f}",
+                flush=True,
+            )
     for name in ("dataengine", "dataengine_w2"):
         ratio = results[name]["docs_per_s"] / results["datasketch"]["docs_per_s"]
         print(f"throughput {name} / datasketch: {ratio:.2f}x")

@@ -18,9 +18,15 @@ import time
 from pathlib import Path
 
 TOPICS = [
-    "photosynthesis", "black holes", "the printing press", "compound interest", "git branches",
-    "the water cycle", "prime numbers", "public-key cryptography",
-]  # fmt: skip
+    "photosynthesis",
+    "black holes",
+    "the printing press",
+    "compound interest",
+    "git branches",
+    "the water cycle",
+    "prime numbers",
+    "public-key cryptography",
+]
 ASKS = ["Explain {} to a beginner.", "Give three facts about {}.", "Why does {} matter?", "Summarise {} briefly."]
 
 
@@ -85,8 +91,10 @@ def run_transformers(args: argparse.Namespace) -> dict:
     folder = teacher_dir()
     tok = AutoTokenizer.from_pretrained(folder, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts(args.prompts)]  # fmt: skip
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts(args.prompts)
+    ]
     batch = tok(texts, return_tensors="pt", padding=True)
     started = time.perf_counter()
     with torch.no_grad():

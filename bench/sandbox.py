@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dataengine.curate import sandbox  # noqa: E402
+from dataengine.checks import sandbox  # noqa: E402
 
 BENIGN = """
 def merge_intervals(intervals):
@@ -67,13 +67,27 @@ def before_boundary() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "main.py"
         script.write_text(BENIGN)
-        cmd = [*sandbox.network_isolation(), *sandbox._drop_privileges(), sys.executable, "-I", "-c",
-               sandbox._PREAMBLE, str(script)]  # fmt: skip
+        cmd = [
+            *sandbox.network_isolation(),
+            *sandbox._drop_privileges(),
+            sys.executable,
+            "-I",
+            "-c",
+            sandbox._PREAMBLE,
+            str(script),
+        ]
         env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         Path(tmp).chmod(0o777)
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, preexec_fn=sandbox._limit(limits))  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=sandbox._limit(limits),
+        )
         output, _ = sandbox._read_capped(proc, limits, time.monotonic())
         seconds = time.perf_counter() - started
     assert proc.returncode == 0 and b"OK" in output, output
@@ -94,8 +108,11 @@ def main() -> None:
     args = parser.parse_args()
     if (problem := sandbox.bwrap_problem()) is not None:
         sys.exit(f"the boundary cannot run here: {problem}")
-    contenders = {"bwrap boundary": boundary, "fallback layers (no bwrap)": fallback,
-                  "before the boundary": before_boundary}  # fmt: skip
+    contenders = {
+        "bwrap boundary": boundary,
+        "fallback layers (no bwrap)": fallback,
+        "before the boundary": before_boundary,
+    }
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for run in contenders.values():
         run()  # warm the page cache

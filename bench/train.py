@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from dataengine.recipe import load_recipe
-    from dataengine.train.data import read_rows, split_rows
+    from dataengine.rows import read_rows, split_rows
     from dataengine.train.student import init_student
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
@@ -121,8 +121,10 @@ def compare_sft(args, start: Path, train_rows: list[dict], recipe, work: Path) -
             timings[name].append(time.perf_counter() - began)
             print(f"{name} run {i}: {timings[name][-1]:.1f} s", flush=True)
     base = statistics.median(timings["TRL SFTTrainer direct"])
-    print(f"\n(a) SFT, {len(train_rows)} rows, {args.steps} steps, batch {sft.per_device_train_batch_size}, "
-          f"median of {args.repeats}")  # fmt: skip
+    print(
+        f"\n(a) SFT, {len(train_rows)} rows, {args.steps} steps, batch {sft.per_device_train_batch_size}, "
+        f"median of {args.repeats}"
+    )
     print("| contender | runs (s) | median (s) | vs TRL direct |\n|---|---|---:|---:|")
     for name, runs in timings.items():
         median = statistics.median(runs)
@@ -141,13 +143,16 @@ def compare_distill(args, start: Path, train_rows: list[dict], held_out: list[di
     for method in ("offline_topk", "gkd"):
         settings = distill.model_copy(update={"method": method})
         began = time.perf_counter()
-        final = run_distill(start, train_rows, settings, work / method, lambda: teacher,
-                            lambda: "", recipe.score.top_k, quiet)  # fmt: skip
+        final = run_distill(
+            start, train_rows, settings, work / method, lambda: teacher, lambda: "", recipe.score.top_k, quiet
+        )
         seconds = time.perf_counter() - began
         results[method] = (seconds, held_out_kl(final, held_out))
         print(f"{method}: {seconds:.1f} s", flush=True)
-    print(f"\n(b) distillation, {args.steps} steps, batch {distill.per_device_train_batch_size}, "
-          f"{len(held_out)} held-out rows; untrained student KL {before:.3f}")  # fmt: skip
+    print(
+        f"\n(b) distillation, {args.steps} steps, batch {distill.per_device_train_batch_size}, "
+        f"{len(held_out)} held-out rows; untrained student KL {before:.3f}"
+    )
     print("| method | seconds | s/step | held-out KL after | KL vs untrained |\n|---|---:|---:|---:|---:|")
     for method, (seconds, kl) in results.items():
         print(f"| {method} | {seconds:.1f} | {seconds / args.steps:.2f} | {kl:.3f} | {kl / before:.3f}x |")

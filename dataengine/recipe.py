@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from dataengine.errors import RecipeError
+from dataengine.errors import RecipeError, UserError
 from dataengine.secrets import remember
 
 BUILTIN_PREFIX = "builtin:"
@@ -119,17 +120,6 @@ class TeacherConfig(StrictModel):
     vllm: VLLMOptions = Field(VLLMOptions(), description="how the engine starts vLLM (unused with `endpoint`)")
     recovery: RecoveryConfig = Field(RecoveryConfig(), description="restart a dead server, wait for a lost endpoint")
 
-    @field_validator("model")
-    @classmethod
-    def _known_builtin(cls, value: str) -> str:
-        from dataengine.teacher.builtin import BUILTIN_MODELS
-
-        if value.startswith(BUILTIN_PREFIX):
-            name = value[len(BUILTIN_PREFIX) :]
-            if name not in BUILTIN_MODELS:
-                raise ValueError(f"unknown builtin teacher {name!r}; available: {', '.join(sorted(BUILTIN_MODELS))}")
-        return value
-
     @field_validator("endpoint")
     @classmethod
     def _http_endpoint(cls, value: str | None) -> str | None:
@@ -176,27 +166,15 @@ class ChatConfig(StrictModel):
     system_prompt: str | None = Field(None, description="system turn of every chat answer")
 
     @model_validator(mode="after")
-    def _languages_are_usable(self) -> ChatConfig:
-        from dataengine.generate.seeds import load_languages, load_topics
-
-        shipped = load_languages()
+    def _languages_once(self) -> ChatConfig:
+        # whether a language has a shipped meta-prompt is the generate stage's check (it ships them)
         seen: set[str] = set()
         for lang in self.languages:
             if lang.code in seen:
                 raise ValueError(f"language {lang.code!r} is listed twice")
             seen.add(lang.code)
-            if lang.instruction is None and lang.code not in shipped:
-                raise ValueError(
-                    f"language {lang.code!r} has no shipped meta-prompt (shipped: {', '.join(sorted(shipped))}); "
-                    "give `instruction:` written in that language, with {topic}"
-                )
             if lang.instruction is not None and "{topic}" not in lang.instruction:
                 raise ValueError(f"languages[{lang.code}].instruction must contain {{topic}}")
-        if self.domains is not None:
-            known = load_topics()
-            unknown = [d for d in self.domains if d not in known]
-            if unknown:
-                raise ValueError(f"unknown topic domain(s) {unknown}; shipped: {', '.join(sorted(known))}")
         return self
 
 
@@ -213,18 +191,6 @@ class CodeConfig(StrictModel):
         description="the teacher's answer starts with this text (vLLM's continue_final_message), which keeps "
         "small teachers in the format; set null for OpenAI-compatible endpoints that are not vLLM",
     )
-
-    @field_validator("archetypes")
-    @classmethod
-    def _known_archetypes(cls, value: list[str] | None) -> list[str] | None:
-        from dataengine.generate.seeds import load_code_archetypes
-
-        if value is not None:
-            known = load_code_archetypes()
-            unknown = [a for a in value if a not in known]
-            if unknown:
-                raise ValueError(f"unknown code archetype(s) {unknown}; shipped: {', '.join(sorted(known))}")
-        return value
 
 
 class PromptSource(StrictModel):
@@ -542,14 +508,57 @@ class PublishConfig(StrictModel):
     @field_validator("to")
     @classmethod
     def _target(cls, value: str) -> str:
-        if value.startswith("hf://") and not re.fullmatch(r"hf://datasets/[\w.-]+/[\w.-]+", value):
-            raise ValueError(f"hf:// targets look like hf://datasets/ORG/NAME, got {value!r}")
-        if "://" in value and not value.startswith(("hf://", "file://")):
-            raise ValueError(f"unknown scheme in {value!r}: use hf://datasets/ORG/NAME, file://PATH or a path")
+        try:
+            parse_target(value, Path.cwd())
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
 
+@dataclass(frozen=True)
+class Target:
+    kind: str  # "hub" or "folder"
+    location: str  # ORG/NAME for the Hub, an absolute folder otherwise
+
+    def __str__(self) -> str:
+        return f"hf://datasets/{self.location}" if self.kind == "hub" else f"file://{self.location}"
+
+
+def parse_target(value: str, base_dir: Path) -> Target:
+    """`publish.to` (or `dataengine publish --to`): hf://datasets/ORG/NAME, file://PATH or a folder, relative
+    to `base_dir`."""
+    if value.startswith("hf://"):
+        repo = value.removeprefix("hf://datasets/") if value.startswith("hf://datasets/") else ""
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+            raise UserError(f"publish target {value!r}: Hub targets look like hf://datasets/ORG/NAME")
+        return Target("hub", repo)
+    if "://" in value and not value.startswith("file://"):
+        raise UserError(
+            f"publish target {value!r}: unknown scheme; use hf://datasets/ORG/NAME, file://PATH or a folder path"
+        )
+    path = Path(value.removeprefix("file://")).expanduser()
+    return Target("folder", str(path if path.is_absolute() else (base_dir / path).resolve()))
+
+
 # --------------------------------------------------------------------------- schedule
+
+# what crontab, systemd and k8s all understand: *, numbers, 3-letter names, ranges, steps, lists (no L, W, #, ?, H)
+_CRON_ATOM = r"(\*|\d+|[A-Za-z]{3})(-(\d+|[A-Za-z]{3}))?(/\d+)?"
+_CRON_FIELD = re.compile(rf"{_CRON_ATOM}(,{_CRON_ATOM})*")
+
+
+def cron_problem(expr: str) -> str | None:
+    """Why `expr` is not a usable cron expression, or None."""
+    from croniter import croniter
+
+    fields = expr.split()
+    if len(fields) not in (5, 6):
+        return f"{expr!r} has {len(fields)} fields; cron needs 5 (minute hour day month weekday) or 6 (seconds first)"
+    if not croniter.is_valid(expr, second_at_beginning=len(fields) == 6):
+        return f"{expr!r} is not a valid cron expression"
+    if not all(_CRON_FIELD.fullmatch(part) for part in fields):
+        return f"{expr!r}: only numbers, names, '*', '/', '-' and ',' are supported (no croniter extensions)"
+    return None
 
 
 class ScheduleConfig(StrictModel):
@@ -568,9 +577,7 @@ class ScheduleConfig(StrictModel):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from dataengine.schedule.cron import check
-
-        if problem := check(value):
+        if problem := cron_problem(value):
             raise ValueError(problem)
         return value
 
@@ -591,7 +598,9 @@ class ScheduleConfig(StrictModel):
 
 class Recipe(StrictModel):
     name: FolderName = Field(description="run name; also the default output folder runs/<name>")
-    pipeline: str = Field("generate", description="a module in pipelines/ that turns the recipe into stages")
+    pipeline: str = Field(
+        "generate", description="a module in dataengine/pipelines/ that wires the stages: generate, curate or distill"
+    )
     description: str | None = Field(None, description="free text, shown in plans and reports")
     output_dir: str | None = Field(None, description="run folder; default runs/<name> in the working directory")
     teacher: TeacherConfig = Field(description="the model that writes the data")
@@ -643,22 +652,12 @@ class Recipe(StrictModel):
         if schedule is None or "incremental" not in schedule.model_fields_set or not schedule.incremental:
             return
         if self.publish is None:
-            raise ValueError("schedule.incremental appends each run to what is published: add a `publish` block "
-                             "or set incremental: false")  # fmt: skip
+            raise ValueError(
+                "schedule.incremental appends each run to what is published: add a `publish` block "
+                "or set incremental: false"
+            )
         if self.publish.append is False:
             raise ValueError("schedule.incremental: true contradicts publish.append: false; drop one of them")
-
-    @field_validator("pipeline")
-    @classmethod
-    def _known_pipeline(cls, value: str) -> str:
-        from pipelines import available_pipelines
-
-        known = available_pipelines()
-        if value not in known:
-            hint = difflib.get_close_matches(value, known, n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ValueError(f"unknown pipeline {value!r}{extra} (available: {', '.join(known)})")
-        return value
 
     def fingerprint(self, *parts: str) -> str:
         """Hash of the named top-level blocks (all when none): what a stage's result depends on."""
@@ -821,11 +820,6 @@ def _check_paths(recipe: Recipe, base_dir: Path) -> list[str]:
     student = recipe.train.student.model if recipe.train else None
     if student and student.startswith(("/", "./", "../", "~")) and not resolve_path(student, base_dir).is_dir():
         problems.append(f"train.student.model: folder not found: {resolve_path(student, base_dir)}")
-    elif not problems:
-        from dataengine.train.student import vocab_problem
-
-        if problem := vocab_problem(recipe, base_dir):
-            problems.append(problem)
     return problems
 
 

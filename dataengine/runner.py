@@ -1,10 +1,8 @@
 """Runs a pipeline's stages in order, skipping finished ones and resuming interrupted ones.
 
-Layout of a run folder:
-    <run>/run.json          run id, recipe hash, when it was created
-    <run>/recipe.json       the validated recipe (what every stage was configured with), secrets removed
-    <run>/<stage output>/   parquet shards + manifest.json, one folder per stage
-    <run>/.work/<stage>/    the stage's resumable state (checkpoints, request cache, logs)
+The runner resolves each stage's declared inputs and outputs to folders of the run (see run_folder.py),
+decides from the manifests what is done, and hands each stage its folders: `run(inputs, outputs, work, ctx)`.
+It knows no stage by name.
 """
 
 from __future__ import annotations
@@ -12,60 +10,22 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from rich.console import Console
 
-from dataengine.errors import UserError
-from dataengine.generate.top_up import add_round
+from dataengine import pipelines
+from dataengine.atomic import write_atomic
+from dataengine.errors import RecipeError, UserError
 from dataengine.manifest import Manifest, tool_versions
+from dataengine.pipelines import Pipeline
 from dataengine.recipe import Recipe, resolve_path
+from dataengine.run_folder import RunFolder
 from dataengine.secrets import scrub_known
+from dataengine.stage import RunContext, Stage, config_hash
 from dataengine.teacher.server import TeacherEndpoint
-
-
-@dataclass
-class StageResult:
-    rows_in: int | None
-    rows_out: int
-    output_fingerprint: str
-    drops: dict[str, int] = field(default_factory=dict)
-    stats: dict = field(default_factory=dict)
-
-
-class Stage(Protocol):
-    name: str
-    output: str  # folder name under the run folder
-    inputs: tuple[str, ...]  # names of the stages whose output it reads
-
-    def config_hash(self) -> str: ...
-
-    def state(self, run_dir: Path) -> str:
-        """What else, outside the recipe, the stage's output depends on (e.g. top-up rounds); "" if nothing."""
-        ...
-
-    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult: ...
-
-    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None: ...
-
-
-@dataclass
-class RunContext:
-    recipe: Recipe
-    base_dir: Path  # folder of the recipe file: relative paths in it start there
-    run_dir: Path
-    console: Console
-    run_id: str
-    teacher: TeacherEndpoint
-
-    def log(self, message: str) -> None:
-        self.console.print(f"[dim]{message}[/dim]")
-
 
 StageStatus = Literal["done", "pending", "stale", "blocked"]
 
@@ -75,51 +35,60 @@ def default_run_dir(recipe: Recipe, base_dir: Path) -> Path:
     return resolve_path(recipe.output_dir, base_dir) if recipe.output_dir else (Path.cwd() / "runs" / recipe.name)
 
 
-def build_stages(recipe: Recipe, base_dir: Path) -> list[Stage]:
-    import importlib
+class _Wiring:
+    """Which stage writes each folder of the run, and the manifests that say what is done."""
 
-    module = importlib.import_module(f"pipelines.{recipe.pipeline}")
-    return module.build(recipe, base_dir)
+    def __init__(self, stages: list[Stage], run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.producer = {folder: stage for stage in stages for folder in stage.outputs.values()}
+        for stage in stages:
+            for role, folder in stage.inputs.items():
+                if folder not in self.producer:
+                    raise ValueError(f"stage {stage.name!r} reads {folder!r} ({role}), which no stage before it writes")
 
+    def folders(self, mapping: dict[str, str]) -> dict[str, Path]:
+        return {role: self.run_dir / folder for role, folder in mapping.items()}
 
-def _input_fingerprint(stage: Stage, run_dir: Path, by_name: dict[str, Stage]) -> str | None:
-    """What the output depends on besides the config: the stage's own state (top-up rounds) and its
-    inputs' outputs; None while an input is not done."""
-    inputs = _inputs(stage, run_dir, by_name)
-    if inputs is None:
-        return None
-    return ",".join(([f"state:{state}"] if (state := stage.state(run_dir)) else []) + ([inputs] if inputs else []))
+    def manifest(self, stage: Stage) -> Manifest | None:
+        return Manifest.read(self.run_dir / next(iter(stage.outputs.values())))
 
+    def inputs_key(self, stage: Stage) -> str | None:
+        """Fingerprints of the stages whose outputs it reads, or None while one of them is not done."""
+        parts = []
+        for producer in dict.fromkeys(self.producer[f] for f in stage.inputs.values()):
+            manifest = self.manifest(producer)
+            if manifest is None:
+                return None
+            parts.append(f"{producer.name}:{manifest.output_fingerprint}")
+        return ",".join(parts)
 
-def _inputs(stage: Stage, run_dir: Path, by_name: dict[str, Stage]) -> str | None:
-    """Fingerprints of the input stages' outputs, or None while an input is not done."""
-    parts = []
-    for name in stage.inputs:
-        manifest = Manifest.read(run_dir / by_name[name].output)
-        if manifest is None:
+    def input_fingerprint(self, stage: Stage) -> str | None:
+        """What the output depends on besides the config: the stage's own state (top-up rounds) and its
+        inputs' outputs; None while an input is not done."""
+        inputs = self.inputs_key(stage)
+        if inputs is None:
             return None
-        parts.append(f"{name}:{manifest.output_fingerprint}")
-    return ",".join(parts)
+        state = stage.state(self.run_dir)
+        return ",".join(([f"state:{state}"] if state else []) + ([inputs] if inputs else []))
 
-
-def stage_status(stage: Stage, run_dir: Path, by_name: dict[str, Stage]) -> StageStatus:
-    inputs = _input_fingerprint(stage, run_dir, by_name)
-    if inputs is None:
-        return "blocked"
-    manifest = Manifest.read(run_dir / stage.output)
-    if manifest is None:
-        return "pending"
-    if manifest.config_hash != stage.config_hash() or manifest.input_fingerprint != inputs:
-        return "stale"
-    return "done"
+    def status(self, stage: Stage, recipe: Recipe) -> StageStatus:
+        inputs = self.input_fingerprint(stage)
+        if inputs is None:
+            return "blocked"
+        manifest = self.manifest(stage)
+        if manifest is None:
+            return "pending"
+        if manifest.config_hash != config_hash(stage, recipe) or manifest.input_fingerprint != inputs:
+            return "stale"
+        return "done"
 
 
 def plan(recipe: Recipe, base_dir: Path, run_dir: Path) -> list[tuple[Stage, StageStatus]]:
-    stages = build_stages(recipe, base_dir)
-    by_name = {s.name: s for s in stages}
-    out = []
+    stages = pipelines.build(recipe, base_dir).stages
+    wiring = _Wiring(stages, run_dir)
+    out: list[tuple[Stage, StageStatus]] = []
     for stage in stages:
-        status = stage_status(stage, run_dir, by_name)
+        status = wiring.status(stage, recipe)
         # a stage after one that will run is pending on it, whatever its manifest says today
         if any(st != "done" for _, st in out) and status == "done":
             status = "stale"
@@ -127,15 +96,10 @@ def plan(recipe: Recipe, base_dir: Path, run_dir: Path) -> list[tuple[Stage, Sta
     return out
 
 
-def _run_info(run_dir: Path, recipe: Recipe) -> str:
-    """The run id is made once, when the run folder is first used, and kept across resumes."""
-    path = run_dir / "run.json"
-    if path.is_file():
-        return json.loads(path.read_text())["run_id"]
-    run_id = f"{recipe.name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    info = {"run_id": run_id, "recipe": recipe.name, "created_at": datetime.now(UTC).isoformat()}
-    path.write_text(json.dumps(info, indent=2))
-    return run_id
+def check(recipe: Recipe, base_dir: Path, source: str) -> None:
+    """Everything `validate` checks beyond the schema; RecipeError listing each problem."""
+    if problems := pipelines.check(recipe, base_dir):
+        raise RecipeError(source, problems)
 
 
 def _prepare_work_dir(work_dir: Path, key: str, fresh: bool) -> None:
@@ -159,30 +123,25 @@ def run_recipe(
     """Run the recipe's pipeline; returns each stage's manifest (run now or found done)."""
     console = console or Console()
     run_dir = run_dir or default_run_dir(recipe, base_dir)
-    stages = build_stages(recipe, base_dir)
-    by_name = {s.name: s for s in stages}
+    # before any stage: an air-gapped node learns of missing weights at once, not after generation was queued
+    check(recipe, base_dir, "recipe")
+    pipeline = pipelines.build(recipe, base_dir)
+    names = [s.name for s in pipeline.stages]
     for name in (only or []) + (force or []):
-        if name not in by_name:
-            raise UserError(f"no stage {name!r} in pipeline {recipe.pipeline!r} (stages: {', '.join(by_name)})")
-    if recipe.teacher.is_builtin:
-        from dataengine.teacher.builtin import weights_problem
-
-        # before any stage: an air-gapped node learns this at once, not after generation was queued
-        if problem := weights_problem(recipe.teacher.model.split(":", 1)[1], recipe.teacher.builtin):
-            raise UserError(problem)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        if name not in names:
+            raise UserError(f"no stage {name!r} in pipeline {recipe.pipeline!r} (stages: {', '.join(names)})")
+    run = RunFolder(run_dir)
+    run_id = run.start(recipe.name, {s.name: dict(s.outputs) for s in pipeline.stages})
     # secrets removed: the run folder is meant to be shared (and is what `dataengine publish` reads)
-    (run_dir / "recipe.json").write_text(json.dumps(scrub_known(recipe.model_dump(mode="json")), indent=2))
-    run_id = _run_info(run_dir, recipe)
-    teacher = TeacherEndpoint(recipe.teacher, run_dir / ".work" / "teacher-server.log", log=console.print)
+    write_atomic(run.recipe, json.dumps(scrub_known(recipe.model_dump(mode="json")), indent=2))
+    teacher = TeacherEndpoint(recipe.teacher, run.teacher_log, log=console.print)
     ctx = RunContext(recipe, base_dir, run_dir, console, run_id, teacher)
     try:
-        manifests = _run_stages(stages, ctx, by_name, only, force)
-        # curation fell short of the recipe's targets: more prompts there, then the stages again
-        while not only and (extra := add_round(recipe, run_dir, manifests)) is not None:
+        manifests = _run_stages(pipeline, ctx, only, force)
+        while not only and pipeline.next_round and (message := pipeline.next_round(run_dir, manifests)):
             console.rule("[bold]top-up")
-            console.print(f"asking for more prompts where curation fell short: {extra}")
-            manifests = _run_stages(stages, ctx, by_name, None, None)
+            console.print(message)
+            manifests = _run_stages(pipeline, ctx, None, None)
     finally:
         teacher.close()
         _write_report(run_dir, console)  # a failed run gets one too: it shows how far things got
@@ -198,42 +157,48 @@ def _write_report(run_dir: Path, console: Console) -> None:
         console.print(f"[yellow]warning:[/yellow] report.html not written: {exc!r}")
 
 
-def _run_stages(stages: list[Stage], ctx: RunContext, by_name: dict[str, Stage], only: list[str] | None,
-                force: list[str] | None) -> dict[str, Manifest]:  # fmt: skip
+def _run_stages(
+    pipeline: Pipeline, ctx: RunContext, only: list[str] | None, force: list[str] | None
+) -> dict[str, Manifest]:
+    wiring = _Wiring(pipeline.stages, ctx.run_dir)
     manifests: dict[str, Manifest] = {}
-    for stage in stages:
+    for stage in pipeline.stages:
         if only and stage.name not in only:
-            if (m := Manifest.read(ctx.run_dir / stage.output)) is not None:
+            if (m := wiring.manifest(stage)) is not None:
                 manifests[stage.name] = m
             continue
-        manifests[stage.name] = _run_stage(stage, ctx, by_name, forced=stage.name in (force or []))
+        manifests[stage.name] = _run_stage(stage, ctx, wiring, forced=stage.name in (force or []))
     return manifests
 
 
-def _run_stage(stage: Stage, ctx: RunContext, by_name: dict[str, Stage], forced: bool) -> Manifest:
-    output_dir = ctx.run_dir / stage.output
-    inputs = _input_fingerprint(stage, ctx.run_dir, by_name)
+def _run_stage(stage: Stage, ctx: RunContext, wiring: _Wiring, forced: bool) -> Manifest:
+    outputs = wiring.folders(dict(stage.outputs))
+    inputs = wiring.input_fingerprint(stage)
     if inputs is None:
-        missing = [n for n in stage.inputs if Manifest.read(ctx.run_dir / by_name[n].output) is None]
+        missing = [
+            wiring.producer[f].name for f in stage.inputs.values() if wiring.manifest(wiring.producer[f]) is None
+        ]
+        missing = list(dict.fromkeys(missing))
         raise UserError(f"stage {stage.name!r} needs {', '.join(missing)} to finish first (run without --stage)")
-    status = stage_status(stage, ctx.run_dir, by_name)
-    if status == "done" and not forced:
-        manifest = Manifest.read(output_dir)
+    if wiring.status(stage, ctx.recipe) == "done" and not forced:
+        manifest = wiring.manifest(stage)
         ctx.console.print(f"[green]✓[/green] {stage.name}: already done ({manifest.rows_out} rows) — skipped")
-        stage.summary(manifest, output_dir, ctx.console)
+        stage.summary(manifest, outputs, ctx.console)
         return manifest
     ctx.console.rule(f"[bold]{stage.name}")
-    work_dir = ctx.run_dir / ".work" / stage.name
-    config_hash = stage.config_hash()
-    _prepare_work_dir(work_dir, f"{config_hash}|{_inputs(stage, ctx.run_dir, by_name)}", fresh=forced)
-    # the old output is removed before the run: a folder without a manifest is never mistaken for done
-    shutil.rmtree(output_dir, ignore_errors=True)
-    output_dir.mkdir(parents=True)
+    work_dir = RunFolder(ctx.run_dir).work(stage.name)
+    key = config_hash(stage, ctx.recipe)
+    _prepare_work_dir(work_dir, f"{key}|{wiring.inputs_key(stage)}", fresh=forced)
+    # every output is emptied before the run: a folder without a manifest is never mistaken for done,
+    # and no file of an earlier run survives in a folder the stage writes
+    for folder in outputs.values():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
     started = time.time()
-    result = stage.run(ctx, output_dir, work_dir)
+    result = stage.run(wiring.folders(dict(stage.inputs)), outputs, work_dir, ctx)
     manifest = Manifest(
         stage=stage.name,
-        config_hash=config_hash,
+        config_hash=key,
         input_fingerprint=inputs,
         output_fingerprint=result.output_fingerprint,
         rows_in=result.rows_in,
@@ -245,13 +210,17 @@ def _run_stage(stage: Stage, ctx: RunContext, by_name: dict[str, Stage], forced:
         recipe_hash=ctx.recipe.fingerprint(),
         versions=tool_versions(),
     )
-    manifest.write(output_dir)
-    stage.summary(manifest, output_dir, ctx.console)
+    manifest.write(next(iter(outputs.values())))
+    stage.summary(manifest, outputs, ctx.console)
     return manifest
 
 
 def describe_plan(rows: list[tuple[Stage, StageStatus]], run_dir: Path, print_fn: Callable[..., None]) -> None:
-    labels = {"done": "done (will be skipped)", "pending": "will run", "stale": "will run (config or input changed)",
-              "blocked": "will run after its inputs"}  # fmt: skip
+    labels = {
+        "done": "done (will be skipped)",
+        "pending": "will run",
+        "stale": "will run (config or input changed)",
+        "blocked": "will run after its inputs",
+    }
     for stage, status in rows:
-        print_fn(f"  {stage.name:<10} -> {run_dir / stage.output}  ({labels[status]})")
+        print_fn(f"  {stage.name:<10} -> {run_dir / next(iter(stage.outputs.values()))}  ({labels[status]})")

@@ -1,4 +1,4 @@
-from dataengine.generate.code_answer import parse_code_answer
+from dataengine.checks.code_answer import parse_code_answer
 
 GOOD = """### Problem
 Write `add(a, b)` that returns the sum of two numbers.

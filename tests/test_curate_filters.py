@@ -8,11 +8,11 @@ import json
 import pytest
 from datatrove.data import Document
 
+from dataengine.checks.sandbox import SandboxLimits
 from dataengine.curate.filters.answer import LengthFilter, RefusalFilter, TruncationFilter
 from dataengine.curate.filters.code import CodeParseFilter, CodeTestsFilter
 from dataengine.curate.filters.decontamination import DecontaminationFilter, builtin_benchmarks, read_texts
 from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualityFilter, RepetitionFilter
-from dataengine.curate.sandbox import SandboxLimits
 
 
 def doc(answer: str, language: str = "en", kind: str = "chat", prompt: str = "question?", **meta) -> Document:

@@ -97,7 +97,15 @@ def test_dedup_against_a_reference_folder(tmp_path):
     new = [(i, "q\n\n" + t) for i, t in fresh] + [exact_copy, near_copy]
     write_docs(tmp_path / "in", new)
     run = pipeline_runner("local", 1, tmp_path / "logs")
-    dedup_language("en", tmp_path / "in", tmp_path / "work", tmp_path / "rejected", tmp_path / "out", DedupConfig(),
-                   run, references=[tmp_path / "published"])  # fmt: skip
+    dedup_language(
+        "en",
+        tmp_path / "in",
+        tmp_path / "work",
+        tmp_path / "rejected",
+        tmp_path / "out",
+        DedupConfig(),
+        run,
+        references=[tmp_path / "published"],
+    )
     kept = {d.id for d in JsonlReader(str(tmp_path / "out")).run()}
     assert kept == {i for i, _ in fresh}

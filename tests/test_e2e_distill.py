@@ -66,8 +66,9 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=3, extra=DISTILL)
     run_dir = tmp_path / "run"
     # first run: killed once SFT has written its first checkpoint
-    proc = subprocess.Popen(_cli(path, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli(path, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     # transformers writes trainer_state.json last: once it parses, checkpoint-3 is complete
     state = run_dir / ".work" / "train" / "sft" / "checkpoint-3" / "trainer_state.json"
     deadline = time.time() + 900
@@ -117,8 +118,10 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     model = AutoModelForCausalLM.from_pretrained(student_dir)
     assert model.config.num_hidden_layers == 10
     # ...that vLLM serves
-    with TeacherServer(TeacherConfig(model=str(student_dir), vllm={"enforce_eager": True, "max_model_len": 512}),
-                       tmp_path / "student-server.log") as server:  # fmt: skip
+    with TeacherServer(
+        TeacherConfig(model=str(student_dir), vllm={"enforce_eager": True, "max_model_len": 512}),
+        tmp_path / "student-server.log",
+    ) as server:
         answer = httpx.post(
             f"{server.base_url}/v1/completions",
             json={"model": str(student_dir), "prompt": "The capital of France is", "max_tokens": 8},
@@ -134,16 +137,32 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
 
 @pytest.mark.parametrize("method", ["gkd", "on_policy", "server"])
 def test_online_methods_train_a_few_steps_with_the_moe_teacher(tmp_path, teacher_server, method):
-    recipe = load_recipe(tiny_recipe(tmp_path, endpoint=teacher_server.base_url,
-                                     extra="train: {student: {prune: {keep_every: 10}}}\n"))  # fmt: skip
+    recipe = load_recipe(
+        tiny_recipe(tmp_path, endpoint=teacher_server.base_url, extra="train: {student: {prune: {keep_every: 10}}}\n")
+    )
     start = init_student(recipe, tmp_path, tmp_path / "init")
-    settings = DistillSettings(method=method, max_steps=2, per_device_train_batch_size=2, max_new_tokens=8,
-                               logging_steps=1, precision="fp32", beta=0.0 if method == "server" else 0.5,
-                               loss_top_k=4 if method == "server" else 1)  # fmt: skip
+    settings = DistillSettings(
+        method=method,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        max_new_tokens=8,
+        logging_steps=1,
+        precision="fp32",
+        beta=0.0 if method == "server" else 0.5,
+        loss_top_k=4 if method == "server" else 1,
+    )
     teacher_path = resolve_model(recipe.teacher)
     assert json.loads((Path(teacher_path) / "config.json").read_text())["architectures"] == ["MixtralForCausalLM"]
-    final = run_distill(start, tiny_rows(4), settings, tmp_path / method, lambda: teacher_path,
-                        lambda: teacher_server.base_url, None, print)  # fmt: skip
+    final = run_distill(
+        start,
+        tiny_rows(4),
+        settings,
+        tmp_path / method,
+        lambda: teacher_path,
+        lambda: teacher_server.base_url,
+        None,
+        print,
+    )
     record = json.loads((final / "phase.json").read_text())
     losses = [e["loss"] for e in record["log_history"] if "loss" in e]
     assert record["steps"] == 2 and len(losses) == 2

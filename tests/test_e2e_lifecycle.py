@@ -98,8 +98,9 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(tmp_
     kw = dict(quota=6, code=2, concurrency=2, chunk=2, temperature=0.0)
     # greedy, so the uninterrupted reference drops the same prompts (a teacher may write an empty question)
     reference = tmp_path / "reference"
-    subprocess.run(_cli(tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **kw), reference), check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        _cli(tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **kw), reference), check=True, capture_output=True
+    )
     expected = sorted(load_dataset(str(reference / "generated"), split="train")["id"])
 
     own = tmp_path / "own"

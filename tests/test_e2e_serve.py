@@ -21,8 +21,10 @@ def test_serve_answers_then_stops_on_ctrl_c(tmp_path):
     recipe.write_text(text)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dataengine.cli", "teacher", "serve", str(recipe), "-o", str(tmp_path / "run")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:

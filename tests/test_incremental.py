@@ -17,11 +17,11 @@ from rich.console import Console
 
 from dataengine.errors import RecipeError, UserError
 from dataengine.manifest import Manifest
-from dataengine.publish import existing
 from dataengine.recipe import load_recipe
+from dataengine.rows import SAMPLE_FEATURES, write_shards
 from dataengine.runner import run_recipe
-from dataengine.sample import SAMPLE_FEATURES, write_shards
 from dataengine.schedule.scheduled_run import scheduled_recipe
+from dataengine.target import existing
 from tests.conftest import FILTERS_OFF
 from tests.planted_corpus import SYLLABLES
 
@@ -51,24 +51,47 @@ def _answers(n: int, seed: int) -> list[str]:
 
 
 def _row(row_id: str, answer: str, seed: int) -> dict:
-    return {"id": row_id, "kind": "chat", "language": "en", "seed": seed, "teacher_model": "builtin:smollm2-moe",
-            "messages": [{"role": "user", "content": "Tell me something."},
-                         {"role": "assistant", "content": answer}]}  # fmt: skip
+    return {
+        "id": row_id,
+        "kind": "chat",
+        "language": "en",
+        "seed": seed,
+        "teacher_model": "builtin:smollm2-moe",
+        "messages": [{"role": "user", "content": "Tell me something."}, {"role": "assistant", "content": answer}],
+    }
 
 
-def _run(recipe_path: Path, run_dir: Path, rows: list[dict] | None, run_id: str, seed: int,
-         force: list[str] | None = None) -> dict[str, Manifest]:  # fmt: skip
+def _run(
+    recipe_path: Path, run_dir: Path, rows: list[dict] | None, run_id: str, seed: int, force: list[str] | None = None
+) -> dict[str, Manifest]:
     """A scheduled run whose teacher wrote `rows` (the generate stage's output; None: keep what it wrote),
     then curate and publish for real, with the recipe as `schedule once` runs it."""
     if rows is not None:
         write_shards(rows, run_dir / "generated", features=SAMPLE_FEATURES)
-        Manifest(stage="generate", config_hash="g", input_fingerprint="", output_fingerprint=run_id, rows_in=None,
-                 rows_out=len(rows), drops={}, stats={}, timings={}, run_id=run_id, recipe_hash="r",
-                 versions={}).write(run_dir / "generated")  # fmt: skip
+        Manifest(
+            stage="generate",
+            config_hash="g",
+            input_fingerprint="",
+            output_fingerprint=run_id,
+            rows_in=None,
+            rows_out=len(rows),
+            drops={},
+            stats={},
+            timings={},
+            run_id=run_id,
+            recipe_hash="r",
+            versions={},
+        ).write(run_dir / "generated")
         (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "created_at": f"2026-11-23T0{run_id[-1]}:00"}))
     recipe = scheduled_recipe(load_recipe(recipe_path), seed)
-    return run_recipe(recipe, recipe_path.parent, run_dir=run_dir, only=["curate", "publish"], force=force,
-                      console=Console(width=200, quiet=True))  # fmt: skip
+    return run_recipe(
+        recipe,
+        recipe_path.parent,
+        run_dir=run_dir,
+        only=["curate", "publish"],
+        force=force,
+        console=Console(width=200, quiet=True),
+    )
 
 
 def _published(folder: Path) -> dict[str, set[str]]:
@@ -151,8 +174,11 @@ def test_a_recipe_with_a_schedule_appends_whoever_starts_the_run(tmp_path):
     assert load_recipe(path).publish.append is False
     path.write_text(RECIPE.replace("schedule:", "# schedule:"))
     assert load_recipe(path).publish.append is False  # without a schedule, a publish replaces
-    path.write_text(RECIPE.replace("test_fraction: 0.3", "test_fraction: 0.3\n  append: false")
-                    .replace('"0 3 * * *"}', '"0 3 * * *", incremental: true}'))  # fmt: skip
+    path.write_text(
+        RECIPE.replace("test_fraction: 0.3", "test_fraction: 0.3\n  append: false").replace(
+            '"0 3 * * *"}', '"0 3 * * *", incremental: true}'
+        )
+    )
     with pytest.raises(RecipeError, match="contradicts publish.append: false"):
         load_recipe(path)
 
@@ -163,7 +189,7 @@ def test_a_hub_target_is_read_through_snapshot_download(tmp_path, monkeypatch):
     import huggingface_hub
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from dataengine.publish.target import parse_target
+    from dataengine.recipe import parse_target
 
     calls = []
 
@@ -179,5 +205,12 @@ def test_a_hub_target_is_read_through_snapshot_download(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     assert existing.fetch(parse_target("hf://datasets/org/new", tmp_path), None, cache) is None
     assert existing.fetch(parse_target("hf://datasets/org/old", tmp_path), "nightly", cache) == cache
-    assert calls[1] == ("org/old", {"repo_type": "dataset", "revision": "nightly", "local_dir": str(cache),
-                                    "allow_patterns": ["README.md", "data/default/*"]})  # fmt: skip
+    assert calls[1] == (
+        "org/old",
+        {
+            "repo_type": "dataset",
+            "revision": "nightly",
+            "local_dir": str(cache),
+            "allow_patterns": ["README.md", "data/default/*"],
+        },
+    )

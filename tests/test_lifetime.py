@@ -23,14 +23,15 @@ MARK = "dataengine-tree-under-test"
 
 # an "API server" that ignores SIGTERM and starts an "EngineCore" that ignores it too
 TREE = [
-    sys.executable, "-c",
+    sys.executable,
+    "-c",
     "import signal, subprocess, sys, time\n"
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
     "subprocess.Popen([sys.executable, '-c', 'import signal, time\\n"
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\ntime.sleep(600)', sys.argv[1]])\n"
     "time.sleep(600)\n",
     MARK,
-]  # fmt: skip
+]
 
 
 def _marked() -> list[psutil.Process]:

@@ -16,11 +16,10 @@ from typer.testing import CliRunner
 from dataengine.cli import app
 from dataengine.errors import StageError, UserError
 from dataengine.manifest import Manifest
-from dataengine.publish import target as target_module
 from dataengine.publish.stage import pick_test_split
-from dataengine.recipe import Recipe, load_recipe
+from dataengine.recipe import Recipe, load_recipe, parse_target
+from dataengine.rows import CURATED_FEATURES, write_shards
 from dataengine.runner import run_recipe
-from dataengine.sample import CURATED_FEATURES, write_shards
 from dataengine.secrets import REMOVED, scrub
 
 TOKEN = "hf_TestTokenThatMustNeverBeWritten0123"
@@ -53,10 +52,21 @@ def _rows() -> list[dict]:
     rows = []
     for i in range(12):
         kind, language = ("code", "en") if i % 3 == 0 else ("chat", "en" if i % 2 else "fr")
-        rows.append({"id": f"row-{i:02d}", "kind": kind, "language": language, "teacher_model": "builtin:smollm2-moe",
-                     "teacher_revision": "build-abc", "run_id": "pub-run", "created_at": "2026-11-23T00:00:00+00:00",
-                     "messages": [{"role": "user", "content": f"question {i}"},
-                                  {"role": "assistant", "content": f"answer {i}"}]})  # fmt: skip
+        rows.append(
+            {
+                "id": f"row-{i:02d}",
+                "kind": kind,
+                "language": language,
+                "teacher_model": "builtin:smollm2-moe",
+                "teacher_revision": "build-abc",
+                "run_id": "pub-run",
+                "created_at": "2026-11-23T00:00:00+00:00",
+                "messages": [
+                    {"role": "user", "content": f"question {i}"},
+                    {"role": "assistant", "content": f"answer {i}"},
+                ],
+            }
+        )
     return rows
 
 
@@ -71,17 +81,34 @@ def _finished_run(tmp_path: Path, to: str, monkeypatch) -> tuple[Path, Path]:
         ("curated", "curate", 14, {"truncated": 2}),
     ):
         write_shards(_rows(), run_dir / folder, features=CURATED_FEATURES)
-        manifest = Manifest(stage=stage, config_hash="c", input_fingerprint="", output_fingerprint=f"{stage}-fp",
-                            rows_in=rows_in, rows_out=12, drops=drops, stats={}, timings={}, run_id="pub-run",
-                            recipe_hash="r", versions={})  # fmt: skip
+        manifest = Manifest(
+            stage=stage,
+            config_hash="c",
+            input_fingerprint="",
+            output_fingerprint=f"{stage}-fp",
+            rows_in=rows_in,
+            rows_out=12,
+            drops=drops,
+            stats={},
+            timings={},
+            run_id="pub-run",
+            recipe_hash="r",
+            versions={},
+        )
         manifest.write(run_dir / folder)
     return recipe_path, run_dir
 
 
 def _publish(recipe_path: Path, run_dir: Path) -> tuple[Manifest, str]:
     console = Console(record=True, width=200)
-    manifests = run_recipe(load_recipe(recipe_path), recipe_path.parent, run_dir=run_dir, only=["publish"],
-                           force=["publish"], console=console)  # fmt: skip
+    manifests = run_recipe(
+        load_recipe(recipe_path),
+        recipe_path.parent,
+        run_dir=run_dir,
+        only=["publish"],
+        force=["publish"],
+        console=console,
+    )
     return manifests["publish"], console.export_text()
 
 
@@ -92,8 +119,11 @@ def test_published_folder_loads_per_config_and_split_and_the_card_carries_proven
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "data"]  # nothing but the Hub layout
     # 12 rows, at most 4 per shard: the default train split has three files named as the Hub expects
     assert sorted(p.name for p in (out / "data" / "default").iterdir()) == [
-        "test-00000-of-00001.parquet", "train-00000-of-00003.parquet", "train-00001-of-00003.parquet",
-        "train-00002-of-00003.parquet"]  # fmt: skip
+        "test-00000-of-00001.parquet",
+        "train-00000-of-00003.parquet",
+        "train-00001-of-00003.parquet",
+        "train-00002-of-00003.parquet",
+    ]
 
     everything = load_dataset(str(out))
     assert everything["train"].num_rows + everything["test"].num_rows == 12 == manifest.rows_out
@@ -149,13 +179,22 @@ def test_the_token_never_reaches_a_file_or_the_output(tmp_path, monkeypatch, cap
 
 
 def test_scrub_removes_secret_keys_flags_url_credentials_and_known_values():
-    value = {"api_key": "k", "max_tokens": 5, "nested": {"HF_TOKEN": "t", "keep": "x"},
-             "args": ["--api-key", "v", "--token=w", "-x"], "url": "https://u:p@host:8000/v1",
-             "note": "has s3cr3t inside"}  # fmt: skip
+    value = {
+        "api_key": "k",
+        "max_tokens": 5,
+        "nested": {"HF_TOKEN": "t", "keep": "x"},
+        "args": ["--api-key", "v", "--token=w", "-x"],
+        "url": "https://u:p@host:8000/v1",
+        "note": "has s3cr3t inside",
+    }
     assert scrub(value, ("s3cr3t",)) == {
-        "api_key": REMOVED, "max_tokens": 5, "nested": {"HF_TOKEN": REMOVED, "keep": "x"},
+        "api_key": REMOVED,
+        "max_tokens": 5,
+        "nested": {"HF_TOKEN": REMOVED, "keep": "x"},
         "args": ["--api-key", REMOVED, f"--token={REMOVED}", "-x"],
-        "url": f"https://{REMOVED}@host:8000/v1", "note": f"has {REMOVED} inside"}  # fmt: skip
+        "url": f"https://{REMOVED}@host:8000/v1",
+        "note": f"has {REMOVED} inside",
+    }
 
 
 class FakeHub:
@@ -243,8 +282,8 @@ def test_bad_targets_are_refused_at_validation(tmp_path, monkeypatch, to, messag
 
 
 def test_parse_target_resolves_folders_against_the_recipe_folder(tmp_path):
-    assert str(target_module.parse_target("file://rel/x", tmp_path)) == f"file://{tmp_path / 'rel' / 'x'}"
-    assert str(target_module.parse_target("hf://datasets/a/b", tmp_path)) == "hf://datasets/a/b"
+    assert str(parse_target("file://rel/x", tmp_path)) == f"file://{tmp_path / 'rel' / 'x'}"
+    assert str(parse_target("hf://datasets/a/b", tmp_path)) == "hf://datasets/a/b"
 
 
 def test_a_run_that_kept_no_rows_is_refused(tmp_path, monkeypatch):
@@ -273,9 +312,10 @@ def test_the_test_split_is_the_students_held_out_rows(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "students" / "s").mkdir(parents=True)
     (run_dir / "students" / "s" / "training.json").write_text(json.dumps({"held_out_ids": ["row-05", "row-07"]}))
-    assert pick_test_split(recipe, recipe.publish, run_dir, _rows()) == ({"row-05", "row-07"}, True)
+    student = run_dir / "students" / "s"  # what the pipeline wires as the publish stage's `student` input
+    assert pick_test_split(recipe, recipe.publish, student, _rows()) == ({"row-05", "row-07"}, True)
     (run_dir / "students" / "s" / "training.json").unlink()  # no student trained: the id hash decides
-    ids, held_out = pick_test_split(recipe, recipe.publish, run_dir, _rows())
+    ids, held_out = pick_test_split(recipe, recipe.publish, student, _rows())
     assert not held_out and len(ids) == 3  # train.evaluate.eval_fraction 0.2 of 12 rows, rounded up
 
 
@@ -301,14 +341,18 @@ def test_a_folder_target_never_replaces_what_it_did_not_write(tmp_path, monkeypa
 
 
 def test_scrub_catches_secret_env_names_query_tokens_and_urls_inside_flags():
-    value = {"env": {"AWS_SECRET_ACCESS_KEY": "a", "PGPASSWORD": "b", "NUM_THREADS": "4"},
-             "endpoint": "http://h/v1?token=abc&x=1", "args": ["--endpoint=https://u:p@h:80/x", "--hf-token", "z"],
-             "note": "see https://u:p@host/v1 now"}  # fmt: skip
+    value = {
+        "env": {"AWS_SECRET_ACCESS_KEY": "a", "PGPASSWORD": "b", "NUM_THREADS": "4"},
+        "endpoint": "http://h/v1?token=abc&x=1",
+        "args": ["--endpoint=https://u:p@h:80/x", "--hf-token", "z"],
+        "note": "see https://u:p@host/v1 now",
+    }
     assert scrub(value) == {
         "env": {"AWS_SECRET_ACCESS_KEY": REMOVED, "PGPASSWORD": REMOVED, "NUM_THREADS": "4"},
         "endpoint": f"http://h/v1?token={REMOVED}&x=1",
         "args": [f"--endpoint=https://{REMOVED}@h:80/x", "--hf-token", REMOVED],
-        "note": f"see https://{REMOVED}@host/v1 now"}  # fmt: skip
+        "note": f"see https://{REMOVED}@host/v1 now",
+    }
 
 
 def test_a_secret_from_a_secret_named_variable_is_removed_from_any_field(tmp_path, monkeypatch):

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from dataengine.errors import RecipeError
 from dataengine.recipe import load_recipe, parse_recipe
+from dataengine.runner import check
 from tests.conftest import MINIMAL
 
 
 def problems(text: str) -> str:
+    """The schema's problems, else those of `dataengine validate`'s checks (shipped data, pipelines)."""
     with pytest.raises(RecipeError) as info:
-        parse_recipe(text, "r.yaml")
+        check(parse_recipe(text, "r.yaml"), Path.cwd(), "r.yaml")
     return "\n".join(info.value.problems)
 
 

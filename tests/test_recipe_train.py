@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from dataengine.errors import RecipeError
 from dataengine.recipe import load_recipe, parse_recipe
+from dataengine.runner import check
 from tests.conftest import MINIMAL
 from tests.tiny_models import WORDS, save, tiny_llama, tiny_tokenizer
 
@@ -21,8 +23,15 @@ train:
 
 def problems(text: str) -> str:
     with pytest.raises(RecipeError) as info:
-        parse_recipe(text, "r.yaml")
+        check(parse_recipe(text, "r.yaml"), Path.cwd(), "r.yaml")
     return "\n".join(info.value.problems)
+
+
+def load_checked(path: Path):
+    """A recipe as `dataengine validate` sees it: the schema, then the stages' checks."""
+    recipe = load_recipe(path)
+    check(recipe, path.parent, str(path))
+    return recipe
 
 
 def test_shipped_quickstart_distills_offline():
@@ -86,15 +95,15 @@ def _recipe(tmp_path, teacher_words, student_words, distill: bool) -> str:
 def test_logit_distillation_needs_the_teachers_vocabulary(tmp_path):
     path = _recipe(tmp_path, WORDS, WORDS[:-5] + ["aaa", "bbb", "ccc", "ddd", "eee"], distill=True)
     with pytest.raises(RecipeError) as info:
-        load_recipe(path)
+        load_checked(path)
     message = "\n".join(info.value.problems)
     assert "different vocabularies" in message and "same size, different token ids" in message
     assert "SFT on the curated text works across vocabularies" in message
 
 
 def test_sft_alone_accepts_another_vocabulary_and_same_vocab_distills(tmp_path):
-    assert load_recipe(_recipe(tmp_path / "a", WORDS, WORDS[:40], distill=False)).train.distill is None
-    assert load_recipe(_recipe(tmp_path / "b", WORDS, WORDS, distill=True)).train.distill.method == "gkd"
+    assert load_checked(_recipe(tmp_path / "a", WORDS, WORDS[:40], distill=False)).train.distill is None
+    assert load_checked(_recipe(tmp_path / "b", WORDS, WORDS, distill=True)).train.distill.method == "gkd"
 
 
 def test_prune_needs_a_builtin_teacher(tmp_path):

@@ -16,7 +16,7 @@ from dataengine.manifest import Manifest
 from dataengine.publish.layout import write_layout
 from dataengine.report.facts import collect
 from dataengine.report.page import SECTIONS, write_report
-from dataengine.sample import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
+from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -25,15 +25,30 @@ GROUPS = [("chat", "en"), ("chat", "fr"), ("code", "en")]
 
 def _row(i: int, kind: str, language: str, **extra) -> dict:
     answer = "word " * (10 + 7 * i)
-    return {"id": f"r{i:02d}", "kind": kind, "language": language,
-            "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": answer}],
-            **extra}  # fmt: skip
+    return {
+        "id": f"r{i:02d}",
+        "kind": kind,
+        "language": language,
+        "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": answer}],
+        **extra,
+    }
 
 
 def _manifest(folder: Path, stage: str, rows_in: int | None, rows_out: int, drops=None, stats=None) -> None:
-    Manifest(stage=stage, config_hash="c", input_fingerprint="", output_fingerprint="o", rows_in=rows_in,
-             rows_out=rows_out, drops=drops or {}, stats=stats or {}, timings={"seconds": 12.5}, run_id="rep-run",
-             recipe_hash="r", versions={}).write(folder)  # fmt: skip
+    Manifest(
+        stage=stage,
+        config_hash="c",
+        input_fingerprint="",
+        output_fingerprint="o",
+        rows_in=rows_in,
+        rows_out=rows_out,
+        drops=drops or {},
+        stats=stats or {},
+        timings={"seconds": 12.5},
+        run_id="rep-run",
+        recipe_hash="r",
+        versions={},
+    ).write(folder)
 
 
 @pytest.fixture
@@ -41,7 +56,15 @@ def run_dir(tmp_path: Path) -> Path:
     """A finished distill run's folder: 12 generated rows, 7 kept, 2 held out, trained, evaluated, published."""
     run = tmp_path / "rep"
     run.mkdir()
-    (run / "run.json").write_text(json.dumps({"run_id": "rep-run", "recipe": "rep"}))
+    # the runner records the pipeline's stages and their folders in run.json
+    stages = {
+        "generate": {"rows": "generated"},
+        "curate": {"kept": "curated", "rejected": "rejected"},
+        "train": {"student": "students/tiny"},
+        "evaluate": {"metrics": "eval"},
+        "publish": {"layout": "published"},
+    }
+    (run / "run.json").write_text(json.dumps({"run_id": "rep-run", "recipe": "rep", "stages": stages}))
     generated = [_row(i, *GROUPS[i % 3]) for i in range(12)]
     write_shards(generated, run / "generated", features=SAMPLE_FEATURES)
     timeline_points = [[30.0, 20.5], [90.0, 25.0], [150.0, 23.0]]
@@ -65,16 +88,33 @@ def run_dir(tmp_path: Path) -> Path:
     _manifest(run / "curated", "curate", 12, len(kept), drops={"truncated": 3, "near_duplicate": 2})
     student = run / "students" / "tiny"
     student.mkdir(parents=True)
-    phases = [{"method": m, "steps": 6, "log_history": [{"loss": 5.0 - s * f, "step": s} for s in range(2, 7, 2)]}
-              for m, f in (("sft", 0.5), ("offline_topk", 0.3))]  # fmt: skip
+    phases = [
+        {"method": m, "steps": 6, "log_history": [{"loss": 5.0 - s * f, "step": s} for s in range(2, 7, 2)]}
+        for m, f in (("sft", 0.5), ("offline_topk", 0.3))
+    ]
     (student / "training.json").write_text(json.dumps({"held_out_ids": ["r00", "r02"], "phases": phases}))
     _manifest(student, "train", 7, 5)
     (run / "eval").mkdir()
-    (run / "eval" / "metrics.json").write_text(json.dumps({
-        "held_out_rows": 2, "held_out_ids": ["r00", "r02"],
-        "before": {"kl_teacher_student": 9.5, "perplexity": 4000.0, "code_pass_rate": 0.0, "language_fidelity": 0.5},
-        "after": {"kl_teacher_student": 4.2, "perplexity": 60.0, "code_pass_rate": None, "language_fidelity": 1.0},
-    }))  # fmt: skip
+    (run / "eval" / "metrics.json").write_text(
+        json.dumps(
+            {
+                "held_out_rows": 2,
+                "held_out_ids": ["r00", "r02"],
+                "before": {
+                    "kl_teacher_student": 9.5,
+                    "perplexity": 4000.0,
+                    "code_pass_rate": 0.0,
+                    "language_fidelity": 0.5,
+                },
+                "after": {
+                    "kl_teacher_student": 4.2,
+                    "perplexity": 60.0,
+                    "code_pass_rate": None,
+                    "language_fidelity": 1.0,
+                },
+            }
+        )
+    )
     _manifest(run / "eval", "evaluate", 2, 2)
     # the publish target also held a row of an earlier run: the funnel counts this run's rows only
     write_layout([*kept[:5], _row(99, "chat", "en")], SAMPLE_FEATURES, run / "published", ["language"], {"r00"}, 4)
@@ -155,12 +195,22 @@ def test_the_report_renders_in_headless_chromium_with_every_figure(run_dir):
     problems: list[str] = []
     with sync_playwright() as pw:
         # no network here: the flags keep Chromium from trying to reach Google's services at start
-        browser = pw.chromium.launch(executable_path=executable, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])  # fmt: skip
+        browser = pw.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning")
-                else None)  # fmt: skip
+        page.on(
+            "console",
+            lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+        )
         page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
         page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
         page.goto(page_file.as_uri())

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dataengine.curate import sandbox
-from dataengine.curate.sandbox import SandboxLimits, network_isolation, run_python
+from dataengine.checks import sandbox
+from dataengine.checks.sandbox import SandboxLimits, network_isolation, run_python
 
 LIMITS = SandboxLimits(timeout_s=5, cpu_s=3, memory_mb=256, max_output_bytes=4096)
 
@@ -106,7 +106,7 @@ def test_network_namespace_alone_blocks_the_host(loopback_server):
 @pytest.mark.skipif(os.geteuid() != 0, reason="the process limit applies through setuid to nobody, as root")
 def test_process_limit_alone_stops_a_fork_bomb():
     """The rlimit layer on its own, without the audit hook: forking stops at max_processes."""
-    from dataengine.curate.sandbox import _drop_privileges, _limit
+    from dataengine.checks.sandbox import _drop_privileges, _limit
 
     code = (
         "import os, time\n"
@@ -123,9 +123,13 @@ def test_process_limit_alone_stops_a_fork_bomb():
     )
     limits = SandboxLimits(max_processes=8)
     done = subprocess.run(
-        [*_drop_privileges(), sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=_limit(limits),
-        cwd="/tmp", timeout=30,
-    )  # fmt: skip
+        [*_drop_privileges(), sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit(limits),
+        cwd="/tmp",
+        timeout=30,
+    )
     assert "limited at" in done.stdout
     assert int(done.stdout.split()[-1]) < 8
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from dataengine.cli import app
 from dataengine.errors import UserError
-from dataengine.recipe import load_recipe
-from dataengine.schedule.cron import check, due_times, next_time, on_calendar
+from dataengine.recipe import cron_problem, load_recipe
+from dataengine.schedule.cron import due_times, next_time, on_calendar
 from dataengine.schedule.export import export, next_due
 from dataengine.schedule.scheduled_run import BUSY, RunLock, history, run_scheduled
 from dataengine.schedule.scheduler import Entry, _launch
@@ -44,26 +44,39 @@ def _recipe(tmp_path: Path, cron: str = "30 3 * * 1-5", tz: str = "Europe/Paris"
     return path
 
 
-@pytest.mark.parametrize("expr", ["30 3 * * 1-5", "*/15 * * * *", "0 0 1 * *", "0 12 * * 0", "5 4 * 1,6 *",
-                                  "0 9-17/2 * * mon-fri", "0 3 * jan-mar *"])  # fmt: skip
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "30 3 * * 1-5",
+        "*/15 * * * *",
+        "0 0 1 * *",
+        "0 12 * * 0",
+        "5 4 * 1,6 *",
+        "0 9-17/2 * * mon-fri",
+        "0 3 * jan-mar *",
+    ],
+)
 def test_systemd_calendar_matches_cron(expr):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     spec = f"{on_calendar(expr)} UTC"
     out = subprocess.run(["systemd-analyze", "calendar", "--iterations=5", spec], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    elapses = [line.split(":", 1)[1].strip() for line in out.stdout.splitlines()
-               if line.strip().startswith(("Next elapse", "Iter."))]  # fmt: skip
+    elapses = [
+        line.split(":", 1)[1].strip()
+        for line in out.stdout.splitlines()
+        if line.strip().startswith(("Next elapse", "Iter."))
+    ]
     systemd = [datetime.strptime(e.split(" ", 1)[1], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC) for e in elapses]
     it = croniter(expr, datetime.now(UTC), ret_type=datetime)
     assert systemd == [it.get_next(datetime) for _ in range(5)]
 
 
 def test_cron_checks():
-    assert check("0 3 * * *") is None and check("*/5 0 3 * * *") is None
-    assert "6 (seconds first)" in check("* * *")
-    assert "not a valid cron" in check("61 * * * *")
-    assert "no croniter extensions" in check("0 0 L * *")
+    assert cron_problem("0 3 * * *") is None and cron_problem("*/5 0 3 * * *") is None
+    assert "6 (seconds first)" in cron_problem("* * *")
+    assert "not a valid cron" in cron_problem("61 * * * *")
+    assert "no croniter extensions" in cron_problem("0 0 L * *")
 
 
 def test_exports_parse_and_all_run_schedule_once(tmp_path):
@@ -98,8 +111,9 @@ def test_exports_parse_and_all_run_schedule_once(tmp_path):
     if shutil.which("systemd-analyze"):
         for name, text in units.items():
             (tmp_path / name).write_text(text)
-        verify = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in units)],
-                                capture_output=True, text=True)  # fmt: skip
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", *(str(tmp_path / n) for n in units)], capture_output=True, text=True
+        )
         assert verify.returncode == 0, verify.stderr
 
 
@@ -167,8 +181,13 @@ def test_due_times_are_read_in_the_recipe_timezone():
 @pytest.mark.slow
 def test_scheduler_runs_each_tick_once_and_goes_on_after_failures(tmp_path):
     path = _recipe(tmp_path, cron="*/10 * * * * *", tz="UTC")
-    proc = subprocess.run([sys.executable, "-m", "dataengine.cli", "schedule", "run", str(path), "--max-runs", "2"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=180)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "dataengine.cli", "schedule", "run", str(path), "--max-runs", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr
     shown = " ".join(proc.stdout.split())  # rich wraps lines at 80 columns without a terminal
     assert shown.count("failed with exit code 2") == 2 and "the scheduler goes on" in shown
@@ -187,8 +206,13 @@ def test_a_second_scheduler_does_not_start_an_overlapping_run(tmp_path):
     path = _recipe(tmp_path, cron="*/2 * * * * *", tz="UTC")
     with RunLock(tmp_path / "runs" / "sched" / ".schedule.lock") as lock:  # the first scheduler's run
         assert lock.held
-        proc = subprocess.run([sys.executable, "-m", "dataengine.cli", "schedule", "run", str(path), "--max-runs", "1"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "dataengine.cli", "schedule", "run", str(path), "--max-runs", "1"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 0, proc.stderr
     assert "another run of this recipe holds its lock" in " ".join(proc.stdout.split())
     assert [r["status"] for r in history(tmp_path / "runs" / "sched")] == ["skipped"]
@@ -198,8 +222,13 @@ def test_a_second_scheduler_does_not_start_an_overlapping_run(tmp_path):
 @pytest.mark.slow
 def test_a_scheduled_run_generates_with_its_own_seed(tmp_path, monkeypatch, teacher_server):
     monkeypatch.chdir(tmp_path)
-    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=1, code=0,
-                       extra="schedule: {cron: '0 3 * * *', timezone: UTC}\n")  # fmt: skip
+    path = tiny_recipe(
+        tmp_path,
+        endpoint=teacher_server.base_url,
+        quota=1,
+        code=0,
+        extra="schedule: {cron: '0 3 * * *', timezone: UTC}\n",
+    )
     recipe = load_recipe(path)
     tick = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
     assert run_scheduled(recipe, tmp_path, tick, Console(quiet=True)) == 0

@@ -30,8 +30,9 @@ generate:
 
 def _validate(recipe: Path, cache: Path) -> subprocess.CompletedProcess:
     env = {"DATAENGINE_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(cache), "COLUMNS": "400"}
-    return subprocess.run([sys.executable, "-m", "dataengine.cli", "validate", str(recipe)], capture_output=True,
-                          text=True, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dataengine.cli", "validate", str(recipe)], capture_output=True, text=True, env=env
+    )
 
 
 def test_missing_weights_fail_validation_and_name_the_command_that_fetches_them(tmp_path):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 from dataengine.generate.seeds import expand_seeds, top_up_seeds
-from dataengine.generate.top_up import TOP_UP_FILE, add_round, load_rounds, plan_round
+from dataengine.generate.top_up import add_round, load_rounds, plan_round
 from dataengine.manifest import Manifest
 from dataengine.recipe import parse_recipe
+from dataengine.run_folder import TOP_UP as TOP_UP_FILE
 
 RECIPE = """
 name: t

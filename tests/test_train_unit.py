@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dataengine.recipe import DistillSettings, PruneConfig, SFTSettings
-from dataengine.train.data import prompt_and_full_ids, split_rows
+from dataengine.rows import prompt_and_full_ids, split_rows
 from dataengine.train.evaluation import answer_fit
 from dataengine.train.offline_topk import OfflineTopKCollator, topk_kl
 from dataengine.train.phases import run_distill, run_sft
@@ -120,8 +120,15 @@ def _scored(rows_, teacher, tokenizer, k=5):
         with torch.no_grad():
             logprobs = torch.log_softmax(teacher(torch.tensor([ids])).logits[0], -1)
         top = torch.topk(logprobs[start - 1 : -1], k)
-        out.append({**row, "token_ids": ids, "completion_start": start, "teacher_topk_ids": top.indices.tolist(),
-                    "teacher_topk_logprobs": top.values.tolist()})  # fmt: skip
+        out.append(
+            {
+                **row,
+                "token_ids": ids,
+                "completion_start": start,
+                "teacher_topk_ids": top.indices.tolist(),
+                "teacher_topk_logprobs": top.values.tolist(),
+            }
+        )
     return out
 
 
@@ -129,10 +136,14 @@ def test_collator_puts_each_teacher_distribution_at_its_token(tmp_path):
     tokenizer = tiny_tokenizer()
     scored = _scored(rows(2), tiny_llama(len(tokenizer), seed=1), tokenizer)
     examples = [
-        {"input_ids": r["token_ids"], "completion_start": r["completion_start"],
-         "teacher_topk_ids": r["teacher_topk_ids"], "teacher_topk_logprobs": r["teacher_topk_logprobs"]}
+        {
+            "input_ids": r["token_ids"],
+            "completion_start": r["completion_start"],
+            "teacher_topk_ids": r["teacher_topk_ids"],
+            "teacher_topk_logprobs": r["teacher_topk_logprobs"],
+        }
         for r in scored
-    ]  # fmt: skip
+    ]
     batch = OfflineTopKCollator(pad_token_id=0, top_k=5).torch_call(examples)
     for b, r in enumerate(scored):
         start, n = r["completion_start"], len(r["teacher_topk_ids"])
@@ -142,8 +153,16 @@ def test_collator_puts_each_teacher_distribution_at_its_token(tmp_path):
 
 
 def _settings(cls, **extra):
-    return cls(max_steps=12, per_device_train_batch_size=4, learning_rate=3e-2, logging_steps=2, save_steps=6,
-               max_length=64, precision="fp32", **extra)  # fmt: skip
+    return cls(
+        max_steps=12,
+        per_device_train_batch_size=4,
+        learning_rate=3e-2,
+        logging_steps=2,
+        save_steps=6,
+        max_length=64,
+        precision="fp32",
+        **extra,
+    )
 
 
 def test_offline_topk_trainer_moves_the_student_towards_the_teacher(tmp_path):
@@ -152,8 +171,16 @@ def test_offline_topk_trainer_moves_the_student_towards_the_teacher(tmp_path):
     start = save(tiny_llama(len(tokenizer), seed=2), tokenizer, tmp_path / "start")
     scored = _scored(rows(), teacher, tokenizer)
     before = answer_fit(AutoModelForCausalLM.from_pretrained(start), tokenizer, scored)
-    final = run_distill(start, scored, _settings(DistillSettings, method="offline_topk"), tmp_path / "distill",
-                        teacher=None, teacher_url=None, top_k=5, log=print)  # fmt: skip
+    final = run_distill(
+        start,
+        scored,
+        _settings(DistillSettings, method="offline_topk"),
+        tmp_path / "distill",
+        teacher=None,
+        teacher_url=None,
+        top_k=5,
+        log=print,
+    )
     after = answer_fit(AutoModelForCausalLM.from_pretrained(final), tokenizer, scored)
     record = json.loads((final / "phase.json").read_text())
     assert record["steps"] == 12 and record["method"] == "offline_topk"

@@ -10,13 +10,84 @@ from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralFo
 
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 WORDS = [
-    "user", "assistant", "system", "what", "is", "the", "a", "an", "of", "to", "in", "and", "or", "how", "why",
-    "when", "where", "which", "who", "count", "sort", "list", "number", "numbers", "word", "words", "text",
-    "file", "line", "lines", "sum", "total", "value", "values", "key", "keys", "first", "last", "small", "big",
-    "python", "function", "return", "def", "print", "if", "else", "for", "while", "true", "false", "none",
-    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "bonjour", "le", "la",
-    "les", "est", "une", "un", "pourquoi", "comment", "hola", "el", "los", "es", "por", "que"
-]  # fmt: skip
+    "user",
+    "assistant",
+    "system",
+    "what",
+    "is",
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "and",
+    "or",
+    "how",
+    "why",
+    "when",
+    "where",
+    "which",
+    "who",
+    "count",
+    "sort",
+    "list",
+    "number",
+    "numbers",
+    "word",
+    "words",
+    "text",
+    "file",
+    "line",
+    "lines",
+    "sum",
+    "total",
+    "value",
+    "values",
+    "key",
+    "keys",
+    "first",
+    "last",
+    "small",
+    "big",
+    "python",
+    "function",
+    "return",
+    "def",
+    "print",
+    "if",
+    "else",
+    "for",
+    "while",
+    "true",
+    "false",
+    "none",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "bonjour",
+    "le",
+    "la",
+    "les",
+    "est",
+    "une",
+    "un",
+    "pourquoi",
+    "comment",
+    "hola",
+    "el",
+    "los",
+    "es",
+    "por",
+    "que",
+]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
@@ -28,27 +99,51 @@ def tiny_tokenizer(words: list[str] = WORDS) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>",
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
         additional_special_tokens=["<|im_start|>"],
-    )  # fmt: skip
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, layers: int = 4) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=3, bos_token_id=2)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=3,
+        bos_token_id=2,
+    )
     return LlamaForCausalLM(config).eval()
 
 
 def tiny_mixtral(vocab_size: int, seed: int = 0) -> MixtralForCausalLM:
     torch.manual_seed(seed)
-    config = MixtralConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                           num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=True,
-                           pad_token_id=0, eos_token_id=3, bos_token_id=2)  # fmt: skip
+    config = MixtralConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=3,
+        bos_token_id=2,
+    )
     return MixtralForCausalLM(config).eval()
 
 

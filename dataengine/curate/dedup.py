@@ -33,6 +33,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
 
 from dataengine.curate.scripts import UNSPACED
 from dataengine.recipe import DedupConfig, MinhashSettings
+from dataengine.rows import last_user_turn, primary_language
 
 _SPACE = re.compile(r"\s+")
 
@@ -67,7 +68,7 @@ class SpacedWordTokenizer(WordTokenizer):
 def word_tokenizer(language: str) -> WordTokenizer:
     """The MinHash word tokenizer for a BCP-47 code: datatrove's segmenter for unspaced scripts,
     a regex for the rest."""
-    primary = language.split("-")[0]
+    primary = primary_language(language)
     if primary in UNSPACED:
         try:
             return load_word_tokenizer(primary)
@@ -104,7 +105,7 @@ class LanguageIs(BaseFilter):
 def reference_document(self, data: dict, path: str, id_in_file: int | str) -> dict:
     """A row of earlier curated or published data, compared on prompt + answer like the new rows."""
     messages = data["messages"]
-    prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    prompt = last_user_turn(messages)
     text = f"{prompt}\n\n{messages[-1]['content']}"
     return {"text": text, "id": data["id"], "metadata": {"language": data["language"]}}
 
@@ -200,14 +201,24 @@ class _LanguageDedup:
         )
         self.step("minhash-cluster", [cluster])
         dedup = MinhashDedupFilter(
-            self.at("mh_remove"), exclusion_writer=self.excluded("near_dedup"), load_cluster_ids=True,
+            self.at("mh_remove"),
+            exclusion_writer=self.excluded("near_dedup"),
+            load_cluster_ids=True,
             load_cluster_sizes=True,
-        )  # fmt: skip
+        )
         self.step("minhash-filter", [JsonlReader(source), dedup, JsonlWriter(str(out), compression=None)], shards)
 
 
-def dedup_language(language: str, data: Path, work: Path, rejected: Path, out: Path, cfg: DedupConfig,
-                   run: RunPipeline, references: list[Path] = ()) -> None:  # fmt: skip
+def dedup_language(
+    language: str,
+    data: Path,
+    work: Path,
+    rejected: Path,
+    out: Path,
+    cfg: DedupConfig,
+    run: RunPipeline,
+    references: list[Path] = (),
+) -> None:
     """data/*.jsonl (one language) -> out/*.jsonl, duplicates to rejected/ with the step in the file name.
     With `references` (parquet folders of earlier data), rows that copy those are removed too: their
     signatures become a datatrove dedup index that the new rows are matched against."""

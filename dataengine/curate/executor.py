@@ -39,10 +39,18 @@ def run_on_slurm(name: str, pipeline: list, tasks: int, workers: int, logging_di
     from datatrove.executor import SlurmPipelineExecutor
 
     executor = SlurmPipelineExecutor(
-        pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir, job_name=f"dataengine-{name}",
-        partition=cfg.partition, time=cfg.time, cpus_per_task=cfg.cpus_per_task, mem_per_cpu_gb=cfg.mem_per_cpu_gb,
-        sbatch_args=cfg.sbatch_args, venv_path=cfg.venv_path or str(Path(sys.prefix) / "bin" / "activate"),
-    )  # fmt: skip
+        pipeline,
+        tasks=tasks,
+        workers=workers,
+        logging_dir=logging_dir,
+        job_name=f"dataengine-{name}",
+        partition=cfg.partition,
+        time=cfg.time,
+        cpus_per_task=cfg.cpus_per_task,
+        mem_per_cpu_gb=cfg.mem_per_cpu_gb,
+        sbatch_args=cfg.sbatch_args,
+        venv_path=cfg.venv_path or str(Path(sys.prefix) / "bin" / "activate"),
+    )
     executor.run()
     while incomplete := executor.get_incomplete_ranks():
         if executor.job_id not in (None, -1) and not _queued(executor.job_id):

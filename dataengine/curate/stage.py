@@ -7,8 +7,6 @@ checked before the manifest is written.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,23 +18,20 @@ from datatrove.pipeline.writers import JsonlWriter
 from rich.console import Console
 from rich.table import Table
 
+from dataengine.checks.sandbox import SandboxLimits, isolation_warning
 from dataengine.curate.dedup import dedup_language
 from dataengine.curate.executor import pipeline_runner
 from dataengine.curate.filters.answer import LengthFilter, RefusalFilter, TruncationFilter
 from dataengine.curate.filters.code import CodeParseFilter, CodeTestsFilter
 from dataengine.curate.filters.decontamination import DecontaminationFilter, builtin_benchmarks, read_texts
 from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualityFilter, RepetitionFilter
-from dataengine.curate.sandbox import SandboxLimits, isolation_warning
 from dataengine.errors import StageError
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
-from dataengine.publish.existing import reference_folder
 from dataengine.recipe import CurateConfig, Recipe, resolve_path
-from dataengine.runner import RunContext, StageResult
-from dataengine.sample import CURATED_FEATURES, write_shards
-from dataengine.train.data import read_rows
-
-REJECTED = "rejected"
+from dataengine.rows import CURATED_FEATURES, group, last_user_turn, read_rows, write_shards
+from dataengine.stage import RunContext, StageResult
+from dataengine.target.existing import reference_folder
 
 
 def row_to_document(self, data: dict, path: str, id_in_file: int | str) -> dict:
@@ -46,32 +41,36 @@ def row_to_document(self, data: dict, path: str, id_in_file: int | str) -> dict:
 
 def prompt_and_answer(self, document: Document) -> dict:
     """What the dedup steps compare: prompt + answer. The row itself travels in the metadata."""
-    prompt = next((m["content"] for m in reversed(document.metadata["messages"]) if m["role"] == "user"), "")
+    prompt = last_user_turn(document.metadata["messages"])
     return {"text": f"{prompt}\n\n{document.text}", "id": document.id, "metadata": document.metadata}
 
 
 class CurateStage:
     name = "curate"
-    output = "curated"
-    inputs = ("generate",)
 
-    def __init__(self, recipe: Recipe, base_dir: Path) -> None:
+    def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:
         if recipe.curate is None:
             raise ValueError("the curate stage needs a `curate:` block")
         self.recipe = recipe
         self.cfg: CurateConfig = recipe.curate
         self.base_dir = base_dir
+        self.inputs = {"rows": rows_from}
+        self.outputs = {"kept": "curated", "rejected": "rejected"}
+        # appending to a publish target dedups against what it holds: where that is belongs to the key
+        appends = recipe.publish is not None and recipe.publish.append
+        self.key_paths = ("curate", "publish.to", "publish.revision") if appends else ("curate",)
 
-    def config_hash(self) -> str:
-        digest = hashlib.sha256(self.recipe.fingerprint("curate").encode())
-        for path in self._benchmark_paths().values():
-            digest.update(fingerprint_files([path]).encode())
-        for folder in self.cfg.dedup.reference:  # new reference data changes what counts as a duplicate
-            digest.update(fingerprint_files(sorted(resolve_path(folder, self.base_dir).rglob("*.parquet"))).encode())
-        return digest.hexdigest()[:16]
+    def key_files(self) -> list[Path]:
+        """The benchmarks, and the reference data: new reference rows change what counts as a duplicate."""
+        references = [resolve_path(folder, self.base_dir) for folder in self.cfg.dedup.reference]
+        return [*self._benchmark_paths().values(), *(p for ref in references for p in sorted(ref.rglob("*.parquet")))]
 
     def state(self, run_dir: Path) -> str:
-        return ""  # everything it depends on is in the recipe and its input
+        return ""  # everything it depends on is in the recipe, its files and its input
+
+    @staticmethod
+    def check(recipe: Recipe, base_dir: Path) -> list[str]:
+        return []  # the schema and its file checks cover the curate block
 
     def _benchmark_paths(self) -> dict[str, Path]:
         dc = self.cfg.decontamination
@@ -85,13 +84,6 @@ class CurateStage:
         return paths
 
     # ------------------------------------------------------------------ pipeline pieces
-
-    def _limits(self) -> SandboxLimits:
-        c = self.cfg.code
-        return SandboxLimits(
-            timeout_s=c.timeout_s, cpu_s=c.cpu_s, memory_mb=c.memory_mb, max_output_bytes=c.max_output_bytes,
-            max_processes=c.max_processes, require_isolation=c.require_isolation,
-        )  # fmt: skip
 
     def _filters(self, rejected: Path) -> list:
         cfg, f = self.cfg, self.cfg.filters
@@ -115,7 +107,9 @@ class CurateStage:
             steps.append(ProseQualityFilter(pq.min_words, pq.max_words, exclusion_writer=out("prose_quality")))
         if cfg.code.enabled:
             steps.append(CodeParseFilter(exclusion_writer=out("code_parse")))
-            steps.append(CodeTestsFilter(self._limits(), cfg.code.parallel, exclusion_writer=out("code_tests")))
+            steps.append(
+                CodeTestsFilter(SandboxLimits.of(cfg.code), cfg.code.parallel, exclusion_writer=out("code_tests"))
+            )
         if cfg.decontamination.enabled:
             fields = {f.name or resolve_path(f.path, self.base_dir).name: f.field for f in cfg.decontamination.files}
             texts = {
@@ -124,18 +118,18 @@ class CurateStage:
             steps.append(DecontaminationFilter(texts, cfg.decontamination.n, exclusion_writer=out("decontamination")))
         return steps
 
-    def _published_reference(self, source: Path, work_dir: Path) -> Path | None:
+    def _published_reference(self, own: set[str], work_dir: Path) -> Path | None:
         """With publish.append: the target's rows, less this run's own (by generated id), as a reference."""
         publish = self.recipe.publish
         if publish is None or not publish.append:
             return None
-        own = {row["id"] for row in read_rows(source.parent, columns=["id"])}
         return reference_folder(publish, self.base_dir, work_dir / "published-before", own)
 
     # ------------------------------------------------------------------ run
 
-    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
-        source = ctx.run_dir / "generated" / "data"
+    def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
+        source = inputs["rows"] / "data"
+        own = {row["id"] for row in read_rows(inputs["rows"], columns=["id"])}
         rejected_raw, filtered = work_dir / "rejected", work_dir / "filtered"
         run_pipeline = pipeline_runner(self.cfg.executor, self.cfg.workers, work_dir / "logs", self.cfg.slurm)
         status = ctx.console.status("curating")
@@ -145,10 +139,10 @@ class CurateStage:
             run_pipeline(name, pipeline, tasks)
 
         references = [resolve_path(r, self.base_dir) for r in self.cfg.dedup.reference]
-        if (published := self._published_reference(source, work_dir)) is not None:
+        if (published := self._published_reference(own, work_dir)) is not None:
             ctx.log(f"dedup also against the rows already published at {self.recipe.publish.to} (publish.append)")
             references.append(published)
-        if self.cfg.code.enabled and (warning := isolation_warning(self._limits())):
+        if self.cfg.code.enabled and (warning := isolation_warning(SandboxLimits.of(self.cfg.code))):
             ctx.console.print(f"[yellow]warning:[/yellow] {warning}")
         with status, datatrove_logs_to(work_dir / "datatrove.log"):
             try:
@@ -159,32 +153,42 @@ class CurateStage:
                     [
                         ParquetReader(str(source), adapter=row_to_document),
                         *steps,
-                        JsonlWriter(str(filtered), output_filename="${language}/${rank}.jsonl", compression=None,
-                                    adapter=prompt_and_answer),
+                        JsonlWriter(
+                            str(filtered),
+                            output_filename="${language}/${rank}.jsonl",
+                            compression=None,
+                            adapter=prompt_and_answer,
+                        ),
                     ],
                     self.cfg.tasks,
-                )  # fmt: skip
+                )
                 for language_dir in sorted(p for p in filtered.iterdir() if p.is_dir()) if filtered.exists() else []:
                     lang = language_dir.name
                     ctx.log(f"dedup {lang}")
-                    dedup_language(lang, language_dir, work_dir / "dedup" / lang, rejected_raw,
-                                   work_dir / "kept" / lang, self.cfg.dedup, run, references)  # fmt: skip
+                    dedup_language(
+                        lang,
+                        language_dir,
+                        work_dir / "dedup" / lang,
+                        rejected_raw,
+                        work_dir / "kept" / lang,
+                        self.cfg.dedup,
+                        run,
+                        references,
+                    )
                 kept = _read_rows(work_dir / "kept")
                 rejected = _read_rejected(rejected_raw)
-                generated = Manifest.read(ctx.run_dir / "generated")
             except StageError:
                 raise
             except Exception as exc:
                 raise StageError(f"curation failed: {exc}\nlogs: {work_dir / 'logs'}; run again to resume") from exc
-        rows_in = generated.rows_out
+        rows_in = len(own)
         if len(kept) + len(rejected) != rows_in:
             raise StageError(
                 f"curation lost rows: {rows_in} in, {len(kept)} kept + {len(rejected)} rejected "
                 f"(logs: {work_dir / 'logs'})"
             )
-        paths = write_shards(kept, output_dir, features=CURATED_FEATURES)
-        rejected_dir = ctx.run_dir / REJECTED
-        shutil.rmtree(rejected_dir, ignore_errors=True)
+        paths = write_shards(kept, outputs["kept"], features=CURATED_FEATURES)
+        rejected_dir = outputs["rejected"]
         write_shards(rejected, rejected_dir, features=CURATED_FEATURES)
         drops = Counter(r["drop_reason"] for r in rejected)
         return StageResult(
@@ -197,10 +201,10 @@ class CurateStage:
 
     def _stats(self, kept: list[dict], rejected: list[dict], rejected_dir: Path) -> dict[str, Any]:
         targets = _targets(self.recipe)
-        kept_by = Counter(f"{r['kind']}/{r['language']}" for r in kept)
+        kept_by = Counter(group(r) for r in kept)
         quota = {
-            group: {"target": target, "kept": kept_by.get(group, 0), "short": max(0, target - kept_by.get(group, 0))}
-            for group, target in targets.items()
+            key: {"target": target, "kept": kept_by.get(key, 0), "short": max(0, target - kept_by.get(key, 0))}
+            for key, target in targets.items()
         }
         return {
             "kept_by_kind_language": dict(sorted(kept_by.items())),
@@ -210,16 +214,16 @@ class CurateStage:
             "rejected_dir": str(rejected_dir),
         }
 
-    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
+    def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         table = Table(title=f"curated: kept {manifest.rows_out} of {manifest.rows_in} rows", title_justify="left")
         for column in ("kind/language", "target", "kept", "short"):
             table.add_column(column, justify="left" if column == "kind/language" else "right")
-        for group, q in manifest.stats["quota"].items():
-            table.add_row(group, str(q["target"]), str(q["kept"]), str(q["short"]) if q["short"] else "")
+        for key, q in manifest.stats["quota"].items():
+            table.add_row(key, str(q["target"]), str(q["kept"]), str(q["short"]) if q["short"] else "")
         console.print(table)
         if manifest.drops:
             console.print("dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest.drops.items()))
-        console.print(f"output: {output_dir} (rejected rows with reasons: {manifest.stats['rejected_dir']})")
+        console.print(f"output: {outputs['kept']} (rejected rows with reasons: {outputs['rejected']})")
 
 
 def _targets(recipe: Recipe) -> dict[str, int]:

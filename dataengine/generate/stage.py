@@ -24,18 +24,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dataengine.checks.code_answer import parse_code_answer
 from dataengine.errors import StageError
-from dataengine.generate.code_answer import parse_code_answer
 from dataengine.generate.rollout import request_seed, rollout
-from dataengine.generate.seeds import PromptSeed, expand_seeds, top_up_seeds
+from dataengine.generate.seeds import (
+    PromptSeed,
+    expand_seeds,
+    load_code_archetypes,
+    load_languages,
+    load_topics,
+    top_up_seeds,
+)
 from dataengine.generate.throughput import FILE as THROUGHPUT
 from dataengine.generate.throughput import recorder, timeline
 from dataengine.generate.top_up import load_rounds
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
-from dataengine.runner import RunContext, StageResult
-from dataengine.sample import write_shards
+from dataengine.rows import group, write_shards
+from dataengine.stage import RunContext, StageResult, config_hash
 from dataengine.teacher.server import served_name
 
 HEALTH_INTERVAL_S = 2.0
@@ -73,27 +80,53 @@ class _Runner(InferenceRunner):
 
 class GenerateStage:
     name = "generate"
-    output = "generated"
-    inputs: tuple[str, ...] = ()
+    inputs: dict[str, str] = {}
+    # What the rows depend on: the teacher's identity and the generate block (plus local prompt files).
+    # Server knobs (port, eager mode) do not change the data, nor where the builtin's weights were read from;
+    # top-up rounds add rows, they do not change the ones made (they are the stage's state).
+    key_paths = (
+        "generate",
+        "-generate.top_up",
+        "teacher.model",
+        "teacher.revision",
+        "teacher.builtin",
+        "-teacher.builtin.source",
+        "teacher.served_model_name",
+    )
 
     def __init__(self, recipe: Recipe, base_dir: Path) -> None:
         self.recipe = recipe
         self.base_dir = base_dir
+        self.outputs = {"rows": "generated"}
 
-    def config_hash(self) -> str:
-        """What the rows depend on: the teacher's identity and the generate block, plus the
-        content of local prompt files. Server knobs (port, eager mode) do not change the data."""
-        t = self.recipe.teacher
-        generate = self.recipe.model_dump(mode="json")["generate"]
-        generate.pop("top_up")  # top-up rounds add to the rows, they do not change the ones made
-        digest = hashlib.sha256(orjson.dumps(generate, option=orjson.OPT_SORT_KEYS))
-        # where the builtin's weights were read from (builtin.source) does not change them
-        builtin = t.builtin.model_dump(exclude={"source"})
-        digest.update(orjson.dumps([t.model, t.revision, builtin, t.served_model_name]))
-        for src in self.recipe.generate.sources:
-            if src.path:
-                digest.update(fingerprint_files([resolve_path(src.path, self.base_dir)]).encode())
-        return digest.hexdigest()[:16]
+    def key_files(self) -> list[Path]:
+        return [resolve_path(src.path, self.base_dir) for src in self.recipe.generate.sources if src.path]
+
+    @staticmethod
+    def check(recipe: Recipe, base_dir: Path) -> list[str]:
+        """Languages, topic domains and code archetypes must be among the shipped ones (or bring their own)."""
+        gen, problems = recipe.generate, []
+        if gen.chat is not None:
+            shipped = load_languages()
+            for i, lang in enumerate(gen.chat.languages):
+                if lang.instruction is None and lang.code not in shipped:
+                    problems.append(
+                        f"generate.chat.languages[{i}]: language {lang.code!r} has no shipped meta-prompt (shipped: "
+                        f"{', '.join(sorted(shipped))}); give `instruction:` written in that language, with {{topic}}"
+                    )
+            known = load_topics()
+            if unknown := [d for d in gen.chat.domains or [] if d not in known]:
+                problems.append(
+                    f"generate.chat.domains: unknown topic domain(s) {unknown}; shipped: {', '.join(sorted(known))}"
+                )
+        if gen.code is not None:
+            known = load_code_archetypes()
+            if unknown := [a for a in gen.code.archetypes or [] if a not in known]:
+                problems.append(
+                    f"generate.code.archetypes: unknown code archetype(s) {unknown}; "
+                    f"shipped: {', '.join(sorted(known))}"
+                )
+        return problems
 
     # ------------------------------------------------------------------ documents
 
@@ -126,7 +159,7 @@ class GenerateStage:
         rounds = load_rounds(run_dir)
         return hashlib.sha256(orjson.dumps(rounds)).hexdigest()[:16] if rounds else ""
 
-    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
+    def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         gen = self.recipe.generate
         # round 0 is the recipe's own prompts; each top-up round has its own datatrove work folder,
         # so finished rounds are skipped by datatrove's completion markers
@@ -150,7 +183,7 @@ class GenerateStage:
                 f"generation lost {missing} of {expected} rollouts (see {work_dir / 'logs'}); "
                 "run again to resume, finished requests are not sent twice"
             )
-        paths = write_shards(rows, output_dir)
+        paths = write_shards(rows, outputs["rows"])
         return StageResult(
             rows_in=expected,
             rows_out=len(rows),
@@ -230,7 +263,7 @@ class GenerateStage:
 
             revision = f"build-{build_key(teacher.model.split(':', 1)[1], teacher.builtin)}"
         created = datetime.now(UTC).isoformat()
-        gen_hash = self.config_hash()
+        gen_hash = config_hash(self, recipe)  # part of every row id: a changed recipe makes new rows
         rows: dict[str, dict[str, Any]] = {}
         drops: Counter = Counter()
         question_tokens = 0
@@ -284,7 +317,7 @@ class GenerateStage:
 
     @staticmethod
     def _stats(rows: list[dict], seconds: float, prompts: int, question_tokens: int, duplicates: int) -> dict[str, Any]:
-        per_group = Counter(f"{r['kind']}/{r['language']}" for r in rows)
+        per_group = Counter(group(r) for r in rows)
         completion = sum(r["completion_tokens"] for r in rows)
         return {
             "prompts": prompts,
@@ -302,13 +335,13 @@ class GenerateStage:
             "replayed_duplicates": duplicates,
         }
 
-    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
+    def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         stats = manifest.stats
         table = Table(title=f"generated: {manifest.rows_out} rows", title_justify="left")
         table.add_column("kind/language")
         table.add_column("rows", justify="right")
-        for group, count in stats["rows_by_kind_language"].items():
-            table.add_row(group, str(count))
+        for key, count in stats["rows_by_kind_language"].items():
+            table.add_row(key, str(count))
         console.print(table)
         console.print(
             f"tokens: {stats['prompt_tokens']} prompt, {stats['completion_tokens']} answer, "
@@ -320,7 +353,7 @@ class GenerateStage:
             console.print(f"dropped: {manifest.drops}")
         if restarts := stats.get("teacher_restarts"):
             console.print(f"[yellow]the teacher was restarted {restarts} time(s) during generation[/yellow]")
-        console.print(f"output: {output_dir}")
+        console.print(f"output: {outputs['rows']}")
 
 
 def _ids_in(folder: Path) -> set[str]:

@@ -2,8 +2,8 @@
 teacher for more prompts there, a bounded number of times.
 
 The rounds are recorded in `<run>/top_up.json`; the generate stage reads them (each round has its own
-datatrove work folder, so the finished rounds are never generated again) and the runner reruns the
-stages after adding one.
+datatrove work folder, so the finished rounds are never generated again), and the pipelines that compose
+generate and curate run the stages again after adding one.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import json
 import math
 from pathlib import Path
 
+from dataengine.atomic import write_atomic
 from dataengine.manifest import Manifest
 from dataengine.recipe import Recipe
-
-TOP_UP_FILE = "top_up.json"
+from dataengine.run_folder import RunFolder
 
 
 def load_rounds(run_dir: Path) -> list[dict[str, int]]:
-    path = run_dir / TOP_UP_FILE
+    path = RunFolder(run_dir).top_up
     return json.loads(path.read_text())["rounds"] if path.is_file() else []
 
 
@@ -55,5 +55,5 @@ def add_round(recipe: Recipe, run_dir: Path, manifests: dict[str, Manifest]) -> 
     if not extra:
         return None
     rounds.append(extra)
-    (run_dir / TOP_UP_FILE).write_text(json.dumps({"rounds": rounds}, indent=2))
+    write_atomic(RunFolder(run_dir).top_up, json.dumps({"rounds": rounds}, indent=2))
     return extra

@@ -14,12 +14,12 @@ import yaml
 from datasets import Features
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from dataengine.manifest import Manifest
-from dataengine.publish.existing import HISTORY_KEY
 from dataengine.publish.layout import add_dataset_infos
-from dataengine.publish.target import MARK
 from dataengine.recipe import Recipe
+from dataengine.run_folder import RunFolder
 from dataengine.secrets import scrub
+from dataengine.target.existing import HISTORY_KEY
+from dataengine.target.send import MARK
 
 
 def size_category(n: int) -> str:
@@ -60,7 +60,7 @@ class TestSplit:
 
 def build_card(
     recipe: Recipe,
-    run_dir: Path,
+    run: RunFolder,
     counts: dict[str, dict[str, int]],
     configs: list[dict],
     rows: list[dict],
@@ -70,6 +70,7 @@ def build_card(
     history: list[dict],
     layout: Path,
     features: Features,
+    metrics: Path | None,
     secrets: tuple[str, ...] = (),
 ) -> DatasetCard:
     publish = recipe.publish
@@ -85,12 +86,22 @@ def build_card(
         **{HISTORY_KEY: history},  # read back by the next appending publish
     )
     add_dataset_infos(data, layout, counts, features)
-    body = _body(recipe, run_dir, counts, rows, load_from, secrets, test_ids, split, history)
+    body = _body(recipe, run, counts, rows, load_from, secrets, test_ids, split, history, metrics)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def _body(recipe: Recipe, run_dir: Path, counts: dict, rows: list[dict], load_from: str, secrets,
-          test_ids: set[str], split: TestSplit, history: list[dict]) -> str:  # fmt: skip
+def _body(
+    recipe: Recipe,
+    run: RunFolder,
+    counts: dict,
+    rows: list[dict],
+    load_from: str,
+    secrets,
+    test_ids: set[str],
+    split: TestSplit,
+    history: list[dict],
+    metrics: Path | None,
+) -> str:
     sampling = recipe.generate.sampling.model_dump(mode="json")
     revisions = sorted({row["teacher_revision"] for row in rows if row.get("teacher_revision")})
     lines = [
@@ -124,35 +135,45 @@ def _body(recipe: Recipe, run_dir: Path, counts: dict, rows: list[dict], load_fr
         *(
             f"| {h['run_id']} | {h.get('started') or '—'} | {h.get('seed')} | {h['rows_added']} | {h['rows_total']} |"
             for h in history
-        ),  # fmt: skip
+        ),
         "",
         "## Counts per stage (latest run)",
         "",
         "| stage | rows in | rows out |",
         "|---|---:|---:|",
     ]
-    manifests = [m for folder in ("generated", "curated", "scored") if (m := Manifest.read(run_dir / folder))]
+    # the stages that pass rows on (training and evaluation report in their own section)
+    manifests = [m for stage in ("generate", "curate", "score") if (m := run.manifest(stage))]
     lines += [f"| {m.stage} | {m.rows_in if m.rows_in is not None else '—'} | {m.rows_out} |" for m in manifests]
-    curate = Manifest.read(run_dir / "curated")
+    curate = run.manifest("curate")
     if curate and curate.drops:
         lines += ["", "## Drop reasons", "", "| reason | rows |", "|---|---:|"]
         lines += [f"| {reason} | {n} |" for reason, n in sorted(curate.drops.items(), key=lambda kv: -kv[1])]
     if recipe.curate is not None:
-        settings = {"dedup": recipe.curate.dedup.model_dump(mode="json"),
-                    "decontamination": recipe.curate.decontamination.model_dump(mode="json")}  # fmt: skip
+        settings = {
+            "dedup": recipe.curate.dedup.model_dump(mode="json"),
+            "decontamination": recipe.curate.decontamination.model_dump(mode="json"),
+        }
         lines += ["", "## Dedup and decontamination", "", "```yaml", _yaml(scrub(settings, secrets)), "```"]
-    lines += _evaluation(run_dir, test_ids)
+    lines += _evaluation(metrics, test_ids)
     recipe_json = scrub(recipe.model_dump(mode="json", exclude_none=True), secrets)
     lines += ["", "## Recipe (secrets removed)", "", "```yaml", _yaml(recipe_json), "```"]
-    lines += ["", "## Load it", "", "```python", "from datasets import load_dataset", "",
-              f'ds = load_dataset("{load_from}")  # every row; or a config: load_dataset(..., "{_example(counts)}")',
-              "```", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'ds = load_dataset("{load_from}")  # every row; or a config: load_dataset(..., "{_example(counts)}")',
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def _evaluation(run_dir: Path, test_ids: set[str]) -> list[str]:
-    metrics_file = run_dir / "eval" / "metrics.json"
-    if not metrics_file.is_file():
+def _evaluation(metrics_file: Path | None, test_ids: set[str]) -> list[str]:
+    if metrics_file is None or not metrics_file.is_file():
         return []
     metrics = json.loads(metrics_file.read_text())
     held_out = set(metrics["held_out_ids"])
@@ -160,8 +181,15 @@ def _evaluation(run_dir: Path, test_ids: set[str]) -> list[str]:
         which = "the test split"
     else:
         which = "this run's rows of the test split" if held_out <= test_ids else "not the same rows as the test split"
-    lines = ["", "## Student evaluation", "", f"On {metrics['held_out_rows']} held-out rows ({which}):", "",
-             "| metric | before training | after training |", "|---|---:|---:|"]  # fmt: skip
+    lines = [
+        "",
+        "## Student evaluation",
+        "",
+        f"On {metrics['held_out_rows']} held-out rows ({which}):",
+        "",
+        "| metric | before training | after training |",
+        "|---|---:|---:|",
+    ]
     for key in ("kl_teacher_student", "perplexity", "code_pass_rate", "language_fidelity"):
         before, after = metrics["before"].get(key), metrics["after"].get(key)
         lines.append(f"| {key} | {_num(before)} | {_num(after)} |")

@@ -15,8 +15,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from dataengine.errors import UserError
-
-DEFAULT = "default"
+from dataengine.target.send import DEFAULT
 
 
 def config_rows(rows: list[dict], configs: list[str]) -> dict[str, list[dict]]:
@@ -42,8 +41,10 @@ def write_layout(
     counts: dict[str, dict[str, int]] = {}
     for name, subset in config_rows(rows, configs).items():
         counts[name] = {}
-        for split, part in (("train", [r for r in subset if r["id"] not in test_ids]),
-                            ("test", [r for r in subset if r["id"] in test_ids])):  # fmt: skip
+        for split, part in (
+            ("train", [r for r in subset if r["id"] not in test_ids]),
+            ("test", [r for r in subset if r["id"] in test_ids]),
+        ):
             if part:
                 _write_split(part, features, folder / "data" / name, split, shard_rows)
                 counts[name][split] = len(part)
@@ -72,8 +73,9 @@ def card_configs(counts: dict[str, dict[str, int]]) -> list[dict]:
     ]
 
 
-def add_dataset_infos(card_data: DatasetCardData, folder: Path, counts: dict[str, dict[str, int]],
-                      features: Features) -> None:  # fmt: skip
+def add_dataset_infos(
+    card_data: DatasetCardData, folder: Path, counts: dict[str, dict[str, int]], features: Features
+) -> None:
     """The `dataset_info` front matter `push_to_hub` writes: features, rows and bytes per split (uncompressed
     parquet bytes, close to what `push_to_hub` counts in Arrow). Besides
     informing the Hub viewer, it is part of the key `datasets` caches a local folder under (file mtimes are
@@ -87,6 +89,10 @@ def add_dataset_infos(card_data: DatasetCardData, folder: Path, counts: dict[str
             metadata = [pq.read_metadata(path) for path in files]
             in_memory = sum(m.row_group(i).total_byte_size for m in metadata for i in range(m.num_row_groups))
             split_dict.add(SplitInfo(name=split, num_examples=rows, num_bytes=in_memory))
-        infos[name] = DatasetInfo(features=features, splits=split_dict, download_size=download,
-                                  dataset_size=sum(s.num_bytes for s in split_dict.values()))  # fmt: skip
+        infos[name] = DatasetInfo(
+            features=features,
+            splits=split_dict,
+            download_size=download,
+            dataset_size=sum(s.num_bytes for s in split_dict.values()),
+        )
     infos.to_dataset_card_data(card_data)

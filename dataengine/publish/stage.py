@@ -16,21 +16,16 @@ from rich.table import Table
 
 from dataengine.errors import StageError, UserError
 from dataengine.manifest import Manifest, fingerprint_files
-from dataengine.publish import existing
 from dataengine.publish.card import TestSplit, build_card
-from dataengine.publish.existing import Published
 from dataengine.publish.layout import card_configs, write_layout
-from dataengine.publish.target import Outcome, Target, parse_target, published_files, to_folder, to_hub
-from dataengine.recipe import PublishConfig, Recipe
-from dataengine.runner import RunContext, StageResult
-from dataengine.sample import CURATED_FEATURES
+from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
+from dataengine.rows import KEPT_FEATURES, read_rows, split_rows
+from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
 from dataengine.secrets import known_secrets
-from dataengine.train.data import read_rows, split_rows
-
-# Kept rows have no drop reason: those columns only mean something in rejected/
-FEATURES = CURATED_FEATURES.copy()
-for _column in ("drop_reason", "drop_step"):
-    del FEATURES[_column]
+from dataengine.stage import RunContext, StageResult
+from dataengine.target import existing
+from dataengine.target.existing import Published
+from dataengine.target.send import Outcome, published_files, to_folder, to_hub
 
 
 def _test_share(recipe: Recipe, publish: PublishConfig) -> float:
@@ -39,11 +34,13 @@ def _test_share(recipe: Recipe, publish: PublishConfig) -> float:
     return recipe.train.evaluate.eval_fraction if recipe.train is not None else 0.1
 
 
-def pick_test_split(recipe: Recipe, publish: PublishConfig, run_dir: Path, rows: list[dict]) -> tuple[set[str], bool]:
+def pick_test_split(
+    recipe: Recipe, publish: PublishConfig, student: Path | None, rows: list[dict]
+) -> tuple[set[str], bool]:
     """(test row ids, whether they are the student's held-out rows). When the run trained a student and the
     recipe sets no test_fraction, the test split is exactly what the student held out (its training.json)."""
-    if publish.test_fraction is None and recipe.train is not None:
-        training = run_dir / "students" / recipe.train.student.name / "training.json"
+    if publish.test_fraction is None and recipe.train is not None and student is not None:
+        training = student / TRAINING_FILE
         if training.is_file():
             return set(json.loads(training.read_text())["held_out_ids"]), True
     return {r["id"] for r in split_rows(rows, _test_share(recipe, publish))[1]}, False
@@ -67,45 +64,76 @@ class Built:
         return {"counts": self.counts, "rows_added": self.rows_added, "rows_total": self.rows_total}
 
 
-def build_layout(recipe: Recipe, publish: PublishConfig, run_dir: Path, layout: Path, target: Target,
-                 cache: Path) -> Built:  # fmt: skip
+@dataclass(frozen=True)
+class Sources:
+    """What a publish reads from its run: the kept rows, and the student's folder and evaluation when the run
+    trained one (the test split is what the student held out; the card shows its evaluation)."""
+
+    run: RunFolder
+    rows: Path
+    student: Path | None = None
+    evaluation: Path | None = None
+
+
+def build_layout(
+    recipe: Recipe, publish: PublishConfig, sources: Sources, layout: Path, target: Target, cache: Path
+) -> Built:
     """Write data/<config>/<split>-*.parquet and README.md into `layout`. With `publish.append`, the target's
     rows (fetched into `cache` from the Hub) stay, in the split they were published in, and only rows with
     new ids are added."""
     before = existing.read(existing.fetch(target, publish.revision, cache)) if publish.append else Published()
     known = {row["id"] for row in before.rows}
-    mine = read_rows(run_dir / "curated")
+    mine = read_rows(sources.rows)
     added = [row for row in mine if row["id"] not in known]
     rows = before.rows + added
     if not rows:
-        raise StageError(f"nothing to publish: curation kept 0 rows (see {run_dir / 'rejected'} for why)")
-    new_test_ids, held_out = pick_test_split(recipe, publish, run_dir, added)
+        why = sources.run.folder("curate", "rejected") or sources.run.path
+        raise StageError(f"nothing to publish: curation kept 0 rows (see {why} for why)")
+    new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added)
     test_ids = before.test_ids | (new_test_ids & {row["id"] for row in added})  # earlier rows keep their split
-    counts = write_layout(rows, FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
-    history, seen = run_history(before.history, run_dir, recipe, len(added), len(rows))
+    counts = write_layout(rows, KEPT_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
+    history, seen = run_history(before.history, sources.run, recipe, len(added), len(rows))
     mine_ids = {row["id"] for row in mine}
     split = TestSplit(held_out, earlier=any(row["id"] not in mine_ids for row in before.rows))
-    card = build_card(recipe, run_dir, counts, card_configs(counts), rows, _load_from(target), test_ids, split,
-                      history, layout, FEATURES, secrets=known_secrets())  # fmt: skip
+    metrics = sources.evaluation / METRICS_FILE if sources.evaluation is not None else None
+    card = build_card(
+        recipe,
+        sources.run,
+        counts,
+        card_configs(counts),
+        rows,
+        _load_from(target),
+        test_ids,
+        split,
+        history,
+        layout,
+        KEPT_FEATURES,
+        metrics,
+        secrets=known_secrets(),
+    )
     card.save(str(layout / "README.md"))
     return Built(counts, len(added), len(rows), unchanged=seen and not added)
 
 
-def run_history(earlier: list[dict], run_dir: Path, recipe: Recipe, added: int, total: int) -> tuple[list[dict], bool]:
+def run_history(earlier: list[dict], run: RunFolder, recipe: Recipe, added: int, total: int) -> tuple[list[dict], bool]:
     """(the card's history with this run, whether it had this run already). A run that publishes again after
     adding rows (a top-up round) updates its own entry rather than adding one."""
-    info_file = run_dir / "run.json"
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    run_id = info.get("run_id", run_dir.name)
+    info, run_id = run.info, run.run_id
     if not any(entry.get("run_id") == run_id for entry in earlier):
-        entry = {"run_id": run_id, "started": info.get("created_at"), "seed": recipe.generate.seed,
-                 "rows_added": added, "rows_total": total}  # fmt: skip
+        entry = {
+            "run_id": run_id,
+            "started": info.get("created_at"),
+            "seed": recipe.generate.seed,
+            "rows_added": added,
+            "rows_total": total,
+        }
         return [*earlier, entry], False
     if not added:
         return earlier, True
     grown = {"rows_total": total}
-    return [{**e, **grown, "rows_added": e["rows_added"] + added} if e.get("run_id") == run_id else e
-            for e in earlier], True  # fmt: skip
+    return [
+        {**e, **grown, "rows_added": e["rows_added"] + added} if e.get("run_id") == run_id else e for e in earlier
+    ], True
 
 
 def publish_layout(layout: Path, publish: PublishConfig, target: Target, built: Built, message: str) -> Outcome:
@@ -124,24 +152,39 @@ def send(layout: Path, publish: PublishConfig, target: Target, message: str) -> 
 
 class PublishStage:
     name = "publish"
-    output = "published"
+    key_paths = ("publish", "teacher", "generate", "curate")
 
-    def __init__(self, recipe: Recipe, base_dir: Path) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        base_dir: Path,
+        rows_from: str,
+        student_from: str | None = None,
+        evaluation_from: str | None = None,
+    ) -> None:
         self.recipe = recipe
         self.cfg: PublishConfig = recipe.publish
         self.base_dir = base_dir
-        # the card reports the student's evaluation when the pipeline trains one
-        self.inputs = ("curate", "evaluate") if recipe.train is not None else ("curate",)
+        # the test split is the student's held-out rows, and the card reports its evaluation, when there is one
+        wired = {"rows": rows_from, "student": student_from, "evaluation": evaluation_from}
+        self.inputs = {role: folder for role, folder in wired.items() if folder is not None}
+        self.outputs = {"layout": "published"}
 
-    def config_hash(self) -> str:
-        return self.recipe.fingerprint("publish", "teacher", "generate", "curate")
+    def key_files(self) -> list[Path]:
+        return []
 
     def state(self, run_dir: Path) -> str:
         return ""
 
-    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
+    @staticmethod
+    def check(recipe: Recipe, base_dir: Path) -> list[str]:
+        return []  # the schema parses the target
+
+    def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         target = parse_target(self.cfg.to, self.base_dir)
-        built = build_layout(self.recipe, self.cfg, ctx.run_dir, output_dir, target, work_dir / "published-before")
+        sources = Sources(RunFolder(ctx.run_dir), inputs["rows"], inputs.get("student"), inputs.get("evaluation"))
+        output_dir = outputs["layout"]
+        built = build_layout(self.recipe, self.cfg, sources, output_dir, target, work_dir / "published-before")
         rows = built.rows_total
         ctx.log(f"publishing {rows} rows ({built.rows_added} new) in {len(built.counts)} config(s) to {target}")
         message = commit_message(self.recipe.name, ctx.run_id, built)
@@ -156,10 +199,10 @@ class PublishStage:
                 "changed": outcome.changed,
                 "files": outcome.files,
                 "commit": outcome.commit,
-            },  # fmt: skip
+            },
         )
 
-    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
+    def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         stats = manifest.stats
         console.print(published_table(stats["counts"]))
         if self.cfg.append:
@@ -192,15 +235,16 @@ def published_table(counts: dict[str, dict[str, int]]) -> Table:
 def publish_run(run_dir: Path, to: str, append: bool, dry_run: bool, console: Console) -> Outcome | None:
     """`dataengine publish`: the same layout and card from a finished run's recipe, sent to `to`, replacing
     what it holds or (`append`) adding to it. A dry run leaves the layout in <run>/.work/publish-dry-run/."""
-    recipe_file = run_dir / "recipe.json"
-    if not recipe_file.is_file() or Manifest.read(run_dir / "curated") is None:
-        raise UserError(f"{run_dir} is not a finished curate run (needs recipe.json and curated/manifest.json)")
-    recipe = Recipe.model_validate_json(recipe_file.read_text())
+    run = RunFolder(run_dir)
+    if not run.recipe.is_file() or run.manifest("curate") is None:
+        raise UserError(f"{run_dir} is not a finished curate run (needs {run.recipe.name} and a finished curate stage)")
+    recipe = Recipe.model_validate_json(run.recipe.read_text())
     publish = (recipe.publish or PublishConfig(to=to)).model_copy(update={"to": to, "append": append})
     target = parse_target(to, Path.cwd())
-    work = run_dir / ".work" / ("publish-dry-run" if dry_run else "publish-command")
+    work = run.work("publish-dry-run" if dry_run else "publish-command")
     shutil.rmtree(work, ignore_errors=True)
-    built = build_layout(recipe, publish, run_dir, work / "layout", target, work / "target")
+    sources = Sources(run, run.folder("curate"), run.folder("train"), run.folder("evaluate"))
+    built = build_layout(recipe, publish, sources, work / "layout", target, work / "target")
     console.print(published_table(built.counts))
     if append:
         console.print(appended_line(built.rows_added, built.rows_total))
@@ -208,10 +252,10 @@ def publish_run(run_dir: Path, to: str, append: bool, dry_run: bool, console: Co
         files = published_files(work / "layout")
         console.print(f"dry run: would send {len(files)} files to {target}; the exact layout is in {work / 'layout'}")
         return None
-    run_info = run_dir / "run.json"
-    run_id = json.loads(run_info.read_text()).get("run_id") if run_info.is_file() else run_dir.name
     try:
-        outcome = publish_layout(work / "layout", publish, target, built, commit_message(recipe.name, run_id, built))
+        outcome = publish_layout(
+            work / "layout", publish, target, built, commit_message(recipe.name, run.run_id, built)
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     console.print(outcome_line(outcome.target, outcome.changed, outcome.commit))

@@ -1,26 +1,19 @@
 """What a run folder says about the run, gathered once for the HTML report and `dataengine status`.
 
-Everything comes from files the stages already write: manifests, the parquet rows (generated, curated,
-rejected, published), `students/<name>/training.json` and `eval/metrics.json`. A stage that has not run
-(or a pipeline without it) simply leaves its part empty.
+Everything comes from files the stages already write, found through the run folder (run_folder.py): the
+manifests, the rows of generate, curate (kept and rejected) and publish, the train stage's training.json and
+the evaluate stage's metrics.json. A stage that has not run (or a pipeline without it) leaves its part empty.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from dataengine.curate.filters.language import primary
-from dataengine.manifest import Manifest
-from dataengine.publish.layout import DEFAULT
-
-# where each stage writes its manifest, in pipeline order (students/<name>/ for train)
-STAGE_FOLDERS = (("generate", "generated"), ("curate", "curated"), ("score", "scored"), ("train", "students/*"),
-                 ("evaluate", "eval"), ("publish", "published"))  # fmt: skip
+from dataengine.rows import answer, group, primary_language, read_parquet, read_rows
+from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
+from dataengine.target.send import DEFAULT
 
 
 @dataclass
@@ -54,75 +47,58 @@ class RunFacts:
         return list(dict.fromkeys(step for counts in self.funnel.values() for step in counts))
 
 
-def _columns(data: Path, columns: list[str]) -> list[dict]:
-    """Rows of every parquet shard under `data` (only `columns`, those a shard has: runs made by an older
-    version may lack one)."""
-    rows: list[dict] = []
-    for path in sorted(data.rglob("*.parquet")) if data.is_dir() else []:
-        have = [c for c in columns if c in pq.read_schema(path).names]
-        rows += pq.read_table(path, columns=have).to_pylist()
-    return rows
-
-
-def _group(row: dict) -> str:
-    return f"{row['kind']}/{row['language']}"
-
-
-def _answer(row: dict) -> str:
-    messages = row.get("messages") or []
-    return messages[-1]["content"] if messages else ""
+def _rows(run: RunFolder, stage: str, columns: list[str], role: str | None = None) -> list[dict] | None:
+    """The rows a stage wrote (only `columns`), or None when the run has no such output."""
+    folder = run.folder(stage, role)
+    return read_rows(folder, columns) if folder is not None and (folder / "data").is_dir() else None
 
 
 def collect(run_dir: Path) -> RunFacts:
-    info_file = run_dir / "run.json"
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    facts = RunFacts(run_dir, info.get("recipe", run_dir.name), info.get("run_id", run_dir.name))
-    manifests = {
-        stage: m for stage, pattern in STAGE_FOLDERS for folder in sorted(run_dir.glob(pattern))
-        if (m := Manifest.read(folder))
-    }  # fmt: skip
+    run = RunFolder(run_dir)
+    facts = RunFacts(run_dir, run.info.get("recipe", run_dir.name), run.run_id)
+    manifests = run.manifests()
     facts.stages = [
         StageLine(stage, m.rows_in, m.rows_out, (m.timings or {}).get("seconds")) for stage, m in manifests.items()
     ]
-    training_file = next(iter(sorted((run_dir / "students").glob("*/training.json"))), None)
-    training = json.loads(training_file.read_text()) if training_file is not None else None
-    if training_file is not None:
-        facts.student = training_file.parent.name
-    _rows_and_funnel(facts, run_dir, training)
+    training = run.file("train", TRAINING_FILE)
+    if training is not None:
+        facts.student = run.folder("train").name
+    _rows_and_funnel(facts, run, training)
     if "curate" in manifests:
         facts.drops = dict(sorted(manifests["curate"].drops.items(), key=lambda kv: (-kv[1], kv[0])))
     if "generate" in manifests:
         stats = manifests["generate"].stats
         facts.throughput = stats.get("teacher_tokens_per_second_timeline") or []
         facts.tokens_per_second = stats.get("teacher_tokens_per_second")
-    _training(facts, run_dir, training)
+    _training(facts, run, training)
     return facts
 
 
-def _rows_and_funnel(facts: RunFacts, run_dir: Path, training: dict | None) -> None:
-    kept = _columns(run_dir / "curated" / "data", ["id", "kind", "language", "messages", "dedup_cluster_size",
-                                          "tests_passed", "language_detected"])  # fmt: skip
-    rejected = _columns(
-        run_dir / "rejected" / "data", ["kind", "language", "messages", "tests_passed", "language_detected"]
-    )
+def _rows_and_funnel(facts: RunFacts, run: RunFolder, training: dict | None) -> None:
+    quality = ["kind", "language", "messages", "tests_passed", "language_detected"]
+    kept = _rows(run, "curate", ["id", "dedup_cluster_size", *quality])
+    rejected = _rows(run, "curate", quality, role="rejected") or []
+    generated = _rows(run, "generate", ["kind", "language"])
     steps: list[tuple[str, list[dict]]] = []
-    if (run_dir / "generated" / "data").is_dir():
-        steps.append(("generated", _columns(run_dir / "generated" / "data", ["kind", "language"])))
-    if (run_dir / "curated" / "data").is_dir():
+    if generated is not None:
+        steps.append(("generated", generated))
+    if kept is not None:
         steps.append(("kept", kept))
+    kept = kept or []
     if training is not None:
         held_out = set(training["held_out_ids"])
         steps.append(("trained on", [row for row in kept if row["id"] not in held_out]))
-    if (run_dir / "published" / "data").is_dir():
+    layout = run.folder("publish")
+    if layout is not None and (layout / "data").is_dir():
         # an appending publish also holds earlier runs' rows: count this run's
-        published = {row["id"] for row in _columns(run_dir / "published" / "data" / DEFAULT, ["id"])}
+        published = {row["id"] for row in read_parquet(sorted((layout / "data" / DEFAULT).glob("*.parquet")), ["id"])}
         steps.append(("published", [row for row in kept if row["id"] in published]))
-    groups = sorted({_group(row) for _, rows in steps for row in rows})
+    groups = sorted({group(row) for _, rows in steps for row in rows})
     for name, rows in steps:
-        counts = Counter(_group(row) for row in rows)
-        for group in groups:
-            facts.funnel.setdefault(group, {})[name] = counts.get(group, 0)
-    facts.answer_chars = {"kept": [len(_answer(r)) for r in kept], "rejected": [len(_answer(r)) for r in rejected]}
+        counts = Counter(group(row) for row in rows)
+        for key in groups:
+            facts.funnel.setdefault(key, {})[name] = counts.get(key, 0)
+    facts.answer_chars = {"kept": [len(answer(r)) for r in kept], "rejected": [len(answer(r)) for r in rejected]}
     facts.cluster_sizes = dict(sorted(Counter(r.get("dedup_cluster_size") or 1 for r in kept).items()))
     facts.teacher_quality = _teacher_quality(kept + rejected)
 
@@ -132,17 +108,15 @@ def _teacher_quality(rows: list[dict]) -> dict[str, float | None]:
     own tests passed, chat answers detected in the language asked (over rows that reached each check)."""
     tested = [r["tests_passed"] for r in rows if r["kind"] == "code" and r.get("tests_passed") is not None]
     detected = [r for r in rows if r["kind"] == "chat" and r.get("language_detected")]
-    in_language = sum(r["language_detected"] == primary(r["language"]) for r in detected)
+    in_language = sum(r["language_detected"] == primary_language(r["language"]) for r in detected)
     return {
         "code_pass_rate": sum(tested) / len(tested) if tested else None,
         "language_fidelity": in_language / len(detected) if detected else None,
     }
 
 
-def _training(facts: RunFacts, run_dir: Path, training: dict | None) -> None:
+def _training(facts: RunFacts, run: RunFolder, training: dict | None) -> None:
     for phase in training["phases"] if training is not None else []:
         points = [(e["step"], e["loss"]) for e in phase["log_history"] if "loss" in e and "step" in e]
         facts.losses[phase["method"]] = points
-    metrics = run_dir / "eval" / "metrics.json"
-    if metrics.is_file():
-        facts.evaluation = json.loads(metrics.read_text())
+    facts.evaluation = run.file("evaluate", METRICS_FILE)

@@ -7,10 +7,10 @@ import html
 from collections.abc import Callable
 from pathlib import Path
 
+from dataengine.atomic import write_atomic
 from dataengine.report import figures
 from dataengine.report.facts import RunFacts, collect
-
-REPORT = "report.html"
+from dataengine.run_folder import RunFolder
 
 # (figure id, title, draw, what the page says when the run has nothing to draw there)
 SECTIONS: tuple[tuple[str, str, Callable[[RunFacts], str | None], str], ...] = (
@@ -18,12 +18,20 @@ SECTIONS: tuple[tuple[str, str, Callable[[RunFacts], str | None], str], ...] = (
     ("drops", "Why curation dropped rows", figures.drops, "curation has not run, or dropped nothing"),
     ("lengths", "Answer lengths, kept and rejected", figures.answer_lengths, "curation has not run"),
     ("clusters", "Near-duplicate cluster sizes of kept rows", figures.cluster_sizes, "curation has not run"),
-    ("throughput", "Teacher tokens/s over the generation", figures.throughput,
-     "generation has not run, or ran before throughput was recorded"),
+    (
+        "throughput",
+        "Teacher tokens/s over the generation",
+        figures.throughput,
+        "generation has not run, or ran before throughput was recorded",
+    ),
     ("loss", "Training loss", figures.losses, "no student was trained in this run"),
-    ("evaluation", "Student before and after training, and the teacher", figures.evaluation,
-     "no student evaluation in this run"),
-)  # fmt: skip
+    (
+        "evaluation",
+        "Student before and after training, and the teacher",
+        figures.evaluation,
+        "no student evaluation in this run",
+    ),
+)
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; padding: 0 1rem; }
@@ -63,8 +71,10 @@ def _eval_table(facts: RunFacts) -> str:
         for key, title, _ in figures.EVAL_METRICS
     )
     head = "<thead><tr><th>metric</th><th>before</th><th>after</th><th>teacher</th></tr></thead>"
-    note = (f"<p>On {facts.evaluation['held_out_rows']} held-out rows. The teacher's figures are curation's "
-            "checks on all its answers that reached them.</p>")  # fmt: skip
+    note = (
+        f"<p>On {facts.evaluation['held_out_rows']} held-out rows. The teacher's figures are curation's "
+        "checks on all its answers that reached them.</p>"
+    )
     return f'<table id="evaluation-table">{head}<tbody>{rows}</tbody></table>{note}'
 
 
@@ -79,8 +89,9 @@ def render(facts: RunFacts) -> str:
         svg = draw(facts)
         body = svg if svg is not None else f'<p class="empty">Nothing to show: {_e(missing)}.</p>'
         extra = _eval_table(facts) if key == "evaluation" else ""
-        parts.append(f'<figure id="{key}" data-drawn="{str(svg is not None).lower()}">'
-                     f"<h2>{_e(title)}</h2>{body}{extra}</figure>")  # fmt: skip
+        parts.append(
+            f'<figure id="{key}" data-drawn="{str(svg is not None).lower()}"><h2>{_e(title)}</h2>{body}{extra}</figure>'
+        )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(facts.name)}: dataengine run report</title><style>{STYLE}</style></head>"
@@ -89,8 +100,6 @@ def render(facts: RunFacts) -> str:
 
 
 def write_report(run_dir: Path) -> Path:
-    path = run_dir / REPORT
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(render(collect(run_dir)))
-    tmp.replace(path)  # a reader never sees half a page
+    path = RunFolder(run_dir).report
+    write_atomic(path, render(collect(run_dir)))  # a reader never sees half a page
     return path

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from dataengine.report import figures
 from dataengine.report.facts import RunFacts
-from dataengine.report.page import REPORT
+from dataengine.run_folder import RunFolder
 
 TICKS = "▁▂▃▄▅▆▇█"
 
@@ -41,7 +41,7 @@ def show(facts: RunFacts, console: Console) -> None:
     console.print(f"[bold]{facts.name}[/bold]  run {facts.run_id}  ({facts.run_dir})")
     for section in (_stages, _funnel, _drops, _lengths_and_clusters, _throughput, _losses, _evaluation):
         section(facts, console)
-    report = facts.run_dir / REPORT
+    report = RunFolder(facts.run_dir).report
     console.print(f"report: {report}" if report.is_file() else "no report.html yet (written when a run ends)")
 
 
@@ -73,8 +73,10 @@ def _drops(facts: RunFacts, console: Console) -> None:
 def _throughput(facts: RunFacts, console: Console) -> None:
     if facts.throughput:
         rates = [rate for _, rate in facts.throughput]
-        console.print(f"teacher tokens/s over the generation: {sparkline(rates)}  "
-                      f"min {min(rates):.1f}, max {max(rates):.1f}, run {_num(facts.tokens_per_second)}")  # fmt: skip
+        console.print(
+            f"teacher tokens/s over the generation: {sparkline(rates)}  "
+            f"min {min(rates):.1f}, max {max(rates):.1f}, run {_num(facts.tokens_per_second)}"
+        )
 
 
 def _losses(facts: RunFacts, console: Console) -> None:
@@ -83,19 +85,26 @@ def _losses(facts: RunFacts, console: Console) -> None:
         for phase, points in facts.losses.items():
             values = [v for _, v in points]
             last_step = str(points[-1][0]) if points else "0"
-            loss.add_row(phase, last_step, _num(values[0] if values else None), _num(values[-1] if values else None),
-                         sparkline(values))  # fmt: skip
+            loss.add_row(
+                phase,
+                last_step,
+                _num(values[0] if values else None),
+                _num(values[-1] if values else None),
+                sparkline(values),
+            )
         console.print(loss)
 
 
 def _evaluation(facts: RunFacts, console: Console) -> None:
     if facts.evaluation is not None:
-        ev = _table(f"evaluation on {facts.evaluation['held_out_rows']} held-out rows", "metric", "before", "after",
-                    "teacher")  # fmt: skip
+        ev = _table(
+            f"evaluation on {facts.evaluation['held_out_rows']} held-out rows", "metric", "before", "after", "teacher"
+        )
         for key, title, _ in figures.EVAL_METRICS:
             teacher = _num(facts.teacher_quality.get(key)) if key in facts.teacher_quality else "—"
-            ev.add_row(title, _num(facts.evaluation["before"].get(key)), _num(facts.evaluation["after"].get(key)),
-                       teacher)  # fmt: skip
+            ev.add_row(
+                title, _num(facts.evaluation["before"].get(key)), _num(facts.evaluation["after"].get(key)), teacher
+            )
         console.print(ev)
 
 
@@ -106,8 +115,9 @@ def _lengths_and_clusters(facts: RunFacts, console: Console) -> None:
         for name, values in series.items():
             ordered = sorted(values)
             p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-            lengths.add_row(name, str(len(values)), str(ordered[0]), f"{statistics.median(ordered):.0f}", str(p90),
-                            str(ordered[-1]))  # fmt: skip
+            lengths.add_row(
+                name, str(len(values)), str(ordered[0]), f"{statistics.median(ordered):.0f}", str(p90), str(ordered[-1])
+            )
         console.print(lengths)
     if facts.cluster_sizes:
         clusters = _table("near-duplicate cluster sizes of kept rows", "size", "rows")

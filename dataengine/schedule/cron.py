@@ -1,4 +1,4 @@
-"""Cron expressions: validation, next due times (croniter) and systemd's calendar syntax.
+"""Cron expressions: next due times (croniter) and systemd's calendar syntax (the recipe checks their syntax).
 
 Five fields are standard cron (minute hour day-of-month month day-of-week). A sixth field in front gives
 seconds, which only the foreground scheduler, systemd and Slurm can honour.
@@ -14,23 +14,8 @@ from croniter import croniter
 
 from dataengine.errors import UserError
 
-# what crontab, systemd and k8s all understand: *, numbers, 3-letter names, ranges, steps, lists (no L, W, #, ?, H)
-_ATOM = r"(\*|\d+|[A-Za-z]{3})(-(\d+|[A-Za-z]{3}))?(/\d+)?"
-PLAIN = re.compile(rf"{_ATOM}(,{_ATOM})*")
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-
-
-def check(expr: str) -> str | None:
-    """Why `expr` is not a usable cron expression, or None."""
-    fields = expr.split()
-    if len(fields) not in (5, 6):
-        return f"{expr!r} has {len(fields)} fields; cron needs 5 (minute hour day month weekday) or 6 (seconds first)"
-    if not croniter.is_valid(expr, second_at_beginning=len(fields) == 6):
-        return f"{expr!r} is not a valid cron expression"
-    if not all(PLAIN.fullmatch(part) for part in fields):
-        return f"{expr!r}: only numbers, names, '*', '/', '-' and ',' are supported (no croniter extensions)"
-    return None
 
 
 def has_seconds(expr: str) -> bool:
@@ -39,8 +24,9 @@ def has_seconds(expr: str) -> bool:
 
 def due_times(expr: str, timezone: str, after: datetime) -> croniter:
     """An iterator of due times (aware datetimes in `timezone`) strictly after `after`."""
-    return croniter(expr, after.astimezone(ZoneInfo(timezone)), ret_type=datetime,
-                    second_at_beginning=has_seconds(expr))  # fmt: skip
+    return croniter(
+        expr, after.astimezone(ZoneInfo(timezone)), ret_type=datetime, second_at_beginning=has_seconds(expr)
+    )
 
 
 def next_time(expr: str, timezone: str, after: datetime, previous: datetime | None = None) -> datetime:
@@ -64,8 +50,10 @@ def on_calendar(expr: str) -> str:
     second, (minute, hour, day, month, weekday) = (fields[0], fields[1:]) if len(fields) == 6 else ("0", fields)
     if day != "*" and weekday != "*":
         # cron runs when either matches; systemd only when both do
-        raise UserError(f"{expr!r} restricts both day of month and weekday, which systemd reads differently: "
-                        "use one of them, or export to crontab/k8s")  # fmt: skip
+        raise UserError(
+            f"{expr!r} restricts both day of month and weekday, which systemd reads differently: "
+            "use one of them, or export to crontab/k8s"
+        )
     date = f"*-{_systemd(_month_numbers(month))}-{_systemd(day)}"
     time = f"{_systemd(hour)}:{_systemd(minute)}:{_systemd(second)}"
     return f"{_weekdays(weekday)} {date} {time}" if weekday != "*" else f"{date} {time}"

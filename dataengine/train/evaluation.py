@@ -9,10 +9,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from dataengine.curate.filters.language import detect_language, primary
-from dataengine.curate.sandbox import SandboxLimits, run_python
-from dataengine.generate.code_answer import parse_code_answer
-from dataengine.train.data import prompt_and_full_ids
+from dataengine.checks.code_answer import parse_code_answer
+from dataengine.checks.language import detect_language
+from dataengine.checks.sandbox import SandboxLimits, run_python
+from dataengine.rows import primary_language, prompt_and_full_ids
 from dataengine.train.offline_topk import topk_kl
 
 
@@ -35,8 +35,12 @@ def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
         tokens += len(targets)
         if row.get("teacher_topk_ids") is not None:
             n = len(row["teacher_topk_ids"])
-            kl_sum, count = topk_kl(predicted[:n], torch.tensor(row["teacher_topk_ids"]),
-                                    torch.tensor(row["teacher_topk_logprobs"]), torch.ones(n))  # fmt: skip
+            kl_sum, count = topk_kl(
+                predicted[:n],
+                torch.tensor(row["teacher_topk_ids"]),
+                torch.tensor(row["teacher_topk_logprobs"]),
+                torch.ones(n),
+            )
             kl += kl_sum.item()
             kl_tokens += int(count)
     return {
@@ -81,10 +85,11 @@ def answer_quality(
         else:
             chat += 1
             detected, _ = detect_language(answer)
-            ok = detected == primary(row["language"])
+            ok = detected == primary_language(row["language"])
             in_language += ok
-        samples.append({"id": row["id"], "kind": row["kind"], "language": row["language"], "ok": bool(ok),
-                        "answer": answer[:2000]})  # fmt: skip
+        samples.append(
+            {"id": row["id"], "kind": row["kind"], "language": row["language"], "ok": bool(ok), "answer": answer[:2000]}
+        )
         advance()
     return {
         "code_pass_rate": passed / code if code else None,

@@ -129,14 +129,25 @@ def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log
     peft_config = None
     if settings.lora is not None:
         lora = settings.lora
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+        peft_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
     dataset = Dataset.from_list([prompt_completion(r["messages"]) for r in rows])
     callbacks = []
     if routers(model):
         callbacks.append(ExpertLoadCallback(model, model.config.get_text_config().num_local_experts))
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=callbacks)  # fmt: skip
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
     resumed = _train(trainer, out, log)
     extra = {"method": "sft", "rows": len(rows)}
     if callbacks:
@@ -223,8 +234,9 @@ def _gkd(model, tokenizer, rows, settings: DistillSettings, common: dict, teache
         teacher_model_init_kwargs=_teacher_kwargs(settings),
     )
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
-    return GKDTrainer(model=model, teacher_model=teacher_path, args=config, train_dataset=dataset,
-                      processing_class=tokenizer)  # fmt: skip
+    return GKDTrainer(
+        model=model, teacher_model=teacher_path, args=config, train_dataset=dataset, processing_class=tokenizer
+    )
 
 
 def _prompts(rows: list[dict]) -> Dataset:
@@ -246,13 +258,15 @@ def _on_policy(model, tokenizer, rows, settings: DistillSettings, common: dict, 
     config = DistillationConfig(
         **_on_policy_args(settings, common), teacher_model_init_kwargs=_teacher_kwargs(settings)
     )
-    return DistillationTrainer(model=model, teacher_model=teacher_path, args=config, train_dataset=_prompts(rows),
-                               processing_class=tokenizer)  # fmt: skip
+    return DistillationTrainer(
+        model=model, teacher_model=teacher_path, args=config, train_dataset=_prompts(rows), processing_class=tokenizer
+    )
 
 
 def _server(model, tokenizer, rows, settings: DistillSettings, common: dict, url: str):
     from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer
 
-    config = ServerDistillationConfig(**_on_policy_args(settings, common), teacher_model_server_url=url,
-                                      loss_top_k=settings.loss_top_k)  # fmt: skip
+    config = ServerDistillationConfig(
+        **_on_policy_args(settings, common), teacher_model_server_url=url, loss_top_k=settings.loss_top_k
+    )
     return ServerDistillationTrainer(model=model, args=config, train_dataset=_prompts(rows), processing_class=tokenizer)

@@ -7,7 +7,6 @@ training.json holding every phase's log history.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,51 +14,48 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from dataengine.errors import StageError
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.runner import RunContext, StageResult
+from dataengine.rows import read_rows, split_rows
+from dataengine.run_folder import TRAINING_FILE
+from dataengine.stage import RunContext, StageResult
 from dataengine.teacher.server import resolve_model
-from dataengine.train.data import read_rows, split_rows
-from dataengine.train.phases import DONE, run_distill, run_sft
-from dataengine.train.student import init_student
-
-
-def source_stage(recipe: Recipe) -> tuple[str, str]:
-    """(stage name, folder) of the rows students learn from: scored rows when the recipe scores."""
-    return ("score", "scored") if recipe.score is not None else ("curate", "curated")
+from dataengine.train.student import vocab_problem
 
 
 class TrainStage:
     name = "train"
+    # prune and gkd/on_policy read the teacher; the held-out split decides which rows are trained on
+    key_paths = ("teacher", "train.student", "train.sft", "train.distill", "train.evaluate.eval_fraction")
 
-    def __init__(self, recipe: Recipe, base_dir: Path) -> None:
+    def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:
         self.recipe = recipe
         self.cfg = recipe.train
         self.base_dir = base_dir
-        self.output = f"students/{self.cfg.student.name}"
-        self.inputs = (source_stage(recipe)[0],)
+        self.inputs = {"rows": rows_from}
+        self.outputs = {"student": f"students/{self.cfg.student.name}"}
 
-    def config_hash(self) -> str:
-        data = self.recipe.model_dump(mode="json")
-        train = data["train"]
-        relevant = {
-            "teacher": data["teacher"],  # prune and gkd/on_policy read the teacher
-            "student": train["student"],
-            "sft": train["sft"],
-            "distill": train["distill"],
-            "eval_fraction": train["evaluate"]["eval_fraction"],
-        }
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    def key_files(self) -> list[Path]:
+        return []
 
     def state(self, run_dir: Path) -> str:
         return ""
 
-    def run(self, ctx: RunContext, output_dir: Path, work_dir: Path) -> StageResult:
-        rows = read_rows(ctx.run_dir / source_stage(self.recipe)[1])
+    @staticmethod
+    def check(recipe: Recipe, base_dir: Path) -> list[str]:
+        """Logit distillation needs the student to share the teacher's vocabulary (read from local tokenizers)."""
+        return [problem] if recipe.train is not None and (problem := vocab_problem(recipe, base_dir)) else []
+
+    def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
+        # torch, transformers and TRL load when training starts, not when a recipe is validated or planned
+        from dataengine.train.phases import DONE, run_distill, run_sft
+        from dataengine.train.student import init_student
+
+        output_dir = outputs["student"]
+        rows = read_rows(inputs["rows"])
         train_rows, held_out = split_rows(rows, self.cfg.evaluate.eval_fraction)
         if not train_rows:
-            from dataengine.errors import StageError
-
             raise StageError(f"train: {len(rows)} curated row(s), none left to train on after the held-out split")
         ctx.log(f"training on {len(train_rows)} rows; {len(held_out)} held out for evaluation")
         current = init_student(self.recipe, self.base_dir, work_dir / "init", ctx.log)
@@ -75,8 +71,16 @@ class TrainStage:
             top_k = self.recipe.score.top_k if self.recipe.score else None
 
             def go(out: Path, start: Path) -> Path:
-                return run_distill(start, train_rows, distill, out, lambda: resolve_model(self.recipe.teacher, ctx.log),
-                                   ctx.teacher.url, top_k, ctx.log)  # fmt: skip
+                return run_distill(
+                    start,
+                    train_rows,
+                    distill,
+                    out,
+                    lambda: resolve_model(self.recipe.teacher, ctx.log),
+                    ctx.teacher.url,
+                    top_k,
+                    ctx.log,
+                )
 
             current = self._phase(f"distill-{distill.method}", work_dir, ctx, go, current)
             phases.append(json.loads((current / DONE).read_text()))
@@ -90,7 +94,7 @@ class TrainStage:
             "held_out_ids": sorted(r["id"] for r in held_out),
             "phases": phases,
         }
-        (output_dir / "training.json").write_text(json.dumps(record, indent=2))
+        (output_dir / TRAINING_FILE).write_text(json.dumps(record, indent=2))
         return StageResult(
             rows_in=len(rows),
             rows_out=len(train_rows),
@@ -99,11 +103,13 @@ class TrainStage:
                 "held_out_rows": len(held_out),
                 "phases": [_phase_stats(p) for p in phases],
                 "student": record["student"],
-            },  # fmt: skip
+            },
         )
 
     @staticmethod
     def _phase(name: str, work_dir: Path, ctx: RunContext, train, start: Path) -> Path:
+        from dataengine.train.phases import DONE
+
         out = work_dir / name
         final = out / "final"
         if (final / DONE).is_file():
@@ -112,15 +118,17 @@ class TrainStage:
         ctx.log(f"{name}: training from {start}")
         return train(out, start)
 
-    def summary(self, manifest: Manifest, output_dir: Path, console: Console) -> None:
-        table = Table(title=f"trained on {manifest.rows_out} rows ({manifest.stats['held_out_rows']} held out)",
-                      title_justify="left")  # fmt: skip
+    def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
+        table = Table(
+            title=f"trained on {manifest.rows_out} rows ({manifest.stats['held_out_rows']} held out)",
+            title_justify="left",
+        )
         for column in ("phase", "steps", "first loss", "last loss", "seconds"):
             table.add_column(column, justify="left" if column == "phase" else "right")
         for p in manifest.stats["phases"]:
             table.add_row(p["method"], str(p["steps"]), _fmt(p["first_loss"]), _fmt(p["last_loss"]), str(p["seconds"]))
         console.print(table)
-        console.print(f"student: {output_dir}")
+        console.print(f"student: {outputs['student']}")
 
 
 def _phase_stats(record: dict) -> dict:

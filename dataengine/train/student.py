@@ -11,12 +11,13 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from dataengine.errors import UserError
 from dataengine.recipe import BUILTIN_PREFIX, PruneConfig, Recipe, resolve_path
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def kept_layers(prune: PruneConfig, num_layers: int) -> list[int]:
@@ -31,6 +32,8 @@ def kept_layers(prune: PruneConfig, num_layers: int) -> list[int]:
 
 def prune_layers(model: nn.Module, keep: list[int]) -> nn.Module:
     """Keep only the decoder layers `keep` of a transformers causal LM, in place."""
+    from torch import nn
+
     decoder = model.model
     decoder.layers = nn.ModuleList([decoder.layers[i] for i in keep])
     for new_index, layer in enumerate(decoder.layers):
@@ -58,6 +61,7 @@ def init_student(recipe: Recipe, base_dir: Path, out_dir: Path, log: Callable[[s
     """Save the untrained student (weights + tokenizer) in `out_dir` once; later calls reuse it."""
     if (out_dir / "student_init.json").is_file():
         return out_dir
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     student = recipe.train.student

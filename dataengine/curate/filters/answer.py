@@ -13,6 +13,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from dataengine.rows import primary_language
+
 
 class TruncationFilter(BaseFilter):
     """Answers cut off by the token limit, or that leave a code fence open, teach the student to stop mid-thought."""
@@ -65,7 +67,7 @@ class RefusalFilter(BaseFilter):
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         answer = doc.text.lower()
-        language = doc.metadata.get("language", "").split("-")[0]
+        language = primary_language(doc.metadata.get("language", ""))
         for phrase in self.phrases.get(language, self.common):
             if phrase in answer:
                 return False, "refusal"

@@ -8,7 +8,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from dataengine.curate.sandbox import SandboxLimits, run_python
+from dataengine.checks.sandbox import SandboxLimits, run_python
 
 OUTPUT_KEPT = 2000  # characters of a failing run's output kept on the rejected row
 

@@ -17,6 +17,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from dataengine.rows import last_user_turn
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -56,7 +58,7 @@ class DecontaminationFilter(BaseFilter):
                     self.index.setdefault(gram, name)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        prompt = next((m["content"] for m in reversed(doc.metadata.get("messages", [])) if m["role"] == "user"), "")
+        prompt = last_user_turn(doc.metadata.get("messages", []))
         for gram in ngrams(f"{prompt}\n{doc.text}", self.n):
             if gram in self.index:
                 doc.metadata["contaminated_by"] = self.index[gram]

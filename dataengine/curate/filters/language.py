@@ -1,37 +1,16 @@
-"""Language checks that run offline, and the prose filters that only make sense on chat answers.
-
-datatrove's `LanguageFilter` downloads a fastText model at run time, which fails offline;
-py3langid ships its model inside the wheel.
-"""
+"""The answer-language filter (offline language id, see checks/language.py), and the prose filters that only
+make sense on chat answers."""
 
 from __future__ import annotations
-
-from functools import cache
 
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from dataengine.checks.language import detect_language
 from dataengine.curate.scripts import UNSPACED
-
-
-@cache
-def _identifier():
-    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
-
-    # the model shipped in the wheel, with probabilities normalised to [0, 1] (the default gives log-scores)
-    return LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
-
-
-def detect_language(text: str) -> tuple[str, float]:
-    """ISO 639-1 code and probability of the text's language."""
-    code, prob = _identifier().classify(text)
-    return code, float(prob)
-
-
-def primary(tag: str) -> str:
-    return tag.split("-")[0].lower()
+from dataengine.rows import primary_language
 
 
 class AnswerLanguageFilter(BaseFilter):
@@ -50,7 +29,7 @@ class AnswerLanguageFilter(BaseFilter):
         code, prob = detect_language(doc.text)
         doc.metadata["language_detected"] = code
         doc.metadata["language_confidence"] = round(prob, 4)
-        if code != primary(doc.metadata.get("language", "")):
+        if code != primary_language(doc.metadata.get("language", "")):
             return False, "wrong_language"
         if prob < self.min_confidence:
             return False, "language_uncertain"
@@ -68,7 +47,7 @@ class _ChatOnly(BaseFilter):
         self.by_language: dict[str, BaseFilter | None] = {}
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        language = primary(doc.metadata.get("language", ""))
+        language = primary_language(doc.metadata.get("language", ""))
         if doc.metadata.get("kind") != "chat" or language in self.skip:
             return True
         if language not in self.by_language:

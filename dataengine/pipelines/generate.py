@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataengine.generate.stage import GenerateStage
+from dataengine.pipelines import Pipeline
 from dataengine.recipe import Recipe
-from dataengine.runner import Stage
 
 
-def build(recipe: Recipe, base_dir: Path) -> list[Stage]:
-    return [GenerateStage(recipe, base_dir)]
+def build(recipe: Recipe, base_dir: Path) -> Pipeline:
+    return Pipeline([GenerateStage(recipe, base_dir)])

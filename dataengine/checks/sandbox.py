@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from dataengine.recipe import CodeCheckConfig
+
 # Runs inside the sandboxed interpreter before the code: an audit hook that refuses what a unit test never needs.
 _PREAMBLE = r"""
 import os, sys
@@ -78,6 +80,18 @@ class SandboxLimits:
     max_processes: int = 16
     max_file_mb: int = 16
     require_isolation: bool = False
+
+    @classmethod
+    def of(cls, code: CodeCheckConfig, timeout_s: float | None = None) -> SandboxLimits:
+        """The limits of the recipe's `curate.code` block (another wall clock where given: evaluation's)."""
+        return cls(
+            timeout_s=code.timeout_s if timeout_s is None else timeout_s,
+            cpu_s=code.cpu_s,
+            memory_mb=code.memory_mb,
+            max_output_bytes=code.max_output_bytes,
+            max_processes=code.max_processes,
+            require_isolation=code.require_isolation,
+        )
 
 
 @dataclass(frozen=True)
@@ -146,18 +160,36 @@ def bwrap_command(script: str, memory_mb: int) -> list[str]:
     return [
         "bwrap",
         *([] if as_root else ["--unshare-user"]),
-        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
         *(["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"] if as_root else []),
         *_system_view(),
-        "--proc", "/proc", "--dev", "/dev",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
         # the working folder lives in memory, so it counts against the run's memory budget
-        "--size", str(memory_mb * 1024 * 1024), "--perms", "01777", "--tmpfs", WORKDIR,
-        "--ro-bind", script, f"{WORKDIR}/main.py",
-        "--chdir", WORKDIR,
+        "--size",
+        str(memory_mb * 1024 * 1024),
+        "--perms",
+        "01777",
+        "--tmpfs",
+        WORKDIR,
+        "--ro-bind",
+        script,
+        f"{WORKDIR}/main.py",
+        "--chdir",
+        WORKDIR,
         "--",
         *(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"] if as_root else []),
-    ]  # fmt: skip
+    ]
 
 
 @cache
@@ -227,9 +259,13 @@ def _start(tmp: str, code: str, limits: SandboxLimits, boundary: bool) -> subpro
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
     return subprocess.Popen(
         [*isolate, _interpreter(), "-I", "-S", "-c", _PREAMBLE, f"{workdir}/main.py"],
-        cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=tmp,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         preexec_fn=_limit(limits),
-    )  # fmt: skip
+    )
 
 
 def _read_capped(proc: subprocess.Popen, limits: SandboxLimits, started: float) -> tuple[bytes, str | None]:

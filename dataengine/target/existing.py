@@ -18,9 +18,8 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard
 
 from dataengine.errors import UserError
-from dataengine.publish.layout import DEFAULT
-from dataengine.publish.target import MARK, Target, parse_target
-from dataengine.recipe import PublishConfig
+from dataengine.recipe import PublishConfig, Target, parse_target
+from dataengine.target.send import DEFAULT, MARK
 
 HISTORY_KEY = "dataengine_runs"  # front-matter key of the run history
 
@@ -49,8 +48,13 @@ def _download(target: Target, revision: str | None, cache: Path) -> Path | None:
 
     shutil.rmtree(cache, ignore_errors=True)  # snapshot_download never deletes: no stale shard may stay
     try:
-        snapshot_download(target.location, repo_type="dataset", revision=revision, local_dir=str(cache),
-                          allow_patterns=["README.md", f"data/{DEFAULT}/*"])  # fmt: skip
+        snapshot_download(
+            target.location,
+            repo_type="dataset",
+            revision=revision,
+            local_dir=str(cache),
+            allow_patterns=["README.md", f"data/{DEFAULT}/*"],
+        )
     except (RepositoryNotFoundError, RevisionNotFoundError):
         return None  # the first publish creates it
     except HfHubHTTPError as exc:

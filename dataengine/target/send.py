@@ -18,28 +18,7 @@ from dataengine.errors import UserError
 
 PUBLISHED = ("README.md", "data/**")
 MARK = "dataengine_card: true"  # in every card we write: a folder holding it was written by a publish
-
-
-@dataclass(frozen=True)
-class Target:
-    kind: str  # "hub" or "folder"
-    location: str  # ORG/NAME for the Hub, an absolute folder otherwise
-
-    def __str__(self) -> str:
-        return f"hf://datasets/{self.location}" if self.kind == "hub" else f"file://{self.location}"
-
-
-def parse_target(value: str, base_dir: Path) -> Target:
-    if value.startswith("hf://"):
-        prefix = "hf://datasets/"
-        repo = value[len(prefix) :] if value.startswith(prefix) else ""
-        if repo.count("/") != 1 or not all(repo.split("/")):
-            raise UserError(f"publish target {value!r}: Hub targets look like hf://datasets/ORG/NAME")
-        return Target("hub", repo)
-    if "://" in value and not value.startswith("file://"):
-        raise UserError(f"publish target {value!r}: use hf://datasets/ORG/NAME, file://PATH or a folder path")
-    path = Path(value[len("file://") :] if value.startswith("file://") else value).expanduser()
-    return Target("folder", str(path if path.is_absolute() else (base_dir / path).resolve()))
+DEFAULT = "default"  # the config holding every row: data/default/
 
 
 def check_destination(destination: Path) -> None:
@@ -52,8 +31,10 @@ def check_destination(destination: Path) -> None:
     card = destination / "README.md"
     ours = card.is_file() and MARK in card.read_text(errors="replace")
     if not ours:
-        raise UserError(f"publish target {destination} is a non-empty folder that no earlier publish wrote; "
-                        "give an empty or new folder")  # fmt: skip
+        raise UserError(
+            f"publish target {destination} is a non-empty folder that no earlier publish wrote; "
+            "give an empty or new folder"
+        )
 
 
 def published_files(layout: Path) -> list[Path]:
@@ -119,8 +100,9 @@ def to_hub(layout: Path, repo_id: str, private: bool, revision: str | None, mess
         raise UserError(f"publishing to hf://datasets/{repo_id} failed: {exc}") from None
     except (httpx.HTTPError, OSError) as exc:
         raise UserError(f"publishing to hf://datasets/{repo_id} failed: cannot reach the Hub ({exc})") from None
-    return Outcome(f"hf://datasets/{repo_id}", changed=info.oid != head, files=len(published_files(layout)),
-                   commit=info.commit_url)  # fmt: skip
+    return Outcome(
+        f"hf://datasets/{repo_id}", changed=info.oid != head, files=len(published_files(layout)), commit=info.commit_url
+    )
 
 
 def _head(api, repo_id: str, revision: str | None) -> str | None:

@@ -1,0 +1,32 @@
+"""distill: generate -> curate -> score (when the recipe has `score`) -> train -> evaluate -> publish (when
+the recipe has `publish`). Top-up rounds as in the curate pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dataengine.curate.stage import CurateStage
+from dataengine.generate.stage import GenerateStage
+from dataengine.pipelines import Pipeline
+from dataengine.pipelines.curate import top_up
+from dataengine.publish.stage import PublishStage
+from dataengine.recipe import Recipe
+from dataengine.score.stage import ScoreStage
+from dataengine.stage import Stage
+from dataengine.train.evaluate_stage import EvaluateStage
+from dataengine.train.stage import TrainStage
+
+
+def build(recipe: Recipe, base_dir: Path) -> Pipeline:
+    stages: list[Stage] = [GenerateStage(recipe, base_dir), CurateStage(recipe, base_dir, rows_from="generated")]
+    # students learn from the scored rows when the recipe scores (the teacher's logprobs ride along)
+    rows = "curated"
+    if recipe.score is not None:
+        stages.append(ScoreStage(recipe, base_dir, rows_from="curated"))
+        rows = "scored"
+    train = TrainStage(recipe, base_dir, rows_from=rows)
+    student = train.outputs["student"]
+    stages += [train, EvaluateStage(recipe, base_dir, rows_from=rows, student_from=student)]
+    if recipe.publish is not None:
+        stages.append(PublishStage(recipe, base_dir, rows_from="curated", student_from=student, evaluation_from="eval"))
+    return Pipeline(stages, next_round=top_up(recipe))

@@ -1,0 +1,186 @@
+"""The rows every stage passes on: their columns (listed once), parquet shards in and out, and the small
+readings of a row that several stages make (its prompt, its answer, its group, its held-out draw).
+
+Columns are added from stage to stage, never renamed: a generated row is a curated row with some columns
+still empty, and a scored row is a curated row with the teacher's logprobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from datasets import Dataset, Features, List, Value, disable_progress_bars
+
+SAMPLE_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "messages": List({"role": Value("string"), "content": Value("string")}),
+        "kind": Value("string"),
+        "language": Value("string"),
+        "topic": Value("string"),
+        "task": Value("string"),
+        # provenance
+        "teacher_model": Value("string"),
+        "teacher_revision": Value("string"),
+        "sampling": {"temperature": Value("float32"), "top_p": Value("float32"), "max_tokens": Value("int32")},
+        "seed": Value("int64"),
+        "rollout_index": Value("int32"),
+        "finish_reason": Value("string"),
+        "prompt_tokens": Value("int32"),
+        "completion_tokens": Value("int32"),
+        "instruction": Value("string"),
+        "question_finish_reason": Value("string"),
+        "run_id": Value("string"),
+        "recipe_hash": Value("string"),
+        "created_at": Value("string"),
+        # code tasks, parsed from the structured answer
+        "code_problem": Value("string"),
+        "code_solution": Value("string"),
+        "code_tests": Value("string"),
+        "code_parse_error": Value("string"),
+    }
+)
+
+# Curation adds quality signals, dedup clusters and, on rejected rows, why and where they were dropped.
+CURATED_FEATURES = Features(
+    {
+        **SAMPLE_FEATURES,
+        "language_detected": Value("string"),
+        "language_confidence": Value("float32"),
+        "tests_passed": Value("bool"),
+        "test_runtime_s": Value("float32"),
+        "test_output": Value("string"),
+        "contaminated_by": Value("string"),
+        "dedup_cluster_id": Value("string"),
+        "dedup_cluster_size": Value("int32"),
+        "drop_reason": Value("string"),
+        "drop_step": Value("string"),
+    }
+)
+
+# Kept rows have no drop reason: those columns only mean something among the rejected ones.
+KEPT_FEATURES = Features({k: v for k, v in CURATED_FEATURES.items() if k not in ("drop_reason", "drop_step")})
+
+# Scoring adds the teacher's top-k logprobs for every answer token.
+SCORED_FEATURES = Features(
+    {
+        **CURATED_FEATURES,
+        "token_ids": List(Value("int32")),  # prompt + answer, with the teacher's chat template
+        "completion_start": Value("int32"),  # index of the answer's first token in token_ids
+        # one entry per answer token, best first: the teacher's distribution for that position
+        "teacher_topk_ids": List(List(Value("int32"))),
+        "teacher_topk_logprobs": List(List(Value("float32"))),
+    }
+)
+
+ROWS_PER_SHARD = 50_000
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_parquet(rows: list[dict], path: Path, features: Features) -> Path:
+    """One parquet file with exactly the schema's columns, whole or absent (written aside, then renamed)."""
+    disable_progress_bars()  # a bar per small file is noise in the run's output
+    # from_dict for an empty list too: from_list([]) loses the columns, and the folder would not load
+    columns = {name: [row.get(name) for row in rows] for name in features}
+    tmp = path.with_name(path.name + ".tmp")
+    Dataset.from_dict(columns, features=features).to_parquet(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def write_split(
+    rows: list[dict], folder: Path, split: str, features: Features, rows_per_shard: int = ROWS_PER_SHARD
+) -> list[Path]:
+    """`<folder>/<split>-NNNNN-of-NNNNN.parquet`, the names `datasets` maps to a split; one shard per
+    `rows_per_shard` rows, and one (empty) shard for no rows, so the folder still loads with its columns."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = max(1, math.ceil(len(rows) / rows_per_shard))
+    return [
+        write_parquet(
+            rows[i * rows_per_shard : (i + 1) * rows_per_shard],
+            folder / f"{split}-{i:05d}-of-{shards:05d}.parquet",
+            features,
+        )
+        for i in range(shards)
+    ]
+
+
+def write_shards(
+    rows: list[dict], stage_folder: Path, split: str = "train", features: Features = SAMPLE_FEATURES
+) -> list[Path]:
+    """A stage's rows, under `<stage_folder>/data/`."""
+    return write_split(rows, stage_folder / "data", split, features)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_parquet(files: Iterable[Path], columns: list[str] | None = None) -> list[dict]:
+    """Rows of parquet files, all columns or those of `columns` a file has (runs made by an older version
+    may lack a newer column)."""
+    # pyarrow rather than Dataset.from_parquet, which refuses a shard with no rows ("corresponds to no
+    # data"): a stage that kept nothing must read as no rows, so the next stage can say so
+    rows: list[dict] = []
+    for path in files:
+        have = None if columns is None else [c for c in columns if c in pq.read_schema(path).names]
+        rows += pq.read_table(path, columns=have).to_pylist()
+    return rows
+
+
+def read_rows(stage_folder: Path, columns: list[str] | None = None) -> list[dict]:
+    """Every row of a stage's shards (`<stage_folder>/data/*.parquet`); no rows when it has none."""
+    return read_parquet(sorted((stage_folder / "data").glob("*.parquet")), columns)
+
+
+# --------------------------------------------------------------------------- readings of a row
+
+
+def last_user_turn(messages: list[dict]) -> str:
+    """The question the answer answers."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def answer(row: dict) -> str:
+    messages = row.get("messages") or []
+    return messages[-1]["content"] if messages else ""
+
+
+def primary_language(tag: str) -> str:
+    """The language subtag of a BCP-47 code (pt-BR -> pt), what language identification reports."""
+    return tag.split("-")[0].lower()
+
+
+def group(row: dict) -> str:
+    """The row's kind/language group, how quotas, top-up rounds and the report count rows."""
+    return f"{row['kind']}/{row['language']}"
+
+
+def split_rows(rows: list[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): the held-out rows are those whose id hashes lowest, at least one of each when there
+    are two rows or more. It depends only on the row ids, so every stage draws the same split."""
+    ranked = sorted(rows, key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+    n_eval = min(max(1, math.ceil(len(rows) * eval_fraction)), len(rows) - 1) if len(rows) > 1 else 0
+    held = {r["id"] for r in ranked[:n_eval]}
+    return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
+
+
+def _ids(encoded) -> list[int]:
+    # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def prompt_and_full_ids(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
+    """Token ids of the whole conversation and where the final (assistant) answer starts. Scoring, offline
+    distillation and evaluation must agree on which tokens are the answer, so it is computed here only."""
+    prompt = _ids(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True))
+    full = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template renders the prompt differently once the answer is appended")
+    return full, len(prompt)

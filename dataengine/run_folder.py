@@ -1,0 +1,116 @@
+"""One reader of a run folder: every path in it, and where each stage's outputs went.
+
+Layout:
+    <run>/run.json          run id, recipe name, creation time, and the pipeline's stages with their output folders
+    <run>/recipe.json       the validated recipe (what every stage was configured with), secrets removed
+    <run>/<output>/         a stage's output: parquet shards (data/), its files, and, in its first output,
+                            manifest.json
+    <run>/top_up.json       top-up rounds asked for so far (pipelines that compose generate and curate)
+    <run>/report.html       the run report
+    <run>/.work/<stage>/    the stage's resumable state (checkpoints, request cache, logs)
+
+Stages are found by name through run.json (the runner writes the pipeline's wiring there), so nothing outside
+a pipeline needs to know what a stage calls its folders.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dataengine.atomic import write_atomic
+from dataengine.manifest import Manifest
+
+RUN_INFO = "run.json"
+RECIPE = "recipe.json"
+TOP_UP = "top_up.json"
+REPORT = "report.html"
+WORK = ".work"
+TRAINING_FILE = "training.json"  # in the train stage's output: init, phases, held-out ids
+METRICS_FILE = "metrics.json"  # in the evaluate stage's output
+
+
+class RunFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def info(self) -> dict[str, Any]:
+        path = self.path / RUN_INFO
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @property
+    def exists(self) -> bool:
+        return (self.path / RUN_INFO).is_file()
+
+    @property
+    def run_id(self) -> str:
+        return self.info.get("run_id", self.path.name)
+
+    def start(self, recipe_name: str, stages: dict[str, dict[str, str]]) -> str:
+        """The run id, made when the folder is first used and kept across resumes; the pipeline's stages and
+        their output folders, rewritten each time (a changed recipe may change the pipeline)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        info = self.info or {
+            "run_id": f"{recipe_name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
+            "recipe": recipe_name,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        write_atomic(self.path / RUN_INFO, json.dumps({**info, "stages": stages}, indent=2))
+        return info["run_id"]
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / RECIPE
+
+    @property
+    def top_up(self) -> Path:
+        return self.path / TOP_UP
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT
+
+    def work(self, stage: str) -> Path:
+        return self.path / WORK / stage
+
+    @property
+    def teacher_log(self) -> Path:
+        return self.path / WORK / "teacher-server.log"
+
+    # ------------------------------------------------------------------ stages
+
+    @property
+    def stages(self) -> list[str]:
+        """The pipeline's stages, in order."""
+        return list(self.info.get("stages", {}))
+
+    def folder(self, stage: str, role: str | None = None) -> Path | None:
+        """Where `stage` wrote its output `role` (its first output by default); None for a stage the run's
+        pipeline does not have."""
+        outputs = self.info.get("stages", {}).get(stage)
+        if not outputs:
+            return None
+        return self.path / (outputs[role] if role is not None else next(iter(outputs.values())))
+
+    def manifest(self, stage: str) -> Manifest | None:
+        """The stage's manifest when it finished, else None."""
+        folder = self.folder(stage)
+        return Manifest.read(folder) if folder is not None else None
+
+    def manifests(self) -> dict[str, Manifest]:
+        """Manifests of the finished stages, in pipeline order."""
+        return {stage: m for stage in self.stages if (m := self.manifest(stage)) is not None}
+
+    def file(self, stage: str, name: str) -> dict | None:
+        """A JSON file a stage wrote into its output (training.json, metrics.json), parsed; None if absent."""
+        folder = self.folder(stage)
+        path = folder / name if folder is not None else None
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
