@@ -46,13 +46,14 @@ demo: setup teacher
 
 test: setup browser teacher
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 test-fast: setup teacher
 	$(BIN)/pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/generate.py

@@ -86,12 +86,14 @@ def main() -> None:
 
     from dataengine.recipe import load_recipe
     from dataengine.rows import read_rows, split_rows
+    from dataengine.run_folder import RunFolder
     from dataengine.train.student import init_student
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
-    rows = read_rows(args.run / "scored")
+    scored = RunFolder(args.run).folder("score")
+    rows = read_rows(scored) if scored is not None else []
     if not rows:
-        sys.exit(f"no scored rows under {args.run / 'scored'}: run `make demo` first")
+        sys.exit(f"no scored rows in {args.run}: run `make demo` first")
     train_rows, held_out = split_rows(rows, recipe.train.evaluate.eval_fraction)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     start = init_student(recipe, ROOT / "recipes", work / "init", print)

