@@ -1,12 +1,11 @@
 """One scheduled run of a recipe: a lock so two never overlap, a fresh seed, and a history line.
 
-The lock is an `flock` on `runs/<name>/.schedule.lock`, held by the process that runs the recipe: the
-kernel drops it when that process ends, however it ends, so a crash never leaves a stale lock behind.
+The lock is filelock's `flock` on `runs/<name>/.schedule.lock`, held by the process that runs the recipe:
+the kernel drops it when that process ends, however it ends, so a crash never leaves a stale lock behind.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -14,8 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from filelock import FileLock, Timeout
 from rich.console import Console
 
+from dataengine.atomic import write_atomic
 from dataengine.errors import StageError, UserError
 from dataengine.recipe import Recipe
 
@@ -23,28 +24,30 @@ BUSY = 75  # EX_TEMPFAIL: another run of the recipe holds the lock; the tick is 
 
 
 class RunLock:
-    """Non-blocking exclusive lock; `held` is False when another process has it (its pid in `holder`)."""
+    """Non-blocking exclusive lock (filelock's `flock` on the lock file: the kernel drops it when the holding
+    process ends, however it ends). `held` is False when another process has it, its pid in `holder`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.held = False
         self.holder = ""
+        self._lock = FileLock(path, timeout=0)
+        self._pid = path.with_name(path.name + ".pid")  # filelock truncates the lock file on every try
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip()
+            self._lock.acquire()
+        except Timeout:
+            self.holder = self._pid.read_text().strip() if self._pid.is_file() else ""
             return self
         self.held = True
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        write_atomic(self._pid, str(os.getpid()))
         return self
 
     def __exit__(self, *exc) -> None:
-        os.close(self.fd)  # closing the descriptor releases the flock
+        if self.held:
+            self._lock.release()
 
 
 def home(recipe: Recipe, base_dir: Path) -> Path:
