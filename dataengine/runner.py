@@ -124,7 +124,7 @@ def run_recipe(
     console = console or Console()
     run_dir = run_dir or default_run_dir(recipe, base_dir)
     # before any stage: an air-gapped node learns of missing weights at once, not after generation was queued
-    check(recipe, base_dir, "recipe")
+    check(recipe, base_dir, f"recipe {recipe.name!r}")
     pipeline = pipelines.build(recipe, base_dir)
     names = [s.name for s in pipeline.stages]
     for name in (only or []) + (force or []):
