@@ -403,7 +403,8 @@ class LoraSettings(StrictModel):
 
 
 class TrainerSettings(StrictModel):
-    """TRL/transformers training arguments shared by every phase; names are TRL's."""
+    """TRL/transformers training arguments shared by every phase, under TRL's names (`precision` is ours: it
+    sets TRL's `bf16`). Some defaults are ours, not TRL's (learning rate, scheduler, logging steps)."""
 
     learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
@@ -424,7 +425,9 @@ class TrainerSettings(StrictModel):
 
 
 class SFTSettings(TrainerSettings):
-    """Supervised fine-tuning on the curated conversations with TRL's SFTTrainer."""
+    """Supervised fine-tuning on the curated conversations with TRL's SFTTrainer; feeds `trl.SFTConfig`
+    (`assistant_only_loss` sets TRL's `completion_only_loss` on prompt-completion rows, `lora` a peft
+    `LoraConfig`)."""
 
     enabled: bool = Field(True, description="run this phase")
     packing: bool = Field(False, description="pack several rows into each max_length sequence")
@@ -437,8 +440,11 @@ class SFTSettings(TrainerSettings):
 
 class DistillSettings(TrainerSettings):
     """Logit distillation after SFT. offline_topk trains on the stored teacher top-k (needs `score`), with no
-    teacher in memory; gkd, on_policy and server are TRL's GKDTrainer, DistillationTrainer and
-    ServerDistillationTrainer. All need the student to share the teacher's vocabulary."""
+    teacher in memory (an `SFTConfig` with our trainer); gkd, on_policy and server are TRL's GKDTrainer,
+    DistillationTrainer and ServerDistillationTrainer, fed `GKDConfig`, `DistillationConfig` and
+    `ServerDistillationConfig` (`max_new_tokens` is GKDConfig's name; it sets the others'
+    `max_completion_length`). All need the student to
+    share the teacher's vocabulary."""
 
     method: Literal["offline_topk", "gkd", "on_policy", "server"] = Field(description="how the student learns")
     temperature: float = Field(1.0, gt=0, description="softens teacher and student distributions alike")

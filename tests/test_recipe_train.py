@@ -110,3 +110,21 @@ def test_prune_needs_a_builtin_teacher(tmp_path):
     teacher = save(tiny_llama(len(tiny_tokenizer())), tiny_tokenizer(), tmp_path / "t")
     text = MINIMAL.replace("builtin:smollm2-moe", str(teacher)) + "train: {student: {prune: {keep_every: 2}}}\n"
     assert "only builtin teachers ship" in problems(text)
+
+
+def test_training_knobs_keep_trls_names():
+    """The knobs every phase shares and the distillation knobs are TRL's own fields, so TRL's documentation
+    describes them; `precision` (it sets `bf16`) and dataengine's own switches are the only exceptions."""
+    from dataclasses import fields
+
+    from trl import SFTConfig
+    from trl.experimental.gkd import GKDConfig
+    from trl.experimental.server_distillation import ServerDistillationConfig
+
+    from dataengine.recipe import DistillSettings, TrainerSettings
+
+    shared = set(TrainerSettings.model_fields) - {"precision"}
+    assert shared <= {f.name for f in fields(SFTConfig)}
+    gkd = {"temperature", "lmbda", "beta", "seq_kd", "max_new_tokens"}
+    assert gkd <= set(DistillSettings.model_fields) and gkd <= {f.name for f in fields(GKDConfig)}
+    assert "loss_top_k" in {f.name for f in fields(ServerDistillationConfig)}
