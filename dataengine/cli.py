@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from dataengine.errors import StageError, UserError
+from dataengine.errors import RecipeError, StageError, UserError
 from dataengine.lifetime import forks_die_with_parent
 from dataengine.recipe import Recipe, load_recipe
 
@@ -39,7 +39,14 @@ OutputOpt = Annotated[
 
 
 def _load(path: Path) -> tuple[Recipe, Path]:
-    return load_recipe(path), path.parent.resolve()
+    """The recipe's schema and the names it uses (pipeline, builtin teacher); `validate`, `plan` and `run`
+    check the rest (runner.check)."""
+    from dataengine.pipelines import name_problems
+
+    recipe = load_recipe(path)
+    if problems := name_problems(recipe):
+        raise RecipeError(str(path), problems)
+    return recipe, path.parent.resolve()
 
 
 @app.command()

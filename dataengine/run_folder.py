@@ -87,18 +87,31 @@ class RunFolder:
 
     # ------------------------------------------------------------------ stages
 
+    def _outputs(self) -> dict[str, dict[str, str]]:
+        """stage -> {role: folder}, in pipeline order."""
+        if (stages := self.info.get("stages")) is not None:
+            return stages
+        # a run folder written before run.json recorded its pipeline: each stage is where its manifest is
+        found = []
+        for path in [*self.path.glob("*/manifest.json"), *self.path.glob("*/*/manifest.json")]:
+            folder = path.parent.relative_to(self.path)
+            if not folder.parts[0].startswith(".") and (manifest := Manifest.read(path.parent)) is not None:
+                found.append(((manifest.timings or {}).get("started", 0.0), manifest.stage, {"output": str(folder)}))
+        return {stage: outputs for _, stage, outputs in sorted(found)}
+
     @property
     def stages(self) -> list[str]:
         """The pipeline's stages, in order."""
-        return list(self.info.get("stages", {}))
+        return list(self._outputs())
 
     def folder(self, stage: str, role: str | None = None) -> Path | None:
         """Where `stage` wrote its output `role` (its first output by default); None for a stage the run's
-        pipeline does not have."""
-        outputs = self.info.get("stages", {}).get(stage)
+        pipeline does not have (or an output a run of an older version did not record)."""
+        outputs = self._outputs().get(stage)
         if not outputs:
             return None
-        return self.path / (outputs[role] if role is not None else next(iter(outputs.values())))
+        folder = outputs.get(role) if role is not None else next(iter(outputs.values()))
+        return self.path / folder if folder is not None else None
 
     def manifest(self, stage: str) -> Manifest | None:
         """The stage's manifest when it finished, else None."""

