@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------ identity
 
-    @property
+    @cached_property  # read once: every stage lookup below goes through it
     def info(self) -> dict[str, Any]:
         path = self.path / RUN_INFO
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -61,7 +62,10 @@ class RunFolder:
             "recipe": recipe_name,
             "created_at": datetime.now(UTC).isoformat(),
         }
-        write_atomic(self.path / RUN_INFO, json.dumps({**info, "stages": stages}, indent=2))
+        info = {**info, "stages": stages}
+        write_atomic(self.path / RUN_INFO, json.dumps(info, indent=2))
+        self.__dict__["info"] = info  # what was just written is what later lookups read
+        self.__dict__.pop("_outputs", None)
         return info["run_id"]
 
     # ------------------------------------------------------------------ paths
@@ -87,6 +91,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------ stages
 
+    @cached_property
     def _outputs(self) -> dict[str, dict[str, str]]:
         """stage -> {role: folder}, in pipeline order."""
         if (stages := self.info.get("stages")) is not None:
@@ -102,12 +107,12 @@ class RunFolder:
     @property
     def stages(self) -> list[str]:
         """The pipeline's stages, in order."""
-        return list(self._outputs())
+        return list(self._outputs)
 
     def folder(self, stage: str, role: str | None = None) -> Path | None:
         """Where `stage` wrote its output `role` (its first output by default); None for a stage the run's
         pipeline does not have (or an output a run of an older version did not record)."""
-        outputs = self._outputs().get(stage)
+        outputs = self._outputs.get(stage)
         if not outputs:
             return None
         folder = outputs.get(role) if role is not None else next(iter(outputs.values()))

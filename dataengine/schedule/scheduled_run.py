@@ -32,7 +32,9 @@ class RunLock:
         self.held = False
         self.holder = ""
         self._lock = FileLock(path, timeout=0)
-        self._pid = path.with_name(path.name + ".pid")  # filelock truncates the lock file on every try
+        # beside the lock, not in it: filelock owns the lock file's descriptor (and older versions truncate
+        # it on every try, a contender's too)
+        self._pid = path.with_name(path.name + ".pid")
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
