@@ -118,7 +118,7 @@ def status(
     Rows through the stages, drop reasons, answer lengths, dedup clusters, teacher tokens/s, training loss
     and the student's evaluation.
     """
-    from dataengine.report.facts import collect
+    from dataengine.facts import collect
     from dataengine.report.page import write_report
     from dataengine.report.terminal import show
     from dataengine.run_folder import RunFolder

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -54,6 +54,10 @@ class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a recipe must never be silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # keys an earlier version took, and the name that replaced them (the error names the new one)
+    renamed: ClassVar[dict[str, str]] = {}
+    # what an unset (null) knob means, for the reference: the library the block feeds decides
+    unset_default: ClassVar[str | None] = None
 
 
 # --------------------------------------------------------------------------- teacher
@@ -394,72 +398,117 @@ class StudentConfig(StrictModel):
 
 
 class LoraSettings(StrictModel):
-    """LoRA adapters through peft; the final student is saved with the adapters merged."""
+    """LoRA adapters: peft's `LoraConfig` under its own names; a key left out keeps peft's default. The final
+    student is saved with the adapters merged."""
 
-    r: int = Field(16, ge=1, description="adapter rank")
-    alpha: int = Field(32, ge=1, description="scaling numerator (lora_alpha)")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
-    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names to adapt")
+    renamed: ClassVar[dict[str, str]] = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
+    unset_default: ClassVar[str | None] = "peft's"
+
+    r: int | None = Field(None, ge=1, description="adapter rank")
+    lora_alpha: int | None = Field(None, ge=1, description="scaling numerator")
+    lora_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None, description="module names to adapt; unset: peft's choice for the architecture"
+    )
 
 
 class TrainerSettings(StrictModel):
-    """TRL/transformers training arguments shared by every phase, under TRL's names (`precision` is ours: it
-    sets TRL's `bf16`). Some defaults are ours, not TRL's (learning rate, scheduler, logging steps)."""
+    """The TrainingArguments every phase shares, under TRL's names. A key left out is not passed: the TRL
+    config the phase feeds keeps its own default (see its documentation). `precision` is ours: it sets `bf16`."""
 
-    learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="learning-rate schedule"
+    unset_default: ClassVar[str | None] = "TRL's"
+
+    learning_rate: float | None = Field(None, gt=0, description="peak learning rate")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] | None = Field(
+        None, description="learning-rate schedule"
     )
-    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
-    num_train_epochs: float = Field(1.0, gt=0, description="passes over the training rows (unless max_steps)")
-    max_steps: int = Field(-1, description="optimizer steps; -1 lets num_train_epochs decide")
-    per_device_train_batch_size: int = Field(8, ge=1, description="rows per step per device")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="steps summed before an optimizer update")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    max_length: int = Field(1024, ge=16, description="tokens per training sequence; longer ones are truncated")
-    seed: int = Field(0, description="data order and init seed")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on a GPU, fp32 on CPU")
-    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
-    logging_steps: int = Field(5, ge=1, description="log the loss every N steps")
-    save_steps: int = Field(50, ge=1, description="checkpoint every N steps (a crash resumes from the last)")
+    warmup_steps: int | None = Field(None, ge=0, description="linear warmup steps")
+    num_train_epochs: float | None = Field(None, gt=0, description="passes over the training rows (unless max_steps)")
+    max_steps: int | None = Field(None, description="optimizer steps; -1 lets num_train_epochs decide")
+    per_device_train_batch_size: int | None = Field(None, ge=1, description="rows per step per device")
+    gradient_accumulation_steps: int | None = Field(None, ge=1, description="steps summed before an optimizer update")
+    weight_decay: float | None = Field(None, ge=0, description="AdamW weight decay")
+    seed: int | None = Field(None, description="data order and init seed")
+    gradient_checkpointing: bool | None = Field(None, description="trade compute for activation memory")
+    logging_steps: int | None = Field(None, ge=1, description="log the loss every N steps")
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (a crash resumes from the last)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="ours: auto is bf16 on a GPU, fp32 on CPU")
 
 
 class SFTSettings(TrainerSettings):
     """Supervised fine-tuning on the curated conversations with TRL's SFTTrainer; feeds `trl.SFTConfig`
-    (`assistant_only_loss` sets TRL's `completion_only_loss` on prompt-completion rows, `lora` a peft
-    `LoraConfig`)."""
+    (`lora` a peft `LoraConfig`). Rows are TRL's prompt-completion form, so TRL's `completion_only_loss`
+    (unset: on) puts the loss on the teacher's answer only."""
 
-    enabled: bool = Field(True, description="run this phase")
-    packing: bool = Field(False, description="pack several rows into each max_length sequence")
-    assistant_only_loss: bool = Field(True, description="loss on the teacher's answer only, not on the prompt")
-    lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of all weights")
-    router_aux_loss_coef: float | None = Field(
-        None, ge=0, description="MoE students: weight of the router load-balancing loss; null keeps the model's"
-    )
+    renamed: ClassVar[dict[str, str]] = {"assistant_only_loss": "completion_only_loss"}
+
+    enabled: bool = Field(True, description="ours: run this phase")
+    max_length: int | None = Field(None, ge=16, description="tokens per training sequence; longer ones are truncated")
+    packing: bool | None = Field(None, description="pack several rows into each max_length sequence")
+    completion_only_loss: bool | None = Field(None, description="loss on the answer only, not on the prompt")
+    lora: LoraSettings | None = Field(None, description="ours: train LoRA adapters (peft) instead of all weights")
+    router_aux_loss_coef: float | None = Field(None, ge=0, description="MoE students: weight of the router loss")
+
+
+# The distillation knobs that only some methods take, and those methods: each TRL config has its own set
+# (a test holds this table to TRL's dataclasses). offline_topk feeds SFTConfig plus our trainer's
+# `temperature` and `ce_weight`.
+DISTILL_KNOBS: dict[str, tuple[str, ...]] = {
+    "max_length": ("offline_topk", "gkd"),
+    "temperature": ("offline_topk", "gkd", "on_policy", "server"),
+    "ce_weight": ("offline_topk",),
+    "lmbda": ("gkd",),
+    "beta": ("gkd", "on_policy", "server"),
+    "seq_kd": ("gkd",),
+    "max_new_tokens": ("gkd",),
+    "max_completion_length": ("on_policy", "server"),
+    "loss_top_k": ("server",),
+}
+DISTILL_CONFIGS = {
+    "offline_topk": "SFTConfig",
+    "gkd": "GKDConfig",
+    "on_policy": "DistillationConfig",
+    "server": "ServerDistillationConfig",
+}
 
 
 class DistillSettings(TrainerSettings):
     """Logit distillation after SFT. offline_topk trains on the stored teacher top-k (needs `score`), with no
     teacher in memory (an `SFTConfig` with our trainer); gkd, on_policy and server are TRL's GKDTrainer,
     DistillationTrainer and ServerDistillationTrainer, fed `GKDConfig`, `DistillationConfig` and
-    `ServerDistillationConfig` (`max_new_tokens` is GKDConfig's name; it sets the others'
-    `max_completion_length`). All need the student to
-    share the teacher's vocabulary."""
+    `ServerDistillationConfig`. Each knob below goes only to the methods whose config has it; a key left out
+    keeps that config's default. All need the student to share the teacher's vocabulary."""
 
     method: Literal["offline_topk", "gkd", "on_policy", "server"] = Field(description="how the student learns")
-    temperature: float = Field(1.0, gt=0, description="softens teacher and student distributions alike")
-    ce_weight: float = Field(
-        0.0, ge=0, description="offline_topk: weight of next-token cross-entropy on the answer, added to the KL"
+    max_length: int | None = Field(None, ge=16, description="offline_topk/gkd: tokens per training sequence")
+    temperature: float | None = Field(
+        None, gt=0, description="softens teacher and student distributions alike (offline_topk: ours, 1.0)"
     )
-    lmbda: float = Field(0.5, ge=0, le=1, description="gkd: share of batches with student-generated answers")
-    beta: float = Field(0.5, ge=0, le=1, description="gkd/on_policy/server: 0 forward KL, 1 reverse KL, between JSD")
-    seq_kd: bool = Field(False, description="gkd: also train on teacher-generated answers")
-    max_new_tokens: int = Field(128, ge=1, description="gkd/on_policy/server: length of answers the student writes")
-    loss_top_k: int = Field(1, ge=1, description="server: teacher top-k per token; must be 1 unless beta is 0")
+    ce_weight: float = Field(
+        0.0, ge=0, description="offline_topk (ours): weight of cross-entropy on the answer, added to the KL"
+    )
+    lmbda: float | None = Field(None, ge=0, le=1, description="gkd: share of batches with student-generated answers")
+    beta: float | None = Field(
+        None, ge=0, le=1, description="gkd/on_policy/server: 0 forward KL, 1 reverse KL, between JSD"
+    )
+    seq_kd: bool | None = Field(None, description="gkd: also train on teacher-generated answers")
+    max_new_tokens: int | None = Field(None, ge=1, description="gkd: length of answers the student writes")
+    max_completion_length: int | None = Field(
+        None, ge=1, description="on_policy/server: length of answers the student writes"
+    )
+    loss_top_k: int | None = Field(None, ge=1, description="server: teacher top-k per token; 1 unless beta is 0")
 
     @model_validator(mode="after")
-    def _server_top_k(self) -> DistillSettings:
-        if self.method == "server" and self.beta > 0 and self.loss_top_k != 1:
+    def _knobs_of_the_method(self) -> DistillSettings:
+        for knob, methods in DISTILL_KNOBS.items():
+            if knob in self.model_fields_set and getattr(self, knob) is not None and self.method not in methods:
+                takes = ", ".join(methods)
+                raise ValueError(
+                    f"`{knob}` is a knob of method {takes}; method {self.method} feeds "
+                    f"{DISTILL_CONFIGS[self.method]}, which has no `{knob}`"
+                )
+        # TRL's rule; an unset beta is ServerDistillationConfig's default, 1.0
+        if self.method == "server" and (self.beta is None or self.beta > 0) and self.loss_top_k not in (None, 1):
             raise ValueError(f"method server with beta > 0 needs loss_top_k: 1 (got {self.loss_top_k}); TRL's rule")
         return self
 
@@ -753,6 +802,8 @@ def _describe(error: dict[str, Any], root: yaml.Node | None) -> str:
     if kind == "extra_forbidden":
         owner = _model_at(loc[:-1])
         known = sorted(owner.model_fields) if owner else []
+        if owner and str(loc[-1]) in owner.renamed:
+            return f"{at}{dotted}: renamed to {owner.renamed[str(loc[-1])]!r} (the library's own name)"
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
         return f"{at}{dotted}: unknown key{suggestion} (allowed: {', '.join(known)})"

@@ -23,12 +23,14 @@ def _type_name(annotation: Any) -> str:
     return text.replace("NoneType", "None").replace("None", "null").replace(" | ", " or ").replace("Literal", "one of ")
 
 
-def _default(field: Any) -> str:
+def _default(model: type[BaseModel], field: Any, is_block: bool) -> str:
     if field.is_required():
         return "required"
     value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, BaseModel):
         return "(block)"
+    if value is None and not is_block and getattr(model, "unset_default", None):
+        return model.unset_default
     return f"`{value!r}`" if value is not None else "`null`"
 
 
@@ -42,7 +44,7 @@ def _section(model: type[BaseModel], path: str, out: list[str]) -> None:
         inner = _unwrap(field.annotation)
         is_block = isinstance(inner, type) and issubclass(inner, BaseModel)
         desc = (field.description or "").replace("|", "\\|")
-        out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
+        out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(model, field, is_block)} | {desc} |")
         if is_block:
             is_list = "list[" in str(field.annotation)
             nested.append((inner, f"{path}.{name}[]" if is_list else f"{path}.{name}"))

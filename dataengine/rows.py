@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, List, Value, disable_progress_bars
@@ -157,9 +159,29 @@ def primary_language(tag: str) -> str:
     return tag.split("-")[0].lower()
 
 
-def group(row: dict) -> str:
-    """The row's kind/language group, how quotas, top-up rounds and the report count rows."""
-    return f"{row['kind']}/{row['language']}"
+class Group(NamedTuple):
+    """A row's kind and language: the unit that quotas, top-up rounds and the report count rows in. Files
+    holding a count per group (manifests, top_up.json) key it by `str(group)`, "kind/language"."""
+
+    kind: str
+    language: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.language}"
+
+    @classmethod
+    def of(cls, row: dict) -> Group:
+        return cls(row["kind"], row["language"])
+
+    @classmethod
+    def parse(cls, key: str) -> Group:
+        kind, _, language = key.partition("/")
+        return cls(kind, language)
+
+
+def count_groups(rows: Iterable[dict]) -> dict[str, int]:
+    """Rows per group, as a file stores them: keyed by "kind/language", in group order."""
+    return {str(g): n for g, n in sorted(Counter(Group.of(r) for r in rows).items())}
 
 
 def split_rows(rows: list[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:

@@ -127,8 +127,8 @@ class RunFolder:
         """Manifests of the finished stages, in pipeline order."""
         return {stage: m for stage in self.stages if (m := self.manifest(stage)) is not None}
 
-    def file(self, stage: str, name: str) -> dict | None:
-        """A JSON file a stage wrote into its output (training.json, metrics.json), parsed; None if absent."""
+    def file(self, stage: str, name: str) -> Path | None:
+        """Where a stage writes the file `name` into its output (training.json, metrics.json); None for a stage
+        the run's pipeline does not have."""
         folder = self.folder(stage)
-        path = folder / name if folder is not None else None
-        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+        return folder / name if folder is not None else None

@@ -311,7 +311,8 @@ def test_the_test_split_is_the_students_held_out_rows(tmp_path):
     )
     run_dir = tmp_path / "run"
     (run_dir / "students" / "s").mkdir(parents=True)
-    (run_dir / "students" / "s" / "training.json").write_text(json.dumps({"held_out_ids": ["row-05", "row-07"]}))
+    training = {"student": {}, "train_rows": 10, "held_out_ids": ["row-05", "row-07"], "phases": []}
+    (run_dir / "students" / "s" / "training.json").write_text(json.dumps(training))
     student = run_dir / "students" / "s"  # what the pipeline wires as the publish stage's `student` input
     assert pick_test_split(recipe, recipe.publish, student, _rows()) == ({"row-05", "row-07"}, True)
     (run_dir / "students" / "s" / "training.json").unlink()  # no student trained: the id hash decides

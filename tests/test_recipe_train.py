@@ -43,8 +43,9 @@ def test_shipped_quickstart_distills_offline():
 
 def test_distill_pipeline_with_defaults():
     recipe = parse_recipe(MINIMAL + "pipeline: distill\nscore: {}\n" + CURATE + TRAIN)
-    assert recipe.train.sft.enabled and recipe.train.sft.assistant_only_loss
-    assert recipe.train.evaluate.eval_fraction == 0.2
+    assert recipe.train.sft.enabled and recipe.train.evaluate.eval_fraction == 0.2
+    # TRL's knobs left out of the recipe are not set: TRL's config keeps its own defaults
+    assert recipe.train.sft.learning_rate is None and recipe.train.sft.completion_only_loss is None
 
 
 @pytest.mark.parametrize(
@@ -65,6 +66,22 @@ def test_distill_pipeline_with_defaults():
             ["needs loss_top_k: 1"],
         ),
         (MINIMAL + "train: {student: {model: x}, sft: {learning_rate: -1}}\n", ["train.sft.learning_rate"]),
+        (
+            MINIMAL + "train: {student: {model: x}, sft: {assistant_only_loss: true}}\n",
+            ["train.sft.assistant_only_loss: renamed to 'completion_only_loss'"],
+        ),
+        (
+            MINIMAL + "train: {student: {model: x}, sft: {lora: {alpha: 16}}}\n",
+            ["train.sft.lora.alpha: renamed to 'lora_alpha'"],
+        ),
+        (
+            MINIMAL + "train: {student: {model: x}, distill: {method: on_policy, max_new_tokens: 64}}\n",
+            ["`max_new_tokens` is a knob of method gkd", "DistillationConfig, which has no `max_new_tokens`"],
+        ),
+        (
+            MINIMAL + "train: {student: {model: x}, distill: {method: gkd, ce_weight: 0.5}}\n",
+            ["`ce_weight` is a knob of method offline_topk", "GKDConfig"],
+        ),
     ],
 )
 def test_bad_train_blocks_are_explained(text, expected):
@@ -112,19 +129,40 @@ def test_prune_needs_a_builtin_teacher(tmp_path):
     assert "only builtin teachers ship" in problems(text)
 
 
-def test_training_knobs_keep_trls_names():
-    """The knobs every phase shares and the distillation knobs are TRL's own fields, so TRL's documentation
-    describes them; `precision` (it sets `bf16`) and dataengine's own switches are the only exceptions."""
+def test_training_knobs_are_trls_fields_with_trls_defaults():
+    """Every knob of a training block is a field of the TRL (or peft) config it feeds, under its name, and
+    unset by default so that config keeps its own default; the distillation knobs are allowed exactly for
+    the methods whose config has them. Only `precision`, the switches and offline_topk's loss are ours."""
     from dataclasses import fields
 
-    from trl import SFTConfig
+    from peft import LoraConfig
+    from trl import DistillationConfig, SFTConfig
     from trl.experimental.gkd import GKDConfig
     from trl.experimental.server_distillation import ServerDistillationConfig
 
-    from dataengine.recipe import DistillSettings, TrainerSettings
+    from dataengine.recipe import DISTILL_CONFIGS, DISTILL_KNOBS, DistillSettings, LoraSettings, SFTSettings
+    from dataengine.train.phases import OURS
 
-    shared = set(TrainerSettings.model_fields) - {"precision"}
-    assert shared <= {f.name for f in fields(SFTConfig)}
-    gkd = {"temperature", "lmbda", "beta", "seq_kd", "max_new_tokens"}
-    assert gkd <= set(DistillSettings.model_fields) and gkd <= {f.name for f in fields(GKDConfig)}
-    assert "loss_top_k" in {f.name for f in fields(ServerDistillationConfig)}
+    def names(config) -> set[str]:
+        return {f.name for f in fields(config)}
+
+    def knobs(model) -> set[str]:
+        return set(model.model_fields) - OURS
+
+    assert knobs(SFTSettings) <= names(SFTConfig)
+    assert set(LoraSettings.model_fields) <= names(LoraConfig)
+    configs = {
+        "offline_topk": SFTConfig,
+        "gkd": GKDConfig,
+        "on_policy": DistillationConfig,
+        "server": ServerDistillationConfig,
+    }
+    assert {method: config.__name__ for method, config in configs.items()} == DISTILL_CONFIGS
+    ours = {"offline_topk": {"temperature"}}  # our trainer's, beside ce_weight
+    for method, config in configs.items():
+        allowed = {k for k in knobs(DistillSettings) if k not in DISTILL_KNOBS or method in DISTILL_KNOBS[k]}
+        assert allowed - ours.get(method, set()) <= names(config), method
+        assert not {k for k in DISTILL_KNOBS if method not in DISTILL_KNOBS[k]} & names(config), method
+    for model in (SFTSettings, DistillSettings, LoraSettings):
+        defaults = {k: f.default for k, f in model.model_fields.items() if k not in OURS}
+        assert set(defaults.values()) == {None}, model

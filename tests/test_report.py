@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from dataengine import numbers
 from dataengine.cli import app
+from dataengine.facts import collect
 from dataengine.generate.throughput import recorder, timeline
 from dataengine.manifest import Manifest
+from dataengine.publish.card import evaluation_section
 from dataengine.publish.layout import write_layout
-from dataengine.report.facts import collect
 from dataengine.report.page import SECTIONS, write_report
 from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
 
@@ -89,10 +91,17 @@ def run_dir(tmp_path: Path) -> Path:
     student = run / "students" / "tiny"
     student.mkdir(parents=True)
     phases = [
-        {"method": m, "steps": 6, "log_history": [{"loss": 5.0 - s * f, "step": s} for s in range(2, 7, 2)]}
+        {
+            "method": m,
+            "steps": 6,
+            "seconds": 1.5,
+            "resumed_from": None,
+            "log_history": [{"loss": 5.0 - s * f, "step": s} for s in range(2, 7, 2)],
+        }
         for m, f in (("sft", 0.5), ("offline_topk", 0.3))
     ]
-    (student / "training.json").write_text(json.dumps({"held_out_ids": ["r00", "r02"], "phases": phases}))
+    training = {"student": {"origin": "model"}, "train_rows": 5, "held_out_ids": ["r00", "r02"], "phases": phases}
+    (student / "training.json").write_text(json.dumps(training))
     _manifest(student, "train", 7, 5)
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(
@@ -151,6 +160,19 @@ def test_status_prints_the_same_figures_in_the_terminal(run_dir):
     assert "│ KL(teacher ‖ student) │ 9.5 │ 4.2 │ — │" in out and "│ code pass rate │ 0 │ n/a │ 0.5 │" in out
     assert "min 20.5, max 25.0, run 23.1" in out
     assert (run_dir / "report.html").is_file()
+
+
+def test_numbers_read_the_same_in_every_renderer(run_dir):
+    """`—`: the cell means nothing for that row; `n/a`: it does, but the run could not measure it."""
+    assert (numbers.count(None), numbers.metric(None)) == ("—", "n/a")
+    assert numbers.metric(2_634_512.7) == "2,634,513" and numbers.metric(6.8312) == "6.831"
+    assert numbers.metric(0.0) == "0" and numbers.seconds(12.6) == "13"
+    page = write_report(run_dir).read_text()
+    # the page's evaluation table: KL has no teacher figure (—); the trained student wrote no code (n/a)
+    assert "<td>KL(teacher ‖ student)</td><td>9.5</td><td>4.2</td><td>—</td>" in page
+    assert "<td>code pass rate</td><td>0</td><td>n/a</td><td>0.5</td>" in page
+    card = evaluation_section(collect(run_dir, rows=False).evaluation, {"r00", "r02"})
+    assert "| kl_teacher_student | 9.5 | 4.2 |" in card and "| code_pass_rate | 0 | n/a |" in card
 
 
 def test_status_refuses_a_folder_that_is_not_a_run(tmp_path):

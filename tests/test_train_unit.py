@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dataengine.recipe import DistillSettings, PruneConfig, SFTSettings
+from dataengine.recipe import DistillSettings, LoraSettings, PruneConfig, SFTSettings
 from dataengine.rows import prompt_and_full_ids, split_rows
 from dataengine.train.evaluation import answer_fit
 from dataengine.train.offline_topk import OfflineTopKCollator, topk_kl
@@ -219,3 +219,26 @@ def test_sft_of_an_moe_applies_the_router_loss_and_logs_expert_load(tmp_path):
     assert any("expert_load_max_over_mean" in entry for entry in record["log_history"])
     config = json.loads((final / "config.json").read_text())
     assert config["router_aux_loss_coef"] == 0.02 and config["output_router_logits"] is True
+
+
+def test_sft_with_lora_trains_only_the_adapted_modules_and_saves_them_merged(tmp_path):
+    tokenizer = tiny_tokenizer()
+    start = save(tiny_llama(len(tokenizer), seed=3), tokenizer, tmp_path / "start")
+    lora = LoraSettings(r=4, lora_alpha=8, target_modules=["q_proj"])
+    final = run_sft(start, rows(), _settings(SFTSettings, lora=lora), tmp_path / "sft", print)
+    assert not list(final.glob("adapter_*"))  # a plain transformers folder, adapters merged in
+    before, after = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (start, final))
+    changed = {name for name, weight in after.items() if not torch.equal(weight, before[name])}
+    assert changed and all(name.endswith("self_attn.q_proj.weight") for name in changed), changed
+
+
+def test_unset_training_knobs_keep_trls_defaults(tmp_path):
+    from trl import SFTConfig
+
+    from dataengine.train.phases import trainer_args
+
+    given = SFTConfig(**trainer_args(SFTSettings(max_steps=3, seed=7), tmp_path))
+    trl = SFTConfig(output_dir=str(tmp_path), bf16=False)  # its bf16 default needs a GPU
+    assert (given.max_steps, given.seed) == (3, 7)
+    for knob in ("learning_rate", "lr_scheduler_type", "num_train_epochs", "gradient_checkpointing", "save_steps"):
+        assert getattr(given, knob) == getattr(trl, knob), knob

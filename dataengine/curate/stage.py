@@ -29,7 +29,7 @@ from dataengine.errors import StageError
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import CurateConfig, Recipe, resolve_path
-from dataengine.rows import CURATED_FEATURES, group, last_user_turn, read_rows, write_shards
+from dataengine.rows import CURATED_FEATURES, Group, count_groups, last_user_turn, read_rows, write_shards
 from dataengine.stage import RunContext, StageResult
 from dataengine.target.existing import reference_folder
 
@@ -201,13 +201,13 @@ class CurateStage:
 
     def _stats(self, kept: list[dict], rejected: list[dict], rejected_dir: Path) -> dict[str, Any]:
         targets = _targets(self.recipe)
-        kept_by = Counter(group(r) for r in kept)
+        kept_by = Counter(Group.of(r) for r in kept)
         quota = {
-            key: {"target": target, "kept": kept_by.get(key, 0), "short": max(0, target - kept_by.get(key, 0))}
-            for key, target in targets.items()
+            str(g): {"target": target, "kept": kept_by.get(g, 0), "short": max(0, target - kept_by.get(g, 0))}
+            for g, target in targets.items()
         }
         return {
-            "kept_by_kind_language": dict(sorted(kept_by.items())),
+            "kept_by_kind_language": count_groups(kept),
             "rejected_by_step": dict(Counter(r["drop_step"] for r in rejected).most_common()),
             "quota": quota,
             "code_tests_passed": sum(1 for r in kept if r.get("tests_passed")),
@@ -226,14 +226,14 @@ class CurateStage:
         console.print(f"output: {outputs['kept']} (rejected rows with reasons: {outputs['rejected']})")
 
 
-def _targets(recipe: Recipe) -> dict[str, int]:
+def _targets(recipe: Recipe) -> dict[Group, int]:
     """Rows the recipe asked for per kind/language (prompts x rollouts), to report shortfalls."""
     gen, targets = recipe.generate, Counter()
     if gen.chat:
         for lang in gen.chat.languages:
-            targets[f"chat/{lang.code}"] += lang.quota * gen.chat.rollouts
+            targets[Group("chat", lang.code)] += lang.quota * gen.chat.rollouts
     if gen.code:
-        targets[f"code/{gen.code.language}"] += gen.code.count * gen.code.rollouts
+        targets[Group("code", gen.code.language)] += gen.code.count * gen.code.rollouts
     return dict(sorted(targets.items()))
 
 

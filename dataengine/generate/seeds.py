@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from dataengine.recipe import GenerateConfig, PromptSource, resolve_path
+from dataengine.rows import Group
 
 CODE_LANGUAGE = "python"
 
@@ -168,15 +169,16 @@ def expand_seeds(gen: GenerateConfig, base_dir: Path) -> list[PromptSeed]:
 
 
 def top_up_seeds(gen: GenerateConfig, extra: dict[str, int], round: int) -> list[PromptSeed]:
-    """Prompts of one top-up round: `extra` maps "chat/<language>" and "code/<language>" to how many
+    """Prompts of one top-up round: `extra` maps groups ("chat/<language>", "code/<language>") to how many
     more distinct prompts to ask, drawn with a round-specific seed so that they differ from earlier ones."""
+    wanted = {Group.parse(key): n for key, n in extra.items()}
     update: dict = {"sources": []}
     if gen.chat is not None:
         languages = [
-            lang.model_copy(update={"quota": extra.get(f"chat/{lang.code}", 0)}) for lang in gen.chat.languages
+            lang.model_copy(update={"quota": wanted.get(Group("chat", lang.code), 0)}) for lang in gen.chat.languages
         ]
         update["chat"] = gen.chat.model_copy(update={"languages": languages})
     if gen.code is not None:
-        update["code"] = gen.code.model_copy(update={"count": extra.get(f"code/{gen.code.language}", 0)})
+        update["code"] = gen.code.model_copy(update={"count": wanted.get(Group("code", gen.code.language), 0)})
     again = gen.model_copy(update=update)
     return chat_seeds(again, round) + code_seeds(again, round)

@@ -41,7 +41,7 @@ from dataengine.generate.top_up import load_rounds
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
-from dataengine.rows import group, write_shards
+from dataengine.rows import count_groups, write_shards
 from dataengine.stage import RunContext, StageResult, config_hash
 from dataengine.teacher.server import served_name
 
@@ -317,11 +317,10 @@ class GenerateStage:
 
     @staticmethod
     def _stats(rows: list[dict], seconds: float, prompts: int, question_tokens: int, duplicates: int) -> dict[str, Any]:
-        per_group = Counter(group(r) for r in rows)
         completion = sum(r["completion_tokens"] for r in rows)
         return {
             "prompts": prompts,
-            "rows_by_kind_language": dict(sorted(per_group.items())),
+            "rows_by_kind_language": count_groups(rows),
             "finish_reasons": dict(Counter(r["finish_reason"] for r in rows)),
             "code_parsed": sum(1 for r in rows if r["kind"] == "code" and r["code_parse_error"] is None),
             "code_rows": sum(1 for r in rows if r["kind"] == "code"),

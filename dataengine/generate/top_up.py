@@ -15,6 +15,7 @@ from pathlib import Path
 from dataengine.atomic import write_atomic
 from dataengine.manifest import Manifest
 from dataengine.recipe import Recipe
+from dataengine.rows import Group
 from dataengine.run_folder import RunFolder
 
 
@@ -23,9 +24,9 @@ def load_rounds(run_dir: Path) -> list[dict[str, int]]:
     return json.loads(path.read_text())["rounds"] if path.is_file() else []
 
 
-def rollouts(recipe: Recipe, group: str) -> int:
+def rollouts(recipe: Recipe, group: Group) -> int:
     gen = recipe.generate
-    if group.startswith("chat/") and gen.chat:
+    if group.kind == "chat" and gen.chat:
         return gen.chat.rollouts
     return gen.code.rollouts if gen.code else 1
 
@@ -41,7 +42,7 @@ def plan_round(recipe: Recipe, generated: Manifest, curated: Manifest) -> dict[s
             continue
         keep_rate = max(quota["kept"] / made[group] if made.get(group) else 0.0, 1.0 / cfg.max_factor)
         rows = math.ceil(quota["short"] / keep_rate)
-        extra[group] = math.ceil(rows / rollouts(recipe, group))
+        extra[group] = math.ceil(rows / rollouts(recipe, Group.parse(group)))
     return extra
 
 

@@ -14,9 +14,10 @@ import yaml
 from datasets import Features
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from dataengine import numbers
+from dataengine.facts import METRICS, Evaluation, RunFacts
 from dataengine.publish.layout import add_dataset_infos
 from dataengine.recipe import Recipe
-from dataengine.run_folder import RunFolder
 from dataengine.secrets import scrub
 from dataengine.target.existing import HISTORY_KEY
 from dataengine.target.send import MARK
@@ -60,7 +61,7 @@ class TestSplit:
 
 def build_card(
     recipe: Recipe,
-    run: RunFolder,
+    facts: RunFacts,
     counts: dict[str, dict[str, int]],
     configs: list[dict],
     rows: list[dict],
@@ -70,7 +71,7 @@ def build_card(
     history: list[dict],
     layout: Path,
     features: Features,
-    metrics: Path | None,
+    evaluation: Evaluation | None,
     secrets: tuple[str, ...] = (),
 ) -> DatasetCard:
     publish = recipe.publish
@@ -86,13 +87,13 @@ def build_card(
         **{HISTORY_KEY: history},  # read back by the next appending publish
     )
     add_dataset_infos(data, layout, counts, features)
-    body = _body(recipe, run, counts, rows, load_from, secrets, test_ids, split, history, metrics)
+    body = _body(recipe, facts, counts, rows, load_from, secrets, test_ids, split, history, evaluation)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
 def _body(
     recipe: Recipe,
-    run: RunFolder,
+    facts: RunFacts,
     counts: dict,
     rows: list[dict],
     load_from: str,
@@ -100,7 +101,7 @@ def _body(
     test_ids: set[str],
     split: TestSplit,
     history: list[dict],
-    metrics: Path | None,
+    evaluation: Evaluation | None,
 ) -> str:
     sampling = recipe.generate.sampling.model_dump(mode="json")
     revisions = sorted({row["teacher_revision"] for row in rows if row.get("teacher_revision")})
@@ -143,19 +144,18 @@ def _body(
         "|---|---:|---:|",
     ]
     # the stages that pass rows on (training and evaluation report in their own section)
-    manifests = [m for stage in ("generate", "curate", "score") if (m := run.manifest(stage))]
-    lines += [f"| {m.stage} | {m.rows_in if m.rows_in is not None else '—'} | {m.rows_out} |" for m in manifests]
-    curate = run.manifest("curate")
-    if curate and curate.drops:
+    passing = [s for s in facts.stages if s.stage in ("generate", "curate", "score")]
+    lines += [f"| {s.stage} | {numbers.count(s.rows_in)} | {numbers.count(s.rows_out)} |" for s in passing]
+    if facts.drops:
         lines += ["", "## Drop reasons", "", "| reason | rows |", "|---|---:|"]
-        lines += [f"| {reason} | {n} |" for reason, n in sorted(curate.drops.items(), key=lambda kv: -kv[1])]
+        lines += [f"| {reason} | {n} |" for reason, n in facts.drops.items()]
     if recipe.curate is not None:
         settings = {
             "dedup": recipe.curate.dedup.model_dump(mode="json"),
             "decontamination": recipe.curate.decontamination.model_dump(mode="json"),
         }
         lines += ["", "## Dedup and decontamination", "", "```yaml", _yaml(scrub(settings, secrets)), "```"]
-    lines += _evaluation(metrics, test_ids)
+    lines += evaluation_section(evaluation, test_ids)
     recipe_json = scrub(recipe.model_dump(mode="json", exclude_none=True), secrets)
     lines += ["", "## Recipe (secrets removed)", "", "```yaml", _yaml(recipe_json), "```"]
     lines += [
@@ -172,11 +172,10 @@ def _body(
     return "\n".join(lines)
 
 
-def _evaluation(metrics_file: Path | None, test_ids: set[str]) -> list[str]:
-    if metrics_file is None or not metrics_file.is_file():
+def evaluation_section(evaluation: Evaluation | None, test_ids: set[str]) -> list[str]:
+    if evaluation is None:
         return []
-    metrics = json.loads(metrics_file.read_text())
-    held_out = set(metrics["held_out_ids"])
+    held_out = set(evaluation.held_out_ids)
     if held_out == test_ids:
         which = "the test split"
     else:
@@ -185,19 +184,15 @@ def _evaluation(metrics_file: Path | None, test_ids: set[str]) -> list[str]:
         "",
         "## Student evaluation",
         "",
-        f"On {metrics['held_out_rows']} held-out rows ({which}):",
+        f"On {evaluation.held_out_rows} held-out rows ({which}):",
         "",
         "| metric | before training | after training |",
         "|---|---:|---:|",
     ]
-    for key in ("kl_teacher_student", "perplexity", "code_pass_rate", "language_fidelity"):
-        before, after = metrics["before"].get(key), metrics["after"].get(key)
-        lines.append(f"| {key} | {_num(before)} | {_num(after)} |")
+    for m in METRICS:
+        before, after = evaluation.before.get(m.key), evaluation.after.get(m.key)
+        lines.append(f"| {m.key} | {numbers.metric(before)} | {numbers.metric(after)} |")
     return lines
-
-
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _example(counts: dict) -> str:

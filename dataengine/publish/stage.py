@@ -6,7 +6,6 @@ The stage writes the exact layout into the run's `published/` folder, then sends
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dataengine.errors import StageError, UserError
+from dataengine.facts import Evaluation, Training, collect
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
 from dataengine.publish.layout import card_configs, write_layout
@@ -40,9 +40,9 @@ def pick_test_split(
     """(test row ids, whether they are the student's held-out rows). When the run trained a student and the
     recipe sets no test_fraction, the test split is exactly what the student held out (its training.json)."""
     if publish.test_fraction is None and recipe.train is not None and student is not None:
-        training = student / TRAINING_FILE
-        if training.is_file():
-            return set(json.loads(training.read_text())["held_out_ids"]), True
+        training = Training.read(student / TRAINING_FILE)
+        if training is not None:
+            return set(training.held_out_ids), True
     return {r["id"] for r in split_rows(rows, _test_share(recipe, publish))[1]}, False
 
 
@@ -95,10 +95,10 @@ def build_layout(
     history, seen = run_history(before.history, sources.run, recipe, len(added), len(rows))
     mine_ids = {row["id"] for row in mine}
     split = TestSplit(held_out, earlier=any(row["id"] not in mine_ids for row in before.rows))
-    metrics = sources.evaluation / METRICS_FILE if sources.evaluation is not None else None
+    evaluation = Evaluation.read(sources.evaluation / METRICS_FILE) if sources.evaluation is not None else None
     card = build_card(
         recipe,
-        sources.run,
+        collect(sources.run.path, rows=False),
         counts,
         card_configs(counts),
         rows,
@@ -108,7 +108,7 @@ def build_layout(
         history,
         layout,
         KEPT_FEATURES,
-        metrics,
+        evaluation,
         secrets=known_secrets(),
     )
     card.save(str(layout / "README.md"))

@@ -16,7 +16,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render to SVG only
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
-from dataengine.report.facts import RunFacts  # noqa: E402
+from dataengine import numbers  # noqa: E402
+from dataengine.facts import METRICS, RunFacts  # noqa: E402
 
 STYLE = {
     "svg.fonttype": "none",  # text stays text: searchable, small, crisp
@@ -141,14 +142,6 @@ def losses(facts: RunFacts) -> str | None:
     return _svg(fig)
 
 
-EVAL_METRICS = (  # key, title, scale of its axis
-    ("kl_teacher_student", "KL(teacher ‖ student)", "linear"),
-    ("perplexity", "perplexity", "log"),
-    ("code_pass_rate", "code pass rate", "rate"),
-    ("language_fidelity", "language fidelity", "rate"),
-)
-
-
 EVAL_COLOURS = {"before": "#9bbb59", "after": "#4f81bd", "teacher": "#8064a2"}
 
 
@@ -157,19 +150,19 @@ def evaluation(facts: RunFacts) -> str | None:
     """Student before and after training, and the teacher where the same check applies to its answers."""
     if facts.evaluation is None:
         return None
-    fig, axes = plt.subplots(1, len(EVAL_METRICS), figsize=(WIDE[0] + 1, WIDE[1]))
-    for ax, (key, title, scale) in zip(axes, EVAL_METRICS, strict=True):
-        bars = {"before": facts.evaluation["before"].get(key), "after": facts.evaluation["after"].get(key)}
-        if key in facts.teacher_quality:
-            bars["teacher"] = facts.teacher_quality[key]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(WIDE[0] + 1, WIDE[1]))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        bars = {"before": facts.evaluation.before.get(metric.key), "after": facts.evaluation.after.get(metric.key)}
+        if metric.key in facts.teacher_quality:
+            bars["teacher"] = facts.teacher_quality[metric.key]
         shown = {name: value for name, value in bars.items() if value is not None and math.isfinite(value)}
         drawn = ax.bar(list(shown), list(shown.values()), color=[EVAL_COLOURS[name] for name in shown])
-        ax.bar_label(drawn, fmt="%.3g", fontsize=7)
-        if scale == "log" and shown:
+        ax.bar_label(drawn, labels=[numbers.metric(v) for v in shown.values()], fontsize=7)
+        if metric.scale == "log" and shown:
             ax.set_yscale("log")
-        if scale == "rate":
+        if metric.scale == "rate":
             ax.set_ylim(0, 1.1)
         if not shown:
-            ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(title + (" (log scale)" if scale == "log" else ""), fontsize=9)
+            ax.text(0.5, 0.5, numbers.NO_VALUE, ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(metric.short + (" (log scale)" if metric.scale == "log" else ""), fontsize=9)
     return _svg(fig)

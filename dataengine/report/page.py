@@ -7,9 +7,10 @@ import html
 from collections.abc import Callable
 from pathlib import Path
 
+from dataengine import numbers
 from dataengine.atomic import write_atomic
+from dataengine.facts import METRICS, RunFacts, collect
 from dataengine.report import figures
-from dataengine.report.facts import RunFacts, collect
 from dataengine.run_folder import RunFolder
 
 # (figure id, title, draw, what the page says when the run has nothing to draw there)
@@ -47,14 +48,10 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
 def _stage_table(facts: RunFacts) -> str:
     rows = "".join(
-        f"<tr><td>{_e(s.stage)}</td><td>{'—' if s.rows_in is None else s.rows_in}</td><td>{s.rows_out}</td>"
-        f"<td>{'—' if s.seconds is None else f'{s.seconds:.0f}'}</td></tr>"
+        f"<tr><td>{_e(s.stage)}</td><td>{numbers.count(s.rows_in)}</td><td>{numbers.count(s.rows_out)}</td>"
+        f"<td>{numbers.seconds(s.seconds)}</td></tr>"
         for s in facts.stages
     )
     head = "<thead><tr><th>stage</th><th>rows in</th><th>rows out</th><th>seconds</th></tr></thead>"
@@ -64,15 +61,15 @@ def _stage_table(facts: RunFacts) -> str:
 def _eval_table(facts: RunFacts) -> str:
     if facts.evaluation is None:
         return ""
-    before, after = facts.evaluation["before"], facts.evaluation["after"]
+    before, after = facts.evaluation.before, facts.evaluation.after
     rows = "".join(
-        f"<tr><td>{_e(title)}</td><td>{_num(before.get(key))}</td><td>{_num(after.get(key))}</td>"
-        f"<td>{_num(facts.teacher_quality.get(key)) if key in facts.teacher_quality else '—'}</td></tr>"
-        for key, title, _ in figures.EVAL_METRICS
+        f"<tr><td>{_e(m.short)}</td><td>{numbers.metric(before.get(m.key))}</td>"
+        f"<td>{numbers.metric(after.get(m.key))}</td><td>{facts.teacher_figure(m.key)}</td></tr>"
+        for m in METRICS
     )
     head = "<thead><tr><th>metric</th><th>before</th><th>after</th><th>teacher</th></tr></thead>"
     note = (
-        f"<p>On {facts.evaluation['held_out_rows']} held-out rows. The teacher's figures are curation's "
+        f"<p>On {facts.evaluation.held_out_rows} held-out rows. The teacher's figures are curation's "
         "checks on all its answers that reached them.</p>"
     )
     return f'<table id="evaluation-table">{head}<tbody>{rows}</tbody></table>{note}'

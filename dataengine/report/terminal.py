@@ -7,8 +7,8 @@ import statistics
 from rich.console import Console
 from rich.table import Table
 
-from dataengine.report import figures
-from dataengine.report.facts import RunFacts
+from dataengine import numbers
+from dataengine.facts import METRICS, RunFacts
 from dataengine.run_folder import RunFolder
 
 TICKS = "▁▂▃▄▅▆▇█"
@@ -24,10 +24,6 @@ def sparkline(values: list[float]) -> str:
 
 def _bar(value: int, top: int, width: int = 30) -> str:
     return "█" * max(1, round(value / top * width)) if value and top else ""
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -48,8 +44,7 @@ def show(facts: RunFacts, console: Console) -> None:
 def _stages(facts: RunFacts, console: Console) -> None:
     stages = _table("stages", "stage", "rows in", "rows out", "seconds")
     for s in facts.stages:
-        seconds = "—" if s.seconds is None else f"{s.seconds:.0f}"
-        stages.add_row(s.stage, "—" if s.rows_in is None else str(s.rows_in), str(s.rows_out), seconds)
+        stages.add_row(s.stage, numbers.count(s.rows_in), numbers.count(s.rows_out), numbers.seconds(s.seconds))
     console.print(stages if facts.stages else "no stage has finished yet")
 
 
@@ -75,21 +70,20 @@ def _throughput(facts: RunFacts, console: Console) -> None:
         rates = [rate for _, rate in facts.throughput]
         console.print(
             f"teacher tokens/s over the generation: {sparkline(rates)}  "
-            f"min {min(rates):.1f}, max {max(rates):.1f}, run {_num(facts.tokens_per_second)}"
+            f"min {min(rates):.1f}, max {max(rates):.1f}, run {numbers.metric(facts.tokens_per_second)}"
         )
 
 
 def _losses(facts: RunFacts, console: Console) -> None:
     if facts.losses:
         loss = _table(f"training loss ({facts.student})", "phase", "steps", "first", "last", "curve")
-        for phase, points in facts.losses.items():
-            values = [v for _, v in points]
-            last_step = str(points[-1][0]) if points else "0"
+        for phase in facts.training.phases:
+            values = [v for _, v in phase.losses]
             loss.add_row(
-                phase,
-                last_step,
-                _num(values[0] if values else None),
-                _num(values[-1] if values else None),
+                phase.method,
+                numbers.count(phase.steps),
+                numbers.metric(phase.first_loss),
+                numbers.metric(phase.last_loss),
                 sparkline(values),
             )
         console.print(loss)
@@ -98,12 +92,14 @@ def _losses(facts: RunFacts, console: Console) -> None:
 def _evaluation(facts: RunFacts, console: Console) -> None:
     if facts.evaluation is not None:
         ev = _table(
-            f"evaluation on {facts.evaluation['held_out_rows']} held-out rows", "metric", "before", "after", "teacher"
+            f"evaluation on {facts.evaluation.held_out_rows} held-out rows", "metric", "before", "after", "teacher"
         )
-        for key, title, _ in figures.EVAL_METRICS:
-            teacher = _num(facts.teacher_quality.get(key)) if key in facts.teacher_quality else "—"
+        for metric in METRICS:
             ev.add_row(
-                title, _num(facts.evaluation["before"].get(key)), _num(facts.evaluation["after"].get(key)), teacher
+                metric.short,
+                numbers.metric(facts.evaluation.before.get(metric.key)),
+                numbers.metric(facts.evaluation.after.get(metric.key)),
+                facts.teacher_figure(metric.key),
             )
         console.print(ev)
 

@@ -12,19 +12,14 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from dataengine import numbers
 from dataengine.checks.sandbox import SandboxLimits
+from dataengine.facts import METRICS, Evaluation
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE
 from dataengine.stage import RunContext, StageResult
-
-METRICS = (
-    ("kl_teacher_student", "KL(teacher || student) per token", "lower"),
-    ("perplexity", "perplexity on teacher answers", "lower"),
-    ("code_pass_rate", "code pass rate (sandbox)", "higher"),
-    ("language_fidelity", "answers in the language asked", "higher"),
-)
 
 
 class EvaluateStage:
@@ -95,19 +90,16 @@ class EvaluateStage:
             rows_in=len(held_out),
             rows_out=len(held_out),
             output_fingerprint=fingerprint_files([output_dir / METRICS_FILE]),
-            stats={label: {key: results[label][key] for key, _, _ in METRICS} for label in results},
+            stats={label: {m.key: results[label][m.key] for m in METRICS} for label in results},
         )
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
-        table = Table(title=f"student on {manifest.rows_out} held-out rows", title_justify="left")
+        evaluation = Evaluation.read(outputs["metrics"] / METRICS_FILE)
+        table = Table(title=f"student on {evaluation.held_out_rows} held-out rows", title_justify="left")
         for column in ("metric", "before training", "after training", "better is"):
             table.add_column(column, justify="left" if column == "metric" else "right")
-        for key, label, direction in METRICS:
-            before, after = manifest.stats["before"][key], manifest.stats["after"][key]
-            table.add_row(label, _fmt(before), _fmt(after), direction)
+        for m in METRICS:
+            before, after = evaluation.before.get(m.key), evaluation.after.get(m.key)
+            table.add_row(m.title, numbers.metric(before), numbers.metric(after), m.better)
         console.print(table)
         console.print(f"metrics: {outputs['metrics'] / METRICS_FILE}")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -29,25 +29,24 @@ def use_bf16(settings: TrainerSettings) -> bool:
     return settings.precision == "bf16" or (settings.precision == "auto" and torch.cuda.is_available())
 
 
-def trainer_args(settings: TrainerSettings, out: Path) -> dict[str, Any]:
-    """The TrainingArguments every TRL config shares, from the recipe's names (which are TRL's)."""
+# Knobs of the recipe's training blocks that are ours, not fields of the TRL config the block feeds
+OURS = frozenset({"precision", "enabled", "lora", "method", "ce_weight"})
+
+
+def trl_knobs(settings: TrainerSettings, *, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The block's TRL fields the recipe sets, under TRL's names; those it leaves out keep TRL's defaults."""
+    return settings.model_dump(exclude_none=True, exclude=set(OURS | exclude))
+
+
+def trainer_args(settings: TrainerSettings, out: Path, *, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The recipe's knobs plus what the run decides: where checkpoints go (every `save_steps`, the last two
+    kept for resuming), the precision, and no experiment tracker."""
     return {
+        **trl_knobs(settings, exclude=exclude),
         "output_dir": str(out),
-        "learning_rate": settings.learning_rate,
-        "lr_scheduler_type": settings.lr_scheduler_type,
-        "warmup_steps": settings.warmup_steps,
-        "num_train_epochs": settings.num_train_epochs,
-        "max_steps": settings.max_steps,
-        "per_device_train_batch_size": settings.per_device_train_batch_size,
-        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
-        "weight_decay": settings.weight_decay,
-        "seed": settings.seed,
         "bf16": use_bf16(settings),
         "fp16": False,
-        "gradient_checkpointing": settings.gradient_checkpointing,
-        "logging_steps": settings.logging_steps,
         "save_strategy": "steps",
-        "save_steps": settings.save_steps,
         "save_total_limit": 2,
         "report_to": [],
         "dataloader_num_workers": 0,
@@ -116,26 +115,13 @@ def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(str(start))
     model = load_model(start, settings)
-    config = SFTConfig(
-        **trainer_args(settings, out),
-        max_length=settings.max_length,
-        packing=settings.packing,
-        # Single-turn rows in TRL's prompt-completion form: completion-only loss is the loss on the
-        # assistant answer. (TRL's assistant_only_loss needs {% generation %} markers in the chat
-        # template, which most templates, SmolLM2's included, do not have.)
-        completion_only_loss=settings.assistant_only_loss,
-        router_aux_loss_coef=settings.router_aux_loss_coef,
-    )
+    # Single-turn rows in TRL's prompt-completion form, so TRL's completion_only_loss (on unless the
+    # recipe turns it off) is the loss on the assistant answer. (TRL's assistant_only_loss needs
+    # {% generation %} markers in the chat template, which most templates, SmolLM2's included, lack.)
+    config = SFTConfig(**trainer_args(settings, out))
     peft_config = None
     if settings.lora is not None:
-        lora = settings.lora
-        peft_config = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
+        peft_config = LoraConfig(**settings.lora.model_dump(exclude_none=True), task_type="CAUSAL_LM")
     dataset = Dataset.from_list([prompt_completion(r["messages"]) for r in rows])
     callbacks = []
     if routers(model):
@@ -171,8 +157,10 @@ def run_distill(
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(str(start))
     model = load_model(start, settings)
-    common = trainer_args(settings, out)
     method = settings.method
+    # the recipe let through only the knobs of this method's TRL config; offline_topk's temperature (like
+    # ce_weight) goes to our trainer, not to its SFTConfig
+    common = trainer_args(settings, out, exclude=frozenset({"temperature"} if method == "offline_topk" else ()))
     with warnings.catch_warnings():
         # TRL's experimental trainers warn on import; the choice of method is the user's
         warnings.simplefilter("ignore")
@@ -191,7 +179,7 @@ def run_distill(
 def _offline_topk(model, tokenizer, rows, settings: DistillSettings, common: dict, top_k: int):
     from trl import SFTConfig
 
-    config = SFTConfig(**common, max_length=settings.max_length, packing=False, remove_unused_columns=False)
+    config = SFTConfig(**common, packing=False, remove_unused_columns=False)
     dataset = Dataset.from_list(
         [
             {
@@ -211,7 +199,7 @@ def _offline_topk(model, tokenizer, rows, settings: DistillSettings, common: dic
         train_dataset=dataset,
         processing_class=tokenizer,
         data_collator=OfflineTopKCollator(pad_token_id=pad, top_k=top_k),
-        temperature=settings.temperature,
+        temperature=1.0 if settings.temperature is None else settings.temperature,
         ce_weight=settings.ce_weight,
     )
 
@@ -223,16 +211,7 @@ def _teacher_kwargs(settings: DistillSettings) -> dict:
 def _gkd(model, tokenizer, rows, settings: DistillSettings, common: dict, teacher_path: str):
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    config = GKDConfig(
-        **common,
-        max_length=settings.max_length,
-        temperature=settings.temperature,
-        lmbda=settings.lmbda,
-        beta=settings.beta,
-        seq_kd=settings.seq_kd,
-        max_new_tokens=settings.max_new_tokens,
-        teacher_model_init_kwargs=_teacher_kwargs(settings),
-    )
+    config = GKDConfig(**common, teacher_model_init_kwargs=_teacher_kwargs(settings))
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
     return GKDTrainer(
         model=model, teacher_model=teacher_path, args=config, train_dataset=dataset, processing_class=tokenizer
@@ -243,21 +222,10 @@ def _prompts(rows: list[dict]) -> Dataset:
     return Dataset.from_list([{"prompt": r["messages"][:-1]} for r in rows])
 
 
-def _on_policy_args(settings: DistillSettings, common: dict) -> dict:
-    return {
-        **common,
-        "temperature": settings.temperature,
-        "beta": settings.beta,
-        "max_completion_length": settings.max_new_tokens,
-    }
-
-
 def _on_policy(model, tokenizer, rows, settings: DistillSettings, common: dict, teacher_path: str):
     from trl import DistillationConfig, DistillationTrainer
 
-    config = DistillationConfig(
-        **_on_policy_args(settings, common), teacher_model_init_kwargs=_teacher_kwargs(settings)
-    )
+    config = DistillationConfig(**common, teacher_model_init_kwargs=_teacher_kwargs(settings))
     return DistillationTrainer(
         model=model, teacher_model=teacher_path, args=config, train_dataset=_prompts(rows), processing_class=tokenizer
     )
@@ -266,7 +234,5 @@ def _on_policy(model, tokenizer, rows, settings: DistillSettings, common: dict, 
 def _server(model, tokenizer, rows, settings: DistillSettings, common: dict, url: str):
     from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer
 
-    config = ServerDistillationConfig(
-        **_on_policy_args(settings, common), teacher_model_server_url=url, loss_top_k=settings.loss_top_k
-    )
+    config = ServerDistillationConfig(**common, teacher_model_server_url=url)
     return ServerDistillationTrainer(model=model, args=config, train_dataset=_prompts(rows), processing_class=tokenizer)

@@ -14,7 +14,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from dataengine import numbers
 from dataengine.errors import StageError
+from dataengine.facts import Phase, Training
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import read_rows, split_rows
@@ -122,29 +124,33 @@ class TrainStage:
         return train(out, start)
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
+        training = Training.read(outputs["student"] / TRAINING_FILE)
         table = Table(
-            title=f"trained on {manifest.rows_out} rows ({manifest.stats['held_out_rows']} held out)",
+            title=f"trained on {training.train_rows} rows ({len(training.held_out_ids)} held out)",
             title_justify="left",
         )
         for column in ("phase", "steps", "first loss", "last loss", "seconds"):
             table.add_column(column, justify="left" if column == "phase" else "right")
-        for p in manifest.stats["phases"]:
-            table.add_row(p["method"], str(p["steps"]), _fmt(p["first_loss"]), _fmt(p["last_loss"]), str(p["seconds"]))
+        for p in training.phases:
+            table.add_row(
+                p.method,
+                numbers.count(p.steps),
+                numbers.metric(p.first_loss),
+                numbers.metric(p.last_loss),
+                numbers.seconds(p.seconds),
+            )
         console.print(table)
         console.print(f"student: {outputs['student']}")
 
 
 def _phase_stats(record: dict) -> dict:
-    losses = [entry["loss"] for entry in record["log_history"] if "loss" in entry]
+    """A phase in the manifest: what it did, without the full log history (that stays in training.json)."""
+    phase = Phase.of(record)
     return {
-        "method": record["method"],
-        "steps": record["steps"],
-        "seconds": record["seconds"],
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "resumed_from": record["resumed_from"],
+        "method": phase.method,
+        "steps": phase.steps,
+        "seconds": phase.seconds,
+        "first_loss": phase.first_loss,
+        "last_loss": phase.last_loss,
+        "resumed_from": phase.resumed_from,
     }
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"

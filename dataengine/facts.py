@@ -1,0 +1,218 @@
+"""What a run folder says about the run, parsed once into typed facts that every renderer draws from: the
+stage summaries (train, evaluate), `dataengine status`, report.html and the dataset card.
+
+Everything comes from files the stages already write, found through the run folder (run_folder.py): the
+manifests, the rows of generate, curate (kept and rejected) and publish, the train stage's training.json and
+the evaluate stage's metrics.json. A stage that has not run (or a pipeline without it) leaves its part empty.
+How the numbers are written is numbers.py's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dataengine import numbers
+from dataengine.manifest import Manifest
+from dataengine.rows import Group, answer, primary_language, read_parquet, read_rows
+from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
+from dataengine.target.send import DEFAULT
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # in metrics.json
+    title: str
+    short: str  # where a figure's panel has little room
+    better: Literal["lower", "higher"]
+    scale: Literal["linear", "log", "rate"]  # of its axis in the report
+
+
+# What the evaluate stage measures, in the order every renderer lists it.
+METRICS = (
+    Metric("kl_teacher_student", "KL(teacher ‖ student) per token", "KL(teacher ‖ student)", "lower", "linear"),
+    Metric("perplexity", "perplexity on teacher answers", "perplexity", "lower", "log"),
+    Metric("code_pass_rate", "code pass rate (sandbox)", "code pass rate", "higher", "rate"),
+    Metric("language_fidelity", "answers in the language asked", "language fidelity", "higher", "rate"),
+)
+
+
+@dataclass(frozen=True)
+class StageLine:
+    stage: str
+    rows_in: int | None
+    rows_out: int
+    seconds: float | None
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> StageLine:
+        return cls(manifest.stage, manifest.rows_in, manifest.rows_out, (manifest.timings or {}).get("seconds"))
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase as its phase.json recorded it."""
+
+    method: str
+    steps: int
+    seconds: float
+    losses: list[tuple[int, float]]  # (step, loss) as the trainer logged them
+    resumed_from: str | None
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Phase:
+        losses = [(e["step"], e["loss"]) for e in record["log_history"] if "loss" in e and "step" in e]
+        return cls(record["method"], record["steps"], record["seconds"], losses, record["resumed_from"])
+
+    @property
+    def first_loss(self) -> float | None:
+        return self.losses[0][1] if self.losses else None
+
+    @property
+    def last_loss(self) -> float | None:
+        return self.losses[-1][1] if self.losses else None
+
+
+@dataclass(frozen=True)
+class Training:
+    """The train stage's training.json: how the student started, its phases, the rows it held out."""
+
+    student: dict[str, Any]
+    train_rows: int
+    held_out_ids: list[str]
+    phases: list[Phase]
+
+    @classmethod
+    def read(cls, path: Path | None) -> Training | None:
+        if path is None or not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        phases = [Phase.of(p) for p in data["phases"]]
+        return cls(data["student"], data["train_rows"], data["held_out_ids"], phases)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The evaluate stage's metrics.json: each metric before and after training, on the held-out rows."""
+
+    held_out_ids: list[str]
+    before: dict[str, float | None]
+    after: dict[str, float | None]
+
+    @classmethod
+    def read(cls, path: Path | None) -> Evaluation | None:
+        if path is None or not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return cls(data["held_out_ids"], data["before"], data["after"])
+
+    @property
+    def held_out_rows(self) -> int:
+        return len(self.held_out_ids)
+
+
+@dataclass
+class RunFacts:
+    run_dir: Path
+    name: str
+    run_id: str
+    stages: list[StageLine] = field(default_factory=list)
+    # "kind/language" -> {step: rows}, steps in pipeline order (generated, kept, trained on, published)
+    funnel: dict[str, dict[str, int]] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)  # reason -> rows, most first
+    answer_chars: dict[str, list[int]] = field(default_factory=dict)  # "kept" / "rejected" -> lengths
+    cluster_sizes: dict[int, int] = field(default_factory=dict)  # near-duplicate cluster size -> kept rows
+    throughput: list[list[float]] = field(default_factory=list)  # [seconds, teacher tokens/s]
+    tokens_per_second: float | None = None
+    student: str | None = None  # its folder name
+    training: Training | None = None
+    evaluation: Evaluation | None = None
+    teacher_quality: dict[str, float | None] = field(default_factory=dict)  # same checks on the teacher's answers
+
+    @property
+    def funnel_steps(self) -> list[str]:
+        return list(dict.fromkeys(step for counts in self.funnel.values() for step in counts))
+
+    def teacher_figure(self, key: str) -> str:
+        """The teacher's figure for a metric, written out, where the same check applies to its answers (code
+        pass rate, language fidelity); KL and perplexity compare the student with it, so it has none."""
+        if key not in self.teacher_quality:
+            return numbers.NOT_APPLICABLE
+        return numbers.metric(self.teacher_quality[key])
+
+    @property
+    def losses(self) -> dict[str, list[tuple[int, float]]]:
+        """Training phase -> its (step, loss) points."""
+        return {phase.method: phase.losses for phase in self.training.phases} if self.training else {}
+
+
+def _rows(run: RunFolder, stage: str, columns: list[str], role: str | None = None) -> list[dict] | None:
+    """The rows a stage wrote (only `columns`), or None when the run has no such output."""
+    folder = run.folder(stage, role)
+    return read_rows(folder, columns) if folder is not None and (folder / "data").is_dir() else None
+
+
+def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
+    """The run's facts; `rows=False` skips what needs the rows read (funnel, lengths, clusters, teacher
+    quality), for a renderer that shows only the manifests, training and evaluation."""
+    run = RunFolder(run_dir)
+    facts = RunFacts(run_dir, run.info.get("recipe", run_dir.name), run.run_id)
+    manifests = run.manifests()
+    facts.stages = [StageLine.of(m) for m in manifests.values()]
+    facts.training = Training.read(run.file("train", TRAINING_FILE))
+    if facts.training is not None:
+        facts.student = run.folder("train").name
+    facts.evaluation = Evaluation.read(run.file("evaluate", METRICS_FILE))
+    if rows:
+        _rows_and_funnel(facts, run)
+    if "curate" in manifests:
+        facts.drops = dict(sorted(manifests["curate"].drops.items(), key=lambda kv: (-kv[1], kv[0])))
+    if "generate" in manifests:
+        stats = manifests["generate"].stats
+        facts.throughput = stats.get("teacher_tokens_per_second_timeline") or []
+        facts.tokens_per_second = stats.get("teacher_tokens_per_second")
+    return facts
+
+
+def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
+    quality = ["kind", "language", "messages", "tests_passed", "language_detected"]
+    kept = _rows(run, "curate", ["id", "dedup_cluster_size", *quality])
+    rejected = _rows(run, "curate", quality, role="rejected") or []
+    generated = _rows(run, "generate", ["kind", "language"])
+    steps: list[tuple[str, list[dict]]] = []
+    if generated is not None:
+        steps.append(("generated", generated))
+    if kept is not None:
+        steps.append(("kept", kept))
+    kept = kept or []
+    if facts.training is not None:
+        held_out = set(facts.training.held_out_ids)
+        steps.append(("trained on", [row for row in kept if row["id"] not in held_out]))
+    layout = run.folder("publish")
+    if layout is not None and (layout / "data").is_dir():
+        # an appending publish also holds earlier runs' rows: count this run's
+        published = {row["id"] for row in read_parquet(sorted((layout / "data" / DEFAULT).glob("*.parquet")), ["id"])}
+        steps.append(("published", [row for row in kept if row["id"] in published]))
+    groups = sorted({Group.of(row) for _, rows in steps for row in rows})
+    for name, rows in steps:
+        counts = Counter(Group.of(row) for row in rows)
+        for g in groups:
+            facts.funnel.setdefault(str(g), {})[name] = counts.get(g, 0)
+    facts.answer_chars = {"kept": [len(answer(r)) for r in kept], "rejected": [len(answer(r)) for r in rejected]}
+    facts.cluster_sizes = dict(sorted(Counter(r.get("dedup_cluster_size") or 1 for r in kept).items()))
+    facts.teacher_quality = _teacher_quality(kept + rejected)
+
+
+def _teacher_quality(rows: list[dict]) -> dict[str, float | None]:
+    """The evaluation's answer checks, applied to the teacher's answers as curation judged them: code whose
+    own tests passed, chat answers detected in the language asked (over rows that reached each check)."""
+    tested = [r["tests_passed"] for r in rows if r["kind"] == "code" and r.get("tests_passed") is not None]
+    detected = [r for r in rows if r["kind"] == "chat" and r.get("language_detected")]
+    in_language = sum(r["language_detected"] == primary_language(r["language"]) for r in detected)
+    return {
+        "code_pass_rate": sum(tested) / len(tested) if tested else None,
+        "language_fidelity": in_language / len(detected) if detected else None,
+    }
