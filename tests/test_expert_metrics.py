@@ -1,0 +1,76 @@
+"""Routing metrics against hand computations on a small routing tensor (2 layers, 4 experts, top-2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dataengine.experts import metrics
+
+# [tokens, layers, top_k]: layer 0 routes t0 {0,1}, t1 {0,1}, t2 {2,3}, t3 {0,2}; layer 1 always picks 1 first
+CHOICES = np.array(
+    [
+        [[0, 1], [1, 0]],
+        [[0, 1], [1, 2]],
+        [[2, 3], [1, 3]],
+        [[0, 2], [1, 0]],
+    ]
+)
+
+
+def test_signature_and_load_normalised_to_uniform():
+    counts = metrics.signature(CHOICES, 4)
+    assert counts.tolist() == [[3, 2, 2, 1], [2, 4, 1, 1]]
+    # 8 slots per layer, 2 per expert when uniform
+    assert metrics.load(counts).tolist() == [[1.5, 1.0, 1.0, 0.5], [1.0, 2.0, 0.5, 0.5]]
+
+
+def test_balance_per_layer():
+    out = metrics.balance(metrics.signature(CHOICES, 4), cold_below=0.75)
+    assert out["cv"][0] == pytest.approx(math.sqrt(0.5) / 2)  # std of [3,2,2,1] over its mean
+    assert out["max_over_mean"] == pytest.approx([1.5, 2.0])
+    assert out["balancedness"] == pytest.approx([2 / 3, 0.5])
+    # sum over ordered pairs |x_i - x_j| = 12 for [3,2,2,1]; / (2 n^2 mean) = 12 / 64
+    assert out["gini"][0] == pytest.approx(0.1875)
+    assert out["cold"] == [[3], [2, 3]]
+
+
+def test_coactivation_counts_every_pair_of_a_tokens_experts():
+    pmi = metrics.coactivation_pmi(CHOICES, 4)[0]
+    assert pmi[0, 1] == pytest.approx(math.log(0.5 / (0.75 * 0.5)))
+    assert pmi[2, 3] == pytest.approx(math.log(2.0))
+    assert pmi[0, 2] == pytest.approx(math.log(2 / 3))  # only t3 routes to both
+    assert pmi[1, 0] == pmi[0, 1] and pmi[0, 3] == -math.inf and pmi[0, 0] == 0.0
+
+
+def test_coactivation_over_all_pairs_of_a_top3_routing():
+    # top-3: (0, 2) are ranks 1 and 3, which an adjacent-ranks count would miss
+    choices = np.array([[[0, 1, 2]], [[0, 3, 2]], [[1, 3, 0]]])
+    pmi = metrics.coactivation_pmi(choices, 4)[0]
+    assert pmi[0, 2] == pytest.approx(math.log((2 / 3) / (1.0 * 2 / 3)))
+    assert pmi[1, 2] == pytest.approx(math.log((1 / 3) / ((2 / 3) * (2 / 3))))
+
+
+def test_consistency_and_its_random_baseline():
+    out = metrics.consistency([CHOICES[:, :, 0]], 4)
+    assert out["same_top1"] == pytest.approx([1 / 3, 1.0])  # layer 0 top-1: 0 0 2 0
+    assert out["random_baseline"] == pytest.approx([(3 / 4) ** 2 + (1 / 4) ** 2, 1.0])
+    # rows are not chained: the last token of one and the first of the next are not a pair
+    split = metrics.consistency([CHOICES[:2, :, 0], CHOICES[2:, :, 0]], 4)
+    assert split["same_top1"] == pytest.approx([0.5, 1.0])
+
+
+def test_js_divergence_base_2():
+    assert metrics.js_divergence(np.array([[4, 0]]), np.array([[0, 9]])) == pytest.approx([1.0])
+    assert metrics.js_divergence(np.array([[1, 1]]), np.array([[5, 5]])) == pytest.approx([0.0])
+    expected = (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25) + math.log2(1 / 0.75)) / 2
+    assert metrics.js_divergence(np.array([[1, 1]]), np.array([[3, 0]])) == pytest.approx([expected])
+
+
+def test_router_entropy_and_margin():
+    probs = np.array([[[0.5, 0.25, 0.25, 0.0]], [[1.0, 0.0, 0.0, 0.0]]])
+    entropy, margin = metrics.entropy_and_margin(probs)
+    assert entropy == pytest.approx((-(0.5 * math.log(0.5) + 0.5 * math.log(0.25)) + 0.0) / 2)
+    assert margin == pytest.approx((0.25 + 1.0) / 2)
