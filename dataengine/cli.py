@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -128,6 +129,33 @@ def status(
     if html:
         write_report(run_dir)
     show(collect(run_dir), console)
+
+
+@app.command()
+def experts(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (runs/<name>)", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="print routing/map.json as it is")] = False,
+) -> None:
+    """How the teacher routed the run's curated rows through its experts (the recipe's `route` block).
+
+    Load balance per MoE layer (CV, max/mean, balancedness, Gini, cold experts), the same per language, kind,
+    topic and kept vs rejected rows, top-1 consistency against its random baseline, and each language's
+    divergence from the reference language.
+    """
+    from dataengine.route.show import show
+    from dataengine.route.stage import MAP_FILE
+    from dataengine.run_folder import RunFolder
+
+    run = RunFolder(run_dir)
+    if not run.exists:
+        raise UserError(f"{run_dir} is not a run folder (no run.json); runs are under runs/<name>")
+    path = run.file("route", MAP_FILE)
+    if path is None or not path.is_file():
+        raise UserError(f"{run_dir} has no routing map: add a `route:` block to the recipe and run it again")
+    if as_json:
+        typer.echo(path.read_text())
+    else:
+        show(json.loads(path.read_text()), console)
 
 
 @app.command()

@@ -368,6 +368,22 @@ class ScoreConfig(StrictModel):
     max_concurrent_requests: int = Field(4, ge=1, description="requests in flight to the teacher")
 
 
+class RouteConfig(StrictModel):
+    """Expert routing of the curated rows: prompt + answer replayed through the teacher in transformers,
+    recording at every MoE layer which experts each answer token went to. Writes routing/map.json (load per
+    layer x expert, balance, co-activation, consistency, divergence between languages); `dataengine experts
+    RUN_DIR` shows it. Curate and distill pipelines run it after curation."""
+
+    batch_size: int = Field(8, ge=1, description="rows per forward pass, grouped by length; the resumable unit")
+    rejected: bool = Field(True, description="also route the rows curation rejected (the kept vs rejected slice)")
+    cold_below: float = Field(
+        0.25, gt=0, lt=1, description="an expert whose load is below this share of uniform is cold"
+    )
+    reference_language: LanguageCode = Field(
+        "en", description="each language's routing divergence is measured from this one"
+    )
+
+
 class PruneConfig(StrictModel):
     """Depth pruning (Minitron-style) of the teacher's dense parent: the student keeps some of its layers
     and shares its tokenizer. Builtin teachers only: their dense parent ships with the package."""
@@ -662,6 +678,7 @@ class Recipe(StrictModel):
     generate: GenerateConfig = Field(description="what to ask the teacher")
     curate: CurateConfig | None = Field(None, description="filters, dedup, decontamination, code checks")
     score: ScoreConfig | None = Field(None, description="teacher top-k logprobs on kept rows (distill pipeline)")
+    route: RouteConfig | None = Field(None, description="how the teacher routes the curated rows through its experts")
     train: TrainConfig | None = Field(None, description="student init, SFT, distillation, evaluation")
     publish: PublishConfig | None = Field(None, description="where the curated dataset goes, with its card")
     schedule: ScheduleConfig | None = Field(None, description="cron schedule for `dataengine schedule`")
@@ -678,6 +695,8 @@ class Recipe(StrictModel):
                 f"score.top_k ({self.score.top_k}) exceeds teacher.vllm.max_logprobs "
                 f"({self.teacher.vllm.max_logprobs}); raise max_logprobs or lower top_k"
             )
+        if self.route is not None and (self.curate is None or self.pipeline == "generate"):
+            raise ValueError("route replays the curated rows: it needs a `curate` block and pipeline curate or distill")
         if self.publish is not None and (self.curate is None or self.pipeline == "generate"):
             raise ValueError("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
         self._check_incremental()

@@ -68,6 +68,22 @@ CURATED_FEATURES = Features(
 # Kept rows have no drop reason: those columns only mean something among the rejected ones.
 KEPT_FEATURES = Features({k: v for k, v in CURATED_FEATURES.items() if k not in ("drop_reason", "drop_step")})
 
+# The route stage's rows: a routing signature per kept (and rejected) row.
+ROUTED_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "kind": Value("string"),
+        "language": Value("string"),
+        "topic": Value("string"),
+        "kept": Value("bool"),
+        "answer_tokens": Value("int32"),
+        # [layers][experts]: answer-token slots routed to each expert (top_k per token and layer)
+        "routing_signature": List(List(Value("int32"))),
+        "router_entropy": Value("float32"),  # nats, mean over answer tokens and layers
+        "router_margin": Value("float32"),  # top-1 minus top-2 router probability, mean
+    }
+)
+
 # Scoring adds the teacher's top-k logprobs for every answer token.
 SCORED_FEATURES = Features(
     {

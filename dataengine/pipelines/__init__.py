@@ -16,6 +16,7 @@ from dataengine.generate.stage import GenerateStage
 from dataengine.manifest import Manifest
 from dataengine.publish.stage import PublishStage
 from dataengine.recipe import BUILTIN_PREFIX, Recipe
+from dataengine.route.stage import RouteStage
 from dataengine.score.stage import ScoreStage
 from dataengine.stage import Stage
 from dataengine.teacher.builtin import name_problem, weights_problem
@@ -23,7 +24,7 @@ from dataengine.train.evaluate_stage import EvaluateStage
 from dataengine.train.stage import TrainStage
 
 # Every kind of stage: each checks its own block of a recipe, whichever pipeline the recipe picks
-STAGES = (GenerateStage, CurateStage, ScoreStage, TrainStage, EvaluateStage, PublishStage)
+STAGES = (GenerateStage, CurateStage, RouteStage, ScoreStage, TrainStage, EvaluateStage, PublishStage)
 
 # After a pass over the stages: what to ask for in one more pass (a line for the log), or None when done.
 NextRound = Callable[[Path, dict[str, Manifest]], str | None]

@@ -1,5 +1,6 @@
 """curate: the teacher writes samples, then datatrove filters, dedups and decontaminates them; then
-they are published when the recipe has `publish`. Where curation keeps fewer rows than asked
+they are routed through the teacher's experts when the recipe has `route`, and published when it has
+`publish`. Where curation keeps fewer rows than asked
 (`generate.top_up`), more prompts are generated and both stages run again."""
 
 from __future__ import annotations
@@ -13,14 +14,24 @@ from dataengine.manifest import Manifest
 from dataengine.pipelines import NextRound, Pipeline
 from dataengine.publish.stage import PublishStage
 from dataengine.recipe import Recipe
+from dataengine.route.stage import RouteStage
 from dataengine.stage import Stage
 
 
 def build(recipe: Recipe, base_dir: Path) -> Pipeline:
-    stages: list[Stage] = [GenerateStage(recipe, base_dir), CurateStage(recipe, base_dir, rows_from="generated")]
+    stages = curated(recipe, base_dir)
     if recipe.publish is not None:
         stages.append(PublishStage(recipe, base_dir, rows_from="curated"))
     return Pipeline(stages, next_round=top_up(recipe))
+
+
+def curated(recipe: Recipe, base_dir: Path) -> list[Stage]:
+    """Generate, curate, and (with a `route` block) the routing of what curation kept and rejected."""
+    stages: list[Stage] = [GenerateStage(recipe, base_dir), CurateStage(recipe, base_dir, rows_from="generated")]
+    if recipe.route is not None:
+        rejected = "rejected" if recipe.route.rejected else None
+        stages.append(RouteStage(recipe, base_dir, rows_from="curated", rejected_from=rejected))
+    return stages
 
 
 def top_up(recipe: Recipe) -> NextRound:

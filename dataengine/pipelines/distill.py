@@ -1,14 +1,12 @@
-"""distill: generate -> curate -> score (when the recipe has `score`) -> train -> evaluate -> publish (when
-the recipe has `publish`). Top-up rounds as in the curate pipeline."""
+"""distill: generate -> curate (-> route, when the recipe has `route`) -> score (when it has `score`) ->
+train -> evaluate -> publish (when it has `publish`). Top-up rounds as in the curate pipeline."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dataengine.curate.stage import CurateStage
-from dataengine.generate.stage import GenerateStage
 from dataengine.pipelines import Pipeline
-from dataengine.pipelines.curate import top_up
+from dataengine.pipelines.curate import curated, top_up
 from dataengine.publish.stage import PublishStage
 from dataengine.recipe import Recipe
 from dataengine.score.stage import ScoreStage
@@ -18,7 +16,7 @@ from dataengine.train.stage import TrainStage
 
 
 def build(recipe: Recipe, base_dir: Path) -> Pipeline:
-    stages: list[Stage] = [GenerateStage(recipe, base_dir), CurateStage(recipe, base_dir, rows_from="generated")]
+    stages: list[Stage] = curated(recipe, base_dir)
     # students learn from the scored rows when the recipe scores (the teacher's logprobs ride along)
     rows = "curated"
     if recipe.score is not None:

@@ -1,0 +1,62 @@
+"""`dataengine experts RUN_DIR`: the routing map in the terminal."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from dataengine import numbers
+from dataengine.route.stage import balance_table
+
+
+def show(routing_map: dict, console: Console) -> None:
+    console.print(balance_table(routing_map))
+    console.print(_slices(routing_map))
+    console.print(_consistency(routing_map))
+    if routing_map["js_divergence"]:
+        console.print(_divergence(routing_map))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _slices(routing_map: dict) -> Table:
+    table = Table(title="balance per slice (mean over layers)", title_justify="left")
+    for column in ("slice", "rows", "answer tokens", "CV", "balancedness", "cold experts"):
+        table.add_column(column, justify="left" if column == "slice" else "right")
+    for field, groups in routing_map["slices"].items():
+        for name, s in groups.items():
+            table.add_row(
+                f"{field}={name}",
+                numbers.count(s["rows"]),
+                numbers.count(s["tokens"]),
+                numbers.metric(_mean(s["cv"])),
+                numbers.metric(_mean(s["balancedness"])),
+                numbers.count(sum(len(c) for c in s["cold"])),
+            )
+    return table
+
+
+def _consistency(routing_map: dict) -> Table:
+    table = Table(title="consecutive tokens with the same top-1 expert", title_justify="left")
+    for column in ("layer", "same top-1", "random baseline"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    c = routing_map["consistency"]
+    for layer, (same, base) in enumerate(zip(c["same_top1"], c["random_baseline"], strict=True)):
+        table.add_row(str(layer), numbers.metric(same), numbers.metric(base))
+    return table
+
+
+def _divergence(routing_map: dict) -> Table:
+    layers = routing_map["num_layers"]
+    table = Table(
+        title=f"Jensen-Shannon divergence of each language's routing from {routing_map['divergence_from']}",
+        title_justify="left",
+    )
+    table.add_column("language")
+    for layer in range(layers):
+        table.add_column(f"L{layer}", justify="right")
+    for language, values in routing_map["js_divergence"].items():
+        table.add_row(language, *(numbers.metric(v) for v in values))
+    return table

@@ -1,0 +1,176 @@
+"""route: replay the curated rows (and the rejected ones) through the MoE teacher in transformers and record
+which experts every answer token was routed to; write each row's routing signature and the run's routing
+map.
+
+Rows are batched by length; each batch's routing is saved under the work folder as it finishes, so a crash
+re-routes nothing already routed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from dataengine import numbers
+from dataengine.atomic import write_atomic
+from dataengine.errors import StageError
+from dataengine.experts import maps, metrics
+from dataengine.manifest import Manifest, fingerprint_files
+from dataengine.recipe import Recipe
+from dataengine.rows import ROUTED_FEATURES, prompt_and_full_ids, read_rows, write_shards
+from dataengine.stage import RunContext, StageResult
+from dataengine.teacher.server import resolve_model
+
+MAP_FILE = "map.json"
+COLUMNS = ["id", "messages", "kind", "language", "topic"]
+
+
+class RouteStage:
+    name = "route"
+    key_paths = ("route", "teacher.model", "teacher.revision", "teacher.builtin", "-teacher.builtin.source")
+
+    def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str, rejected_from: str | None = None) -> None:
+        self.recipe = recipe
+        self.base_dir = base_dir
+        self.cfg = recipe.route
+        self.inputs = {"rows": rows_from} | ({"rejected": rejected_from} if rejected_from else {})
+        self.outputs = {"map": "routing"}
+
+    def key_files(self) -> list[Path]:
+        return []
+
+    def state(self, run_dir: Path) -> str:
+        return ""
+
+    @staticmethod
+    def check(recipe: Recipe, base_dir: Path) -> list[str]:
+        return []
+
+    def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from dataengine.route.replay import moe_shape, route_batch
+
+        rows = [dict(r, kept=True) for r in read_rows(inputs["rows"], COLUMNS)]
+        if "rejected" in inputs:
+            rows += [dict(r, kept=False) for r in read_rows(inputs["rejected"], COLUMNS)]
+        path = resolve_model(self.recipe.teacher, ctx.log)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        try:
+            layers, experts, top_k = moe_shape(model)
+        except ValueError as exc:
+            raise StageError(f"route: {exc}") from exc
+        limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        todo, too_long = [], 0
+        for row in rows:
+            ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+            if limit is not None and len(ids) > limit:
+                too_long += 1
+            else:
+                todo.append((row, ids, start))
+        todo.sort(key=lambda item: (len(item[1]), item[0]["id"]))
+        batches = [todo[i : i + self.cfg.batch_size] for i in range(0, len(todo), self.cfg.batch_size)]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        saved = work_dir / "batches"
+        saved.mkdir(parents=True, exist_ok=True)
+        routed: list[maps.RoutedRow] = []
+        records = []
+        with Progress(console=ctx.console, transient=True) as progress:
+            task = progress.add_task("routing", total=len(todo))
+            for batch in batches:
+                file = saved / f"{_batch_key(batch)}.npz"
+                if not file.is_file():
+                    results = route_batch(model, [(ids, start) for _, ids, start in batch], pad)
+                    _save(file, results)
+                choices, entropy, margin = _load(file)
+                for (row, _, _), chosen, h, m in zip(batch, choices, entropy, margin, strict=True):
+                    routed.append(
+                        maps.RoutedRow(row["id"], row["kind"], row["language"], row["topic"], row["kept"], chosen)
+                    )
+                    records.append(
+                        {
+                            "id": row["id"],
+                            "kind": row["kind"],
+                            "language": row["language"],
+                            "topic": row["topic"],
+                            "kept": row["kept"],
+                            "answer_tokens": len(chosen),
+                            "routing_signature": metrics.signature(chosen, experts).tolist(),
+                            "router_entropy": h,
+                            "router_margin": m,
+                        }
+                    )
+                progress.advance(task, len(batch))
+        cfg = self.cfg
+        routing_map = maps.build(routed, experts, top_k, cfg.cold_below, cfg.reference_language)
+        write_atomic(outputs["map"] / MAP_FILE, json.dumps(routing_map, indent=1))
+        records.sort(key=lambda r: (not r["kept"], r["id"]))
+        paths = write_shards(records, outputs["map"], features=ROUTED_FEATURES)
+        return StageResult(
+            rows_in=len(rows),
+            rows_out=len(records),
+            output_fingerprint=fingerprint_files([*paths, outputs["map"] / MAP_FILE]),
+            drops={"too_long_to_route": too_long} if too_long else {},
+            stats={
+                "layers": layers,
+                "experts": experts,
+                "top_k": top_k,
+                "kept_rows": sum(r["kept"] for r in records),
+                "answer_tokens": sum(r["answer_tokens"] for r in records),
+                "cold_experts": sum(len(c) for c in routing_map["overall"]["cold"]),
+            },
+        )
+
+    def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
+        routing_map = json.loads((outputs["map"] / MAP_FILE).read_text())
+        console.print(balance_table(routing_map))
+        console.print(f"map: {outputs['map'] / MAP_FILE} (dataengine experts RUN_DIR shows all of it)")
+
+
+def balance_table(routing_map: dict) -> Table:
+    """Per MoE layer: how evenly the kept rows load the experts, and which are cold."""
+    overall = routing_map["overall"]
+    table = Table(
+        title=f"expert load of {overall['rows']} kept rows, {overall['tokens']} answer tokens "
+        f"({routing_map['num_experts']} experts, top-{routing_map['top_k']})",
+        title_justify="left",
+    )
+    for column in ("layer", "CV", "max/mean", "balancedness", "Gini", "cold experts"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for layer in range(routing_map["num_layers"]):
+        table.add_row(
+            str(layer),
+            numbers.metric(overall["cv"][layer]),
+            numbers.metric(overall["max_over_mean"][layer]),
+            numbers.metric(overall["balancedness"][layer]),
+            numbers.metric(overall["gini"][layer]),
+            ", ".join(map(str, overall["cold"][layer])) or numbers.NOT_APPLICABLE,
+        )
+    return table
+
+
+def _batch_key(batch: list) -> str:
+    return hashlib.sha256("\n".join(row["id"] for row, _, _ in batch).encode()).hexdigest()[:16]
+
+
+def _save(file: Path, results) -> None:
+    """One batch's routing, whole or not at all (a crash mid-write leaves no half file to trust)."""
+    lengths = np.array([len(r.choices) for r in results])
+    summary = np.array([metrics.entropy_and_margin(r.probs) for r in results]).reshape(-1, 2)
+    tmp = file.with_suffix(".tmp.npz")
+    np.savez(tmp, lengths=lengths, choices=np.concatenate([r.choices for r in results]), summary=summary)
+    tmp.rename(file)
+
+
+def _load(file: Path) -> tuple[list[np.ndarray], list[float], list[float]]:
+    data = np.load(file)
+    bounds = np.cumsum(data["lengths"])[:-1]
+    return np.split(data["choices"], bounds), data["summary"][:, 0].tolist(), data["summary"][:, 1].tolist()
