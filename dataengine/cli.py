@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -282,14 +284,57 @@ class Stopped(SystemExit):
     raised in a callback, and click turns a KeyboardInterrupt into "Aborted!" and exit 1."""
 
 
+# How long the `finally` blocks may take once stopped (they take a second or two: the teacher server's
+# keeper ends its tree); past it the process exits anyway, and the keeper, which gets a signal when its
+# owner dies, still ends the server. Slurm and Kubernetes send SIGKILL after their own grace period.
+SHUTDOWN_GRACE_S = 60.0
+_stopped_by: list[int] = []
+_terminal = sys.stderr.fileno()  # replaced by a copy in main(): fd 2 goes to a log while datatrove runs
+
+
+def _stop_line(signum: int, server: str = "the teacher server is stopped") -> str:
+    what = "terminated" if signum == signal.SIGTERM else "interrupted"
+    return f"{what}: {server}, finished work is kept; run the same command to resume"
+
+
 def _stop(signum: int, _frame: object) -> None:
+    if not _stopped_by:
+        _stopped_by.append(signum)
+        threading.Thread(target=_exit_after_grace, args=(signum,), daemon=True, name="shutdown-deadline").start()
     raise Stopped(128 + signum)
+
+
+def _exit_after_grace(signum: int) -> None:
+    time.sleep(SHUTDOWN_GRACE_S)
+    late = f"shutdown took over {SHUTDOWN_GRACE_S:.0f}s, exiting now; the teacher server's keeper stops it"
+    os.write(_terminal, (_stop_line(signum, late) + "\n").encode())
+    os._exit(128 + signum)
+
+
+def _redeliver(unraisable: sys.UnraisableHookArgs) -> None:
+    """The signal handler runs between any two bytecodes of the main thread, finalisers (`__del__`, weakref
+    callbacks) included, and an exception cannot leave a finaliser: Python reports it here and goes on, and
+    the run would carry on as if never stopped. Send the signal again, a moment later and from another thread
+    (raised from here, the handler would run inside this hook, where an exception is lost just the same); if
+    it lands in a finaliser again, it comes back here."""
+    if isinstance(unraisable.exc_value, Stopped):
+        threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.code - 128)).start()
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise Stopped in the main thread, and the process exits within SHUTDOWN_GRACE_S."""
+    global _terminal
+    _terminal = os.dup(sys.stderr.fileno())
+    sys.unraisablehook = _redeliver
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
 
 
 def main() -> None:
     forks_die_with_parent()
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop_on_signals()
     try:
         app()
     except UserError as exc:
@@ -299,11 +344,7 @@ def main() -> None:
         err.print(f"[red]failed:[/red] {exc}", highlight=False)
         sys.exit(exc.exit_code)
     except Stopped as exc:
-        what = "terminated" if exc.code == 128 + signal.SIGTERM else "interrupted"
-        err.print(
-            f"{what}: the teacher server is stopped, finished work is kept; run the same command to resume",
-            soft_wrap=True,
-        )
+        err.print(_stop_line(exc.code - 128), soft_wrap=True)
         sys.stdout.flush()
         sys.stderr.flush()
         # every `finally` has run; do not wait for threads the interrupted libraries leave behind (aiosqlite's

@@ -142,3 +142,46 @@ def test_forked_children_die_with_their_parent():
     finally:
         for proc in _marked():
             proc.kill()
+
+
+STOPPABLE = """
+import os, signal, sys, time
+import dataengine.cli as cli
+
+cli.SHUTDOWN_GRACE_S = {grace}
+cli.stop_on_signals()
+
+
+class Finaliser:
+    def __del__(self):
+        # the signal's handler runs here, inside a finaliser, where no exception can leave
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+
+
+try:
+    {body}
+except cli.Stopped as exc:
+    print("stopped", flush=True)
+    {after}
+"""
+
+
+def _stoppable(body: str, after: str = "sys.exit(exc.code)", grace: float = 30) -> subprocess.Popen:
+    code = STOPPABLE.format(grace=grace, body=body, after=after)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_stop_signal_landing_in_a_finaliser_is_not_lost():
+    # without the redelivery the exception dies with the finaliser and the sleep runs its 30 s
+    proc = _stoppable("Finaliser(); time.sleep(30)")
+    out, err = proc.communicate(timeout=15)
+    assert out.strip() == "stopped" and proc.returncode == 143, err
+
+
+def test_a_shutdown_that_hangs_is_cut_short_with_the_resume_line():
+    started = time.monotonic()
+    proc = _stoppable("time.sleep(0.5); os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)", "time.sleep(30)", 1)
+    out, err = proc.communicate(timeout=15)
+    assert time.monotonic() - started < 10 and proc.returncode == 143
+    assert "terminated: shutdown took over 1s, exiting now" in err and "run the same command to resume" in err
