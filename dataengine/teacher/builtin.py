@@ -18,11 +18,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataengine import data as shipped
 from dataengine.errors import UserError
 from dataengine.recipe import BUILTIN_PREFIX, BuiltinTeacherOptions
 
 # Bump when the build changes what it writes, so cached models are rebuilt.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,58 @@ def load_dense(gguf_path: Path):
     return model, tokenizer
 
 
-def upcycle(dense, options: BuiltinTeacherOptions):
+def calibration_texts() -> list[str]:
+    """What the k-means router is fitted on: every shipped language's meta-prompt about three topics, and a
+    short Python function per code archetype."""
+    topics = [items[0] for items in list(shipped.load("topics.yaml").values())[:3]]
+    prose = [lang["instruction"].format(topic=t) for lang in shipped.load("languages.yaml").values() for t in topics]
+    return prose + shipped.load("calibration_code.yaml")
+
+
+def kmeans_routers(dense, calibration: list, num_experts: int, seed: int) -> list:
+    """Per layer, router weights [experts, hidden]: the unit centroids of a spherical k-means (cosine) over
+    that layer's MoE-block inputs (the MLP's input) for every token of the calibration sequences. A token
+    then goes to the experts whose centroids it is closest to, so similar text shares experts."""
+    import torch
+
+    inputs: list[list] = [[] for _ in dense.model.layers]
+    hooks = [
+        layer.mlp.register_forward_pre_hook(
+            lambda _m, args, i=i: inputs[i].append(args[0].reshape(-1, args[0].shape[-1]))
+        )
+        for i, layer in enumerate(dense.model.layers)
+    ]
+    try:
+        with torch.no_grad():
+            for ids in calibration:
+                dense(ids.reshape(1, -1))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    generator = torch.Generator().manual_seed(seed)
+    return [_spherical_kmeans(torch.cat(states), num_experts, generator) for states in inputs]
+
+
+def _spherical_kmeans(x, k: int, generator, iterations: int = 50):
+    """k unit centroids of the rows of `x` by cosine similarity (hand-written: a few lines of torch, where
+    scikit-learn's KMeans is Euclidean and would be a dependency for this one use)."""
+    import torch
+
+    x = torch.nn.functional.normalize(x.float(), dim=-1)
+    centroids = x[torch.randperm(len(x), generator=generator)[:k]].clone()
+    for _ in range(iterations):
+        assign = (x @ centroids.T).argmax(dim=1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):  # an empty cluster keeps its centroid
+                centroids[j] = torch.nn.functional.normalize(members.mean(dim=0), dim=0)
+    return centroids
+
+
+def upcycle(dense, options: BuiltinTeacherOptions, calibration: list | None = None):
     """A MixtralForCausalLM whose attention, norms and embeddings are the dense model's and whose
-    experts are copies of the dense MLP (optionally perturbed), with a freshly initialised router."""
+    experts are copies of the dense MLP (optionally perturbed), with a router fitted by k-means on the
+    `calibration` token sequences (options.router kmeans) or freshly initialised (random)."""
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
@@ -169,6 +219,11 @@ def upcycle(dense, options: BuiltinTeacherOptions):
     )
     moe = MixtralForCausalLM(config).to(torch.float32)
     generator = torch.Generator().manual_seed(options.seed)
+    fitted = None
+    if options.router == "kmeans":
+        if not calibration:
+            raise ValueError("the k-means router needs calibration sequences")
+        fitted = kmeans_routers(dense, calibration, options.num_experts, options.seed)
     dense_sd = dense.state_dict()
     moe_sd = moe.state_dict()
     new_sd: dict[str, torch.Tensor] = {}
@@ -187,8 +242,11 @@ def upcycle(dense, options: BuiltinTeacherOptions):
             down_e = down_e + torch.randn(down_e.shape, generator=generator) * down_e.std() * options.expert_noise
         new_sd[f"{prefix}.experts.gate_up_proj"] = gate_up
         new_sd[f"{prefix}.experts.down_proj"] = down_e
-        router = torch.randn((options.num_experts, dc.hidden_size), generator=generator) * dc.initializer_range
-        new_sd[f"{prefix}.gate.weight"] = router
+        if fitted is not None:
+            new_sd[f"{prefix}.gate.weight"] = fitted[i]
+        else:
+            router = torch.randn((options.num_experts, dc.hidden_size), generator=generator) * dc.initializer_range
+            new_sd[f"{prefix}.gate.weight"] = router
     missing, unexpected = moe.load_state_dict(new_sd, strict=False)
     # lm_head is tied to the embeddings and may not appear as its own key
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
@@ -202,7 +260,10 @@ def upcycle(dense, options: BuiltinTeacherOptions):
 def build_key(name: str, options: BuiltinTeacherOptions) -> str:
     # where the weights were read from does not change what is built
     options_dump = options.model_dump(exclude={"source"})
-    raw = json.dumps({"name": name, "options": options_dump, "build": BUILD_VERSION}, sort_keys=True)
+    key = {"name": name, "options": options_dump, "build": BUILD_VERSION}
+    if options.router == "kmeans":  # what the router was fitted on (the k-means seed is options.seed)
+        key["calibration"] = hashlib.sha256(json.dumps(calibration_texts()).encode()).hexdigest()
+    raw = json.dumps(key, sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
@@ -219,7 +280,8 @@ def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print, allow_d
     log(f"building builtin teacher {name} ({options.num_experts} experts, top-{options.top_k}) into {out}")
     gguf_path = fetch_gguf(source, options.source, allow_download)
     dense, tokenizer = load_dense(gguf_path)
-    moe = upcycle(dense, options)
+    calibration = [tokenizer(text, return_tensors="pt").input_ids[0] for text in calibration_texts()]
+    moe = upcycle(dense, options, calibration)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     moe.bfloat16().save_pretrained(tmp)
@@ -229,6 +291,7 @@ def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print, allow_d
         "source": f"{source.package}=={source.version}:{source.gguf}",
         "options": options.model_dump(exclude={"source"}),
         "build_version": BUILD_VERSION,
+        "calibration_texts": len(calibration) if options.router == "kmeans" else 0,
         "architecture": "MixtralForCausalLM",
         "parameters": sum(p.numel() for p in moe.parameters()),
     }
