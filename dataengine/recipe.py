@@ -345,6 +345,22 @@ class SlurmSettings(StrictModel):
     poll_s: float = Field(30.0, gt=0, description="how often the run checks whether a step's tasks are done")
 
 
+class BalanceConfig(StrictModel):
+    """Routing-aware selection, after the route stage: of the kept rows, the subset whose combined expert load
+    is as even as possible (greedy: each step adds the row that leaves the lowest mean per-layer CV of load).
+    The rows left out go to `balance_rejected/` with reason `expert_balance`; later stages read `balanced/`."""
+
+    by: Literal["experts"] = Field("experts", description="what to balance: the teacher's expert load")
+    rows: int | None = Field(None, ge=1, description="how many kept rows to select")
+    fraction: float | None = Field(None, gt=0, le=1, description="or which share of the kept rows to select")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> BalanceConfig:
+        if (self.rows is None) == (self.fraction is None):
+            raise ValueError("give exactly one of `rows` or `fraction`")
+        return self
+
+
 class CurateConfig(StrictModel):
     filters: FiltersConfig = Field(FiltersConfig(), description="filters on the teacher's answers")
     code: CodeCheckConfig = Field(CodeCheckConfig(), description="code rows: parse, then own tests in the sandbox")
@@ -354,6 +370,9 @@ class CurateConfig(StrictModel):
     slurm: SlurmSettings | None = Field(None, description="required with executor: slurm")
     tasks: int = Field(1, ge=1, description="datatrove tasks (shards) for the filter step")
     workers: int = Field(1, ge=1, description="tasks run at once")
+    balance: BalanceConfig | None = Field(
+        None, description="select kept rows for an even expert load (needs a `route` block); null keeps them all"
+    )
 
     @model_validator(mode="after")
     def _slurm_settings(self) -> CurateConfig:
@@ -700,6 +719,8 @@ class Recipe(StrictModel):
                 f"score.top_k ({self.score.top_k}) exceeds teacher.vllm.max_logprobs "
                 f"({self.teacher.vllm.max_logprobs}); raise max_logprobs or lower top_k"
             )
+        if self.curate is not None and self.curate.balance is not None and self.route is None:
+            raise ValueError("curate.balance selects rows by how the teacher routes them: add a `route` block")
         if self.route is not None and (self.curate is None or self.pipeline == "generate"):
             raise ValueError("route replays the curated rows: it needs a `curate` block and pipeline curate or distill")
         if self.publish is not None and (self.curate is None or self.pipeline == "generate"):

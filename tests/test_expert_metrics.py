@@ -74,3 +74,25 @@ def test_router_entropy_and_margin():
     entropy, margin = metrics.entropy_and_margin(probs)
     assert entropy == pytest.approx((-(0.5 * math.log(0.5) + 0.5 * math.log(0.25)) + 0.0) / 2)
     assert margin == pytest.approx((0.25 + 1.0) / 2)
+
+
+def test_greedy_even_subset_picks_the_most_even_row_then_evens_out():
+    from dataengine.experts.select import even_subset, mean_cv
+
+    # one layer, two experts: A and C load expert 0, B expert 1, D both
+    signatures = np.array([[[4, 0]], [[0, 4]], [[4, 0]], [[2, 2]]])
+    assert even_subset(signatures, 1) == [3]
+    assert even_subset(signatures, 3) == [3, 0, 1]  # D; then A (a tie with B and C, lowest index); then B
+    assert mean_cv(signatures[[3, 0, 1]].sum(axis=0)) == pytest.approx(0.0)
+    assert even_subset(signatures, 9) == [3, 0, 1, 2]  # asking for more than there is takes them all
+
+
+def test_selection_lowers_the_load_imbalance_of_skewed_rows():
+    from dataengine.experts.select import even_subset, mean_cv
+
+    rng = np.random.default_rng(0)
+    skewed = rng.multinomial(40, [0.7, 0.1, 0.1, 0.1], size=(30, 3))  # 30 rows, 3 layers, expert 0 hot
+    even = rng.multinomial(40, [0.25] * 4, size=(10, 3))
+    signatures = np.concatenate([skewed, even])
+    chosen = even_subset(signatures, 15)
+    assert mean_cv(signatures[chosen].sum(axis=0)) < 0.5 * mean_cv(signatures.sum(axis=0))

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from dataengine.cli import app
+from dataengine.errors import RecipeError
 from dataengine.experts import metrics
+from dataengine.pipelines import build
 from dataengine.recipe import parse_recipe
 from dataengine.route.stage import MAP_FILE, RouteStage
 from dataengine.rows import CURATED_FEATURES, read_rows, write_shards
@@ -99,3 +102,43 @@ def test_experts_command_shows_the_map_or_says_how_to_get_one(tmp_path, teacher)
     assert "divergence of each language's routing from en" in out and "random baseline" in out
     as_json = CliRunner().invoke(app, ["experts", str(run_dir), "--json"]).output
     assert json.loads(as_json) == routing_map
+
+
+def test_balance_keeps_the_rows_that_even_out_the_load(tmp_path, teacher):
+    from dataengine.balance.stage import BalanceStage
+    from dataengine.experts.select import mean_cv
+
+    _, _, routed, _, ctx = _run(tmp_path, teacher, batch_size=4)
+    recipe = ctx.recipe.model_copy(update={"curate": parse_recipe(RECIPE_WITH_BALANCE.format(teacher=teacher)).curate})
+    stage = BalanceStage(recipe, tmp_path, rows_from="curated", routing_from="routing")
+    run_dir = tmp_path / "run"
+    outputs = {"kept": run_dir / "balanced", "rejected": run_dir / "balance_rejected"}
+    for folder in outputs.values():
+        folder.mkdir()
+    inputs = {role: run_dir / folder for role, folder in stage.inputs.items()}
+    result = stage.run(inputs, outputs, run_dir / ".work" / "balance", ctx)
+    kept, left_out = read_rows(outputs["kept"]), read_rows(outputs["rejected"])
+    assert result.rows_in == 6 == len(kept) + len(left_out) and len(kept) == 3  # fraction 0.5 of 6 kept rows
+    assert {r["drop_reason"] for r in left_out} == {"expert_balance"} and result.drops == {"expert_balance": 3}
+    signature = {r["id"]: np.array(r["routing_signature"]) for r in routed}
+    assert result.stats["mean_cv_after"] == pytest.approx(float(mean_cv(sum(signature[r["id"]] for r in kept))))
+    assert result.stats["mean_cv_after"] <= result.stats["mean_cv_before"]
+
+
+RECIPE_WITH_BALANCE = """
+name: r
+pipeline: curate
+teacher: {{model: {teacher}}}
+generate: {{chat: {{languages: [{{code: en, quota: 2}}]}}}}
+curate: {{balance: {{fraction: 0.5}}}}
+route: {{}}
+"""
+
+
+def test_balance_needs_routing_and_one_size(teacher):
+    with pytest.raises(RecipeError, match="curate.balance selects rows by how the teacher routes them"):
+        parse_recipe(RECIPE_WITH_BALANCE.format(teacher=teacher).replace("route: {}\n", ""))
+    with pytest.raises(RecipeError, match="exactly one of `rows` or `fraction`"):
+        parse_recipe(RECIPE_WITH_BALANCE.format(teacher=teacher).replace("fraction: 0.5", "rows: 2, fraction: 0.5"))
+    pipeline = build(parse_recipe(RECIPE_WITH_BALANCE.format(teacher=teacher)), Path("."))
+    assert [s.name for s in pipeline.stages] == ["generate", "curate", "route", "balance"]

@@ -58,7 +58,9 @@ class CurateStage:
         self.outputs = {"kept": "curated", "rejected": "rejected"}
         # appending to a publish target dedups against what it holds: where that is belongs to the key
         appends = recipe.publish is not None and recipe.publish.append
-        self.key_paths = ("curate", "publish.to", "publish.revision") if appends else ("curate",)
+        # the balance selection is its own stage's, after routing
+        own = ("curate", "-curate.balance")
+        self.key_paths = (*own, "publish.to", "publish.revision") if appends else own
 
     def key_files(self) -> list[Path]:
         """The benchmarks, and the reference data: new reference rows change what counts as a duplicate."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataengine.balance.stage import BalanceStage
 from dataengine.curate.stage import CurateStage
 from dataengine.generate.stage import GenerateStage
 from dataengine.manifest import Manifest
@@ -24,7 +25,7 @@ from dataengine.train.evaluate_stage import EvaluateStage
 from dataengine.train.stage import TrainStage
 
 # Every kind of stage: each checks its own block of a recipe, whichever pipeline the recipe picks
-STAGES = (GenerateStage, CurateStage, RouteStage, ScoreStage, TrainStage, EvaluateStage, PublishStage)
+STAGES = (GenerateStage, CurateStage, RouteStage, BalanceStage, ScoreStage, TrainStage, EvaluateStage, PublishStage)
 
 # After a pass over the stages: what to ask for in one more pass (a line for the log), or None when done.
 NextRound = Callable[[Path, dict[str, Manifest]], str | None]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dataengine.balance.stage import BalanceStage
 from dataengine.curate.stage import CurateStage
 from dataengine.generate.stage import GenerateStage
 from dataengine.generate.top_up import add_round
@@ -21,17 +22,26 @@ from dataengine.stage import Stage
 def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     stages = curated(recipe, base_dir)
     if recipe.publish is not None:
-        stages.append(PublishStage(recipe, base_dir, rows_from="curated"))
+        stages.append(PublishStage(recipe, base_dir, rows_from=kept_rows(stages)))
     return Pipeline(stages, next_round=top_up(recipe))
 
 
 def curated(recipe: Recipe, base_dir: Path) -> list[Stage]:
-    """Generate, curate, and (with a `route` block) the routing of what curation kept and rejected."""
+    """Generate, curate, and with a `route` block the routing of what curation kept and rejected, then with
+    `curate.balance` the selection of kept rows for an even expert load."""
     stages: list[Stage] = [GenerateStage(recipe, base_dir), CurateStage(recipe, base_dir, rows_from="generated")]
     if recipe.route is not None:
         rejected = "rejected" if recipe.route.rejected else None
-        stages.append(RouteStage(recipe, base_dir, rows_from="curated", rejected_from=rejected))
+        route = RouteStage(recipe, base_dir, rows_from="curated", rejected_from=rejected)
+        stages.append(route)
+        if recipe.curate.balance is not None:
+            stages.append(BalanceStage(recipe, base_dir, rows_from="curated", routing_from=route.outputs["map"]))
     return stages
+
+
+def kept_rows(stages: list[Stage]) -> str:
+    """The folder of the rows curation finally kept: the balanced selection when there is one."""
+    return next(s.outputs["kept"] for s in reversed(stages) if s.name in ("balance", "curate"))
 
 
 def top_up(recipe: Recipe) -> NextRound:

@@ -1,12 +1,12 @@
-"""distill: generate -> curate (-> route, when the recipe has `route`) -> score (when it has `score`) ->
-train -> evaluate -> publish (when it has `publish`). Top-up rounds as in the curate pipeline."""
+"""distill: generate -> curate (-> route with `route`, -> balance with `curate.balance`) -> score (with
+`score`) -> train -> evaluate -> publish (with `publish`). Top-up rounds as in the curate pipeline."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dataengine.pipelines import Pipeline
-from dataengine.pipelines.curate import curated, top_up
+from dataengine.pipelines.curate import curated, kept_rows, top_up
 from dataengine.publish.stage import PublishStage
 from dataengine.recipe import Recipe
 from dataengine.score.stage import ScoreStage
@@ -17,14 +17,15 @@ from dataengine.train.stage import TrainStage
 
 def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     stages: list[Stage] = curated(recipe, base_dir)
+    kept = kept_rows(stages)
     # students learn from the scored rows when the recipe scores (the teacher's logprobs ride along)
-    rows = "curated"
+    rows = kept
     if recipe.score is not None:
-        stages.append(ScoreStage(recipe, base_dir, rows_from="curated"))
+        stages.append(ScoreStage(recipe, base_dir, rows_from=kept))
         rows = "scored"
     train = TrainStage(recipe, base_dir, rows_from=rows)
     student = train.outputs["student"]
     stages += [train, EvaluateStage(recipe, base_dir, rows_from=rows, student_from=student)]
     if recipe.publish is not None:
-        stages.append(PublishStage(recipe, base_dir, rows_from="curated", student_from=student, evaluation_from="eval"))
+        stages.append(PublishStage(recipe, base_dir, rows_from=kept, student_from=student, evaluation_from="eval"))
     return Pipeline(stages, next_round=top_up(recipe))
