@@ -18,7 +18,7 @@ from typing import Any, Literal
 from dataengine import numbers
 from dataengine.manifest import Manifest
 from dataengine.rows import Group, answer, primary_language, read_parquet, read_rows
-from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
+from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE, TRAINING_FILE, RunFolder
 from dataengine.target.send import DEFAULT
 
 
@@ -130,6 +130,7 @@ class RunFacts:
     student: str | None = None  # its folder name
     training: Training | None = None
     evaluation: Evaluation | None = None
+    routing: dict | None = None  # the route stage's map.json
     teacher_quality: dict[str, float | None] = field(default_factory=dict)  # same checks on the teacher's answers
 
     @property
@@ -166,6 +167,8 @@ def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
     if facts.training is not None:
         facts.student = run.folder("train").name
     facts.evaluation = Evaluation.read(run.file("evaluate", METRICS_FILE))
+    routing = run.file("route", ROUTING_MAP_FILE)
+    facts.routing = json.loads(routing.read_text()) if routing is not None and routing.is_file() else None
     if rows:
         _rows_and_funnel(facts, run)
     if "curate" in manifests:

@@ -32,6 +32,7 @@ REPORT = "report.html"
 WORK = ".work"
 TRAINING_FILE = "training.json"  # in the train stage's output: init, phases, held-out ids
 METRICS_FILE = "metrics.json"  # in the evaluate stage's output
+ROUTING_MAP_FILE = "map.json"  # in the route stage's output
 
 
 class RunFolder:

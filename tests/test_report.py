@@ -7,11 +7,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from dataengine import numbers
 from dataengine.cli import app
+from dataengine.experts.maps import RoutedRow
+from dataengine.experts.maps import build as build_map
 from dataengine.facts import collect
 from dataengine.generate.throughput import recorder, timeline
 from dataengine.manifest import Manifest
@@ -65,6 +68,7 @@ def run_dir(tmp_path: Path) -> Path:
         "train": {"student": "students/tiny"},
         "evaluate": {"metrics": "eval"},
         "publish": {"layout": "published"},
+        "route": {"map": "routing"},
     }
     (run / "run.json").write_text(json.dumps({"run_id": "rep-run", "recipe": "rep", "stages": stages}))
     generated = [_row(i, *GROUPS[i % 3]) for i in range(12)]
@@ -128,6 +132,20 @@ def run_dir(tmp_path: Path) -> Path:
     # the publish target also held a row of an earlier run: the funnel counts this run's rows only
     write_layout([*kept[:5], _row(99, "chat", "en")], SAMPLE_FEATURES, run / "published", ["language"], {"r00"}, 4)
     _manifest(run / "published", "publish", 6, 6)
+    # routing of the kept rows through 3 layers of 4 experts (top-2): code on experts 2 and 3, chat on 0 and 1
+    routed = [
+        RoutedRow(
+            r["id"],
+            r["kind"],
+            r["language"],
+            "t",
+            True,
+            np.array([[[2, 3] if r["kind"] == "code" else [0, 1]] * 3] * 5),
+        )
+        for r in kept
+    ]
+    (run / "routing").mkdir()
+    (run / "routing" / "map.json").write_text(json.dumps(build_map(routed, 4, 2, 0.25, "en")))
     return run
 
 
@@ -180,8 +198,15 @@ def test_status_refuses_a_folder_that_is_not_a_run(tmp_path):
     assert "is not a run folder" in str(result.exception)
 
 
+def test_the_page_draws_the_expert_load_of_the_kept_rows(run_dir):
+    facts = collect(run_dir)
+    assert facts.routing["slices"]["kind"]["code"]["load"][0] == [0.0, 0.0, 2.0, 2.0]
+    page = write_report(run_dir).read_text()
+    assert 'id="experts" data-drawn="true"' in page and "all kept rows" in page and "kind code" in page
+
+
 def test_a_run_that_only_generated_gets_a_page_that_says_what_is_missing(run_dir):
-    for folder in ("curated", "rejected", "students", "eval", "published"):
+    for folder in ("curated", "rejected", "students", "eval", "published", "routing"):
         shutil.rmtree(run_dir / folder)
     page = write_report(run_dir).read_text()
     assert 'id="funnel" data-drawn="true"' in page and 'id="throughput" data-drawn="true"' in page

@@ -166,3 +166,36 @@ def evaluation(facts: RunFacts) -> str | None:
             ax.text(0.5, 0.5, numbers.NO_VALUE, ha="center", va="center", transform=ax.transAxes)
         ax.set_title(metric.short + (" (log scale)" if metric.scale == "log" else ""), fontsize=9)
     return _svg(fig)
+
+
+@_styled
+def expert_load(facts: RunFacts) -> str | None:
+    """Heatmaps of expert load (layers x experts, 1.0 = uniform) of the kept rows, overall and per language and
+    kind, and each layer's CV of load beside them."""
+    if facts.routing is None:
+        return None
+    routing = facts.routing
+    panels = {"all kept rows": routing["overall"]}
+    for field in ("language", "kind"):
+        panels |= {f"{field} {name}": s for name, s in routing["slices"][field].items()}
+    fig, axes = plt.subplots(
+        1, len(panels) + 1, figsize=(1.3 * (len(panels) + 1) + 1.5, 0.12 * routing["num_layers"] + 1.6), squeeze=False
+    )
+    peak = max(2.0, max(v for s in panels.values() for row in s["load"] for v in row))
+    layers = range(0, routing["num_layers"], max(1, routing["num_layers"] // 6))
+    for i, (ax, (title, s)) in enumerate(zip(axes[0], panels.items(), strict=False)):
+        image = ax.imshow(s["load"], aspect="auto", cmap="RdBu_r", vmin=0, vmax=peak, interpolation="nearest")
+        ax.set_title(f"{title}\n({s['rows']} rows)", fontsize=8)
+        ax.set_xlabel("expert")
+        ax.set_xticks(range(routing["num_experts"]))
+        ax.set_yticks(layers, labels=[str(n) for n in layers] if i == 0 else [])
+        ax.grid(False)
+    axes[0][0].set_ylabel("layer")
+    cv = axes[0][-1]
+    cv.plot(routing["overall"]["cv"], range(routing["num_layers"]), marker="o", markersize=2)
+    cv.set_yticks(layers, labels=[])
+    cv.invert_yaxis()
+    cv.set_title("CV of load\n(all kept rows)", fontsize=8)
+    cv.set_xlim(left=0)
+    fig.colorbar(image, ax=axes[0][:-1].tolist(), shrink=0.8, label="load (1.0 = uniform)")
+    return _svg(fig)

@@ -25,6 +25,12 @@ SECTIONS: tuple[tuple[str, str, Callable[[RunFacts], str | None], str], ...] = (
         figures.throughput,
         "generation has not run, or ran before throughput was recorded",
     ),
+    (
+        "experts",
+        "How the teacher routes the kept rows through its experts",
+        figures.expert_load,
+        "the recipe has no `route` block",
+    ),
     ("loss", "Training loss", figures.losses, "no student was trained in this run"),
     (
         "evaluation",

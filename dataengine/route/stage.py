@@ -24,10 +24,11 @@ from dataengine.experts import maps, metrics
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import ROUTED_FEATURES, prompt_and_full_ids, read_rows, write_shards
+from dataengine.run_folder import ROUTING_MAP_FILE
 from dataengine.stage import RunContext, StageResult
 from dataengine.teacher.server import resolve_model
 
-MAP_FILE = "map.json"
+MAP_FILE = ROUTING_MAP_FILE
 COLUMNS = ["id", "messages", "kind", "language", "topic"]
 
 
