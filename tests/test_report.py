@@ -18,7 +18,7 @@ from dataengine.experts.maps import build as build_map
 from dataengine.facts import collect
 from dataengine.generate.throughput import recorder, timeline
 from dataengine.manifest import Manifest
-from dataengine.publish.card import evaluation_section
+from dataengine.publish.card import evaluation_section, expert_coverage_section
 from dataengine.publish.layout import write_layout
 from dataengine.report.page import SECTIONS, write_report
 from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
@@ -203,6 +203,12 @@ def test_the_page_draws_the_expert_load_of_the_kept_rows(run_dir):
     assert facts.routing["slices"]["kind"]["code"]["load"][0] == [0.0, 0.0, 2.0, 2.0]
     page = write_report(run_dir).read_text()
     assert 'id="experts" data-drawn="true"' in page and "all kept rows" in page and "kind code" in page
+    card = "\n".join(expert_coverage_section(facts.routing))
+    # chat on experts 0-1, code on 2-3: every layer loads them 3:3:4:4 over 7 rows of 5 tokens
+    assert "3 MoE layers, 4 experts, top-2) routes the 7 kept rows' 35 answer tokens" in card
+    # en's rows are 3 chat + 3 code (even over the 4 experts), fr's one chat row loads only experts 0-1:
+    # JS([.5, .5, 0, 0], [.25] * 4) = (0.415 + 0.2075) / 2 in every layer
+    assert "| fr | 0.3113 |" in card
 
 
 def test_a_run_that_only_generated_gets_a_page_that_says_what_is_missing(run_dir):

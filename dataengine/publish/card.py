@@ -156,6 +156,7 @@ def _body(
         }
         lines += ["", "## Dedup and decontamination", "", "```yaml", _yaml(scrub(settings, secrets)), "```"]
     lines += evaluation_section(evaluation, test_ids)
+    lines += expert_coverage_section(facts.routing)
     recipe_json = scrub(recipe.model_dump(mode="json", exclude_none=True), secrets)
     lines += ["", "## Recipe (secrets removed)", "", "```yaml", _yaml(recipe_json), "```"]
     lines += [
@@ -192,6 +193,32 @@ def evaluation_section(evaluation: Evaluation | None, test_ids: set[str]) -> lis
     for m in METRICS:
         before, after = evaluation.before.get(m.key), evaluation.after.get(m.key)
         lines.append(f"| {m.key} | {numbers.metric(before)} | {numbers.metric(after)} |")
+    return lines
+
+
+def expert_coverage_section(routing: dict | None) -> list[str]:
+    """How the teacher routed the kept rows (the route stage's map), in a few lines."""
+    if routing is None:
+        return []
+    overall = routing["overall"]
+    cv = sum(overall["cv"]) / len(overall["cv"]) if overall["cv"] else None
+    cold = sum(len(c) for c in overall["cold"])
+    lines = [
+        "",
+        "## Expert coverage",
+        "",
+        f"How the teacher ({routing['num_layers']} MoE layers, {routing['num_experts']} experts, "
+        f"top-{routing['top_k']}) routes the {overall['rows']} kept rows' {overall['tokens']} answer tokens: "
+        f"mean per-layer CV of expert load {numbers.metric(cv)} (0 is perfectly even); {cold} cold "
+        f"layer-expert pairs (below {routing['cold_below']:.0%} of an even share).",
+    ]
+    if routing["js_divergence"]:
+        lines += [
+            "",
+            f"| language | JS divergence of its routing from {routing['divergence_from']} (mean over layers) |",
+            "|---|---:|",
+        ]
+        lines += [f"| {name} | {numbers.metric(sum(v) / len(v))} |" for name, v in routing["js_divergence"].items()]
     return lines
 
 
