@@ -280,3 +280,17 @@ def test_the_report_renders_in_headless_chromium_with_every_figure(run_dir):
         browser.close()
     assert problems == []
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_each_routed_run_records_its_expert_load_and_drift_in_the_history():
+    from dataengine.publish.stage import routing_drift
+
+    even = {"overall": {"load": [[1.0, 1.0, 1.0, 1.0]]}}
+    skewed = {"overall": {"load": [[2.0, 2.0, 0.0, 0.0]]}}
+    first = routing_drift([{"run_id": "a"}], even)  # no earlier run routed: nothing to drift from
+    assert first == {"expert_load": [[1.0, 1.0, 1.0, 1.0]], "routing_drift": None}
+    second = routing_drift([{"run_id": "a"}, {"run_id": "b", **first}], skewed)
+    # JS([.5, .5, 0, 0], [.25] * 4), as in the card test above
+    assert second["routing_drift"] == pytest.approx(0.3113, abs=1e-4)
+    wider = routing_drift([{"run_id": "b", **first}], {"overall": {"load": [[1.0] * 8]}})
+    assert wider["routing_drift"] is None  # another teacher shape: not comparable

@@ -131,10 +131,11 @@ def _body(
         "",
         "## Run history",
         "",
-        "| run | started | seed | rows added | rows in all |",
-        "|---|---|---:|---:|---:|",
+        "| run | started | seed | rows added | rows in all | routing drift (JS from the run before) |",
+        "|---|---|---:|---:|---:|---:|",
         *(
-            f"| {h['run_id']} | {h.get('started') or '—'} | {h.get('seed')} | {h['rows_added']} | {h['rows_total']} |"
+            f"| {h['run_id']} | {numbers.text(h.get('started'))} | {h.get('seed')} | {h['rows_added']} | "
+            f"{h['rows_total']} | {_drift(h)} |"
             for h in history
         ),
         "",
@@ -194,6 +195,12 @@ def evaluation_section(evaluation: Evaluation | None, test_ids: set[str]) -> lis
         before, after = evaluation.before.get(m.key), evaluation.after.get(m.key)
         lines.append(f"| {m.key} | {numbers.metric(before)} | {numbers.metric(after)} |")
     return lines
+
+
+def _drift(entry: dict) -> str:
+    if "expert_load" not in entry:  # the run did not route its rows
+        return numbers.NOT_APPLICABLE
+    return numbers.metric(entry.get("routing_drift"))
 
 
 def expert_coverage_section(routing: dict | None) -> list[str]:

@@ -10,10 +10,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from dataengine.errors import StageError, UserError
+from dataengine.experts.metrics import js_divergence
 from dataengine.facts import Evaluation, Training, collect
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
@@ -92,13 +94,14 @@ def build_layout(
     new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added)
     test_ids = before.test_ids | (new_test_ids & {row["id"] for row in added})  # earlier rows keep their split
     counts = write_layout(rows, KEPT_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
-    history, seen = run_history(before.history, sources.run, recipe, len(added), len(rows))
+    facts = collect(sources.run.path, rows=False)
+    history, seen = run_history(before.history, sources.run, recipe, len(added), len(rows), facts.routing)
     mine_ids = {row["id"] for row in mine}
     split = TestSplit(held_out, earlier=any(row["id"] not in mine_ids for row in before.rows))
     evaluation = Evaluation.read(sources.evaluation / METRICS_FILE) if sources.evaluation is not None else None
     card = build_card(
         recipe,
-        collect(sources.run.path, rows=False),
+        facts,
         counts,
         card_configs(counts),
         rows,
@@ -115,9 +118,12 @@ def build_layout(
     return Built(counts, len(added), len(rows), unchanged=seen and not added)
 
 
-def run_history(earlier: list[dict], run: RunFolder, recipe: Recipe, added: int, total: int) -> tuple[list[dict], bool]:
+def run_history(
+    earlier: list[dict], run: RunFolder, recipe: Recipe, added: int, total: int, routing: dict | None = None
+) -> tuple[list[dict], bool]:
     """(the card's history with this run, whether it had this run already). A run that publishes again after
-    adding rows (a top-up round) updates its own entry rather than adding one."""
+    adding rows (a top-up round) updates its own entry rather than adding one. A run that routed its rows
+    records its expert load and its drift from the last earlier run that did."""
     info, run_id = run.info, run.run_id
     if not any(entry.get("run_id") == run_id for entry in earlier):
         entry = {
@@ -127,6 +133,8 @@ def run_history(earlier: list[dict], run: RunFolder, recipe: Recipe, added: int,
             "rows_added": added,
             "rows_total": total,
         }
+        if routing is not None:
+            entry |= routing_drift(earlier, routing)
         return [*earlier, entry], False
     if not added:
         return earlier, True
@@ -134,6 +142,17 @@ def run_history(earlier: list[dict], run: RunFolder, recipe: Recipe, added: int,
     return [
         {**e, **grown, "rows_added": e["rows_added"] + added} if e.get("run_id") == run_id else e for e in earlier
     ], True
+
+
+def routing_drift(earlier: list[dict], routing: dict) -> dict:
+    """This run's expert load (layers x experts, 1.0 = uniform) and the mean over layers of the JS divergence
+    between it and the last earlier run's that has one (None for the first, or when the shapes differ)."""
+    load = [[round(v, 3) for v in layer] for layer in routing["overall"]["load"]]
+    last = next((e["expert_load"] for e in reversed(earlier) if e.get("expert_load")), None)
+    drift = None
+    if last is not None and np.shape(last) == np.shape(load):
+        drift = round(float(np.mean(js_divergence(np.array(load), np.array(last)))), 4)
+    return {"expert_load": load, "routing_drift": drift}
 
 
 def publish_layout(layout: Path, publish: PublishConfig, target: Target, built: Built, message: str) -> Outcome:
@@ -243,7 +262,9 @@ def publish_run(run_dir: Path, to: str, append: bool, dry_run: bool, console: Co
     target = parse_target(to, Path.cwd())
     work = run.work("publish-dry-run" if dry_run else "publish-command")
     shutil.rmtree(work, ignore_errors=True)
-    sources = Sources(run, run.folder("curate"), run.folder("train"), run.folder("evaluate"))
+    # the rows the run finally kept: the balanced selection when the recipe balanced them
+    kept = run.folder("balance") or run.folder("curate")
+    sources = Sources(run, kept, run.folder("train"), run.folder("evaluate"))
     built = build_layout(recipe, publish, sources, work / "layout", target, work / "target")
     console.print(published_table(built.counts))
     if append:

@@ -85,10 +85,11 @@ def route_batch(model: nn.Module, rows: list[tuple[list[int], int]], pad_id: int
         mask[i, : len(ids)] = 1
     recorder = _Recorder(model, top_k)
     try:
-        model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False)
         probs, choices = recorder.take()
     finally:
         recorder.close()
+    probs, choices = probs.cpu(), choices.cpu()
     layers = probs.shape[0]
     probs = probs.reshape(layers, len(rows), width, -1)
     choices = choices.reshape(layers, len(rows), width, -1)

@@ -64,7 +64,10 @@ class RouteStage:
             rows += [dict(r, kept=False) for r in read_rows(inputs["rejected"], COLUMNS)]
         path = resolve_model(self.recipe.teacher, ctx.log)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        # a GPU when there is one (bf16, as the teacher is served); fp32 on CPU, where bf16 matmuls are slow
+        gpu = torch.cuda.is_available()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if gpu else torch.float32)
+        model = model.to("cuda" if gpu else "cpu").eval()
         try:
             layers, experts, top_k = moe_shape(model)
         except ValueError as exc:
