@@ -141,15 +141,14 @@ def test_online_methods_train_a_few_steps_with_the_moe_teacher(tmp_path, teacher
         tiny_recipe(tmp_path, endpoint=teacher_server.base_url, extra="train: {student: {prune: {keep_every: 10}}}\n")
     )
     start = init_student(recipe, tmp_path, tmp_path / "init")
+    # each method's own TRL config knobs: GKDConfig's max_new_tokens, the others' max_completion_length
+    own = {
+        "gkd": {"max_new_tokens": 8, "beta": 0.5},
+        "on_policy": {"max_completion_length": 8, "beta": 0.5},
+        "server": {"max_completion_length": 8, "beta": 0.0, "loss_top_k": 4},
+    }
     settings = DistillSettings(
-        method=method,
-        max_steps=2,
-        per_device_train_batch_size=2,
-        max_new_tokens=8,
-        logging_steps=1,
-        precision="fp32",
-        beta=0.0 if method == "server" else 0.5,
-        loss_top_k=4 if method == "server" else 1,
+        method=method, max_steps=2, per_device_train_batch_size=2, logging_steps=1, precision="fp32", **own[method]
     )
     teacher_path = resolve_model(recipe.teacher)
     assert json.loads((Path(teacher_path) / "config.json").read_text())["architectures"] == ["MixtralForCausalLM"]
