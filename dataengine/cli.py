@@ -145,13 +145,12 @@ def experts(
     divergence from the reference language.
     """
     from dataengine.route.show import show
-    from dataengine.route.stage import MAP_FILE
-    from dataengine.run_folder import RunFolder
+    from dataengine.run_folder import ROUTING_MAP_FILE, RunFolder
 
     run = RunFolder(run_dir)
     if not run.exists:
         raise UserError(f"{run_dir} is not a run folder (no run.json); runs are under runs/<name>")
-    path = run.file("route", MAP_FILE)
+    path = run.file("route", ROUTING_MAP_FILE)
     if path is None or not path.is_file():
         raise UserError(f"{run_dir} has no routing map: add a `route:` block to the recipe and run it again")
     if as_json:
@@ -289,7 +288,7 @@ class Stopped(SystemExit):
 # owner dies, still ends the server. Slurm and Kubernetes send SIGKILL after their own grace period.
 SHUTDOWN_GRACE_S = 60.0
 _stopped_by: list[int] = []
-_terminal = sys.stderr.fileno()  # replaced by a copy in main(): fd 2 goes to a log while datatrove runs
+_terminal = 2  # replaced by a copy in stop_on_signals(): fd 2 goes to a log while datatrove runs
 
 
 def _stop_line(signum: int, server: str = "the teacher server is stopped") -> str:

@@ -2,8 +2,8 @@
 stage summaries (train, evaluate), `dataengine status`, report.html and the dataset card.
 
 Everything comes from files the stages already write, found through the run folder (run_folder.py): the
-manifests, the rows of generate, curate (kept and rejected) and publish, the train stage's training.json and
-the evaluate stage's metrics.json. A stage that has not run (or a pipeline without it) leaves its part empty.
+manifests, the rows of generate, curate (kept and rejected), balance and publish, the train stage's
+training.json, the evaluate stage's metrics.json and the route stage's map.json. A stage that has not run (or a pipeline without it) leaves its part empty.
 How the numbers are written is numbers.py's.
 """
 
@@ -80,7 +80,6 @@ class Phase:
 class Training:
     """The train stage's training.json: how the student started, its phases, the rows it held out."""
 
-    student: dict[str, Any]
     train_rows: int
     held_out_ids: list[str]
     phases: list[Phase]
@@ -91,7 +90,7 @@ class Training:
             return None
         data = json.loads(path.read_text())
         phases = [Phase.of(p) for p in data["phases"]]
-        return cls(data["student"], data["train_rows"], data["held_out_ids"], phases)
+        return cls(data["train_rows"], data["held_out_ids"], phases)
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ class RunFacts:
     name: str
     run_id: str
     stages: list[StageLine] = field(default_factory=list)
-    # "kind/language" -> {step: rows}, steps in pipeline order (generated, kept, trained on, published)
+    # "kind/language" -> {step: rows}, steps in pipeline order (generated, kept, balanced, trained on, published)
     funnel: dict[str, dict[str, int]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)  # reason -> rows, most first
     answer_chars: dict[str, list[int]] = field(default_factory=dict)  # "kept" / "rejected" -> lengths
@@ -171,8 +170,12 @@ def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
     facts.routing = json.loads(routing.read_text()) if routing is not None and routing.is_file() else None
     if rows:
         _rows_and_funnel(facts, run)
-    if "curate" in manifests:
-        facts.drops = dict(sorted(manifests["curate"].drops.items(), key=lambda kv: (-kv[1], kv[0])))
+    # why rows were dropped on the way to the dataset: curation's filters, then the expert-balance selection
+    drops = Counter()
+    for stage in ("curate", "balance"):
+        if stage in manifests:
+            drops.update(manifests[stage].drops)
+    facts.drops = dict(sorted(drops.items(), key=lambda kv: (-kv[1], kv[0])))
     if "generate" in manifests:
         stats = manifests["generate"].stats
         facts.throughput = stats.get("teacher_tokens_per_second_timeline") or []
@@ -191,14 +194,19 @@ def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
     if kept is not None:
         steps.append(("kept", kept))
     kept = kept or []
+    # with curate.balance, what the later stages read is the balanced selection of the kept rows
+    balanced_ids = {row["id"] for row in _rows(run, "balance", ["id"]) or []}
+    selected = [row for row in kept if row["id"] in balanced_ids] if run.manifest("balance") else kept
+    if run.manifest("balance"):
+        steps.append(("balanced", selected))
     if facts.training is not None:
         held_out = set(facts.training.held_out_ids)
-        steps.append(("trained on", [row for row in kept if row["id"] not in held_out]))
+        steps.append(("trained on", [row for row in selected if row["id"] not in held_out]))
     layout = run.folder("publish")
     if layout is not None and (layout / "data").is_dir():
         # an appending publish also holds earlier runs' rows: count this run's
         published = {row["id"] for row in read_parquet(sorted((layout / "data" / DEFAULT).glob("*.parquet")), ["id"])}
-        steps.append(("published", [row for row in kept if row["id"] in published]))
+        steps.append(("published", [row for row in selected if row["id"] in published]))
     groups = sorted({Group.of(row) for _, rows in steps for row in rows})
     for name, rows in steps:
         counts = Counter(Group.of(row) for row in rows)

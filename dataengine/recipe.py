@@ -543,9 +543,10 @@ class DistillSettings(TrainerSettings):
         for knob, methods in DISTILL_KNOBS.items():
             if knob in self.model_fields_set and getattr(self, knob) is not None and self.method not in methods:
                 takes = ", ".join(methods)
+                hint = "; its name there is `max_completion_length`" if knob == "max_new_tokens" else ""
                 raise ValueError(
                     f"`{knob}` is a knob of method {takes}; method {self.method} feeds "
-                    f"{DISTILL_CONFIGS[self.method]}, which has no `{knob}`"
+                    f"{DISTILL_CONFIGS[self.method]}, which has no `{knob}`{hint}"
                 )
         # TRL's rule; an unset beta is ServerDistillationConfig's default, 1.0
         if self.method == "server" and (self.beta is None or self.beta > 0) and self.loss_top_k not in (None, 1):

@@ -19,11 +19,11 @@ from dataengine.errors import RecipeError
 from dataengine.experts import metrics
 from dataengine.pipelines import build
 from dataengine.recipe import parse_recipe
-from dataengine.route.stage import MAP_FILE, RouteStage
+from dataengine.route.stage import RouteStage
 from dataengine.rows import CURATED_FEATURES, read_rows, write_shards
-from dataengine.run_folder import RunFolder
+from dataengine.run_folder import ROUTING_MAP_FILE, RunFolder
 from dataengine.stage import RunContext
-from tests.tiny_models import rows, save, tiny_mixtral, tiny_tokenizer
+from tests.tiny_models import rows, save, tiny_llama, tiny_mixtral, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ route: {{batch_size: {batch_size}}}
     ctx = RunContext(recipe, tmp_path, run_dir, Console(file=io.StringIO()), "run-1", teacher=None)
     inputs = {role: run_dir / folder for role, folder in stage.inputs.items()}
     result = stage.run(inputs, {"map": out}, run_dir / ".work" / "route", ctx)
-    return result, json.loads((out / MAP_FILE).read_text()), read_rows(out), stage, ctx
+    return result, json.loads((out / ROUTING_MAP_FILE).read_text()), read_rows(out), stage, ctx
 
 
 def test_every_row_is_routed_and_the_map_adds_up(tmp_path, teacher):
@@ -81,10 +81,16 @@ def test_every_row_is_routed_and_the_map_adds_up(tmp_path, teacher):
     assert "expert load of 6 kept rows" in console.file.getvalue()
 
 
-def test_a_rerun_and_another_batch_size_route_the_same(tmp_path, teacher):
+def _no_replay(*args, **kwargs):
+    raise AssertionError("a saved batch was routed again")
+
+
+def test_a_rerun_and_another_batch_size_route_the_same(tmp_path, teacher, monkeypatch):
     _, first, routed, _, _ = _run(tmp_path, teacher, batch_size=3)
     # the batches are kept: a rerun after a crash routes nothing again and writes the same rows
+    monkeypatch.setattr("dataengine.route.replay.route_batch", _no_replay)
     _, again, rerouted, _, _ = _run(tmp_path, teacher, batch_size=3, run_dir=tmp_path / "run")
+    monkeypatch.undo()
     assert rerouted == routed and again == first
     _, _, one_by_one, _, _ = _run(tmp_path / "b", teacher, batch_size=1)
     assert [r["routing_signature"] for r in one_by_one] == [r["routing_signature"] for r in routed]
@@ -142,3 +148,11 @@ def test_balance_needs_routing_and_one_size(teacher):
         parse_recipe(RECIPE_WITH_BALANCE.format(teacher=teacher).replace("fraction: 0.5", "rows: 2, fraction: 0.5"))
     pipeline = build(parse_recipe(RECIPE_WITH_BALANCE.format(teacher=teacher)), Path("."))
     assert [s.name for s in pipeline.stages] == ["generate", "curate", "route", "balance"]
+
+
+def test_a_dense_teacher_cannot_be_routed(tmp_path):
+    dense = save(tiny_llama(len(tiny_tokenizer())), tiny_tokenizer(), tmp_path / "dense")
+    recipe = parse_recipe(RECIPE_WITH_BALANCE.format(teacher=dense))
+    assert RouteStage.check(recipe, tmp_path) == [
+        f"route: teacher {dense} is not a Mixture-of-Experts model (no experts in its config)"
+    ]

@@ -1,6 +1,6 @@
 """A run's routing map (routing/map.json): how the kept rows load each expert, overall and per slice, with
 the balance metrics per layer, co-activation, top-1 consistency, and each language's divergence from a
-reference language. Built from the route stage's per-row signatures and per-token choices."""
+reference language (over chat rows). Built from the route stage's per-row signatures and per-token choices."""
 
 from __future__ import annotations
 
@@ -52,10 +52,16 @@ def build(rows: list[RoutedRow], num_experts: int, top_k: int, cold_below: float
         for r in kept:
             groups[getattr(r, field) or "(none)"].append(r)
         slices[field] = {name: summary(group) for name, group in sorted(groups.items())}
-    slices["kept"] = {"kept": summary(kept), "rejected": summary([r for r in rows if not r.kept])}
+    rejected = [r for r in rows if not r.kept]
+    slices["kept"] = {"kept": summary(kept)} | ({"rejected": summary(rejected)} if rejected else {})
     tokens = [r.choices for r in kept if r.choices.size]
     all_tokens = np.concatenate(tokens) if tokens else np.zeros((0, layers, top_k), dtype=np.int16)
-    by_language = {name: counts_of([r for r in kept if r.language == name]) for name in slices["language"]}
+    # languages compared on chat rows only: code rows carry the language they were asked in (en by default),
+    # and mixing them in would measure the share of code, not the language
+    chat = [r for r in kept if r.kind == "chat"]
+    by_language = {
+        name: counts_of(group) for name in slices["language"] if (group := [r for r in chat if r.language == name])
+    }
     reference = by_language.get(reference_language)
     return {
         "num_layers": layers,

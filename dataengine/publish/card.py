@@ -145,7 +145,7 @@ def _body(
         "|---|---:|---:|",
     ]
     # the stages that pass rows on (training and evaluation report in their own section)
-    passing = [s for s in facts.stages if s.stage in ("generate", "curate", "score")]
+    passing = [s for s in facts.stages if s.stage in ("generate", "curate", "balance", "score")]
     lines += [f"| {s.stage} | {numbers.count(s.rows_in)} | {numbers.count(s.rows_out)} |" for s in passing]
     if facts.drops:
         lines += ["", "## Drop reasons", "", "| reason | rows |", "|---|---:|"]

@@ -139,6 +139,8 @@ def run_history(
     if not added:
         return earlier, True
     grown = {"rows_total": total}
+    if routing is not None:  # a top-up round routed more rows: the entry's load is the run's latest
+        grown |= routing_drift([e for e in earlier if e.get("run_id") != run_id], routing)
     return [
         {**e, **grown, "rows_added": e["rows_added"] + added} if e.get("run_id") == run_id else e for e in earlier
     ], True
@@ -171,7 +173,8 @@ def send(layout: Path, publish: PublishConfig, target: Target, message: str) -> 
 
 class PublishStage:
     name = "publish"
-    key_paths = ("publish", "teacher", "generate", "curate")
+    # route: the card's expert coverage and the history's expert load come from the routing map
+    key_paths = ("publish", "teacher", "generate", "curate", "route")
 
     def __init__(
         self,

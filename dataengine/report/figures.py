@@ -172,7 +172,7 @@ def evaluation(facts: RunFacts) -> str | None:
 def expert_load(facts: RunFacts) -> str | None:
     """Heatmaps of expert load (layers x experts, 1.0 = uniform) of the kept rows, overall and per language and
     kind, and each layer's CV of load beside them."""
-    if facts.routing is None:
+    if facts.routing is None or not facts.routing["num_layers"] or not facts.routing["overall"]["rows"]:
         return None
     routing = facts.routing
     panels = {"all kept rows": routing["overall"]}

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dataengine.experts.routers import is_router
+
 
 @dataclass
 class Routed:
@@ -27,7 +29,7 @@ class Routed:
 
 def routers(model: nn.Module) -> list[nn.Module]:
     """The model's routers, in layer order."""
-    return [m for m in model.modules() if type(m).__name__.lower().endswith("topkrouter")]
+    return [m for m in model.modules() if is_router(m)]
 
 
 def moe_shape(model: nn.Module) -> tuple[int, int, int]:

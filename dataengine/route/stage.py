@@ -21,6 +21,7 @@ from dataengine import numbers
 from dataengine.atomic import write_atomic
 from dataengine.errors import StageError
 from dataengine.experts import maps, metrics
+from dataengine.experts.routers import moe_config
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import ROUTED_FEATURES, prompt_and_full_ids, read_rows, write_shards
@@ -28,7 +29,6 @@ from dataengine.run_folder import ROUTING_MAP_FILE
 from dataengine.stage import RunContext, StageResult
 from dataengine.teacher.server import resolve_model
 
-MAP_FILE = ROUTING_MAP_FILE
 COLUMNS = ["id", "messages", "kind", "language", "topic"]
 
 
@@ -51,6 +51,15 @@ class RouteStage:
 
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
+        """A teacher in a local folder must be an MoE (a Hub id is checked when the stage loads it: validate
+        makes no network call; the builtin teacher is one)."""
+        if recipe.route is None or recipe.teacher.is_builtin:
+            return []
+        config = Path(recipe.teacher.model).expanduser() / "config.json"
+        if config.is_file() and not moe_config(json.loads(config.read_text())):
+            return [
+                f"route: teacher {recipe.teacher.model} is not a Mixture-of-Experts model (no experts in its config)"
+            ]
         return []
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
@@ -60,14 +69,19 @@ class RouteStage:
         from dataengine.route.replay import moe_shape, route_batch
 
         rows = [dict(r, kept=True) for r in read_rows(inputs["rows"], COLUMNS)]
+        # a GPU when there is one (bf16, as the teacher is served); fp32 on CPU, where bf16 matmuls are slow
+        device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
         if "rejected" in inputs:
             rows += [dict(r, kept=False) for r in read_rows(inputs["rejected"], COLUMNS)]
-        path = resolve_model(self.recipe.teacher, ctx.log)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        # a GPU when there is one (bf16, as the teacher is served); fp32 on CPU, where bf16 matmuls are slow
-        gpu = torch.cuda.is_available()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if gpu else torch.float32)
-        model = model.to("cuda" if gpu else "cpu").eval()
+        teacher = self.recipe.teacher
+        path = resolve_model(teacher, ctx.log)
+        # the revision that wrote the answers (a builtin teacher is a local folder)
+        revision = {} if teacher.is_builtin or teacher.revision is None else {"revision": teacher.revision}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **revision)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **revision).to(device).eval()
+        except OSError as exc:
+            raise StageError(f"route: cannot load the teacher {path} in transformers: {exc}") from exc
         try:
             layers, experts, top_k = moe_shape(model)
         except ValueError as exc:
@@ -90,7 +104,7 @@ class RouteStage:
         with Progress(console=ctx.console, transient=True) as progress:
             task = progress.add_task("routing", total=len(todo))
             for batch in batches:
-                file = saved / f"{_batch_key(batch)}.npz"
+                file = saved / f"{_batch_key(batch, str(dtype))}.npz"
                 if not file.is_file():
                     results = route_batch(model, [(ids, start) for _, ids, start in batch], pad)
                     _save(file, results)
@@ -115,13 +129,13 @@ class RouteStage:
                 progress.advance(task, len(batch))
         cfg = self.cfg
         routing_map = maps.build(routed, experts, top_k, cfg.cold_below, cfg.reference_language)
-        write_atomic(outputs["map"] / MAP_FILE, json.dumps(routing_map, indent=1))
+        write_atomic(outputs["map"] / ROUTING_MAP_FILE, json.dumps(routing_map, indent=1))
         records.sort(key=lambda r: (not r["kept"], r["id"]))
         paths = write_shards(records, outputs["map"], features=ROUTED_FEATURES)
         return StageResult(
             rows_in=len(rows),
             rows_out=len(records),
-            output_fingerprint=fingerprint_files([*paths, outputs["map"] / MAP_FILE]),
+            output_fingerprint=fingerprint_files([*paths, outputs["map"] / ROUTING_MAP_FILE]),
             drops={"too_long_to_route": too_long} if too_long else {},
             stats={
                 "layers": layers,
@@ -134,9 +148,9 @@ class RouteStage:
         )
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
-        routing_map = json.loads((outputs["map"] / MAP_FILE).read_text())
+        routing_map = json.loads((outputs["map"] / ROUTING_MAP_FILE).read_text())
         console.print(balance_table(routing_map))
-        console.print(f"map: {outputs['map'] / MAP_FILE} (dataengine experts RUN_DIR shows all of it)")
+        console.print(f"map: {outputs['map'] / ROUTING_MAP_FILE} (dataengine experts RUN_DIR shows all of it)")
 
 
 def balance_table(routing_map: dict) -> Table:
@@ -161,8 +175,10 @@ def balance_table(routing_map: dict) -> Table:
     return table
 
 
-def _batch_key(batch: list) -> str:
-    return hashlib.sha256("\n".join(row["id"] for row, _, _ in batch).encode()).hexdigest()[:16]
+def _batch_key(batch: list, precision: str) -> str:
+    """The batch's rows and the precision they were replayed in (a resume on a GPU node must not mix its bf16
+    routing with a CPU node's fp32)."""
+    return hashlib.sha256("\n".join([precision, *(row["id"] for row, _, _ in batch)]).encode()).hexdigest()[:16]
 
 
 def _save(file: Path, results) -> None:

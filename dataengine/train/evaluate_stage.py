@@ -95,6 +95,11 @@ class EvaluateStage:
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         evaluation = Evaluation.read(outputs["metrics"] / METRICS_FILE)
+        if evaluation is None:
+            console.print(
+                f"evaluated on {manifest.rows_out} held-out rows; {METRICS_FILE} is gone from {outputs['metrics']}"
+            )
+            return
         table = Table(title=f"student on {evaluation.held_out_rows} held-out rows", title_justify="left")
         for column in ("metric", "before training", "after training", "better is"):
             table.add_column(column, justify="left" if column == "metric" else "right")

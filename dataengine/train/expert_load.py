@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from dataengine.experts.routers import is_router
+
 
 def routers(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if type(m).__name__.endswith("TopKRouter")}
+    return {name: m for name, m in model.named_modules() if is_router(m)}
 
 
 class ExpertLoadCallback(TrainerCallback):

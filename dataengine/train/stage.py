@@ -125,6 +125,9 @@ class TrainStage:
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         training = Training.read(outputs["student"] / TRAINING_FILE)
+        if training is None:
+            console.print(f"trained on {manifest.rows_out} rows; {TRAINING_FILE} is gone from {outputs['student']}")
+            return
         table = Table(
             title=f"trained on {training.train_rows} rows ({len(training.held_out_ids)} held out)",
             title_justify="left",
