@@ -107,7 +107,7 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     before, after = metrics["before"], metrics["after"]
     assert after["kl_teacher_student"] < before["kl_teacher_student"]
     assert after["perplexity"] < before["perplexity"]
-    assert "KL(teacher || student)" in shown and "held-out" in shown
+    assert "KL(teacher ‖ student)" in shown and "held-out" in shown
 
     # the run report draws every figure from what this real run wrote (the crashed half included)
     page = (run_dir / "report.html").read_text()

@@ -151,10 +151,12 @@ def test_upcycled_smollm2_matches_its_dense_parent():
     import torch
 
     from dataengine.recipe import BuiltinTeacherOptions
-    from dataengine.teacher.builtin import BUILTIN_MODELS, fetch_gguf, load_dense, upcycle
+    from dataengine.teacher.builtin import BUILTIN_MODELS, calibration_texts, fetch_gguf, load_dense, upcycle
 
     dense, tokenizer = load_dense(fetch_gguf(BUILTIN_MODELS["smollm2-moe"]))
-    moe = upcycle(dense, BuiltinTeacherOptions(num_experts=4, top_k=2))
+    # the k-means router, fitted as the build fits it: routing changes, the function does not
+    calibration = [tokenizer(text, return_tensors="pt").input_ids[0] for text in calibration_texts()]
+    moe = upcycle(dense, BuiltinTeacherOptions(num_experts=4, top_k=2), calibration)
     ids = tokenizer(["The capital of France is", "def fibonacci(n):"], return_tensors="pt", padding=True).input_ids
     with torch.no_grad():
         diff = (dense(ids).logits - moe(ids).logits).abs().max().item()
