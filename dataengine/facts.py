@@ -3,8 +3,8 @@ stage summaries (train, evaluate), `dataengine status`, report.html and the data
 
 Everything comes from files the stages already write, found through the run folder (run_folder.py): the
 manifests, the rows of generate, curate (kept and rejected), balance and publish, the train stage's
-training.json, the evaluate stage's metrics.json and the route stage's map.json. A stage that has not run (or a pipeline without it) leaves its part empty.
-How the numbers are written is numbers.py's.
+training.json, the evaluate stage's metrics.json and the route stage's map.json. A stage that has not run
+(or a pipeline without it) leaves its part empty. How the numbers are written is numbers.py's.
 """
 
 from __future__ import annotations

@@ -49,14 +49,14 @@ def _consistency(routing_map: dict) -> Table:
 
 
 def _divergence(routing_map: dict) -> Table:
-    layers = routing_map["num_layers"]
     table = Table(
-        title=f"Jensen-Shannon divergence of each language's routing from {routing_map['divergence_from']}",
+        title=f"Jensen-Shannon divergence of each language's routing from {routing_map['divergence_from']} "
+        "(chat rows; per layer in map.json)",
         title_justify="left",
     )
-    table.add_column("language")
-    for layer in range(layers):
-        table.add_column(f"L{layer}", justify="right")
+    for column in ("language", "mean over layers", "max", "at layer"):
+        table.add_column(column, justify="left" if column == "language" else "right")
     for language, values in routing_map["js_divergence"].items():
-        table.add_row(language, *(numbers.metric(v) for v in values))
+        peak = max(range(len(values)), key=values.__getitem__)
+        table.add_row(language, numbers.metric(sum(values) / len(values)), numbers.metric(values[peak]), str(peak))
     return table
