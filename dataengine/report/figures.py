@@ -199,3 +199,29 @@ def expert_load(facts: RunFacts) -> str | None:
     cv.set_xlim(left=0)
     fig.colorbar(image, ax=axes[0][:-1].tolist(), shrink=0.8, label="load (1.0 = uniform)")
     return _svg(fig)
+
+
+@_styled
+def coactivation(facts: RunFacts) -> str | None:
+    """Pointwise mutual information of two experts chosen for the same token, in the first, middle and last
+    MoE layers (above 0: chosen together more often than chance; blank: never together)."""
+    if facts.routing is None or not facts.routing["num_layers"] or not facts.routing["overall"]["rows"]:
+        return None
+    routing = facts.routing
+    layers = sorted({0, routing["num_layers"] // 2, routing["num_layers"] - 1})
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.4 * len(layers) + 1.2, 2.6), squeeze=False)
+    values = [
+        [[float("nan") if v is None else v for v in row] for row in routing["coactivation_pmi"][n]] for n in layers
+    ]
+    finite = [abs(v) for m in values for row in m for v in row if math.isfinite(v)]
+    span = max(finite, default=1.0) or 1.0
+    for ax, layer, matrix in zip(axes[0], layers, values, strict=True):
+        image = ax.imshow(matrix, cmap="PuOr_r", vmin=-span, vmax=span, interpolation="nearest")
+        ax.set_title(f"layer {layer}", fontsize=8)
+        ax.set_xticks(range(routing["num_experts"]))
+        ax.set_yticks(range(routing["num_experts"]))
+        ax.set_xlabel("expert")
+        ax.grid(False)
+    axes[0][0].set_ylabel("expert")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="PMI")
+    return _svg(fig)

@@ -31,6 +31,12 @@ SECTIONS: tuple[tuple[str, str, Callable[[RunFacts], str | None], str], ...] = (
         figures.expert_load,
         "the recipe has no `route` block",
     ),
+    (
+        "coactivation",
+        "Which experts are chosen together for a token (PMI)",
+        figures.coactivation,
+        "the recipe has no `route` block",
+    ),
     ("loss", "Training loss", figures.losses, "no student was trained in this run"),
     (
         "evaluation",
