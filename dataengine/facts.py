@@ -195,9 +195,11 @@ def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
         steps.append(("kept", kept))
     kept = kept or []
     # with curate.balance, what the later stages read is the balanced selection of the kept rows
-    balanced_ids = {row["id"] for row in _rows(run, "balance", ["id"]) or []}
-    selected = [row for row in kept if row["id"] in balanced_ids] if run.manifest("balance") else kept
-    if run.manifest("balance"):
+    balanced = _rows(run, "balance", ["id"]) if run.manifest("balance") else None
+    selected = kept
+    if balanced is not None:
+        ids = {row["id"] for row in balanced}
+        selected = [row for row in kept if row["id"] in ids]
         steps.append(("balanced", selected))
     if facts.training is not None:
         held_out = set(facts.training.held_out_ids)

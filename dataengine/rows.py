@@ -200,6 +200,12 @@ def count_groups(rows: Iterable[dict]) -> dict[str, int]:
     return {str(g): n for g, n in sorted(Counter(Group.of(r) for r in rows).items())}
 
 
+def batch_key(parts: Iterable[str]) -> str:
+    """The name of a saved batch (its row ids, and anything else its result depends on): what a resumed stage
+    looks for to skip the batch."""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def split_rows(rows: list[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:
     """(train, held-out): the held-out rows are those whose id hashes lowest, at least one of each when there
     are two rows or more. It depends only on the row ids, so every stage draws the same split."""

@@ -53,6 +53,9 @@ class RunContext:
 
 
 class Stage(Protocol):
+    """The contract. A stage class subclasses it to inherit the defaults below (no outside files, no outside
+    state, nothing to check beyond the schema) and overrides what it has."""
+
     name: str
     inputs: Mapping[str, str]  # role -> folder under the run folder that another stage writes
     outputs: Mapping[str, str]  # role -> folder under the run folder it writes; the first holds the manifest
@@ -60,16 +63,16 @@ class Stage(Protocol):
 
     def key_files(self) -> list[Path]:
         """Files outside the run its result depends on (prompt files, benchmarks, reference data)."""
-        ...
+        return []
 
     def state(self, run_dir: Path) -> str:
         """What else, outside the recipe, the stage's output depends on (e.g. top-up rounds); "" if nothing."""
-        ...
+        return ""
 
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
         """Problems with the recipe that need the stage's shipped data or models; no downloads, no writes."""
-        ...
+        return []
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work: Path, ctx: RunContext) -> StageResult: ...
 

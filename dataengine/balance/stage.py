@@ -15,13 +15,13 @@ from dataengine.experts.select import even_subset, mean_cv
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import CURATED_FEATURES, KEPT_FEATURES, read_rows, write_shards
-from dataengine.stage import RunContext, StageResult
+from dataengine.stage import RunContext, Stage, StageResult
 
 REASON = "expert_balance"
 UNROUTED = "not_routed"
 
 
-class BalanceStage:
+class BalanceStage(Stage):
     name = "balance"
     key_paths = ("curate.balance",)
 
@@ -30,16 +30,6 @@ class BalanceStage:
         self.cfg = recipe.curate.balance
         self.inputs = {"rows": rows_from, "routing": routing_from}
         self.outputs = {"kept": "balanced", "rejected": "balance_rejected"}
-
-    def key_files(self) -> list[Path]:
-        return []
-
-    def state(self, run_dir: Path) -> str:
-        return ""
-
-    @staticmethod
-    def check(recipe: Recipe, base_dir: Path) -> list[str]:
-        return []
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         everything = read_rows(inputs["rows"])

@@ -30,7 +30,7 @@ from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import CurateConfig, Recipe, resolve_path
 from dataengine.rows import CURATED_FEATURES, Group, count_groups, last_user_turn, read_rows, write_shards
-from dataengine.stage import RunContext, StageResult
+from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.target.existing import reference_folder
 
 
@@ -45,7 +45,7 @@ def prompt_and_answer(self, document: Document) -> dict:
     return {"text": f"{prompt}\n\n{document.text}", "id": document.id, "metadata": document.metadata}
 
 
-class CurateStage:
+class CurateStage(Stage):
     name = "curate"
 
     def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:
@@ -66,13 +66,6 @@ class CurateStage:
         """The benchmarks, and the reference data: new reference rows change what counts as a duplicate."""
         references = [resolve_path(folder, self.base_dir) for folder in self.cfg.dedup.reference]
         return [*self._benchmark_paths().values(), *(p for ref in references for p in sorted(ref.rglob("*.parquet")))]
-
-    def state(self, run_dir: Path) -> str:
-        return ""  # everything it depends on is in the recipe, its files and its input
-
-    @staticmethod
-    def check(recipe: Recipe, base_dir: Path) -> list[str]:
-        return []  # the schema and its file checks cover the curate block
 
     def _benchmark_paths(self) -> dict[str, Path]:
         dc = self.cfg.decontamination

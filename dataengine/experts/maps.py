@@ -30,12 +30,11 @@ def build(rows: list[RoutedRow], num_experts: int, top_k: int, cold_below: float
     kept = [r for r in rows if r.kept]
     layers = next((r.choices.shape[1] for r in rows if r.choices.size), 0)
 
+    # each row's signature once; every slice sums them
+    signatures = {r.id: metrics.signature(r.choices, num_experts) for r in rows if r.choices.size}
+
     def counts_of(group: list[RoutedRow]) -> np.ndarray:
-        total = np.zeros((layers, num_experts), dtype=np.int64)
-        for r in group:
-            if r.choices.size:
-                total += metrics.signature(r.choices, num_experts)
-        return total
+        return sum((signatures[r.id] for r in group if r.id in signatures), np.zeros((layers, num_experts), np.int64))
 
     def summary(group: list[RoutedRow]) -> dict:
         counts = counts_of(group)

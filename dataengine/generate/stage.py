@@ -42,7 +42,7 @@ from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
 from dataengine.rows import count_groups, write_shards
-from dataengine.stage import RunContext, StageResult, config_hash
+from dataengine.stage import RunContext, Stage, StageResult, config_hash
 from dataengine.teacher.server import served_name
 
 HEALTH_INTERVAL_S = 2.0
@@ -78,7 +78,7 @@ class _Runner(InferenceRunner):
         return server
 
 
-class GenerateStage:
+class GenerateStage(Stage):
     name = "generate"
     inputs: dict[str, str] = {}
     # What the rows depend on: the teacher's identity and the generate block (plus local prompt files).

@@ -24,7 +24,7 @@ from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
 from dataengine.rows import KEPT_FEATURES, read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
 from dataengine.secrets import known_secrets
-from dataengine.stage import RunContext, StageResult
+from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.target import existing
 from dataengine.target.existing import Published
 from dataengine.target.send import Outcome, published_files, to_folder, to_hub
@@ -171,7 +171,7 @@ def send(layout: Path, publish: PublishConfig, target: Target, message: str) -> 
     return to_folder(layout, Path(target.location))
 
 
-class PublishStage:
+class PublishStage(Stage):
     name = "publish"
     # route: the card's expert coverage and the history's expert load come from the routing map
     key_paths = ("publish", "teacher", "generate", "curate", "route")
@@ -191,16 +191,6 @@ class PublishStage:
         wired = {"rows": rows_from, "student": student_from, "evaluation": evaluation_from}
         self.inputs = {role: folder for role, folder in wired.items() if folder is not None}
         self.outputs = {"layout": "published"}
-
-    def key_files(self) -> list[Path]:
-        return []
-
-    def state(self, run_dir: Path) -> str:
-        return ""
-
-    @staticmethod
-    def check(recipe: Recipe, base_dir: Path) -> list[str]:
-        return []  # the schema parses the target
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         target = parse_target(self.cfg.to, self.base_dir)

@@ -8,7 +8,6 @@ re-routes nothing already routed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -24,15 +23,15 @@ from dataengine.experts import maps, metrics
 from dataengine.experts.routers import moe_config
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.rows import ROUTED_FEATURES, prompt_and_full_ids, read_rows, write_shards
+from dataengine.rows import ROUTED_FEATURES, batch_key, prompt_and_full_ids, read_rows, write_shards
 from dataengine.run_folder import ROUTING_MAP_FILE
-from dataengine.stage import RunContext, StageResult
+from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
 
 COLUMNS = ["id", "messages", "kind", "language", "topic"]
 
 
-class RouteStage:
+class RouteStage(Stage):
     name = "route"
     key_paths = ("route", "teacher.model", "teacher.revision", "teacher.builtin", "-teacher.builtin.source")
 
@@ -42,12 +41,6 @@ class RouteStage:
         self.cfg = recipe.route
         self.inputs = {"rows": rows_from} | ({"rejected": rejected_from} if rejected_from else {})
         self.outputs = {"map": "routing"}
-
-    def key_files(self) -> list[Path]:
-        return []
-
-    def state(self, run_dir: Path) -> str:
-        return ""
 
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
@@ -104,7 +97,8 @@ class RouteStage:
         with Progress(console=ctx.console, transient=True) as progress:
             task = progress.add_task("routing", total=len(todo))
             for batch in batches:
-                file = saved / f"{_batch_key(batch, str(dtype))}.npz"
+                # the precision too: a resume on a GPU node must not mix its bf16 routing with a CPU node's fp32
+                file = saved / f"{batch_key([str(dtype), *(row['id'] for row, _, _ in batch)])}.npz"
                 if not file.is_file():
                     results = route_batch(model, [(ids, start) for _, ids, start in batch], pad)
                     _save(file, results)
@@ -173,12 +167,6 @@ def balance_table(routing_map: dict) -> Table:
             ", ".join(map(str, overall["cold"][layer])) or numbers.NOT_APPLICABLE,
         )
     return table
-
-
-def _batch_key(batch: list, precision: str) -> str:
-    """The batch's rows and the precision they were replayed in (a resume on a GPU node must not mix its bf16
-    routing with a CPU node's fp32)."""
-    return hashlib.sha256("\n".join([precision, *(row["id"] for row, _, _ in batch)]).encode()).hexdigest()[:16]
 
 
 def _save(file: Path, results) -> None:

@@ -7,7 +7,6 @@ is written to `.work/score/parts/` as it finishes, so a crashed run re-scores no
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from pathlib import Path
@@ -19,12 +18,20 @@ from rich.table import Table
 from dataengine.errors import StageError
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, ScoreConfig
-from dataengine.rows import SCORED_FEATURES, prompt_and_full_ids, read_parquet, read_rows, write_parquet, write_shards
-from dataengine.stage import RunContext, StageResult
+from dataengine.rows import (
+    SCORED_FEATURES,
+    batch_key,
+    prompt_and_full_ids,
+    read_parquet,
+    read_rows,
+    write_parquet,
+    write_shards,
+)
+from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
 
 
-class ScoreStage:
+class ScoreStage(Stage):
     name = "score"
     key_paths = ("teacher", "score")
 
@@ -34,16 +41,6 @@ class ScoreStage:
         self.base_dir = base_dir
         self.inputs = {"rows": rows_from}
         self.outputs = {"rows": "scored"}
-
-    def key_files(self) -> list[Path]:
-        return []
-
-    def state(self, run_dir: Path) -> str:
-        return ""
-
-    @staticmethod
-    def check(recipe: Recipe, base_dir: Path) -> list[str]:
-        return []
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         from transformers import AutoTokenizer
@@ -66,7 +63,7 @@ class ScoreStage:
         with Progress(console=ctx.console, transient=True) as progress:
             bar = progress.add_task("scoring", total=len(todo))
             for batch in batches:
-                path = parts / f"part-{_batch_key(batch)}.parquet"
+                path = parts / f"part-{batch_key(r['id'] for r in batch)}.parquet"
                 while not path.is_file():
                     client = client or _client(ctx)
                     try:
@@ -78,7 +75,7 @@ class ScoreStage:
                             raise
                         client = None
                 progress.advance(bar, len(batch))
-        scored = read_parquet(parts / f"part-{_batch_key(b)}.parquet" for b in batches)
+        scored = read_parquet(parts / f"part-{batch_key(r['id'] for r in b)}.parquet" for b in batches)
         if len(scored) != len(todo):
             raise StageError(f"score: {len(todo)} rows to score but {len(scored)} scored; see {parts}")
         paths = write_shards(scored, outputs["rows"], features=SCORED_FEATURES)
@@ -100,10 +97,6 @@ class ScoreStage:
         if manifest.drops:
             console.print("dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest.drops.items()))
         console.print(f"output: {outputs['rows']}")
-
-
-def _batch_key(batch: list[dict]) -> str:
-    return hashlib.sha256("\n".join(r["id"] for r in batch).encode()).hexdigest()[:16]
 
 
 def _client(ctx: RunContext):

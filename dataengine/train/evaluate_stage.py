@@ -19,10 +19,10 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE
-from dataengine.stage import RunContext, StageResult
+from dataengine.stage import RunContext, Stage, StageResult
 
 
-class EvaluateStage:
+class EvaluateStage(Stage):
     name = "evaluate"
     key_paths = ("train", "curate")
 
@@ -32,16 +32,6 @@ class EvaluateStage:
         self.base_dir = base_dir
         self.inputs = {"rows": rows_from, "student": student_from}
         self.outputs = {"metrics": "eval"}
-
-    def key_files(self) -> list[Path]:
-        return []
-
-    def state(self, run_dir: Path) -> str:
-        return ""
-
-    @staticmethod
-    def check(recipe: Recipe, base_dir: Path) -> list[str]:
-        return []
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         # torch and transformers load when evaluation starts, not when a recipe is validated or planned

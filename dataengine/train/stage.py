@@ -21,12 +21,12 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import read_rows, split_rows
 from dataengine.run_folder import TRAINING_FILE
-from dataengine.stage import RunContext, StageResult
+from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
 from dataengine.train.student import vocab_problem
 
 
-class TrainStage:
+class TrainStage(Stage):
     name = "train"
     # prune and gkd/on_policy read the teacher; the held-out split decides which rows are trained on
     key_paths = ("teacher", "train.student", "train.sft", "train.distill", "train.evaluate.eval_fraction")
@@ -37,12 +37,6 @@ class TrainStage:
         self.base_dir = base_dir
         self.inputs = {"rows": rows_from}
         self.outputs = {"student": f"students/{self.cfg.student.name}"}
-
-    def key_files(self) -> list[Path]:
-        return []
-
-    def state(self, run_dir: Path) -> str:
-        return ""
 
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
