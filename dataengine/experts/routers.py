@@ -10,7 +10,10 @@ def is_router(module: Any) -> bool:
     return type(module).__name__.lower().endswith("topkrouter")
 
 
-def moe_config(config: dict) -> bool:
-    """A model config.json (or its text_config) that declares experts."""
+def moe_dims(config: dict) -> tuple[int, int] | None:
+    """(experts, experts per token) that a model's config.json (or its text_config) declares; None for a
+    dense model."""
     text = config.get("text_config") or config
-    return bool(text.get("num_local_experts") or text.get("num_experts"))
+    experts = text.get("num_local_experts") or text.get("num_experts")
+    top_k = text.get("num_experts_per_tok")
+    return (int(experts), int(top_k)) if experts and top_k else None

@@ -27,11 +27,19 @@ def decode(payload: str) -> np.ndarray:
     return array
 
 
-def answer_choices(choice: dict, prompt_tokens: int, prompt_start: int = 0) -> np.ndarray:
-    """The answer tokens' routing from one response choice: [answer tokens - 1, layers, top_k] (the last
-    token has none), given the prompt's length and the request's `routed_experts_prompt_start`."""
-    payload = choice.get("routed_experts")
-    if payload is None:
-        raise ValueError("the response carries no routed_experts: start the server with --enable-return-routed-experts")
+def encode(array: np.ndarray) -> str:
+    """base64 of an `.npy`, vLLM's own encoding."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def answer_routing(payload: str, prompt_tokens: int, prompt_start: int = 0) -> np.ndarray:
+    """The answer tokens' routing, [answer tokens - 1, layers, top_k] (the last token has none), from a
+    `routed_experts` payload, the prompt's length and the request's `routed_experts_prompt_start`."""
     routed = decode(payload)
+    if len(routed) < prompt_tokens - prompt_start:
+        raise ValueError(
+            f"routed_experts covers {len(routed)} positions, fewer than the prompt's {prompt_tokens - prompt_start}"
+        )
     return routed[prompt_tokens - prompt_start :].astype(np.int16)

