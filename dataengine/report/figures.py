@@ -171,7 +171,7 @@ def evaluation(facts: RunFacts) -> str | None:
 @_styled
 def expert_load(facts: RunFacts) -> str | None:
     """Heatmaps of expert load (layers x experts, 1.0 = uniform) of the kept rows, overall and per language and
-    kind, and each layer's CV of load beside them."""
+    kind."""
     if facts.routing is None or not facts.routing["num_layers"] or not facts.routing["overall"]["rows"]:
         return None
     routing = facts.routing
@@ -179,11 +179,11 @@ def expert_load(facts: RunFacts) -> str | None:
     for field in ("language", "kind"):
         panels |= {f"{field} {name}": s for name, s in routing["slices"][field].items()}
     fig, axes = plt.subplots(
-        1, len(panels) + 1, figsize=(1.3 * (len(panels) + 1) + 1.5, 0.12 * routing["num_layers"] + 1.6), squeeze=False
+        1, len(panels), figsize=(1.3 * len(panels) + 1.5, 0.12 * routing["num_layers"] + 1.6), squeeze=False
     )
     peak = max(2.0, max(v for s in panels.values() for row in s["load"] for v in row))
     layers = range(0, routing["num_layers"], max(1, routing["num_layers"] // 6))
-    for i, (ax, (title, s)) in enumerate(zip(axes[0], panels.items(), strict=False)):
+    for i, (ax, (title, s)) in enumerate(zip(axes[0], panels.items(), strict=True)):
         image = ax.imshow(s["load"], aspect="auto", cmap="RdBu_r", vmin=0, vmax=peak, interpolation="nearest")
         ax.set_title(f"{title}\n({s['rows']} rows)", fontsize=8)
         ax.set_xlabel("expert")
@@ -191,13 +191,41 @@ def expert_load(facts: RunFacts) -> str | None:
         ax.set_yticks(layers, labels=[str(n) for n in layers] if i == 0 else [])
         ax.grid(False)
     axes[0][0].set_ylabel("layer")
-    cv = axes[0][-1]
-    cv.plot(routing["overall"]["cv"], range(routing["num_layers"]), marker="o", markersize=2)
-    cv.set_yticks(layers, labels=[])
-    cv.invert_yaxis()
-    cv.set_title("CV of load\n(all kept rows)", fontsize=8)
-    cv.set_xlim(left=0)
-    fig.colorbar(image, ax=axes[0][:-1].tolist(), shrink=0.8, label="load (1.0 = uniform)")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="load (1.0 = uniform)")
+    return _svg(fig)
+
+
+# (key in a map's summary, title, what a perfectly even load scores)
+BALANCE = (
+    ("cv", "CV of load", 0.0),
+    ("max_over_mean", "max / mean", 1.0),
+    ("balancedness", "balancedness (mean / max)", 1.0),
+    ("gini", "Gini", 0.0),
+)
+
+
+@_styled
+def expert_balance(facts: RunFacts) -> str | None:
+    """Per MoE layer, how evenly the kept rows (and the rejected ones) load the experts, and how many experts
+    are cold."""
+    if facts.routing is None or not facts.routing["num_layers"] or not facts.routing["overall"]["rows"]:
+        return None
+    groups = facts.routing["slices"]["kept"]
+    fig, axes = plt.subplots(1, len(BALANCE) + 1, figsize=(11, 2.4), sharex=True)
+    layers = range(facts.routing["num_layers"])
+    for ax, (key, title, even) in zip(axes, BALANCE, strict=False):
+        for name, summary in groups.items():
+            ax.plot(layers, summary[key], marker="o", markersize=2, label=f"{name} ({summary['rows']} rows)")
+        ax.axhline(even, color="#999", linewidth=0.8, linestyle=":")
+        ax.set_title(title, fontsize=9)
+    cold = axes[-1]
+    for summary in groups.values():
+        cold.plot(layers, [len(c) for c in summary["cold"]], marker="o", markersize=2)
+    cold.set_title(f"cold experts (of {facts.routing['num_experts']})", fontsize=9)
+    cold.set_ylim(bottom=0)
+    for ax in axes:
+        ax.set_xlabel("layer")
+    axes[0].legend(fontsize=7)
     return _svg(fig)
 
 

@@ -32,6 +32,12 @@ SECTIONS: tuple[tuple[str, str, Callable[[RunFacts], str | None], str], ...] = (
         "the recipe has no `route` block",
     ),
     (
+        "balance",
+        "How evenly each MoE layer's experts are loaded",
+        figures.expert_balance,
+        "the recipe has no `route` block",
+    ),
+    (
         "coactivation",
         "Which experts are chosen together for a token (PMI)",
         figures.coactivation,
