@@ -365,8 +365,9 @@ class SlurmSettings(StrictModel):
 
 class BalanceConfig(StrictModel):
     """Routing-aware selection, after the route stage: of the kept rows, the subset whose combined expert load
-    is as even as possible (greedy: each step adds the row that leaves the lowest mean per-layer CV of load).
-    The rows left out go to `balance_rejected/` with reason `expert_balance`; later stages read `balanced/`."""
+    is as even as possible (greedy: each step adds the row that leaves the lowest mean per-layer CV of load;
+    with many rows it weighs a random sample of the remaining ones per step). The rows left out go to
+    `balance_rejected/` with reason `expert_balance`; later stages read `balanced/`."""
 
     by: Literal["experts"] = Field("experts", description="what to balance: the teacher's expert load")
     rows: int | None = Field(None, ge=1, description="how many kept rows to select")

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, List, Value, disable_progress_bars
 
@@ -163,6 +165,19 @@ def read_parquet(files: Iterable[Path], columns: list[str] | None = None) -> lis
 def read_rows(stage_folder: Path, columns: list[str] | None = None) -> list[dict]:
     """Every row of a stage's shards (`<stage_folder>/data/*.parquet`); no rows when it has none."""
     return read_parquet(sorted((stage_folder / "data").glob("*.parquet")), columns)
+
+
+def read_matrices(stage_folder: Path, column: str) -> tuple[list[str], np.ndarray]:
+    """The rows' ids and a List(List(number)) column as one [rows, outer, inner] array, read by pyarrow
+    without Python lists: a routing signature of a Qwen3-30B-shaped MoE is 48 x 128 numbers, and 100,000
+    rows of them as Python ints would take 20 GB."""
+    tables = [pq.read_table(p, columns=["id", column]) for p in sorted((stage_folder / "data").glob("*.parquet"))]
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or not table.num_rows:
+        return [], np.zeros((0, 0, 0), dtype=np.int64)
+    lists = table.column(column).combine_chunks().flatten()  # one list per row and outer index
+    inner = lists.value_lengths()[0].as_py()
+    return table.column("id").to_pylist(), lists.flatten().to_numpy().reshape(table.num_rows, -1, inner)
 
 
 # --------------------------------------------------------------------------- readings of a row

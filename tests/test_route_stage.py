@@ -156,3 +156,14 @@ def test_a_dense_teacher_cannot_be_routed(tmp_path):
     assert RouteStage.check(recipe, tmp_path) == [
         f"route: teacher {dense} is not a Mixture-of-Experts model (no experts in its config)"
     ]
+
+
+def test_signatures_are_read_as_one_array(tmp_path):
+    from dataengine.rows import ROUTED_FEATURES, read_matrices
+
+    made = [{"id": f"r{i}", "routing_signature": np.full((2, 3), i, dtype=np.int32)} for i in range(3)]
+    write_shards(made, tmp_path / "routing", features=ROUTED_FEATURES)
+    ids, signatures = read_matrices(tmp_path / "routing", "routing_signature")
+    assert ids == ["r0", "r1", "r2"] and signatures.shape == (3, 2, 3) and signatures[2].tolist() == [[2] * 3] * 2
+    write_shards([], tmp_path / "empty", features=ROUTED_FEATURES)
+    assert read_matrices(tmp_path / "empty", "routing_signature")[0] == []

@@ -7,14 +7,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 
 from dataengine import numbers
 from dataengine.experts.select import even_subset, mean_cv
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.rows import CURATED_FEATURES, KEPT_FEATURES, read_rows, write_shards
+from dataengine.rows import CURATED_FEATURES, KEPT_FEATURES, read_matrices, read_rows, write_shards
 from dataengine.stage import RunContext, Stage, StageResult
 
 REASON = "expert_balance"
@@ -33,12 +32,13 @@ class BalanceStage(Stage):
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         everything = read_rows(inputs["rows"])
-        routed = {r["id"]: r["routing_signature"] for r in read_rows(inputs["routing"], ["id", "routing_signature"])}
+        ids, all_signatures = read_matrices(inputs["routing"], "routing_signature")
+        routed = {row_id: i for i, row_id in enumerate(ids)}
         # a row the route stage could not replay (longer than the teacher's context) has no load to weigh
         rows = [r for r in everything if r["id"] in routed]
         unrouted = [dict(r, drop_reason=UNROUTED, drop_step="balance") for r in everything if r["id"] not in routed]
         want = self.cfg.rows if self.cfg.rows is not None else math.ceil(self.cfg.fraction * len(everything))
-        signatures = np.array([routed[r["id"]] for r in rows], dtype=np.int64)
+        signatures = all_signatures[[routed[r["id"]] for r in rows]]
         chosen = set(even_subset(signatures, want)) if rows else set()
         kept = [r for i, r in enumerate(rows) if i in chosen]
         left_out = [dict(r, drop_reason=REASON, drop_step="balance") for i, r in enumerate(rows) if i not in chosen]

@@ -81,7 +81,7 @@ class RouteStage(Stage):
                     "topic": row["topic"],
                     "kept": row["kept"],
                     "answer_tokens": len(chosen),
-                    "routing_signature": metrics.signature(chosen, experts).tolist(),
+                    "routing_signature": metrics.signature(chosen, experts).astype(np.int32),
                     "router_entropy": entropy,
                     "router_margin": margin,
                     "routed_by": source,

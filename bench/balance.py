@@ -1,0 +1,143 @@
+"""Expert-balance selection (`curate.balance`) at scale, on synthetic routing signatures of a
+Qwen3-30B-A3B-shaped MoE (48 MoE layers, 128 experts, top-8), side by side in one run:
+
+(a) the exact greedy (every remaining row weighed at every step) against the sampled greedy the stage uses
+    beyond its budget (each step weighs rows/n x ln 100 of them), on the same rows: seconds and the mean
+    per-layer CV they reach;
+(b) the sampled greedy at 100,000 rows (half selected): seconds and peak memory;
+(c) reading the signatures back from the route stage's parquet: as one numpy array (`rows.read_matrices`,
+    what the balance stage does) against Python lists (`rows.read_rows`), seconds and memory.
+
+    .venv/bin/python bench/balance.py [--exact-rows 2000] [--rows 100000] [--read-rows 10000]
+
+Each part runs in its own process, so its peak RSS is its own. Rows: 200 answer tokens each, in 16
+groups that favour their own experts (`signatures`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LAYERS, EXPERTS, TOP_K, TOKENS, GROUPS = 48, 128, 8, 200, 16
+
+
+def signatures(rows: int, seed: int = 0) -> np.ndarray:
+    """[rows, layers, experts] token-slot counts: Poisson around each row's group's shares. 16 groups (say
+    languages and tasks) split each layer's experts, each sending 80% of its tokens to its own 8; groups are
+    Zipf-frequent (the first is 8x the eighth), so all rows together load the experts unevenly and an even
+    subset exists."""
+    rng = np.random.default_rng(seed)
+    shares = np.full((GROUPS, LAYERS, EXPERTS), 0.2 / EXPERTS)
+    own = EXPERTS // GROUPS
+    for layer in range(LAYERS):  # at each layer the groups split the experts between them
+        order = rng.permutation(EXPERTS)
+        for g in range(GROUPS):
+            shares[g, layer, order[g * own : (g + 1) * own]] += 0.8 / own
+    frequency = 1 / np.arange(1, GROUPS + 1)
+    group = rng.choice(GROUPS, size=rows, p=frequency / frequency.sum())
+    out = np.empty((rows, LAYERS, EXPERTS), dtype=np.int32)
+    for start in range(0, rows, 10_000):  # in blocks: the float rates of all rows at once would be 5 GB
+        block = group[start : start + 10_000]
+        out[start : start + len(block)] = rng.poisson(shares[block] * TOKENS * TOP_K)
+    return out
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def part(name: str, rows: int) -> dict:
+    from dataengine.experts.select import even_subset, mean_cv
+
+    sig = signatures(rows)
+    before = float(mean_cv(sig.sum(axis=0)))
+    if name in ("exact", "sampled"):
+        started = time.perf_counter()
+        chosen = even_subset(sig, rows // 2, budget=float("inf") if name == "exact" else 0)
+        seconds = time.perf_counter() - started
+        return {"seconds": seconds, "cv_before": before, "cv_after": float(mean_cv(sig[chosen].sum(axis=0)))}
+    return {}
+
+
+def write(rows: int, folder: Path) -> None:
+    """The route stage's output for `rows` rows (signatures only)."""
+    from dataengine.rows import ROUTED_FEATURES, write_shards
+
+    records = [{"id": f"r{i}", "routing_signature": s} for i, s in enumerate(signatures(rows))]
+    write_shards(records, folder, features=ROUTED_FEATURES)
+
+
+def read(name: str, folder: Path) -> dict:
+    from dataengine.rows import read_matrices, read_rows
+
+    started = time.perf_counter()
+    if name == "read_numpy":
+        read_matrices(folder, "routing_signature")
+    else:
+        read_rows(folder, ["id", "routing_signature"])
+    return {"seconds": time.perf_counter() - started}
+
+
+def run_part(name: str, rows: int, folder: Path | None = None) -> dict:
+    where = ["--folder", str(folder)] if folder else []
+    done = subprocess.run(
+        [sys.executable, __file__, "--part", name, "--rows", str(rows), *where],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--exact-rows", type=int, default=2000)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--read-rows", type=int, default=10_000)
+    parser.add_argument("--part")
+    parser.add_argument("--folder", type=Path)
+    args = parser.parse_args()
+    if args.part:
+        if args.part == "write":
+            write(args.rows, args.folder)
+            result = {}
+        else:
+            result = read(args.part, args.folder) if args.part.startswith("read") else part(args.part, args.rows)
+        print(json.dumps(result | {"peak_rss_mb": _peak_mb()}))
+        return
+    exact, sampled = run_part("exact", args.exact_rows), run_part("sampled", args.exact_rows)
+    print(f"(a) {args.exact_rows} rows, select half: mean CV before {exact['cv_before']:.3f}")
+    for name, r in (("exact greedy", exact), ("sampled greedy", sampled)):
+        print(f"    {name:15s} {r['seconds']:8.1f} s  CV after {r['cv_after']:.3f}  peak RSS {r['peak_rss_mb']:.0f} MB")
+    print(f"    sampled / exact time: {sampled['seconds'] / exact['seconds']:.3f}x")
+    large = run_part("sampled", args.rows)
+    print(
+        f"(b) {args.rows} rows, select half, sampled: {large['seconds']:.1f} s, CV {large['cv_before']:.3f} -> "
+        f"{large['cv_after']:.3f}, peak RSS {large['peak_rss_mb']:.0f} MB (the signatures alone: "
+        f"{args.rows * LAYERS * EXPERTS * 4 / 2**20:.0f} MB)"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "routing"
+        run_part("write", args.read_rows, folder)
+        as_numpy, as_lists = run_part("read_numpy", 0, folder), run_part("read_lists", 0, folder)
+    print(
+        f"(c) reading {args.read_rows} rows' signatures ({args.read_rows * LAYERS * EXPERTS * 4 / 2**20:.0f} MB as int32):"
+    )
+    for name, r in (("numpy array", as_numpy), ("Python lists", as_lists)):
+        print(f"    {name:13s} {r['seconds']:6.2f} s  peak RSS {r['peak_rss_mb']:.0f} MB")
+    print(f"    numpy / lists time: {as_numpy['seconds'] / as_lists['seconds']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
