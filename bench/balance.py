@@ -131,9 +131,8 @@ def main() -> None:
         folder = Path(tmp) / "routing"
         run_part("write", args.read_rows, folder)
         as_numpy, as_lists = run_part("read_numpy", 0, folder), run_part("read_lists", 0, folder)
-    print(
-        f"(c) reading {args.read_rows} rows' signatures ({args.read_rows * LAYERS * EXPERTS * 4 / 2**20:.0f} MB as int32):"
-    )
+    size = args.read_rows * LAYERS * EXPERTS * 4 / 2**20
+    print(f"(c) reading {args.read_rows} rows' signatures ({size:.0f} MB as int32):")
     for name, r in (("numpy array", as_numpy), ("Python lists", as_lists)):
         print(f"    {name:13s} {r['seconds']:6.2f} s  peak RSS {r['peak_rss_mb']:.0f} MB")
     print(f"    numpy / lists time: {as_numpy['seconds'] / as_lists['seconds']:.3f}x")
