@@ -70,6 +70,46 @@ def part(name: str, rows: int) -> dict:
     return {}
 
 
+def choices(rows: int, seed: int = 0):
+    """Per row, [200 tokens, layers, top-8] distinct expert ids (a random start per token and layer, then
+    every 16th expert: cheap to draw, and spread over all 128)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(rows):
+        start = rng.integers(0, EXPERTS, size=(TOKENS, LAYERS, 1))
+        yield ((start + np.arange(TOP_K) * (EXPERTS // TOP_K)) % EXPERTS).astype(np.int16)
+
+
+def one_hot_coactivation(choices: np.ndarray) -> np.ndarray:
+    """The co-activation counts as the map computed them before (a one-hot token x expert matrix per layer,
+    times its transpose), for comparison."""
+    tokens, layers, _ = choices.shape
+    out = np.zeros((layers, EXPERTS, EXPERTS))
+    for layer in range(layers):
+        chosen = np.zeros((tokens, EXPERTS))
+        np.put_along_axis(chosen, choices[:, layer, :].astype(np.int64), 1.0, axis=1)
+        out[layer] = chosen.T @ chosen
+    return out
+
+
+def build_map(name: str, rows: int) -> dict:
+    from dataengine.experts import maps, metrics
+
+    started = time.perf_counter()
+    if name == "map":
+        builder = maps.MapBuilder(EXPERTS, TOP_K, 0.25, "en")
+        for i, chosen in enumerate(choices(rows)):
+            builder.add(maps.RoutedRow(f"r{i}", "chat", "en", "t", True, chosen))
+        builder.build()
+    else:  # the counts alone, the old way
+        for chosen in choices(rows):
+            one_hot_coactivation(chosen)
+    return {"seconds": time.perf_counter() - started} | (
+        {"same": bool((metrics.coactivation_counts(c, EXPERTS) == one_hot_coactivation(c)).all())}
+        if name == "one_hot" and (c := next(choices(1))) is not None
+        else {}
+    )
+
+
 def write(rows: int, folder: Path) -> None:
     """The route stage's output for `rows` rows (signatures only)."""
     from dataengine.rows import ROUTED_FEATURES, write_shards
@@ -105,11 +145,15 @@ def main() -> None:
     parser.add_argument("--exact-rows", type=int, default=2000)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--read-rows", type=int, default=10_000)
+    parser.add_argument("--map-compare-rows", type=int, default=500)
+    parser.add_argument("--map-rows", type=int, default=20_000)
     parser.add_argument("--part")
     parser.add_argument("--folder", type=Path)
     args = parser.parse_args()
     if args.part:
-        if args.part == "write":
+        if args.part in ("map", "one_hot"):
+            result = build_map(args.part, args.rows)
+        elif args.part == "write":
             write(args.rows, args.folder)
             result = {}
         else:
@@ -136,6 +180,18 @@ def main() -> None:
     for name, r in (("numpy array", as_numpy), ("Python lists", as_lists)):
         print(f"    {name:13s} {r['seconds']:6.2f} s  peak RSS {r['peak_rss_mb']:.0f} MB")
     print(f"    numpy / lists time: {as_numpy['seconds'] / as_lists['seconds']:.3f}x")
+    built, one_hot = run_part("map", args.map_compare_rows), run_part("one_hot", args.map_compare_rows)
+    print(f"(d) the routing map of {args.map_compare_rows} rows of {TOKENS} tokens (top-{TOP_K}):")
+    print(f"    MapBuilder (bincount co-activation, all metrics) {built['seconds']:7.1f} s")
+    print(
+        f"    one-hot matmul co-activation counts alone         {one_hot['seconds']:7.1f} s "
+        f"(same counts: {one_hot['same']}); MapBuilder / one-hot: {built['seconds'] / one_hot['seconds']:.3f}x"
+    )
+    large = run_part("map", args.map_rows)
+    print(
+        f"    MapBuilder over {args.map_rows} rows ({args.map_rows * TOKENS:,} tokens): {large['seconds']:.1f} s, "
+        f"peak RSS {large['peak_rss_mb']:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import hashlib
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -165,6 +165,15 @@ def read_parquet(files: Iterable[Path], columns: list[str] | None = None) -> lis
 def read_rows(stage_folder: Path, columns: list[str] | None = None) -> list[dict]:
     """Every row of a stage's shards (`<stage_folder>/data/*.parquet`); no rows when it has none."""
     return read_parquet(sorted((stage_folder / "data").glob("*.parquet")), columns)
+
+
+def iter_rows(stage_folder: Path, columns: list[str] | None = None, batch_rows: int = 1024) -> Iterator[dict]:
+    """`read_rows` a batch at a time, for columns too large to hold for every row at once."""
+    for path in sorted((stage_folder / "data").glob("*.parquet")):
+        file = pq.ParquetFile(path)
+        have = None if columns is None else [c for c in columns if c in file.schema_arrow.names]
+        for batch in file.iter_batches(batch_size=batch_rows, columns=have):
+            yield from batch.to_pylist()
 
 
 def read_matrices(stage_folder: Path, column: str) -> tuple[list[str], np.ndarray]:

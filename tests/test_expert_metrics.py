@@ -133,3 +133,11 @@ def test_a_large_selection_weighs_samples_and_still_evens_out():
     # measured: all 400 rows 0.78, the exact greedy's 100 rows 0.025, the sampled greedy's 0.080
     assert after < 0.15 * before and mean_cv(signatures[exact].sum(axis=0)) < after
     assert sorted(even_subset(signatures[:30], 30, budget=0)) == list(range(30))  # all of them: every row
+
+
+def test_the_map_refuses_rows_routed_over_different_layers():
+    from dataengine.experts.maps import RoutedRow, build
+
+    rows = [RoutedRow(f"r{n}", "chat", "en", "t", True, np.zeros((2, n, 2), dtype=np.int16)) for n in (3, 4)]
+    with pytest.raises(ValueError, match="row r4 is routed over 4 MoE layers, earlier rows over 3"):
+        build(rows, 4, 2, 0.25, "en")

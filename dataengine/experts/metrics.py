@@ -49,46 +49,77 @@ def balance(counts: np.ndarray, cold_below: float = 0.25) -> dict[str, list]:
     }
 
 
-def coactivation_pmi(choices: np.ndarray, num_experts: int) -> np.ndarray:
-    """[layers, experts, experts] pointwise mutual information of two experts being chosen for the same token,
-    over every pair of the token's top-k (not only adjacent ranks): log p(a, b) / (p(a) p(b)), with p over
-    tokens. -inf where a pair never co-occurs; the diagonal is 0 (an expert is not paired with itself)."""
-    tokens, layers, k = choices.shape
-    out = np.zeros((layers, num_experts, num_experts))
+def coactivation_counts(choices: np.ndarray, num_experts: int) -> np.ndarray:
+    """[layers, experts, experts] tokens that chose both experts, over every pair of the token's top-k (not only
+    adjacent ranks); the diagonal counts the tokens that chose each expert. Sums over rows. Counted by one
+    bincount over every (layer, a, b) of every token: k^2 per token and layer, where a one-hot matmul would
+    cost experts^2 (128 experts, top-8: 64 against 16,384)."""
+    _, layers, _ = choices.shape
+    ids = choices.astype(np.int64)
+    first = ids * num_experts + (np.arange(layers) * num_experts * num_experts)[None, :, None]
+    cells = first[:, :, :, None] + ids[:, :, None, :]  # [tokens, layers, k, k]
+    counts = np.bincount(cells.ravel(), minlength=layers * num_experts * num_experts)
+    return counts.reshape(layers, num_experts, num_experts)
+
+
+def pmi(joint: np.ndarray, tokens: int) -> np.ndarray:
+    """Pointwise mutual information log p(a, b) / (p(a) p(b)) from `coactivation_counts` over `tokens` tokens.
+    -inf where a pair never co-occurs; the diagonal is 0 (an expert is not paired with itself)."""
+    joint = np.asarray(joint, dtype=np.float64)
     if tokens == 0:
-        return out
-    for layer in range(layers):
-        chosen = np.zeros((tokens, num_experts))
-        np.put_along_axis(chosen, choices[:, layer, :], 1.0, axis=1)
-        single = chosen.mean(axis=0)
-        joint = chosen.T @ chosen / tokens
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pmi = np.log(joint) - np.log(np.outer(single, single))
-        np.fill_diagonal(pmi, 0.0)
-        out[layer] = pmi
+        return np.zeros_like(joint)
+    single = np.diagonal(joint, axis1=1, axis2=2) / tokens
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(joint / tokens) - np.log(single[:, :, None] * single[:, None, :])
+    for layer in out:
+        np.fill_diagonal(layer, 0.0)
     return out
 
 
+def coactivation_pmi(choices: np.ndarray, num_experts: int) -> np.ndarray:
+    """[layers, experts, experts] pointwise mutual information of two experts being chosen for the same token,
+    with p over the tokens of `choices`."""
+    return pmi(coactivation_counts(choices, num_experts), len(choices))
+
+
+class Consistency:
+    """Per layer, the share of consecutive tokens (within a row) whose top-1 expert is the same, and the share
+    two tokens drawn independently from the same top-1 distribution would agree (the random baseline: sum of
+    squared top-1 shares; 1/E when uniform). Rows are added one at a time."""
+
+    def __init__(self, num_experts: int) -> None:
+        self.num_experts = num_experts
+        self.same: np.ndarray | None = None  # [layers] consecutive pairs with the same top-1
+        self.pairs = 0
+        self.first: np.ndarray | None = None  # [layers, experts] top-1 counts
+
+    def add(self, top1: np.ndarray) -> None:
+        """One row's [tokens, layers] top-1 experts."""
+        if top1.size == 0:
+            return
+        if self.same is None:
+            self.same, self.first = np.zeros(top1.shape[1]), np.zeros((top1.shape[1], self.num_experts))
+        self.same += (top1[1:] == top1[:-1]).sum(axis=0)
+        self.pairs += len(top1) - 1
+        for layer in range(top1.shape[1]):
+            self.first[layer] += np.bincount(top1[:, layer], minlength=self.num_experts)[: self.num_experts]
+
+    def result(self) -> dict[str, list[float]]:
+        if self.same is None:
+            return {"same_top1": [], "random_baseline": []}
+        shares = self.first / np.maximum(self.first.sum(axis=1, keepdims=True), EPS)
+        return {
+            "same_top1": (self.same / self.pairs if self.pairs else np.zeros(len(self.same))).tolist(),
+            "random_baseline": (shares**2).sum(axis=1).tolist(),
+        }
+
+
 def consistency(top1: list[np.ndarray], num_experts: int) -> dict[str, list[float]]:
-    """Per layer, the share of consecutive tokens (within a row) whose top-1 expert is the same, and the
-    share two tokens drawn independently from the same top-1 distribution would agree (the random
-    baseline: sum of squared top-1 shares; 1/E when uniform). `top1` holds one [tokens, layers] per row."""
-    layers = next((t.shape[1] for t in top1 if t.size), 0)
-    same = np.zeros(layers)
-    pairs = 0
-    first = np.zeros((layers, num_experts))
+    """`Consistency` over rows given at once: `top1` holds one [tokens, layers] per row."""
+    counted = Consistency(num_experts)
     for ids in top1:
-        if ids.size == 0:
-            continue
-        same += (ids[1:] == ids[:-1]).sum(axis=0)
-        pairs += max(len(ids) - 1, 0)
-        for layer in range(layers):
-            first[layer] += np.bincount(ids[:, layer], minlength=num_experts)[:num_experts]
-    shares = first / np.maximum(first.sum(axis=1, keepdims=True), EPS)
-    return {
-        "same_top1": (same / pairs if pairs else np.zeros(layers)).tolist(),
-        "random_baseline": (shares**2).sum(axis=1).tolist(),
-    }
+        counted.add(ids)
+    return counted.result()
 
 
 def js_divergence(p_counts: np.ndarray, q_counts: np.ndarray) -> list[float]:

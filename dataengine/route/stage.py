@@ -9,6 +9,7 @@ re-routes nothing already routed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from dataengine.experts.routers import moe_dims
 from dataengine.experts.vllm_payload import decode
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.rows import ROUTED_FEATURES, batch_key, prompt_and_full_ids, read_rows, write_shards
+from dataengine.rows import ROUTED_FEATURES, batch_key, iter_rows, prompt_and_full_ids, write_shards
 from dataengine.run_folder import ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
@@ -57,22 +58,22 @@ class RouteStage(Stage):
         return []
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
-        rows = [dict(r, kept=True) for r in read_rows(inputs["rows"], COLUMNS)]
-        if "rejected" in inputs:
-            rows += [dict(r, kept=False) for r in read_rows(inputs["rejected"], COLUMNS)]
         teacher = self.recipe.teacher
         path = resolve_model(teacher, ctx.log)
         # the revision that wrote the answers (a builtin teacher is a local folder)
         revision = {} if teacher.is_builtin or teacher.revision is None else {"revision": teacher.revision}
         experts, top_k = _moe_config(path, revision)
-        # rows whose answers came back from vLLM with their routing need no replay
-        captured = [(row, _captured(row, top_k)) for row in rows if row.get("teacher_routing")]
-        to_replay = [row for row in rows if not row.get("teacher_routing")]
-        replayed, too_long = self._replay(to_replay, path, revision, work_dir, ctx) if to_replay else ([], 0)
-        routed: list[maps.RoutedRow] = []
-        records = []
-        for row, chosen, entropy, margin, source in [(r, c, None, None, "vllm") for r, c in captured] + replayed:
-            routed.append(maps.RoutedRow(row["id"], row["kind"], row["language"], row["topic"], row["kept"], chosen))
+        cfg = self.cfg
+        builder = maps.MapBuilder(experts, top_k, cfg.cold_below, cfg.reference_language)
+        records: list[dict] = []
+
+        def add(row: dict, chosen: np.ndarray, entropy: float | None, margin: float | None, source: str) -> None:
+            try:
+                signature = builder.add(
+                    maps.RoutedRow(row["id"], row["kind"], row["language"], row["topic"], row["kept"], chosen)
+                )
+            except ValueError as exc:
+                raise StageError(f"route: {exc}: vLLM's routing (generation) and the replay's disagree") from exc
             records.append(
                 {
                     "id": row["id"],
@@ -81,28 +82,38 @@ class RouteStage(Stage):
                     "topic": row["topic"],
                     "kept": row["kept"],
                     "answer_tokens": len(chosen),
-                    "routing_signature": metrics.signature(chosen, experts).astype(np.int32),
+                    "routing_signature": signature.astype(np.int32),
                     "router_entropy": entropy,
                     "router_margin": margin,
                     "routed_by": source,
                 }
             )
-        if len(layers := {r.choices.shape[1] for r in routed}) > 1:
-            raise StageError(
-                f"route: the rows' routing covers {sorted(layers)} MoE layers: vLLM's (generation) and the "
-                f"replay's (transformers) disagree on the teacher {path}"
-            )
-        cfg = self.cfg
-        routing_map = maps.build(routed, experts, top_k, cfg.cold_below, cfg.reference_language)
-        routing_map["routed_by"] = {"vllm": len(captured), "replay": len(replayed)}
+
+        # rows whose answers came back from vLLM with their routing need no replay; they are read a batch at a
+        # time and their per-token routing let go once counted
+        sources = [(inputs["rows"], True)] + ([(inputs["rejected"], False)] if "rejected" in inputs else [])
+        to_replay, rows_in = [], 0
+        for folder, kept in sources:
+            for row in iter_rows(folder, COLUMNS):
+                rows_in += 1
+                if routing := row.pop("teacher_routing", None):
+                    add(dict(row, kept=kept), _captured(row["id"], routing, top_k), None, None, "vllm")
+                else:
+                    to_replay.append(dict(row, kept=kept))
+        captured = len(records)
+        drops: dict[str, int] = {}
+        for row, chosen, entropy, margin in self._replay(to_replay, path, revision, work_dir, ctx, drops):
+            add(row, chosen, entropy, margin, "replay")
+        routing_map = builder.build()
+        routing_map["routed_by"] = {"vllm": captured, "replay": len(records) - captured}
         write_atomic(outputs["map"] / ROUTING_MAP_FILE, json.dumps(routing_map, indent=1))
         records.sort(key=lambda r: (not r["kept"], r["id"]))
         paths = write_shards(records, outputs["map"], features=ROUTED_FEATURES)
         return StageResult(
-            rows_in=len(rows),
+            rows_in=rows_in,
             rows_out=len(records),
             output_fingerprint=fingerprint_files([*paths, outputs["map"] / ROUTING_MAP_FILE]),
-            drops={"too_long_to_route": too_long} if too_long else {},
+            drops=drops,
             stats={
                 "layers": routing_map["num_layers"],
                 "experts": experts,
@@ -110,16 +121,19 @@ class RouteStage(Stage):
                 "kept_rows": sum(r["kept"] for r in records),
                 "answer_tokens": sum(r["answer_tokens"] for r in records),
                 "cold_experts": sum(len(c) for c in routing_map["overall"]["cold"]),
-                "routed_by_vllm": len(captured),
-                "replayed": len(replayed),
+                "routed_by_vllm": captured,
+                "replayed": len(records) - captured,
             },
         )
 
     def _replay(
-        self, rows: list[dict], path: str, revision: dict, work_dir: Path, ctx: RunContext
-    ) -> tuple[list[tuple], int]:
-        """(row, choices, router entropy, margin, "replay") of every row short enough to replay, and how many
-        were too long. Each batch's routing is saved as it finishes: a rerun replays nothing saved."""
+        self, rows: list[dict], path: str, revision: dict, work_dir: Path, ctx: RunContext, drops: dict[str, int]
+    ) -> Iterator[tuple[dict, np.ndarray, float, float]]:
+        """(row, choices, router entropy, margin) of every row short enough to replay, batch by batch; the rows
+        too long are counted in `drops`. Each batch's routing is saved as it finishes: a rerun replays nothing
+        saved."""
+        if not rows:
+            return
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -137,11 +151,11 @@ class RouteStage(Stage):
         except ValueError as exc:
             raise StageError(f"route: {exc}") from exc
         limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        todo, too_long = [], 0
+        todo = []
         for row in rows:
             ids, start = prompt_and_full_ids(tokenizer, row["messages"])
             if limit is not None and len(ids) > limit:
-                too_long += 1
+                drops["too_long_to_route"] = drops.get("too_long_to_route", 0) + 1
             else:
                 todo.append((row, ids, start))
         todo.sort(key=lambda item: (len(item[1]), item[0]["id"]))
@@ -149,7 +163,6 @@ class RouteStage(Stage):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         saved = work_dir / "batches"
         saved.mkdir(parents=True, exist_ok=True)
-        replayed = []
         with Progress(console=ctx.console, transient=True) as progress:
             task = progress.add_task("routing", total=len(todo))
             for batch in batches:
@@ -159,9 +172,8 @@ class RouteStage(Stage):
                     _save(file, route_batch(model, [(ids, start) for _, ids, start in batch], pad))
                 choices, entropy, margin = _load(file)
                 for (row, _, _), chosen, h, m in zip(batch, choices, entropy, margin, strict=True):
-                    replayed.append((row, chosen, h, m, "replay"))
+                    yield row, chosen, h, m
                 progress.advance(task, len(batch))
-        return replayed, too_long
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         routing_map = json.loads((outputs["map"] / ROUTING_MAP_FILE).read_text())
@@ -209,15 +221,15 @@ def _moe_config(path: str, revision: dict) -> tuple[int, int]:
     return dims
 
 
-def _captured(row: dict, top_k: int) -> np.ndarray:
+def _captured(row_id: str, routing: str, top_k: int) -> np.ndarray:
     """[answer tokens - 1, layers, top_k] experts of a row whose answer came back from vLLM with its routing."""
     try:
-        chosen = decode(row["teacher_routing"])
+        chosen = decode(routing)
     except ValueError as exc:
-        raise StageError(f"route: row {row['id']}: teacher_routing: {exc}") from exc
+        raise StageError(f"route: row {row_id}: teacher_routing: {exc}") from exc
     if chosen.shape[2] != top_k:
         raise StageError(
-            f"route: row {row['id']} was routed to {chosen.shape[2]} experts per token, the teacher's config "
+            f"route: row {row_id} was routed to {chosen.shape[2]} experts per token, the teacher's config "
             f"says {top_k}: the rows were generated by another model"
         )
     return chosen.astype(np.int16)
