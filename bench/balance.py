@@ -6,9 +6,12 @@ Qwen3-30B-A3B-shaped MoE (48 MoE layers, 128 experts, top-8), side by side in on
     per-layer CV they reach;
 (b) the sampled greedy at 100,000 rows (half selected): seconds and peak memory;
 (c) reading the signatures back from the route stage's parquet: as one numpy array (`rows.read_matrices`,
-    what the balance stage does) against Python lists (`rows.read_rows`), seconds and memory.
+    what the balance stage does) against Python lists (`rows.read_rows`), seconds and memory;
+(d) the routing map: `maps.MapBuilder` (row by row, bincount co-activation) against the one-hot matmul
+    co-activation the map used before, then MapBuilder alone over many rows.
 
     .venv/bin/python bench/balance.py [--exact-rows 2000] [--rows 100000] [--read-rows 10000]
+                                      [--map-compare-rows 500] [--map-rows 20000]
 
 Each part runs in its own process, so its peak RSS is its own. Rows: 200 answer tokens each, in 16
 groups that favour their own experts (`signatures`).

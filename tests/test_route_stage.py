@@ -106,6 +106,7 @@ def test_experts_command_shows_the_map_or_says_how_to_get_one(tmp_path, teacher)
     out = " ".join(CliRunner().invoke(app, ["experts", str(run_dir)], env={"COLUMNS": "160"}).output.split())
     assert "expert load of 6 kept rows" in out and "language=fr" in out and "kept=rejected" in out
     assert "divergence of each language's routing from en" in out and "random baseline" in out
+    assert "routing of 0 rows returned by the teacher's vLLM with their answers, 8 replayed" in out
     as_json = CliRunner().invoke(app, ["experts", str(run_dir), "--json"]).output
     assert json.loads(as_json) == routing_map
 

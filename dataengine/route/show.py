@@ -6,11 +6,13 @@ from rich.console import Console
 from rich.table import Table
 
 from dataengine import numbers
-from dataengine.route.stage import balance_table
+from dataengine.route.stage import balance_table, routed_by
 
 
 def show(routing_map: dict, console: Console) -> None:
     console.print(balance_table(routing_map))
+    if line := routed_by(routing_map):
+        console.print(line)
     console.print(_slices(routing_map))
     console.print(_consistency(routing_map))
     if routing_map["js_divergence"]:

@@ -178,12 +178,20 @@ class RouteStage(Stage):
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         routing_map = json.loads((outputs["map"] / ROUTING_MAP_FILE).read_text())
         console.print(balance_table(routing_map))
-        if by := routing_map.get("routed_by"):  # a map written before generation could return routing has none
-            console.print(
-                f"routing of {by['vllm']} rows returned by the teacher's vLLM with their answers, "
-                f"{by['replay']} replayed in transformers"
-            )
+        if line := routed_by(routing_map):
+            console.print(line)
         console.print(f"map: {outputs['map'] / ROUTING_MAP_FILE} (dataengine experts RUN_DIR shows all of it)")
+
+
+def routed_by(routing_map: dict) -> str:
+    """Where the map's routing came from ("" for a map written before generation could return it)."""
+    by = routing_map.get("routed_by")
+    return (
+        f"routing of {by['vllm']} rows returned by the teacher's vLLM with their answers, "
+        f"{by['replay']} replayed in transformers"
+        if by
+        else ""
+    )
 
 
 def balance_table(routing_map: dict) -> Table:
