@@ -96,7 +96,7 @@ def main() -> None:
         sys.exit(f"no scored rows in {args.run}: run `make demo` first")
     train_rows, held_out = split_rows(rows, recipe.train.evaluate.eval_fraction)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    start = init_student(recipe, ROOT / "recipes", work / "init", print)
+    start = init_student(recipe, ROOT / "recipes", work / "init", train_rows, log=print)
 
     if args.part in ("sft", "all"):
         compare_sft(args, start, train_rows, recipe, work)

@@ -61,11 +61,14 @@ class Phase:
     seconds: float
     losses: list[tuple[int, float]]  # (step, loss) as the trainer logged them
     resumed_from: str | None
+    # an MoE student's load: (step, each MoE layer's CV of expert load over the steps since the last log)
+    expert_cv: list[tuple[int, list[float]]] = field(default_factory=list)
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> Phase:
         losses = [(e["step"], e["loss"]) for e in record["log_history"] if "loss" in e and "step" in e]
-        return cls(record["method"], record["steps"], record["seconds"], losses, record["resumed_from"])
+        expert_cv = [(e["step"], e["cv"]) for e in record.get("expert_load_steps", [])]
+        return cls(record["method"], record["steps"], record["seconds"], losses, record["resumed_from"], expert_cv)
 
     @property
     def first_loss(self) -> float | None:

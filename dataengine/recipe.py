@@ -428,31 +428,58 @@ class RouteConfig(StrictModel):
 
 
 class PruneConfig(StrictModel):
-    """Depth pruning (Minitron-style) of the teacher's dense parent: the student keeps some of its layers
-    and shares its tokenizer. Builtin teachers only: their dense parent ships with the package."""
+    """Depth pruning: the student keeps some decoder layers of where it starts (the experts merged by
+    `from_teacher`, the `model` it names, or else the builtin teacher's dense parent) and shares its
+    tokenizer. Keep every k-th layer, a list, or the layers with the most Block Influence (ShortGPT:
+    1 - cosine of a layer's input and output hidden states) measured on the training rows."""
 
     keep_every: int | None = Field(None, ge=1, description="keep layers 0, k, 2k, ...")
     layers: list[int] | None = Field(None, min_length=1, description="explicit layer indices to keep, in order")
+    method: Literal["block_influence"] | None = Field(
+        None, description="rank the layers by Block Influence on `sample_rows` training rows, keep the `keep` highest"
+    )
+    keep: int | None = Field(None, ge=1, description="with `method`: how many layers to keep")
+    sample_rows: int = Field(32, ge=1, description="with `method`: training rows the layers are scored on")
 
     @model_validator(mode="after")
     def _one_rule(self) -> PruneConfig:
-        if (self.keep_every is None) == (self.layers is None):
-            raise ValueError("give exactly one of `keep_every` or `layers`")
+        if sum(rule is not None for rule in (self.keep_every, self.layers, self.method)) != 1:
+            raise ValueError("give exactly one of `keep_every`, `layers` or `method: block_influence` (with `keep`)")
+        if (self.method is None) != (self.keep is None):
+            raise ValueError("`keep` goes with `method: block_influence`, and it needs one")
         if self.layers is not None and (len(set(self.layers)) != len(self.layers) or min(self.layers) < 0):
             raise ValueError(f"layers must be distinct indices >= 0, got {self.layers}")
         return self
+
+
+class FromTeacherConfig(StrictModel):
+    """A dense student at the teacher's active size: the teacher's embeddings, attention, norms and tokenizer,
+    with each layer's experts merged into one MLP (Mixtral- and Qwen3-MoE-architecture teachers; the dense
+    sibling architecture, Mistral or Qwen3). Merging an upcycled MoE's identical experts gives back its dense
+    parent exactly."""
+
+    merge_experts: Literal["routing", "uniform", "top"] = Field(
+        "routing",
+        description="weights of the merge: routing = each expert's share of the curated rows' routing (needs "
+        "`route`), uniform, or top = the most used expert alone",
+    )
 
 
 class StudentConfig(StrictModel):
     name: FolderName = Field("student", description="folder under students/ that receives the final model")
     model: str | None = Field(None, description="Hub id, local folder or builtin:<name> to start from")
     revision: str | None = Field(None, description="Hub revision of `model`")
-    prune: PruneConfig | None = Field(None, description="start from the teacher's dense parent, depth-pruned")
+    from_teacher: FromTeacherConfig | None = Field(None, description="start from the teacher's experts, merged")
+    prune: PruneConfig | None = Field(
+        None, description="keep some layers of the start (alone: of the builtin teacher's dense parent)"
+    )
 
     @model_validator(mode="after")
     def _one_origin(self) -> StudentConfig:
-        if (self.model is None) == (self.prune is None):
-            raise ValueError("give exactly one of `model` (Hub id, folder, builtin:<name>) or `prune`")
+        if self.model is not None and self.from_teacher is not None:
+            raise ValueError("give one start: `model` or `from_teacher`, not both")
+        if self.model is None and self.from_teacher is None and self.prune is None:
+            raise ValueError("give a start: `model` (Hub id, folder, builtin:<name>), `from_teacher` or `prune`")
         return self
 
 
@@ -747,10 +774,17 @@ class Recipe(StrictModel):
             raise ValueError("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
         self._check_incremental()
         student = self.train.student if self.train else None
-        if student is not None and student.prune is not None and not self.teacher.is_builtin:
+        dense_parent = student is not None and student.model is None and student.from_teacher is None
+        if dense_parent and not self.teacher.is_builtin:
             raise ValueError(
-                "train.student.prune starts from the teacher's dense parent, which only builtin teachers ship; "
-                "give train.student.model instead"
+                "train.student.prune alone starts from the teacher's dense parent, which only builtin teachers "
+                "ship; give train.student.model or from_teacher too"
+            )
+        merge = student.from_teacher.merge_experts if student is not None and student.from_teacher else None
+        if merge in ("routing", "top") and self.route is None:
+            raise ValueError(
+                f"train.student.from_teacher.merge_experts: {merge} weighs the experts by the routing map: add a "
+                "`route` block (or merge uniform)"
             )
         return self
 

@@ -38,10 +38,12 @@ curate:
     minhash: {enabled: false}
   code: {timeout_s: 5, cpu_s: 3}
 score: {top_k: 8, batch_size: 4}
+route: {rejected: false}
 train:
   student:
     name: tiny-student
-    prune: {keep_every: 3}
+    from_teacher: {merge_experts: routing}      # the teacher's experts merged by how the rows route...
+    prune: {method: block_influence, keep: 10}  # ...then the 10 layers that turn the hidden state most
   sft: {max_steps: 6, per_device_train_batch_size: 4, learning_rate: 3.0e-4, save_steps: 3, logging_steps: 1,
         max_length: 256}
   distill: {method: offline_topk, max_steps: 6, per_device_train_batch_size: 4, learning_rate: 3.0e-4,
@@ -98,7 +100,14 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     sft, distill = training["phases"]
     assert sft["resumed_from"] == "checkpoint-3" and sft["steps"] == 6
     assert distill["method"] == "offline_topk" and distill["steps"] == 6
-    assert training["student"]["layers"] == list(range(0, 30, 3))
+    # the student: the teacher's experts merged by the routing map, its 10 most influential layers kept
+    student = training["student"]
+    routing_map = json.loads((run_dir / "routing" / "map.json").read_text())
+    shares = [[load / sum(layer) for load in layer] for layer in routing_map["overall"]["load"]]
+    assert student["merged_experts_of"] == "builtin:smollm2-moe" and student["merge"] == "routing"
+    assert student["weights"] == pytest.approx(shares, abs=1e-4)
+    scores = student["block_influence"]
+    assert len(scores) == 30 and student["layers"] == sorted(sorted(range(30), key=lambda i: -scores[i])[:10])
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["held_out_ids"] == training["held_out_ids"] and metrics["held_out_rows"] >= 1
     assert training["train_rows"] + training["held_out_rows"] == len(scored)
@@ -132,7 +141,7 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     # a second run skips every stage
     again = Console(record=True, width=200)
     run_recipe(load_recipe(path), tmp_path, run_dir=run_dir, console=again)
-    assert again.export_text().count("already done") == 5
+    assert again.export_text().count("already done") == 6
 
 
 @pytest.mark.parametrize("method", ["gkd", "on_policy", "server"])
@@ -140,7 +149,7 @@ def test_online_methods_train_a_few_steps_with_the_moe_teacher(tmp_path, teacher
     recipe = load_recipe(
         tiny_recipe(tmp_path, endpoint=teacher_server.base_url, extra="train: {student: {prune: {keep_every: 10}}}\n")
     )
-    start = init_student(recipe, tmp_path, tmp_path / "init")
+    start = init_student(recipe, tmp_path, tmp_path / "init", rows=[])
     # each method's own TRL config knobs: GKDConfig's max_new_tokens, the others' max_completion_length
     own = {
         "gkd": {"max_new_tokens": 8, "beta": 0.5},

@@ -57,8 +57,17 @@ def test_distill_pipeline_with_defaults():
             MINIMAL + "score: {top_k: 50}\n" + CURATE + TRAIN,
             ["score.top_k (50) exceeds teacher.vllm.max_logprobs (20)"],
         ),
-        (MINIMAL + "train: {student: {name: s}}\n", ["train.student", "exactly one of `model`"]),
+        (MINIMAL + "train: {student: {name: s}}\n", ["train.student", "give a start: `model`"]),
         (MINIMAL + "train: {student: {prune: {keep_every: 2, layers: [0]}}}\n", ["exactly one of `keep_every`"]),
+        (
+            MINIMAL + "train: {student: {prune: {method: block_influence}}}\n",
+            ["`keep` goes with `method: block_influence`"],
+        ),
+        (MINIMAL + "train: {student: {model: x, from_teacher: {}}}\n", ["`model` or `from_teacher`, not both"]),
+        (
+            MINIMAL + CURATE + "train: {student: {from_teacher: {merge_experts: routing}}}\n",
+            ["merge_experts: routing weighs the experts by the routing map: add a `route` block"],
+        ),
         (MINIMAL + "train: {student: {model: x}, sft: null}\n", ["nothing to train"]),
         (MINIMAL + "train: {student: {model: x}, distill: {method: magic}}\n", ["train.distill.method", "'magic'"]),
         (

@@ -104,6 +104,8 @@ def run_dir(tmp_path: Path) -> Path:
         }
         for m, f in (("sft", 0.5), ("offline_topk", 0.3))
     ]
+    # an MoE student: its 3 layers' CV of expert load at each logging step, layer 2 collapsing
+    phases[0]["expert_load_steps"] = [{"step": s, "cv": [0.1, 0.2, 0.4 * s]} for s in range(2, 7, 2)]
     training = {"student": {"origin": "model"}, "train_rows": 5, "held_out_ids": ["r00", "r02"], "phases": phases}
     (student / "training.json").write_text(json.dumps(training))
     _manifest(student, "train", 7, 5)
@@ -209,6 +211,15 @@ def test_the_page_draws_the_expert_load_of_the_kept_rows(run_dir):
     # languages are compared on chat rows: en's and fr's chat rows both load experts 0-1 (en's code rows,
     # on 2-3, would otherwise make it look like a different language)
     assert "| fr | 0 |" in card
+
+
+def test_an_moe_students_load_is_read_from_its_phase_and_a_dense_one_has_none():
+    from dataengine.facts import Phase
+
+    record = {"method": "sft", "steps": 4, "seconds": 1.0, "resumed_from": None, "log_history": []}
+    assert Phase.of(record).expert_cv == []  # a dense student routes nothing
+    steps = [{"step": 2, "cv": [0.1, 0.3]}, {"step": 4, "cv": [0.1, 1.9]}]
+    assert Phase.of(record | {"expert_load_steps": steps}).expert_cv == [(2, [0.1, 0.3]), (4, [0.1, 1.9])]
 
 
 def test_a_run_that_only_generated_gets_a_page_that_says_what_is_missing(run_dir):

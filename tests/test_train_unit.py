@@ -217,6 +217,10 @@ def test_sft_of_an_moe_applies_the_router_loss_and_logs_expert_load(tmp_path):
     for shares in load.values():
         assert len(shares) == 4 and sum(shares) == pytest.approx(1.0)
     assert any("expert_load_max_over_mean" in entry for entry in record["log_history"])
+    # every logging step: each layer's CV of load over the steps since the last log
+    logged = [e["step"] for e in record["log_history"] if "expert_load_max_over_mean" in e]
+    steps = record["expert_load_steps"]
+    assert [s["step"] for s in steps] == logged and all(len(s["cv"]) == 2 and min(s["cv"]) >= 0 for s in steps)
     config = json.loads((final / "config.json").read_text())
     assert config["router_aux_loss_coef"] == 0.02 and config["output_router_logits"] is True
 

@@ -23,9 +23,13 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     if recipe.score is not None:
         stages.append(ScoreStage(recipe, base_dir, rows_from=kept))
         rows = "scored"
-    train = TrainStage(recipe, base_dir, rows_from=rows)
-    student = train.outputs["student"]
-    stages += [train, EvaluateStage(recipe, base_dir, rows_from=rows, student_from=student)]
+    student = recipe.train.student
+    merge = student.from_teacher.merge_experts if student.from_teacher else None
+    route = next((s for s in stages if s.name == "route"), None)
+    routing = route.outputs["map"] if route is not None and merge in ("routing", "top") else None
+    train = TrainStage(recipe, base_dir, rows_from=rows, routing_from=routing)
+    student_dir = train.outputs["student"]
+    stages += [train, EvaluateStage(recipe, base_dir, rows_from=rows, student_from=student_dir, routing_from=routing)]
     if recipe.publish is not None:
-        stages.append(PublishStage(recipe, base_dir, rows_from=kept, student_from=student, evaluation_from="eval"))
+        stages.append(PublishStage(recipe, base_dir, rows_from=kept, student_from=student_dir, evaluation_from="eval"))
     return Pipeline(stages, next_round=top_up(recipe))

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: render to SVG only
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
 
 from dataengine import numbers  # noqa: E402
 from dataengine.facts import METRICS, RunFacts  # noqa: E402
@@ -139,6 +140,37 @@ def losses(facts: RunFacts) -> str | None:
         ax.set_title(name)
         ax.set_xlabel("step")
     axes[0][0].set_ylabel("training loss")
+    return _svg(fig)
+
+
+@_styled
+def fine_tune_load(facts: RunFacts) -> str | None:
+    """An MoE student's expert load per layer over its fine-tuning steps (CV of load at each logging step),
+    beside the load the routing map predicted from the teacher's routing of the same rows."""
+    phases = [p for p in facts.training.phases if p.expert_cv] if facts.training else []
+    if not phases:
+        return None
+    observed = np.array([cv for p in phases for _, cv in p.expert_cv]).T  # [layers, logging steps]
+    steps = [f"{p.method} {step}" for p in phases for step, _ in p.expert_cv]
+    predicted = facts.routing["overall"]["cv"] if facts.routing else None
+    panels = 2 if predicted is not None and len(predicted) == len(observed) else 1
+    fig, axes = plt.subplots(
+        1, panels, figsize=(WIDE[0], 0.12 * len(observed) + 1.8), squeeze=False, width_ratios=[1, 6][-panels:]
+    )
+    peak = max(1.0, float(observed.max()), max(predicted) if panels == 2 else 0.0)
+    if panels == 2:
+        axes[0][0].imshow(np.array(predicted)[:, None], aspect="auto", cmap="magma_r", vmin=0, vmax=peak)
+        axes[0][0].set_title("predicted\n(routing map)", fontsize=8)
+        axes[0][0].set_xticks([])
+        axes[0][0].set_ylabel("MoE layer")
+        axes[0][0].grid(False)
+    ax = axes[0][-1]
+    image = ax.imshow(observed, aspect="auto", cmap="magma_r", vmin=0, vmax=peak, interpolation="nearest")
+    ax.set_title("observed while fine-tuning (CV of load since the last log)", fontsize=8)
+    ax.set_xticks(range(len(steps)), labels=steps, rotation=60, fontsize=6, ha="right")
+    ax.set_xlabel("logging step")
+    ax.grid(False)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="CV of expert load (0 = even)")
     return _svg(fig)
 
 

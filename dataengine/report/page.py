@@ -45,6 +45,12 @@ SECTIONS: tuple[tuple[str, str, Callable[[RunFacts], str | None], str], ...] = (
     ),
     ("loss", "Training loss", figures.losses, "no student was trained in this run"),
     (
+        "finetune_load",
+        "An MoE student's expert load while fine-tuning, beside the routing map's",
+        figures.fine_tune_load,
+        "no MoE student was fine-tuned in this run",
+    ),
+    (
         "evaluation",
         "Student before and after training, and the teacher",
         figures.evaluation,

@@ -18,7 +18,7 @@ from dataengine.facts import METRICS, Evaluation
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import read_rows, split_rows
-from dataengine.run_folder import METRICS_FILE
+from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 
 
@@ -26,11 +26,14 @@ class EvaluateStage(Stage):
     name = "evaluate"
     key_paths = ("train", "curate")
 
-    def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str, student_from: str) -> None:
+    def __init__(
+        self, recipe: Recipe, base_dir: Path, rows_from: str, student_from: str, routing_from: str | None = None
+    ) -> None:
         self.recipe = recipe
         self.cfg = recipe.train.evaluate
         self.base_dir = base_dir
-        self.inputs = {"rows": rows_from, "student": student_from}
+        # the untrained student is built again here as the train stage built it: from the same rows and map
+        self.inputs = {"rows": rows_from, "student": student_from} | ({"routing": routing_from} if routing_from else {})
         self.outputs = {"metrics": "eval"}
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
@@ -43,8 +46,11 @@ class EvaluateStage(Stage):
 
         output_dir = outputs["metrics"]
         rows = read_rows(inputs["rows"])
-        _, held_out = split_rows(rows, self.cfg.eval_fraction)
-        initial = init_student(self.recipe, self.base_dir, work_dir / "init", ctx.log)
+        train_rows, held_out = split_rows(rows, self.cfg.eval_fraction)
+        load = None
+        if "routing" in inputs:
+            load = json.loads((inputs["routing"] / ROUTING_MAP_FILE).read_text())["overall"]["load"]
+        initial = init_student(self.recipe, self.base_dir, work_dir / "init", train_rows, load, ctx.log)
         trained = inputs["student"]
         code = self.recipe.generate.code
         prefix = (code.answer_prefix or "") if code else ""

@@ -20,12 +20,15 @@ def routers(model: nn.Module) -> dict[str, nn.Module]:
 
 class ExpertLoadCallback(TrainerCallback):
     """Counts tokens per expert per MoE layer; logs the busiest expert's share over the even share
-    (`expert_load_max_over_mean`, 1.0 is perfectly balanced) with every loss log."""
+    (`expert_load_max_over_mean`, 1.0 is perfectly balanced) with every loss log, and keeps each layer's
+    coefficient of variation of load over the steps since the last log (`steps`), so a fine-tune that
+    collapses onto a few experts shows when and where."""
 
     def __init__(self, model: nn.Module, num_experts: int) -> None:
         self.num_experts = num_experts
         self.counts = {name: torch.zeros(num_experts, dtype=torch.long) for name in routers(model)}
         self.since_log = {name: torch.zeros(num_experts, dtype=torch.long) for name in self.counts}
+        self.steps: list[dict] = []  # {"step": global step, "cv": [per layer]} at every log
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in routers(model).items()]
 
     def _hook(self, name: str):
@@ -43,6 +46,10 @@ class ExpertLoadCallback(TrainerCallback):
         if isinstance(total, torch.Tensor) and total.sum() > 0 and state.log_history:
             # Trainer appends a copy of `logs` to the history before callbacks run: record it there
             state.log_history[-1]["expert_load_max_over_mean"] = round((total.max() / total.float().mean()).item(), 4)
+            per_layer = torch.stack([c.double() for c in self.since_log.values()])
+            mean = per_layer.mean(dim=1)
+            cv = torch.where(mean > 0, per_layer.std(dim=1, unbiased=False) / mean.clamp(min=1e-12), 0.0)
+            self.steps.append({"step": state.global_step, "cv": [round(v, 4) for v in cv.tolist()]})
         for c in self.since_log.values():
             c.zero_()
 

@@ -110,6 +110,7 @@ def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from dataengine.experts.routers import moe_dims
     from dataengine.train.expert_load import ExpertLoadCallback, routers
 
     started = time.time()
@@ -125,7 +126,7 @@ def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log
     dataset = Dataset.from_list([prompt_completion(r["messages"]) for r in rows])
     callbacks = []
     if routers(model):
-        callbacks.append(ExpertLoadCallback(model, model.config.get_text_config().num_local_experts))
+        callbacks.append(ExpertLoadCallback(model, moe_dims(model.config.to_dict())[0]))
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -138,6 +139,7 @@ def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log
     extra = {"method": "sft", "rows": len(rows)}
     if callbacks:
         extra["expert_load"] = callbacks[0].load()
+        extra["expert_load_steps"] = callbacks[0].steps
     return _finish(trainer, out, tokenizer, started, resumed, extra)
 
 

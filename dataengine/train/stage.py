@@ -20,7 +20,7 @@ from dataengine.facts import Phase, Training
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
 from dataengine.rows import read_rows, split_rows
-from dataengine.run_folder import TRAINING_FILE
+from dataengine.run_folder import ROUTING_MAP_FILE, TRAINING_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
 from dataengine.train.student import vocab_problem
@@ -31,11 +31,12 @@ class TrainStage(Stage):
     # prune and gkd/on_policy read the teacher; the held-out split decides which rows are trained on
     key_paths = ("teacher", "train.student", "train.sft", "train.distill", "train.evaluate.eval_fraction")
 
-    def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:
+    def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str, routing_from: str | None = None) -> None:
         self.recipe = recipe
         self.cfg = recipe.train
         self.base_dir = base_dir
-        self.inputs = {"rows": rows_from}
+        # the routing map, read by a student merged from the teacher's experts by their routing
+        self.inputs = {"rows": rows_from} | ({"routing": routing_from} if routing_from else {})
         self.outputs = {"student": f"students/{self.cfg.student.name}"}
 
     @staticmethod
@@ -57,7 +58,10 @@ class TrainStage(Stage):
         if not train_rows:
             raise StageError(f"train: {len(rows)} curated row(s), none left to train on after the held-out split")
         ctx.log(f"training on {len(train_rows)} rows; {len(held_out)} held out for evaluation")
-        current = init_student(self.recipe, self.base_dir, work_dir / "init", ctx.log)
+        load = None
+        if "routing" in inputs:
+            load = json.loads((inputs["routing"] / ROUTING_MAP_FILE).read_text())["overall"]["load"]
+        current = init_student(self.recipe, self.base_dir, work_dir / "init", train_rows, load, ctx.log)
         phases = []
         sft = self.cfg.sft
         if sft is not None and sft.enabled:

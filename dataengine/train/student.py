@@ -1,8 +1,10 @@
-"""Where a student starts: a Hub id or folder, or the teacher's dense parent with some layers kept.
+"""Where a student starts: a Hub id or folder, the teacher's experts merged into a dense model, or the
+builtin teacher's dense parent; then, optionally, some of its layers kept.
 
-Depth pruning (Minitron-style) keeps whole decoder layers, so the student is the same architecture
-and tokenizer as the dense parent, only shallower: logit distillation from the teacher needs no
-vocabulary mapping.
+Depth pruning keeps whole decoder layers (every k-th, a list, or those with the most Block Influence), so
+the student keeps its start's architecture and tokenizer, only shallower: a student merged from the
+teacher or pruned from its dense parent shares the teacher's vocabulary, and logit distillation needs no
+mapping.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from dataengine.recipe import BUILTIN_PREFIX, PruneConfig, Recipe, resolve_path
 
 if TYPE_CHECKING:
     from torch import nn
+
+# tokens of a row that Block Influence reads: enough to see every layer at work, bounded in time
+MAX_SCORED_TOKENS = 512
 
 
 def kept_layers(prune: PruneConfig, num_layers: int) -> list[int]:
@@ -57,28 +62,42 @@ def model_source(model: str, base_dir: Path, recipe: Recipe, log: Callable[[str]
     return model
 
 
-def init_student(recipe: Recipe, base_dir: Path, out_dir: Path, log: Callable[[str], None] = print) -> Path:
-    """Save the untrained student (weights + tokenizer) in `out_dir` once; later calls reuse it."""
+def init_student(
+    recipe: Recipe,
+    base_dir: Path,
+    out_dir: Path,
+    rows: list[dict],
+    routing_load: list[list[float]] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Save the untrained student (weights + tokenizer) in `out_dir` once; later calls reuse it. `rows` are the
+    training rows (Block Influence is measured on them), `routing_load` the routing map's per-layer expert
+    load (a routing-weighted merge of experts reads it)."""
     if (out_dir / "student_init.json").is_file():
         return out_dir
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     student = recipe.train.student
-    if student.prune is not None:
-        from dataengine.teacher.builtin import BUILTIN_MODELS, fetch_gguf, load_dense
+    if student.from_teacher is not None:
+        model, tokenizer, origin = _merged(recipe, student.from_teacher.merge_experts, routing_load, log)
+    elif student.model is not None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        name = recipe.teacher.model[len(BUILTIN_PREFIX) :]
-        model, tokenizer = load_dense(fetch_gguf(BUILTIN_MODELS[name], recipe.teacher.builtin.source))
-        keep = kept_layers(student.prune, model.config.num_hidden_layers)
-        log(f"student: {name}'s dense parent pruned to layers {keep} of {model.config.num_hidden_layers}")
-        model = prune_layers(model, keep)
-        origin = {"pruned_from": f"{name} dense parent", "layers": keep}
-    else:
         source = model_source(student.model, base_dir, recipe, log)
         model = AutoModelForCausalLM.from_pretrained(source, revision=student.revision, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=student.revision)
         origin = {"model": student.model, "revision": student.revision}
+    else:
+        from dataengine.teacher.builtin import BUILTIN_MODELS, fetch_gguf, load_dense
+
+        name = recipe.teacher.model[len(BUILTIN_PREFIX) :]
+        model, tokenizer = load_dense(fetch_gguf(BUILTIN_MODELS[name], recipe.teacher.builtin.source))
+        origin = {"model": f"{name} dense parent"}
+    if student.prune is not None:
+        depth = model.config.num_hidden_layers
+        keep, scores = _layers_to_keep(student.prune, model, tokenizer, rows)
+        log(f"student: layers {keep} of {depth} kept" + (" (highest Block Influence)" if scores else ""))
+        model = prune_layers(model, keep)
+        origin |= {"layers": keep, "of_layers": depth} | ({"block_influence": scores} if scores else {})
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -88,6 +107,45 @@ def init_student(recipe: Recipe, base_dir: Path, out_dir: Path, log: Callable[[s
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
+
+
+def _merged(recipe: Recipe, method: str, load: list[list[float]] | None, log: Callable[[str], None]):
+    """The teacher's experts merged into a dense model, its tokenizer, and where it came from."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dataengine.experts.routers import moe_dims
+    from dataengine.teacher.server import resolve_model
+    from dataengine.train.merge import merge_experts, merge_weights
+
+    teacher = recipe.teacher
+    path = resolve_model(teacher, log)
+    revision = None if teacher.is_builtin else teacher.revision
+    moe = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
+    dims = moe_dims(moe.config.to_dict())
+    if dims is None:
+        raise UserError(f"train.student.from_teacher: the teacher {teacher.model} has no experts to merge")
+    weights = merge_weights(method, moe.config.get_text_config().num_hidden_layers, dims[0], load)
+    log(f"student: {teacher.model}'s experts merged ({method}) into a dense model")
+    dense = merge_experts(moe, weights)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    return dense, tokenizer, {"merged_experts_of": teacher.model, "merge": method, "weights": weights.round(4).tolist()}
+
+
+def _layers_to_keep(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> tuple[list[int], list[float] | None]:
+    """The layers to keep and, for Block Influence, every layer's score."""
+    depth = model.config.num_hidden_layers
+    if prune.method is None:
+        return kept_layers(prune, depth), None
+    if prune.keep > depth:
+        raise UserError(f"train.student.prune.keep: {prune.keep} layers, the start has {depth}")
+    from dataengine.rows import prompt_and_full_ids
+    from dataengine.train.influence import block_influence, most_influential
+
+    sample = sorted(rows, key=lambda r: r["id"])[: prune.sample_rows]
+    sequences = [prompt_and_full_ids(tokenizer, r["messages"])[0][:MAX_SCORED_TOKENS] for r in sample]
+    scores = block_influence(model, sequences)
+    return most_influential(scores, prune.keep), [round(s, 6) for s in scores]
 
 
 def _vocab(source: str, revision: str | None = None, gguf_file: str | None = None, local_only: bool = False):
