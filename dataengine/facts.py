@@ -101,15 +101,21 @@ class Evaluation:
     """The evaluate stage's metrics.json: each metric before and after training, on the held-out rows."""
 
     held_out_ids: list[str]
-    before: dict[str, float | None]
-    after: dict[str, float | None]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    teacher: dict[str, Any] | None = None  # the teacher on the same rows (train.evaluate.teacher)
 
     @classmethod
     def read(cls, path: Path | None) -> Evaluation | None:
         if path is None or not path.is_file():
             return None
         data = json.loads(path.read_text())
-        return cls(data["held_out_ids"], data["before"], data["after"])
+        return cls(data["held_out_ids"], data["before"], data["after"], data.get("teacher"))
+
+    def cell(self, label: str, key: str) -> str:
+        """One metric of "before", "after" or "teacher", with its bootstrap interval when it has one."""
+        row = {"before": self.before, "after": self.after, "teacher": self.teacher or {}}[label]
+        return numbers.metric_interval(row.get(key), (row.get("intervals") or {}).get(key))
 
     @property
     def held_out_rows(self) -> int:
@@ -140,11 +146,20 @@ class RunFacts:
         return list(dict.fromkeys(step for counts in self.funnel.values() for step in counts))
 
     def teacher_figure(self, key: str) -> str:
-        """The teacher's figure for a metric, written out, where the same check applies to its answers (code
-        pass rate, language fidelity); KL and perplexity compare the student with it, so it has none."""
+        """The teacher's figure for a metric, written out: measured on the held-out rows by the evaluate stage
+        (its perplexity on its own answers, the share of them that passed curation's checks), else curation's
+        checks over all its answers; KL compares a student with it, so it has none."""
+        if self.evaluation is not None and self.evaluation.teacher and key in self.evaluation.teacher:
+            return self.evaluation.cell("teacher", key)
         if key not in self.teacher_quality:
             return numbers.NOT_APPLICABLE
         return numbers.metric(self.teacher_quality[key])
+
+    def teacher_value(self, key: str) -> float | None:
+        """The number behind `teacher_figure`, for a chart."""
+        if self.evaluation is not None and self.evaluation.teacher and key in self.evaluation.teacher:
+            return self.evaluation.teacher[key]
+        return self.teacher_quality.get(key)
 
     @property
     def losses(self) -> dict[str, list[tuple[int, float]]]:

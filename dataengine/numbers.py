@@ -19,6 +19,13 @@ def metric(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
 
 
+def metric_interval(value: float | None, interval: list[float] | None) -> str:
+    """A measured figure and, when there is one, its 95% bootstrap interval: `9.918 [8.1, 12.3]`."""
+    if value is None or not interval:
+        return metric(value)
+    return f"{metric(value)} [{metric(interval[0])}, {metric(interval[1])}]"
+
+
 def count(value: int | None) -> str:
     """Rows, steps: in full, or NOT_APPLICABLE where the thing is not counted for this row."""
     return NOT_APPLICABLE if value is None else str(value)

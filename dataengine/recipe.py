@@ -606,6 +606,11 @@ class EvaluateSettings(StrictModel):
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of curated rows held out (at least one)")
     max_new_tokens: int = Field(256, ge=8, description="length cap of the student's answers")
     code_timeout_s: float = Field(10.0, gt=0, description="sandbox wall clock per student code answer")
+    teacher: bool = Field(
+        True,
+        description="the teacher's row beside the student's: its perplexity on its own held-out answers (loads it "
+        "in transformers), and the share of them that passed curation's code and language checks",
+    )
 
 
 class TrainConfig(StrictModel):

@@ -116,6 +116,12 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     before, after = metrics["before"], metrics["after"]
     assert after["kl_teacher_student"] < before["kl_teacher_student"]
     assert after["perplexity"] < before["perplexity"]
+    # the teacher beside them, on the same rows: its perplexity on the answers it wrote is the floor
+    teacher = metrics["teacher"]
+    assert teacher["perplexity"] < after["perplexity"] and "kl_teacher_student" not in teacher
+    for label in ("before", "after", "teacher"):
+        if interval := metrics[label]["intervals"]["perplexity"]:  # none with a single held-out row
+            assert interval[0] <= metrics[label]["perplexity"] <= interval[1]
     assert "KL(teacher ‖ student)" in shown and "held-out" in shown
 
     # the run report draws every figure from what this real run wrote (the crashed half included)

@@ -126,6 +126,14 @@ def run_dir(tmp_path: Path) -> Path:
                     "perplexity": 60.0,
                     "code_pass_rate": None,
                     "language_fidelity": 1.0,
+                    "intervals": {"perplexity": [40.0, 90.0]},
+                },
+                # the teacher on the same rows: its perplexity on its own answers, what passed curation
+                "teacher": {
+                    "perplexity": 3.1,
+                    "code_pass_rate": 1.0,
+                    "language_fidelity": 1.0,
+                    "intervals": {"perplexity": [2.5, 3.9]},
                 },
             }
         )
@@ -177,7 +185,8 @@ def test_status_prints_the_same_figures_in_the_terminal(run_dir):
     assert "│ chat/en │ 4 │ 3 │ 2 │ 3 │" in out
     assert "│ truncated │ 3 │" in out and "│ near_duplicate │ 2 │" in out
     assert "│ sft │ 6 │ 4 │ 2 │" in out
-    assert "│ KL(teacher ‖ student) │ 9.5 │ 4.2 │ — │" in out and "│ code pass rate │ 0 │ n/a │ 0.5 │" in out
+    assert "│ KL(teacher ‖ student) │ 9.5 │ 4.2 │ — │" in out and "│ code pass rate │ 0 │ n/a │ 1 │" in out
+    assert "│ perplexity │ 4000 │ 60 [40, 90] │ 3.1 [2.5, 3.9] │" in out
     assert "min 20.5, max 25.0, run 23.1" in out
     assert (run_dir / "report.html").is_file()
 
@@ -190,9 +199,13 @@ def test_numbers_read_the_same_in_every_renderer(run_dir):
     page = write_report(run_dir).read_text()
     # the page's evaluation table: KL has no teacher figure (—); the trained student wrote no code (n/a)
     assert "<td>KL(teacher ‖ student)</td><td>9.5</td><td>4.2</td><td>—</td>" in page
-    assert "<td>code pass rate</td><td>0</td><td>n/a</td><td>0.5</td>" in page
+    # the teacher's figures are its own on the held-out rows (metrics.json), beside the students'; in brackets
+    # the bootstrap interval where the evaluation measured one
+    assert "<td>code pass rate</td><td>0</td><td>n/a</td><td>1</td>" in page
+    assert "<td>perplexity</td><td>4000</td><td>60 [40, 90]</td><td>3.1 [2.5, 3.9]</td>" in page
     card = evaluation_section(collect(run_dir, rows=False).evaluation, {"r00", "r02"})
-    assert "| kl_teacher_student | 9.5 | 4.2 |" in card and "| code_pass_rate | 0 | n/a |" in card
+    assert "| kl_teacher_student | 9.5 | 4.2 | — |" in card and "| code_pass_rate | 0 | n/a | 1 |" in card
+    assert "| perplexity | 4000 | 60 [40, 90] | 3.1 [2.5, 3.9] |" in card
 
 
 def test_status_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -246,3 +247,31 @@ def test_unset_training_knobs_keep_trls_defaults(tmp_path):
     assert (given.max_steps, given.seed) == (3, 7)
     for knob in ("learning_rate", "lr_scheduler_type", "num_train_epochs", "gradient_checkpointing", "save_steps"):
         assert getattr(given, knob) == getattr(trl, knob), knob
+
+
+def test_held_out_metrics_carry_a_bootstrap_interval_and_the_teacher_gets_its_row():
+    from dataengine.train import intervals
+    from dataengine.train.evaluation import teacher_row
+
+    # the interval of a share: resampling 3 of 4 passes; reruns agree; one row has none
+    oks = np.array([1.0, 1.0, 1.0, 0.0])
+    low, high = intervals.bootstrap(oks, intervals.share)
+    assert 0.0 <= low < 0.75 < high <= 1.0 and intervals.bootstrap(oks, intervals.share) == [low, high]
+    assert intervals.bootstrap(oks[:1], intervals.share) is None
+    # perplexity pools tokens: exp(sum nll / sum tokens), not a mean of per-row perplexities
+    assert intervals.perplexity(np.array([[2.0, 1.0], [0.0, 3.0]])) == pytest.approx(math.exp(0.5))
+
+    tokenizer = tiny_tokenizer()
+    teacher = peaky_teacher(len(tokenizer))
+    scored = _scored(rows(), teacher, tokenizer)
+    fit = answer_fit(teacher, tokenizer, scored)
+    for key in ("kl_teacher_student", "perplexity"):
+        low, high = fit["intervals"][key]
+        assert low <= fit[key] <= high
+    marked = [
+        dict(r, kind="code" if i % 2 else "chat", tests_passed=i % 4 == 1, language_detected="en")
+        for i, r in enumerate(scored)
+    ]
+    row = teacher_row(teacher, tokenizer, marked)
+    assert row["perplexity"] == pytest.approx(fit["perplexity"]) and row["code_pass_rate"] == 0.5
+    assert row["language_fidelity"] == 1.0 and row["intervals"]["perplexity"] == fit["intervals"]["perplexity"]

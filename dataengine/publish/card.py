@@ -186,14 +186,22 @@ def evaluation_section(evaluation: Evaluation | None, test_ids: set[str]) -> lis
         "",
         "## Student evaluation",
         "",
-        f"On {evaluation.held_out_rows} held-out rows ({which}):",
+        f"On {evaluation.held_out_rows} held-out rows ({which}); in brackets, the 95% bootstrap interval over "
+        "them"
+        + (
+            "; the teacher: its perplexity on its own answers, the share that passed curation's checks:"
+            if evaluation.teacher
+            else ":"
+        ),
         "",
-        "| metric | before training | after training |",
-        "|---|---:|---:|",
+        "| metric | before training | after training |" + (" teacher |" if evaluation.teacher else ""),
+        "|---|---:|---:|" + ("---:|" if evaluation.teacher else ""),
     ]
     for m in METRICS:
-        before, after = evaluation.before.get(m.key), evaluation.after.get(m.key)
-        lines.append(f"| {m.key} | {numbers.metric(before)} | {numbers.metric(after)} |")
+        line = f"| {m.key} | {evaluation.cell('before', m.key)} | {evaluation.cell('after', m.key)} |"
+        if evaluation.teacher:
+            line += f" {evaluation.cell('teacher', m.key) if m.key in evaluation.teacher else numbers.NOT_APPLICABLE} |"
+        lines.append(line)
     return lines
 
 

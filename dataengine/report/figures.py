@@ -185,8 +185,8 @@ def evaluation(facts: RunFacts) -> str | None:
     fig, axes = plt.subplots(1, len(METRICS), figsize=(WIDE[0] + 1, WIDE[1]))
     for ax, metric in zip(axes, METRICS, strict=True):
         bars = {"before": facts.evaluation.before.get(metric.key), "after": facts.evaluation.after.get(metric.key)}
-        if metric.key in facts.teacher_quality:
-            bars["teacher"] = facts.teacher_quality[metric.key]
+        if (teacher := facts.teacher_value(metric.key)) is not None:
+            bars["teacher"] = teacher
         shown = {name: value for name, value in bars.items() if value is not None and math.isfinite(value)}
         drawn = ax.bar(list(shown), list(shown.values()), color=[EVAL_COLOURS[name] for name in shown])
         ax.bar_label(drawn, labels=[numbers.metric(v) for v in shown.values()], fontsize=7)

@@ -85,16 +85,21 @@ def _stage_table(facts: RunFacts) -> str:
 def _eval_table(facts: RunFacts) -> str:
     if facts.evaluation is None:
         return ""
-    before, after = facts.evaluation.before, facts.evaluation.after
+    ev = facts.evaluation
     rows = "".join(
-        f"<tr><td>{_e(m.short)}</td><td>{numbers.metric(before.get(m.key))}</td>"
-        f"<td>{numbers.metric(after.get(m.key))}</td><td>{facts.teacher_figure(m.key)}</td></tr>"
+        f"<tr><td>{_e(m.short)}</td><td>{_e(ev.cell('before', m.key))}</td>"
+        f"<td>{_e(ev.cell('after', m.key))}</td><td>{_e(facts.teacher_figure(m.key))}</td></tr>"
         for m in METRICS
     )
     head = "<thead><tr><th>metric</th><th>before</th><th>after</th><th>teacher</th></tr></thead>"
+    where = (
+        "its perplexity on its own held-out answers and the share of them that passed curation's checks"
+        if ev.teacher
+        else "curation's checks on all its answers that reached them"
+    )
     note = (
-        f"<p>On {facts.evaluation.held_out_rows} held-out rows. The teacher's figures are curation's "
-        "checks on all its answers that reached them.</p>"
+        f"<p>On {ev.held_out_rows} held-out rows; in brackets, the 95% bootstrap interval over those rows. "
+        f"The teacher's figures: {where}.</p>"
     )
     return f'<table id="evaluation-table">{head}<tbody>{rows}</tbody></table>{note}'
 

@@ -97,8 +97,8 @@ def _evaluation(facts: RunFacts, console: Console) -> None:
         for metric in METRICS:
             ev.add_row(
                 metric.short,
-                numbers.metric(facts.evaluation.before.get(metric.key)),
-                numbers.metric(facts.evaluation.after.get(metric.key)),
+                facts.evaluation.cell("before", metric.key),
+                facts.evaluation.cell("after", metric.key),
                 facts.teacher_figure(metric.key),
             )
         console.print(ev)

@@ -24,7 +24,7 @@ from dataengine.stage import RunContext, Stage, StageResult
 
 class EvaluateStage(Stage):
     name = "evaluate"
-    key_paths = ("train", "curate")
+    key_paths = ("train", "curate", "teacher")
 
     def __init__(
         self, recipe: Recipe, base_dir: Path, rows_from: str, student_from: str, routing_from: str | None = None
@@ -41,7 +41,8 @@ class EvaluateStage(Stage):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from dataengine.train.evaluation import answer_fit, answer_quality
+        from dataengine.teacher.server import resolve_model
+        from dataengine.train.evaluation import answer_fit, answer_quality, teacher_row
         from dataengine.train.student import init_student
 
         output_dir = outputs["metrics"]
@@ -71,7 +72,15 @@ class EvaluateStage(Stage):
                     lambda bar=bar: progress.advance(bar),
                 )
                 samples += [{"student": label, **s} for s in quality.pop("samples")]
-                results[label] = {**answer_fit(model, tokenizer, held_out), **quality}
+                fit = answer_fit(model, tokenizer, held_out)
+                results[label] = {**fit, **quality, "intervals": fit["intervals"] | quality["intervals"]}
+        if self.cfg.teacher:
+            teacher = self.recipe.teacher
+            path = resolve_model(teacher, ctx.log)
+            revision = None if teacher.is_builtin else teacher.revision
+            ctx.log(f"evaluating the teacher {teacher.model} on its held-out answers")
+            model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
+            results["teacher"] = teacher_row(model, AutoTokenizer.from_pretrained(path, revision=revision), held_out)
         metrics = {
             "held_out_rows": len(held_out),
             "held_out_ids": sorted(r["id"] for r in held_out),
@@ -86,7 +95,7 @@ class EvaluateStage(Stage):
             rows_in=len(held_out),
             rows_out=len(held_out),
             output_fingerprint=fingerprint_files([output_dir / METRICS_FILE]),
-            stats={label: {m.key: results[label][m.key] for m in METRICS} for label in results},
+            stats={label: {m.key: results[label].get(m.key) for m in METRICS} for label in results},
         )
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
@@ -96,11 +105,18 @@ class EvaluateStage(Stage):
                 f"evaluated on {manifest.rows_out} held-out rows; {METRICS_FILE} is gone from {outputs['metrics']}"
             )
             return
-        table = Table(title=f"student on {evaluation.held_out_rows} held-out rows", title_justify="left")
-        for column in ("metric", "before training", "after training", "better is"):
+        table = Table(
+            title=f"student on {evaluation.held_out_rows} held-out rows (95% bootstrap intervals)", title_justify="left"
+        )
+        columns = ["metric", "before training", "after training"] + (["teacher"] if evaluation.teacher else [])
+        for column in [*columns, "better is"]:
             table.add_column(column, justify="left" if column == "metric" else "right")
         for m in METRICS:
-            before, after = evaluation.before.get(m.key), evaluation.after.get(m.key)
-            table.add_row(m.title, numbers.metric(before), numbers.metric(after), m.better)
+            cells = [evaluation.cell(label, m.key) for label in ("before", "after")]
+            if evaluation.teacher:
+                cells.append(
+                    evaluation.cell("teacher", m.key) if m.key in evaluation.teacher else numbers.NOT_APPLICABLE
+                )
+            table.add_row(m.title, *cells, m.better)
         console.print(table)
         console.print(f"metrics: {outputs['metrics'] / METRICS_FILE}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -13,15 +14,17 @@ from dataengine.checks.code_answer import parse_code_answer
 from dataengine.checks.language import detect_language
 from dataengine.checks.sandbox import SandboxLimits, run_python
 from dataengine.rows import primary_language, prompt_and_full_ids
+from dataengine.train import intervals
 from dataengine.train.offline_topk import topk_kl
 
 
 @torch.no_grad()
 def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
     """On the teacher's answers: mean per-token KL(teacher || student) over the teacher's top-k plus a tail
-    bucket (when the rows were scored) and the student's perplexity."""
+    bucket (when the rows were scored) and the student's perplexity, each with its bootstrap interval."""
     model.eval()
     nll, kl, tokens, kl_tokens = 0.0, 0.0, 0, 0
+    nll_rows, kl_rows = [], []  # [sum, tokens] per row, for the intervals
     for row in rows:
         if row.get("token_ids") is not None:
             ids, start = row["token_ids"], row["completion_start"]
@@ -31,8 +34,10 @@ def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
         logits = model(input_ids=input_ids).logits[0].float()
         predicted = logits[start - 1 : -1]  # the logits at p - 1 predict token p
         targets = input_ids[0, start:]
-        nll += F.cross_entropy(predicted, targets, reduction="sum").item()
+        row_nll = F.cross_entropy(predicted, targets, reduction="sum").item()
+        nll += row_nll
         tokens += len(targets)
+        nll_rows.append([row_nll, len(targets)])
         if row.get("teacher_topk_ids") is not None:
             n = len(row["teacher_topk_ids"])
             kl_sum, count = topk_kl(
@@ -43,10 +48,15 @@ def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
             )
             kl += kl_sum.item()
             kl_tokens += int(count)
+            kl_rows.append([kl_sum.item(), int(count)])
     return {
         "kl_teacher_student": kl / kl_tokens if kl_tokens else None,
         "perplexity": math.exp(nll / tokens) if tokens else None,
         "answer_tokens": tokens,
+        "intervals": {
+            "kl_teacher_student": intervals.bootstrap(np.array(kl_rows), intervals.ratio) if kl_rows else None,
+            "perplexity": intervals.bootstrap(np.array(nll_rows), intervals.perplexity) if nll_rows else None,
+        },
     }
 
 
@@ -96,5 +106,33 @@ def answer_quality(
         "code_rows": code,
         "language_fidelity": in_language / chat if chat else None,
         "chat_rows": chat,
+        "intervals": {
+            "code_pass_rate": _share_interval([s["ok"] for s in samples if s["kind"] == "code"]),
+            "language_fidelity": _share_interval([s["ok"] for s in samples if s["kind"] != "code"]),
+        },
         "samples": samples,
+    }
+
+
+def _share_interval(oks: list[bool]) -> list[float] | None:
+    return intervals.bootstrap(np.array(oks, dtype=np.float64), intervals.share) if oks else None
+
+
+@torch.no_grad()
+def teacher_row(teacher, tokenizer, rows: list[dict]) -> dict:
+    """The teacher beside the students: its perplexity on its own held-out answers, and the share of those
+    answers that passed the checks curation applied (code tests, language) — the figures a student is
+    measured against."""
+    fit = answer_fit(teacher, tokenizer, rows)
+    code = [bool(r.get("tests_passed")) for r in rows if r["kind"] == "code"]
+    chat = [r.get("language_detected") == primary_language(r["language"]) for r in rows if r["kind"] != "code"]
+    return {
+        "perplexity": fit["perplexity"],
+        "code_pass_rate": sum(code) / len(code) if code else None,
+        "language_fidelity": sum(chat) / len(chat) if chat else None,
+        "intervals": {
+            "perplexity": fit["intervals"]["perplexity"],
+            "code_pass_rate": _share_interval(code),
+            "language_fidelity": _share_interval(chat),
+        },
     }
