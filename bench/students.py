@@ -3,6 +3,7 @@ and perplexity on the teacher's answers, before and after the same SFT, with the
 as the floor.
 
     .venv/bin/python bench/students.py [--run runs/quickstart] [--steps 16] [--keep 10] [--held-out 16]
+                                       [--only "merged by routing, 20"]
 
 Rows: every teacher answer of a finished quickstart run (`make demo`), kept and rejected by curation
 alike (each is the teacher's answer to its prompt; the quickstart keeps too few to hold out many), split
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--keep", type=int, default=10, help="layers a pruned student keeps (of 30)")
     parser.add_argument("--held-out", type=int, default=16)
+    parser.add_argument("--only", default="", help="run only the inits whose name contains this")
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -93,6 +95,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-students-"))
     results = {}
     for name, student in inits(args.keep).items():
+        if args.only not in name:
+            continue
         start = time.perf_counter()
         config = StudentConfig(name="s", **student)
         variant = recipe.model_copy(update={"train": recipe.train.model_copy(update={"student": config})})
