@@ -113,3 +113,21 @@ train:
     assert len(scores) == 2 and made["layers"] == [int(np.argmax(scores))] and made["of_layers"] == 2
     student = AutoModelForCausalLM.from_pretrained(folder)
     assert type(student).__name__ == "MistralForCausalLM" and student.config.num_hidden_layers == 1
+
+
+def test_with_perturbed_experts_a_merged_student_stays_far_closer_than_a_pruned_one():
+    from dataengine.train.student import prune_layers
+
+    parent = tiny_llama(len(tiny_tokenizer()), seed=5, layers=4)
+    options = BuiltinTeacherOptions(num_experts=4, top_k=2, router="random", expert_noise=0.3, seed=1)
+    moe = upcycle(parent, options)  # each expert its own noisy copy of the parent's MLP
+
+    def kl_to_teacher(student) -> float:
+        with torch.no_grad():
+            theirs = torch.log_softmax(moe(IDS).logits, dim=-1)
+            ours = torch.log_softmax(student(IDS).logits, dim=-1)
+        return float((theirs.exp() * (theirs - ours)).sum(-1).mean())
+
+    merged = kl_to_teacher(merge_experts(moe, merge_weights("uniform", 4, 4)))
+    pruned = kl_to_teacher(prune_layers(tiny_llama(len(tiny_tokenizer()), seed=5, layers=4), [0, 2]))
+    assert merged < 0.2 * pruned
