@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from datasets import load_dataset
 from rich.console import Console
@@ -105,7 +106,7 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     routing_map = json.loads((run_dir / "routing" / "map.json").read_text())
     shares = [[load / sum(layer) for load in layer] for layer in routing_map["overall"]["load"]]
     assert student["merged_experts_of"] == "builtin:smollm2-moe" and student["merge"] == "routing"
-    assert student["weights"] == pytest.approx(shares, abs=1e-4)
+    np.testing.assert_allclose(student["weights"], shares, atol=1e-4)
     scores = student["block_influence"]
     assert len(scores) == 30 and student["layers"] == sorted(sorted(range(30), key=lambda i: -scores[i])[:10])
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())

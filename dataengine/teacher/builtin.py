@@ -247,14 +247,20 @@ def upcycle(dense, options: BuiltinTeacherOptions, calibration: list | None = No
         else:
             router = torch.randn((options.num_experts, dc.hidden_size), generator=generator) * dc.initializer_range
             new_sd[f"{prefix}.gate.weight"] = router
-    missing, unexpected = moe.load_state_dict(new_sd, strict=False)
-    # lm_head is tied to the embeddings and may not appear as its own key
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    return load_every_weight(moe, new_sd, "upcycling")
+
+
+def load_every_weight(model, state: dict, making: str):
+    """`model` with every weight from `state` (a tied lm_head may be absent), in eval mode; what `making`
+    (upcycling, merging experts) left unset or made up is an error, not a silently random weight."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = model.config.tie_word_embeddings
+    missing = [k for k in missing if not (k == "lm_head.weight" and tied)]
     if missing or unexpected:
-        raise RuntimeError(f"upcycling left weights unset: missing={missing} unexpected={unexpected}")
-    if config.tie_word_embeddings:
-        moe.tie_weights()
-    return moe.eval()
+        raise RuntimeError(f"{making} left weights unset: missing={missing} unexpected={unexpected}")
+    if tied:
+        model.tie_weights()
+    return model.eval()
 
 
 def build_key(name: str, options: BuiltinTeacherOptions) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dataengine.errors import UserError
+from dataengine.teacher.builtin import load_every_weight
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,10 +87,4 @@ def merge_experts(moe: nn.Module, weights: np.ndarray) -> nn.Module:
     state = {
         k: merged[k] if ".mlp." in k else theirs[k].float() for k in dense.state_dict() if k in theirs or k in merged
     }
-    missing, unexpected = dense.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise RuntimeError(f"merging experts left weights unset: missing={missing} unexpected={unexpected}")
-    if config.tie_word_embeddings:
-        dense.tie_weights()
-    return dense.eval()
+    return load_every_weight(dense, state, "merging experts")

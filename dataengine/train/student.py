@@ -140,7 +140,7 @@ def _layers_to_keep(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> t
     if prune.keep > depth:
         raise UserError(f"train.student.prune.keep: {prune.keep} layers, the start has {depth}")
     if not rows:
-        raise UserError("train.student.prune.method: block_influence scores the layers on training rows; there are none")
+        raise UserError("train.student.prune.method: block_influence scores the layers on training rows: none given")
     from dataengine.rows import prompt_and_full_ids
     from dataengine.train.influence import block_influence, most_influential
 
