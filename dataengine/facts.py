@@ -104,17 +104,19 @@ class Evaluation:
     before: dict[str, Any]
     after: dict[str, Any]
     teacher: dict[str, Any] | None = None  # the teacher on the same rows (train.evaluate.teacher)
+    inits: dict[str, dict[str, Any]] = field(default_factory=dict)  # train.evaluate.compare_inits, untrained
 
     @classmethod
     def read(cls, path: Path | None) -> Evaluation | None:
         if path is None or not path.is_file():
             return None
         data = json.loads(path.read_text())
-        return cls(data["held_out_ids"], data["before"], data["after"], data.get("teacher"))
+        return cls(data["held_out_ids"], data["before"], data["after"], data.get("teacher"), data.get("inits", {}))
 
     def cell(self, label: str, key: str) -> str:
-        """One metric of "before", "after" or "teacher", with its bootstrap interval when it has one."""
-        row = {"before": self.before, "after": self.after, "teacher": self.teacher or {}}[label]
+        """One metric of "before", "after", "teacher" or a compared init, with its bootstrap interval when it
+        has one."""
+        row = {"before": self.before, "after": self.after, "teacher": self.teacher or {}, **self.inits}[label]
         return numbers.metric_interval(row.get(key), (row.get("intervals") or {}).get(key))
 
     @property

@@ -611,6 +611,21 @@ class EvaluateSettings(StrictModel):
         description="the teacher's row beside the student's: its perplexity on its own held-out answers (loads it "
         "in transformers), and the share of them that passed curation's code and language checks",
     )
+    compare_inits: list[StudentConfig] = Field(
+        default_factory=list,
+        description="other starts, each a `train.student` block labelled by its `name`, measured untrained on the "
+        "held-out rows beside the student (KL, perplexity): what each choice of init costs",
+    )
+
+    @field_validator("compare_inits")
+    @classmethod
+    def _names_once(cls, value: list[StudentConfig]) -> list[StudentConfig]:
+        names = [init.name for init in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"every compared init needs its own `name`, got {names}")
+        if taken := sorted({"before", "after", "teacher"} & set(names)):
+            raise ValueError(f"{taken}: the evaluation's own rows are named so; give the init another `name`")
+        return value
 
 
 class TrainConfig(StrictModel):
@@ -778,19 +793,19 @@ class Recipe(StrictModel):
         if self.publish is not None and (self.curate is None or self.pipeline == "generate"):
             raise ValueError("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
         self._check_incremental()
-        student = self.train.student if self.train else None
-        dense_parent = student is not None and student.model is None and student.from_teacher is None
-        if dense_parent and not self.teacher.is_builtin:
-            raise ValueError(
-                "train.student.prune alone starts from the teacher's dense parent, which only builtin teachers "
-                "ship; give train.student.model or from_teacher too"
-            )
-        merge = student.from_teacher.merge_experts if student is not None and student.from_teacher else None
-        if merge in ("routing", "top") and self.route is None:
-            raise ValueError(
-                f"train.student.from_teacher.merge_experts: {merge} weighs the experts by the routing map: add a "
-                "`route` block (or merge uniform)"
-            )
+        starts = [self.train.student, *self.train.evaluate.compare_inits] if self.train else []
+        for student in starts:
+            if student.model is None and student.from_teacher is None and not self.teacher.is_builtin:
+                raise ValueError(
+                    f"{student.name}: prune alone starts from the teacher's dense parent, which only builtin "
+                    "teachers ship; give model or from_teacher too"
+                )
+            merge = student.from_teacher.merge_experts if student.from_teacher else None
+            if merge in ("routing", "top") and self.route is None:
+                raise ValueError(
+                    f"{student.name}: from_teacher.merge_experts: {merge} weighs the experts by the routing map: "
+                    "add a `route` block (or merge uniform)"
+                )
         return self
 
     @model_validator(mode="before")

@@ -49,7 +49,10 @@ train:
         max_length: 256}
   distill: {method: offline_topk, max_steps: 6, per_device_train_batch_size: 4, learning_rate: 3.0e-4,
             save_steps: 3, logging_steps: 1, max_length: 256}
-  evaluate: {eval_fraction: 0.25, max_new_tokens: 24}
+  evaluate:
+    eval_fraction: 0.25
+    max_new_tokens: 24
+    compare_inits: [{name: every-third, prune: {keep_every: 3}}]   # the former default start, untrained
 """
 
 
@@ -117,6 +120,10 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     before, after = metrics["before"], metrics["after"]
     assert after["kl_teacher_student"] < before["kl_teacher_student"]
     assert after["perplexity"] < before["perplexity"]
+    # the compared start, untrained, on the same rows: as many parameters (10 of the same 30 layers)
+    compared = metrics["inits"]["every-third"]
+    init_parameters = json.loads((run_dir / ".work" / "train" / "init" / "student_init.json").read_text())["parameters"]
+    assert compared["parameters"] == init_parameters and compared["perplexity"] > 1
     # the teacher beside them, on the same rows: its perplexity on the answers it wrote is the floor
     teacher = metrics["teacher"]
     assert teacher["perplexity"] < after["perplexity"] and "kl_teacher_student" not in teacher

@@ -37,7 +37,9 @@ def load_checked(path: Path):
 def test_shipped_quickstart_distills_offline():
     recipe = load_recipe("recipes/quickstart.yaml")
     assert recipe.pipeline == "distill"
-    assert recipe.train.student.prune.keep_every == 3
+    student = recipe.train.student
+    assert student.from_teacher.merge_experts == "routing" and recipe.route is not None
+    assert (student.prune.method, student.prune.keep) == ("block_influence", 10)
     assert recipe.train.distill.method == "offline_topk" and recipe.score.top_k == 20
 
 
@@ -64,6 +66,20 @@ def test_distill_pipeline_with_defaults():
             ["`keep` goes with `method: block_influence`"],
         ),
         (MINIMAL + "train: {student: {model: x, from_teacher: {}}}\n", ["`model` or `from_teacher`, not both"]),
+        (
+            MINIMAL + CURATE + "train: {student: {model: x}, evaluate: {compare_inits: [{name: a, model: y}, "
+            "{name: a, model: z}]}}\n",
+            ["every compared init needs its own `name`"],
+        ),
+        (
+            MINIMAL + CURATE + "train: {student: {model: x}, evaluate: {compare_inits: [{name: teacher, model: y}]}}\n",
+            ["the evaluation's own rows are named so"],
+        ),
+        (
+            MINIMAL + CURATE + "train: {student: {model: x}, evaluate: {compare_inits: "
+            "[{name: merged, from_teacher: {merge_experts: top}}]}}\n",
+            ["merged: from_teacher.merge_experts: top weighs the experts by the routing map: add a `route` block"],
+        ),
         (
             MINIMAL + CURATE + "train: {student: {from_teacher: {merge_experts: routing}}}\n",
             ["merge_experts: routing weighs the experts by the routing map: add a `route` block"],

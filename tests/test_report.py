@@ -128,6 +128,8 @@ def run_dir(tmp_path: Path) -> Path:
                     "language_fidelity": 1.0,
                     "intervals": {"perplexity": [40.0, 90.0]},
                 },
+                # another start the recipe compared, untrained
+                "inits": {"every-third": {"parameters": 64e6, "kl_teacher_student": 14.1, "perplexity": 3.2e6}},
                 # the teacher on the same rows: its perplexity on its own answers, what passed curation
                 "teacher": {
                     "perplexity": 3.1,
@@ -203,6 +205,9 @@ def test_numbers_read_the_same_in_every_renderer(run_dir):
     # the bootstrap interval where the evaluation measured one
     assert "<td>code pass rate</td><td>0</td><td>n/a</td><td>1</td>" in page
     assert "<td>perplexity</td><td>4000</td><td>60 [40, 90]</td><td>3.1 [2.5, 3.9]</td>" in page
+    assert (
+        '<table id="compared-inits">' in page and "<tr><td>every-third</td><td>14.1</td><td>3,200,000</td></tr>" in page
+    )
     card = evaluation_section(collect(run_dir, rows=False).evaluation, {"r00", "r02"})
     assert "| kl_teacher_student | 9.5 | 4.2 | — |" in card and "| code_pass_rate | 0 | n/a | 1 |" in card
     assert "| perplexity | 4000 | 60 [40, 90] | 3.1 [2.5, 3.9] |" in card

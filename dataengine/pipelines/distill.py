@@ -8,7 +8,7 @@ from pathlib import Path
 from dataengine.pipelines import Pipeline
 from dataengine.pipelines.curate import curated, kept_rows, top_up
 from dataengine.publish.stage import PublishStage
-from dataengine.recipe import Recipe
+from dataengine.recipe import Recipe, StudentConfig
 from dataengine.score.stage import ScoreStage
 from dataengine.stage import Stage
 from dataengine.train.evaluate_stage import EvaluateStage
@@ -23,13 +23,22 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     if recipe.score is not None:
         stages.append(ScoreStage(recipe, base_dir, rows_from=kept))
         rows = "scored"
-    student = recipe.train.student
-    merge = student.from_teacher.merge_experts if student.from_teacher else None
+    # a student merged from the experts by their routing reads the route stage's map; evaluate builds the
+    # student and the compared inits again
     route = next((s for s in stages if s.name == "route"), None)
-    routing = route.outputs["map"] if route is not None and merge in ("routing", "top") else None
-    train = TrainStage(recipe, base_dir, rows_from=rows, routing_from=routing)
+    routing = route.outputs["map"] if route is not None else None
+    student, compared = recipe.train.student, recipe.train.evaluate.compare_inits
+    train = TrainStage(recipe, base_dir, rows_from=rows, routing_from=routing if _reads_map(student) else None)
     student_dir = train.outputs["student"]
-    stages += [train, EvaluateStage(recipe, base_dir, rows_from=rows, student_from=student_dir, routing_from=routing)]
+    evaluate_map = routing if any(_reads_map(s) for s in [student, *compared]) else None
+    stages += [
+        train,
+        EvaluateStage(recipe, base_dir, rows_from=rows, student_from=student_dir, routing_from=evaluate_map),
+    ]
     if recipe.publish is not None:
         stages.append(PublishStage(recipe, base_dir, rows_from=kept, student_from=student_dir, evaluation_from="eval"))
     return Pipeline(stages, next_round=top_up(recipe))
+
+
+def _reads_map(student: StudentConfig) -> bool:
+    return student.from_teacher is not None and student.from_teacher.merge_experts in ("routing", "top")

@@ -101,6 +101,16 @@ def _eval_table(facts: RunFacts) -> str:
         f"<p>On {ev.held_out_rows} held-out rows; in brackets, the 95% bootstrap interval over those rows. "
         f"The teacher's figures: {where}.</p>"
     )
+    compared = "".join(
+        f"<tr><td>{_e(name)}</td><td>{_e(ev.cell(name, 'kl_teacher_student'))}</td>"
+        f"<td>{_e(ev.cell(name, 'perplexity'))}</td></tr>"
+        for name in ev.inits
+    )
+    if compared:
+        inits_head = (
+            "<thead><tr><th>other start, untrained</th><th>KL(teacher ‖ student)</th><th>perplexity</th></tr></thead>"
+        )
+        note += f'<table id="compared-inits">{inits_head}<tbody>{compared}</tbody></table>'
     return f'<table id="evaluation-table">{head}<tbody>{rows}</tbody></table>{note}'
 
 

@@ -81,12 +81,22 @@ class EvaluateStage(Stage):
             ctx.log(f"evaluating the teacher {teacher.model} on its held-out answers")
             model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
             results["teacher"] = teacher_row(model, AutoTokenizer.from_pretrained(path, revision=revision), held_out)
+        inits = {}
+        for other in self.cfg.compare_inits:
+            variant = self.recipe.model_copy(update={"train": self.recipe.train.model_copy(update={"student": other})})
+            folder = init_student(variant, self.base_dir, work_dir / "inits" / other.name, train_rows, load, ctx.log)
+            ctx.log(f"evaluating the compared init {other.name} untrained")
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+            fit = answer_fit(model, AutoTokenizer.from_pretrained(str(folder)), held_out)
+            made = json.loads((folder / "student_init.json").read_text())
+            inits[other.name] = {"parameters": made["parameters"], **fit}
         metrics = {
             "held_out_rows": len(held_out),
             "held_out_ids": sorted(r["id"] for r in held_out),
             "kl": "forward KL(teacher || student) per answer token over the teacher's top-k tokens plus one tail "
             "bucket for the rest of the vocabulary (needs the score stage)",
             **results,
+            **({"inits": inits} if inits else {}),
         }
         (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         with open(output_dir / "samples.jsonl", "w") as fh:
@@ -119,4 +129,16 @@ class EvaluateStage(Stage):
                 )
             table.add_row(m.title, *cells, m.better)
         console.print(table)
+        if evaluation.inits:
+            compared = Table(title="other starts, untrained, on the same rows", title_justify="left")
+            for column in ("init", "parameters", "KL(teacher ‖ student)", "perplexity"):
+                compared.add_column(column, justify="left" if column == "init" else "right")
+            for name in evaluation.inits:
+                compared.add_row(
+                    name,
+                    f"{evaluation.inits[name]['parameters'] / 1e6:.0f}M",
+                    evaluation.cell(name, "kl_teacher_student"),
+                    evaluation.cell(name, "perplexity"),
+                )
+            console.print(compared)
         console.print(f"metrics: {outputs['metrics'] / METRICS_FILE}")
