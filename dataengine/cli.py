@@ -322,11 +322,20 @@ def _redeliver(unraisable: sys.UnraisableHookArgs) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """Once a run is stopping, a library's worker thread can die under it: aiosqlite's (datatrove's request
+    cache) hands a result to an event loop the stop has closed and raises "Event loop is closed". That
+    traceback is the stop's by-product, not a failure, and is not printed; before a stop, every one is."""
+    if not _stopped_by:
+        threading.__excepthook__(args)
+
+
 def stop_on_signals() -> None:
     """SIGTERM and SIGINT raise Stopped in the main thread, and the process exits within SHUTDOWN_GRACE_S."""
     global _terminal
     _terminal = os.dup(sys.stderr.fileno())
     sys.unraisablehook = _redeliver
+    threading.excepthook = _thread_died
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
 

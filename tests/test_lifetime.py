@@ -185,3 +185,17 @@ def test_a_shutdown_that_hangs_is_cut_short_with_the_resume_line():
     out, err = proc.communicate(timeout=15)
     assert time.monotonic() - started < 10 and proc.returncode == 143
     assert "terminated: shutdown took over 1s, exiting now" in err and "run the same command to resume" in err
+
+
+def test_a_worker_thread_dying_of_the_stop_is_quiet_and_one_dying_before_is_not():
+    # a worker thread dies before the stop (its traceback is printed), then one after it, as aiosqlite's does
+    # when the stop closes the event loop it reports to (nothing printed: the stop is not a failure)
+    body = (
+        "import threading; t = threading.Thread(target=lambda: 1 / 0); t.start(); t.join(); "
+        "os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
+    )
+    after = "t = threading.Thread(target=lambda: {}['loop is closed']); t.start(); t.join(); sys.exit(exc.code)"
+    proc = _stoppable(body, after)
+    out, err = proc.communicate(timeout=15)
+    assert out.strip() == "stopped" and proc.returncode == 143
+    assert "ZeroDivisionError" in err and "loop is closed" not in err and err.count("Traceback") == 1
