@@ -20,6 +20,19 @@ CHOICES = np.array(
 )
 
 
+def _pmi(choices: np.ndarray) -> np.ndarray:
+    """Co-activation PMI of 4 experts over the tokens of `choices`, as the map computes it."""
+    return metrics.pmi(metrics.coactivation_counts(choices, 4), len(choices))
+
+
+def _consistency(rows: list[np.ndarray]) -> dict:
+    """Top-1 consistency of 4 experts over `rows`, added one at a time as the map adds them."""
+    counted = metrics.Consistency(4)
+    for top1 in rows:
+        counted.add(top1)
+    return counted.result()
+
+
 def test_signature_and_load_normalised_to_uniform():
     counts = metrics.signature(CHOICES, 4)
     assert counts.tolist() == [[3, 2, 2, 1], [2, 4, 1, 1]]
@@ -38,7 +51,7 @@ def test_balance_per_layer():
 
 
 def test_coactivation_counts_every_pair_of_a_tokens_experts():
-    pmi = metrics.coactivation_pmi(CHOICES, 4)[0]
+    pmi = _pmi(CHOICES)[0]
     assert pmi[0, 1] == pytest.approx(math.log(0.5 / (0.75 * 0.5)))
     assert pmi[2, 3] == pytest.approx(math.log(2.0))
     assert pmi[0, 2] == pytest.approx(math.log(2 / 3))  # only t3 routes to both
@@ -48,17 +61,17 @@ def test_coactivation_counts_every_pair_of_a_tokens_experts():
 def test_coactivation_over_all_pairs_of_a_top3_routing():
     # top-3: (0, 2) are ranks 1 and 3, which an adjacent-ranks count would miss
     choices = np.array([[[0, 1, 2]], [[0, 3, 2]], [[1, 3, 0]]])
-    pmi = metrics.coactivation_pmi(choices, 4)[0]
+    pmi = _pmi(choices)[0]
     assert pmi[0, 2] == pytest.approx(math.log((2 / 3) / (1.0 * 2 / 3)))
     assert pmi[1, 2] == pytest.approx(math.log((1 / 3) / ((2 / 3) * (2 / 3))))
 
 
 def test_consistency_and_its_random_baseline():
-    out = metrics.consistency([CHOICES[:, :, 0]], 4)
+    out = _consistency([CHOICES[:, :, 0]])
     assert out["same_top1"] == pytest.approx([1 / 3, 1.0])  # layer 0 top-1: 0 0 2 0
     assert out["random_baseline"] == pytest.approx([(3 / 4) ** 2 + (1 / 4) ** 2, 1.0])
     # rows are not chained: the last token of one and the first of the next are not a pair
-    split = metrics.consistency([CHOICES[:2, :, 0], CHOICES[2:, :, 0]], 4)
+    split = _consistency([CHOICES[:2, :, 0], CHOICES[2:, :, 0]])
     assert split["same_top1"] == pytest.approx([0.5, 1.0])
 
 

@@ -76,12 +76,6 @@ def pmi(joint: np.ndarray, tokens: int) -> np.ndarray:
     return out
 
 
-def coactivation_pmi(choices: np.ndarray, num_experts: int) -> np.ndarray:
-    """[layers, experts, experts] pointwise mutual information of two experts being chosen for the same token,
-    with p over the tokens of `choices`."""
-    return pmi(coactivation_counts(choices, num_experts), len(choices))
-
-
 class Consistency:
     """Per layer, the share of consecutive tokens (within a row) whose top-1 expert is the same, and the share
     two tokens drawn independently from the same top-1 distribution would agree (the random baseline: sum of
@@ -112,14 +106,6 @@ class Consistency:
             "same_top1": (self.same / self.pairs if self.pairs else np.zeros(len(self.same))).tolist(),
             "random_baseline": (shares**2).sum(axis=1).tolist(),
         }
-
-
-def consistency(top1: list[np.ndarray], num_experts: int) -> dict[str, list[float]]:
-    """`Consistency` over rows given at once: `top1` holds one [tokens, layers] per row."""
-    counted = Consistency(num_experts)
-    for ids in top1:
-        counted.add(ids)
-    return counted.result()
 
 
 def js_divergence(p_counts: np.ndarray, q_counts: np.ndarray) -> list[float]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataengine.experts.routers import is_router
+from dataengine.experts.routers import is_router, moe_dims
 
 
 @dataclass
@@ -34,13 +34,11 @@ def routers(model: nn.Module) -> list[nn.Module]:
 
 def moe_shape(model: nn.Module) -> tuple[int, int, int]:
     """(MoE layers, experts, top_k) of a transformers MoE."""
-    config = model.config.get_text_config()
-    experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
-    top_k = getattr(config, "num_experts_per_tok", None)
+    dims = moe_dims(model.config.to_dict())
     found = routers(model)
-    if not found or not experts or not top_k:
+    if not found or dims is None:
         raise ValueError(f"{type(model).__name__} is not a Mixture-of-Experts model transformers can replay")
-    return len(found), int(experts), int(top_k)
+    return len(found), *dims
 
 
 class _Recorder:
