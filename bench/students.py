@@ -2,8 +2,8 @@
 and perplexity on the teacher's answers, before and after the same SFT, with the teacher's own perplexity
 as the floor.
 
-    .venv/bin/python bench/students.py [--run runs/quickstart] [--steps 16] [--keep 10] [--held-out 16]
-                                       [--only "merged by routing, 20"]
+    .venv/bin/python bench/students.py [--run runs/quickstart] [--steps 16] [--keep 10] [--width 768]
+                                       [--held-out 16] [--only "merged by routing, 20"]
 
 Rows: every teacher answer of a finished quickstart run (`make demo`), kept and rejected by curation
 alike (each is the teacher's answer to its prompt; the quickstart keeps too few to hold out many), split
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def inits(keep: int) -> dict[str, dict]:
+def inits(keep: int, width: int) -> dict[str, dict]:
     influence = {"method": "block_influence", "keep": keep}
     return {
         "dense parent, every 3rd layer (the quickstart before)": {"prune": {"keep_every": 3}},
@@ -38,6 +38,10 @@ def inits(keep: int) -> dict[str, dict]:
             "prune": influence,
         },
         "experts merged by routing, all layers": {"from_teacher": {"merge_experts": "routing"}},
+        f"experts merged by routing, all layers, MLPs cut to {width} channels by activation": {
+            "from_teacher": {"merge_experts": "routing"},
+            "prune": {"intermediate_size": width},
+        },
     }
 
 
@@ -63,6 +67,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "quickstart")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--keep", type=int, default=10, help="layers a pruned student keeps (of 30)")
+    parser.add_argument("--width", type=int, default=768, help="MLP channels a width-pruned student keeps (of 1536)")
     parser.add_argument("--held-out", type=int, default=16)
     parser.add_argument("--only", default="", help="run only the inits whose name contains this")
     args = parser.parse_args()
@@ -94,7 +99,7 @@ def main() -> None:
     sft = recipe.train.sft.model_copy(update={"max_steps": args.steps, "save_steps": args.steps})
     work = Path(tempfile.mkdtemp(prefix="bench-students-"))
     results = {}
-    for name, student in inits(args.keep).items():
+    for name, student in inits(args.keep, args.width).items():
         if args.only not in name:
             continue
         start = time.perf_counter()

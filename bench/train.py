@@ -94,7 +94,7 @@ def main() -> None:
     rows = read_rows(scored) if scored is not None else []
     if not rows:
         sys.exit(f"no scored rows in {args.run}: run `make demo` first")
-    train_rows, held_out = split_rows(rows, recipe.train.evaluate.eval_fraction)
+    train_rows, held_out = split_rows(rows, recipe.train.evaluate.eval_fraction, recipe.train.evaluate.min_held_out)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     start = init_student(recipe, ROOT / "recipes", work / "init", train_rows, log=print)
 

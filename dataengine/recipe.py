@@ -166,6 +166,16 @@ class SamplingConfig(StrictModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 is greedy")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     max_tokens: int = Field(256, ge=1, description="answer length cap; a longer answer ends with finish_reason=length")
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description="OpenAI's knob: lowers a token's logit by this much per earlier use in the answer; a small "
+        "teacher's loops (and the answers truncated by them) fall with 0.3-0.5",
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="OpenAI's knob: lowers a token's logit once it has appeared in the answer"
+    )
     seed_requests: bool = Field(
         False,
         description="send a per-request sampling seed derived from generate.seed, for reproducible answers. "
@@ -428,10 +438,11 @@ class RouteConfig(StrictModel):
 
 
 class PruneConfig(StrictModel):
-    """Depth pruning: the student keeps some decoder layers of where it starts (the experts merged by
-    `from_teacher`, the `model` it names, or else the builtin teacher's dense parent) and shares its
-    tokenizer. Keep every k-th layer, a list, or the layers with the most Block Influence (ShortGPT:
-    1 - cosine of a layer's input and output hidden states) measured on the training rows."""
+    """Pruning where the student starts (the experts merged by `from_teacher`, the `model` it names, or else
+    the builtin teacher's dense parent), sharing its tokenizer. Depth: keep every k-th decoder layer, a list,
+    or the layers with the most Block Influence (ShortGPT: 1 - cosine of a layer's input and output hidden
+    states) measured on the training rows. Width: keep each layer's most active MLP channels (Minitron),
+    alone or after the depth rule."""
 
     keep_every: int | None = Field(None, ge=1, description="keep layers 0, k, 2k, ...")
     layers: list[int] | None = Field(None, min_length=1, description="explicit layer indices to keep, in order")
@@ -439,17 +450,32 @@ class PruneConfig(StrictModel):
         None, description="rank the layers by Block Influence on `sample_rows` training rows, keep the `keep` highest"
     )
     keep: int | None = Field(None, ge=1, description="with `method`: how many layers to keep")
-    sample_rows: int = Field(32, ge=1, description="with `method`: training rows the layers are scored on")
+    intermediate_size: int | None = Field(
+        None,
+        ge=1,
+        description="width: MLP channels every kept layer keeps, those whose activation (the down projection's "
+        "input) is largest in mean magnitude on `sample_rows` training rows; gated MLPs (Llama, Mistral, Qwen3)",
+    )
+    sample_rows: int = Field(32, ge=1, description="training rows the layers and channels are scored on")
 
     @model_validator(mode="after")
     def _one_rule(self) -> PruneConfig:
-        if sum(rule is not None for rule in (self.keep_every, self.layers, self.method)) != 1:
-            raise ValueError("give exactly one of `keep_every`, `layers` or `method: block_influence` (with `keep`)")
+        depth_rules = sum(rule is not None for rule in (self.keep_every, self.layers, self.method))
+        if depth_rules > 1 or (depth_rules == 0 and self.intermediate_size is None):
+            raise ValueError(
+                "give one of `keep_every`, `layers` or `method: block_influence` (with `keep`), "
+                "and/or `intermediate_size`"
+            )
         if (self.method is None) != (self.keep is None):
             raise ValueError("`keep` goes with `method: block_influence`, and it needs one")
         if self.layers is not None and (len(set(self.layers)) != len(self.layers) or min(self.layers) < 0):
             raise ValueError(f"layers must be distinct indices >= 0, got {self.layers}")
         return self
+
+    @property
+    def depth(self) -> bool:
+        """Whether a depth rule is given."""
+        return self.keep_every is not None or self.layers is not None or self.method is not None
 
 
 class FromTeacherConfig(StrictModel):
@@ -471,7 +497,7 @@ class StudentConfig(StrictModel):
     revision: str | None = Field(None, description="Hub revision of `model`")
     from_teacher: FromTeacherConfig | None = Field(None, description="start from the teacher's experts, merged")
     prune: PruneConfig | None = Field(
-        None, description="keep some layers of the start (alone: of the builtin teacher's dense parent)"
+        None, description="keep some layers or MLP channels of the start (alone: of the builtin teacher's dense parent)"
     )
 
     @model_validator(mode="after")
@@ -604,6 +630,12 @@ class EvaluateSettings(StrictModel):
     """Held-out rows that training never sees: student vs teacher, before and after training."""
 
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of curated rows held out (at least one)")
+    min_held_out: int = Field(
+        1,
+        ge=1,
+        description="hold out at least this many rows where the share gives fewer, as far as training keeps half "
+        "the rows: an interval over 2 rows means little",
+    )
     max_new_tokens: int = Field(256, ge=8, description="length cap of the student's answers")
     code_timeout_s: float = Field(10.0, gt=0, description="sandbox wall clock per student code answer")
     teacher: bool = Field(

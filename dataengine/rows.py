@@ -31,7 +31,13 @@ SAMPLE_FEATURES = Features(
         # provenance
         "teacher_model": Value("string"),
         "teacher_revision": Value("string"),
-        "sampling": {"temperature": Value("float32"), "top_p": Value("float32"), "max_tokens": Value("int32")},
+        "sampling": {
+            "temperature": Value("float32"),
+            "top_p": Value("float32"),
+            "max_tokens": Value("int32"),
+            "frequency_penalty": Value("float32"),
+            "presence_penalty": Value("float32"),
+        },
         "seed": Value("int64"),
         "rollout_index": Value("int32"),
         "finish_reason": Value("string"),
@@ -238,11 +244,13 @@ def batch_key(parts: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def split_rows(rows: list[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:
-    """(train, held-out): the held-out rows are those whose id hashes lowest, at least one of each when there
-    are two rows or more. It depends only on the row ids, so every stage draws the same split."""
+def split_rows(rows: list[dict], eval_fraction: float, min_rows: int = 1) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): the held-out rows are those whose id hashes lowest: `eval_fraction` of them, raised to
+    `min_rows` as far as that leaves training half the rows, and at least one of each from two rows.
+    It depends only on the row ids, so every stage draws the same split."""
     ranked = sorted(rows, key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
-    n_eval = min(max(1, math.ceil(len(rows) * eval_fraction)), len(rows) - 1) if len(rows) > 1 else 0
+    n_eval = max(math.ceil(len(rows) * eval_fraction), min(min_rows, len(rows) // 2))
+    n_eval = min(max(1, n_eval), len(rows) - 1) if len(rows) > 1 else 0
     held = {r["id"] for r in ranked[:n_eval]}
     return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
 

@@ -41,7 +41,7 @@ teacher:
   {endpoint}
   vllm: {{enforce_eager: true, max_model_len: 1024}}
 generate:
-  sampling: {{max_tokens: 40, temperature: {temperature}}}
+  sampling: {{max_tokens: 40, temperature: {temperature}, frequency_penalty: {penalty}}}
   chat:
     languages:
       - {{code: en, quota: {quota}}}
@@ -63,6 +63,7 @@ def tiny_recipe(
     concurrency: int = 16,
     chunk: int = 4,
     temperature: float = 0.8,
+    penalty: float = 0.0,
     extra: str = "",
 ) -> Path:
     text = TINY.format(
@@ -72,6 +73,7 @@ def tiny_recipe(
         concurrency=concurrency,
         chunk=chunk,
         temperature=temperature,
+        penalty=penalty,
     )
     path = folder / "tiny.yaml"
     path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))

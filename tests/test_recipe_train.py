@@ -60,7 +60,8 @@ def test_distill_pipeline_with_defaults():
             ["score.top_k (50) exceeds teacher.vllm.max_logprobs (20)"],
         ),
         (MINIMAL + "train: {student: {name: s}}\n", ["train.student", "give a start: `model`"]),
-        (MINIMAL + "train: {student: {prune: {keep_every: 2, layers: [0]}}}\n", ["exactly one of `keep_every`"]),
+        (MINIMAL + "train: {student: {prune: {keep_every: 2, layers: [0]}}}\n", ["give one of `keep_every`"]),
+        (MINIMAL + "train: {student: {prune: {sample_rows: 4}}}\n", ["and/or `intermediate_size`"]),
         (
             MINIMAL + "train: {student: {prune: {method: block_influence}}}\n",
             ["`keep` goes with `method: block_influence`"],

@@ -104,6 +104,11 @@ def test_split_is_deterministic_disjoint_and_holds_at_least_one_row():
     assert not {r["id"] for r in train} & {r["id"] for r in held}
     assert {r["id"] for r in split_rows(list(reversed(data)), 0.2)[1]} == {r["id"] for r in held}
     assert len(split_rows(data[:3], 0.01)[1]) == 1
+    # min_held_out raises a small share, but leaves training half the rows
+    assert len(split_rows(data, 0.2, min_rows=4)[1]) == 4
+    assert len(split_rows(data, 0.2, min_rows=8)[1]) == 5
+    assert len(split_rows(data, 0.6, min_rows=8)[1]) == 6  # a larger share is not cut
+    assert {r["id"] for r in held} < {r["id"] for r in split_rows(data, 0.2, min_rows=4)[1]}
 
 
 def peaky_teacher(vocab_size: int):

@@ -47,6 +47,8 @@ from dataengine.stage import RunContext, Stage, StageResult, config_hash
 from dataengine.teacher.server import served_name
 
 HEALTH_INTERVAL_S = 2.0
+# the sampling knobs every request carries (max_tokens is per kind) and every row records
+_SENT_SAMPLING = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
 
 
 class _RootEndpointServer(EndpointServer):
@@ -250,7 +252,8 @@ class GenerateStage(Stage):
             model_name_or_path=served_name(self.recipe.teacher),
             endpoint_url=ctx.teacher.url() + "/v1",
             use_chat=True,
-            default_generation_params={"temperature": gen.sampling.temperature, "top_p": gen.sampling.top_p},
+            # OpenAI's own names: a remote endpoint is reached through the OpenAI client, which refuses vLLM-only keys
+            default_generation_params=gen.sampling.model_dump(include=_SENT_SAMPLING),
             max_concurrent_generations=gen.max_concurrent_requests,
             request_timeout=gen.request_timeout_s,
             metric_interval=3600,
@@ -314,8 +317,7 @@ class GenerateStage(Stage):
                         "teacher_model": teacher.model,
                         "teacher_revision": revision,
                         "sampling": {
-                            "temperature": gen.sampling.temperature,
-                            "top_p": gen.sampling.top_p,
+                            **gen.sampling.model_dump(include=_SENT_SAMPLING),
                             "max_tokens": meta["max_tokens"],
                         },
                         "seed": answer["seed"],

@@ -30,10 +30,13 @@ from dataengine.target.existing import Published
 from dataengine.target.send import Outcome, published_files, to_folder, to_hub
 
 
-def _test_share(recipe: Recipe, publish: PublishConfig) -> float:
+def _test_share(recipe: Recipe, publish: PublishConfig) -> tuple[float, int]:
+    """(share, least rows) of the test split: publish's own, else the student's held-out split."""
     if publish.test_fraction is not None:
-        return publish.test_fraction
-    return recipe.train.evaluate.eval_fraction if recipe.train is not None else 0.1
+        return publish.test_fraction, 1
+    if recipe.train is not None:
+        return recipe.train.evaluate.eval_fraction, recipe.train.evaluate.min_held_out
+    return 0.1, 1
 
 
 def pick_test_split(
@@ -45,7 +48,7 @@ def pick_test_split(
         training = Training.read(student / TRAINING_FILE)
         if training is not None:
             return set(training.held_out_ids), True
-    return {r["id"] for r in split_rows(rows, _test_share(recipe, publish))[1]}, False
+    return {r["id"] for r in split_rows(rows, *_test_share(recipe, publish))[1]}, False
 
 
 def _load_from(target: Target) -> str:

@@ -47,7 +47,7 @@ class EvaluateStage(Stage):
 
         output_dir = outputs["metrics"]
         rows = read_rows(inputs["rows"])
-        train_rows, held_out = split_rows(rows, self.cfg.eval_fraction)
+        train_rows, held_out = split_rows(rows, self.cfg.eval_fraction, self.cfg.min_held_out)
         load = None
         if "routing" in inputs:
             load = json.loads((inputs["routing"] / ROUTING_MAP_FILE).read_text())["overall"]["load"]

@@ -29,7 +29,14 @@ from dataengine.train.student import vocab_problem
 class TrainStage(Stage):
     name = "train"
     # prune and gkd/on_policy read the teacher; the held-out split decides which rows are trained on
-    key_paths = ("teacher", "train.student", "train.sft", "train.distill", "train.evaluate.eval_fraction")
+    key_paths = (
+        "teacher",
+        "train.student",
+        "train.sft",
+        "train.distill",
+        "train.evaluate.eval_fraction",
+        "train.evaluate.min_held_out",
+    )
 
     def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str, routing_from: str | None = None) -> None:
         self.recipe = recipe
@@ -54,7 +61,7 @@ class TrainStage(Stage):
             raise StageError(problem)
         output_dir = outputs["student"]
         rows = read_rows(inputs["rows"])
-        train_rows, held_out = split_rows(rows, self.cfg.evaluate.eval_fraction)
+        train_rows, held_out = split_rows(rows, self.cfg.evaluate.eval_fraction, self.cfg.evaluate.min_held_out)
         if not train_rows:
             raise StageError(f"train: {len(rows)} curated row(s), none left to train on after the held-out split")
         ctx.log(f"training on {len(train_rows)} rows; {len(held_out)} held out for evaluation")

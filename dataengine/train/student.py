@@ -1,10 +1,10 @@
 """Where a student starts: a Hub id or folder, the teacher's experts merged into a dense model, or the
-builtin teacher's dense parent; then, optionally, some of its layers kept.
+builtin teacher's dense parent; then, optionally, some of its layers and MLP channels kept.
 
-Depth pruning keeps whole decoder layers (every k-th, a list, or those with the most Block Influence), so
-the student keeps its start's architecture and tokenizer, only shallower: a student merged from the
-teacher or pruned from its dense parent shares the teacher's vocabulary, and logit distillation needs no
-mapping.
+Depth pruning keeps whole decoder layers (every k-th, a list, or those with the most Block Influence) and
+width pruning each layer's most active MLP channels, so the student keeps its start's architecture and
+tokenizer, only shallower or narrower: a student merged from the teacher or pruned from its dense parent
+shares the teacher's vocabulary, and logit distillation needs no mapping.
 """
 
 from __future__ import annotations
@@ -92,12 +92,17 @@ def init_student(
         name = recipe.teacher.model[len(BUILTIN_PREFIX) :]
         model, tokenizer = load_dense(fetch_gguf(BUILTIN_MODELS[name], recipe.teacher.builtin.source))
         origin = {"model": f"{name} dense parent"}
-    if student.prune is not None:
+    prune = student.prune
+    if prune is not None and prune.depth:
         depth = model.config.num_hidden_layers
-        keep, scores = _layers_to_keep(student.prune, model, tokenizer, rows)
+        keep, scores = _layers_to_keep(prune, model, tokenizer, rows)
         log(f"student: layers {keep} of {depth} kept" + (" (highest Block Influence)" if scores else ""))
         model = prune_layers(model, keep)
         origin |= {"layers": keep, "of_layers": depth} | ({"block_influence": scores} if scores else {})
+    if prune is not None and prune.intermediate_size is not None:
+        width = _narrow(prune, model, tokenizer, rows)
+        log(f"student: the {prune.intermediate_size} most active of {width} MLP channels kept in every layer")
+        origin |= {"intermediate_size": prune.intermediate_size, "of_intermediate_size": width}
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -139,15 +144,41 @@ def _layers_to_keep(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> t
         return kept_layers(prune, depth), None
     if prune.keep > depth:
         raise UserError(f"train.student.prune.keep: {prune.keep} layers, the start has {depth}")
-    if not rows:
-        raise UserError("train.student.prune.method: block_influence scores the layers on training rows: none given")
-    from dataengine.rows import prompt_and_full_ids
     from dataengine.train.influence import block_influence, most_influential
 
-    sample = sorted(rows, key=lambda r: r["id"])[: prune.sample_rows]
-    sequences = [prompt_and_full_ids(tokenizer, r["messages"])[0][:MAX_SCORED_TOKENS] for r in sample]
+    sequences = _sample(prune, tokenizer, rows, "method: block_influence scores the layers")
     scores = block_influence(model, sequences)
     return most_influential(scores, prune.keep), [round(s, 6) for s in scores]
+
+
+def _narrow(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> int:
+    """Keep each layer's `intermediate_size` most active MLP channels, in place; returns how many it had."""
+    from dataengine.train.width import channel_importance, keep_channels
+
+    width = getattr(model.config, "intermediate_size", None)
+    if width is None or not all(hasattr(getattr(layer, "mlp", None), "down_proj") for layer in model.model.layers):
+        raise UserError(
+            f"train.student.prune.intermediate_size: the start ({model.config.model_type}) has no gated MLP in "
+            "every layer to narrow (Llama, Mistral and Qwen3-style models have)"
+        )
+    if prune.intermediate_size >= width:
+        raise UserError(
+            f"train.student.prune.intermediate_size: {prune.intermediate_size}, the start's MLPs have {width} "
+            "channels: give fewer"
+        )
+    sequences = _sample(prune, tokenizer, rows, "intermediate_size ranks the MLP channels")
+    keep_channels(model, channel_importance(model, sequences), prune.intermediate_size)
+    return width
+
+
+def _sample(prune: PruneConfig, tokenizer, rows: list[dict], what: str) -> list[list[int]]:
+    """Token ids of the `sample_rows` training rows that layers and channels are scored on."""
+    if not rows:
+        raise UserError(f"train.student.prune.{what} on training rows: none given")
+    from dataengine.rows import prompt_and_full_ids
+
+    sample = sorted(rows, key=lambda r: r["id"])[: prune.sample_rows]
+    return [prompt_and_full_ids(tokenizer, r["messages"])[0][:MAX_SCORED_TOKENS] for r in sample]
 
 
 def _vocab(source: str, revision: str | None = None, gguf_file: str | None = None, local_only: bool = False):
