@@ -522,6 +522,11 @@ class LoraSettings(StrictModel):
     target_modules: list[str] | Literal["all-linear"] | None = Field(
         None, description="module names to adapt; unset: peft's choice for the architecture"
     )
+    target_parameters: list[str] | None = Field(
+        None,
+        description="parameters (not modules) to adapt, e.g. an MoE's 3D expert weights "
+        "[mlp.experts.gate_up_proj, mlp.experts.down_proj]; pair with `target_modules: []` for experts alone",
+    )
 
 
 class TrainerSettings(StrictModel):
