@@ -131,3 +131,29 @@ def test_with_perturbed_experts_a_merged_student_stays_far_closer_than_a_pruned_
     merged = kl_to_teacher(merge_experts(moe, merge_weights("uniform", 4, 4)))
     pruned = kl_to_teacher(prune_layers(tiny_llama(len(tiny_tokenizer()), seed=5, layers=4), [0, 2]))
     assert merged < 0.2 * pruned
+
+
+def test_a_bf16_teacher_is_merged_layer_by_layer_in_fp32(tmp_path):
+    from dataengine.recipe import parse_recipe
+    from dataengine.train.student import init_student
+    from tests.tiny_models import save
+
+    tokenizer = tiny_tokenizer()
+    moe = tiny_mixtral(len(tokenizer), seed=6).to(torch.bfloat16)
+    teacher = save(moe, tokenizer, tmp_path / "teacher")
+    recipe = parse_recipe(
+        f"""
+name: s
+pipeline: distill
+teacher: {{model: {teacher}}}
+generate: {{chat: {{languages: [{{code: en, quota: 1}}]}}}}
+curate: {{}}
+train:
+  student: {{from_teacher: {{merge_experts: uniform}}}}
+"""
+    )
+    folder = init_student(recipe, tmp_path, tmp_path / "init", [], log=lambda _: None)
+    student = AutoModelForCausalLM.from_pretrained(folder)
+    assert student.dtype == torch.float32
+    down = moe.state_dict()["model.layers.1.mlp.experts.down_proj"].float()  # [experts, out, in] in bf16
+    torch.testing.assert_close(student.model.layers[1].mlp.down_proj.weight, down.mean(dim=0), rtol=0, atol=1e-7)

@@ -116,7 +116,6 @@ def init_student(
 
 def _merged(recipe: Recipe, method: str, load: list[list[float]] | None, log: Callable[[str], None]):
     """The teacher's experts merged into a dense model, its tokenizer, and where it came from."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.experts.routers import moe_dims
@@ -126,7 +125,9 @@ def _merged(recipe: Recipe, method: str, load: list[list[float]] | None, log: Ca
     teacher = recipe.teacher
     path = resolve_model(teacher, log)
     revision = None if teacher.is_builtin else teacher.revision
-    moe = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
+    # in the checkpoint's own dtype (bf16 for a Hub MoE: half of fp32's memory for a 30B teacher);
+    # merge_experts upcasts one layer's experts at a time
+    moe = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype="auto")
     dims = moe_dims(moe.config.to_dict())
     if dims is None:
         raise UserError(f"train.student.from_teacher: the teacher {teacher.model} has no experts to merge")
