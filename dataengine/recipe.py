@@ -294,6 +294,17 @@ class RefusalConfig(StrictModel):
     extra_phrases: list[str] = Field(default_factory=list, description="more phrases, matched in every language")
 
 
+class QuestionCheckConfig(StrictModel):
+    enabled: bool = Field(True, description="run this step")
+    max_echo: float = Field(
+        0.4,
+        ge=0.0,
+        le=1.0,
+        description="a generated question sharing more than this share of its word trigrams with the meta-prompt "
+        "(less the topic) echoes it (question_echoes_prompt)",
+    )
+
+
 class LanguageCheckConfig(StrictModel):
     enabled: bool = Field(True, description="run this step")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="below this the answer is dropped as uncertain")
@@ -311,6 +322,11 @@ class FiltersConfig(StrictModel):
     truncated: FilterSwitch = Field(FilterSwitch(), description="finish_reason=length or an unclosed code fence")
     length: LengthConfig = Field(LengthConfig(), description="empty, too short, too long answers")
     refusal: RefusalConfig = Field(RefusalConfig(), description="refusals, AI boilerplate, identity leaks")
+    question: QuestionCheckConfig = Field(
+        QuestionCheckConfig(),
+        description="generated questions that are empty, address the user or echo the meta-prompt; answers that "
+        "only ask back (phrase lists per language in dataengine/curate/data/questions.yaml)",
+    )
     repetition: FilterSwitch = Field(FilterSwitch(), description="datatrove's GopherRepetitionFilter, chat answers")
     language: LanguageCheckConfig = Field(LanguageCheckConfig(), description="answer in the language asked")
     prose_quality: ProseQualityConfig = Field(ProseQualityConfig(), description="Gopher quality, chat only")

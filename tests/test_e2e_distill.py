@@ -35,6 +35,7 @@ curate:
     truncated: {enabled: false}   # answers are capped at 40 tokens here
     length: {min_chars: 8}
     language: {enabled: false}
+    question: {enabled: false}    # the tiny run's 32-token questions: keep rows to train on
   dedup:
     minhash: {enabled: false}
   code: {timeout_s: 5, cpu_s: 3}

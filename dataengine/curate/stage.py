@@ -25,6 +25,7 @@ from dataengine.curate.filters.answer import LengthFilter, RefusalFilter, Trunca
 from dataengine.curate.filters.code import CodeParseFilter, CodeTestsFilter
 from dataengine.curate.filters.decontamination import DecontaminationFilter, builtin_benchmarks, read_texts
 from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualityFilter, RepetitionFilter
+from dataengine.curate.filters.question import QuestionFilter
 from dataengine.errors import StageError
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
@@ -93,6 +94,8 @@ class CurateStage(Stage):
             steps.append(LengthFilter(f.length.min_chars, f.length.max_chars, exclusion_writer=out("length")))
         if f.refusal.enabled:
             steps.append(RefusalFilter(f.refusal.extra_phrases, exclusion_writer=out("refusal")))
+        if f.question.enabled:
+            steps.append(QuestionFilter(f.question.max_echo, exclusion_writer=out("question")))
         if f.repetition.enabled:
             steps.append(RepetitionFilter(exclusion_writer=out("repetition")))
         if f.language.enabled:
