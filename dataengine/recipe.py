@@ -223,10 +223,16 @@ class CodeConfig(StrictModel):
     rollouts: int = Field(1, ge=1, le=64, description="answers sampled per code prompt")
     max_tokens: int = Field(512, ge=16, description="answer length cap for code answers")
     language: LanguageCode = Field("en", description="natural language the problem is asked in")
+    structured_output: bool = Field(
+        True,
+        description="hold the answer to the Problem / Solution / Tests layout with vLLM's structured outputs (a "
+        "regex: a solution that starts with def, import or from, one to five assert lines), so no finished answer "
+        "misses a part; off for endpoints without vLLM's `structured_outputs`, where `answer_prefix` keeps the form",
+    )
     answer_prefix: str | None = Field(
         "### Problem\n",
-        description="the teacher's answer starts with this text (vLLM's continue_final_message), which keeps "
-        "small teachers in the format; set null for OpenAI-compatible endpoints that are not vLLM",
+        description="without `structured_output`: the teacher's answer starts with this text (vLLM's "
+        "continue_final_message), which keeps small teachers in the format; null for endpoints that are not vLLM",
     )
 
 

@@ -68,3 +68,22 @@ def test_tests_without_assert():
 def test_empty_sections():
     parsed = parse_code_answer("### Problem\n\n### Solution\n```python\n```\n### Tests\nassert True\n")
     assert not parsed.ok and "problem" in parsed.parse_error
+
+
+def test_the_structured_output_layout_is_what_the_parser_reads():
+    import re
+
+    from dataengine.checks.code_answer import LAYOUT_REGEX
+
+    good = (
+        "### Problem\nWrite add(a, b) that returns the sum.\n\n"
+        "### Solution\n```python\ndef add(a, b):\n    return a + b\n```\n\n"
+        "### Tests\n```python\nassert add(1, 2) == 3\nassert add(0, 0) == 0\n```"
+    )
+    assert re.fullmatch(LAYOUT_REGEX, good)
+    parsed = parse_code_answer(good)
+    assert parsed.ok and parsed.solution.startswith("def add") and parsed.tests.count("assert") == 2
+    # what the regex keeps out: the request's placeholder as the problem, prose as the solution, no assert
+    assert not re.fullmatch(LAYOUT_REGEX, good.replace("Write add(a, b)", "<the task in two sentences>"))
+    assert not re.fullmatch(LAYOUT_REGEX, good.replace("def add(a, b):\n", "The function adds.\n"))
+    assert not re.fullmatch(LAYOUT_REGEX, good.replace("assert add(1, 2) == 3\nassert add(0, 0) == 0\n", "add(1, 2)\n"))

@@ -162,3 +162,17 @@ def test_upcycled_smollm2_matches_its_dense_parent():
     with torch.no_grad():
         diff = (dense(ids).logits - moe(ids).logits).abs().max().item()
     assert diff < 1e-3
+
+
+def test_structured_code_answers_always_have_their_three_parts(tmp_path, teacher_server):
+    """vLLM's structured outputs hold every finished code answer to the layout the parser reads."""
+    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=0, code=8)
+    path.write_text(path.read_text().replace("code: {count: 8, max_tokens: 64}", "code: {count: 8, max_tokens: 384}"))
+    run_recipe(load_recipe(path), tmp_path, run_dir=tmp_path / "run", console=Console(quiet=True))
+    rows = load_dataset(str(tmp_path / "run" / "generated"), split="train")
+    finished = [r for r in rows if r["kind"] == "code" and r["finish_reason"] == "stop"]
+    assert len(rows) == 8 and finished, "no code answer finished within 384 tokens"
+    # a structured answer can hold code that does not parse, never a missing part or tests without an assert
+    errors = [r["code_parse_error"] for r in finished if r["code_parse_error"]]
+    assert not [e for e in errors if e.startswith("missing") or "no assert" in e or "no code" in e], errors
+    assert all(r["code_problem"] and not r["code_problem"].startswith("<") for r in finished)

@@ -18,6 +18,17 @@ _HEADING = re.compile(
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:\n```|\Z)", re.DOTALL | re.IGNORECASE)
 
 
+# The layout parse_code_answer reads, as the regex vLLM's structured outputs hold a code answer to
+# (generate.code.structured_output): a problem in prose (no backticks or headings) that is not the
+# request's <placeholder>, a fenced solution that starts like Python, one to five assert lines. A finished
+# answer always has the three parts; its code can still fail to parse or to pass, which curation checks.
+LAYOUT_REGEX = (
+    r"### Problem\n[^\n`#<][^`#]*\n\n"
+    r"### Solution\n```python\n(def |import |from )[^`]+\n```\n\n"
+    r"### Tests\n```python\n(assert [^\n`]+\n){1,5}```"
+)
+
+
 @dataclass(frozen=True)
 class CodeAnswer:
     problem: str | None

@@ -40,11 +40,18 @@ def clean_question(text: str) -> str:
 
 
 def _payload(
-    messages: list[dict], max_tokens: int, tag: str, seed: int | None, prefix: str | None = None
+    messages: list[dict],
+    max_tokens: int,
+    tag: str,
+    seed: int | None,
+    prefix: str | None = None,
+    regex: str | None = None,
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "user": tag}
     if seed is not None:
         payload["seed"] = seed
+    if regex:
+        payload["structured_outputs"] = {"regex": regex}  # vLLM's structured outputs: the answer matches it
     if prefix:
         # vLLM continues a partial assistant turn: the answer starts in the format we parse
         payload.update(
@@ -85,7 +92,16 @@ async def rollout(
     # request would otherwise be printed later as "Task exception was never retrieved"
     outcomes = await asyncio.gather(
         *(
-            generate(_payload(messages, meta["max_tokens"], f"{document.id}/a{r}", seed, meta.get("answer_prefix")))
+            generate(
+                _payload(
+                    messages,
+                    meta["max_tokens"],
+                    f"{document.id}/a{r}",
+                    seed,
+                    meta.get("answer_prefix"),
+                    meta.get("answer_regex"),
+                )
+            )
             for r, seed in enumerate(meta["answer_seeds"])
         ),
         return_exceptions=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dataengine.checks.code_answer import parse_code_answer
+from dataengine.checks.code_answer import LAYOUT_REGEX, parse_code_answer
 from dataengine.errors import StageError
 from dataengine.experts.vllm_payload import answer_routing, encode
 from dataengine.generate.rollout import ROUTED_EXPERTS, request_seed, rollout
@@ -47,6 +48,8 @@ from dataengine.stage import RunContext, Stage, StageResult, config_hash
 from dataengine.teacher.server import served_name
 
 HEALTH_INTERVAL_S = 2.0
+# request fields vLLM reads that the OpenAI client does not know (generate/rollout.py sets them)
+VLLM_FIELDS = ("continue_final_message", "add_generation_prompt", "structured_outputs")
 # the sampling knobs every request carries (max_tokens is per kind) and every row records
 _SENT_SAMPLING = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
 
@@ -65,6 +68,10 @@ class _RootEndpointServer(EndpointServer):
         return self.endpoint_url.rstrip("/").removesuffix("/v1")
 
     async def _make_request(self, payload: dict) -> dict:
+        if self.client is not None and (vllm_fields := {k: payload.pop(k) for k in VLLM_FIELDS if k in payload}):
+            # a non-local endpoint is reached through the OpenAI client, whose create() refuses keyword
+            # arguments that are not OpenAI's: vLLM's own fields travel in the body through extra_body
+            payload["extra_body"] = vllm_fields
         response = await super()._make_request(payload)
         # datatrove keeps a choice's text and finish reason and the response's usage, in its result and in
         # its request cache; usage is the one free-form dict of the three, so the teacher's routing rides in it
@@ -93,6 +100,25 @@ class _Runner(InferenceRunner):
             # from its text and usage alone; its raw http path (used for local ones) returns it whole
             server.client = None
         return server
+
+
+def inference_config(recipe: Recipe, url: str) -> InferenceConfig:
+    """How datatrove's runner reaches the teacher at `url` (its root, without /v1)."""
+    gen = recipe.generate
+    return InferenceConfig(
+        server_type="endpoint",
+        model_name_or_path=served_name(recipe.teacher),
+        endpoint_url=url + "/v1",
+        # a non-local endpoint is reached through the OpenAI client, which refuses to start without a key:
+        # vLLM's --api-key when the server has one, else vLLM's own placeholder
+        api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
+        use_chat=True,
+        # OpenAI's own names: the OpenAI client takes them as they are
+        default_generation_params=gen.sampling.model_dump(include=_SENT_SAMPLING),
+        max_concurrent_generations=gen.max_concurrent_requests,
+        request_timeout=gen.request_timeout_s,
+        metric_interval=3600,
+    )
 
 
 class GenerateStage(Stage):
@@ -154,6 +180,7 @@ class GenerateStage(Stage):
         docs = []
         for seed in seeds:
             is_code = seed.kind == "code"
+            structured = is_code and gen.code is not None and gen.code.structured_output
             max_tokens = gen.code.max_tokens if is_code and gen.code else gen.sampling.max_tokens
             system = gen.chat.system_prompt if gen.chat and seed.kind == "chat" else None
             meta = {
@@ -165,7 +192,8 @@ class GenerateStage(Stage):
                     request_seed(gen.seed, seed.key, "answer", r) if seeded else None for r in range(seed.rollouts)
                 ],
                 "system_prompt": system,
-                "answer_prefix": gen.code.answer_prefix if is_code and gen.code else None,
+                "answer_prefix": gen.code.answer_prefix if is_code and not structured else None,
+                "answer_regex": LAYOUT_REGEX if is_code and structured else None,
             }
             docs.append(Document(text=seed.prompt, id=seed.key, metadata=meta))
         return docs
@@ -247,20 +275,9 @@ class GenerateStage(Stage):
     ) -> LocalPipelineExecutor:
         """A fresh executor per attempt: a restarted teacher listens on a new port."""
         gen = self.recipe.generate
-        config = InferenceConfig(
-            server_type="endpoint",
-            model_name_or_path=served_name(self.recipe.teacher),
-            endpoint_url=ctx.teacher.url() + "/v1",
-            use_chat=True,
-            # OpenAI's own names: a remote endpoint is reached through the OpenAI client, which refuses vLLM-only keys
-            default_generation_params=gen.sampling.model_dump(include=_SENT_SAMPLING),
-            max_concurrent_generations=gen.max_concurrent_requests,
-            request_timeout=gen.request_timeout_s,
-            metric_interval=3600,
-        )
         runner = _Runner(
             rollout_fn=rollout,
-            config=config,
+            config=inference_config(self.recipe, ctx.teacher.url()),
             output_writer=JsonlWriter(
                 str(work_dir / "raw"), output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None
             ),

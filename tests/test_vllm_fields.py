@@ -1,0 +1,65 @@
+"""vLLM's own request fields reach a non-local endpoint: datatrove talks to one through the OpenAI client,
+whose create() refuses keyword arguments that are not OpenAI's, so they travel in extra_body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from dataengine.generate.rollout import _payload
+from dataengine.generate.stage import _RootEndpointServer, inference_config
+from dataengine.recipe import parse_recipe
+
+# 127.0.0.2 is loopback too, but not a name datatrove treats as local: it takes the OpenAI client path
+MINIMAL = """
+name: remote
+teacher: {{model: teacher, endpoint: "http://127.0.0.2:{port}"}}
+generate: {{chat: {{languages: [{{code: en, quota: 1}}]}}}}
+"""
+
+ANSWER = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "teacher",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+
+
+def test_continue_final_message_and_structured_outputs_reach_a_remote_endpoint(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a keyless vLLM server: the client still starts
+    bodies = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            data = json.dumps(ANSWER).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        recipe = parse_recipe(MINIMAL.format(port=httpd.server_port))
+        server = _RootEndpointServer(inference_config(recipe, recipe.teacher.endpoint), 0)
+        assert server.client is not None
+        payload = _payload([{"role": "user", "content": "hi"}], 16, "r/a0", 7, prefix="### Problem\n", regex="a+")
+        response = asyncio.run(server._make_request({**payload, "model": "teacher"}))
+    finally:
+        httpd.shutdown()
+    assert response["choices"][0]["message"]["content"] == "ok"
+    (body,) = bodies
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["structured_outputs"] == {"regex": "a+"}
+    assert body["messages"][-1] == {"role": "assistant", "content": "### Problem\n"} and body["seed"] == 7
