@@ -98,6 +98,15 @@ def test_missing_column_is_a_clear_error(tmp_path):
         ("问题：什么是光合作用？", "什么是光合作用？"),
         ("How do vaccines work?\n\nVaccines work by ...", "How do vaccines work?"),
         ("", ""),
+        ('A curious student might ask, "What exactly is DNA replication?', "What exactly is DNA replication?"),
+        ('The curious student: "How does a vaccine work?"', "How does a vaccine work?"),
+        (
+            "Un étudiant curieux pourrait demander : « Pourquoi le ciel est-il bleu ? »",
+            "Pourquoi le ciel est-il bleu ?",
+        ),
+        ("学生可能会问：“什么是黑洞？”", "什么是黑洞？"),
+        # a quote inside a statement is not a lead-in: left for the question filter to judge
+        ('The question "Why is the sky blue?" is a classic.', 'The question "Why is the sky blue?" is a classic.'),
     ],
 )
 def test_clean_question(raw, clean):

@@ -26,16 +26,24 @@ _LABEL = re.compile(
 )
 
 
+# a short lead-in ending in a colon or comma, then the question in quotes (small teachers often leave the
+# closing quote out)
+_LEAD_IN = re.compile(r"^[^\"“«「\n]{0,80}[:,：，]\s*[\"“«「](?P<question>[^\"”»」\n]+?[?？])\s*[\"”»」]?$")
+
+
 def request_seed(*parts: object) -> int:
     """A stable 31-bit sampling seed from the run seed, the prompt and the request's role."""
     return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:4], "big") >> 1
 
 
 def clean_question(text: str) -> str:
-    """The question a teacher wrote, without a leading label, quotes, or rambling after a blank line."""
+    """The question a teacher wrote, without a leading label, a lead-in ('A curious student might ask, "...'),
+    quotes, or rambling after a blank line."""
     text = text.strip()
     text = re.split(r"\n\s*\n", text, maxsplit=1)[0]
     text = _LABEL.sub("", text).strip()
+    if quoted := _LEAD_IN.match(text):
+        text = quoted.group("question")
     return text.strip("\"'“”«»「」 \n")
 
 
