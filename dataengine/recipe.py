@@ -106,6 +106,14 @@ class VLLMOptions(StrictModel):
     )
     max_logprobs: int = Field(20, ge=0, description="largest top-k of logprobs a request may ask for")
     max_num_seqs: int | None = Field(None, ge=1, description="sequences decoded together; null: vLLM's default")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="tokens one engine step schedules (prefill chunks included); null: vLLM's default"
+    )
+    enable_prefix_caching: bool | None = Field(
+        None,
+        description="reuse the KV cache of shared prompt prefixes (rollouts of one question, a long system "
+        "prompt); null: vLLM's default",
+    )
     extra_args: list[str] = Field(default_factory=list, description="more server flags, verbatim")
     env: dict[str, str] = Field(
         default_factory=dict, description="extra environment for the server, e.g. VLLM_CPU_KVCACHE_SPACE"

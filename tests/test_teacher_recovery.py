@@ -14,7 +14,7 @@ import pytest
 from dataengine.errors import StageError
 from dataengine.recipe import parse_recipe
 from dataengine.teacher.builtin import BUILTIN_MODELS, _cached_wheel
-from dataengine.teacher.server import TeacherEndpoint, free_port
+from dataengine.teacher.server import TeacherEndpoint, free_port, server_command
 
 RECIPE = """
 name: t
@@ -99,3 +99,18 @@ def test_an_endpoint_that_stays_away_fails_with_one_clear_message():
     with pytest.raises(StageError, match=r"did not answer after 2 attempts \(teacher.recovery\).*run again"):
         endpoint.recover("Connection refused")
     assert len(endpoint.lines) == 2
+
+
+def test_the_batch_throughput_knobs_reach_the_vllm_command():
+    chat = "generate: {chat: {languages: [{code: en, quota: 1}]}}\n"
+    knobs = (
+        "{max_num_seqs: 256, max_num_batched_tokens: 8192, enable_prefix_caching: false, gpu_memory_utilization: 0.9}"
+    )
+    recipe = parse_recipe(f"name: t\nteacher: {{model: m, vllm: {knobs}}}\n" + chat)
+    cmd = server_command(recipe.teacher, "/models/m", 8000)
+    flags = " ".join(cmd)
+    assert "--max-num-seqs 256" in flags and "--max-num-batched-tokens 8192" in flags
+    assert "--no-enable-prefix-caching" in cmd and "--gpu-memory-utilization 0.9" in flags
+    # left unset, vLLM's defaults hold: no flag is passed
+    plain = server_command(parse_recipe("name: t\nteacher: {model: m}\n" + chat).teacher, "/models/m", 8000)
+    assert not [f for f in plain if "prefix-caching" in f or "batched-tokens" in f or "num-seqs" in f]

@@ -80,6 +80,10 @@ def server_command(teacher: TeacherConfig, model_path: str, port: int) -> list[s
         cmd += ["--gpu-memory-utilization", str(v.gpu_memory_utilization)]
     if v.max_num_seqs is not None:
         cmd += ["--max-num-seqs", str(v.max_num_seqs)]
+    if v.max_num_batched_tokens is not None:
+        cmd += ["--max-num-batched-tokens", str(v.max_num_batched_tokens)]
+    if v.enable_prefix_caching is not None:
+        cmd.append("--enable-prefix-caching" if v.enable_prefix_caching else "--no-enable-prefix-caching")
     if teacher.return_routed_experts:
         cmd.append("--enable-return-routed-experts")
     if teacher.revision and not teacher.is_builtin:
