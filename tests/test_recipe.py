@@ -38,6 +38,17 @@ def test_shipped_quickstart_is_valid():
     assert len(langs) >= 3 and recipe.generate.code.count > 0
 
 
+def test_shipped_nightly_recipe_is_scheduled_incremental_and_exports():
+    from dataengine.schedule.export import export
+
+    recipe = load_recipe("recipes/nightly.yaml")
+    assert recipe.schedule.cron == "0 2 * * *" and recipe.schedule.incremental
+    assert recipe.publish.append  # follows schedule.incremental
+    assert recipe.pipeline == "curate" and recipe.generate.code.count > 0
+    (crontab,) = export(recipe, ROOT / "recipes" / "nightly.yaml", "crontab", "unused").values()
+    assert "0 2 * * *" in crontab and "schedule once" in crontab
+
+
 BAD = [
     # (description, recipe text, expected fragments of the message)
     ("yaml syntax", "name: t\nteacher: [unclosed\n", ["line 3", "YAML syntax error"]),
