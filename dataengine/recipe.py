@@ -209,6 +209,12 @@ class ChatConfig(StrictModel):
     rollouts: int = Field(1, ge=1, le=64, description="answers sampled per question")
     question_max_tokens: int = Field(96, ge=8, description="length cap of the question the teacher writes")
     system_prompt: str | None = Field(None, description="system turn of every chat answer")
+    personas: bool = Field(
+        False,
+        description="each question is the one a persona drawn from its language's shipped list would ask (Persona "
+        "Hub style, dataengine/data/personas.yaml), recorded in the row's `persona`; an own `instruction` then "
+        "needs {persona}",
+    )
 
     @model_validator(mode="after")
     def _languages_once(self) -> ChatConfig:
@@ -220,6 +226,8 @@ class ChatConfig(StrictModel):
             seen.add(lang.code)
             if lang.instruction is not None and "{topic}" not in lang.instruction:
                 raise ValueError(f"languages[{lang.code}].instruction must contain {{topic}}")
+            if self.personas and lang.instruction is not None and "{persona}" not in lang.instruction:
+                raise ValueError(f"languages[{lang.code}].instruction must contain {{persona}} with personas: true")
         return self
 
 

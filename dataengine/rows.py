@@ -27,6 +27,7 @@ SAMPLE_FEATURES = Features(
         "kind": Value("string"),
         "language": Value("string"),
         "topic": Value("string"),
+        "persona": Value("string"),  # who the question was asked as (generate.chat.personas), else null
         "task": Value("string"),
         # provenance
         "teacher_model": Value("string"),

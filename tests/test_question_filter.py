@@ -102,5 +102,5 @@ def test_the_users_own_prompts_and_code_rows_are_not_judged_as_generated_questio
 
 def test_the_echo_share_leaves_the_topic_out():
     instruction = load_languages()["en"]["instruction"].format(topic="the water cycle")
-    assert echo_share("What drives the water cycle?", instruction, "the water cycle", "en") == 0.0
-    assert echo_share("a curious student might ask about", instruction, "the water cycle", "en") == 1.0
+    assert echo_share("What drives the water cycle?", instruction, "en", ("the water cycle",)) == 0.0
+    assert echo_share("a curious student might ask about", instruction, "en", ("the water cycle",)) == 1.0

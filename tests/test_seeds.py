@@ -49,6 +49,39 @@ def test_prompts_are_in_the_target_language_template():
     assert all(s.topic in s.prompt for s in fr)
 
 
+def test_personas_ask_the_questions_in_their_language_and_leave_the_topics_as_they_were(tmp_path):
+    from dataengine.generate.seeds import load_personas
+    from dataengine.generate.stage import GenerateStage
+
+    plain = [s for s in seeds() if s.kind == "chat"]
+    recipe = parse_recipe(RECIPE.format(seed=0).replace("rollouts: 2\n", "rollouts: 2\n    personas: true\n"))
+    asked = [s for s in expand_seeds(recipe.generate, None) if s.kind == "chat"]
+    assert [s.topic for s in asked] == [s.topic for s in plain]
+    shipped = load_personas()
+    for seed in asked:
+        assert seed.persona in shipped[seed.language] and seed.persona in seed.prompt and seed.topic in seed.prompt
+    assert len({s.persona for s in asked if s.language == "fr"}) == 5  # distinct while the list lasts
+    assert not {s.key for s in asked} & {s.key for s in plain}
+    assert [s.persona for s in expand_seeds(recipe.generate, None) if s.kind == "chat"] == [s.persona for s in asked]
+    # the row records who asked
+    docs = GenerateStage(recipe, tmp_path).documents(asked)
+    assert [d.metadata["persona"] for d in docs] == [s.persona for s in asked]
+
+
+def test_personas_need_a_place_in_an_own_instruction_and_a_shipped_list():
+    from dataengine.errors import RecipeError
+    from dataengine.generate.stage import GenerateStage
+
+    own = RECIPE.replace("{{code: zh, quota: 0}}", "{{code: zh, quota: 1, instruction: '写一个关于{{topic}}的问题'}}")
+    with pytest.raises(RecipeError, match=r"instruction must contain \{persona\} with personas: true"):
+        parse_recipe(own.format(seed=0).replace("rollouts: 2\n", "rollouts: 2\n    personas: true\n"))
+    unshipped = RECIPE.replace(
+        "code: zh, quota: 0", "code: sw, quota: 1, instruction: 'Andika swali la {{persona}} kuhusu {{topic}}'"
+    )
+    recipe = parse_recipe(unshipped.format(seed=0).replace("rollouts: 2\n", "rollouts: 2\n    personas: true\n"))
+    assert any("no shipped personas in 'sw'" in p for p in GenerateStage.check(recipe, None))
+
+
 def test_expansion_is_deterministic_and_seed_dependent():
     assert [s.key for s in seeds(0)] == [s.key for s in seeds(0)]
     assert [s.topic for s in seeds(0)] != [s.topic for s in seeds(1)]

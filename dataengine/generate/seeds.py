@@ -33,6 +33,10 @@ def load_topics() -> dict[str, list[str]]:
     return _data("topics.yaml")
 
 
+def load_personas() -> dict[str, list[str]]:
+    return _data("personas.yaml")
+
+
 def load_code_archetypes() -> dict[str, str]:
     return _data("code_archetypes.yaml")
 
@@ -52,13 +56,15 @@ class PromptSeed:
     prompt: str
     rollouts: int
     round: int = 0  # 0: the recipe's quotas; 1..: top-up rounds after curation fell short
+    persona: str | None = None  # who asks (generate.chat.personas)
 
     @property
     def key(self) -> str:
         """Content hash of the prompt (and top-up round: a round may draw a topic again, as a new sample);
         with the rollout index and generation config it makes the row id."""
         parts = [self.kind, self.task, self.language, self.topic or "", self.prompt]
-        raw = "\x1f".join(parts + ([f"round {self.round}"] if self.round else []))
+        parts += [f"round {self.round}"] if self.round else []
+        raw = "\x1f".join(parts + ([f"persona {self.persona}"] if self.persona else []))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -88,13 +94,21 @@ def chat_seeds(gen: GenerateConfig, round: int = 0) -> list[PromptSeed]:
     shipped = load_languages()
     seeds = []
     for lang in chat.languages:
-        template = lang.instruction or shipped[lang.code]["instruction"]
+        template = lang.instruction or shipped[lang.code]["persona_instruction" if chat.personas else "instruction"]
         rng = _rng(gen, f"chat:{lang.code}", round)
-        for n, topic in enumerate(_draw(pool, lang.quota, rng)):
+        topics = _draw(pool, lang.quota, rng)
+        # drawn from their own generator: turning personas on leaves the topics as they were
+        personas = (
+            _draw(load_personas()[lang.code], lang.quota, _rng(gen, f"persona:{lang.code}", round))
+            if chat.personas
+            else [None] * lang.quota
+        )
+        for n, (topic, persona) in enumerate(zip(topics, personas, strict=True)):
             # A quota larger than the topic pool repeats topics; the repeat number keeps prompts distinct.
             suffix = "" if n < len(pool) else f" ({n // len(pool) + 1})"
-            prompt = template.format(topic=topic) + suffix
-            seeds.append(PromptSeed("chat", "instruct_answer", lang.code, topic, prompt, chat.rollouts, round))
+            prompt = template.format(topic=topic, persona=persona) + suffix
+            seed = PromptSeed("chat", "instruct_answer", lang.code, topic, prompt, chat.rollouts, round, persona)
+            seeds.append(seed)
     return seeds
 
 

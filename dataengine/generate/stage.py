@@ -34,6 +34,7 @@ from dataengine.generate.seeds import (
     expand_seeds,
     load_code_archetypes,
     load_languages,
+    load_personas,
     load_topics,
     top_up_seeds,
 )
@@ -158,6 +159,13 @@ class GenerateStage(Stage):
                         f"generate.chat.languages[{i}]: language {lang.code!r} has no shipped meta-prompt (shipped: "
                         f"{', '.join(sorted(shipped))}); give `instruction:` written in that language, with {{topic}}"
                     )
+            with_personas = load_personas() if gen.chat.personas else None
+            for i, lang in enumerate(gen.chat.languages):
+                if with_personas is not None and lang.code not in with_personas:
+                    problems.append(
+                        f"generate.chat.languages[{i}]: no shipped personas in {lang.code!r} (shipped: "
+                        f"{', '.join(sorted(with_personas))}); set generate.chat.personas: false"
+                    )
             known = load_topics()
             if unknown := [d for d in gen.chat.domains or [] if d not in known]:
                 problems.append(
@@ -184,7 +192,7 @@ class GenerateStage(Stage):
             max_tokens = gen.code.max_tokens if is_code and gen.code else gen.sampling.max_tokens
             system = gen.chat.system_prompt if gen.chat and seed.kind == "chat" else None
             meta = {
-                **{k: getattr(seed, k) for k in ("kind", "task", "language", "topic", "rollouts")},
+                **{k: getattr(seed, k) for k in ("kind", "task", "language", "topic", "persona", "rollouts")},
                 "max_tokens": max_tokens,
                 "question_max_tokens": gen.chat.question_max_tokens if gen.chat else 0,
                 "question_seed": request_seed(gen.seed, seed.key, "question") if seeded else None,
@@ -330,6 +338,7 @@ class GenerateStage(Stage):
                         "kind": meta["kind"],
                         "language": meta["language"],
                         "topic": meta["topic"],
+                        "persona": meta.get("persona"),
                         "task": meta["task"],
                         "teacher_model": teacher.model,
                         "teacher_revision": revision,

@@ -42,14 +42,15 @@ def _grams(text: str, language: str, n: int = 3) -> set[tuple[str, ...]]:
     return {tuple(units[i : i + n]) for i in range(len(units) - n + 1)}
 
 
-def echo_share(question: str, instruction: str, topic: str, language: str) -> float:
+def echo_share(question: str, instruction: str, language: str, own: tuple[str, ...] = ()) -> float:
     """The share of the question's word trigrams (character trigrams in unspaced scripts) found in the
-    meta-prompt, less its topic: the words of the topic belong in a good question."""
+    meta-prompt, less its `own` words (the topic, the persona): those belong in a good question."""
     ours = _grams(question, language)
     if not ours:
         return 0.0
-    theirs = _grams(instruction.replace(topic, " ") if topic else instruction, language)
-    return len(ours & theirs) / len(ours)
+    for words in own:
+        instruction = instruction.replace(words, " ") if words else instruction
+    return len(ours & _grams(instruction, language)) / len(ours)
 
 
 class QuestionFilter(BaseFilter):
@@ -75,7 +76,8 @@ class QuestionFilter(BaseFilter):
             lowered = question.lower()
             if any(p in lowered for p in _phrases("addresses_user", language)):
                 return False, "question_addresses_user"
-            echo = echo_share(question, row.get("instruction") or "", row.get("topic") or "", language)
+            own = (row.get("topic") or "", row.get("persona") or "")
+            echo = echo_share(question, row.get("instruction") or "", language, own)
             if echo > self.max_echo:
                 return False, "question_echoes_prompt"
         answer = doc.text.strip().lower()
