@@ -45,6 +45,7 @@ def test_builtin_teacher_is_a_mixtral_moe(tmp_path):
 def test_generate_run_then_skip(tmp_path):
     """The runner starts vLLM itself, writes a loadable dataset with provenance, and skips on re-run."""
     path = tiny_recipe(tmp_path, penalty=0.5)  # vLLM takes OpenAI's penalty knob; the rows record it
+    path.write_text(path.read_text().replace("    rollouts: 2\n", "    rollouts: 2\n    personas: true\n", 1))
     recipe = load_recipe(path)
     run_dir = tmp_path / "run"
     console = Console(record=True, width=200)
@@ -69,6 +70,9 @@ def test_generate_run_then_skip(tmp_path):
         assert row["run_id"] == manifest.run_id and row["recipe_hash"] == recipe.fingerprint()
         assert row["sampling"]["max_tokens"] == (64 if row["kind"] == "code" else 40)
         assert row["sampling"]["frequency_penalty"] == 0.5 and row["sampling"]["presence_penalty"] == 0.0
+        assert (row["persona"] is not None) == (row["kind"] == "chat")  # who asked, for chat questions
+        if row["persona"]:
+            assert row["persona"] in row["instruction"]
         if row["kind"] == "code":
             assert row["messages"][-1]["content"].startswith("### Problem")
             # a parsed answer has both sections; a missing section is an error (sections that are present
