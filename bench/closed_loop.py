@@ -62,6 +62,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.experts.select import even_subset, mean_cv
+    from dataengine.manifest import Manifest
     from dataengine.recipe import load_recipe
     from dataengine.rows import read_matrices, read_rows
     from dataengine.run_folder import RunFolder
@@ -69,7 +70,7 @@ def main() -> None:
     from dataengine.train.evaluation import answer_fit
     from dataengine.train.phases import DONE, run_sft
 
-    if not (args.run / "routing").is_dir():
+    if Manifest.read(args.run / "routing") is None:  # not made, or stopped before the route stage finished
         make_data(args.run, args.scale)
     run = RunFolder(args.run)
     ids, signatures = read_matrices(run.folder("route", "map"), "routing_signature")

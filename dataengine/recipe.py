@@ -133,6 +133,11 @@ class TeacherConfig(StrictModel):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the teacher")
     endpoint: str | None = Field(None, description="use a running OpenAI-compatible server instead of starting one")
     served_model_name: str | None = Field(None, description="model name the endpoint expects; defaults to `model`")
+    endpoint_key_env: str | None = Field(
+        None,
+        description="environment variable holding the endpoint's key (vLLM's --api-key), sent as its bearer token; "
+        "unset: no key",
+    )
     builtin: BuiltinTeacherOptions = Field(BuiltinTeacherOptions(), description="options of builtin:<name> teachers")
     vllm: VLLMOptions = Field(VLLMOptions(), description="how the engine starts vLLM (unused with `endpoint`)")
     recovery: RecoveryConfig = Field(RecoveryConfig(), description="restart a dead server, wait for a lost endpoint")
@@ -159,6 +164,11 @@ class TeacherConfig(StrictModel):
             raise ValueError(
                 f"return_routed_experts reads each response whole over plain http; endpoint {self.endpoint} is "
                 "https (serve vLLM on http inside the cluster, or leave return_routed_experts off)"
+            )
+        if self.return_routed_experts and self.endpoint and self.endpoint_key_env:
+            raise ValueError(
+                "return_routed_experts reads each response whole through datatrove's plain http path, which sends "
+                "no key: serve the teacher without --api-key inside the cluster, or leave return_routed_experts off"
             )
         return self
 
@@ -226,8 +236,10 @@ class ChatConfig(StrictModel):
             seen.add(lang.code)
             if lang.instruction is not None and "{topic}" not in lang.instruction:
                 raise ValueError(f"languages[{lang.code}].instruction must contain {{topic}}")
-            if self.personas and lang.instruction is not None and "{persona}" not in lang.instruction:
-                raise ValueError(f"languages[{lang.code}].instruction must contain {{persona}} with personas: true")
+            if lang.instruction is not None and self.personas != ("{persona}" in lang.instruction):
+                raise ValueError(
+                    f"languages[{lang.code}].instruction must contain {{persona}} with personas: true, and only then"
+                )
         return self
 
 
@@ -322,8 +334,9 @@ class QuestionCheckConfig(StrictModel):
         0.4,
         ge=0.0,
         le=1.0,
-        description="a generated question sharing more than this share of its word trigrams with the meta-prompt "
-        "(less the topic) echoes it (question_echoes_prompt)",
+        description="a generated question sharing more than this share of its word trigrams (character trigrams "
+        "in scripts without spaces) with the meta-prompt, less its topic and persona, echoes it "
+        "(question_echoes_prompt)",
     )
 
 

@@ -14,7 +14,9 @@ TOPIC["zh"] = "光合作用"
 LONG_ANSWER = "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. " * 6
 
 
-def verdict(language: str, question: str, answer: str = LONG_ANSWER, task: str = "instruct_answer"):
+def verdict(
+    language: str, question: str, answer: str = LONG_ANSWER, task: str = "instruct_answer", question_end: str = "stop"
+):
     topic = TOPIC[language]
     row = {
         "kind": "chat",
@@ -23,6 +25,7 @@ def verdict(language: str, question: str, answer: str = LONG_ANSWER, task: str =
         "topic": topic,
         "instruction": load_languages()[language]["instruction"].format(topic=topic),
         "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        "question_finish_reason": question_end,
     }
     result = QuestionFilter(max_echo=0.4).filter(Document(text=answer, id="r", metadata=row))
     return True if result is True else result[1]
@@ -36,6 +39,7 @@ def verdict(language: str, question: str, answer: str = LONG_ANSWER, task: str =
         ("es", "¿Por qué las hojas de las plantas son verdes durante la fotosíntesis?"),
         ("de", "Warum brauchen Pflanzen Licht für die Photosynthese?"),
         ("zh", "植物在光合作用中如何把光能转化为化学能？"),
+        ("zh", "什么是黑洞？"),  # five characters: short, not empty
     ],
 )
 def test_real_questions_pass(language, question):
@@ -91,6 +95,17 @@ def test_an_answer_that_only_asks_back_is_dropped(language, answer):
     assert verdict(language, question[language], answer) == "answer_asks_back"
     # a long answer that ends by offering more help still answers
     assert verdict(language, question[language], LONG_ANSWER + answer) is True
+
+
+def test_a_question_cut_off_by_its_token_cap_is_dropped_unless_it_got_to_its_question_mark():
+    assert verdict("en", "How do plants turn sunlight into", question_end="length") == "question_truncated"
+    assert verdict("en", "How do plants turn sunlight into sugar?", question_end="length") is True
+
+
+def test_answers_that_give_instructions_are_not_asking_back():
+    passport = "To renew a passport, please provide two photos, your ID and the fee at the town hall."
+    assert verdict("en", "How do I renew my passport?", passport) is True
+    assert verdict("zh", "怎么办护照？", "办护照需要带身份证和照片，请提供两张照片和身份证复印件。" * 2) is True
 
 
 def test_the_users_own_prompts_and_code_rows_are_not_judged_as_generated_questions():

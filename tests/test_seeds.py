@@ -73,7 +73,7 @@ def test_personas_need_a_place_in_an_own_instruction_and_a_shipped_list():
     from dataengine.generate.stage import GenerateStage
 
     own = RECIPE.replace("{{code: zh, quota: 0}}", "{{code: zh, quota: 1, instruction: '写一个关于{{topic}}的问题'}}")
-    with pytest.raises(RecipeError, match=r"instruction must contain \{persona\} with personas: true"):
+    with pytest.raises(RecipeError, match=r"instruction must contain \{persona\} with personas: true, and only then"):
         parse_recipe(own.format(seed=0).replace("rollouts: 2\n", "rollouts: 2\n    personas: true\n"))
     unshipped = RECIPE.replace(
         "code: zh, quota: 0", "code: sw, quota: 1, instruction: 'Andika swali la {{persona}} kuhusu {{topic}}'"
@@ -138,6 +138,14 @@ def test_missing_column_is_a_clear_error(tmp_path):
             "Pourquoi le ciel est-il bleu ?",
         ),
         ("学生可能会问：“什么是黑洞？”", "什么是黑洞？"),
+        ("Ein neugieriger Student könnte fragen: „Was ist Photosynthese?“", "Was ist Photosynthese?"),
+        ("A student might ask: 'Why do leaves fall?'", "Why do leaves fall?"),
+        # a question that ends by quoting one is the question
+        (
+            'What does Hamlet mean when he asks, "To be or not to be?"',
+            'What does Hamlet mean when he asks, "To be or not to be?',
+        ),
+        ('Why did Caesar say, "Et tu, Brute?"', 'Why did Caesar say, "Et tu, Brute?'),
         # a quote inside a statement is not a lead-in: left for the question filter to judge
         ('The question "Why is the sky blue?" is a classic.', 'The question "Why is the sky blue?" is a classic.'),
     ],

@@ -133,7 +133,9 @@ def test_with_perturbed_experts_a_merged_student_stays_far_closer_than_a_pruned_
     assert merged < 0.2 * pruned
 
 
-def test_a_bf16_teacher_is_merged_layer_by_layer_in_fp32(tmp_path):
+def test_a_bf16_teacher_is_merged_layer_by_layer_in_fp32(tmp_path, monkeypatch):
+    from transformers import MixtralForCausalLM
+
     from dataengine.recipe import parse_recipe
     from dataengine.train.student import init_student
     from tests.tiny_models import save
@@ -152,7 +154,16 @@ train:
   student: {{from_teacher: {{merge_experts: uniform}}}}
 """
     )
+    loaded = []  # the teacher stays in its checkpoint's bf16 in memory: half of fp32 for a 30B MoE
+    original = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(
+        AutoModelForCausalLM,
+        "from_pretrained",
+        lambda *a, **k: loaded.append(model := original(*a, **k)) or model,
+    )
     folder = init_student(recipe, tmp_path, tmp_path / "init", [], log=lambda _: None)
+    monkeypatch.undo()
+    assert [type(m) for m in loaded] == [MixtralForCausalLM] and loaded[0].dtype == torch.bfloat16
     student = AutoModelForCausalLM.from_pretrained(folder)
     assert student.dtype == torch.float32
     down = moe.state_dict()["model.layers.1.mlp.experts.down_proj"].float()  # [experts, out, in] in bf16

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from dataengine.generate.rollout import _payload
-from dataengine.generate.stage import _RootEndpointServer, inference_config
+from dataengine.generate.stage import endpoint_server, inference_config
 from dataengine.recipe import parse_recipe
 
 # 127.0.0.2 is loopback too, but not a name datatrove treats as local: it takes the OpenAI client path
 MINIMAL = """
 name: remote
-teacher: {{model: teacher, endpoint: "http://127.0.0.2:{port}"}}
+teacher: {{model: teacher, endpoint: "http://127.0.0.2:{port}", endpoint_key_env: TEACHER_KEY}}
 generate: {{chat: {{languages: [{{code: en, quota: 1}}]}}}}
 """
 
@@ -32,12 +33,14 @@ ANSWER = {
 
 
 def test_continue_final_message_and_structured_outputs_reach_a_remote_endpoint(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a keyless vLLM server: the client still starts
-    bodies = []
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-this-server")  # never sent to the teacher
+    monkeypatch.setenv("TEACHER_KEY", "vllm-key")
+    bodies, keys = [], []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            keys.append(self.headers["Authorization"])
             data = json.dumps(ANSWER).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -52,10 +55,17 @@ def test_continue_final_message_and_structured_outputs_reach_a_remote_endpoint(m
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         recipe = parse_recipe(MINIMAL.format(port=httpd.server_port))
-        server = _RootEndpointServer(inference_config(recipe, recipe.teacher.endpoint), 0)
-        assert server.client is not None
+        config = inference_config(recipe, recipe.teacher.endpoint)
+        assert "vllm-key" not in repr(config) and "sk-not" not in repr(config)  # datatrove writes its config out
+
+        async def ask(payload: dict) -> dict:
+            # made inside the loop, as datatrove's runner makes it: the server's init reaches for the running loop
+            server = endpoint_server(config, 0, lambda: True, os.environ["TEACHER_KEY"], whole_responses=False)
+            assert server.client is not None
+            return await server._make_request(payload)
+
         payload = _payload([{"role": "user", "content": "hi"}], 16, "r/a0", 7, prefix="### Problem\n", regex="a+")
-        response = asyncio.run(server._make_request({**payload, "model": "teacher"}))
+        response = asyncio.run(ask({**payload, "model": "teacher"}))
     finally:
         httpd.shutdown()
     assert response["choices"][0]["message"]["content"] == "ok"
@@ -63,3 +73,4 @@ def test_continue_final_message_and_structured_outputs_reach_a_remote_endpoint(m
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert body["structured_outputs"] == {"regex": "a+"}
     assert body["messages"][-1] == {"role": "assistant", "content": "### Problem\n"} and body["seed"] == 7
+    assert keys == ["Bearer vllm-key"]

@@ -26,9 +26,22 @@ _LABEL = re.compile(
 )
 
 
-# a short lead-in ending in a colon or comma, then the question in quotes (small teachers often leave the
-# closing quote out)
-_LEAD_IN = re.compile(r"^[^\"“«「\n]{0,80}[:,：，]\s*[\"“«「](?P<question>[^\"”»」\n]+?[?？])\s*[\"”»」]?$")
+# A short frame ending in a colon or comma ("A curious student might ask:", "Un étudiant pourrait demander :"),
+# then the question in quotes (small teachers often leave the closing quote out). The frame names the asking;
+# a lead-in that is itself a question ('What does Hamlet mean when he asks, "To be or not to be?"') is kept.
+_LEAD_IN = re.compile(
+    r"^(?P<frame>[^\"“„«「‚'\n?？]{0,80})[:,：，]\s*[\"“„«「‚'](?P<question>[^\"”“»」‘’'\n]+?[?？])\s*[\"”“»」‘’']?$"
+)
+_FRAME = re.compile(
+    r"\b(ask|asks|asked|question|student|demander|demande|question|preguntar|pregunta|fragen|frage|chiedere|"
+    r"domanda|perguntar|pergunta|спросить|спросит|вопрос)\b|问|提问|学生",
+    re.I,
+)
+_INTERROGATIVE = re.compile(
+    r"^(what|why|how|when|where|who|which|does|do|is|are|can|could|would|pourquoi|comment|quel|quelle|qu|"
+    r"por qué|cómo|qué|cuál|warum|wie|was|wer|welche|perché|come|che|почему|как|что)\b",
+    re.I,
+)
 
 
 def request_seed(*parts: object) -> int:
@@ -42,7 +55,8 @@ def clean_question(text: str) -> str:
     text = text.strip()
     text = re.split(r"\n\s*\n", text, maxsplit=1)[0]
     text = _LABEL.sub("", text).strip()
-    if quoted := _LEAD_IN.match(text):
+    quoted = _LEAD_IN.match(text)
+    if quoted and _FRAME.search(quoted["frame"]) and not _INTERROGATIVE.match(quoted["frame"].strip()):
         text = quoted.group("question")
     return text.strip("\"'“”«»「」 \n")
 

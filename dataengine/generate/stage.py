@@ -91,16 +91,28 @@ class _RootEndpointServer(EndpointServer):
 
 class _Runner(InferenceRunner):
     health: Callable[[], bool] = staticmethod(lambda: True)
+    # the endpoint's key, read when the server is made: a function, so that datatrove's executor.json (which
+    # records the runner's settings) never holds the key itself
+    endpoint_key: Callable[[], str | None] = staticmethod(lambda: None)
     whole_responses = False
 
     def _init_server(self, rank: int) -> EndpointServer:
-        server = _RootEndpointServer(self.config, rank)
-        server.health = self.health
-        if self.whole_responses:
-            # datatrove talks to a non-local endpoint through the OpenAI client, which rebuilds the response
-            # from its text and usage alone; its raw http path (used for local ones) returns it whole
-            server.client = None
-        return server
+        return endpoint_server(self.config, rank, self.health, self.endpoint_key(), self.whole_responses)
+
+
+def endpoint_server(
+    config: InferenceConfig, rank: int, health: Callable[[], bool], key: str | None, whole_responses: bool
+) -> _RootEndpointServer:
+    """datatrove's endpoint server for one task, with the teacher's health check and the endpoint's key."""
+    server = _RootEndpointServer(config, rank)
+    server.health = health
+    if whole_responses:
+        # datatrove talks to a non-local endpoint through the OpenAI client, which rebuilds the response
+        # from its text and usage alone; its raw http path (used for local ones) returns it whole
+        server.client = None
+    elif server.client is not None and key:
+        server.client = server.client.with_options(api_key=key)
+    return server
 
 
 def inference_config(recipe: Recipe, url: str) -> InferenceConfig:
@@ -111,8 +123,8 @@ def inference_config(recipe: Recipe, url: str) -> InferenceConfig:
         model_name_or_path=served_name(recipe.teacher),
         endpoint_url=url + "/v1",
         # a non-local endpoint is reached through the OpenAI client, which refuses to start without a key:
-        # vLLM's --api-key when the server has one, else vLLM's own placeholder
-        api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
+        # vLLM's own placeholder here; the real one (teacher.endpoint_key_env) joins in endpoint_server
+        api_key="EMPTY",
         use_chat=True,
         # OpenAI's own names: the OpenAI client takes them as they are
         default_generation_params=gen.sampling.model_dump(include=_SENT_SAMPLING),
@@ -153,14 +165,13 @@ class GenerateStage(Stage):
         gen, problems = recipe.generate, []
         if gen.chat is not None:
             shipped = load_languages()
+            with_personas = load_personas() if gen.chat.personas else None
             for i, lang in enumerate(gen.chat.languages):
                 if lang.instruction is None and lang.code not in shipped:
                     problems.append(
                         f"generate.chat.languages[{i}]: language {lang.code!r} has no shipped meta-prompt (shipped: "
                         f"{', '.join(sorted(shipped))}); give `instruction:` written in that language, with {{topic}}"
                     )
-            with_personas = load_personas() if gen.chat.personas else None
-            for i, lang in enumerate(gen.chat.languages):
                 if with_personas is not None and lang.code not in with_personas:
                     problems.append(
                         f"generate.chat.languages[{i}]: no shipped personas in {lang.code!r} (shipped: "
@@ -297,6 +308,8 @@ class GenerateStage(Stage):
         teacher = ctx.teacher
         runner.health = lambda: teacher.healthy()
         runner.whole_responses = self.recipe.teacher.return_routed_experts
+        if key_env := self.recipe.teacher.endpoint_key_env:
+            runner.endpoint_key = lambda: os.environ.get(key_env)
         return LocalPipelineExecutor(pipeline=[docs, runner], tasks=1, workers=1, logging_dir=str(work_dir / "logs"))
 
     def _rows(self, ctx: RunContext, raws: list[Path]) -> _Made:

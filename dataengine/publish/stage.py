@@ -188,6 +188,9 @@ class PublishStage(Stage):
         evaluation_from: str | None = None,
     ) -> None:
         self.recipe = recipe
+        if recipe.train is not None:
+            # the held-out split's knobs decide the test split when no student's training.json does
+            self.key_paths = (*self.key_paths, "train.evaluate.eval_fraction", "train.evaluate.min_held_out")
         self.cfg: PublishConfig = recipe.publish
         self.base_dir = base_dir
         # the test split is the student's held-out rows, and the card reports its evaluation, when there is one

@@ -154,10 +154,17 @@ def _layers_to_keep(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> t
 
 def _narrow(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> int:
     """Keep each layer's `intermediate_size` most active MLP channels, in place; returns how many it had."""
+    from torch import nn
+
     from dataengine.train.width import channel_importance, keep_channels
 
     width = getattr(model.config, "intermediate_size", None)
-    if width is None or not all(hasattr(getattr(layer, "mlp", None), "down_proj") for layer in model.model.layers):
+    gated = all(
+        isinstance(getattr(getattr(layer, "mlp", None), name, None), nn.Linear)
+        for layer in model.model.layers
+        for name in ("gate_proj", "up_proj", "down_proj")
+    )
+    if width is None or not gated:
         raise UserError(
             f"train.student.prune.intermediate_size: the start ({model.config.model_type}) has no gated MLP in "
             "every layer to narrow (Llama, Mistral and Qwen3-style models have)"

@@ -48,9 +48,9 @@ class LengthFilter(BaseFilter):
 
 
 @cache
-def shipped_refusal_phrases() -> dict[str, list[str]]:
-    text = resources.files("dataengine.curate").joinpath("data", "refusals.yaml").read_text("utf-8")
-    return yaml.safe_load(text)
+def shipped_phrases(name: str) -> dict:
+    """A phrase file of curate/data/ (refusals.yaml, questions.yaml): lists per language."""
+    return yaml.safe_load(resources.files("dataengine.curate").joinpath("data", name).read_text("utf-8"))
 
 
 class RefusalFilter(BaseFilter):
@@ -60,7 +60,7 @@ class RefusalFilter(BaseFilter):
 
     def __init__(self, extra_phrases: list[str] | None = None, exclusion_writer: DiskWriter | None = None) -> None:
         super().__init__(exclusion_writer)
-        shipped = shipped_refusal_phrases()
+        shipped = shipped_phrases("refusals.yaml")
         common = [p.lower() for p in shipped.get("any", []) + list(extra_phrases or [])]
         self.phrases = {lang: common + [p.lower() for p in phrases] for lang, phrases in shipped.items()}
         self.common = common

@@ -6,40 +6,48 @@ A document here is one sample row: `text` is the assistant's answer and `metadat
 
 from __future__ import annotations
 
-import re
 from functools import cache
-from importlib import resources
 
-import yaml
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from dataengine.curate.filters.answer import shipped_phrases
+from dataengine.curate.filters.decontamination import ngrams
 from dataengine.curate.scripts import UNSPACED
 from dataengine.rows import last_user_turn, primary_language
 
-# fewer letters or digits than this and the question says nothing
+# fewer letters or digits than this and the question says nothing (a Chinese character carries a word)
 MIN_CONTENT_CHARS = 8
+MIN_CONTENT_CHARS_UNSPACED = 3
 # an answer that asks back is short: a long answer that ends by offering more help still answers
 ASK_BACK_MAX_CHARS = 400
-_WORD = re.compile(r"\w+")
+ASK_BACK_MAX_CHARS_UNSPACED = 120
+QUESTION_MARKS = ("?", "？")
 
 
 @cache
-def shipped_question_phrases() -> dict[str, dict[str, list[str]]]:
-    text = resources.files("dataengine.curate").joinpath("data", "questions.yaml").read_text("utf-8")
-    return yaml.safe_load(text)
+def _phrases(kind: str, language: str) -> tuple[str, ...]:
+    lists = shipped_phrases("questions.yaml")[kind]
+    return tuple(p.lower() for p in lists.get("any", []) + lists.get(language, []))
 
 
-def _phrases(kind: str, language: str) -> list[str]:
-    lists = shipped_question_phrases()[kind]
-    return [p.lower() for p in lists.get("any", []) + lists.get(language, [])]
-
-
-def _grams(text: str, language: str, n: int = 3) -> set[tuple[str, ...]]:
+def _grams(text: str, language: str, n: int = 3) -> set[str]:
     """Word n-grams, or character n-grams for scripts without spaces."""
-    units = [c for c in text.lower() if c.isalnum()] if language in UNSPACED else _WORD.findall(text.lower())
-    return {tuple(units[i : i + n]) for i in range(len(units) - n + 1)}
+    if language in UNSPACED:
+        chars = [c for c in text.lower() if c.isalnum()]
+        return {"".join(chars[i : i + n]) for i in range(len(chars) - n + 1)}
+    return ngrams(text, n)
+
+
+def asks_back(answer: str, language: str) -> bool:
+    """A short answer that is a request for the question or for details: it starts with one of the
+    language's ask-back phrases, or holds one and ends in a question mark."""
+    text = answer.strip().lower()
+    if len(text) > (ASK_BACK_MAX_CHARS_UNSPACED if language in UNSPACED else ASK_BACK_MAX_CHARS):
+        return False
+    ends_asking = text.rstrip("\"'”»」 ").endswith(QUESTION_MARKS)
+    return any(text.startswith(p) or (ends_asking and p in text) for p in _phrases("asks_back", language))
 
 
 def echo_share(question: str, instruction: str, language: str, own: tuple[str, ...] = ()) -> float:
@@ -54,9 +62,9 @@ def echo_share(question: str, instruction: str, language: str, own: tuple[str, .
 
 
 class QuestionFilter(BaseFilter):
-    """A generated question that is empty of content, addresses the user (offers help, asks for a question)
-    or echoes the meta-prompt; an answer that only asks back. Questions from a prompt file are the user's
-    own and pass; the ask-back check reads every chat answer."""
+    """A generated question that is empty of content, cut off by question_max_tokens, addresses the user
+    (offers help, asks for a question) or echoes the meta-prompt; an answer that only asks back. Questions
+    from a prompt file are the user's own and pass; the ask-back check reads every chat answer."""
 
     name = "❓ question"
 
@@ -71,8 +79,11 @@ class QuestionFilter(BaseFilter):
         language = primary_language(row.get("language") or "")
         if row.get("task") == "instruct_answer":
             question = last_user_turn(row.get("messages") or [])
-            if sum(c.isalnum() for c in question) < MIN_CONTENT_CHARS:
+            least = MIN_CONTENT_CHARS_UNSPACED if language in UNSPACED else MIN_CONTENT_CHARS
+            if sum(c.isalnum() for c in question) < least:
                 return False, "question_empty"
+            if row.get("question_finish_reason") == "length" and not question.rstrip().endswith(QUESTION_MARKS):
+                return False, "question_truncated"
             lowered = question.lower()
             if any(p in lowered for p in _phrases("addresses_user", language)):
                 return False, "question_addresses_user"
@@ -80,7 +91,6 @@ class QuestionFilter(BaseFilter):
             echo = echo_share(question, row.get("instruction") or "", language, own)
             if echo > self.max_echo:
                 return False, "question_echoes_prompt"
-        answer = doc.text.strip().lower()
-        if len(answer) <= ASK_BACK_MAX_CHARS and any(p in answer for p in _phrases("asks_back", language)):
+        if asks_back(doc.text, language):
             return False, "answer_asks_back"
         return True
