@@ -87,3 +87,15 @@ def test_the_structured_output_layout_is_what_the_parser_reads():
     assert not re.fullmatch(LAYOUT_REGEX, good.replace("Write add(a, b)", "<the task in two sentences>"))
     assert not re.fullmatch(LAYOUT_REGEX, good.replace("def add(a, b):\n", "The function adds.\n"))
     assert not re.fullmatch(LAYOUT_REGEX, good.replace("assert add(1, 2) == 3\nassert add(0, 0) == 0\n", "add(1, 2)\n"))
+
+
+def test_the_exact_layout_wins_over_heading_like_text_in_the_problem():
+    text = (
+        "### Problem\n**Problem: Write double(x).\n**Solution:\n\n"
+        "### Solution\n```python\ndef double(x):\n    return 2 * x\n```\n\n"
+        "### Tests\n```python\nassert double(2) == 4\n```"
+    )
+    parsed = parse_code_answer(text)
+    assert parsed.ok, parsed.parse_error
+    assert parsed.solution == "def double(x):\n    return 2 * x" and parsed.tests.strip() == "assert double(2) == 4"
+    assert parsed.problem.startswith("**Problem: Write double(x).")

@@ -1,7 +1,8 @@
 """Parse a teacher's structured code answer into problem, solution and tests.
 
 Small teachers drift from the format (other heading levels, bold headings, a missing fence),
-so parsing is lenient about the form and strict about the content: each of the three parts must
+so parsing is lenient about the form (an answer in the exact layout, as structured outputs write it, is
+read by its three headings alone) and strict about the content: each of the three parts must
 be there and non-empty, otherwise `parse_error` says which part is wrong and curation drops the row.
 """
 
@@ -60,26 +61,38 @@ def _code(section: str) -> str | None:
     return code if code.strip() else None
 
 
+# the exact layout, as structured outputs write it: its three headings are the sections, whatever heading-like
+# text (a bold "**Solution:") the problem itself holds
+_EXACT = re.compile(
+    r"### Problem\n(?P<problem>.*?)\n\n### Solution\n```python\n(?P<solution>.*?)\n```\n\n"
+    r"### Tests\n```python\n(?P<tests>.*?)```\s*",
+    re.DOTALL,
+)
+
+
 def parse_code_answer(text: str) -> CodeAnswer:
-    sections = _sections(text)
-    missing = [name for name in ("problem", "solution", "tests") if not sections.get(name)]
-    if missing:
-        return CodeAnswer(
-            sections.get("problem") or None,
-            _code(sections["solution"]) if sections.get("solution") else None,
-            _code(sections["tests"]) if sections.get("tests") else None,
-            f"missing section(s): {', '.join(missing)}",
-        )
-    solution, tests = _code(sections["solution"]), _code(sections["tests"])
+    exact = _EXACT.fullmatch(text.strip())
+    if exact and exact["problem"].strip():
+        problem = exact["problem"].strip()
+        solution, tests = (exact[name].strip("\n") or None for name in ("solution", "tests"))
+    else:
+        sections = _sections(text)
+        missing = [name for name in ("problem", "solution", "tests") if not sections.get(name)]
+        if missing:
+            return CodeAnswer(
+                sections.get("problem") or None,
+                _code(sections["solution"]) if sections.get("solution") else None,
+                _code(sections["tests"]) if sections.get("tests") else None,
+                f"missing section(s): {', '.join(missing)}",
+            )
+        problem, solution, tests = sections["problem"], _code(sections["solution"]), _code(sections["tests"])
     for name, code in (("solution", solution), ("tests", tests)):
-        if code is None:
-            return CodeAnswer(sections["problem"], solution, tests, f"{name} has no code")
+        if code is None or not code.strip():
+            return CodeAnswer(problem, solution, tests, f"{name} has no code")
         try:
             ast.parse(code)
         except SyntaxError as exc:
-            return CodeAnswer(
-                sections["problem"], solution, tests, f"{name} does not parse: {exc.msg} (line {exc.lineno})"
-            )
+            return CodeAnswer(problem, solution, tests, f"{name} does not parse: {exc.msg} (line {exc.lineno})")
     if "assert" not in tests:
-        return CodeAnswer(sections["problem"], solution, tests, "tests contain no assert")
-    return CodeAnswer(sections["problem"], solution, tests, None)
+        return CodeAnswer(problem, solution, tests, "tests contain no assert")
+    return CodeAnswer(problem, solution, tests, None)
