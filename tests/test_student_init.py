@@ -87,23 +87,15 @@ def test_block_influence_is_one_minus_the_cosine_of_each_layers_input_and_output
 
 
 def test_a_student_merged_from_the_teacher_and_pruned_by_influence(tmp_path):
-    from dataengine.recipe import parse_recipe
     from dataengine.train.student import init_student
-    from tests.tiny_models import rows, save
+    from tests.tiny_models import rows, save, student_recipe
 
     tokenizer = tiny_tokenizer()
     teacher = save(tiny_mixtral(len(tokenizer), seed=4), tokenizer, tmp_path / "teacher")
-    recipe = parse_recipe(
-        f"""
-name: s
-pipeline: distill
-teacher: {{model: {teacher}}}
-generate: {{chat: {{languages: [{{code: en, quota: 1}}]}}}}
-curate: {{}}
-route: {{}}
-train:
-  student: {{from_teacher: {{merge_experts: routing}}, prune: {{method: block_influence, keep: 1, sample_rows: 3}}}}
-"""
+    recipe = student_recipe(
+        teacher,
+        "{from_teacher: {merge_experts: routing}, prune: {method: block_influence, keep: 1, sample_rows: 3}}",
+        route=True,
     )
     load = [[2.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
     folder = init_student(recipe, tmp_path, tmp_path / "init", rows(6), load, lambda _: None)
@@ -136,24 +128,13 @@ def test_with_perturbed_experts_a_merged_student_stays_far_closer_than_a_pruned_
 def test_a_bf16_teacher_is_merged_layer_by_layer_in_fp32(tmp_path, monkeypatch):
     from transformers import MixtralForCausalLM
 
-    from dataengine.recipe import parse_recipe
     from dataengine.train.student import init_student
-    from tests.tiny_models import save
+    from tests.tiny_models import save, student_recipe
 
     tokenizer = tiny_tokenizer()
     moe = tiny_mixtral(len(tokenizer), seed=6).to(torch.bfloat16)
     teacher = save(moe, tokenizer, tmp_path / "teacher")
-    recipe = parse_recipe(
-        f"""
-name: s
-pipeline: distill
-teacher: {{model: {teacher}}}
-generate: {{chat: {{languages: [{{code: en, quota: 1}}]}}}}
-curate: {{}}
-train:
-  student: {{from_teacher: {{merge_experts: uniform}}}}
-"""
-    )
+    recipe = student_recipe(teacher, "{from_teacher: {merge_experts: uniform}}")
     loaded = []  # the teacher stays in its checkpoint's bf16 in memory: half of fp32 for a 30B MoE
     original = AutoModelForCausalLM.from_pretrained
     monkeypatch.setattr(

@@ -83,25 +83,14 @@ def test_a_student_pruned_in_depth_then_width(tmp_path):
     import pytest
 
     from dataengine.errors import UserError
-    from dataengine.recipe import parse_recipe
     from dataengine.train.student import init_student
-    from tests.tiny_models import rows, save
+    from tests.tiny_models import rows, save, student_recipe
 
     tokenizer = tiny_tokenizer()
     start = save(tiny_llama(len(tokenizer), seed=7, layers=3), tokenizer, tmp_path / "start")
 
     def recipe(prune: str):
-        return parse_recipe(
-            f"""
-name: s
-pipeline: distill
-teacher: {{model: {start}}}
-generate: {{chat: {{languages: [{{code: en, quota: 1}}]}}}}
-curate: {{}}
-train:
-  student: {{model: {start}, prune: {prune}}}
-"""
-        )
+        return student_recipe(start, f"{{model: {start}, prune: {prune}}}")
 
     both = recipe("{method: block_influence, keep: 2, intermediate_size: 24, sample_rows: 3}")
     folder = init_student(both, tmp_path, tmp_path / "both", rows(6), log=lambda _: None)

@@ -171,3 +171,21 @@ def rows(n: int = 8) -> list[dict]:
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         out.append({"id": f"row-{i}", "messages": messages, "kind": "chat", "language": "en"})
     return out
+
+
+def student_recipe(teacher: Path, student: str, route: bool = False):
+    """A distill recipe around a tiny teacher folder whose train.student block is `student` (flow YAML)."""
+    from dataengine.recipe import parse_recipe
+
+    return parse_recipe(
+        f"""
+name: s
+pipeline: distill
+teacher: {{model: {teacher}}}
+generate: {{chat: {{languages: [{{code: en, quota: 1}}]}}}}
+curate: {{}}
+{"route: {}" if route else ""}
+train:
+  student: {student}
+"""
+    )

@@ -20,7 +20,6 @@ def block_influence(model: nn.Module, sequences: list[list[int]]) -> list[float]
 
     layers = model.model.layers
     sums = torch.zeros(len(layers), dtype=torch.float64)
-    tokens = 0
 
     def hook(index: int):
         def record(module, args, kwargs, output) -> None:
@@ -32,6 +31,16 @@ def block_influence(model: nn.Module, sequences: list[list[int]]) -> list[float]
         return record
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    tokens = forward_each(model, sequences, handles)
+    return (1 - sums / max(tokens, 1)).tolist()
+
+
+def forward_each(model: nn.Module, sequences: list[list[int]], handles: list) -> int:
+    """Run `model` on each sequence alone (no padding to mask), then remove the hooks `handles` that record
+    what it does; returns the tokens seen. Block Influence and width pruning's channel importance share it."""
+    import torch
+
+    tokens = 0
     try:
         with torch.inference_mode():
             for ids in sequences:
@@ -40,7 +49,7 @@ def block_influence(model: nn.Module, sequences: list[list[int]]) -> list[float]
     finally:
         for handle in handles:
             handle.remove()
-    return (1 - sums / max(tokens, 1)).tolist()
+    return tokens
 
 
 def most_influential(scores: list[float], keep: int) -> list[int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dataengine.train.influence import forward_each
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -23,7 +25,6 @@ def channel_importance(model: nn.Module, sequences: list[list[int]]) -> list[tor
 
     layers = model.model.layers
     sums = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
-    tokens = 0
 
     def hook(index: int):
         def record(module, args) -> None:
@@ -32,14 +33,7 @@ def channel_importance(model: nn.Module, sequences: list[list[int]]) -> list[tor
         return record
 
     handles = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
-        with torch.inference_mode():
-            for ids in sequences:
-                model(input_ids=torch.tensor([ids], device=model.device), use_cache=False)
-                tokens += len(ids)
-    finally:
-        for handle in handles:
-            handle.remove()
+    tokens = forward_each(model, sequences, handles)
     return [s / max(tokens, 1) for s in sums]
 
 
