@@ -133,11 +133,6 @@ class TeacherConfig(StrictModel):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the teacher")
     endpoint: str | None = Field(None, description="use a running OpenAI-compatible server instead of starting one")
     served_model_name: str | None = Field(None, description="model name the endpoint expects; defaults to `model`")
-    endpoint_key_env: str | None = Field(
-        None,
-        description="environment variable holding the endpoint's key (vLLM's --api-key), sent as its bearer token; "
-        "unset: no key",
-    )
     builtin: BuiltinTeacherOptions = Field(BuiltinTeacherOptions(), description="options of builtin:<name> teachers")
     vllm: VLLMOptions = Field(VLLMOptions(), description="how the engine starts vLLM (unused with `endpoint`)")
     recovery: RecoveryConfig = Field(RecoveryConfig(), description="restart a dead server, wait for a lost endpoint")
@@ -164,11 +159,6 @@ class TeacherConfig(StrictModel):
             raise ValueError(
                 f"return_routed_experts reads each response whole over plain http; endpoint {self.endpoint} is "
                 "https (serve vLLM on http inside the cluster, or leave return_routed_experts off)"
-            )
-        if self.return_routed_experts and self.endpoint and self.endpoint_key_env:
-            raise ValueError(
-                "return_routed_experts reads each response whole through datatrove's plain http path, which sends "
-                "no key: serve the teacher without --api-key inside the cluster, or leave return_routed_experts off"
             )
         return self
 

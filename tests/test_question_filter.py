@@ -87,6 +87,8 @@ def test_prompts_that_are_not_questions_are_dropped_with_their_reason(language, 
         ("fr", "Pourriez-vous préciser votre demande ?"),
         ("es", "¿Podrías aclarar qué parte de la fotosíntesis te interesa?"),
         ("zh", "请提供更多细节，我才能回答。"),
+        ("en", "Sure! Please provide the question you'd like me to answer."),
+        ("zh", "您好！请提供您的问题。"),
     ],
 )
 def test_an_answer_that_only_asks_back_is_dropped(language, answer):

@@ -139,7 +139,11 @@ def test_missing_column_is_a_clear_error(tmp_path):
         ),
         ("学生可能会问：“什么是黑洞？”", "什么是黑洞？"),
         ("Ein neugieriger Student könnte fragen: „Was ist Photosynthese?“", "Was ist Photosynthese?"),
-        ("A student might ask: 'Why do leaves fall?'", "Why do leaves fall?"),
+        (
+            "A curious student might ask: \"What's the difference between weather and climate?",
+            "What's the difference between weather and climate?",
+        ),
+        ("Un étudiant pourrait demander : « Qu'est-ce que l'entropie ? »", "Qu'est-ce que l'entropie ?"),
         # a question that ends by quoting one is the question
         (
             'What does Hamlet mean when he asks, "To be or not to be?"',

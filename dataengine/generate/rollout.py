@@ -30,7 +30,7 @@ _LABEL = re.compile(
 # then the question in quotes (small teachers often leave the closing quote out). The frame names the asking;
 # a lead-in that is itself a question ('What does Hamlet mean when he asks, "To be or not to be?"') is kept.
 _LEAD_IN = re.compile(
-    r"^(?P<frame>[^\"“„«「‚'\n?？]{0,80})[:,：，]\s*[\"“„«「‚'](?P<question>[^\"”“»」‘’'\n]+?[?？])\s*[\"”“»」‘’']?$"
+    r"^(?P<frame>[^\"“„«「\n?？]{0,80})[:,：，]\s*[\"“„«「](?P<question>[^\"”“»」\n]+?[?？])\s*[\"”“»」]?$"
 )
 _FRAME = re.compile(
     r"\b(ask|asks|asked|question|student|demander|demande|question|preguntar|pregunta|fragen|frage|chiedere|"

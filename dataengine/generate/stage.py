@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -69,6 +68,8 @@ class _RootEndpointServer(EndpointServer):
         return self.endpoint_url.rstrip("/").removesuffix("/v1")
 
     async def _make_request(self, payload: dict) -> dict:
+        # a copy: datatrove's client path pops "model" from the dict it is given, and a retry sends it again
+        payload = dict(payload)
         if self.client is not None and (vllm_fields := {k: payload.pop(k) for k in VLLM_FIELDS if k in payload}):
             # a non-local endpoint is reached through the OpenAI client, whose create() refuses keyword
             # arguments that are not OpenAI's: vLLM's own fields travel in the body through extra_body
@@ -91,27 +92,22 @@ class _RootEndpointServer(EndpointServer):
 
 class _Runner(InferenceRunner):
     health: Callable[[], bool] = staticmethod(lambda: True)
-    # the endpoint's key, read when the server is made: a function, so that datatrove's executor.json (which
-    # records the runner's settings) never holds the key itself
-    endpoint_key: Callable[[], str | None] = staticmethod(lambda: None)
     whole_responses = False
 
     def _init_server(self, rank: int) -> EndpointServer:
-        return endpoint_server(self.config, rank, self.health, self.endpoint_key(), self.whole_responses)
+        return endpoint_server(self.config, rank, self.health, self.whole_responses)
 
 
 def endpoint_server(
-    config: InferenceConfig, rank: int, health: Callable[[], bool], key: str | None, whole_responses: bool
+    config: InferenceConfig, rank: int, health: Callable[[], bool], whole_responses: bool
 ) -> _RootEndpointServer:
-    """datatrove's endpoint server for one task, with the teacher's health check and the endpoint's key."""
+    """datatrove's endpoint server for one task, with the teacher's health check."""
     server = _RootEndpointServer(config, rank)
     server.health = health
     if whole_responses:
         # datatrove talks to a non-local endpoint through the OpenAI client, which rebuilds the response
         # from its text and usage alone; its raw http path (used for local ones) returns it whole
         server.client = None
-    elif server.client is not None and key:
-        server.client = server.client.with_options(api_key=key)
     return server
 
 
@@ -122,8 +118,9 @@ def inference_config(recipe: Recipe, url: str) -> InferenceConfig:
         server_type="endpoint",
         model_name_or_path=served_name(recipe.teacher),
         endpoint_url=url + "/v1",
-        # a non-local endpoint is reached through the OpenAI client, which refuses to start without a key:
-        # vLLM's own placeholder here; the real one (teacher.endpoint_key_env) joins in endpoint_server
+        # a non-local endpoint is reached through the OpenAI client, which refuses to start without a key; the
+        # teacher has none (a server started with --api-key is not supported: our health checks send no key),
+        # so vLLM's own placeholder, never the user's OPENAI_API_KEY
         api_key="EMPTY",
         use_chat=True,
         # OpenAI's own names: the OpenAI client takes them as they are
@@ -308,8 +305,6 @@ class GenerateStage(Stage):
         teacher = ctx.teacher
         runner.health = lambda: teacher.healthy()
         runner.whole_responses = self.recipe.teacher.return_routed_experts
-        if key_env := self.recipe.teacher.endpoint_key_env:
-            runner.endpoint_key = lambda: os.environ.get(key_env)
         return LocalPipelineExecutor(pipeline=[docs, runner], tasks=1, workers=1, logging_dir=str(work_dir / "logs"))
 
     def _rows(self, ctx: RunContext, raws: list[Path]) -> _Made:

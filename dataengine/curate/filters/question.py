@@ -6,6 +6,7 @@ A document here is one sample row: `text` is the assistant's answer and `metadat
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 from datatrove.data import Document
@@ -24,6 +25,7 @@ MIN_CONTENT_CHARS_UNSPACED = 3
 ASK_BACK_MAX_CHARS = 400
 ASK_BACK_MAX_CHARS_UNSPACED = 120
 QUESTION_MARKS = ("?", "？")
+_SENTENCE_END = re.compile(r"[.!?。！？]+")
 
 
 @cache
@@ -41,13 +43,17 @@ def _grams(text: str, language: str, n: int = 3) -> set[str]:
 
 
 def asks_back(answer: str, language: str) -> bool:
-    """A short answer that is a request for the question or for details: it starts with one of the
-    language's ask-back phrases, or holds one and ends in a question mark."""
+    """A short answer that is a request for the question or for details: one of its sentences starts with
+    one of the language's ask-back phrases, or it holds one and ends in a question mark."""
     text = answer.strip().lower()
     if len(text) > (ASK_BACK_MAX_CHARS_UNSPACED if language in UNSPACED else ASK_BACK_MAX_CHARS):
         return False
     ends_asking = text.rstrip("\"'”»」 ").endswith(QUESTION_MARKS)
-    return any(text.startswith(p) or (ends_asking and p in text) for p in _phrases("asks_back", language))
+    sentences = [s.strip() for s in _SENTENCE_END.split(text)]
+    return any(
+        (ends_asking and p in text) or any(sentence.startswith(p) for sentence in sentences)
+        for p in _phrases("asks_back", language)
+    )
 
 
 def echo_share(question: str, instruction: str, language: str, own: tuple[str, ...] = ()) -> float:
