@@ -33,7 +33,7 @@ _LEAD_IN = re.compile(
     r"^(?P<frame>[^\"“„«「\n?？]{0,80})[:,：，]\s*[\"“„«「](?P<question>[^\"”“»」\n]+?[?？])\s*[\"”“»」]?$"
 )
 _FRAME = re.compile(
-    r"\b(ask|asks|asked|question|student|demander|demande|question|preguntar|pregunta|fragen|frage|chiedere|"
+    r"\b(ask|asks|asked|question|student|demander|demande|preguntar|pregunta|fragen|frage|chiedere|"
     r"domanda|perguntar|pergunta|спросить|спросит|вопрос)\b|问|提问|学生",
     re.I,
 )
