@@ -94,40 +94,41 @@ def main() -> None:
     start = Path(resolve_model(recipe.teacher, print))
     tokenizer = AutoTokenizer.from_pretrained(start)
     untrained = answer_fit(AutoModelForCausalLM.from_pretrained(start), tokenizer, held_out)["perplexity"]
-    work = Path(tempfile.mkdtemp(prefix="bench-closed-loop-"))
-    results = {}
-    for number, (name, chosen) in enumerate(subsets.items()):
-        subset = [pool[i] for i in chosen]
-        final = run_sft(start, subset, sft, work / f"subset-{number}", lambda _: None)
-        record = json.loads((final / DONE).read_text())
-        fit = answer_fit(AutoModelForCausalLM.from_pretrained(final), tokenizer, held_out)
-        results[name] = {
-            "predicted_cv": float(mean_cv(pool_signatures[chosen].sum(axis=0))),
-            "observed_cv": observed_cv(record),
-            "perplexity": fit["perplexity"],
-            "interval": fit["intervals"]["perplexity"],
-            "languages": dict(Counter(r["language"] for r in subset)),
-            "seconds": record["seconds"],
-        }
-        print(f"{name}: {json.dumps(results[name])}", flush=True)
+    # the checkpoints are gigabytes: gone when the figures are printed
+    with tempfile.TemporaryDirectory(prefix="bench-closed-loop-") as tmp:
+        work = Path(tmp)
+        results = {}
+        for number, (name, chosen) in enumerate(subsets.items()):
+            subset = [pool[i] for i in chosen]
+            final = run_sft(start, subset, sft, work / f"subset-{number}", lambda _: None)
+            record = json.loads((final / DONE).read_text())
+            fit = answer_fit(AutoModelForCausalLM.from_pretrained(final), tokenizer, held_out)
+            results[name] = {
+                "predicted_cv": float(mean_cv(pool_signatures[chosen].sum(axis=0))),
+                "observed_cv": observed_cv(record),
+                "perplexity": fit["perplexity"],
+                "interval": fit["intervals"]["perplexity"],
+                "languages": dict(Counter(r["language"] for r in subset)),
+                "seconds": record["seconds"],
+            }
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
 
-    print(
-        f"\n{len(rows)} routed rows: {len(held_out)} held out, subsets of {size} from a pool of {len(pool)}; "
-        f"SFT {args.steps} steps; untrained held-out perplexity {untrained:.2f}"
-    )
-    print(
-        "| subset | languages | predicted CV (teacher routing) | observed CV, first → last log | "
-        "observed CV, mean | held-out perplexity [95%] |"
-    )
-    print("|---|---|---:|---:|---:|---:|")
-    for name, r in results.items():
-        cv, (low, high) = r["observed_cv"], r["interval"]
-        mix = ", ".join(f"{k} {v}" for k, v in sorted(r["languages"].items()))
         print(
-            f"| {name} | {mix} | {r['predicted_cv']:.3f} | {cv[0]:.3f} → {cv[-1]:.3f} | {np.mean(cv):.3f} | "
-            f"{r['perplexity']:.2f} [{low:.2f}, {high:.2f}] |"
+            f"\n{len(rows)} routed rows: {len(held_out)} held out, subsets of {size} from a pool of {len(pool)}; "
+            f"SFT {args.steps} steps; untrained held-out perplexity {untrained:.2f}"
         )
-    print(f"\nwork folder: {work}")
+        print(
+            "| subset | languages | predicted CV (teacher routing) | observed CV, first → last log | "
+            "observed CV, mean | held-out perplexity [95%] |"
+        )
+        print("|---|---|---:|---:|---:|---:|")
+        for name, r in results.items():
+            cv, (low, high) = r["observed_cv"], r["interval"]
+            mix = ", ".join(f"{k} {v}" for k, v in sorted(r["languages"].items()))
+            print(
+                f"| {name} | {mix} | {r['predicted_cv']:.3f} | {cv[0]:.3f} → {cv[-1]:.3f} | {np.mean(cv):.3f} | "
+                f"{r['perplexity']:.2f} [{low:.2f}, {high:.2f}] |"
+            )
 
 
 if __name__ == "__main__":

@@ -97,39 +97,45 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     floor = fit(teacher, teacher, tokenizer, held_out)
     sft = recipe.train.sft.model_copy(update={"max_steps": args.steps, "save_steps": args.steps})
-    work = Path(tempfile.mkdtemp(prefix="bench-students-"))
-    results = {}
-    for name, student in inits(args.keep, args.width).items():
-        if args.only not in name:
-            continue
-        start = time.perf_counter()
-        config = StudentConfig(name="s", **student)
-        variant = recipe.model_copy(update={"train": recipe.train.model_copy(update={"student": config})})
-        folder = init_student(variant, ROOT / "recipes", work / name / "init", train_rows, load, lambda _: None)
-        info = json.loads((folder / "student_init.json").read_text())
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        before = fit(model, teacher, tokenizer, held_out)
-        trained = run_sft(folder, train_rows, sft, work / name / "sft", lambda _: None)
-        after = fit(
-            AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval(), teacher, tokenizer, held_out
-        )
-        results[name] = {"before": before, "after": after, "params": info["parameters"], "layers": info.get("layers")}
-        results[name]["seconds"] = time.perf_counter() - start
-        print(f"{name}: {json.dumps(results[name])}", flush=True)
+    # the checkpoints are gigabytes: gone when the figures are printed
+    with tempfile.TemporaryDirectory(prefix="bench-students-") as tmp:
+        work = Path(tmp)
+        results = {}
+        for name, student in inits(args.keep, args.width).items():
+            if args.only not in name:
+                continue
+            start = time.perf_counter()
+            config = StudentConfig(name="s", **student)
+            variant = recipe.model_copy(update={"train": recipe.train.model_copy(update={"student": config})})
+            folder = init_student(variant, ROOT / "recipes", work / name / "init", train_rows, load, lambda _: None)
+            info = json.loads((folder / "student_init.json").read_text())
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            before = fit(model, teacher, tokenizer, held_out)
+            trained = run_sft(folder, train_rows, sft, work / name / "sft", lambda _: None)
+            after = fit(
+                AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval(), teacher, tokenizer, held_out
+            )
+            results[name] = {
+                "before": before,
+                "after": after,
+                "params": info["parameters"],
+                "layers": info.get("layers"),
+            }
+            results[name]["seconds"] = time.perf_counter() - start
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
 
-    print(
-        f"\n{len(train_rows)} training rows, {len(held_out)} held out; SFT {args.steps} steps; "
-        f"teacher perplexity {floor['perplexity']:.2f}"
-    )
-    print("| init | parameters | KL before | KL after | perplexity before | perplexity after | after / teacher |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        b, a = r["before"], r["after"]
         print(
-            f"| {name} | {r['params'] / 1e6:.0f}M | {b['kl']:.3f} | {a['kl']:.3f} | {b['perplexity']:,.1f} | "
-            f"{a['perplexity']:,.1f} | {a['perplexity'] / floor['perplexity']:.2f}x |"
+            f"\n{len(train_rows)} training rows, {len(held_out)} held out; SFT {args.steps} steps; "
+            f"teacher perplexity {floor['perplexity']:.2f}"
         )
-    print(f"\nwork folder: {work}")
+        print("| init | parameters | KL before | KL after | perplexity before | perplexity after | after / teacher |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, r in results.items():
+            b, a = r["before"], r["after"]
+            print(
+                f"| {name} | {r['params'] / 1e6:.0f}M | {b['kl']:.3f} | {a['kl']:.3f} | {b['perplexity']:,.1f} | "
+                f"{a['perplexity']:,.1f} | {a['perplexity'] / floor['perplexity']:.2f}x |"
+            )
 
 
 if __name__ == "__main__":

@@ -95,14 +95,15 @@ def main() -> None:
     if not rows:
         sys.exit(f"no scored rows in {args.run}: run `make demo` first")
     train_rows, held_out = split_rows(rows, recipe.train.evaluate.eval_fraction, recipe.train.evaluate.min_held_out)
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    start = init_student(recipe, ROOT / "recipes", work / "init", train_rows, log=print)
+    # the checkpoints are gigabytes: gone when the figures are printed
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        work = Path(tmp)
+        start = init_student(recipe, ROOT / "recipes", work / "init", train_rows, log=print)
 
-    if args.part in ("sft", "all"):
-        compare_sft(args, start, train_rows, recipe, work)
-    if args.part in ("distill", "all"):
-        compare_distill(args, start, train_rows, held_out, recipe, work)
-    print(f"\nwork folder: {work}")
+        if args.part in ("sft", "all"):
+            compare_sft(args, start, train_rows, recipe, work)
+        if args.part in ("distill", "all"):
+            compare_distill(args, start, train_rows, held_out, recipe, work)
 
 
 def compare_sft(args, start: Path, train_rows: list[dict], recipe, work: Path) -> None:
