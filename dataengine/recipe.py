@@ -431,6 +431,49 @@ class BalanceConfig(StrictModel):
         return self
 
 
+class JudgeConfig(StrictModel):
+    """A model rates every row curation kept against a rubric (helpfulness, correctness, instruction following,
+    and the language asked; for code, whether the tests are meaningful), from 1 to 5 each, with a one-sentence
+    rationale. The verdict is requested under a JSON schema (OpenAI's `response_format`, vLLM's structured
+    outputs), so it parses; a row whose verdict still cannot be read after `attempts` requests, or whose
+    requests keep failing, is rejected with `judge_error`, never kept unjudged. Rows whose mean score is below
+    `threshold` go to `judge_rejected/` with reason `judge_low`; later stages read `judged/`."""
+
+    model: str | None = Field(
+        None, description="served model name of a separate judge at `endpoint`; null: the run's teacher judges"
+    )
+    endpoint: str | None = Field(
+        None, description="OpenAI-compatible server of the separate judge (needs `model`); it must honour JSON schemas"
+    )
+    threshold: float = Field(
+        3.0, ge=1, le=5, description="rows whose mean score is below this are rejected (`judge_low`); 1 keeps all"
+    )
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="the judge's sampling temperature; 0 is greedy")
+    max_tokens: int = Field(200, ge=32, description="verdict length cap: the rationale and the scores")
+    rationale_chars: int = Field(200, ge=20, description="the rationale's length cap (held by the JSON schema)")
+    attempts: int = Field(
+        3, ge=1, description="requests per row (a new seed each) before an unreadable verdict rejects it"
+    )
+    max_concurrent_requests: int = Field(8, ge=1, description="verdicts requested at once")
+    request_timeout_s: float = Field(300.0, gt=0, description="one verdict request's timeout")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"endpoint must be an http(s) URL like http://127.0.0.1:8001, got {value!r}")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _endpoint_with_model(self) -> JudgeConfig:
+        if (self.model is None) != (self.endpoint is None):
+            raise ValueError(
+                "a separate judge needs both `model` (its served name) and `endpoint` (its URL); "
+                "leave both out to have the teacher judge"
+            )
+        return self
+
+
 class CurateConfig(StrictModel):
     filters: FiltersConfig = Field(FiltersConfig(), description="filters on the teacher's answers")
     code: CodeCheckConfig = Field(CodeCheckConfig(), description="code rows: parse, then own tests in the sandbox")
@@ -442,6 +485,9 @@ class CurateConfig(StrictModel):
     workers: int = Field(1, ge=1, description="tasks run at once")
     balance: BalanceConfig | None = Field(
         None, description="select kept rows for an even expert load (needs a `route` block); null keeps them all"
+    )
+    judge: JudgeConfig | None = Field(
+        None, description="a model rates each kept row; rows under the threshold are rejected. null: no judge"
     )
 
     @model_validator(mode="after")

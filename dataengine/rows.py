@@ -60,6 +60,9 @@ SAMPLE_FEATURES = Features(
     }
 )
 
+# every criterion a judge's rubric scores (judge/data/rubric.yaml)
+JUDGE_CRITERIA = ("helpfulness", "correctness", "instruction_following", "language", "tests_meaningful")
+
 # Curation adds quality signals, dedup clusters and, on rejected rows, why and where they were dropped.
 CURATED_FEATURES = Features(
     {
@@ -72,6 +75,12 @@ CURATED_FEATURES = Features(
         "contaminated_by": Value("string"),
         "dedup_cluster_id": Value("string"),
         "dedup_cluster_size": Value("int32"),
+        # the judge stage's verdict (curate.judge): 1-5 per criterion (null where its rubric has none), their
+        # mean, the judge's one-sentence rationale, and which model judged; null without a judge
+        "judge_scores": {name: Value("int8") for name in JUDGE_CRITERIA},
+        "judge_score": Value("float32"),
+        "judge_rationale": Value("string"),
+        "judge_model": Value("string"),
         "drop_reason": Value("string"),
         "drop_step": Value("string"),
     }

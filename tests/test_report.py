@@ -16,12 +16,12 @@ from dataengine.cli import app
 from dataengine.experts.maps import RoutedRow
 from dataengine.experts.maps import build as build_map
 from dataengine.facts import collect
-from dataengine.generate.throughput import recorder, timeline
 from dataengine.manifest import Manifest
 from dataengine.publish.card import evaluation_section, expert_coverage_section
 from dataengine.publish.layout import write_layout
 from dataengine.report.page import SECTIONS, write_report
 from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
+from dataengine.teacher.throughput import recorder, timeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -250,7 +250,7 @@ def test_a_run_that_only_generated_gets_a_page_that_says_what_is_missing(run_dir
 
 def test_throughput_timeline_spreads_tokens_over_each_stretch_of_generation(tmp_path, monkeypatch):
     ends = iter([104.0, 104.0, 1002.0])
-    monkeypatch.setattr("dataengine.generate.throughput.time.time", lambda: next(ends))
+    monkeypatch.setattr("dataengine.teacher.throughput.time.time", lambda: next(ends))
     with recorder(tmp_path / "t.tsv") as record:
         record(40, 100.0)  # ran 100-104 s
         record(20, 102.0)  # ran 102-104 s, alongside

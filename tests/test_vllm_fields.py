@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from dataengine.generate.rollout import _payload
-from dataengine.generate.stage import endpoint_server, inference_config
+from dataengine.generate.stage import teacher_config
 from dataengine.recipe import parse_recipe
+from dataengine.teacher.inference import endpoint_server
 
 # 127.0.0.2 is loopback too, but not a name datatrove treats as local: it takes the OpenAI client path
 MINIMAL = """
@@ -54,7 +55,7 @@ def test_continue_final_message_and_structured_outputs_reach_a_remote_endpoint(m
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         recipe = parse_recipe(MINIMAL.format(port=httpd.server_port))
-        config = inference_config(recipe, recipe.teacher.endpoint)
+        config = teacher_config(recipe, recipe.teacher.endpoint)
         assert "sk-the-users-own" not in repr(config)  # datatrove writes its config out
 
         async def ask(payload: dict) -> dict:

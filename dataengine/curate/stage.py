@@ -59,8 +59,8 @@ class CurateStage(Stage):
         self.outputs = {"kept": "curated", "rejected": "rejected"}
         # appending to a publish target dedups against what it holds: where that is belongs to the key
         appends = recipe.publish is not None and recipe.publish.append
-        # the balance selection is its own stage's, after routing
-        own = ("curate", "-curate.balance")
+        # the judge and the balance selection are stages of their own, after curation
+        own = ("curate", "-curate.judge", "-curate.balance")
         self.key_paths = (*own, "publish.to", "publish.revision") if appends else own
 
     def key_files(self) -> list[Path]:

@@ -18,8 +18,7 @@ from typing import Any
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import GenerateFunction
 
-# where a response's `routed_experts` travels from datatrove's endpoint to the rollout (generate/stage.py)
-ROUTED_EXPERTS = "dataengine_routed_experts"
+from dataengine.teacher.inference import ROUTED_EXPERTS
 
 _LABEL = re.compile(
     r"^\s*(?:\*\*)?(?:question|frage|pregunta|domanda|pergunta|вопрос|问题)\s*[:：]\s*(?:\*\*)?\s*", re.I

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import hashlib
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 from datatrove.data import Document
-from datatrove.executor import LocalPipelineExecutor
-from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
-from datatrove.pipeline.inference.servers import EndpointServer
-from datatrove.pipeline.inference.types import ServerError
+from datatrove.pipeline.inference.run_inference import InferenceConfig
 from datatrove.pipeline.readers import JsonlReader
-from datatrove.pipeline.writers import JsonlWriter
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dataengine.checks.code_answer import LAYOUT_REGEX, parse_code_answer
 from dataengine.errors import StageError
 from dataengine.experts.vllm_payload import answer_routing, encode
-from dataengine.generate.rollout import ROUTED_EXPERTS, request_seed, rollout
+from dataengine.generate.rollout import request_seed, rollout
 from dataengine.generate.seeds import (
     PromptSeed,
     expand_seeds,
@@ -37,97 +29,27 @@ from dataengine.generate.seeds import (
     load_topics,
     top_up_seeds,
 )
-from dataengine.generate.throughput import FILE as THROUGHPUT
-from dataengine.generate.throughput import recorder, timeline
 from dataengine.generate.top_up import load_rounds
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
 from dataengine.rows import count_groups, write_shards
 from dataengine.stage import RunContext, Stage, StageResult, config_hash
+from dataengine.teacher.inference import inference_config, run_inference
 from dataengine.teacher.server import served_name
+from dataengine.teacher.throughput import FILE as THROUGHPUT
+from dataengine.teacher.throughput import timeline
 
-HEALTH_INTERVAL_S = 2.0
-# request fields vLLM reads that the OpenAI client does not know (generate/rollout.py sets them)
-VLLM_FIELDS = ("continue_final_message", "add_generation_prompt", "structured_outputs")
 # the sampling knobs every request carries (max_tokens is per kind) and every row records
 _SENT_SAMPLING = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
 
 
-class _RootEndpointServer(EndpointServer):
-    """datatrove's EndpointServer takes its URL as the OpenAI client's base (which must end in /v1)
-    but probes readiness at `<url>/v1/models`; we hand it `<root>/v1` and give the probe the root.
-
-    Its health monitor asks the run's teacher: once the teacher fails three checks in a row, datatrove
-    fails every waiting request at once (instead of each retrying a dead server for minutes), the
-    run ends, and the stage restarts the teacher and runs again from datatrove's checkpoints."""
-
-    health: Callable[[], bool] = staticmethod(lambda: True)
-
-    def get_base_url(self) -> str:
-        return self.endpoint_url.rstrip("/").removesuffix("/v1")
-
-    async def _make_request(self, payload: dict) -> dict:
-        # a copy: datatrove's client path pops "model" from the dict it is given, and a retry sends it again
-        payload = dict(payload)
-        if self.client is not None and (vllm_fields := {k: payload.pop(k) for k in VLLM_FIELDS if k in payload}):
-            # a non-local endpoint is reached through the OpenAI client, whose create() refuses keyword
-            # arguments that are not OpenAI's: vLLM's own fields travel in the body through extra_body
-            payload["extra_body"] = vllm_fields
-        response = await super()._make_request(payload)
-        # datatrove keeps a choice's text and finish reason and the response's usage, in its result and in
-        # its request cache; usage is the one free-form dict of the three, so the teacher's routing rides in it
-        routed = response["choices"][0].pop("routed_experts", None)
-        if routed is not None:
-            response.setdefault("usage", {})[ROUTED_EXPERTS] = routed
-        return response
-
-    async def monitor_health(self) -> None:
-        failures = 0
-        while failures < 3:
-            await asyncio.sleep(HEALTH_INTERVAL_S)
-            failures = 0 if await asyncio.to_thread(self.health) else failures + 1
-        raise ServerError("the teacher stopped answering its health check")
-
-
-class _Runner(InferenceRunner):
-    health: Callable[[], bool] = staticmethod(lambda: True)
-    whole_responses = False
-
-    def _init_server(self, rank: int) -> EndpointServer:
-        return endpoint_server(self.config, rank, self.health, self.whole_responses)
-
-
-def endpoint_server(
-    config: InferenceConfig, rank: int, health: Callable[[], bool], whole_responses: bool
-) -> _RootEndpointServer:
-    """datatrove's endpoint server for one task, with the teacher's health check."""
-    server = _RootEndpointServer(config, rank)
-    server.health = health
-    if whole_responses:
-        # datatrove talks to a non-local endpoint through the OpenAI client, which rebuilds the response
-        # from its text and usage alone; its raw http path (used for local ones) returns it whole
-        server.client = None
-    return server
-
-
-def inference_config(recipe: Recipe, url: str) -> InferenceConfig:
-    """How datatrove's runner reaches the teacher at `url` (its root, without /v1)."""
+def teacher_config(recipe: Recipe, url: str) -> InferenceConfig:
+    """How the generation requests reach the teacher at `url`."""
     gen = recipe.generate
-    return InferenceConfig(
-        server_type="endpoint",
-        model_name_or_path=served_name(recipe.teacher),
-        endpoint_url=url + "/v1",
-        # a non-local endpoint is reached through the OpenAI client, which refuses to start without a key; the
-        # teacher has none (a server started with --api-key is not supported: our health checks send no key),
-        # so vLLM's own placeholder, never the user's OPENAI_API_KEY
-        api_key="EMPTY",
-        use_chat=True,
-        # OpenAI's own names: the OpenAI client takes them as they are
-        default_generation_params=gen.sampling.model_dump(include=_SENT_SAMPLING),
-        max_concurrent_generations=gen.max_concurrent_requests,
-        request_timeout=gen.request_timeout_s,
-        metric_interval=3600,
+    sampling = gen.sampling.model_dump(include=_SENT_SAMPLING)
+    return inference_config(
+        served_name(recipe.teacher), url, sampling, gen.max_concurrent_requests, gen.request_timeout_s
     )
 
 
@@ -261,51 +183,19 @@ class GenerateStage(Stage):
         )
 
     def _infer(self, ctx: RunContext, docs: list[Document], work_dir: Path) -> float:
-        """Run datatrove's InferenceRunner over the prompts; returns seconds spent generating. A teacher that
-        dies (or an endpoint that stops answering) is recovered and the run goes on from the checkpoints."""
-        done_before = len(_ids_in(work_dir / "raw") | _ids_in(work_dir / "checkpoints"))
-        with recorder(work_dir / THROUGHPUT) as record, _progress(ctx.console) as progress:
-            task = progress.add_task("generating", total=len(docs), completed=done_before, tokens=0)
-
-            def on_done(tokens: int, started: float) -> None:
-                record(tokens, started)
-                progress.advance(task)
-                progress.update(task, tokens=progress.tasks[task].fields["tokens"] + tokens)
-
-            started = time.time()
-            with datatrove_logs_to(work_dir / "datatrove.log"):
-                while True:
-                    try:
-                        self._executor(ctx, docs, work_dir, on_done).run()
-                        break
-                    except Exception as exc:
-                        failure = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                        if not ctx.teacher.recover(failure):
-                            raise StageError(
-                                f"generation failed: {failure}\nlog: {work_dir / 'logs'}; run again to resume"
-                            ) from exc
-        return time.time() - started
-
-    def _executor(
-        self, ctx: RunContext, docs: list[Document], work_dir: Path, on_done: Callable[[int, float], None]
-    ) -> LocalPipelineExecutor:
-        """A fresh executor per attempt: a restarted teacher listens on a new port."""
-        gen = self.recipe.generate
-        runner = _Runner(
-            rollout_fn=rollout,
-            config=inference_config(self.recipe, ctx.teacher.url()),
-            output_writer=JsonlWriter(
-                str(work_dir / "raw"), output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None
-            ),
-            # functions, not objects: the executor deep-copies the pipeline, and a function is copied by reference
-            shared_context=lambda: {"on_done": on_done},
-            checkpoints_local_dir=str(work_dir / "checkpoints"),
-            records_per_chunk=gen.records_per_chunk,
+        """The teacher's rollouts of these prompts; returns seconds spent generating."""
+        recipe = self.recipe
+        return run_inference(
+            ctx.teacher,
+            docs,
+            work_dir,
+            rollout,
+            functools.partial(teacher_config, recipe),
+            ctx.console,
+            "generating",
+            recipe.generate.records_per_chunk,
+            whole_responses=recipe.teacher.return_routed_experts,
         )
-        teacher = ctx.teacher
-        runner.health = lambda: teacher.healthy()
-        runner.whole_responses = self.recipe.teacher.return_routed_experts
-        return LocalPipelineExecutor(pipeline=[docs, runner], tasks=1, workers=1, logging_dir=str(work_dir / "logs"))
 
     def _rows(self, ctx: RunContext, raws: list[Path]) -> _Made:
         """Turn datatrove's documents (one per prompt) into sample rows (one per rollout)."""
@@ -438,24 +328,3 @@ def _answer_routing(answer: dict) -> str | None | bool:
         return encode(answer_routing(payload, answer["prompt_tokens"]))
     except ValueError:
         return False
-
-
-def _ids_in(folder: Path) -> set[str]:
-    """Ids of documents already written (raw output or checkpoints), to start the progress bar there."""
-    ids: set[str] = set()
-    for path in folder.rglob("*.jsonl") if folder.exists() else []:
-        for line in path.read_bytes().splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError):
-                ids.add(orjson.loads(line)["id"])
-    return ids
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("prompts · {task.fields[tokens]} tokens"),
-        TimeElapsedColumn(),
-        console=console,
-    )

@@ -14,6 +14,7 @@ from pathlib import Path
 from dataengine.balance.stage import BalanceStage
 from dataengine.curate.stage import CurateStage
 from dataengine.generate.stage import GenerateStage
+from dataengine.judge.stage import JudgeStage
 from dataengine.manifest import Manifest
 from dataengine.publish.stage import PublishStage
 from dataengine.recipe import BUILTIN_PREFIX, Recipe
@@ -25,7 +26,17 @@ from dataengine.train.evaluate_stage import EvaluateStage
 from dataengine.train.stage import TrainStage
 
 # Every kind of stage: each checks its own block of a recipe, whichever pipeline the recipe picks
-STAGES = (GenerateStage, CurateStage, RouteStage, BalanceStage, ScoreStage, TrainStage, EvaluateStage, PublishStage)
+STAGES = (
+    GenerateStage,
+    CurateStage,
+    JudgeStage,
+    RouteStage,
+    BalanceStage,
+    ScoreStage,
+    TrainStage,
+    EvaluateStage,
+    PublishStage,
+)
 
 # After a pass over the stages: what to ask for in one more pass (a line for the log), or None when done.
 NextRound = Callable[[Path, dict[str, Manifest]], str | None]

@@ -11,6 +11,7 @@ from dataengine.balance.stage import BalanceStage
 from dataengine.curate.stage import CurateStage
 from dataengine.generate.stage import GenerateStage
 from dataengine.generate.top_up import add_round
+from dataengine.judge.stage import JudgeStage
 from dataengine.manifest import Manifest
 from dataengine.pipelines import NextRound, Pipeline
 from dataengine.publish.stage import PublishStage
@@ -27,21 +28,27 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
 
 
 def curated(recipe: Recipe, base_dir: Path) -> list[Stage]:
-    """Generate, curate, and with a `route` block the routing of what curation kept and rejected, then with
-    `curate.balance` the selection of kept rows for an even expert load."""
-    stages: list[Stage] = [GenerateStage(recipe, base_dir), CurateStage(recipe, base_dir, rows_from="generated")]
+    """Generate, curate, with `curate.judge` the judge's verdicts on what curation kept, then with a `route`
+    block the routing of what was kept and rejected, then with `curate.balance` the selection of kept rows
+    for an even expert load."""
+    curate = CurateStage(recipe, base_dir, rows_from="generated")
+    stages: list[Stage] = [GenerateStage(recipe, base_dir), curate]
+    if recipe.curate.judge is not None:
+        stages.append(JudgeStage(recipe, base_dir, rows_from=curate.outputs["kept"]))
+    kept = kept_rows(stages)
     if recipe.route is not None:
-        rejected = "rejected" if recipe.route.rejected else None
-        route = RouteStage(recipe, base_dir, rows_from="curated", rejected_from=rejected)
+        rejected = curate.outputs["rejected"] if recipe.route.rejected else None
+        route = RouteStage(recipe, base_dir, rows_from=kept, rejected_from=rejected)
         stages.append(route)
         if recipe.curate.balance is not None:
-            stages.append(BalanceStage(recipe, base_dir, rows_from="curated", routing_from=route.outputs["map"]))
+            stages.append(BalanceStage(recipe, base_dir, rows_from=kept, routing_from=route.outputs["map"]))
     return stages
 
 
 def kept_rows(stages: list[Stage]) -> str:
-    """The folder of the rows curation finally kept: the balanced selection when there is one."""
-    return next(s.outputs["kept"] for s in reversed(stages) if s.name in ("balance", "curate"))
+    """The folder of the rows curation finally kept: the balanced selection when there is one, else what the
+    judge kept when there is one."""
+    return next(s.outputs["kept"] for s in reversed(stages) if s.name in ("balance", "judge", "curate"))
 
 
 def top_up(recipe: Recipe) -> NextRound:

@@ -218,9 +218,12 @@ class TeacherEndpoint:
     A stage whose requests failed calls `recover()`: a dead server of ours is restarted, an endpoint
     that stopped answering is waited for, each with `teacher.recovery` attempts and backoff."""
 
-    def __init__(self, teacher: TeacherConfig, log_path: Path, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, teacher: TeacherConfig, log_path: Path, log: Callable[[str], None] = print, role: str = "teacher"
+    ) -> None:
         self.teacher = teacher
         self.log = log
+        self.role = role  # how the log names it: the run's teacher, or a separate judge
         self.server = None if teacher.endpoint else TeacherServer(teacher, log_path, log)
         self.restarts = 0  # over the whole run
 
@@ -248,15 +251,15 @@ class TeacherEndpoint:
         for attempt in range(1, policy.max_attempts + 1):
             wait = policy.backoff_s * 2 ** (attempt - 1)
             self.log(
-                f"teacher endpoint {self.teacher.endpoint} is not answering ({failure}); "
+                f"{self.role} endpoint {self.teacher.endpoint} is not answering ({failure}); "
                 f"retrying in {wait:.0f}s (attempt {attempt} of {policy.max_attempts})"
             )
             time.sleep(wait)
             if self.healthy():
-                self.log(f"teacher endpoint {self.teacher.endpoint} answers again")
+                self.log(f"{self.role} endpoint {self.teacher.endpoint} answers again")
                 return True
         raise StageError(
-            f"teacher endpoint {self.teacher.endpoint} did not answer after {policy.max_attempts} attempts "
+            f"{self.role} endpoint {self.teacher.endpoint} did not answer after {policy.max_attempts} attempts "
             f"(teacher.recovery); the last failure: {failure}. Finished requests are kept: run again to resume"
         )
 

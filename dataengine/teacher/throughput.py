@@ -1,4 +1,4 @@
-"""The teacher's tokens/s over time: one line per finished rollout in `.work/generate/throughput.tsv`.
+"""The teacher's tokens/s over time: one line per finished rollout in `.work/<stage>/throughput.tsv`.
 
 Each line holds when the rollout started and ended and the tokens the teacher wrote for it. Appended as
 rollouts finish, so a resumed generation adds to the same record; the stage's manifest keeps a binned
