@@ -130,7 +130,8 @@ class RunFacts:
     name: str
     run_id: str
     stages: list[StageLine] = field(default_factory=list)
-    # "kind/language" -> {step: rows}, steps in pipeline order (generated, kept, balanced, trained on, published)
+    # "kind/language" -> {step: rows}, steps in pipeline order (generated, kept, judged, balanced, trained on,
+    # published)
     funnel: dict[str, dict[str, int]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)  # reason -> rows, most first
     answer_chars: dict[str, list[int]] = field(default_factory=dict)  # "kept" / "rejected" -> lengths
@@ -141,6 +142,7 @@ class RunFacts:
     training: Training | None = None
     evaluation: Evaluation | None = None
     routing: dict | None = None  # the route stage's map.json
+    judge: dict | None = None  # the judge stage's stats: its model, threshold, score histograms and means
     teacher_quality: dict[str, float | None] = field(default_factory=dict)  # same checks on the teacher's answers
 
     @property
@@ -190,12 +192,14 @@ def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
     facts.routing = json.loads(routing.read_text()) if routing is not None and routing.is_file() else None
     if rows:
         _rows_and_funnel(facts, run)
-    # why rows were dropped on the way to the dataset: curation's filters, then the expert-balance selection
+    # why rows were dropped on the way to the dataset: curation's filters, the judge, the expert-balance selection
     drops = Counter()
-    for stage in ("curate", "balance"):
+    for stage in ("curate", "judge", "balance"):
         if stage in manifests:
             drops.update(manifests[stage].drops)
     facts.drops = dict(sorted(drops.items(), key=lambda kv: (-kv[1], kv[0])))
+    if "judge" in manifests:
+        facts.judge = manifests["judge"].stats
     if "generate" in manifests:
         stats = manifests["generate"].stats
         facts.throughput = stats.get("teacher_tokens_per_second_timeline") or []
@@ -214,12 +218,18 @@ def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
     if kept is not None:
         steps.append(("kept", kept))
     kept = kept or []
-    # with curate.balance, what the later stages read is the balanced selection of the kept rows
-    balanced = _rows(run, "balance", ["id"]) if run.manifest("balance") else None
     selected = kept
+    # with curate.judge, what the later stages read is what the judge kept of them
+    judged = _rows(run, "judge", ["id"]) if run.manifest("judge") else None
+    if judged is not None:
+        ids = {row["id"] for row in judged}
+        selected = [row for row in kept if row["id"] in ids]
+        steps.append(("judged", selected))
+    # with curate.balance, the balanced selection of those
+    balanced = _rows(run, "balance", ["id"]) if run.manifest("balance") else None
     if balanced is not None:
         ids = {row["id"] for row in balanced}
-        selected = [row for row in kept if row["id"] in ids]
+        selected = [row for row in selected if row["id"] in ids]
         steps.append(("balanced", selected))
     if facts.training is not None:
         held_out = set(facts.training.held_out_ids)

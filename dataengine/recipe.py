@@ -914,6 +914,8 @@ class Recipe(StrictModel):
             raise ValueError("curate.balance selects rows by how the teacher routes them: add a `route` block")
         if self.route is not None and (self.curate is None or self.pipeline == "generate"):
             raise ValueError("route replays the curated rows: it needs a `curate` block and pipeline curate or distill")
+        if self.curate is not None and self.curate.judge is not None and self.pipeline == "generate":
+            raise ValueError("curate.judge rates the curated rows: it needs pipeline curate or distill")
         if self.publish is not None and (self.curate is None or self.pipeline == "generate"):
             raise ValueError("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
         self._check_incremental()

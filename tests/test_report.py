@@ -65,6 +65,7 @@ def run_dir(tmp_path: Path) -> Path:
     stages = {
         "generate": {"rows": "generated"},
         "curate": {"kept": "curated", "rejected": "rejected"},
+        "judge": {"kept": "judged", "rejected": "judge_rejected"},
         "train": {"student": "students/tiny"},
         "evaluate": {"metrics": "eval"},
         "publish": {"layout": "published"},
@@ -92,6 +93,17 @@ def run_dir(tmp_path: Path) -> Path:
     write_shards(kept, run / "curated", features=CURATED_FEATURES)
     write_shards(rejected, run / "rejected", features=CURATED_FEATURES)
     _manifest(run / "curated", "curate", 12, len(kept), drops={"truncated": 3, "near_duplicate": 2})
+    # the judge rejects r11 (code) with a mean score of 1.5
+    write_shards([r for r in kept if r["id"] != "r11"], run / "judged", features=CURATED_FEATURES)
+    judge = {
+        "judge_model": "judge-model",
+        "threshold": 3.0,
+        "score_histogram": {"kept": {"3.0": 2, "4.5": 4}, "rejected": {"1.5": 1}},
+        "mean_score_kept": 4.0,
+        "mean_score_rejected": 1.5,
+        "mean_by_criterion": {"correctness": 3.5, "helpfulness": 3.75},
+    }
+    _manifest(run / "judged", "judge", len(kept), len(kept) - 1, drops={"judge_low": 1}, stats=judge)
     student = run / "students" / "tiny"
     student.mkdir(parents=True)
     phases = [
@@ -163,15 +175,17 @@ def run_dir(tmp_path: Path) -> Path:
 
 def test_collect_counts_rows_through_the_stages_from_the_run_folder(run_dir):
     facts = collect(run_dir)
-    assert [s.stage for s in facts.stages] == ["generate", "curate", "train", "evaluate", "publish"]
+    assert [s.stage for s in facts.stages] == ["generate", "curate", "judge", "train", "evaluate", "publish"]
     # row i is chat/en, chat/fr, code/en for i % 3 = 0, 1, 2; rejected: r01, r04, r10 (fr), r05 (code), r09 (en);
-    # held out: r00 (en), r02 (code); published: kept r00, r02, r03, r06, r07 (and an earlier run's r99)
+    # the judge rejects r11 (code); held out: r00 (en), r02 (code); published: kept r00, r02, r03, r06, r07
+    # (and an earlier run's r99)
     assert facts.funnel == {
-        "chat/en": {"generated": 4, "kept": 3, "trained on": 2, "published": 3},
-        "chat/fr": {"generated": 4, "kept": 1, "trained on": 1, "published": 1},
-        "code/en": {"generated": 4, "kept": 3, "trained on": 2, "published": 1},
+        "chat/en": {"generated": 4, "kept": 3, "judged": 3, "trained on": 2, "published": 3},
+        "chat/fr": {"generated": 4, "kept": 1, "judged": 1, "trained on": 1, "published": 1},
+        "code/en": {"generated": 4, "kept": 3, "judged": 2, "trained on": 1, "published": 1},
     }
-    assert facts.drops == {"truncated": 3, "near_duplicate": 2}
+    assert facts.drops == {"truncated": 3, "near_duplicate": 2, "judge_low": 1}
+    assert facts.judge["score_histogram"]["rejected"] == {"1.5": 1}
     assert facts.cluster_sizes == {1: 6, 3: 1}
     assert sorted(facts.answer_chars["rejected"]) == sorted(len("word " * (10 + 7 * i)) for i in (1, 4, 5, 9, 10))
     assert facts.losses["sft"] == [(2, 4.0), (4, 3.0), (6, 2.0)]
@@ -184,8 +198,9 @@ def test_status_prints_the_same_figures_in_the_terminal(run_dir):
     result = CliRunner().invoke(app, ["status", str(run_dir), "--html"], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
-    assert "│ chat/en │ 4 │ 3 │ 2 │ 3 │" in out
-    assert "│ truncated │ 3 │" in out and "│ near_duplicate │ 2 │" in out
+    assert "│ chat/en │ 4 │ 3 │ 3 │ 2 │ 3 │" in out
+    assert "│ truncated │ 3 │" in out and "│ near_duplicate │ 2 │" in out and "│ judge_low │ 1 │" in out
+    assert "the judge's mean scores (judge-model, threshold 3.0)" in out and "│ 1.5 │ 0 │ 1 │" in out
     assert "│ sft │ 6 │ 4 │ 2 │" in out
     assert "│ KL(teacher ‖ student) │ 9.5 │ 4.2 │ — │" in out and "│ code pass rate │ 0 │ n/a │ 1 │" in out
     assert "│ perplexity │ 4000 │ 60 [40, 90] │ 3.1 [2.5, 3.9] │" in out
@@ -302,7 +317,7 @@ def test_the_report_renders_in_headless_chromium_with_every_figure(run_dir):
             assert figure.locator("h2").inner_text() == title
             box = figure.locator("svg").first.bounding_box()
             assert box is not None and box["width"] > 200 and box["height"] > 100, (key, box)
-        assert page.locator("#stages tbody tr").count() == 5
+        assert page.locator("#stages tbody tr").count() == 6
         assert "4.2" in page.locator("#evaluation-table").inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)

@@ -32,7 +32,7 @@ from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.inference import OnDone, inference_config, run_inference
 from dataengine.teacher.server import TeacherEndpoint, served_name
 from dataengine.teacher.throughput import FILE as THROUGHPUT
-from dataengine.teacher.throughput import timeline
+from dataengine.teacher.throughput import rate, timeline
 
 LOW, ERROR = "judge_low", "judge_error"
 # a retry must differ from the request that failed: greedy decoding would write the same verdict again
@@ -89,7 +89,10 @@ class JudgeStage(Stage):
             rows_out=len(kept),
             output_fingerprint=fingerprint_files(paths),
             drops=dict(Counter(r["drop_reason"] for r in rejected)),
-            stats=_stats(kept, rejected, verdicts.values(), seconds, work_dir, model),
+            stats={
+                "threshold": self.cfg.threshold,
+                **_stats(kept, rejected, verdicts.values(), seconds, work_dir, model),
+            },
         )
 
     def _judge(self, ctx: RunContext, work_dir: Path) -> tuple[TeacherEndpoint, str]:
@@ -206,8 +209,7 @@ def _stats(
         "attempts": dict(Counter(str(v["attempts"]) for v in verdicts)),
         "verdict_tokens": tokens,
         "judge_seconds": round(seconds, 2),
-        # after a resume the tokens include verdicts written before it, so this over-reports speed then
-        "judge_tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
+        "judge_tokens_per_second": rate([work_dir / THROUGHPUT]),
         "judge_tokens_per_second_timeline": timeline([work_dir / THROUGHPUT]),
     }
 

@@ -145,7 +145,7 @@ def _body(
         "|---|---:|---:|",
     ]
     # the stages that pass rows on (training and evaluation report in their own section)
-    passing = [s for s in facts.stages if s.stage in ("generate", "curate", "balance", "score")]
+    passing = [s for s in facts.stages if s.stage in ("generate", "curate", "judge", "balance", "score")]
     lines += [f"| {s.stage} | {numbers.count(s.rows_in)} | {numbers.count(s.rows_out)} |" for s in passing]
     if facts.drops:
         lines += ["", "## Drop reasons", "", "| reason | rows |", "|---|---:|"]
@@ -156,6 +156,7 @@ def _body(
             "decontamination": recipe.curate.decontamination.model_dump(mode="json"),
         }
         lines += ["", "## Dedup and decontamination", "", "```yaml", _yaml(scrub(settings, secrets)), "```"]
+    lines += judge_section(facts.judge)
     lines += evaluation_section(evaluation, test_ids)
     lines += expert_coverage_section(facts.routing)
     recipe_json = scrub(recipe.model_dump(mode="json", exclude_none=True), secrets)
@@ -172,6 +173,30 @@ def _body(
         "",
     ]
     return "\n".join(lines)
+
+
+def judge_section(judge: dict | None) -> list[str]:
+    """The judge's score distribution, kept against rejected, and its mean per criterion."""
+    if judge is None:
+        return []
+    histogram = judge["score_histogram"]
+    bins = sorted({*histogram["kept"], *histogram["rejected"]}, key=float)
+    means = ", ".join(f"{name} {numbers.metric(value)}" for name, value in judge["mean_by_criterion"].items())
+    return [
+        "",
+        "## Judge",
+        "",
+        f"Every kept row was rated 1-5 per criterion by `{judge['judge_model']}` (columns `judge_scores`, "
+        f"`judge_score`, `judge_rationale`); rows whose mean score was under {numbers.metric(judge['threshold'])} "
+        "were dropped (`judge_low`), and rows whose verdict could not be read (`judge_error`).",
+        "",
+        "| mean score (from; bins of 0.5) | kept | rejected |",
+        "|---:|---:|---:|",
+        *(f"| {b} | {histogram['kept'].get(b, 0)} | {histogram['rejected'].get(b, 0)} |" for b in bins),
+        "",
+        f"Mean score of kept rows {numbers.metric(judge['mean_score_kept'])}, of rejected "
+        f"{numbers.metric(judge['mean_score_rejected'])}; per criterion: {means or numbers.NOT_APPLICABLE}.",
+    ]
 
 
 def evaluation_section(evaluation: Evaluation | None, test_ids: set[str]) -> list[str]:

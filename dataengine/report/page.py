@@ -16,7 +16,8 @@ from dataengine.run_folder import RunFolder
 # (figure id, title, draw, what the page says when the run has nothing to draw there)
 SECTIONS: tuple[tuple[str, str, Callable[[RunFacts], str | None], str], ...] = (
     ("funnel", "Rows through the stages, per kind and language", figures.funnel, "no stage has written rows yet"),
-    ("drops", "Why curation dropped rows", figures.drops, "curation has not run, or dropped nothing"),
+    ("drops", "Why curation and the judge dropped rows", figures.drops, "curation has not run, or dropped nothing"),
+    ("judge", "The judge's scores, kept and rejected", figures.judge_scores, "the recipe has no `curate.judge`"),
     ("lengths", "Answer lengths, kept and rejected", figures.answer_lengths, "curation has not run"),
     ("clusters", "Near-duplicate cluster sizes of kept rows", figures.cluster_sizes, "curation has not run"),
     (

@@ -35,7 +35,7 @@ def _table(title: str, *columns: str) -> Table:
 
 def show(facts: RunFacts, console: Console) -> None:
     console.print(f"[bold]{facts.name}[/bold]  run {facts.run_id}  ({facts.run_dir})")
-    for section in (_stages, _funnel, _drops, _lengths_and_clusters, _throughput, _losses, _evaluation):
+    for section in (_stages, _funnel, _drops, _judge, _lengths_and_clusters, _throughput, _losses, _evaluation):
         section(facts, console)
     report = RunFolder(facts.run_dir).report
     console.print(f"report: {report}" if report.is_file() else "no report.html yet (written when a run ends)")
@@ -59,10 +59,25 @@ def _funnel(facts: RunFacts, console: Console) -> None:
 def _drops(facts: RunFacts, console: Console) -> None:
     if facts.drops:
         top = max(facts.drops.values())
-        drops = _table("why curation dropped rows", "reason", "rows", "")
+        drops = _table("why curation and the judge dropped rows", "reason", "rows", "")
         for reason, n in facts.drops.items():
             drops.add_row(reason, str(n), f"[red]{_bar(n, top)}[/red]")
         console.print(drops)
+
+
+def _judge(facts: RunFacts, console: Console) -> None:
+    if facts.judge is not None:
+        histogram = facts.judge["score_histogram"]
+        bins = sorted({*histogram["kept"], *histogram["rejected"]}, key=float)
+        top = max([*histogram["kept"].values(), *histogram["rejected"].values(), 1])
+        title = f"the judge's mean scores ({facts.judge['judge_model']}, threshold {facts.judge['threshold']})"
+        table = _table(title, "score from", "kept", "rejected", "")
+        for b in bins:
+            kept, rejected = histogram["kept"].get(b, 0), histogram["rejected"].get(b, 0)
+            table.add_row(
+                b, str(kept), str(rejected), f"[blue]{_bar(kept, top)}[/blue][red]{_bar(rejected, top)}[/red]"
+            )
+        console.print(table)
 
 
 def _throughput(facts: RunFacts, console: Console) -> None:

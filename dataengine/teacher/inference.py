@@ -147,10 +147,14 @@ def run_inference(
         started = time.time()
         with datatrove_logs_to(work_dir / "datatrove.log"):
             while True:
+                url = endpoint.url()
+                # datatrove would poll an endpoint that does not answer for minutes before its first request
+                if not endpoint.healthy() and endpoint.recover("it does not answer"):
+                    url = endpoint.url()
                 # a fresh runner and executor per attempt: a restarted teacher listens on a new port
                 runner = _Runner(
                     rollout_fn=rollout_fn,
-                    config=config(endpoint.url()),
+                    config=config(url),
                     output_writer=JsonlWriter(
                         str(work_dir / "raw"), output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None
                     ),

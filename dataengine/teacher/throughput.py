@@ -71,6 +71,15 @@ def timeline(paths: list[Path], bins: int = 40) -> list[list[float]]:
     return points
 
 
+def rate(paths: list[Path]) -> float | None:
+    """Tokens per second of the time rollouts were running (the stretches, without the pauses between a
+    crash and its resume): what a pass of documents read back from checkpoints does not inflate."""
+    stretches = _stretches(_rollouts(paths))
+    active = sum(max(r[1] for r in s) - s[0][0] for s in stretches)
+    tokens = sum(r[2] for s in stretches for r in s)
+    return round(tokens / active, 2) if active > 0 else None
+
+
 def _spread(bins: list[float], lo: float, hi: float, tokens: int) -> None:
     """Add `tokens` to the bins between positions lo and hi (in bin widths, within [0, len(bins)]), in
     proportion to the overlap; a rollout of no measurable length goes to the bin it is in."""
