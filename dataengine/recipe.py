@@ -449,8 +449,13 @@ class JudgeConfig(StrictModel):
         3.0, ge=1, le=5, description="rows whose mean score is below this are rejected (`judge_low`); 1 keeps all"
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="the judge's sampling temperature; 0 is greedy")
-    max_tokens: int = Field(200, ge=32, description="verdict length cap: the rationale and the scores")
-    rationale_chars: int = Field(200, ge=20, description="the rationale's length cap (held by the JSON schema)")
+    max_tokens: int = Field(
+        512,
+        ge=32,
+        description="verdict length cap: the rationale and the scores (a Chinese character can take 3 tokens); "
+        "a verdict cut here does not read",
+    )
+    rationale_chars: int = Field(160, ge=20, description="the rationale's length cap (held by the JSON schema)")
     attempts: int = Field(
         3, ge=1, description="requests per row (a new seed each) before an unreadable verdict rejects it"
     )

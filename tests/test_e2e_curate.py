@@ -12,6 +12,7 @@ from rich.console import Console
 
 from dataengine.experts.metrics import js_divergence
 from dataengine.recipe import load_recipe
+from dataengine.rows import read_rows
 from dataengine.runner import run_recipe
 from tests.conftest import tiny_recipe
 
@@ -143,3 +144,46 @@ def test_top_up_round_when_curation_falls_short(tmp_path, teacher_server):
     assert console.export_text().count("already done") == 2 and "top-up" not in console.export_text()
     assert (work / "logs" / "stats.json").stat().st_mtime_ns == base_stats
     assert len(json.loads((run_dir / "top_up.json").read_text())["rounds"]) == 1
+
+
+JUDGED = """
+pipeline: curate
+curate:
+  filters:
+    truncated: {enabled: false}
+    language: {enabled: false}
+    question: {enabled: false}
+    length: {min_chars: 8}
+  code: {timeout_s: 5, cpu_s: 3}
+  judge: {threshold: 2, rationale_chars: 80}
+"""
+
+
+def test_the_teacher_judges_every_kept_row_under_its_schema(tmp_path, teacher_server):
+    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, extra=JUDGED)
+    recipe = load_recipe(path)
+    console = Console(record=True, width=200)
+    manifests = run_recipe(recipe, tmp_path, run_dir=tmp_path / "run", console=console)
+    curated, judged = manifests["curate"], manifests["judge"]
+    assert judged.rows_in == curated.rows_out > 0
+    assert judged.rows_out + sum(judged.drops.values()) == judged.rows_in
+    # the JSON schema holds the 135M teacher to a verdict that reads: none is rejected as unreadable
+    assert "judge_error" not in judged.drops
+    run_dir = tmp_path / "run"
+    # the 135M teacher is a harsh and noisy judge: either side may be empty (the stand-in judge of test_judge.py
+    # routes rows to both)
+    kept, rejected = read_rows(run_dir / "judged"), read_rows(run_dir / "judge_rejected")
+    assert all(r["judge_score"] >= 2 for r in kept) and all(r["judge_score"] < 2 for r in rejected)
+    assert {r["drop_reason"] for r in rejected} <= {"judge_low"}
+    for row in kept + rejected:
+        scores = row["judge_scores"]
+        asked = ["helpfulness", "correctness", "instruction_following"]
+        asked.append("tests_meaningful" if row["kind"] == "code" else "language")
+        assert all(scores[name] in (1, 2, 3, 4, 5) for name in asked), scores
+        assert row["judge_score"] == pytest.approx(sum(scores[n] for n in asked) / 4, abs=1e-3)
+        assert len(row["judge_rationale"]) <= 80 and row["judge_model"] == recipe.teacher.model
+    assert judged.stats["verdict_tokens"] > 0 and judged.stats["judge_tokens_per_second"] > 0
+    histogram = judged.stats["score_histogram"]
+    assert sum(histogram["kept"].values()) == len(kept) and sum(histogram["rejected"].values()) == len(rejected)
+    page = (run_dir / "report.html").read_text()
+    assert 'id="judge" data-drawn="true"' in page

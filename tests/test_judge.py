@@ -224,7 +224,7 @@ def test_rows_are_routed_by_their_verdict_and_unreadable_ones_are_never_kept(tmp
     loaded = load_dataset("parquet", data_dir=str(outputs["rejected"] / "data"), split="train")
     assert {"judge_score", "judge_scores", "judge_rationale"} <= set(loaded.column_names)
 
-    # a rerun (a new threshold, say) reads the verdicts it has: no request is sent again
+    # a rerun (after a crash, say) reads the verdicts it has: no request is sent again
     sent = len(_Judge.requests)
     again, _ = _judge(tmp_path, judge_port, rows)
     assert len(_Judge.requests) == sent and again.rows_out == 3

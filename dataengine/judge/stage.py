@@ -41,8 +41,7 @@ RETRY_TEMPERATURE = 0.7
 
 class JudgeStage(Stage):
     name = "judge"
-    # the verdicts depend on the judge and the rubric's knobs; the threshold only routes them, so a new one
-    # re-routes without asking again (the verdicts stay in .work/judge)
+    # the verdicts depend on the judge's block and on the teacher (who judges when no separate judge is named)
     key_paths = ("curate.judge", "teacher.model", "teacher.revision", "teacher.builtin", "-teacher.builtin.source")
 
     def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:
