@@ -431,6 +431,15 @@ class BalanceConfig(StrictModel):
         return self
 
 
+class PairsConfig(StrictModel):
+    """Of the judged rollouts of each prompt (generate.*.rollouts >= 2), the best answer the judge kept
+    against the worst, in TRL's preference format (`prompt`, `chosen`, `rejected`), written to `preference/`,
+    published as the `preference` config and trained on by `train.dpo`. For code, an answer whose tests
+    passed beats one whose tests failed, whatever the scores."""
+
+    min_margin: float = Field(1.0, ge=0, le=4, description="least difference of mean score between chosen and rejected")
+
+
 class JudgeConfig(StrictModel):
     """A model rates every row curation kept against a rubric (helpfulness, correctness, instruction following,
     and the language asked; for code, whether the tests are meaningful), from 1 to 5 each, with a one-sentence
@@ -461,6 +470,9 @@ class JudgeConfig(StrictModel):
     )
     max_concurrent_requests: int = Field(8, ge=1, description="verdicts requested at once")
     request_timeout_s: float = Field(300.0, gt=0, description="one verdict request's timeout")
+    pairs: PairsConfig | None = Field(
+        None, description="preference pairs from the verdicts on rollouts of one prompt; null: none"
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -659,6 +671,18 @@ class SFTSettings(TrainerSettings):
     router_aux_loss_coef: float | None = Field(None, ge=0, description="MoE students: weight of the router loss")
 
 
+class DPOSettings(TrainerSettings):
+    """Direct preference optimisation after SFT (and distillation), with TRL's DPOTrainer on the judge's
+    preference pairs (curate.judge.pairs) whose chosen row is not held out; feeds `trl.DPOConfig` (`lora` a
+    peft `LoraConfig`). The reference model is TRL's: a frozen copy of the student as DPO starts (with LoRA,
+    the student with its adapters off)."""
+
+    beta: float | None = Field(None, gt=0, description="how far from the reference the student may move (TRL: 0.1)")
+    loss_type: list[str] | None = Field(None, description="TRL's DPO losses, e.g. [sigmoid] (the default) or [ipo]")
+    max_length: int | None = Field(None, ge=16, description="tokens per prompt + answer; longer ones are truncated")
+    lora: LoraSettings | None = Field(None, description="ours: train LoRA adapters (peft) instead of all weights")
+
+
 # The distillation knobs that only some methods take, and those methods: each TRL config has its own set
 # (a test holds this table to TRL's dataclasses). offline_topk feeds SFTConfig plus our trainer's
 # `temperature` and `ce_weight`.
@@ -761,12 +785,15 @@ class TrainConfig(StrictModel):
     student: StudentConfig = Field(description="the model that learns")
     sft: SFTSettings | None = Field(SFTSettings(), description="sequence-level distillation; null skips it")
     distill: DistillSettings | None = Field(None, description="logit distillation after SFT; null skips it")
+    dpo: DPOSettings | None = Field(
+        None, description="preference optimisation on the judge's pairs, after the phases above; null skips it"
+    )
     evaluate: EvaluateSettings = Field(EvaluateSettings(), description="held-out split and evaluation")
 
     @model_validator(mode="after")
     def _something_to_train(self) -> TrainConfig:
-        if (self.sft is None or not self.sft.enabled) and self.distill is None:
-            raise ValueError("nothing to train: enable `sft` or set `distill`")
+        if (self.sft is None or not self.sft.enabled) and self.distill is None and self.dpo is None:
+            raise ValueError("nothing to train: enable `sft` or set `distill` or `dpo`")
         return self
 
 
@@ -921,6 +948,7 @@ class Recipe(StrictModel):
             raise ValueError("route replays the curated rows: it needs a `curate` block and pipeline curate or distill")
         if self.curate is not None and self.curate.judge is not None and self.pipeline == "generate":
             raise ValueError("curate.judge rates the curated rows: it needs pipeline curate or distill")
+        self._check_pairs()
         if self.publish is not None and (self.curate is None or self.pipeline == "generate"):
             raise ValueError("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
         self._check_incremental()
@@ -951,6 +979,23 @@ class Recipe(StrictModel):
         schedule = data.get("schedule")
         incremental = isinstance(schedule, dict) and schedule.get("incremental", True) is not False
         return {**data, "publish": {**data["publish"], "append": incremental}}
+
+    def _check_pairs(self) -> None:
+        judge = self.curate.judge if self.curate is not None else None
+        pairs = judge is not None and judge.pairs is not None
+        gen = self.generate
+        if pairs and max(gen.chat.rollouts if gen.chat else 1, gen.code.rollouts if gen.code else 1) < 2:
+            raise ValueError(
+                "curate.judge.pairs compares rollouts of one prompt: set generate.chat.rollouts (or "
+                "generate.code.rollouts) to 2 or more"
+            )
+        if pairs and self.publish is not None and self.publish.append:
+            raise ValueError(
+                "curate.judge.pairs with publish.append: appending preference pairs is not supported yet; "
+                "publish the pairs to a target of their own (publish.append: false)"
+            )
+        if self.train is not None and self.train.dpo is not None and not pairs:
+            raise ValueError("train.dpo trains on preference pairs: add curate.judge.pairs")
 
     def _check_incremental(self) -> None:
         schedule = self.schedule

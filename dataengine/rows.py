@@ -122,6 +122,25 @@ SCORED_FEATURES = Features(
     }
 )
 
+# A preference pair (curate.judge.pairs), TRL's conversational preference format: the prompt's turns, the
+# chosen and the rejected answer, and which rows and scores they came from.
+_TURNS = List({"role": Value("string"), "content": Value("string")})
+PREFERENCE_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "prompt": _TURNS,
+        "chosen": _TURNS,
+        "rejected": _TURNS,
+        "chosen_id": Value("string"),
+        "rejected_id": Value("string"),
+        "chosen_score": Value("float32"),
+        "rejected_score": Value("float32"),
+        "kind": Value("string"),
+        "language": Value("string"),
+        "judge_model": Value("string"),
+    }
+)
+
 ROWS_PER_SHARD = 50_000
 
 

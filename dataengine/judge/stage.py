@@ -23,11 +23,12 @@ from rich.console import Console
 
 from dataengine import numbers
 from dataengine.errors import StageError
+from dataengine.judge.pairs import preference_pairs
 from dataengine.judge.rubric import criteria_of, judge_prompt, read_verdict, verdict_schema
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import JudgeConfig, Recipe, TeacherConfig
-from dataengine.rows import CURATED_FEATURES, JUDGE_CRITERIA, count_groups, read_rows, write_shards
+from dataengine.rows import CURATED_FEATURES, JUDGE_CRITERIA, PREFERENCE_FEATURES, count_groups, read_rows, write_shards
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.inference import OnDone, inference_config, run_inference
 from dataengine.teacher.server import TeacherEndpoint, served_name
@@ -50,6 +51,8 @@ class JudgeStage(Stage):
         self.base_dir = base_dir
         self.inputs = {"rows": rows_from}
         self.outputs = {"kept": "judged", "rejected": "judge_rejected"}
+        if self.cfg.pairs is not None:
+            self.outputs["preference"] = "preference"
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         rows = read_rows(inputs["rows"])
@@ -83,6 +86,10 @@ class JudgeStage(Stage):
                 kept.append(judged)
         paths = write_shards(kept, outputs["kept"], features=CURATED_FEATURES)
         write_shards(rejected, outputs["rejected"], features=CURATED_FEATURES)
+        pairs = None
+        if self.cfg.pairs is not None:
+            pairs = preference_pairs(kept + rejected, self.cfg.threshold, self.cfg.pairs.min_margin)
+            write_shards(pairs, outputs["preference"], features=PREFERENCE_FEATURES)
         return StageResult(
             rows_in=len(rows),
             rows_out=len(kept),
@@ -90,6 +97,7 @@ class JudgeStage(Stage):
             drops=dict(Counter(r["drop_reason"] for r in rejected)),
             stats={
                 "threshold": self.cfg.threshold,
+                "preference_pairs": len(pairs) if pairs is not None else None,
                 **_stats(kept, rejected, verdicts.values(), seconds, work_dir, model),
             },
         )
@@ -127,6 +135,8 @@ class JudgeStage(Stage):
         )
         if manifest.drops:
             console.print(f"rejected: {manifest.drops} (rows: {outputs['rejected']})")
+        if stats.get("preference_pairs") is not None:
+            console.print(f"preference pairs: {stats['preference_pairs']} ({outputs['preference']})")
 
 
 async def ask_verdict(document: Document, generate: GenerateFunction, *, on_done: OnDone) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dataengine.stage import Stage
 def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     stages = curated(recipe, base_dir)
     if recipe.publish is not None:
-        stages.append(PublishStage(recipe, base_dir, rows_from=kept_rows(stages)))
+        stages.append(PublishStage(recipe, base_dir, rows_from=kept_rows(stages), preference_from=pairs(stages)))
     return Pipeline(stages, next_round=top_up(recipe))
 
 
@@ -49,6 +49,11 @@ def kept_rows(stages: list[Stage]) -> str:
     """The folder of the rows curation finally kept: the balanced selection when there is one, else what the
     judge kept when there is one."""
     return next(s.outputs["kept"] for s in reversed(stages) if s.name in ("balance", "judge", "curate"))
+
+
+def pairs(stages: list[Stage]) -> str | None:
+    """The folder of the judge's preference pairs, when it makes them."""
+    return next((s.outputs["preference"] for s in stages if s.name == "judge" and "preference" in s.outputs), None)
 
 
 def top_up(recipe: Recipe) -> NextRound:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataengine.pipelines import Pipeline
-from dataengine.pipelines.curate import curated, kept_rows, top_up
+from dataengine.pipelines.curate import curated, kept_rows, pairs, top_up
 from dataengine.publish.stage import PublishStage
 from dataengine.recipe import Recipe, StudentConfig
 from dataengine.score.stage import ScoreStage
@@ -28,7 +28,14 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     route = next((s for s in stages if s.name == "route"), None)
     routing = route.outputs["map"] if route is not None else None
     student, compared = recipe.train.student, recipe.train.evaluate.compare_inits
-    train = TrainStage(recipe, base_dir, rows_from=rows, routing_from=routing if _reads_map(student) else None)
+    preference = pairs(stages)
+    train = TrainStage(
+        recipe,
+        base_dir,
+        rows_from=rows,
+        routing_from=routing if _reads_map(student) else None,
+        preference_from=preference if recipe.train.dpo is not None else None,
+    )
     student_dir = train.outputs["student"]
     evaluate_map = routing if any(_reads_map(s) for s in [student, *compared]) else None
     stages += [
@@ -36,7 +43,16 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
         EvaluateStage(recipe, base_dir, rows_from=rows, student_from=student_dir, routing_from=evaluate_map),
     ]
     if recipe.publish is not None:
-        stages.append(PublishStage(recipe, base_dir, rows_from=kept, student_from=student_dir, evaluation_from="eval"))
+        stages.append(
+            PublishStage(
+                recipe,
+                base_dir,
+                rows_from=kept,
+                student_from=student_dir,
+                evaluation_from="eval",
+                preference_from=preference,
+            )
+        )
     return Pipeline(stages, next_round=top_up(recipe))
 
 

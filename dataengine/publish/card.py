@@ -73,6 +73,7 @@ def build_card(
     features: Features,
     evaluation: Evaluation | None,
     secrets: tuple[str, ...] = (),
+    config_features: dict[str, Features] | None = None,
 ) -> DatasetCard:
     publish = recipe.publish
     languages = sorted({row["language"].split("-")[0] for row in rows})
@@ -86,7 +87,7 @@ def build_card(
         configs=configs,
         **{HISTORY_KEY: history},  # read back by the next appending publish
     )
-    add_dataset_infos(data, layout, counts, features)
+    add_dataset_infos(data, layout, counts, features, config_features)
     body = _body(recipe, facts, counts, rows, load_from, secrets, test_ids, split, history, evaluation)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 

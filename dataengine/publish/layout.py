@@ -37,17 +37,25 @@ def write_layout(
     One set of test ids for every config, so a row is in the test split of each config it belongs to, or
     in none.
     """
+    return {
+        name: write_config(subset, features, folder, name, test_ids, shard_rows)
+        for name, subset in config_rows(rows, configs).items()
+    }
+
+
+def write_config(
+    rows: list[dict], features: Features, folder: Path, name: str, test_ids: set[str], shard_rows: int
+) -> dict[str, int]:
+    """One config's train and test shards under `folder/data/<name>`; rows per split."""
     disable_progress_bars()  # one bar per small file is noise
-    counts: dict[str, dict[str, int]] = {}
-    for name, subset in config_rows(rows, configs).items():
-        counts[name] = {}
-        for split, part in (
-            ("train", [r for r in subset if r["id"] not in test_ids]),
-            ("test", [r for r in subset if r["id"] in test_ids]),
-        ):
-            if part:
-                _write_split(part, features, folder / "data" / name, split, shard_rows)
-                counts[name][split] = len(part)
+    counts = {}
+    for split, part in (
+        ("train", [r for r in rows if r["id"] not in test_ids]),
+        ("test", [r for r in rows if r["id"] in test_ids]),
+    ):
+        if part:
+            _write_split(part, features, folder / "data" / name, split, shard_rows)
+            counts[split] = len(part)
     return counts
 
 
@@ -74,12 +82,17 @@ def card_configs(counts: dict[str, dict[str, int]]) -> list[dict]:
 
 
 def add_dataset_infos(
-    card_data: DatasetCardData, folder: Path, counts: dict[str, dict[str, int]], features: Features
+    card_data: DatasetCardData,
+    folder: Path,
+    counts: dict[str, dict[str, int]],
+    features: Features,
+    config_features: dict[str, Features] | None = None,
 ) -> None:
     """The `dataset_info` front matter `push_to_hub` writes: features, rows and bytes per split (uncompressed
     parquet bytes, close to what `push_to_hub` counts in Arrow). Besides
     informing the Hub viewer, it is part of the key `datasets` caches a local folder under (file mtimes are
-    not, when the card names the configs), so a folder that gained rows is not served from a stale cache."""
+    not, when the card names the configs), so a folder that gained rows is not served from a stale cache.
+    `config_features` names the configs whose columns are not `features`."""
     infos = DatasetInfosDict()
     for name, splits in counts.items():
         split_dict, download = SplitDict(), 0
@@ -90,7 +103,8 @@ def add_dataset_infos(
             in_memory = sum(m.row_group(i).total_byte_size for m in metadata for i in range(m.num_row_groups))
             split_dict.add(SplitInfo(name=split, num_examples=rows, num_bytes=in_memory))
         infos[name] = DatasetInfo(
-            features=features,
+            # the preference config has columns of its own; every other config the rows'
+            features=(config_features or {}).get(name, features),
             splits=split_dict,
             download_size=download,
             dataset_size=sum(s.num_bytes for s in split_dict.values()),

@@ -19,9 +19,9 @@ from dataengine.experts.metrics import js_divergence
 from dataengine.facts import Evaluation, Training, collect
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
-from dataengine.publish.layout import card_configs, write_layout
+from dataengine.publish.layout import card_configs, write_config, write_layout
 from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
-from dataengine.rows import PUBLISHED_FEATURES, read_rows, split_rows
+from dataengine.rows import PREFERENCE_FEATURES, PUBLISHED_FEATURES, read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
 from dataengine.secrets import known_secrets
 from dataengine.stage import RunContext, Stage, StageResult
@@ -69,6 +69,9 @@ class Built:
         return {"counts": self.counts, "rows_added": self.rows_added, "rows_total": self.rows_total}
 
 
+PREFERENCE = "preference"  # the config of the judge's preference pairs
+
+
 @dataclass(frozen=True)
 class Sources:
     """What a publish reads from its run: the kept rows, and the student's folder and evaluation when the run
@@ -78,6 +81,7 @@ class Sources:
     rows: Path
     student: Path | None = None
     evaluation: Path | None = None
+    preference: Path | None = None  # the judge's preference pairs (curate.judge.pairs)
 
 
 def build_layout(
@@ -97,6 +101,15 @@ def build_layout(
     new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added)
     test_ids = before.test_ids | (new_test_ids & {row["id"] for row in added})  # earlier rows keep their split
     counts = write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
+    config_features = {}
+    if sources.preference is not None:
+        # a pair is in the test split with its chosen row, so a student never trains on a held-out prompt's pair
+        pairs = read_rows(sources.preference)
+        pair_tests = {p["id"] for p in pairs if p["chosen_id"] in test_ids}
+        counts[PREFERENCE] = write_config(
+            pairs, PREFERENCE_FEATURES, layout, PREFERENCE, pair_tests, publish.max_rows_per_shard
+        )
+        config_features[PREFERENCE] = PREFERENCE_FEATURES
     facts = collect(sources.run.path, rows=False)
     history, seen = run_history(before.history, sources.run, recipe, len(added), len(rows), facts.routing)
     mine_ids = {row["id"] for row in mine}
@@ -116,6 +129,7 @@ def build_layout(
         PUBLISHED_FEATURES,
         evaluation,
         secrets=known_secrets(),
+        config_features=config_features,
     )
     card.save(str(layout / "README.md"))
     return Built(counts, len(added), len(rows), unchanged=seen and not added)
@@ -186,6 +200,7 @@ class PublishStage(Stage):
         rows_from: str,
         student_from: str | None = None,
         evaluation_from: str | None = None,
+        preference_from: str | None = None,
     ) -> None:
         self.recipe = recipe
         if recipe.train is not None:
@@ -194,13 +209,24 @@ class PublishStage(Stage):
         self.cfg: PublishConfig = recipe.publish
         self.base_dir = base_dir
         # the test split is the student's held-out rows, and the card reports its evaluation, when there is one
-        wired = {"rows": rows_from, "student": student_from, "evaluation": evaluation_from}
+        wired = {
+            "rows": rows_from,
+            "student": student_from,
+            "evaluation": evaluation_from,
+            "preference": preference_from,
+        }
         self.inputs = {role: folder for role, folder in wired.items() if folder is not None}
         self.outputs = {"layout": "published"}
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         target = parse_target(self.cfg.to, self.base_dir)
-        sources = Sources(RunFolder(ctx.run_dir), inputs["rows"], inputs.get("student"), inputs.get("evaluation"))
+        sources = Sources(
+            RunFolder(ctx.run_dir),
+            inputs["rows"],
+            inputs.get("student"),
+            inputs.get("evaluation"),
+            inputs.get("preference"),
+        )
         output_dir = outputs["layout"]
         built = build_layout(self.recipe, self.cfg, sources, output_dir, target, work_dir / "published-before")
         rows = built.rows_total
@@ -261,9 +287,9 @@ def publish_run(run_dir: Path, to: str, append: bool, dry_run: bool, console: Co
     target = parse_target(to, Path.cwd())
     work = run.work("publish-dry-run" if dry_run else "publish-command")
     shutil.rmtree(work, ignore_errors=True)
-    # the rows the run finally kept: the balanced selection when the recipe balanced them
-    kept = run.folder("balance") or run.folder("curate")
-    sources = Sources(run, kept, run.folder("train"), run.folder("evaluate"))
+    # the rows the run finally kept: the balanced selection when the recipe balanced them, else what the judge kept
+    kept = run.folder("balance") or run.folder("judge") or run.folder("curate")
+    sources = Sources(run, kept, run.folder("train"), run.folder("evaluate"), run.folder("judge", "preference"))
     built = build_layout(recipe, publish, sources, work / "layout", target, work / "target")
     console.print(published_table(built.counts))
     if append:

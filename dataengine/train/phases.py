@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from dataengine.recipe import DistillSettings, SFTSettings, TrainerSettings
+from dataengine.recipe import DistillSettings, DPOSettings, SFTSettings, TrainerSettings
 from dataengine.train.data import prompt_completion
 from dataengine.train.offline_topk import OfflineTopKCollator, OfflineTopKTrainer
 
@@ -141,6 +141,31 @@ def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log
         extra["expert_load"] = callbacks[0].load()
         extra["expert_load_steps"] = callbacks[0].steps
     return _finish(trainer, out, tokenizer, started, resumed, extra)
+
+
+def run_dpo(start: Path, pairs: list[dict], settings: DPOSettings, out: Path, log: Callable[[str], None]) -> Path:
+    """TRL's DPOTrainer on preference pairs in TRL's conversational format; the reference model is left to
+    TRL (ref_model=None: a frozen copy of the starting student, or with LoRA the student with adapters off)."""
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    started = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(str(start))
+    model = load_model(start, settings)
+    peft_config = None
+    if settings.lora is not None:
+        peft_config = LoraConfig(**settings.lora.model_dump(exclude_none=True), task_type="CAUSAL_LM")
+    dataset = Dataset.from_list([{key: pair[key] for key in ("prompt", "chosen", "rejected")} for pair in pairs])
+    trainer = DPOTrainer(
+        model=model,
+        args=DPOConfig(**trainer_args(settings, out)),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    resumed = _train(trainer, out, log)
+    return _finish(trainer, out, tokenizer, started, resumed, {"method": "dpo", "rows": len(pairs)})
 
 
 def run_distill(

@@ -34,16 +34,27 @@ class TrainStage(Stage):
         "train.student",
         "train.sft",
         "train.distill",
+        "train.dpo",
         "train.evaluate.eval_fraction",
         "train.evaluate.min_held_out",
     )
 
-    def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str, routing_from: str | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        base_dir: Path,
+        rows_from: str,
+        routing_from: str | None = None,
+        preference_from: str | None = None,
+    ) -> None:
         self.recipe = recipe
         self.cfg = recipe.train
         self.base_dir = base_dir
-        # the routing map, read by a student merged from the teacher's experts by their routing
+        # the routing map, read by a student merged from the teacher's experts by their routing; the judge's
+        # preference pairs, read by train.dpo
         self.inputs = {"rows": rows_from} | ({"routing": routing_from} if routing_from else {})
+        if preference_from:
+            self.inputs["preference"] = preference_from
         self.outputs = {"student": f"students/{self.cfg.student.name}"}
 
     @staticmethod
@@ -53,7 +64,7 @@ class TrainStage(Stage):
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         # torch, transformers and TRL load when training starts, not when a recipe is validated or planned
-        from dataengine.train.phases import DONE, run_distill, run_sft
+        from dataengine.train.phases import DONE, run_distill, run_dpo, run_sft
         from dataengine.train.student import init_student
 
         # validation compared only what was on the machine; the student and teacher are fetched by now
@@ -93,6 +104,20 @@ class TrainStage(Stage):
                 )
 
             current = self._phase(f"distill-{distill.method}", work_dir, ctx, go, current)
+            phases.append(json.loads((current / DONE).read_text()))
+        dpo = self.cfg.dpo
+        if dpo is not None:
+            held = {r["id"] for r in held_out}
+            # a pair whose chosen answer is held out would train on a prompt the evaluation asks
+            pairs = [p for p in read_rows(inputs["preference"]) if p["chosen_id"] not in held]
+            if not pairs:
+                raise StageError(
+                    "train.dpo: the judge made no preference pair outside the held-out rows (see the judge's "
+                    "summary: lower curate.judge.pairs.min_margin, or generate more rollouts per prompt)"
+                )
+            current = self._phase(
+                "dpo", work_dir, ctx, lambda out, start: run_dpo(start, pairs, dpo, out, ctx.log), current
+            )
             phases.append(json.loads((current / DONE).read_text()))
         for item in current.iterdir():
             if item.name != DONE:

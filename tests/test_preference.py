@@ -1,0 +1,121 @@
+"""Preference pairs from the judge's verdicts: which pairs are made, the published `preference` config, and
+TRL's DPOTrainer on them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import load_dataset
+from huggingface_hub import DatasetCard, DatasetCardData
+from transformers import AutoModelForCausalLM
+
+from dataengine.errors import RecipeError
+from dataengine.judge.pairs import preference_pairs
+from dataengine.pipelines import build
+from dataengine.publish.layout import card_configs, write_config
+from dataengine.recipe import DPOSettings, parse_recipe
+from dataengine.rows import PREFERENCE_FEATURES
+from dataengine.train.phases import run_dpo
+from tests.tiny_models import rows, save, tiny_llama, tiny_tokenizer
+
+
+def _judged(prompt: str, row_id: str, score: float | None, kind: str = "chat", passed: bool | None = None) -> dict:
+    return {
+        "id": row_id,
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"answer {row_id}"}],
+        "kind": kind,
+        "language": "en",
+        "judge_score": score,
+        "judge_model": "judge",
+        "tests_passed": passed,
+    }
+
+
+def test_a_pair_is_the_best_kept_answer_against_the_worst_where_the_margin_holds():
+    rows_ = [
+        *(_judged("A", f"a{i}", s) for i, s in enumerate((5, 3, 2))),  # best against worst: 5 vs 2
+        _judged("B", "b0", 4),
+        _judged("B", "b1", 3.5),  # margin 0.5 < 1: no pair
+        _judged("C", "c0", 2.5),
+        _judged("C", "c1", 1),  # the best is under the threshold: not a chosen answer
+        _judged("D", "d0", 5),  # one rollout: nothing to compare
+        _judged("E", "e0", 4),
+        _judged("E", "e1", None),  # judge_error: takes no part
+        _judged("F", "f0", 3, "code", passed=True),
+        _judged("F", "f1", 4.5, "code", passed=False),  # tests passed beat the score
+        _judged("G", "g0", 4, "code", passed=True),
+        _judged("G", "g1", 3.5, "code", passed=True),  # both passed: the margin decides, and fails
+    ]
+    pairs = preference_pairs(rows_, threshold=3, min_margin=1)
+    assert [(p["chosen_id"], p["rejected_id"]) for p in pairs] == [("a0", "a2"), ("f0", "f1")]
+    first = next(p for p in pairs if p["chosen_id"] == "a0")
+    assert first["prompt"] == [{"role": "user", "content": "A"}]
+    assert first["chosen"] == [{"role": "assistant", "content": "answer a0"}]
+    assert first["rejected"] == [{"role": "assistant", "content": "answer a2"}]
+    assert (first["chosen_score"], first["rejected_score"]) == (5, 2)
+    assert len(preference_pairs(rows_, threshold=3, min_margin=0.5)) == 4  # B and G hold now
+
+
+RECIPE = """
+name: pairs
+pipeline: distill
+teacher: {{model: teacher, endpoint: "http://127.0.0.1:1"}}
+generate: {{chat: {{languages: [{{code: en, quota: 1}}], rollouts: {rollouts}}}}}
+curate: {{judge: {{pairs: {{min_margin: 1}}}}}}
+train: {{student: {{name: s, model: some/student}}{dpo}}}
+{extra}"""
+
+
+def test_pairs_and_dpo_are_checked_and_wired(tmp_path):
+    with pytest.raises(RecipeError, match="compares rollouts of one prompt: set generate.chat.rollouts"):
+        parse_recipe(RECIPE.format(rollouts=1, dpo="", extra=""))
+    with pytest.raises(RecipeError, match="appending preference pairs is not supported yet"):
+        parse_recipe(RECIPE.format(rollouts=2, dpo="", extra="publish: {to: out, append: true}"))
+    no_pairs = RECIPE.format(rollouts=2, dpo=", dpo: {beta: 0.2}", extra="").replace("{pairs: {min_margin: 1}}", "{}")
+    with pytest.raises(RecipeError, match="train.dpo trains on preference pairs: add curate.judge.pairs"):
+        parse_recipe(no_pairs)
+    recipe = parse_recipe(
+        RECIPE.format(rollouts=2, dpo=", dpo: {beta: 0.2}", extra="publish: {to: out}"), base_dir=tmp_path
+    )
+    stages = {stage.name: stage for stage in build(recipe, tmp_path).stages}
+    assert stages["judge"].outputs["preference"] == "preference"
+    assert stages["train"].inputs["preference"] == "preference"
+    assert stages["publish"].inputs["preference"] == "preference"
+
+
+def _pairs() -> list[dict]:
+    """Two answers per tiny prompt: the right one chosen, a wrong one rejected."""
+    judged = []
+    for row in rows():
+        judged.append({**row, "judge_score": 5.0, "judge_model": "j"})
+        wrong = {"role": "assistant", "content": "i do not know"}
+        judged.append({**row, "id": row["id"] + "-wrong", "messages": [row["messages"][0], wrong], "judge_score": 1.0})
+    return preference_pairs(judged, threshold=3, min_margin=1)
+
+
+def test_the_preference_config_loads_with_datasets_and_trains_two_dpo_steps(tmp_path):
+    pairs = _pairs()
+    assert len(pairs) == len(rows())
+    layout = tmp_path / "published"
+    counts = {"preference": write_config(pairs, PREFERENCE_FEATURES, layout, "preference", {pairs[0]["id"]}, 100)}
+    front = DatasetCardData(configs=card_configs(counts)).to_yaml()
+    DatasetCard(f"---\n{front}\n---\n").save(str(layout / "README.md"))
+    loaded = load_dataset(str(layout), "preference")
+    assert loaded["train"].num_rows == len(pairs) - 1 and loaded["test"].num_rows == 1
+    assert loaded["train"][0]["chosen"][0]["role"] == "assistant"
+
+    tokenizer = tiny_tokenizer()
+    start = save(tiny_llama(len(tokenizer), seed=2), tokenizer, tmp_path / "start")
+    settings = DPOSettings(
+        max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=1, precision="fp32", beta=0.5
+    )
+    final = run_dpo(start, loaded["train"].to_list(), settings, tmp_path / "dpo", print)
+    record = json.loads((final / "phase.json").read_text())
+    assert record["method"] == "dpo" and record["steps"] == 2 and record["rows"] == len(pairs) - 1
+    logged = [entry for entry in record["log_history"] if "loss" in entry]
+    assert len(logged) == 2 and "rewards/margins" in logged[-1]
+    before, after = (AutoModelForCausalLM.from_pretrained(p) for p in (start, final))
+    moved = any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters(), strict=True))
+    assert moved
