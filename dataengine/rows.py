@@ -60,7 +60,7 @@ SAMPLE_FEATURES = Features(
     }
 )
 
-# every criterion a judge's rubric scores (judge/data/rubric.yaml)
+# every criterion a judge's rubric scores (data/rubric.yaml)
 JUDGE_CRITERIA = ("helpfulness", "correctness", "instruction_following", "language", "tests_meaningful")
 
 # Curation adds quality signals, dedup clusters and, on rejected rows, why and where they were dropped.

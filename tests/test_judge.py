@@ -16,14 +16,14 @@ from datasets import load_dataset
 from rich.console import Console
 
 from dataengine.errors import RecipeError, StageError
-from dataengine.judge.rubric import judge_prompt, read_verdict, verdict_schema
-from dataengine.judge.stage import ERROR, LOW, RETRY_TEMPERATURE, JudgeStage
+from dataengine.judge.stage import ERROR, LOW, JudgeStage
 from dataengine.pipelines import build
 from dataengine.publish.card import judge_section
 from dataengine.recipe import parse_recipe
 from dataengine.rows import CURATED_FEATURES, read_rows, write_shards
 from dataengine.stage import RunContext
 from dataengine.teacher.server import TeacherEndpoint, free_port
+from dataengine.verdicts import RETRY_TEMPERATURE, judge_prompt, read_verdict, verdict_schema
 
 CHAT = ("helpfulness", "correctness", "instruction_following", "language")
 RECIPE = """
