@@ -105,13 +105,21 @@ class Evaluation:
     after: dict[str, Any]
     teacher: dict[str, Any] | None = None  # the teacher on the same rows (train.evaluate.teacher)
     inits: dict[str, dict[str, Any]] = field(default_factory=dict)  # train.evaluate.compare_inits, untrained
+    win_rate: dict[str, Any] | None = None  # with train.dpo: the judge's verdicts, the student against its SFT self
 
     @classmethod
     def read(cls, path: Path | None) -> Evaluation | None:
         if path is None or not path.is_file():
             return None
         data = json.loads(path.read_text())
-        return cls(data["held_out_ids"], data["before"], data["after"], data.get("teacher"), data.get("inits", {}))
+        return cls(
+            data["held_out_ids"],
+            data["before"],
+            data["after"],
+            data.get("teacher"),
+            data.get("inits", {}),
+            data.get("win_rate"),
+        )
 
     def cell(self, label: str, key: str) -> str:
         """One metric of "before", "after", "teacher" or a compared init, with its bootstrap interval when it
@@ -122,6 +130,17 @@ class Evaluation:
     @property
     def held_out_rows(self) -> int:
         return len(self.held_out_ids)
+
+    def win_rate_line(self) -> str | None:
+        """The student against itself before DPO, as the judge saw them (train.dpo), in one sentence."""
+        if self.win_rate is None:
+            return None
+        w = self.win_rate
+        unjudged = f", {w['unjudged']} unjudged" if w["unjudged"] else ""
+        return (
+            f"win rate against {w['against']}, judged by {w['judge_model']}: {numbers.metric(w['rate'])} "
+            f"({w['wins']} won, {w['ties']} tied, {w['losses']} lost{unjudged})"
+        )
 
 
 @dataclass

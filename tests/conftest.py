@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import json
+import re
 import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -89,3 +93,59 @@ def teacher_server(tmp_path_factory):
     recipe = load_recipe(tiny_recipe(folder))
     with TeacherServer(recipe.teacher, folder / "server.log") as server:
         yield server
+
+
+# ------------------------------------------------------------------ a stand-in judge
+
+
+def standin_score(prompt: str) -> int:
+    """What the stand-in judge gives an answer whose question names no score: 1-5 by the answer's length."""
+    return 1 + len(prompt.rsplit("Answer:\n", 1)[-1]) % 5
+
+
+class StandinJudge(BaseHTTPRequestHandler):
+    """A judge endpoint on loopback (test_judge.py, test_preference.py). Scores a row by the digit its question
+    asks for ("Rate me 4?", else `standin_score`); a question with "garbage" gets a verdict that is not JSON,
+    one with "broken" a response that is not JSON at all. Records every request's body."""
+
+    requests: list[dict] = []
+
+    def do_GET(self):  # the health check
+        self._send(200, b'{"data": []}')
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        prompt = body["messages"][0]["content"]
+        if "broken" in prompt:
+            self._send(200, b"<html>502 Bad Gateway</html>")
+            return
+        criteria = list(body["response_format"]["json_schema"]["schema"]["required"][1:])
+        score = int(asked[1]) if (asked := re.search(r"(?:Rate me|Task) (\d)", prompt)) else standin_score(prompt)
+        text = (
+            "I think it is fine"
+            if "garbage" in prompt
+            else json.dumps({"rationale": "ok", **dict.fromkeys(criteria, score)})
+        )
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}
+        self._send(200, json.dumps({"id": "v", "choices": [choice], "usage": usage}).encode())
+
+    def _send(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def judge_port():
+    StandinJudge.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), StandinJudge)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd.server_port
+    httpd.shutdown()

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from dataengine.rows import CURATED_FEATURES, read_rows, write_shards
 from dataengine.stage import RunContext
 from dataengine.teacher.server import TeacherEndpoint, free_port
 from dataengine.verdicts import RETRY_TEMPERATURE, judge_prompt, read_verdict, verdict_schema
+from tests.conftest import StandinJudge
 
 CHAT = ("helpfulness", "correctness", "instruction_following", "language")
 RECIPE = """
@@ -132,53 +130,6 @@ def test_later_stages_read_what_the_judge_kept(tmp_path):
 # ------------------------------------------------------------------ the stage against a stand-in judge
 
 
-class _Judge(BaseHTTPRequestHandler):
-    """Scores a row by the digit its question asks for ("Rate me 4?"); a question with "garbage" gets a verdict
-    that is not JSON, one with "broken" a response that is not JSON at all. Records every request's body."""
-
-    requests: list[dict] = []
-
-    def do_GET(self):  # the health check
-        self._send(200, b'{"data": []}')
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append(body)
-        prompt = body["messages"][0]["content"]
-        if "broken" in prompt:
-            self._send(200, b"<html>502 Bad Gateway</html>")
-            return
-        criteria = list(body["response_format"]["json_schema"]["schema"]["required"][1:])
-        score = int(asked[1]) if (asked := re.search(r"(?:Rate me|Task) (\d)", prompt)) else 3
-        text = (
-            "I think it is fine"
-            if "garbage" in prompt
-            else json.dumps({"rationale": "ok", **dict.fromkeys(criteria, score)})
-        )
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        usage = {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}
-        self._send(200, json.dumps({"id": "v", "choices": [choice], "usage": usage}).encode())
-
-    def _send(self, status: int, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def judge_port():
-    _Judge.requests = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd.server_port
-    httpd.shutdown()
-
-
 def _judge(tmp_path: Path, port: int, rows: list[dict]):
     recipe = _recipe(tmp_path, port)
     run_dir = tmp_path / "run"
@@ -215,7 +166,7 @@ def test_rows_are_routed_by_their_verdict_and_unreadable_ones_are_never_kept(tmp
     assert by_id["broken"]["judge_rationale"].startswith("request failed")
     assert {r["judge_model"] for r in kept + rejected} == {"teacher"}
     # an unreadable verdict is asked again, each time as a new request sampled at RETRY_TEMPERATURE at least
-    garbage = [body for body in _Judge.requests if "garbage" in body["messages"][0]["content"]]
+    garbage = [body for body in StandinJudge.requests if "garbage" in body["messages"][0]["content"]]
     assert [body["user"] for body in garbage] == ["garbage/verdict0", "garbage/verdict1", "garbage/verdict2"]
     assert [body["temperature"] for body in garbage] == [0.0, RETRY_TEMPERATURE, RETRY_TEMPERATURE]
     assert result.stats["attempts"] == {"1": 4, "3": 2}
@@ -225,9 +176,9 @@ def test_rows_are_routed_by_their_verdict_and_unreadable_ones_are_never_kept(tmp
     assert {"judge_score", "judge_scores", "judge_rationale"} <= set(loaded.column_names)
 
     # a rerun (after a crash, say) reads the verdicts it has: no request is sent again
-    sent = len(_Judge.requests)
+    sent = len(StandinJudge.requests)
     again, _ = _judge(tmp_path, judge_port, rows)
-    assert len(_Judge.requests) == sent and again.rows_out == 3
+    assert len(StandinJudge.requests) == sent and again.rows_out == 3
     # its speed is the first pass's: verdicts read back from checkpoints took no time to write
     assert again.stats["judge_tokens_per_second"] == result.stats["judge_tokens_per_second"] > 0
 

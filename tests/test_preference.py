@@ -3,12 +3,14 @@ TRL's DPOTrainer on them."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import torch
 from datasets import load_dataset
 from huggingface_hub import DatasetCard, DatasetCardData
+from rich.console import Console
 from transformers import AutoModelForCausalLM
 
 from dataengine.errors import RecipeError
@@ -16,8 +18,11 @@ from dataengine.judge.pairs import preference_pairs
 from dataengine.pipelines import build
 from dataengine.publish.layout import card_configs, write_config
 from dataengine.recipe import DPOSettings, parse_recipe
-from dataengine.rows import PREFERENCE_FEATURES
+from dataengine.rows import CURATED_FEATURES, PREFERENCE_FEATURES, write_shards
+from dataengine.stage import RunContext
+from dataengine.teacher.server import TeacherEndpoint
 from dataengine.train.phases import run_dpo
+from tests.conftest import StandinJudge, standin_score
 from tests.tiny_models import rows, save, tiny_llama, tiny_tokenizer
 
 
@@ -119,3 +124,61 @@ def test_the_preference_config_loads_with_datasets_and_trains_two_dpo_steps(tmp_
     before, after = (AutoModelForCausalLM.from_pretrained(p) for p in (start, final))
     moved = any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters(), strict=True))
     assert moved
+
+
+DPO_RECIPE = """
+name: dpo
+pipeline: distill
+teacher: {{model: teacher, endpoint: "http://127.0.0.1:{port}"}}
+generate: {{chat: {{languages: [{{code: en, quota: 1}}], rollouts: 2}}}}
+curate: {{judge: {{pairs: {{min_margin: 1}}, max_concurrent_requests: 2}}}}
+train:
+  student: {{name: s, model: "{start}"}}
+  sft: {{max_steps: 2, per_device_train_batch_size: 4, precision: fp32, save_steps: 2, max_length: 64}}
+  dpo: {{max_steps: 2, per_device_train_batch_size: 4, learning_rate: 0.01, precision: fp32, beta: 0.5, save_steps: 2}}
+  evaluate: {{eval_fraction: 0.25, teacher: false, max_new_tokens: 8}}
+"""
+
+
+def test_dpo_follows_sft_and_the_judge_weighs_the_student_against_itself_before(tmp_path, judge_port):
+    tokenizer = tiny_tokenizer()
+    start = save(tiny_llama(len(tokenizer), seed=2), tokenizer, tmp_path / "start")
+    recipe = parse_recipe(DPO_RECIPE.format(port=judge_port, start=start), base_dir=tmp_path)
+    stages = {stage.name: stage for stage in build(recipe, tmp_path).stages}
+    run_dir = tmp_path / "run"
+    write_shards(rows(), run_dir / "judged", features=CURATED_FEATURES)
+    write_shards(_pairs(), run_dir / "preference", features=PREFERENCE_FEATURES)
+    teacher = TeacherEndpoint(recipe.teacher, run_dir / "teacher.log", log=lambda _: None)
+    ctx = RunContext(recipe, tmp_path, run_dir, Console(file=io.StringIO()), "run-1", teacher)
+
+    def run(stage):
+        inputs = {role: run_dir / folder for role, folder in stage.inputs.items()}
+        outputs = {role: run_dir / folder for role, folder in stage.outputs.items()}
+        for folder in outputs.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        return stage.run(inputs, outputs, run_dir / ".work" / stage.name, ctx), outputs
+
+    trained, outputs = run(stages["train"])
+    phases = [phase["method"] for phase in trained.stats["phases"]]
+    assert phases == ["sft", "dpo"]
+    held_out = set(json.loads((outputs["student"] / "training.json").read_text())["held_out_ids"])
+    dpo = json.loads((run_dir / ".work" / "train" / "dpo" / "final" / "phase.json").read_text())
+    assert dpo["rows"] == len(rows()) - len(held_out)  # the pairs of held-out prompts are left out
+    # the student before DPO is the SFT phase's, kept for the evaluation
+    sft = run_dir / ".work" / "train" / "sft" / "final" / "model.safetensors"
+    assert (outputs["before_dpo"] / "model.safetensors").read_bytes() == sft.read_bytes()
+
+    evaluated, outputs = run(stages["evaluate"])
+    win = evaluated.stats["win_rate"]
+    assert win["wins"] + win["ties"] + win["losses"] == len(held_out) and win["unjudged"] == 0
+    # recomputed from what the stand-in judge was sent: the trained student's answer against the one before
+    asked = {body["user"].split("/verdict")[0]: body["messages"][0]["content"] for body in StandinJudge.requests}
+    assert len(asked) == 2 * len(held_out)
+    samples = [json.loads(line) for line in (outputs["metrics"] / "samples.jsonl").read_text().splitlines()]
+    after = {s["id"]: s["answer"] for s in samples if s["student"] == "after"}
+    for row_id in held_out:
+        assert asked[f"{row_id}/after"].endswith(f"Answer:\n{after[row_id]}")
+    scores = [(standin_score(asked[f"{i}/after"]), standin_score(asked[f"{i}/before"])) for i in held_out]
+    assert win["wins"] == sum(a > b for a, b in scores) and win["losses"] == sum(a < b for a, b in scores)
+    assert win["rate"] == pytest.approx((win["wins"] + win["ties"] / 2) / len(held_out))
+    assert "win_rate" in json.loads((outputs["metrics"] / "metrics.json").read_text())

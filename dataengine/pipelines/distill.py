@@ -40,7 +40,14 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     evaluate_map = routing if any(_reads_map(s) for s in [student, *compared]) else None
     stages += [
         train,
-        EvaluateStage(recipe, base_dir, rows_from=rows, student_from=student_dir, routing_from=evaluate_map),
+        EvaluateStage(
+            recipe,
+            base_dir,
+            rows_from=rows,
+            student_from=student_dir,
+            routing_from=evaluate_map,
+            before_dpo_from=train.outputs.get("before_dpo"),
+        ),
     ]
     if recipe.publish is not None:
         stages.append(

@@ -228,6 +228,8 @@ def evaluation_section(evaluation: Evaluation | None, test_ids: set[str]) -> lis
         if evaluation.teacher:
             line += f" {evaluation.cell('teacher', m.key) if m.key in evaluation.teacher else numbers.NOT_APPLICABLE} |"
         lines.append(line)
+    if win := evaluation.win_rate_line():
+        lines += ["", f"DPO: the student's {win}, on the same held-out prompts."]
     return lines
 
 

@@ -117,6 +117,8 @@ def _evaluation(facts: RunFacts, console: Console) -> None:
                 facts.teacher_figure(metric.key),
             )
         console.print(ev)
+        if win := facts.evaluation.win_rate_line():
+            console.print(win)
 
 
 def _lengths_and_clusters(facts: RunFacts, console: Console) -> None:

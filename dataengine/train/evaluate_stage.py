@@ -20,6 +20,7 @@ from dataengine.recipe import Recipe
 from dataengine.rows import read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
+from dataengine.train.win_rate import win_rate
 
 
 class EvaluateStage(Stage):
@@ -27,13 +28,22 @@ class EvaluateStage(Stage):
     key_paths = ("train", "curate", "teacher")
 
     def __init__(
-        self, recipe: Recipe, base_dir: Path, rows_from: str, student_from: str, routing_from: str | None = None
+        self,
+        recipe: Recipe,
+        base_dir: Path,
+        rows_from: str,
+        student_from: str,
+        routing_from: str | None = None,
+        before_dpo_from: str | None = None,
     ) -> None:
         self.recipe = recipe
         self.cfg = recipe.train.evaluate
         self.base_dir = base_dir
         # the untrained student is built again here as the train stage built it: from the same rows and map
         self.inputs = {"rows": rows_from, "student": student_from} | ({"routing": routing_from} if routing_from else {})
+        if before_dpo_from:
+            # with train.dpo: the student before DPO, whose answers the judge weighs against the trained one's
+            self.inputs["before_dpo"] = before_dpo_from
         self.outputs = {"metrics": "eval"}
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
@@ -90,6 +100,10 @@ class EvaluateStage(Stage):
             fit = answer_fit(model, AutoTokenizer.from_pretrained(str(folder)), held_out)
             made = json.loads((folder / "student_init.json").read_text())
             inits[other.name] = {"parameters": made["parameters"], **fit}
+        wins = {}
+        if "before_dpo" in inputs:
+            after = {s["id"]: s["answer"] for s in samples if s["student"] == "after"}
+            wins["win_rate"] = win_rate(self.recipe, inputs["before_dpo"], held_out, after, prefix, work_dir, ctx)
         metrics = {
             "held_out_rows": len(held_out),
             "held_out_ids": sorted(r["id"] for r in held_out),
@@ -97,6 +111,7 @@ class EvaluateStage(Stage):
             "bucket for the rest of the vocabulary (needs the score stage)",
             **results,
             **({"inits": inits} if inits else {}),
+            **wins,
         }
         (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         with open(output_dir / "samples.jsonl", "w") as fh:
@@ -105,7 +120,7 @@ class EvaluateStage(Stage):
             rows_in=len(held_out),
             rows_out=len(held_out),
             output_fingerprint=fingerprint_files([output_dir / METRICS_FILE]),
-            stats={label: {m.key: results[label].get(m.key) for m in METRICS} for label in results},
+            stats={**{label: {m.key: results[label].get(m.key) for m in METRICS} for label in results}, **wins},
         )
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
@@ -141,4 +156,6 @@ class EvaluateStage(Stage):
                     evaluation.cell(name, "perplexity"),
                 )
             console.print(compared)
+        if line := evaluation.win_rate_line():
+            console.print(line)
         console.print(f"metrics: {outputs['metrics'] / METRICS_FILE}")

@@ -56,6 +56,9 @@ class TrainStage(Stage):
         if preference_from:
             self.inputs["preference"] = preference_from
         self.outputs = {"student": f"students/{self.cfg.student.name}"}
+        if self.cfg.dpo is not None:
+            # the evaluation judges the student against itself before DPO: its win rate
+            self.outputs["before_dpo"] = f"students/{self.cfg.student.name}-before-dpo"
 
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
@@ -115,6 +118,9 @@ class TrainStage(Stage):
                     "train.dpo: the judge made no preference pair outside the held-out rows (see the judge's "
                     "summary: lower curate.judge.pairs.min_margin, or generate more rollouts per prompt)"
                 )
+            for item in current.iterdir():
+                if item.name != DONE:
+                    shutil.copy2(item, outputs["before_dpo"] / item.name)
             current = self._phase(
                 "dpo", work_dir, ctx, lambda out, start: run_dpo(start, pairs, dpo, out, ctx.log), current
             )
