@@ -11,7 +11,7 @@ from datasets import load_dataset
 from rich.console import Console
 
 from dataengine.experts.metrics import js_divergence
-from dataengine.recipe import load_recipe
+from dataengine.recipe import PublishConfig, load_recipe
 from dataengine.rows import read_rows
 from dataengine.runner import run_recipe
 from tests.conftest import tiny_recipe
@@ -155,7 +155,7 @@ curate:
     question: {enabled: false}
     length: {min_chars: 8}
   code: {timeout_s: 5, cpu_s: 3}
-  judge: {threshold: 2, rationale_chars: 80}
+  judge: {threshold: 1.5, rationale_chars: 80, pairs: {min_margin: 0.25}}
 """
 
 
@@ -173,7 +173,7 @@ def test_the_teacher_judges_every_kept_row_under_its_schema(tmp_path, teacher_se
     # the 135M teacher is a harsh and noisy judge: either side may be empty (the stand-in judge of test_judge.py
     # routes rows to both)
     kept, rejected = read_rows(run_dir / "judged"), read_rows(run_dir / "judge_rejected")
-    assert all(r["judge_score"] >= 2 for r in kept) and all(r["judge_score"] < 2 for r in rejected)
+    assert all(r["judge_score"] >= 1.5 for r in kept) and all(r["judge_score"] < 1.5 for r in rejected)
     assert {r["drop_reason"] for r in rejected} <= {"judge_low"}
     for row in kept + rejected:
         scores = row["judge_scores"]
@@ -187,3 +187,22 @@ def test_the_teacher_judges_every_kept_row_under_its_schema(tmp_path, teacher_se
     assert sum(histogram["kept"].values()) == len(kept) and sum(histogram["rejected"].values()) == len(rejected)
     page = (run_dir / "report.html").read_text()
     assert 'id="judge" data-drawn="true"' in page
+    # a pair for every prompt whose best rollout was kept and beat its worst by the margin (the tiny recipe
+    # answers each question twice)
+    by_prompt = {}
+    for row in kept + rejected:
+        by_prompt.setdefault(json.dumps(row["messages"][:-1]), []).append(row["judge_score"])
+    expected = sum(max(s) >= 1.5 and max(s) - min(s) >= 0.25 for s in by_prompt.values() if len(s) > 1)
+    pairs = read_rows(run_dir / "preference")
+    assert len(pairs) == expected == judged.stats["preference_pairs"]
+    for pair in pairs:
+        assert pair["chosen_score"] - pair["rejected_score"] >= 0.25 and pair["chosen"][0]["role"] == "assistant"
+    if kept and pairs:  # the published folder's preference config loads by name
+        run_recipe(
+            recipe.model_copy(update={"publish": PublishConfig(to=str(tmp_path / "out"))}),
+            tmp_path,
+            run_dir=run_dir,
+            console=console,
+        )
+        loaded = load_dataset(str(tmp_path / "out"), "preference", split="train")
+        assert loaded.num_rows == len(pairs) and set(loaded.column_names) >= {"prompt", "chosen", "rejected"}

@@ -289,7 +289,7 @@ def test_parse_target_resolves_folders_against_the_recipe_folder(tmp_path):
 def test_a_run_that_kept_no_rows_is_refused(tmp_path, monkeypatch):
     recipe_path, run_dir = _finished_run(tmp_path, "out", monkeypatch)
     write_shards([], run_dir / "curated", features=CURATED_FEATURES)
-    with pytest.raises(StageError, match="nothing to publish: curation kept 0 rows"):
+    with pytest.raises(StageError, match="nothing to publish: 0 rows were kept"):
         _publish(recipe_path, run_dir)
     assert not (tmp_path / "out").exists()
 

@@ -96,15 +96,15 @@ def build_layout(
     added = [row for row in mine if row["id"] not in known]
     rows = before.rows + added
     if not rows:
-        why = sources.run.folder("curate", "rejected") or sources.run.path
-        raise StageError(f"nothing to publish: curation kept 0 rows (see {why} for why)")
+        why = sources.run.folder("judge", "rejected") or sources.run.folder("curate", "rejected") or sources.run.path
+        raise StageError(f"nothing to publish: 0 rows were kept (see {why} for why)")
     new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added)
     test_ids = before.test_ids | (new_test_ids & {row["id"] for row in added})  # earlier rows keep their split
     counts = write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
     config_features = {}
-    if sources.preference is not None:
+    pairs = read_rows(sources.preference) if sources.preference is not None else []
+    if pairs:  # a config without rows would not load
         # a pair is in the test split with its chosen row, so a student never trains on a held-out prompt's pair
-        pairs = read_rows(sources.preference)
         pair_tests = {p["id"] for p in pairs if p["chosen_id"] in test_ids}
         counts[PREFERENCE] = write_config(
             pairs, PREFERENCE_FEATURES, layout, PREFERENCE, pair_tests, publish.max_rows_per_shard
