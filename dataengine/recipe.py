@@ -435,7 +435,9 @@ class PairsConfig(StrictModel):
     """Of the judged rollouts of each prompt (generate.*.rollouts >= 2), the best answer the judge kept
     against the worst, in TRL's preference format (`prompt`, `chosen`, `rejected`), written to `preference/`,
     published as the `preference` config and trained on by `train.dpo`. For code, an answer whose tests
-    passed beats one whose tests failed, whatever the scores."""
+    passed beats one whose tests failed or did not run, whatever the scores (with curation's code checks on,
+    every judged code row passed). Pairs are made from every row the judge scored, before `curate.balance`
+    selects among the kept ones."""
 
     min_margin: float = Field(1.0, ge=0, le=4, description="least difference of mean score between chosen and rejected")
 
@@ -466,7 +468,10 @@ class JudgeConfig(StrictModel):
     )
     rationale_chars: int = Field(160, ge=20, description="the rationale's length cap (held by the JSON schema)")
     attempts: int = Field(
-        3, ge=1, description="requests per row (a new seed each) before an unreadable verdict rejects it"
+        3,
+        ge=1,
+        description="requests per row before an unreadable verdict rejects it (each retry a new request, sampled "
+        "at temperature 0.7 at least)",
     )
     max_concurrent_requests: int = Field(8, ge=1, description="verdicts requested at once")
     request_timeout_s: float = Field(300.0, gt=0, description="one verdict request's timeout")
@@ -984,10 +989,12 @@ class Recipe(StrictModel):
         judge = self.curate.judge if self.curate is not None else None
         pairs = judge is not None and judge.pairs is not None
         gen = self.generate
-        if pairs and max(gen.chat.rollouts if gen.chat else 1, gen.code.rollouts if gen.code else 1) < 2:
+        rollouts = [gen.chat.rollouts if gen.chat else 1, gen.code.rollouts if gen.code else 1]
+        rollouts += [source.rollouts for source in gen.sources]
+        if pairs and max(rollouts) < 2:
             raise ValueError(
                 "curate.judge.pairs compares rollouts of one prompt: set generate.chat.rollouts (or "
-                "generate.code.rollouts) to 2 or more"
+                "generate.code.rollouts, or a source's rollouts) to 2 or more"
             )
         if pairs and self.publish is not None and self.publish.append:
             raise ValueError(

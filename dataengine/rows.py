@@ -8,6 +8,7 @@ still empty, and a scored row is a curated row with the teacher's logprobs.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections import Counter
@@ -230,6 +231,12 @@ def read_matrices(stage_folder: Path, column: str) -> tuple[list[str], np.ndarra
 def last_user_turn(messages: list[dict]) -> str:
     """The question the answer answers."""
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def prompt_key(turns: list[dict]) -> str:
+    """The turns before an answer as one string: rows (their messages but the last) and preference pairs
+    (their `prompt`) with the same key answer the same prompt."""
+    return json.dumps([[t["role"], t["content"]] for t in turns], ensure_ascii=False)
 
 
 def answer(row: dict) -> str:

@@ -204,5 +204,6 @@ def test_the_teacher_judges_every_kept_row_under_its_schema(tmp_path, teacher_se
             run_dir=run_dir,
             console=console,
         )
-        loaded = load_dataset(str(tmp_path / "out"), "preference", split="train")
-        assert loaded.num_rows == len(pairs) and set(loaded.column_names) >= {"prompt", "chosen", "rejected"}
+        loaded = load_dataset(str(tmp_path / "out"), "preference")  # train, and test where a test row asks
+        assert sum(split.num_rows for split in loaded.values()) == len(pairs)
+        assert set(loaded["train" if "train" in loaded else "test"].column_names) >= {"prompt", "chosen", "rejected"}

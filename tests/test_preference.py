@@ -13,10 +13,12 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from rich.console import Console
 from transformers import AutoModelForCausalLM
 
-from dataengine.errors import RecipeError
+from dataengine.errors import RecipeError, UserError
 from dataengine.judge.pairs import preference_pairs
+from dataengine.manifest import Manifest
 from dataengine.pipelines import build
 from dataengine.publish.layout import card_configs, write_config
+from dataengine.publish.stage import publish_run
 from dataengine.recipe import DPOSettings, parse_recipe
 from dataengine.rows import CURATED_FEATURES, PREFERENCE_FEATURES, write_shards
 from dataengine.stage import RunContext
@@ -146,7 +148,13 @@ def test_dpo_follows_sft_and_the_judge_weighs_the_student_against_itself_before(
     recipe = parse_recipe(DPO_RECIPE.format(port=judge_port, start=start), base_dir=tmp_path)
     stages = {stage.name: stage for stage in build(recipe, tmp_path).stages}
     run_dir = tmp_path / "run"
-    write_shards(rows(), run_dir / "judged", features=CURATED_FEATURES)
+    # two rollouts of every prompt: the held-out split (by row id) may take one and leave the other
+    siblings = [
+        {**r, "id": r["id"] + "-b", "messages": [r["messages"][0], {"role": "assistant", "content": "b"}]}
+        for r in rows()
+    ]
+    judged = rows() + siblings
+    write_shards(judged, run_dir / "judged", features=CURATED_FEATURES)
     write_shards(_pairs(), run_dir / "preference", features=PREFERENCE_FEATURES)
     teacher = TeacherEndpoint(recipe.teacher, run_dir / "teacher.log", log=lambda _: None)
     ctx = RunContext(recipe, tmp_path, run_dir, Console(file=io.StringIO()), "run-1", teacher)
@@ -163,7 +171,10 @@ def test_dpo_follows_sft_and_the_judge_weighs_the_student_against_itself_before(
     assert phases == ["sft", "dpo"]
     held_out = set(json.loads((outputs["student"] / "training.json").read_text())["held_out_ids"])
     dpo = json.loads((run_dir / ".work" / "train" / "dpo" / "final" / "phase.json").read_text())
-    assert dpo["rows"] == len(rows()) - len(held_out)  # the pairs of held-out prompts are left out
+    # no pair on a prompt the evaluation asks, whichever rollout of it was held out
+    asked_prompts = {r["messages"][0]["content"] for r in judged if r["id"] in held_out}
+    assert any(i.endswith("-b") for i in held_out)  # a sibling held out: its chosen row alone would not say
+    assert dpo["rows"] == sum(p["prompt"][0]["content"] not in asked_prompts for p in _pairs()) < len(_pairs())
     # the student before DPO is the SFT phase's, kept for the evaluation
     sft = run_dir / ".work" / "train" / "sft" / "final" / "model.safetensors"
     assert (outputs["before_dpo"] / "model.safetensors").read_bytes() == sft.read_bytes()
@@ -182,3 +193,42 @@ def test_dpo_follows_sft_and_the_judge_weighs_the_student_against_itself_before(
     assert win["wins"] == sum(a > b for a, b in scores) and win["losses"] == sum(a < b for a, b in scores)
     assert win["rate"] == pytest.approx((win["wins"] + win["ties"] / 2) / len(held_out))
     assert "win_rate" in json.loads((outputs["metrics"] / "metrics.json").read_text())
+
+
+def test_published_pairs_keep_test_prompts_out_of_train_and_are_never_appended(tmp_path):
+    recipe = parse_recipe(RECIPE.format(rollouts=2, dpo="", extra="").replace("pipeline: distill", "pipeline: curate"))
+    recipe = recipe.model_copy(update={"train": None})
+    run_dir = tmp_path / "run"
+    stages = {
+        "generate": {"rows": "generated"},
+        "curate": {"kept": "curated", "rejected": "rejected"},
+        "judge": {"kept": "judged", "rejected": "judge_rejected", "preference": "preference"},
+    }
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"run_id": "r", "recipe": "pairs", "stages": stages}))
+    (run_dir / "recipe.json").write_text(recipe.model_dump_json())
+    judged = [{**r, "topic": "t", "task": "t", "judge_score": 5.0} for r in rows()]
+    verdicts = {
+        "judge_model": "j",
+        "threshold": 3.0,
+        "score_histogram": {"kept": {"5.0": len(judged)}, "rejected": {}},
+        "mean_score_kept": 5.0,
+        "mean_score_rejected": None,
+        "mean_by_criterion": {},
+        "unjudged": 0,
+    }
+    for folder, stage in (("generated", "generate"), ("curated", "curate"), ("judged", "judge")):
+        write_shards(judged, run_dir / folder, features=CURATED_FEATURES)
+        stats = verdicts if stage == "judge" else {}
+        Manifest(stage, "c", "", "o", len(judged), len(judged), {}, stats, {}, "r", "h", {}).write(run_dir / folder)
+    write_shards(_pairs(), run_dir / "preference", features=PREFERENCE_FEATURES)
+
+    with pytest.raises(UserError, match="appending them to a published dataset is not supported yet"):
+        publish_run(run_dir, str(tmp_path / "out"), append=True, dry_run=False, console=Console(file=io.StringIO()))
+    publish_run(run_dir, str(tmp_path / "out"), append=False, dry_run=False, console=Console(file=io.StringIO()))
+    rows_ = load_dataset(str(tmp_path / "out"))
+    pairs = load_dataset(str(tmp_path / "out"), "preference")
+    tested = {r["messages"][0]["content"] for r in rows_["test"]}
+    assert tested and {p["prompt"][0]["content"] for p in pairs["test"]} == tested
+    assert not {p["prompt"][0]["content"] for p in pairs["train"]} & tested
+    assert pairs["train"].num_rows + pairs["test"].num_rows == len(_pairs())

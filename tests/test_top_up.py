@@ -41,6 +41,17 @@ def test_plan_asks_for_missing_rows_over_keep_rate():
     assert extra == {"chat/fr": 4, "code/en": 12}
 
 
+def test_with_a_judge_a_row_counts_as_kept_when_the_judge_kept_it(tmp_path):
+    recipe = parse_recipe(RECIPE)
+    m = manifests(kept={"chat/en": 8, "chat/fr": 4, "code/en": 4}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
+    # the judge kept 4 of curation's 8 English rows, all of French and code
+    judged = {"chat/en": 4, "chat/fr": 4, "code/en": 4}
+    m["judge"] = Manifest("judge", "", "", "", 16, 12, stats={"kept_by_kind_language": judged})
+    # en: 4 short at a keep rate of 4/8 -> 8 rows -> 4 prompts; fr as before
+    assert plan_round(recipe, m["generate"], m["curate"], m["judge"]) == {"chat/en": 4, "chat/fr": 4}
+    assert add_round(recipe, tmp_path, m) == {"chat/en": 4, "chat/fr": 4}
+
+
 def test_rounds_are_recorded_and_bounded(tmp_path):
     recipe = parse_recipe(RECIPE)
     short = manifests(kept={"chat/en": 8, "chat/fr": 4, "code/en": 4}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})

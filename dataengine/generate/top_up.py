@@ -31,17 +31,22 @@ def rollouts(recipe: Recipe, group: Group) -> int:
     return gen.code.rollouts if gen.code else 1
 
 
-def plan_round(recipe: Recipe, generated: Manifest, curated: Manifest) -> dict[str, int]:
+def plan_round(
+    recipe: Recipe, generated: Manifest, curated: Manifest, judged: Manifest | None = None
+) -> dict[str, int]:
     """Extra prompts per short group: the rows still missing divided by the group's keep rate so far
-    (at least 1 / max_factor, so a group where nothing survived asks max_factor times its shortfall)."""
+    (at least 1 / max_factor, so a group where nothing survived asks max_factor times its shortfall). With a
+    judge, a row is kept when the judge kept it too."""
     cfg = recipe.generate.top_up
     made = generated.stats["rows_by_kind_language"]
     extra = {}
     for group, quota in curated.stats["quota"].items():
-        if quota["short"] <= 0:
+        kept = judged.stats["kept_by_kind_language"].get(group, 0) if judged is not None else quota["kept"]
+        short = quota["target"] - kept
+        if short <= 0:
             continue
-        keep_rate = max(quota["kept"] / made[group] if made.get(group) else 0.0, 1.0 / cfg.max_factor)
-        rows = math.ceil(quota["short"] / keep_rate)
+        keep_rate = max(kept / made[group] if made.get(group) else 0.0, 1.0 / cfg.max_factor)
+        rows = math.ceil(short / keep_rate)
         extra[group] = math.ceil(rows / rollouts(recipe, Group.parse(group)))
     return extra
 
@@ -52,7 +57,7 @@ def add_round(recipe: Recipe, run_dir: Path, manifests: dict[str, Manifest]) -> 
     rounds = load_rounds(run_dir)
     if generated is None or curated is None or len(rounds) >= recipe.generate.top_up.rounds:
         return None
-    extra = plan_round(recipe, generated, curated)
+    extra = plan_round(recipe, generated, curated, manifests.get("judge"))
     if not extra:
         return None
     rounds.append(extra)

@@ -83,7 +83,8 @@ class JudgeStage(Stage):
         pairs = None
         if self.cfg.pairs is not None:
             pairs = preference_pairs(kept + rejected, self.cfg.threshold, self.cfg.pairs.min_margin)
-            write_shards(pairs, outputs["preference"], features=PREFERENCE_FEATURES)
+            # the pairs are part of what later stages see change (train's DPO reads only them)
+            paths += write_shards(pairs, outputs["preference"], features=PREFERENCE_FEATURES)
         return StageResult(
             rows_in=len(rows),
             rows_out=len(kept),
@@ -125,6 +126,7 @@ def _stats(
             "kept": _histogram([r["judge_score"] for r in kept]),
             "rejected": _histogram(low),
         },
+        "unjudged": sum(r["judge_score"] is None for r in rejected),
         "mean_score_kept": mean(r["judge_score"] for r in kept) if kept else None,
         "mean_score_rejected": mean(low) if low else None,
         "mean_by_criterion": {

@@ -21,7 +21,7 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
 from dataengine.publish.layout import card_configs, write_config, write_layout
 from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
-from dataengine.rows import PREFERENCE_FEATURES, PUBLISHED_FEATURES, read_rows, split_rows
+from dataengine.rows import PREFERENCE_FEATURES, PUBLISHED_FEATURES, prompt_key, read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
 from dataengine.secrets import known_secrets
 from dataengine.stage import RunContext, Stage, StageResult
@@ -104,8 +104,9 @@ def build_layout(
     config_features = {}
     pairs = read_rows(sources.preference) if sources.preference is not None else []
     if pairs:  # a config without rows would not load
-        # a pair is in the test split with its chosen row, so a student never trains on a held-out prompt's pair
-        pair_tests = {p["id"] for p in pairs if p["chosen_id"] in test_ids}
+        # a pair is in the test split when a test row answers its prompt: its train split never holds a test prompt
+        tested = {prompt_key(row["messages"][:-1]) for row in rows if row["id"] in test_ids}
+        pair_tests = {p["id"] for p in pairs if prompt_key(p["prompt"]) in tested}
         counts[PREFERENCE] = write_config(
             pairs, PREFERENCE_FEATURES, layout, PREFERENCE, pair_tests, publish.max_rows_per_shard
         )
@@ -284,12 +285,18 @@ def publish_run(run_dir: Path, to: str, append: bool, dry_run: bool, console: Co
         raise UserError(f"{run_dir} is not a finished curate run (needs {run.recipe.name} and a finished curate stage)")
     recipe = Recipe.model_validate_json(run.recipe.read_text())
     publish = (recipe.publish or PublishConfig(to=to)).model_copy(update={"to": to, "append": append})
+    pairs = run.folder("judge", "preference")
+    if append and pairs is not None:
+        raise UserError(
+            f"{run_dir} has preference pairs ({pairs}); appending them to a published dataset is not supported "
+            "yet: publish without --append, to a target of their own"
+        )
     target = parse_target(to, Path.cwd())
     work = run.work("publish-dry-run" if dry_run else "publish-command")
     shutil.rmtree(work, ignore_errors=True)
     # the rows the run finally kept: the balanced selection when the recipe balanced them, else what the judge kept
     kept = run.folder("balance") or run.folder("judge") or run.folder("curate")
-    sources = Sources(run, kept, run.folder("train"), run.folder("evaluate"), run.folder("judge", "preference"))
+    sources = Sources(run, kept, run.folder("train"), run.folder("evaluate"), pairs)
     built = build_layout(recipe, publish, sources, work / "layout", target, work / "target")
     console.print(published_table(built.counts))
     if append:

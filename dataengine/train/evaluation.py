@@ -60,6 +60,10 @@ def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
     }
 
 
+# the length of a student's answer kept in samples.jsonl (and judged for the win rate)
+SAMPLE_CHARS = 2000
+
+
 @torch.no_grad()
 def generate_answer(model, tokenizer, messages: list[dict], prefix: str, max_new_tokens: int) -> str:
     """Greedy answer to the prompt turns; `prefix` starts the answer as it started the teacher's."""
@@ -98,7 +102,13 @@ def answer_quality(
             ok = detected == primary_language(row["language"])
             in_language += ok
         samples.append(
-            {"id": row["id"], "kind": row["kind"], "language": row["language"], "ok": bool(ok), "answer": answer[:2000]}
+            {
+                "id": row["id"],
+                "kind": row["kind"],
+                "language": row["language"],
+                "ok": bool(ok),
+                "answer": answer[:SAMPLE_CHARS],
+            }
         )
         advance()
     return {

@@ -19,7 +19,7 @@ from dataengine.errors import StageError
 from dataengine.facts import Phase, Training
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.rows import read_rows, split_rows
+from dataengine.rows import prompt_key, read_rows, split_rows
 from dataengine.run_folder import ROUTING_MAP_FILE, TRAINING_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
@@ -110,9 +110,10 @@ class TrainStage(Stage):
             phases.append(json.loads((current / DONE).read_text()))
         dpo = self.cfg.dpo
         if dpo is not None:
-            held = {r["id"] for r in held_out}
-            # a pair whose chosen answer is held out would train on a prompt the evaluation asks
-            pairs = [p for p in read_rows(inputs["preference"]) if p["chosen_id"] not in held]
+            # rollouts of one prompt fall on both sides of the held-out split (it hashes row ids): a pair on a
+            # prompt the evaluation asks would teach the student that prompt's answer
+            asked = {prompt_key(r["messages"][:-1]) for r in held_out}
+            pairs = [p for p in read_rows(inputs["preference"]) if prompt_key(p["prompt"]) not in asked]
             if not pairs:
                 raise StageError(
                     "train.dpo: the judge made no preference pair outside the held-out rows (see the judge's "

@@ -22,12 +22,13 @@ def win_rate(
     work_dir: Path,
     ctx: RunContext,
 ) -> dict[str, Any]:
-    """The student's win rate over the held-out rows: `after` holds its answers by row id; the student before
-    DPO (the folder `before_dpo`) answers the same prompts here, greedily, as the evaluation asked it."""
+    """The student's win rate over the held-out rows: `after` holds its answers by row id (as samples.jsonl
+    keeps them, cut at SAMPLE_CHARS); the student before DPO (the folder `before_dpo`) answers the same prompts
+    here, greedily, as the evaluation asked it, cut alike so the judge weighs answers of equal footing."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dataengine.train.evaluation import generate_answer
+    from dataengine.train.evaluation import SAMPLE_CHARS, generate_answer
 
     tokenizer = AutoTokenizer.from_pretrained(str(before_dpo))
     model = AutoModelForCausalLM.from_pretrained(str(before_dpo), dtype=torch.float32).eval()
@@ -36,7 +37,7 @@ def win_rate(
     before = {
         row["id"]: generate_answer(
             model, tokenizer, row["messages"][:-1], prefix if row["kind"] == "code" else "", max_new
-        )
+        )[:SAMPLE_CHARS]
         for row in held_out
     }
     cfg = recipe.curate.judge
