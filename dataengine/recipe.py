@@ -121,6 +121,13 @@ class VLLMOptions(StrictModel):
     startup_timeout_s: float = Field(900.0, gt=0, description="give up if the server is not ready by then")
 
 
+def http_url(value: str | None) -> str | None:
+    """An endpoint's URL, without a trailing slash; refused unless http(s)."""
+    if value is not None and not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"endpoint must be an http(s) URL like http://127.0.0.1:8000, got {value!r}")
+    return value.rstrip("/") if value else value
+
+
 class RecoveryConfig(StrictModel):
     """What a stage does when its teacher dies mid-stage (our own server) or stops answering (an endpoint)."""
 
@@ -147,9 +154,7 @@ class TeacherConfig(StrictModel):
     @field_validator("endpoint")
     @classmethod
     def _http_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"endpoint must be an http(s) URL like http://127.0.0.1:8000, got {value!r}")
-        return value.rstrip("/") if value else value
+        return http_url(value)
 
     @model_validator(mode="after")
     def _routing_over_http(self) -> TeacherConfig:
@@ -482,9 +487,7 @@ class JudgeConfig(StrictModel):
     @field_validator("endpoint")
     @classmethod
     def _http_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"endpoint must be an http(s) URL like http://127.0.0.1:8001, got {value!r}")
-        return value.rstrip("/") if value else value
+        return http_url(value)
 
     @model_validator(mode="after")
     def _endpoint_with_model(self) -> JudgeConfig:
