@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
-import orjson
+from dataengine.rows import prompt_key
 
 
 def _rank(row: dict) -> tuple[bool, float]:
@@ -18,10 +18,10 @@ def preference_pairs(rows: list[dict], threshold: float, min_margin: float) -> l
     """One pair per prompt among the judged `rows`: its best answer (which the judge kept: at or over
     `threshold`) against its worst, where the chosen one ranks higher and their scores differ by at least
     `min_margin`. Rows without a score (judge_error) take no part."""
-    by_prompt: dict[bytes, list[dict]] = defaultdict(list)
+    by_prompt: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         if row.get("judge_score") is not None:
-            by_prompt[orjson.dumps(row["messages"][:-1])].append(row)
+            by_prompt[prompt_key(row["messages"][:-1])].append(row)
     pairs = []
     for rollouts in by_prompt.values():
         ranked = sorted(rollouts, key=lambda r: (_rank(r), r["id"]), reverse=True)

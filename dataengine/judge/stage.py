@@ -25,7 +25,7 @@ from dataengine.rows import CURATED_FEATURES, PREFERENCE_FEATURES, count_groups,
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.inference import run_inference
 from dataengine.teacher.throughput import FILE as THROUGHPUT
-from dataengine.teacher.throughput import rate, timeline
+from dataengine.teacher.throughput import rate
 from dataengine.verdicts import (
     ask_verdict,
     judge_config,
@@ -138,7 +138,6 @@ def _stats(
         "verdict_tokens": tokens,
         "judge_seconds": round(seconds, 2),
         "judge_tokens_per_second": rate([work_dir / THROUGHPUT]),
-        "judge_tokens_per_second_timeline": timeline([work_dir / THROUGHPUT]),
     }
 
 

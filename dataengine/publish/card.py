@@ -189,7 +189,7 @@ def judge_section(judge: dict | None) -> list[str]:
         "",
         f"Every kept row was rated 1-5 per criterion by `{judge['judge_model']}` (columns `judge_scores`, "
         f"`judge_score`, `judge_rationale`). Rows whose mean score was under {numbers.metric(judge['threshold'])} "
-        f"were dropped (`judge_low`), and so were the {judge.get('unjudged', 0)} rows whose verdict could not be "
+        f"were dropped (`judge_low`), and so were the {judge['unjudged']} rows whose verdict could not be "
         "read (`judge_error`, not in the table below).",
         "",
         "| mean score (from; bins of 0.5) | kept | rejected |",

@@ -119,16 +119,12 @@ class TrainStage(Stage):
                     "train.dpo: the judge made no preference pair outside the held-out rows (see the judge's "
                     "summary: lower curate.judge.pairs.min_margin, or generate more rollouts per prompt)"
                 )
-            for item in current.iterdir():
-                if item.name != DONE:
-                    shutil.copy2(item, outputs["before_dpo"] / item.name)
+            _copy_model(current, outputs["before_dpo"])
             current = self._phase(
                 "dpo", work_dir, ctx, lambda out, start: run_dpo(start, pairs, dpo, out, ctx.log), current
             )
             phases.append(json.loads((current / DONE).read_text()))
-        for item in current.iterdir():
-            if item.name != DONE:
-                shutil.copy2(item, output_dir / item.name)
+        _copy_model(current, output_dir)
         record = {
             "student": json.loads((work_dir / "init" / "student_init.json").read_text()),
             "train_rows": len(train_rows),
@@ -194,3 +190,12 @@ def _phase_stats(record: dict) -> dict:
         "last_loss": phase.last_loss,
         "resumed_from": phase.resumed_from,
     }
+
+
+def _copy_model(phase: Path, folder: Path) -> None:
+    """A finished phase's model and tokenizer files into `folder`, without the phase's record."""
+    from dataengine.train.phases import DONE
+
+    for item in phase.iterdir():
+        if item.name != DONE:
+            shutil.copy2(item, folder / item.name)
