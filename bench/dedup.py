@@ -29,9 +29,9 @@ BANDS, ROWS, NGRAM = 14, 8, 5
 
 def run_dataengine(docs: list[tuple[str, str]], work: Path, workers: int = 1) -> set[str]:
     from dataengine.curate.dedup import dedup_language
-    from dataengine.curate.executor import pipeline_runner
+    from dataengine.executors import pipeline_runner
     from dataengine.logs import datatrove_logs_to
-    from dataengine.recipe import DedupConfig
+    from dataengine.recipe import DedupConfig, ExecutorSettings
 
     src = work / "in"
     src.mkdir(parents=True)
@@ -41,7 +41,7 @@ def run_dataengine(docs: list[tuple[str, str]], work: Path, workers: int = 1) ->
                 fh.write(orjson.dumps({"text": text, "id": doc_id, "metadata": {"language": "en"}}) + b"\n")
     cfg = DedupConfig(minhash={"n_grams": NGRAM, "num_buckets": BANDS, "hashes_per_bucket": ROWS})
     with datatrove_logs_to(work / "datatrove.log"):
-        run = pipeline_runner("local", workers, work / "logs")
+        run = pipeline_runner(ExecutorSettings(workers=workers), work / "logs")
         dedup_language("en", src, work / "dedup", work / "rejected", work / "out", cfg, run)
     return {
         orjson.loads(line)["id"] for p in (work / "rejected").glob("*.jsonl") for line in p.read_bytes().splitlines()

@@ -186,8 +186,8 @@ def teacher_serve(recipe: RecipeArg, output: OutputOpt = None) -> None:
     from dataengine.teacher.server import TeacherServer, served_name
 
     r, base = _load(recipe)
-    if r.teacher.endpoint:
-        raise UserError(f"teacher.endpoint is set ({r.teacher.endpoint}): that server is already running elsewhere")
+    if r.teacher.urls:
+        raise UserError(f"the recipe names running teacher server(s) ({', '.join(r.teacher.urls)}): nothing to serve")
     log_path = RunFolder(output or default_run_dir(r, base)).teacher_log
     server = TeacherServer(r.teacher, log_path, log=console.print)
     for sig in (signal.SIGTERM, signal.SIGINT):  # stopping is what serving is for: exit 0 once the server is down

@@ -139,9 +139,15 @@ class TeacherConfig(StrictModel):
     model: str = Field(description="Hub id, local folder, or builtin:<name>")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the teacher")
     endpoint: str | None = Field(None, description="use a running OpenAI-compatible server instead of starting one")
+    endpoints: list[str] = Field(
+        default_factory=list,
+        description="a pool of running servers of one model (replicas), instead of `endpoint`: generation and "
+        "scoring task N sends its requests to endpoints[N % len] (`generate.tasks`, `score.tasks`); the other "
+        "stages use the first",
+    )
     served_model_name: str | None = Field(None, description="model name the endpoint expects; defaults to `model`")
     builtin: BuiltinTeacherOptions = Field(BuiltinTeacherOptions(), description="options of builtin:<name> teachers")
-    vllm: VLLMOptions = Field(VLLMOptions(), description="how the engine starts vLLM (unused with `endpoint`)")
+    vllm: VLLMOptions = Field(VLLMOptions(), description="how the engine starts vLLM (unused with `endpoint(s)`)")
     recovery: RecoveryConfig = Field(RecoveryConfig(), description="restart a dead server, wait for a lost endpoint")
     return_routed_experts: bool = Field(
         False,
@@ -156,13 +162,22 @@ class TeacherConfig(StrictModel):
     def _http_endpoint(cls, value: str | None) -> str | None:
         return http_url(value)
 
+    @field_validator("endpoints")
+    @classmethod
+    def _http_endpoints(cls, value: list[str]) -> list[str]:
+        return [http_url(url) for url in value]
+
     @model_validator(mode="after")
-    def _routing_over_http(self) -> TeacherConfig:
+    def _one_way_to_the_teacher(self) -> TeacherConfig:
+        if self.endpoint and self.endpoints:
+            raise ValueError("give `endpoint` (one server) or `endpoints` (a pool), not both")
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError(f"endpoints lists a server twice: {self.endpoints}")
         # the routing is read from the raw response, which datatrove fetches over plain http only (its https
         # path goes through the OpenAI client and keeps the text and usage alone)
-        if self.return_routed_experts and self.endpoint and self.endpoint.startswith("https://"):
+        if self.return_routed_experts and (https := [u for u in self.urls if u.startswith("https://")]):
             raise ValueError(
-                f"return_routed_experts reads each response whole over plain http; endpoint {self.endpoint} is "
+                f"return_routed_experts reads each response whole over plain http; endpoint {https[0]} is "
                 "https (serve vLLM on http inside the cluster, or leave return_routed_experts off)"
             )
         return self
@@ -171,8 +186,40 @@ class TeacherConfig(StrictModel):
     def is_builtin(self) -> bool:
         return self.model.startswith(BUILTIN_PREFIX)
 
+    @property
+    def urls(self) -> list[str]:
+        """The running servers the recipe names (`endpoint`, or the `endpoints` pool); [] when the engine starts one."""
+        return [self.endpoint] if self.endpoint else list(self.endpoints)
+
 
 # --------------------------------------------------------------------------- generate
+
+
+class SlurmSettings(StrictModel):
+    """How datatrove's SlurmPipelineExecutor submits a stage's steps (one sbatch array per step)."""
+
+    partition: str = Field(description="Slurm partition")
+    time: str = Field("02:00:00", description="time limit per task, Slurm syntax")
+    cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: float = Field(2, gt=0)
+    sbatch_args: dict[str, str] = Field(default_factory=dict, description="more #SBATCH directives, e.g. account")
+    venv_path: str | None = Field(None, description="activate script sourced by the jobs; default this venv's")
+    poll_s: float = Field(30.0, gt=0, description="how often the run checks whether a step's tasks are done")
+
+
+class ExecutorSettings(StrictModel):
+    """Which datatrove executor runs a stage's work, over how many tasks: the recipe picks, the code does not change."""
+
+    executor: Literal["local", "ray", "slurm"] = Field("local", description="datatrove executor for every step")
+    slurm: SlurmSettings | None = Field(None, description="required with executor: slurm")
+    tasks: int = Field(1, ge=1, description="datatrove tasks (shards): each works on its share of the rows")
+    workers: int = Field(1, ge=1, description="tasks run at once")
+
+    @model_validator(mode="after")
+    def _slurm_settings(self) -> ExecutorSettings:
+        if self.executor == "slurm" and self.slurm is None:
+            raise ValueError("executor: slurm needs a `slurm:` block with at least `partition`")
+        return self
 
 
 class SamplingConfig(StrictModel):
@@ -287,7 +334,7 @@ class TopUpConfig(StrictModel):
     max_factor: float = Field(3.0, ge=1.0, le=20.0, description="a round asks at most this many times the missing rows")
 
 
-class GenerateConfig(StrictModel):
+class GenerateConfig(ExecutorSettings):
     seed: int = Field(0, description="drives topic and archetype choice and per-request sampling seeds")
     sampling: SamplingConfig = Field(SamplingConfig(), description="sampling of every answer")
     chat: ChatConfig | None = Field(None, description="multilingual instruction/answer pairs")
@@ -407,18 +454,6 @@ class DecontaminationConfig(StrictModel):
     files: list[BenchmarkFile] = Field(default_factory=list, description="your own benchmark files")
 
 
-class SlurmSettings(StrictModel):
-    """How datatrove's SlurmPipelineExecutor submits each curation step (one sbatch array per step)."""
-
-    partition: str = Field(description="Slurm partition")
-    time: str = Field("02:00:00", description="time limit per task, Slurm syntax")
-    cpus_per_task: int = Field(1, ge=1)
-    mem_per_cpu_gb: float = Field(2, gt=0)
-    sbatch_args: dict[str, str] = Field(default_factory=dict, description="more #SBATCH directives, e.g. account")
-    venv_path: str | None = Field(None, description="activate script sourced by the jobs; default this venv's")
-    poll_s: float = Field(30.0, gt=0, description="how often the run checks whether a step's tasks are done")
-
-
 class BalanceConfig(StrictModel):
     """Routing-aware selection, after the route stage: of the kept rows, the subset whose combined expert load
     is as even as possible (greedy: each step adds the row that leaves the lowest mean per-layer CV of load;
@@ -499,15 +534,11 @@ class JudgeConfig(StrictModel):
         return self
 
 
-class CurateConfig(StrictModel):
+class CurateConfig(ExecutorSettings):
     filters: FiltersConfig = Field(FiltersConfig(), description="filters on the teacher's answers")
     code: CodeCheckConfig = Field(CodeCheckConfig(), description="code rows: parse, then own tests in the sandbox")
     dedup: DedupConfig = Field(DedupConfig(), description="exact and near-duplicate removal")
     decontamination: DecontaminationConfig = Field(DecontaminationConfig(), description="benchmark n-gram overlap")
-    executor: Literal["local", "ray", "slurm"] = Field("local", description="datatrove executor for every step")
-    slurm: SlurmSettings | None = Field(None, description="required with executor: slurm")
-    tasks: int = Field(1, ge=1, description="datatrove tasks (shards) for the filter step")
-    workers: int = Field(1, ge=1, description="tasks run at once")
     balance: BalanceConfig | None = Field(
         None, description="select kept rows for an even expert load (needs a `route` block); null keeps them all"
     )
@@ -515,17 +546,11 @@ class CurateConfig(StrictModel):
         None, description="a model rates each kept row; rows under the threshold are rejected. null: no judge"
     )
 
-    @model_validator(mode="after")
-    def _slurm_settings(self) -> CurateConfig:
-        if self.executor == "slurm" and self.slurm is None:
-            raise ValueError("executor: slurm needs a `slurm:` block with at least `partition`")
-        return self
-
 
 # --------------------------------------------------------------------------- score, train, evaluate
 
 
-class ScoreConfig(StrictModel):
+class ScoreConfig(ExecutorSettings):
     """The teacher's top-k logprobs for every answer token of the kept rows (vLLM `prompt_logprobs`)."""
 
     top_k: int = Field(20, ge=1, le=1000, description="logprobs kept per token; at most teacher.vllm.max_logprobs")
@@ -945,7 +970,7 @@ class Recipe(StrictModel):
         distill = self.train.distill if self.train else None
         if distill is not None and distill.method == "offline_topk" and self.score is None:
             raise ValueError("train.distill.method offline_topk trains on stored teacher logprobs: add a `score` block")
-        if self.score is not None and not self.teacher.endpoint and self.score.top_k > self.teacher.vllm.max_logprobs:
+        if self.score is not None and not self.teacher.urls and self.score.top_k > self.teacher.vllm.max_logprobs:
             raise ValueError(
                 f"score.top_k ({self.score.top_k}) exceeds teacher.vllm.max_logprobs "
                 f"({self.teacher.vllm.max_logprobs}); raise max_logprobs or lower top_k"

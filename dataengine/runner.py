@@ -25,7 +25,7 @@ from dataengine.recipe import Recipe, resolve_path
 from dataengine.run_folder import RunFolder
 from dataengine.secrets import scrub_known
 from dataengine.stage import RunContext, Stage, config_hash
-from dataengine.teacher.server import TeacherEndpoint
+from dataengine.teacher.server import teacher_pool
 
 StageStatus = Literal["done", "pending", "stale", "blocked"]
 
@@ -135,8 +135,9 @@ def run_recipe(
     run_id = run.start(recipe.name, {s.name: dict(s.outputs) for s in pipeline.stages})
     # secrets removed: the run folder is meant to be shared (and is what `dataengine publish` reads)
     write_atomic(run.recipe, json.dumps(scrub_known(recipe.model_dump(mode="json")), indent=2))
-    teacher = TeacherEndpoint(recipe.teacher, run.teacher_log, log=console.print)
-    ctx = RunContext(recipe, base_dir, run_dir, console, run_id, teacher)
+    teachers = teacher_pool(recipe.teacher, run.teacher_log, log=console.print)
+    teacher = teachers[0]  # the one that may be our own server; the others are the recipe's endpoints
+    ctx = RunContext(recipe, base_dir, run_dir, console, run_id, teacher, teachers)
     try:
         manifests = _run_stages(pipeline, ctx, only, force)
         while not only and pipeline.next_round and (message := pipeline.next_round(run_dir, manifests)):

@@ -47,9 +47,14 @@ class RunContext:
     console: Console
     run_id: str
     teacher: TeacherEndpoint
+    teachers: list[TeacherEndpoint] = field(default_factory=list)  # the `endpoints` pool; teacher is the first
 
     def log(self, message: str) -> None:
         self.console.print(f"[dim]{message}[/dim]")
+
+    def endpoints(self) -> list[TeacherEndpoint]:
+        """Where generation and scoring tasks send their requests (task N: endpoints()[N % len])."""
+        return self.teachers or [self.teacher]
 
 
 class Stage(Protocol):

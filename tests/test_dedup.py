@@ -8,8 +8,8 @@ import orjson
 from datatrove.pipeline.readers import JsonlReader
 
 from dataengine.curate.dedup import dedup_language
-from dataengine.curate.executor import pipeline_runner
-from dataengine.recipe import DedupConfig
+from dataengine.executors import pipeline_runner
+from dataengine.recipe import DedupConfig, ExecutorSettings
 from tests.planted_corpus import groups, planted_corpus, removal_scores
 
 
@@ -24,7 +24,7 @@ def write_docs(folder: Path, docs: list[tuple[str, str]], language: str = "en", 
 
 def run_dedup(tmp_path: Path, docs, cfg: DedupConfig, shards: int = 1, workers: int = 1):
     write_docs(tmp_path / "in", docs, shards=shards)
-    run = pipeline_runner("local", workers, tmp_path / "logs")
+    run = pipeline_runner(ExecutorSettings(workers=workers), tmp_path / "logs")
     dedup_language("en", tmp_path / "in", tmp_path / "work", tmp_path / "rejected", tmp_path / "out", cfg, run)
     kept = {d.id: d for d in JsonlReader(str(tmp_path / "out")).run()}
     rejected = {}
@@ -96,7 +96,7 @@ def test_dedup_against_a_reference_folder(tmp_path):
     near_copy = ("again-near", "q\n\n" + earlier[1][1].replace(earlier[1][1].split()[5], "zzzword", 1))
     new = [(i, "q\n\n" + t) for i, t in fresh] + [exact_copy, near_copy]
     write_docs(tmp_path / "in", new)
-    run = pipeline_runner("local", 1, tmp_path / "logs")
+    run = pipeline_runner(ExecutorSettings(), tmp_path / "logs")
     dedup_language(
         "en",
         tmp_path / "in",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dataengine.curate.dedup import dedup_language
-from dataengine.curate.executor import pipeline_runner
-from dataengine.recipe import DedupConfig
+from dataengine.executors import pipeline_runner
+from dataengine.recipe import DedupConfig, ExecutorSettings
 from tests.planted_corpus import groups, planted_corpus
 from tests.test_dedup import write_docs
 
@@ -26,7 +26,7 @@ def test_dedup_on_ray_matches_the_planted_truth(tmp_path, local_ray):
 
     planted = planted_corpus(distinct=60, exact=12, near=12, edits=1, seed=5)
     write_docs(tmp_path / "in", planted.docs, shards=2)
-    run = pipeline_runner("ray", 2, tmp_path / "logs")
+    run = pipeline_runner(ExecutorSettings(executor="ray", workers=2), tmp_path / "logs")
     dedup_language(
         "en", tmp_path / "in", tmp_path / "work", tmp_path / "rejected", tmp_path / "out", DedupConfig(), run
     )

@@ -266,13 +266,13 @@ def test_a_run_that_only_generated_gets_a_page_that_says_what_is_missing(run_dir
 def test_throughput_timeline_spreads_tokens_over_each_stretch_of_generation(tmp_path, monkeypatch):
     ends = iter([104.0, 104.0, 1002.0])
     monkeypatch.setattr("dataengine.teacher.throughput.time.time", lambda: next(ends))
-    with recorder(tmp_path / "t.tsv") as record:
+    with recorder(tmp_path / "t") as record:
         record(40, 100.0)  # ran 100-104 s
         record(20, 102.0)  # ran 102-104 s, alongside
         record(60, 1000.0)  # after a crash: ran 1000-1002 s
     # 6 s of generation in 3 bins of 2 s: the first stretch gets two (40 tokens split 20/20, plus the
     # second rollout's 20 in the later one), the resumed stretch one
-    assert timeline([tmp_path / "t.tsv"], bins=3) == [[1.0, 10.0], [3.0, 20.0], [901.0, 30.0]]
+    assert timeline([tmp_path / "t"], bins=3) == [[1.0, 10.0], [3.0, 20.0], [901.0, 30.0]]
 
 
 def _chromium() -> str:

@@ -16,9 +16,9 @@ import pytest
 from datatrove.pipeline.readers import JsonlReader
 
 from dataengine.curate.dedup import dedup_language
-from dataengine.curate.executor import pipeline_runner
 from dataengine.errors import StageError
-from dataengine.recipe import DedupConfig, SlurmSettings
+from dataengine.executors import pipeline_runner
+from dataengine.recipe import DedupConfig, ExecutorSettings, SlurmSettings
 from tests.planted_corpus import groups, planted_corpus
 from tests.test_dedup import write_docs
 
@@ -57,11 +57,15 @@ def fake_slurm(folder: Path, run_jobs: bool = True) -> Path:
     return folder
 
 
+def _slurm(workers: int) -> ExecutorSettings:
+    return ExecutorSettings(executor="slurm", workers=workers, slurm=SlurmSettings(partition="cpu", poll_s=0.1))
+
+
 def test_dedup_on_slurm(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{fake_slurm(tmp_path / 'bin')}:{Path(sys.executable).parent}:{os.environ['PATH']}")
     planted = planted_corpus(distinct=40, exact=8, near=8, edits=1, seed=2)
     write_docs(tmp_path / "in", planted.docs, shards=2)
-    run = pipeline_runner("slurm", 2, tmp_path / "logs", SlurmSettings(partition="cpu", poll_s=0.1))
+    run = pipeline_runner(_slurm(2), tmp_path / "logs")
     dedup_language(
         "en", tmp_path / "in", tmp_path / "work", tmp_path / "rejected", tmp_path / "out", DedupConfig(), run
     )
@@ -74,6 +78,9 @@ def test_dedup_on_slurm(tmp_path, monkeypatch):
 def test_a_slurm_job_that_ends_unfinished_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{fake_slurm(tmp_path / 'bin', run_jobs=False)}:{os.environ['PATH']}")
     write_docs(tmp_path / "in", planted_corpus(distinct=5, exact=0, near=0).docs)
-    run = pipeline_runner("slurm", 1, tmp_path / "logs", SlurmSettings(partition="cpu", poll_s=0.1))
-    with pytest.raises(StageError, match="Slurm job 4242 .* ended with 1 of 1 tasks unfinished"):
+    run = pipeline_runner(_slurm(1), tmp_path / "logs")
+    with pytest.raises(
+        StageError,
+        match=r"exact-sigs-en: 1 of 1 tasks unfinished on slurm; task\(s\) 0 ended unfinished \(see .*slurm_logs\)",
+    ):
         run("exact-sigs-en", [JsonlReader(str(tmp_path / "in"))], 1)

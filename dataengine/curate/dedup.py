@@ -8,7 +8,6 @@ answer, as the filter step writes it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import xxhash
@@ -32,14 +31,11 @@ from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
 
 from dataengine.curate.scripts import UNSPACED
+from dataengine.executors import RunPipeline
 from dataengine.recipe import DedupConfig, MinhashSettings
 from dataengine.rows import last_user_turn, primary_language
 
 _SPACE = re.compile(r"\s+")
-
-# Runs one datatrove pipeline to completion: (name, steps, tasks) -> None. Supplied by the stage,
-# which picks the executor (local or ray) and where logs go.
-RunPipeline = Callable[[str, list, int], None]
 
 
 def normalised_text(doc: Document) -> bytes:

@@ -20,13 +20,13 @@ from rich.table import Table
 
 from dataengine.checks.sandbox import SandboxLimits, isolation_warning
 from dataengine.curate.dedup import dedup_language
-from dataengine.curate.executor import pipeline_runner
 from dataengine.curate.filters.answer import LengthFilter, RefusalFilter, TruncationFilter
 from dataengine.curate.filters.code import CodeParseFilter, CodeTestsFilter
 from dataengine.curate.filters.decontamination import DecontaminationFilter, builtin_benchmarks, read_texts
 from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualityFilter, RepetitionFilter
 from dataengine.curate.filters.question import QuestionFilter
 from dataengine.errors import StageError
+from dataengine.executors import pipeline_runner
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import CurateConfig, Recipe, resolve_path
@@ -129,7 +129,7 @@ class CurateStage(Stage):
         source = inputs["rows"] / "data"
         own = {row["id"] for row in read_rows(inputs["rows"], columns=["id"])}
         rejected_raw, filtered = work_dir / "rejected", work_dir / "filtered"
-        run_pipeline = pipeline_runner(self.cfg.executor, self.cfg.workers, work_dir / "logs", self.cfg.slurm)
+        run_pipeline = pipeline_runner(self.cfg, work_dir / "logs")
         status = ctx.console.status("curating")
 
         def run(name: str, pipeline: list, tasks: int) -> None:

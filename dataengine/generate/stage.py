@@ -37,7 +37,7 @@ from dataengine.rows import count_groups, write_shards
 from dataengine.stage import RunContext, Stage, StageResult, config_hash
 from dataengine.teacher.inference import inference_config, run_inference
 from dataengine.teacher.server import served_name
-from dataengine.teacher.throughput import FILE as THROUGHPUT
+from dataengine.teacher.throughput import FOLDER as THROUGHPUT
 from dataengine.teacher.throughput import timeline
 
 # the sampling knobs every request carries (max_tokens is per kind) and every row records
@@ -68,6 +68,11 @@ class GenerateStage(Stage):
         "-teacher.builtin.source",
         "teacher.served_model_name",
         "teacher.return_routed_experts",
+        # where the requests run does not change what comes back
+        "-generate.executor",
+        "-generate.slurm",
+        "-generate.tasks",
+        "-generate.workers",
     )
 
     def __init__(self, recipe: Recipe, base_dir: Path) -> None:
@@ -154,7 +159,7 @@ class GenerateStage(Stage):
         if not unique:
             raise StageError("no prompts to generate: quotas are 0 and the prompt sources are empty")
         ctx.log(f"{len(unique)} prompts, {sum(s.rollouts for s in unique)} rollouts expected")
-        restarts_before = ctx.teacher.restarts
+        restarts_before = sum(t.restarts for t in ctx.endpoints())
         elapsed = 0.0
         for work, seeds in rounds:
             docs = self.documents(list({s.key: s for s in seeds}.values()))
@@ -177,7 +182,8 @@ class GenerateStage(Stage):
             stats={
                 **self._stats(made, elapsed, len(unique)),
                 "top_up_rounds": len(rounds) - 1,
-                "teacher_restarts": ctx.teacher.restarts - restarts_before,
+                "teacher_restarts": sum(t.restarts for t in ctx.endpoints()) - restarts_before,
+                "tasks": gen.tasks,
                 "teacher_tokens_per_second_timeline": timeline([work / THROUGHPUT for work, _ in rounds]),
             },
         )
@@ -186,7 +192,7 @@ class GenerateStage(Stage):
         """The teacher's rollouts of these prompts; returns seconds spent generating."""
         recipe = self.recipe
         return run_inference(
-            ctx.teacher,
+            ctx.endpoints(),
             docs,
             work_dir,
             rollout,
@@ -195,6 +201,7 @@ class GenerateStage(Stage):
             "generating",
             recipe.generate.records_per_chunk,
             whole_responses=recipe.teacher.return_routed_experts,
+            executor=recipe.generate,
         )
 
     def _rows(self, ctx: RunContext, raws: list[Path]) -> _Made:

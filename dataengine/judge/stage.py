@@ -24,7 +24,7 @@ from dataengine.recipe import JudgeConfig, Recipe
 from dataengine.rows import CURATED_FEATURES, PREFERENCE_FEATURES, count_groups, read_rows, write_shards
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.inference import run_inference
-from dataengine.teacher.throughput import FILE as THROUGHPUT
+from dataengine.teacher.throughput import FOLDER as THROUGHPUT
 from dataengine.teacher.throughput import rate
 from dataengine.verdicts import (
     ask_verdict,
@@ -58,7 +58,7 @@ class JudgeStage(Stage):
         seconds = 0.0
         if rows:
             seconds = run_inference(
-                judge,
+                [judge],
                 [verdict_document(row, self.cfg) for row in rows],
                 work_dir,
                 ask_verdict,

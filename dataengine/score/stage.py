@@ -47,7 +47,7 @@ class ScoreStage(Stage):
 
         rows = read_rows(inputs["rows"])
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.recipe.teacher, ctx.log))
-        limit = None if self.recipe.teacher.endpoint else self.recipe.teacher.vllm.max_model_len
+        limit = None if self.recipe.teacher.urls else self.recipe.teacher.vllm.max_model_len
         todo, too_long = [], 0
         for row in rows:
             ids, start = prompt_and_full_ids(tokenizer, row["messages"])

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 from datatrove.data import Document
-from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
 from datatrove.pipeline.inference.servers import EndpointServer
 from datatrove.pipeline.inference.types import ServerError
@@ -25,11 +27,12 @@ from datatrove.pipeline.writers import JsonlWriter
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dataengine.errors import StageError
 from dataengine.logs import datatrove_logs_to
+from dataengine.recipe import ExecutorSettings
 from dataengine.teacher.server import TeacherEndpoint
-from dataengine.teacher.throughput import FILE as THROUGHPUT
-from dataengine.teacher.throughput import recorder
+from dataengine.teacher.tasks import Health, TaskTeacher, run_until_done
+from dataengine.teacher.throughput import FOLDER as THROUGHPUT
+from dataengine.teacher.throughput import follow, recorder
 
 HEALTH_INTERVAL_S = 2.0
 # request fields vLLM reads that the OpenAI client does not know (generate/rollout.py sets them)
@@ -40,6 +43,7 @@ ROUTED_EXPERTS = "dataengine_routed_experts"
 # A rollout function's shared context hands it `on_done(tokens, started)`: the tokens the teacher wrote for
 # the document and when its rollout began, for the progress bar and the throughput log.
 OnDone = Callable[[int, float], None]
+LOCAL = ExecutorSettings()  # one task, here
 
 
 class _RootEndpointServer(EndpointServer):
@@ -79,11 +83,37 @@ class _RootEndpointServer(EndpointServer):
 
 
 class _Runner(InferenceRunner):
-    health: Callable[[], bool] = staticmethod(lambda: True)
+    """datatrove's runner, talking to the endpoint of its task (`TaskTeacher`), with that endpoint's health check."""
+
+    task_teacher = TaskTeacher()
     whole_responses = False
+    health: Health = staticmethod(lambda: True)
+    url = ""
+
+    def run(self, data: Iterable[Document], rank: int = 0, world_size: int = 1) -> None:
+        with self.task_teacher.open(rank) as (self.url, self.health):
+            super().run(data, rank, world_size)
 
     def _init_server(self, rank: int) -> EndpointServer:
-        return endpoint_server(self.config, rank, self.health, self.whole_responses)
+        config = dataclasses.replace(self.config, endpoint_url=self.url + "/v1")
+        return endpoint_server(config, rank, self.health, self.whole_responses)
+
+
+class Shard(PipelineStep):
+    """The documents of one task: every world_size-th of them by id, from its rank. (datatrove hands a list that
+    opens a pipeline to every task whole.)"""
+
+    name = "🔀 shard"
+    type = "📖 - READER"
+
+    def __init__(self, docs: list[Document]) -> None:
+        super().__init__()
+        self.docs = sorted(docs, key=lambda doc: doc.id)
+
+    def run(self, data: Iterable[Document] | None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        for doc in self.docs[rank::world_size]:
+            self.stat_update("documents")
+            yield doc
 
 
 def endpoint_server(
@@ -121,7 +151,7 @@ def inference_config(
 
 
 def run_inference(
-    endpoint: TeacherEndpoint,
+    endpoints: list[TeacherEndpoint],
     docs: list[Document],
     work_dir: Path,
     rollout_fn: Callable[..., Any],
@@ -130,55 +160,46 @@ def run_inference(
     what: str,
     records_per_chunk: int = 500,
     whole_responses: bool = False,
+    executor: ExecutorSettings = LOCAL,
 ) -> float:
-    """Run `rollout_fn` over `docs` with datatrove's InferenceRunner against `endpoint`, `config(url)` saying
-    how; returns the seconds it ran. Each document's result is written to `<work_dir>/raw` (read it with
-    datatrove's JsonlReader). A dead or lost endpoint is recovered and the pass goes on from the checkpoints;
-    `what` names the work in the progress bar and in the error when the endpoint cannot be recovered."""
+    """Run `rollout_fn` over `docs` with datatrove's InferenceRunner, as `executor.tasks` tasks over `endpoints`
+    (`teacher/tasks.py`), `config(url)` saying how; returns the seconds it ran. Each document's result is written
+    to `<work_dir>/raw` (read it with datatrove's JsonlReader). A dead or lost endpoint is recovered and its
+    task runs again from its checkpoints; `what` names the work in the progress bar and in errors."""
+    tasks = min(executor.tasks, len(docs)) or 1
     done_before = len(_ids_in(work_dir / "raw") | _ids_in(work_dir / "checkpoints"))
-    with recorder(work_dir / THROUGHPUT) as record, _progress(console) as progress:
-        task = progress.add_task(what, total=len(docs), completed=done_before, tokens=0)
+    throughput = work_dir / THROUGHPUT
 
-        def on_done(tokens: int, started: float) -> None:
-            record(tokens, started)
-            progress.advance(task)
-            progress.update(task, tokens=progress.tasks[task].fields["tokens"] + tokens)
+    def pipeline(teacher: TaskTeacher) -> list:
+        runner = _Runner(
+            rollout_fn=rollout_fn,
+            config=config(teacher.urls[0] if teacher.urls else "http://127.0.0.1"),  # each task sets its own
+            output_writer=JsonlWriter(
+                str(work_dir / "raw"), output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None
+            ),
+            # a function, not a closure over the progress bar: tasks may run in other processes (or on other
+            # nodes); each appends its finished documents to its own file, which the bar below follows
+            shared_context=functools.partial(_reporting, str(throughput)),
+            checkpoints_local_dir=str(work_dir / "checkpoints"),
+            records_per_chunk=records_per_chunk,
+        )
+        runner.task_teacher = teacher
+        runner.whole_responses = whole_responses
+        return [Shard(docs), runner]
 
-        started = time.time()
-        with datatrove_logs_to(work_dir / "datatrove.log"):
-            while True:
-                url = endpoint.url()
-                # datatrove would poll an endpoint that does not answer for minutes before its first request
-                if not endpoint.healthy() and endpoint.recover("it does not answer"):
-                    url = endpoint.url()
-                # a fresh runner and executor per attempt: a restarted teacher listens on a new port
-                runner = _Runner(
-                    rollout_fn=rollout_fn,
-                    config=config(url),
-                    output_writer=JsonlWriter(
-                        str(work_dir / "raw"), output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None
-                    ),
-                    # functions, not objects: the executor deep-copies the pipeline, and a function is copied by
-                    # reference (a bound method would copy the endpoint with it)
-                    shared_context=lambda: {"on_done": on_done},
-                    checkpoints_local_dir=str(work_dir / "checkpoints"),
-                    records_per_chunk=records_per_chunk,
-                )
-                runner.health = lambda: endpoint.healthy()
-                runner.whole_responses = whole_responses
-                executor = LocalPipelineExecutor(
-                    pipeline=[docs, runner], tasks=1, workers=1, logging_dir=str(work_dir / "logs")
-                )
-                try:
-                    executor.run()
-                    break
-                except Exception as exc:
-                    failure = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                    if not endpoint.recover(failure):
-                        raise StageError(
-                            f"{what} failed: {failure}\nlog: {work_dir / 'logs'}; run again to resume"
-                        ) from exc
+    started = time.time()
+    with _progress(console) as progress, datatrove_logs_to(work_dir / "datatrove.log"):
+        bar = progress.add_task(what, total=len(docs), completed=done_before, tokens=0)
+        with follow(throughput, lambda n, tokens: progress.update(bar, completed=done_before + n, tokens=tokens)):
+            run_until_done(endpoints, executor, pipeline, tasks, work_dir, what)
     return time.time() - started
+
+
+@contextlib.contextmanager
+def _reporting(folder: str) -> Iterator[dict[str, OnDone]]:
+    """The rollout function's `on_done`, in the task that runs it: a line per document in its own file."""
+    with recorder(Path(folder)) as record:
+        yield {"on_done": record}
 
 
 def _ids_in(folder: Path) -> set[str]:

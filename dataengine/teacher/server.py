@@ -212,33 +212,45 @@ class TeacherServer:
 
 
 class TeacherEndpoint:
-    """Where a run's requests go: the recipe's `teacher.endpoint`, or a server started on first use
-    (so a run whose generation is already done never starts one) and stopped when the run ends.
+    """Where a run's requests go: the recipe's `teacher.endpoint` (or one of its `endpoints`), or a server started
+    on first use (so a run whose generation is already done never starts one) and stopped when the run ends.
 
     A stage whose requests failed calls `recover()`: a dead server of ours is restarted, an endpoint
     that stopped answering is waited for, each with `teacher.recovery` attempts and backoff."""
 
     def __init__(
-        self, teacher: TeacherConfig, log_path: Path, log: Callable[[str], None] = print, role: str = "teacher"
+        self,
+        teacher: TeacherConfig,
+        log_path: Path,
+        log: Callable[[str], None] = print,
+        role: str = "teacher",
+        endpoint: str | None = None,
     ) -> None:
         self.teacher = teacher
         self.log = log
         self.role = role  # how the log names it: the run's teacher, or a separate judge
-        self.server = None if teacher.endpoint else TeacherServer(teacher, log_path, log)
+        # a running server: the one given (a member of the `endpoints` pool), else the recipe's first
+        self.endpoint = endpoint or (teacher.urls[0] if teacher.urls else None)
+        self.server = None if self.endpoint else TeacherServer(teacher, log_path, log)
         self.restarts = 0  # over the whole run
 
     def url(self) -> str:
         """The server's base URL; starts our own server if it is not running."""
-        if self.teacher.endpoint:
-            return self.teacher.endpoint
+        if self.endpoint:
+            return self.endpoint
         if self.server.process is None:
             self.server.start()
         elif self.server.process.poll() is not None:
             self._restart("the server had exited")
         return self.server.base_url
 
+    def health_url(self) -> str:
+        """What says the server answers: vLLM's /health for ours (it fails once the engine is dead), /v1/models for
+        an endpoint (every OpenAI-compatible server has it)."""
+        return f"{self.server.base_url}/health" if self.server is not None else f"{self.endpoint}/v1/models"
+
     def healthy(self) -> bool:
-        return self.server.alive() if self.server is not None else answers(f"{self.teacher.endpoint}/v1/models")
+        return self.server.alive() if self.server is not None else answers(self.health_url())
 
     def recover(self, failure: str) -> bool:
         """After requests failed with `failure`: False if the teacher is fine (the failure is not its);
@@ -251,15 +263,15 @@ class TeacherEndpoint:
         for attempt in range(1, policy.max_attempts + 1):
             wait = policy.backoff_s * 2 ** (attempt - 1)
             self.log(
-                f"{self.role} endpoint {self.teacher.endpoint} is not answering ({failure}); "
+                f"{self.role} endpoint {self.endpoint} is not answering ({failure}); "
                 f"retrying in {wait:.0f}s (attempt {attempt} of {policy.max_attempts})"
             )
             time.sleep(wait)
             if self.healthy():
-                self.log(f"{self.role} endpoint {self.teacher.endpoint} answers again")
+                self.log(f"{self.role} endpoint {self.endpoint} answers again")
                 return True
         raise StageError(
-            f"{self.role} endpoint {self.teacher.endpoint} did not answer after {policy.max_attempts} attempts "
+            f"{self.role} endpoint {self.endpoint} did not answer after {policy.max_attempts} attempts "
             f"(teacher.recovery); the last failure: {failure}. Finished requests are kept: run again to resume"
         )
 
@@ -289,6 +301,13 @@ class TeacherEndpoint:
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()
+
+
+def teacher_pool(teacher: TeacherConfig, log_path: Path, log: Callable[[str], None] = print) -> list[TeacherEndpoint]:
+    """The run's endpoints: one per server of the recipe's `endpoints` pool, else the one (`endpoint`, or ours)."""
+    return [TeacherEndpoint(teacher, log_path, log, endpoint=url) for url in teacher.endpoints] or [
+        TeacherEndpoint(teacher, log_path, log)
+    ]
 
 
 def answers(url: str, timeout: float = 5.0) -> bool:

@@ -1,27 +1,33 @@
-"""The teacher's tokens/s over time: one line per finished rollout in `.work/<stage>/throughput.tsv`.
+"""The teacher's tokens/s over time: one line per finished rollout in `.work/<stage>/throughput/`.
 
-Each line holds when the rollout started and ended and the tokens the teacher wrote for it. Appended as
-rollouts finish, so a resumed generation adds to the same record; the stage's manifest keeps a binned
-timeline of it for the run report.
+Each line holds when the rollout started and ended and the tokens the teacher wrote for it. Each process that
+runs rollouts (a datatrove task, here or on another node) appends to a file of its own, as rollouts finish, so
+a resumed generation adds to the same record; the progress bar follows the files, and the stage's manifest
+keeps a binned timeline of them for the run report.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-FILE = "throughput.tsv"
+FOLDER = "throughput"
 GAP_S = 120.0  # no rollout running for this long: generation stopped (a crash, then a resume)
+FOLLOW_S = 0.5  # how often the progress bar reads the files
 
 
 @contextmanager
-def recorder(path: Path) -> Iterator[Callable[[int, float], None]]:
-    """A callback taking a rollout's token count and start time: appends `start TAB end TAB tokens`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+def recorder(folder: Path) -> Iterator[Callable[[int, float], None]]:
+    """A callback taking a rollout's token count and start time: appends `start TAB end TAB tokens` to this
+    process's file in `folder` (one writer per file: appends from several processes, or over NFS, interleave)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{socket.gethostname()}-{os.getpid()}.tsv", "a") as fh:
 
         def record(tokens: int, started: float) -> None:
             fh.write(f"{started:.3f}\t{time.time():.3f}\t{tokens}\n")
@@ -30,8 +36,47 @@ def recorder(path: Path) -> Iterator[Callable[[int, float], None]]:
         yield record
 
 
-def _rollouts(paths: list[Path]) -> list[tuple[float, float, int]]:
-    rows = [line.split("\t") for path in paths if path.is_file() for line in path.read_text().splitlines()]
+@contextmanager
+def follow(folder: Path, report: Callable[[int, int], None]) -> Iterator[None]:
+    """While the block runs, call `report(rollouts, tokens)` with what the files in `folder` gained since it
+    began, every FOLLOW_S; reads only the bytes added since the last look."""
+    seen: dict[Path, int] = {}
+    totals = [0, 0]
+
+    def look(count: bool) -> None:
+        for path in sorted(folder.glob("*.tsv")) if folder.is_dir() else []:
+            with open(path, "rb") as fh:
+                fh.seek(seen.get(path, 0))
+                added = fh.read()
+            whole = added[: added.rfind(b"\n") + 1]  # a line being written is read next time
+            seen[path] = seen.get(path, 0) + len(whole)
+            if count:
+                lines = whole.splitlines()
+                totals[0] += len(lines)
+                totals[1] += sum(int(line.rsplit(b"\t", 1)[-1]) for line in lines)
+        if count:
+            report(*totals)
+
+    look(count=False)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(FOLLOW_S):
+            look(count=True)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        look(count=True)
+
+
+def _rollouts(folders: list[Path]) -> list[tuple[float, float, int]]:
+    paths = [path for folder in folders if folder.is_dir() for path in folder.glob("*.tsv")]
+    rows = [line.split("\t") for path in paths for line in path.read_text().splitlines()]
     return sorted((float(start), float(end), int(tokens)) for start, end, tokens in (r for r in rows if len(r) == 3))
 
 
@@ -47,11 +92,11 @@ def _stretches(rollouts: list[tuple[float, float, int]]) -> list[list[tuple[floa
     return stretches
 
 
-def timeline(paths: list[Path], bins: int = 40) -> list[list[float]]:
+def timeline(folders: list[Path], bins: int = 40) -> list[list[float]]:
     """[[seconds since generation began, teacher tokens/s], ...]. A rollout's tokens are spread over the
     time it ran (concurrent rollouts finishing together are no burst), and each stretch of generation gets
     bins of equal width, so a pause between a crash and its resume neither dilutes the rate nor hides."""
-    rollouts = _rollouts(paths)
+    rollouts = _rollouts(folders)
     if not rollouts:
         return []
     stretches = _stretches(rollouts)
@@ -71,10 +116,10 @@ def timeline(paths: list[Path], bins: int = 40) -> list[list[float]]:
     return points
 
 
-def rate(paths: list[Path]) -> float | None:
+def rate(folders: list[Path]) -> float | None:
     """Tokens per second of the time rollouts were running (the stretches, without the pauses between a
     crash and its resume): what a pass of documents read back from checkpoints does not inflate."""
-    stretches = _stretches(_rollouts(paths))
+    stretches = _stretches(_rollouts(folders))
     active = sum(max(r[1] for r in s) - s[0][0] for s in stretches)
     tokens = sum(r[2] for s in stretches for r in s)
     return round(tokens / active, 2) if active > 0 else None

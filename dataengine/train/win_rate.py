@@ -52,7 +52,7 @@ def win_rate(
     ]
     judge, model_name = judge_endpoint(recipe, ctx.teacher, work_dir / "judge.log", ctx.log)
     run_inference(
-        judge,
+        [judge],
         docs,
         work_dir / "verdicts",
         ask_verdict,
