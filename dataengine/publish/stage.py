@@ -192,7 +192,19 @@ def send(layout: Path, publish: PublishConfig, target: Target, message: str) -> 
 class PublishStage(Stage):
     name = "publish"
     # route: the card's expert coverage and the history's expert load come from the routing map
-    key_paths = ("publish", "teacher", "generate", "curate", "route")
+    # where generation ran (the pool, the executor) is not part of what is published
+    key_paths = (
+        "publish",
+        "teacher",
+        "-teacher.endpoints",
+        "generate",
+        "-generate.executor",
+        "-generate.slurm",
+        "-generate.tasks",
+        "-generate.workers",
+        "curate",
+        "route",
+    )
 
     def __init__(
         self,

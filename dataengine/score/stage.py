@@ -33,7 +33,16 @@ from dataengine.teacher.server import resolve_model
 
 class ScoreStage(Stage):
     name = "score"
-    key_paths = ("teacher", "score")
+    # where the requests run (the pool, the executor) does not change the logprobs
+    key_paths = (
+        "teacher",
+        "-teacher.endpoints",
+        "score",
+        "-score.executor",
+        "-score.slurm",
+        "-score.tasks",
+        "-score.workers",
+    )
 
     def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:
         self.recipe = recipe

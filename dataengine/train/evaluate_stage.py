@@ -25,7 +25,7 @@ from dataengine.train.win_rate import win_rate
 
 class EvaluateStage(Stage):
     name = "evaluate"
-    key_paths = ("train", "curate", "teacher")
+    key_paths = ("train", "curate", "teacher", "-teacher.endpoints")
 
     def __init__(
         self,

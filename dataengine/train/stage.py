@@ -31,6 +31,7 @@ class TrainStage(Stage):
     # prune and gkd/on_policy read the teacher; the held-out split decides which rows are trained on
     key_paths = (
         "teacher",
+        "-teacher.endpoints",
         "train.student",
         "train.sft",
         "train.distill",

@@ -1,0 +1,174 @@
+"""Generation over several teacher servers and tasks (`teacher.endpoints`, `generate.tasks`), on datatrove's local,
+Ray and Slurm executors, against two real vLLM CPU servers of the builtin teacher (a small KV cache each).
+
+The Slurm executor runs through the stand-ins of test_slurm_executor.py (datatrove's real launch scripts and
+pickled pipeline); Ray is a local instance. The last test kills a server: keep it last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from datasets import load_dataset
+
+from dataengine.manifest import Manifest
+from dataengine.recipe import load_recipe
+from dataengine.teacher.server import TeacherServer
+from tests.conftest import tiny_recipe
+from tests.test_slurm_executor import fake_slurm
+
+pytestmark = pytest.mark.slow
+
+SMALL_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """Two vLLM servers of the builtin teacher: the pool."""
+    folder = tmp_path_factory.mktemp("pool")
+    teacher = load_recipe(tiny_recipe(folder)).teacher
+    teacher = teacher.model_copy(update={"vllm": teacher.vllm.model_copy(update={"env": SMALL_CACHE})})
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(TeacherServer(teacher, folder / f"server{i}.log")) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def single_run(servers, tmp_path_factory):
+    """The reference: one endpoint, one task. Greedy, so that every run drops the same empty questions."""
+    folder = tmp_path_factory.mktemp("single")
+    run_dir = folder / "run"
+    _run(_recipe(folder, endpoint=servers[0].base_url), run_dir)
+    return load_dataset(str(run_dir / "generated"), split="train")
+
+
+def _recipe(folder: Path, *, endpoint: str | None = None, endpoints: list[str] = (), more: str = "", **kw) -> Path:
+    """The tiny recipe, greedy, with a pool and the generate block's executor settings in `more`."""
+    path = tiny_recipe(folder, endpoint=endpoint, temperature=0.0, **kw)
+    text = path.read_text()
+    if endpoints:
+        text = text.replace(
+            "  model: builtin:smollm2-moe\n", f"  model: builtin:smollm2-moe\n  endpoints: {list(endpoints)}\n"
+        )
+    path.write_text(
+        text.replace("\ngenerate:\n", "\ngenerate:\n" + "".join(f"  {line}\n" for line in more.splitlines()))
+    )
+    return path
+
+
+def _cli(recipe: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
+
+
+def _run(recipe: Path, run_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(_cli(recipe, run_dir), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _served(server: TeacherServer) -> float:
+    """Requests the server has finished, from vLLM's own metrics."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return sum(float(m) for m in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def _same_rows(run_dir: Path, single) -> None:
+    rows = load_dataset(str(run_dir / "generated"), split="train")
+    assert len(set(rows["id"])) == len(rows)  # no rollout twice
+    assert sorted(rows["id"]) == sorted(single["id"])
+    by_id = {r["id"]: r["messages"][-1]["content"] for r in single}
+    assert {r["id"]: r["messages"][-1]["content"] for r in rows}.keys() == by_id.keys()
+
+
+def test_two_tasks_over_two_endpoints_make_the_rows_of_one(servers, single_run, tmp_path):
+    before = [_served(s) for s in servers]
+    run_dir = tmp_path / "run"
+    urls = [s.base_url for s in servers]
+    _run(_recipe(tmp_path, endpoints=urls, more="tasks: 2\nworkers: 2"), run_dir)
+    _same_rows(run_dir, single_run)
+    # both servers answered some of the requests: each task talks to its own
+    assert all(_served(s) > b for s, b in zip(servers, before, strict=True))
+    manifest = Manifest.read(run_dir / "generated")
+    assert manifest.stats["tasks"] == 2
+    work = run_dir / ".work" / "generate"
+    assert sorted(p.name for p in (work / "logs" / "completions").iterdir()) == ["00000", "00001"]
+    assert len(list((work / "throughput").glob("*.tsv"))) == 2  # one per task process
+    assert manifest.stats["teacher_tokens_per_second_timeline"]
+
+
+def test_generate_on_a_local_ray_instance(servers, single_run, tmp_path):
+    pytest.importorskip("ray")
+    run_dir = tmp_path / "run"
+    recipe = _recipe(tmp_path, endpoints=[s.base_url for s in servers], more="executor: ray\ntasks: 2\nworkers: 2")
+    # datatrove's Ray executor joins a running cluster or starts a local one (ray.init() with no address)
+    _run(recipe, run_dir)
+    _same_rows(run_dir, single_run)
+
+
+def test_generate_on_slurm_starts_a_server_in_each_task(single_run, tmp_path):
+    """No endpoints on Slurm: the task starts the teacher on its node and stops it when it ends."""
+    bin_dir = fake_slurm(tmp_path / "bin")
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", **SMALL_CACHE}
+    run_dir = tmp_path / "run"
+    recipe = _recipe(tmp_path, more="executor: slurm\nslurm: {partition: cpu, poll_s: 0.5}\ntasks: 1")
+    servers_before = _vllm_servers()
+    _run(recipe, run_dir, env=env)
+    _same_rows(run_dir, single_run)
+    work = run_dir / ".work" / "generate"
+    assert "launch_pickled_pipeline" in (work / "logs" / "launch_script.slurm").read_text()
+    assert "Application startup complete" in (work / "servers" / "teacher-00000.log").read_text()
+    assert not (run_dir / ".work" / "teacher-server.log").exists()  # the run itself started no server
+    assert _vllm_servers() == servers_before  # the task's server ended with it
+
+
+def _vllm_servers() -> set[int]:
+    return {
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or [])
+    }
+
+
+def test_a_dead_endpoint_fails_its_task_alone_and_the_rerun_resumes_it(servers, tmp_path):
+    """Kill one server mid-run: its task fails cleanly (a clear error, no traceback), the other task finishes;
+    the rerun (here on the surviving server) runs only the unfinished task, from its checkpoints."""
+    alive, doomed = servers
+    run_dir = tmp_path / "run"
+    more = "tasks: 2\nworkers: 2"
+    recipe = _recipe(tmp_path, endpoints=[alive.base_url, doomed.base_url], more=more, quota=6, chunk=1, concurrency=1)
+    recipe.write_text(recipe.read_text().replace("  vllm:", "  recovery: {max_attempts: 1, backoff_s: 0}\n  vllm:", 1))
+    proc = subprocess.Popen(_cli(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    raw = run_dir / ".work" / "generate" / "raw"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(len(p.read_text().splitlines()) for p in raw.glob("00001_chunk_*.jsonl")) >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before the server could be killed; make it longer"
+    os.killpg(doomed.process.pid, signal.SIGKILL)  # the server's whole tree, as a lost node would
+    out, _ = proc.communicate(timeout=600)
+    out = " ".join(out.split())  # rich wraps the error at the terminal's width
+    assert proc.returncode == 1, out
+    assert f"teacher endpoint {doomed.base_url} did not answer" in out and "run again to resume" in out
+    assert "Traceback" not in out
+    completions = run_dir / ".work" / "generate" / "logs" / "completions"
+    assert sorted(p.name for p in completions.iterdir()) == ["00000"]  # the other task finished
+    finished = {p: p.stat().st_mtime_ns for p in raw.glob("00000_chunk_*.jsonl")}
+
+    # the rerun: the pool is the surviving server alone; the generate stage's key does not hold the endpoints
+    recipe.write_text(recipe.read_text().replace(f", '{doomed.base_url}'", ""))
+    _run(recipe, run_dir)
+    rows = load_dataset(str(run_dir / "generated"), split="train")
+    manifest = Manifest.read(run_dir / "generated")
+    assert len(set(rows["id"])) == len(rows) == manifest.rows_out
+    assert manifest.rows_out + manifest.drops.get("empty_question", 0) == manifest.rows_in == 6 * 3 * 2 + 2
+    assert {p: p.stat().st_mtime_ns for p in raw.glob("00000_chunk_*.jsonl")} == finished  # task 0 did not rerun
