@@ -2,12 +2,14 @@
 Ray and Slurm executors, against two real vLLM CPU servers of the builtin teacher (a small KV cache each).
 
 The Slurm executor runs through the stand-ins of test_slurm_executor.py (datatrove's real launch scripts and
-pickled pipeline); Ray is a local instance. The last test kills a server: keep it last.
+pickled pipeline); Ray is a local instance. Scoring runs on two tasks over the same pool. The last test kills a
+server: keep it last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import signal
@@ -17,13 +19,18 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from datasets import load_dataset
+from rich.console import Console
 
 from dataengine.manifest import Manifest
-from dataengine.recipe import load_recipe
-from dataengine.teacher.server import TeacherServer
+from dataengine.recipe import load_recipe, parse_recipe
+from dataengine.rows import read_rows, write_shards
+from dataengine.score.stage import ScoreStage
+from dataengine.stage import RunContext
+from dataengine.teacher.server import TeacherServer, teacher_pool
 from tests.conftest import tiny_recipe
 from tests.test_slurm_executor import fake_slurm
 
@@ -136,6 +143,36 @@ def _vllm_servers() -> set[int]:
         for p in psutil.process_iter(["cmdline"])
         if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or [])
     }
+
+
+def test_scoring_on_two_tasks_over_two_endpoints_matches_one(servers, single_run, tmp_path):
+    rows = [dict(r) for r in single_run]
+    write_shards(rows, tmp_path / "run" / "curated")
+    scored = {}
+    for tasks, urls in ((1, servers[:1]), (2, servers)):
+        pool = [s.base_url for s in urls]
+        recipe = parse_recipe(
+            f"name: s\npipeline: curate\nteacher: {{model: builtin:smollm2-moe, endpoints: {pool}}}\n"
+            "generate: {chat: {languages: [{code: en, quota: 1}]}}\ncurate: {}\n"
+            f"score: {{top_k: 4, batch_size: 3, tasks: {tasks}, workers: {tasks}}}\n"
+        )
+        run_dir = tmp_path / "run"
+        endpoints = teacher_pool(recipe.teacher, tmp_path / "teacher.log")
+        ctx = RunContext(recipe, tmp_path, run_dir, Console(file=io.StringIO()), "r", endpoints[0], endpoints)
+        out, work = tmp_path / f"scored-{tasks}", tmp_path / f"work-{tasks}"
+        out.mkdir()
+        work.mkdir()
+        result = ScoreStage(recipe, tmp_path, "curated").run({"rows": run_dir / "curated"}, {"rows": out}, work, ctx)
+        assert result.rows_out == len(rows) and result.stats["tasks"] == tasks
+        scored[tasks] = {r["id"]: r for r in read_rows(out)}
+    assert scored[1].keys() == scored[2].keys() == {r["id"] for r in rows}
+    work = tmp_path / "work-2" / "logs" / "completions"
+    assert sorted(p.name for p in work.iterdir()) == ["00000", "00001"]
+    for row_id, one in scored[1].items():
+        two = scored[2][row_id]
+        assert len(one["teacher_topk_ids"]) == len(two["teacher_topk_ids"]) > 0
+        # the same logprobs from either server, whatever else each batched it with
+        assert np.allclose(one["teacher_topk_logprobs"][0], two["teacher_topk_logprobs"][0], atol=0.05)
 
 
 def test_a_dead_endpoint_fails_its_task_alone_and_the_rerun_resumes_it(servers, tmp_path):

@@ -1,21 +1,29 @@
 """score: the teacher's top-k logprobs for every answer token of the curated rows.
 
 Requests go through TRL's `VLLMClient.get_sequence_logprobs`, the call TRL's own server
-distillation uses: the completions endpoint with `prompt_logprobs` over prompt + answer. Each batch
-is written to `.work/score/parts/` as it finishes, so a crashed run re-scores nothing it already has.
+distillation uses: the completions endpoint with `prompt_logprobs` over prompt + answer. The batches are
+shared out over datatrove tasks (`score.tasks`, on `score.executor`), each talking to its endpoint of the run
+(`teacher/tasks.py`). Each batch is written to `.work/score/parts/` as it finishes, so a crashed run re-scores
+nothing it already has.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datatrove.pipeline.base import PipelineStep
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from dataengine.errors import StageError
+from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, ScoreConfig
 from dataengine.rows import (
@@ -29,6 +37,7 @@ from dataengine.rows import (
 )
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
+from dataengine.teacher.tasks import TaskTeacher, run_until_done, watching
 
 
 class ScoreStage(Stage):
@@ -67,26 +76,26 @@ class ScoreStage(Stage):
             todo.append({**row, "token_ids": ids, "completion_start": start})
         parts = work_dir / "parts"
         parts.mkdir(exist_ok=True)
-        batches = [todo[i : i + self.cfg.batch_size] for i in range(0, len(todo), self.cfg.batch_size)]
-        client = None
-        with Progress(console=ctx.console, transient=True) as progress:
+        batches = _batches(todo, self.cfg.batch_size)
+        sizes = {_part_name(batch): len(batch) for batch in batches}
+        # the tasks read their rows from a file: a pipeline travels to Ray workers and Slurm jobs pickled
+        table = work_dir / "todo.parquet"
+        pq.write_table(pa.Table.from_pylist(todo), table.with_suffix(".tmp"))
+        os.replace(table.with_suffix(".tmp"), table)
+        tasks = min(self.cfg.tasks, len(batches)) or 1
+
+        def pipeline(teacher: TaskTeacher) -> list:
+            return [ScoreBatches(str(table), str(parts), self.cfg, teacher)]
+
+        with Progress(console=ctx.console, transient=True) as progress, datatrove_logs_to(work_dir / "datatrove.log"):
             bar = progress.add_task("scoring", total=len(todo))
-            for batch in batches:
-                path = parts / f"part-{batch_key(r['id'] for r in batch)}.parquet"
-                while not path.is_file():
-                    client = client or _client(ctx)
-                    try:
-                        # a part is either whole or absent: a crash re-scores only the batch it interrupted
-                        write_parquet(_score(client, batch, self.cfg), path, SCORED_FEATURES)
-                    except StageError as exc:
-                        # a teacher that died is restarted (on a new port: a new client); otherwise it is ours
-                        if not ctx.teacher.recover(str(exc).splitlines()[0]):
-                            raise
-                        client = None
-                progress.advance(bar, len(batch))
-        scored = read_parquet(parts / f"part-{batch_key(r['id'] for r in b)}.parquet" for b in batches)
+            # the tasks may run in other processes: the bar counts the parts they have written
+            with watching(lambda: progress.update(bar, completed=_done(parts, sizes))):
+                run_until_done(ctx.endpoints(), self.cfg, pipeline, tasks, work_dir, "scoring")
+        scored = read_parquet(parts / _part_name(b) for b in batches)
         if len(scored) != len(todo):
             raise StageError(f"score: {len(todo)} rows to score but {len(scored)} scored; see {parts}")
+        table.unlink()
         paths = write_shards(scored, outputs["rows"], features=SCORED_FEATURES)
         tokens = sum(len(r["teacher_topk_ids"]) for r in scored)
         return StageResult(
@@ -94,7 +103,7 @@ class ScoreStage(Stage):
             rows_out=len(scored),
             output_fingerprint=fingerprint_files(paths),
             drops={"too_long_to_score": too_long} if too_long else {},
-            stats={"top_k": self.cfg.top_k, "answer_tokens": tokens},
+            stats={"top_k": self.cfg.top_k, "answer_tokens": tokens, "tasks": tasks},
         )
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
@@ -108,13 +117,50 @@ class ScoreStage(Stage):
         console.print(f"output: {outputs['rows']}")
 
 
-def _client(ctx: RunContext):
+class ScoreBatches(PipelineStep):
+    """One task's share of the scoring: every world_size-th batch from its rank, each written whole to the parts
+    folder as it finishes (a batch with a part is not sent again)."""
+
+    name = "🎯 score"
+    type = "🤖 - INFERENCE"
+
+    def __init__(self, table: str, parts: str, cfg: ScoreConfig, teacher: TaskTeacher) -> None:
+        super().__init__()
+        self.table, self.parts, self.cfg, self.teacher = table, Path(parts), cfg, teacher
+
+    def run(self, data: Iterable | None, rank: int = 0, world_size: int = 1) -> None:
+        batches = _batches(read_parquet([Path(self.table)]), self.cfg.batch_size)[rank::world_size]
+        todo = [batch for batch in batches if not (self.parts / _part_name(batch)).is_file()]
+        if not todo:
+            return
+        with self.teacher.open(rank) as (url, _):
+            client = _client(url)
+            for batch in todo:
+                # a part is either whole or absent: a crash re-scores only the batch it interrupted
+                write_parquet(_score(client, batch, self.cfg), self.parts / _part_name(batch), SCORED_FEATURES)
+                self.stat_update("batches")
+                self.stat_update("rows", value=len(batch))
+
+
+def _batches(rows: list[dict], size: int) -> list[list[dict]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _part_name(batch: list[dict]) -> str:
+    return f"part-{batch_key(r['id'] for r in batch)}.parquet"
+
+
+def _done(parts: Path, sizes: dict[str, int]) -> int:
+    return sum(sizes.get(name, 0) for name in os.listdir(parts))
+
+
+def _client(url: str):
     with warnings.catch_warnings():
         # TRL warns that it was tested up to vLLM 0.31; the completions endpoint it calls is stable
         warnings.simplefilter("ignore", UserWarning)
         from trl.generation.vllm_client import VLLMClient
 
-        return VLLMClient(base_url=ctx.teacher.url(), connection_timeout=60.0)
+        return VLLMClient(base_url=url, connection_timeout=60.0)
 
 
 def _score(client, batch: list[dict], cfg: ScoreConfig) -> list[dict]:

@@ -30,9 +30,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dataengine.logs import datatrove_logs_to
 from dataengine.recipe import ExecutorSettings
 from dataengine.teacher.server import TeacherEndpoint
-from dataengine.teacher.tasks import Health, TaskTeacher, run_until_done
+from dataengine.teacher.tasks import Health, TaskTeacher, run_until_done, watching
 from dataengine.teacher.throughput import FOLDER as THROUGHPUT
-from dataengine.teacher.throughput import follow, recorder
+from dataengine.teacher.throughput import Follower, recorder
 
 HEALTH_INTERVAL_S = 2.0
 # request fields vLLM reads that the OpenAI client does not know (generate/rollout.py sets them)
@@ -190,7 +190,13 @@ def run_inference(
     started = time.time()
     with _progress(console) as progress, datatrove_logs_to(work_dir / "datatrove.log"):
         bar = progress.add_task(what, total=len(docs), completed=done_before, tokens=0)
-        with follow(throughput, lambda n, tokens: progress.update(bar, completed=done_before + n, tokens=tokens)):
+        follower = Follower(throughput)
+
+        def look() -> None:
+            rollouts, tokens = follower()
+            progress.update(bar, completed=done_before + rollouts, tokens=tokens)
+
+        with watching(look):
             run_until_done(endpoints, executor, pipeline, tasks, work_dir, what)
     return time.time() - started
 

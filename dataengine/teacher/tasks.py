@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from dataengine.teacher.server import TeacherEndpoint, TeacherServer, answers
 
 # Health(): whether the task's endpoint still answers (checked every few seconds while requests are in flight)
 Health = Callable[[], bool]
+WATCH_S = 0.5  # how often the progress bar looks at what the tasks have written
 
 
 @dataclass(frozen=True)
@@ -116,3 +118,23 @@ def _same_tasks(work_dir: Path, tasks: int, what: str) -> None:
         )
     work_dir.mkdir(parents=True, exist_ok=True)
     record.write_text(str(tasks))
+
+
+@contextlib.contextmanager
+def watching(look: Callable[[], None]) -> Iterator[None]:
+    """Call `look()` every WATCH_S while the block runs, and once after: tasks may run in other processes (or on
+    other nodes), so a stage's progress bar follows the files they write instead of hearing from them."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(WATCH_S):
+            look()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        look()

@@ -2,7 +2,7 @@
 
 Each line holds when the rollout started and ended and the tokens the teacher wrote for it. Each process that
 runs rollouts (a datatrove task, here or on another node) appends to a file of its own, as rollouts finish, so
-a resumed generation adds to the same record; the progress bar follows the files, and the stage's manifest
+a resumed generation adds to the same record; the progress bar follows the files (`Follower`), and the stage's manifest
 keeps a binned timeline of them for the run report.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,6 @@ from pathlib import Path
 
 FOLDER = "throughput"
 GAP_S = 120.0  # no rollout running for this long: generation stopped (a crash, then a resume)
-FOLLOW_S = 0.5  # how often the progress bar reads the files
 
 
 @contextmanager
@@ -36,42 +34,28 @@ def recorder(folder: Path) -> Iterator[Callable[[int, float], None]]:
         yield record
 
 
-@contextmanager
-def follow(folder: Path, report: Callable[[int, int], None]) -> Iterator[None]:
-    """While the block runs, call `report(rollouts, tokens)` with what the files in `folder` gained since it
-    began, every FOLLOW_S; reads only the bytes added since the last look."""
-    seen: dict[Path, int] = {}
-    totals = [0, 0]
+class Follower:
+    """The rollouts and tokens the files in `folder` gained since it was made; reads only the bytes added since
+    the last call."""
 
-    def look(count: bool) -> None:
-        for path in sorted(folder.glob("*.tsv")) if folder.is_dir() else []:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.seen: dict[Path, int] = {}
+        self.rollouts = self.tokens = 0
+        self()
+        self.rollouts = self.tokens = 0
+
+    def __call__(self) -> tuple[int, int]:
+        for path in sorted(self.folder.glob("*.tsv")) if self.folder.is_dir() else []:
             with open(path, "rb") as fh:
-                fh.seek(seen.get(path, 0))
+                fh.seek(self.seen.get(path, 0))
                 added = fh.read()
             whole = added[: added.rfind(b"\n") + 1]  # a line being written is read next time
-            seen[path] = seen.get(path, 0) + len(whole)
-            if count:
-                lines = whole.splitlines()
-                totals[0] += len(lines)
-                totals[1] += sum(int(line.rsplit(b"\t", 1)[-1]) for line in lines)
-        if count:
-            report(*totals)
-
-    look(count=False)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(FOLLOW_S):
-            look(count=True)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        look(count=True)
+            self.seen[path] = self.seen.get(path, 0) + len(whole)
+            lines = whole.splitlines()
+            self.rollouts += len(lines)
+            self.tokens += sum(int(line.rsplit(b"\t", 1)[-1]) for line in lines)
+        return self.rollouts, self.tokens
 
 
 def _rollouts(folders: list[Path]) -> list[tuple[float, float, int]]:
