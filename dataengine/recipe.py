@@ -814,6 +814,18 @@ class EvaluateSettings(StrictModel):
         return value
 
 
+class LaunchSettings(StrictModel):
+    """Each training phase through `accelerate launch`: several processes (GPUs), data parallel by default, or
+    FSDP / DeepSpeed as the accelerate config file says (passed through untouched)."""
+
+    num_processes: int = Field(1, ge=1, description="processes (GPUs) per phase, as accelerate's --num_processes")
+    config_file: str | None = Field(
+        None,
+        description="an accelerate config file (`accelerate config`), relative to the recipe; null: plain data "
+        "parallel (accelerate's --multi_gpu; on a machine without GPUs, CPU processes over gloo)",
+    )
+
+
 class TrainConfig(StrictModel):
     student: StudentConfig = Field(description="the model that learns")
     sft: SFTSettings | None = Field(SFTSettings(), description="sequence-level distillation; null skips it")
@@ -822,6 +834,9 @@ class TrainConfig(StrictModel):
         None, description="preference optimisation on the judge's pairs, after the phases above; null skips it"
     )
     evaluate: EvaluateSettings = Field(EvaluateSettings(), description="held-out split and evaluation")
+    launch: LaunchSettings | None = Field(
+        None, description="run each phase through `accelerate launch` on several processes; null: in this process"
+    )
 
     @model_validator(mode="after")
     def _something_to_train(self) -> TrainConfig:

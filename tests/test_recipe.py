@@ -91,6 +91,24 @@ BAD = [
     ("bad endpoint", MINIMAL.replace("smollm2-moe", "smollm2-moe\n  endpoint: localhost:8000"), ["http(s) URL"]),
     ("bad name", MINIMAL.replace("name: t", "name: ../escape"), ["must be letters, digits"]),
     ("unknown domain", MINIMAL + "    domains: [astrology]\n", ["unknown topic domain", "science"]),
+    (
+        "endpoint and a pool",
+        MINIMAL.replace("smollm2-moe", "smollm2-moe\n  endpoint: http://a:1\n  endpoints: [http://b:1]"),
+        ["teacher", "give `endpoint` (one server) or `endpoints` (a pool), not both"],
+    ),
+    ("a pool member", MINIMAL.replace("smollm2-moe", "smollm2-moe\n  endpoints: [http://a:1, b:1]"), ["got 'b:1'"]),
+    (
+        "a server twice",
+        MINIMAL.replace("smollm2-moe", "smollm2-moe\n  endpoints: [http://a:1, http://a:1/]"),
+        ["twice"],
+    ),
+    (
+        "generate on slurm without its block",
+        MINIMAL.replace("generate:\n", "generate:\n  executor: slurm\n  tasks: 4\n"),
+        ["generate", "executor: slurm needs a `slurm:` block"],
+    ),
+    ("zero tasks", MINIMAL + "score: {tasks: 0}\n", ["score.tasks", "greater than or equal to 1"]),
+    ("launch on no process", MINIMAL + "train: {student: {model: x}, launch: {num_processes: 0}}\n", ["num_processes"]),
 ]
 
 
@@ -173,3 +191,14 @@ def test_validate_on_an_empty_cache_writes_nothing_and_needs_no_network(tmp_path
     assert done.returncode == 2, done.stdout + done.stderr
     assert "weights" in done.stderr and "are not on this machine" in done.stderr and "Traceback" not in done.stderr
     assert sorted(tmp_path.rglob("*")) == sorted([home, work])
+
+
+def test_shipped_cluster_recipe_is_valid_with_every_check():
+    from dataengine.runner import check
+
+    recipe = load_recipe("recipes/qwen3-moe-cluster.yaml")
+    check(recipe, ROOT / "recipes", "qwen3-moe-cluster.yaml")  # stage checks too: the accelerate config exists
+    assert recipe.teacher.vllm.enable_expert_parallel and recipe.teacher.vllm.data_parallel_size == 8
+    assert (recipe.generate.executor, recipe.generate.tasks, recipe.score.executor) == ("slurm", 4, "slurm")
+    assert recipe.generate.slurm.sbatch_args == {"gres": "gpu:8"} and not recipe.teacher.urls  # a server per task
+    assert recipe.train.launch.num_processes == 8

@@ -50,6 +50,9 @@ def trainer_args(settings: TrainerSettings, out: Path, *, exclude: frozenset[str
         "save_total_limit": 2,
         "report_to": [],
         "dataloader_num_workers": 0,
+        # on a machine without GPUs, processes started by accelerate launch then join over gloo (accelerate
+        # treats them as distributed CPU processes only when asked for the CPU)
+        "use_cpu": not torch.cuda.is_available(),
     }
 
 
@@ -75,8 +78,11 @@ def _last_checkpoint(out: Path) -> str | None:
 
 
 def _finish(trainer, out: Path, tokenizer, started: float, resumed: str | None, extra: dict) -> Path:
-    """Save the trained model as a plain transformers folder (LoRA merged) and the phase's record."""
+    """Save the trained model as a plain transformers folder (LoRA merged) and the phase's record; with several
+    processes (accelerate launch), the first one saves."""
     final = out / "final"
+    if not trainer.is_world_process_zero():
+        return final
     tmp = out / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model = trainer.model
@@ -88,6 +94,7 @@ def _finish(trainer, out: Path, tokenizer, started: float, resumed: str | None, 
         "steps": trainer.state.global_step,
         "seconds": round(time.time() - started, 2),
         "resumed_from": Path(resumed).name if resumed else None,
+        "processes": trainer.accelerator.num_processes,
         "log_history": trainer.state.log_history,
         **extra,
     }
@@ -103,6 +110,26 @@ def _train(trainer, out: Path, log: Callable[[str], None]) -> str | None:
         log(f"resuming from {resumed}")
     trainer.train(resume_from_checkpoint=resumed)
     return resumed
+
+
+def run_phase(
+    phase: str,
+    start: Path,
+    rows: list[dict],
+    settings: TrainerSettings,
+    out: Path,
+    log: Callable[[str], None],
+    teacher: str | None = None,
+    teacher_url: str | None = None,
+    top_k: int | None = None,
+) -> Path:
+    """One phase by name ("sft", "dpo", "distill"): the call the train stage makes in process and each process
+    of `accelerate launch` makes (`train/launch.py`). `rows` are preference pairs for dpo."""
+    if phase == "sft":
+        return run_sft(start, rows, settings, out, log)
+    if phase == "dpo":
+        return run_dpo(start, rows, settings, out, log)
+    return run_distill(start, rows, settings, out, lambda: teacher, lambda: teacher_url, top_k, log)
 
 
 def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log: Callable[[str], None]) -> Path:

@@ -18,12 +18,15 @@ from dataengine import numbers
 from dataengine.errors import StageError
 from dataengine.facts import Phase, Training
 from dataengine.manifest import Manifest, fingerprint_files
-from dataengine.recipe import Recipe
+from dataengine.recipe import Recipe, resolve_path
 from dataengine.rows import prompt_key, read_rows, split_rows
 from dataengine.run_folder import ROUTING_MAP_FILE, TRAINING_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
+from dataengine.train.launch import launch_phase
 from dataengine.train.student import vocab_problem
+
+TEACHER_WEIGHTS = ("gkd", "on_policy")  # distillation methods that load the teacher's weights
 
 
 class TrainStage(Stage):
@@ -63,12 +66,22 @@ class TrainStage(Stage):
 
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
-        """Logit distillation needs the student to share the teacher's vocabulary (read from local tokenizers)."""
-        return [problem] if recipe.train is not None and (problem := vocab_problem(recipe, base_dir)) else []
+        """Logit distillation needs the student to share the teacher's vocabulary (read from local tokenizers); an
+        accelerate config file must exist."""
+        if recipe.train is None:
+            return []
+        problems = [problem] if (problem := vocab_problem(recipe, base_dir)) else []
+        launch = recipe.train.launch
+        if launch is not None and launch.config_file and not resolve_path(launch.config_file, base_dir).is_file():
+            problems.append(
+                f"train.launch.config_file: {resolve_path(launch.config_file, base_dir)} does not exist (write one "
+                "with `accelerate config --config_file PATH`, or leave it out for plain data parallel)"
+            )
+        return problems
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         # torch, transformers and TRL load when training starts, not when a recipe is validated or planned
-        from dataengine.train.phases import DONE, run_distill, run_dpo, run_sft
+        from dataengine.train.phases import DONE
         from dataengine.train.student import init_student
 
         # validation compared only what was on the machine; the student and teacher are fetched by now
@@ -88,7 +101,7 @@ class TrainStage(Stage):
         sft = self.cfg.sft
         if sft is not None and sft.enabled:
             current = self._phase(
-                "sft", work_dir, ctx, lambda out, start: run_sft(start, train_rows, sft, out, ctx.log), current
+                "sft", work_dir, ctx, lambda out, start: self._train("sft", start, train_rows, sft, out, ctx), current
             )
             phases.append(json.loads((current / DONE).read_text()))
         distill = self.cfg.distill
@@ -96,15 +109,11 @@ class TrainStage(Stage):
             top_k = self.recipe.score.top_k if self.recipe.score else None
 
             def go(out: Path, start: Path) -> Path:
-                return run_distill(
-                    start,
-                    train_rows,
-                    distill,
-                    out,
-                    lambda: resolve_model(self.recipe.teacher, ctx.log),
-                    ctx.teacher.url,
-                    top_k,
-                    ctx.log,
+                # what the method reads of the teacher: its weights (gkd, on_policy) or its server (server)
+                teacher = resolve_model(self.recipe.teacher, ctx.log) if distill.method in TEACHER_WEIGHTS else None
+                url = ctx.teacher.url() if distill.method == "server" else None
+                return self._train(
+                    "distill", start, train_rows, distill, out, ctx, teacher=teacher, teacher_url=url, top_k=top_k
                 )
 
             current = self._phase(f"distill-{distill.method}", work_dir, ctx, go, current)
@@ -122,7 +131,7 @@ class TrainStage(Stage):
                 )
             _copy_model(current, outputs["before_dpo"])
             current = self._phase(
-                "dpo", work_dir, ctx, lambda out, start: run_dpo(start, pairs, dpo, out, ctx.log), current
+                "dpo", work_dir, ctx, lambda out, start: self._train("dpo", start, pairs, dpo, out, ctx), current
             )
             phases.append(json.loads((current / DONE).read_text()))
         _copy_model(current, output_dir)
@@ -144,6 +153,14 @@ class TrainStage(Stage):
                 "student": record["student"],
             },
         )
+
+    def _train(self, phase: str, start: Path, rows: list[dict], settings, out: Path, ctx: RunContext, **extra) -> Path:
+        """One phase, in this process or through accelerate launch (`train.launch`)."""
+        from dataengine.train.phases import run_phase
+
+        if self.cfg.launch is None:
+            return run_phase(phase, start, rows, settings, out, ctx.log, **extra)
+        return launch_phase(phase, start, rows, settings, out, self.cfg.launch, self.base_dir, ctx.log, **extra)
 
     @staticmethod
     def _phase(name: str, work_dir: Path, ctx: RunContext, train, start: Path) -> Path:
