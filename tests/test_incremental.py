@@ -6,6 +6,7 @@ here, so no teacher is needed; `scheduled_recipe` is what turns a scheduled run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -98,6 +99,10 @@ def _published(folder: Path) -> dict[str, set[str]]:
     return {split: set(load_dataset(str(folder), split=split)["id"]) for split in ("train", "test")}
 
 
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _mtimes(folder: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
@@ -114,6 +119,8 @@ def test_a_second_run_appends_only_rows_not_already_published(tmp_path):
     assert one["publish"].stats["rows_added"] == one["publish"].stats["rows_total"] == 6
     before = _published(target)
     assert before["train"] | before["test"] == {f"a{i}" for i in range(6)}
+    shards = {p: (p.stat().st_mtime_ns, _sha(p)) for p in (target / "data").rglob("*.parquet")}
+    assert shards and all("inc-run1-" in p.name for p in shards)  # an appending publish names its shards
 
     # the second run's teacher repeats itself: an exact copy (new id, other case and spacing), a near copy
     # (one word changed), a new answer under an id already published, and four new answers
@@ -131,6 +138,14 @@ def test_a_second_run_appends_only_rows_not_already_published(tmp_path):
     assert curated.rows_out == 5  # the new text under a2 is no copy...
     assert curated.drops == {"exact_duplicate": 1, "near_duplicate": 1}  # ...the copies matched the published rows
     assert two["publish"].stats["rows_added"] == 4 and two["publish"].stats["rows_total"] == 10  # ...a2 is taken
+    # the second publish added shards of its own and left every earlier one as it was
+    assert {p: (p.stat().st_mtime_ns, _sha(p)) for p in shards} == shards
+    added = {p for p in (target / "data").rglob("*.parquet")} - set(shards)
+    assert added and all("inc-run2-" in p.name for p in added)
+    sent = {
+        p.relative_to(tmp_path / "run2" / "published") for p in (tmp_path / "run2" / "published").rglob("*.parquet")
+    }
+    assert sent == {p.relative_to(target) for p in added}  # the run's layout held its new rows only
     after = _published(target)
     assert after["train"] | after["test"] == {f"a{i}" for i in range(6)} | {f"b{i}" for i in range(4)}
     assert before["train"] <= after["train"] and before["test"] <= after["test"]  # earlier rows keep their split

@@ -31,6 +31,9 @@ class Published:
     rows: list[dict] = field(default_factory=list)
     test_ids: set[str] = field(default_factory=set)
     history: list[dict] = field(default_factory=list)
+    # config -> {"download_size": parquet bytes, "splits": {split: bytes}} of the shards published, from the
+    # card's dataset_info: an appending publish adds its shards' to them without fetching every config
+    sizes: dict[str, dict] = field(default_factory=dict)
 
 
 def fetch(target: Target, revision: str | None, cache: Path) -> Path | None:
@@ -98,7 +101,7 @@ def read(folder: Path | None) -> Published:
         return Published()
     _check_ours(folder)
     card = folder / "README.md"
-    out = Published(history=_history(card))
+    out = Published(history=_history(card), sizes=_sizes(card))
     for split in ("train", "test"):
         for path in sorted((folder / "data" / DEFAULT).glob(f"{split}-*.parquet")):
             rows = pq.read_table(path).to_pylist()
@@ -110,3 +113,16 @@ def read(folder: Path | None) -> Published:
 
 def _history(card: Path) -> list[dict]:
     return list(DatasetCard.load(card).data.to_dict().get(HISTORY_KEY) or []) if card.is_file() else []
+
+
+def _sizes(card: Path) -> dict[str, dict]:
+    if not card.is_file():
+        return {}
+    infos = DatasetCard.load(card).data.to_dict().get("dataset_info") or []
+    return {
+        info.get("config_name", "default"): {
+            "download_size": info.get("download_size", 0),
+            "splits": {split["name"]: split.get("num_bytes", 0) for split in info.get("splits", [])},
+        }
+        for info in (infos if isinstance(infos, list) else [infos])
+    }
