@@ -248,7 +248,8 @@ class PublishStage(Stage):
             inputs.get("preference"),
         )
         output_dir = outputs["layout"]
-        built = build_layout(self.recipe, self.cfg, sources, output_dir, target, work_dir / "published-before")
+        # the copy of a Hub target curation fetched, unless the target has moved on since
+        built = build_layout(self.recipe, self.cfg, sources, output_dir, target, RunFolder(ctx.run_dir).target_copy)
         rows = built.rows_total
         ctx.log(f"publishing {rows} rows ({built.rows_added} new) in {len(built.counts)} config(s) to {target}")
         message = commit_message(self.recipe.name, ctx.run_id, built)

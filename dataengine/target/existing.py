@@ -22,6 +22,7 @@ from dataengine.recipe import PublishConfig, Target, parse_target
 from dataengine.target.send import DEFAULT, MARK
 
 HISTORY_KEY = "dataengine_runs"  # front-matter key of the run history
+COMMIT = ".dataengine-commit"  # in a downloaded copy of a Hub target: the commit it is a copy of
 
 
 @dataclass
@@ -46,18 +47,25 @@ def fetch(target: Target, revision: str | None, cache: Path) -> Path | None:
 
 
 def _download(target: Target, revision: str | None, cache: Path) -> Path | None:
-    from huggingface_hub import snapshot_download
+    """The target's files at its current commit, downloaded into `cache` unless the copy there is of that commit:
+    curation and publishing of one run share one copy (`RunFolder.target_copy`), and a target another run
+    appended to in between is downloaded again."""
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-    shutil.rmtree(cache, ignore_errors=True)  # snapshot_download never deletes: no stale shard may stay
+    stamp = cache / COMMIT
     try:
-        snapshot_download(
-            target.location,
-            repo_type="dataset",
-            revision=revision,
-            local_dir=str(cache),
-            allow_patterns=["README.md", f"data/{DEFAULT}/*"],
-        )
+        commit = HfApi().dataset_info(target.location, revision=revision).sha
+        if not (stamp.is_file() and stamp.read_text() == commit):
+            shutil.rmtree(cache, ignore_errors=True)  # snapshot_download never deletes: no stale shard may stay
+            snapshot_download(
+                target.location,
+                repo_type="dataset",
+                revision=commit,
+                local_dir=str(cache),
+                allow_patterns=["README.md", f"data/{DEFAULT}/*"],
+            )
+            stamp.write_text(commit)
     except (RepositoryNotFoundError, RevisionNotFoundError):
         return None  # the first publish creates it
     except HfHubHTTPError as exc:
@@ -67,11 +75,11 @@ def _download(target: Target, revision: str | None, cache: Path) -> Path | None:
     return cache if (cache / "data" / DEFAULT).is_dir() else None
 
 
-def reference_folder(publish: PublishConfig, base_dir: Path, work: Path, own_ids: set[str]) -> Path | None:
+def reference_folder(publish: PublishConfig, base_dir: Path, work: Path, own_ids: set[str], cache: Path) -> Path | None:
     """The target's `default` rows as a dedup reference folder (in `work`), when appending to a target that
-    has rows. Rows of this run (`own_ids`, its generated ids) are left out: curating again after this run
-    published must not drop its rows as copies of themselves."""
-    folder = fetch(parse_target(publish.to, base_dir), publish.revision, work / "target")
+    has rows (a Hub target fetched into `cache`). Rows of this run (`own_ids`, its generated ids) are left out:
+    curating again after this run published must not drop its rows as copies of themselves."""
+    folder = fetch(parse_target(publish.to, base_dir), publish.revision, cache)
     if folder is None:
         return None
     _check_ours(folder)

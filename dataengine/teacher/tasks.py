@@ -76,6 +76,7 @@ def run_until_done(
         else:
             used = endpoints[: min(len(endpoints), tasks)]
             for endpoint in used:
+                endpoint.url()  # starts our own server on first use
                 # datatrove would poll an endpoint that does not answer for minutes before its first request
                 if not endpoint.healthy():
                     endpoint.recover("it does not answer")
