@@ -90,6 +90,11 @@ class RunFolder:
     def teacher_log(self) -> Path:
         return self.path / WORK / "teacher-server.log"
 
+    @property
+    def target_copy(self) -> Path:
+        """Where the run keeps its copy of a Hub publish target (curation and publishing share it)."""
+        return self.path / WORK / "target"
+
     # ------------------------------------------------------------------ stages
 
     @cached_property

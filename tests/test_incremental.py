@@ -6,6 +6,7 @@ here, so no teacher is needed; `scheduled_recipe` is what turns a scheduled run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -98,6 +99,10 @@ def _published(folder: Path) -> dict[str, set[str]]:
     return {split: set(load_dataset(str(folder), split=split)["id"]) for split in ("train", "test")}
 
 
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _mtimes(folder: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
@@ -114,6 +119,8 @@ def test_a_second_run_appends_only_rows_not_already_published(tmp_path):
     assert one["publish"].stats["rows_added"] == one["publish"].stats["rows_total"] == 6
     before = _published(target)
     assert before["train"] | before["test"] == {f"a{i}" for i in range(6)}
+    shards = {p: (p.stat().st_mtime_ns, _sha(p)) for p in (target / "data").rglob("*.parquet")}
+    assert shards and all("inc-run1-" in p.name for p in shards)  # an appending publish names its shards
 
     # the second run's teacher repeats itself: an exact copy (new id, other case and spacing), a near copy
     # (one word changed), a new answer under an id already published, and four new answers
@@ -131,6 +138,14 @@ def test_a_second_run_appends_only_rows_not_already_published(tmp_path):
     assert curated.rows_out == 5  # the new text under a2 is no copy...
     assert curated.drops == {"exact_duplicate": 1, "near_duplicate": 1}  # ...the copies matched the published rows
     assert two["publish"].stats["rows_added"] == 4 and two["publish"].stats["rows_total"] == 10  # ...a2 is taken
+    # the second publish added shards of its own and left every earlier one as it was
+    assert {p: (p.stat().st_mtime_ns, _sha(p)) for p in shards} == shards
+    added = {p for p in (target / "data").rglob("*.parquet")} - set(shards)
+    assert added and all("inc-run2-" in p.name for p in added)
+    sent = {
+        p.relative_to(tmp_path / "run2" / "published") for p in (tmp_path / "run2" / "published").rglob("*.parquet")
+    }
+    assert sent == {p.relative_to(target) for p in added}  # the run's layout held its new rows only
     after = _published(target)
     assert after["train"] | after["test"] == {f"a{i}" for i in range(6)} | {f"b{i}" for i in range(4)}
     assert before["train"] <= after["train"] and before["test"] <= after["test"]  # earlier rows keep their split
@@ -183,34 +198,59 @@ def test_a_recipe_with_a_schedule_appends_whoever_starts_the_run(tmp_path):
         load_recipe(path)
 
 
-def test_a_hub_target_is_read_through_snapshot_download(tmp_path, monkeypatch):
-    """The Hub path up to the network: what is downloaded, and a repo that does not exist yet."""
+def test_a_hub_target_is_read_through_snapshot_download_once_per_commit(tmp_path, monkeypatch):
+    """The Hub path up to the network (HfApi and snapshot_download are recorders): what is downloaded, a repo
+    that does not exist yet, and one copy for curation and publishing unless the target moved on between."""
     import httpx
     import huggingface_hub
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from dataengine.recipe import parse_target
+    from dataengine.recipe import PublishConfig, parse_target
 
-    calls = []
+    calls, heads = [], {"org/old": "c1"}
+
+    class Api:
+        def dataset_info(self, repo_id, revision=None):
+            if repo_id not in heads:
+                response = httpx.Response(
+                    404, request=httpx.Request("GET", f"https://huggingface.co/api/datasets/{repo_id}")
+                )
+                raise RepositoryNotFoundError("404 Client Error: Repository Not Found", response=response)
+            return type("Info", (), {"sha": heads[repo_id]})
 
     def snapshot_download(repo_id, **kw):
         calls.append((repo_id, kw))
-        if repo_id == "org/new":
-            response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/api/datasets/org/new"))
-            raise RepositoryNotFoundError("404 Client Error: Repository Not Found", response=response)
         (Path(kw["local_dir"]) / "data" / "default").mkdir(parents=True)
+        write_shards(
+            [_row("old", "an answer published earlier", 1)], Path(kw["local_dir"]) / "tmp", features=SAMPLE_FEATURES
+        )
+        for shard in (Path(kw["local_dir"]) / "tmp" / "data").glob("*.parquet"):
+            shard.rename(Path(kw["local_dir"]) / "data" / "default" / "train-00000-of-00001.parquet")
         return kw["local_dir"]
 
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    cache = tmp_path / "cache"
+    cache = tmp_path / "run" / ".work" / "target"
     assert existing.fetch(parse_target("hf://datasets/org/new", tmp_path), None, cache) is None
-    assert existing.fetch(parse_target("hf://datasets/org/old", tmp_path), "nightly", cache) == cache
-    assert calls[1] == (
-        "org/old",
-        {
-            "repo_type": "dataset",
-            "revision": "nightly",
-            "local_dir": str(cache),
-            "allow_patterns": ["README.md", "data/default/*"],
-        },
+    assert not calls  # nothing to download from a repo that does not exist
+    # curation reads the target for its dedup reference, then publishing reads it again: one download
+    publish = PublishConfig(to="hf://datasets/org/old", revision="nightly")
+    reference = existing.reference_folder(publish, tmp_path, tmp_path / "curate-work", {"mine"}, cache)
+    assert (
+        reference is not None
+        and len(existing.read(existing.fetch(parse_target(publish.to, tmp_path), "nightly", cache)).rows) == 1
     )
+    assert calls == [
+        (
+            "org/old",
+            {
+                "repo_type": "dataset",
+                "revision": "c1",
+                "local_dir": str(cache),
+                "allow_patterns": ["README.md", "data/default/*"],
+            },
+        )
+    ]
+    heads["org/old"] = "c2"  # another run appended in between: the copy is stale, fetched again
+    existing.fetch(parse_target(publish.to, tmp_path), "nightly", cache)
+    assert [c[1]["revision"] for c in calls] == ["c1", "c2"]

@@ -246,6 +246,25 @@ def test_hub_target_creates_the_repo_and_uploads_card_and_shards_in_one_commit(t
     assert TOKEN not in json.dumps(FakeHub.calls, default=str) + shown
 
 
+def test_an_appending_hub_publish_deletes_nothing_the_repo_holds(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from dataengine.target.send import to_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    FakeHub.calls = []
+    layout = tmp_path / "layout"
+    (layout / "data" / "default").mkdir(parents=True)
+    (layout / "README.md").write_text("card")
+    (layout / "data" / "default" / "train-run2-00000-of-00001.parquet").write_bytes(b"rows")
+    to_hub(layout, "acme/moe-sft", True, None, "append", append=True)
+    upload = FakeHub.calls[-1][2]
+    assert upload["delete_patterns"] == [] and upload["files"] == [
+        "README.md",
+        "data/default/train-run2-00000-of-00001.parquet",
+    ]
+
+
 def test_hub_errors_are_reported_with_the_repo_and_no_traceback(tmp_path, monkeypatch):
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError

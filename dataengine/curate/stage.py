@@ -31,6 +31,7 @@ from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import CurateConfig, Recipe, resolve_path
 from dataengine.rows import CURATED_FEATURES, Group, count_groups, last_user_turn, read_rows, write_shards
+from dataengine.run_folder import RunFolder
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.target.existing import reference_folder
 
@@ -116,12 +117,14 @@ class CurateStage(Stage):
             steps.append(DecontaminationFilter(texts, cfg.decontamination.n, exclusion_writer=out("decontamination")))
         return steps
 
-    def _published_reference(self, own: set[str], work_dir: Path) -> Path | None:
+    def _published_reference(self, own: set[str], work_dir: Path, run_dir: Path) -> Path | None:
         """With publish.append: the target's rows, less this run's own (by generated id), as a reference."""
         publish = self.recipe.publish
         if publish is None or not publish.append:
             return None
-        return reference_folder(publish, self.base_dir, work_dir / "published-before", own)
+        return reference_folder(
+            publish, self.base_dir, work_dir / "published-before", own, RunFolder(run_dir).target_copy
+        )
 
     # ------------------------------------------------------------------ run
 
@@ -137,7 +140,7 @@ class CurateStage(Stage):
             run_pipeline(name, pipeline, tasks)
 
         references = [resolve_path(r, self.base_dir) for r in self.cfg.dedup.reference]
-        if (published := self._published_reference(own, work_dir)) is not None:
+        if (published := self._published_reference(own, work_dir, ctx.run_dir)) is not None:
             ctx.log(f"dedup also against the rows already published at {self.recipe.publish.to} (publish.append)")
             references.append(published)
         if self.cfg.code.enabled and (warning := isolation_warning(SandboxLimits.of(self.cfg.code))):

@@ -74,6 +74,7 @@ def build_card(
     evaluation: Evaluation | None,
     secrets: tuple[str, ...] = (),
     config_features: dict[str, Features] | None = None,
+    earlier_sizes: dict[str, dict] | None = None,
 ) -> DatasetCard:
     publish = recipe.publish
     languages = sorted({row["language"].split("-")[0] for row in rows})
@@ -87,7 +88,7 @@ def build_card(
         configs=configs,
         **{HISTORY_KEY: history},  # read back by the next appending publish
     )
-    add_dataset_infos(data, layout, counts, features, config_features)
+    add_dataset_infos(data, layout, counts, features, config_features, earlier_sizes)
     body = _body(recipe, facts, counts, rows, load_from, secrets, test_ids, split, history, evaluation)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 

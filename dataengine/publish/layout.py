@@ -30,21 +30,38 @@ def config_rows(rows: list[dict], configs: list[str]) -> dict[str, list[dict]]:
 
 
 def write_layout(
-    rows: list[dict], features: Features, folder: Path, configs: list[str], test_ids: set[str], shard_rows: int
+    rows: list[dict],
+    features: Features,
+    folder: Path,
+    configs: list[str],
+    test_ids: set[str],
+    shard_rows: int,
+    tag: str = "",
 ) -> dict[str, dict[str, int]]:
     """Write every config's train and test parquet shards under `folder/data`; rows per config and split.
 
     One set of test ids for every config, so a row is in the test split of each config it belongs to, or
-    in none.
+    in none. `tag` goes into every shard's name: an appending publish names its shards after its run, so
+    they sit beside the shards already published and never replace one.
     """
     return {
-        name: write_config(subset, features, folder, name, test_ids, shard_rows)
+        name: write_config(subset, features, folder, name, test_ids, shard_rows, tag)
         for name, subset in config_rows(rows, configs).items()
     }
 
 
+def count_layout(rows: list[dict], configs: list[str], test_ids: set[str]) -> dict[str, dict[str, int]]:
+    """Rows per config and split, as `write_layout` would write them (an appending publish writes only its own
+    rows, and counts every row the dataset then holds)."""
+    counts: dict[str, dict[str, int]] = {}
+    for name, subset in config_rows(rows, configs).items():
+        tested = sum(row["id"] in test_ids for row in subset)
+        counts[name] = {split: n for split, n in (("train", len(subset) - tested), ("test", tested)) if n}
+    return counts
+
+
 def write_config(
-    rows: list[dict], features: Features, folder: Path, name: str, test_ids: set[str], shard_rows: int
+    rows: list[dict], features: Features, folder: Path, name: str, test_ids: set[str], shard_rows: int, tag: str = ""
 ) -> dict[str, int]:
     """One config's train and test shards under `folder/data/<name>`; rows per split."""
     disable_progress_bars()  # one bar per small file is noise
@@ -54,18 +71,18 @@ def write_config(
         ("test", [r for r in rows if r["id"] in test_ids]),
     ):
         if part:
-            _write_split(part, features, folder / "data" / name, split, shard_rows)
+            _write_split(part, features, folder / "data" / name, split, shard_rows, tag)
             counts[split] = len(part)
     return counts
 
 
-def _write_split(rows: list[dict], features: Features, folder: Path, split: str, shard_rows: int) -> None:
+def _write_split(rows: list[dict], features: Features, folder: Path, split: str, shard_rows: int, tag: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     shards = math.ceil(len(rows) / shard_rows)
     for i in range(shards):
         part = rows[i * shard_rows : (i + 1) * shard_rows]
         columns = {name: [row.get(name) for row in part] for name in features}
-        path = folder / f"{split}-{i:05d}-of-{shards:05d}.parquet"
+        path = folder / f"{split}-{tag}{i:05d}-of-{shards:05d}.parquet"
         Dataset.from_dict(columns, features=features).to_parquet(str(path))
 
 
@@ -87,20 +104,24 @@ def add_dataset_infos(
     counts: dict[str, dict[str, int]],
     features: Features,
     config_features: dict[str, Features] | None = None,
+    earlier: dict[str, dict] | None = None,
 ) -> None:
     """The `dataset_info` front matter `push_to_hub` writes: features, rows and bytes per split (uncompressed
     parquet bytes, close to what `push_to_hub` counts in Arrow). Besides
     informing the Hub viewer, it is part of the key `datasets` caches a local folder under (file mtimes are
     not, when the card names the configs), so a folder that gained rows is not served from a stale cache.
-    `config_features` names the configs whose columns are not `features`."""
+    `config_features` names the configs whose columns are not `features`. `earlier` holds the bytes of the
+    shards already published that `folder` lacks (an appending publish: `existing.Published.sizes`)."""
     infos = DatasetInfosDict()
     for name, splits in counts.items():
-        split_dict, download = SplitDict(), 0
+        before = (earlier or {}).get(name, {})
+        split_dict, download = SplitDict(), before.get("download_size", 0)
         for split, rows in splits.items():
             files = sorted((folder / "data" / name).glob(f"{split}-*.parquet"))
             download += sum(path.stat().st_size for path in files)
             metadata = [pq.read_metadata(path) for path in files]
             in_memory = sum(m.row_group(i).total_byte_size for m in metadata for i in range(m.num_row_groups))
+            in_memory += before.get("splits", {}).get(split, 0)
             split_dict.add(SplitInfo(name=split, num_examples=rows, num_bytes=in_memory))
         infos[name] = DatasetInfo(
             # the preference config has columns of its own; every other config the rows'

@@ -19,7 +19,7 @@ from dataengine.experts.metrics import js_divergence
 from dataengine.facts import Evaluation, Training, collect
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
-from dataengine.publish.layout import card_configs, write_config, write_layout
+from dataengine.publish.layout import card_configs, count_layout, write_config, write_layout
 from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
 from dataengine.rows import PREFERENCE_FEATURES, PUBLISHED_FEATURES, prompt_key, read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
@@ -100,7 +100,13 @@ def build_layout(
         raise StageError(f"nothing to publish: 0 rows were kept (see {why} for why)")
     new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added)
     test_ids = before.test_ids | (new_test_ids & {row["id"] for row in added})  # earlier rows keep their split
-    counts = write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
+    if publish.append:
+        # only this run's rows, in shards named after the run: the target's shards stay as they are
+        tag = f"{sources.run.run_id}-"
+        write_layout(added, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard, tag)
+        counts = count_layout(rows, publish.configs, test_ids)
+    else:
+        counts = write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
     config_features = {}
     pairs = read_rows(sources.preference) if sources.preference is not None else []
     if pairs:  # a config without rows would not load
@@ -131,6 +137,7 @@ def build_layout(
         evaluation,
         secrets=known_secrets(),
         config_features=config_features,
+        earlier_sizes=before.sizes,
     )
     card.save(str(layout / "README.md"))
     return Built(counts, len(added), len(rows), unchanged=seen and not added)
@@ -185,8 +192,8 @@ def publish_layout(layout: Path, publish: PublishConfig, target: Target, built: 
 
 def send(layout: Path, publish: PublishConfig, target: Target, message: str) -> Outcome:
     if target.kind == "hub":
-        return to_hub(layout, target.location, publish.private, publish.revision, message)
-    return to_folder(layout, Path(target.location))
+        return to_hub(layout, target.location, publish.private, publish.revision, message, publish.append)
+    return to_folder(layout, Path(target.location), publish.append)
 
 
 class PublishStage(Stage):
@@ -241,7 +248,8 @@ class PublishStage(Stage):
             inputs.get("preference"),
         )
         output_dir = outputs["layout"]
-        built = build_layout(self.recipe, self.cfg, sources, output_dir, target, work_dir / "published-before")
+        # the copy of a Hub target curation fetched, unless the target has moved on since
+        built = build_layout(self.recipe, self.cfg, sources, output_dir, target, RunFolder(ctx.run_dir).target_copy)
         rows = built.rows_total
         ctx.log(f"publishing {rows} rows ({built.rows_added} new) in {len(built.counts)} config(s) to {target}")
         message = commit_message(self.recipe.name, ctx.run_id, built)

@@ -22,6 +22,7 @@ from dataengine.recipe import PublishConfig, Target, parse_target
 from dataengine.target.send import DEFAULT, MARK
 
 HISTORY_KEY = "dataengine_runs"  # front-matter key of the run history
+COMMIT = ".dataengine-commit"  # in a downloaded copy of a Hub target: the commit it is a copy of
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Published:
     rows: list[dict] = field(default_factory=list)
     test_ids: set[str] = field(default_factory=set)
     history: list[dict] = field(default_factory=list)
+    # config -> {"download_size": parquet bytes, "splits": {split: bytes}} of the shards published, from the
+    # card's dataset_info: an appending publish adds its shards' to them without fetching every config
+    sizes: dict[str, dict] = field(default_factory=dict)
 
 
 def fetch(target: Target, revision: str | None, cache: Path) -> Path | None:
@@ -43,18 +47,25 @@ def fetch(target: Target, revision: str | None, cache: Path) -> Path | None:
 
 
 def _download(target: Target, revision: str | None, cache: Path) -> Path | None:
-    from huggingface_hub import snapshot_download
+    """The target's files at its current commit, downloaded into `cache` unless the copy there is of that commit:
+    curation and publishing of one run share one copy (`RunFolder.target_copy`), and a target another run
+    appended to in between is downloaded again."""
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-    shutil.rmtree(cache, ignore_errors=True)  # snapshot_download never deletes: no stale shard may stay
+    stamp = cache / COMMIT
     try:
-        snapshot_download(
-            target.location,
-            repo_type="dataset",
-            revision=revision,
-            local_dir=str(cache),
-            allow_patterns=["README.md", f"data/{DEFAULT}/*"],
-        )
+        commit = HfApi().dataset_info(target.location, revision=revision).sha
+        if not (stamp.is_file() and stamp.read_text() == commit):
+            shutil.rmtree(cache, ignore_errors=True)  # snapshot_download never deletes: no stale shard may stay
+            snapshot_download(
+                target.location,
+                repo_type="dataset",
+                revision=commit,
+                local_dir=str(cache),
+                allow_patterns=["README.md", f"data/{DEFAULT}/*"],
+            )
+            stamp.write_text(commit)
     except (RepositoryNotFoundError, RevisionNotFoundError):
         return None  # the first publish creates it
     except HfHubHTTPError as exc:
@@ -64,11 +75,11 @@ def _download(target: Target, revision: str | None, cache: Path) -> Path | None:
     return cache if (cache / "data" / DEFAULT).is_dir() else None
 
 
-def reference_folder(publish: PublishConfig, base_dir: Path, work: Path, own_ids: set[str]) -> Path | None:
+def reference_folder(publish: PublishConfig, base_dir: Path, work: Path, own_ids: set[str], cache: Path) -> Path | None:
     """The target's `default` rows as a dedup reference folder (in `work`), when appending to a target that
-    has rows. Rows of this run (`own_ids`, its generated ids) are left out: curating again after this run
-    published must not drop its rows as copies of themselves."""
-    folder = fetch(parse_target(publish.to, base_dir), publish.revision, work / "target")
+    has rows (a Hub target fetched into `cache`). Rows of this run (`own_ids`, its generated ids) are left out:
+    curating again after this run published must not drop its rows as copies of themselves."""
+    folder = fetch(parse_target(publish.to, base_dir), publish.revision, cache)
     if folder is None:
         return None
     _check_ours(folder)
@@ -98,7 +109,7 @@ def read(folder: Path | None) -> Published:
         return Published()
     _check_ours(folder)
     card = folder / "README.md"
-    out = Published(history=_history(card))
+    out = Published(history=_history(card), sizes=_sizes(card))
     for split in ("train", "test"):
         for path in sorted((folder / "data" / DEFAULT).glob(f"{split}-*.parquet")):
             rows = pq.read_table(path).to_pylist()
@@ -110,3 +121,16 @@ def read(folder: Path | None) -> Published:
 
 def _history(card: Path) -> list[dict]:
     return list(DatasetCard.load(card).data.to_dict().get(HISTORY_KEY) or []) if card.is_file() else []
+
+
+def _sizes(card: Path) -> dict[str, dict]:
+    if not card.is_file():
+        return {}
+    infos = DatasetCard.load(card).data.to_dict().get("dataset_info") or []
+    return {
+        info.get("config_name", "default"): {
+            "download_size": info.get("download_size", 0),
+            "splits": {split["name"]: split.get("num_bytes", 0) for split in info.get("splits", [])},
+        }
+        for info in (infos if isinstance(infos, list) else [infos])
+    }

@@ -8,6 +8,7 @@ only ever handed to huggingface_hub: it is never part of a path, a message or a 
 from __future__ import annotations
 
 import filecmp
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,13 @@ def _same_tree(a: Path, b: Path) -> bool:
     )
 
 
-def to_folder(layout: Path, destination: Path) -> Outcome:
-    """Replace the folder's README.md and data/ with the layout's; untouched when identical (a no-op)."""
+def to_folder(layout: Path, destination: Path, append: bool = False) -> Outcome:
+    """Replace the folder's README.md and data/ with the layout's; untouched when identical (a no-op). With
+    `append`, the layout's shards are added beside the folder's (each written whole: aside, then renamed),
+    none of those is touched, and the card is replaced last."""
     check_destination(destination)
+    if append:
+        return _add_to_folder(layout, destination)
     files = published_files(layout)
     card, data = destination / "README.md", destination / "data"
     same_card = card.is_file() and filecmp.cmp(layout / "README.md", card, shallow=False)
@@ -74,9 +79,27 @@ def to_folder(layout: Path, destination: Path) -> Outcome:
     return Outcome(f"file://{destination}", changed=True, files=len(files))
 
 
-def to_hub(layout: Path, repo_id: str, private: bool, revision: str | None, message: str) -> Outcome:
+def _add_to_folder(layout: Path, destination: Path) -> Outcome:
+    files = published_files(layout)
+    changed = False
+    for path in files:
+        there = destination / path.relative_to(layout)
+        if there.is_file() and filecmp.cmp(path, there, shallow=False):
+            continue
+        changed = True
+        there.parent.mkdir(parents=True, exist_ok=True)
+        aside = there.with_name(there.name + ".publishing")
+        shutil.copy2(path, aside)
+        os.replace(aside, there)
+    return Outcome(f"file://{destination}", changed=changed, files=len(files))
+
+
+def to_hub(
+    layout: Path, repo_id: str, private: bool, revision: str | None, message: str, append: bool = False
+) -> Outcome:
     """One commit with the card and every shard. huggingface_hub skips files the Hub already has and makes
-    no commit when nothing changed; `delete_patterns` removes shards an earlier publish left behind."""
+    no commit when nothing changed; `delete_patterns` removes shards an earlier publish left behind, except
+    when appending: then the layout holds only the run's new shards and the card, and the rest stays."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -93,7 +116,7 @@ def to_hub(layout: Path, repo_id: str, private: bool, revision: str | None, mess
             revision=revision,
             commit_message=message,
             allow_patterns=list(PUBLISHED),
-            delete_patterns=["data/**"],
+            delete_patterns=[] if append else ["data/**"],
         )
     except HfHubHTTPError as exc:
         # the message names the repo and the HTTP status; the token is in neither
