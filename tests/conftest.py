@@ -90,8 +90,13 @@ def teacher_server(tmp_path_factory):
     from dataengine.teacher.server import TeacherServer
 
     folder = tmp_path_factory.mktemp("server")
-    recipe = load_recipe(tiny_recipe(folder))
-    with TeacherServer(recipe.teacher, folder / "server.log") as server:
+    teacher = load_recipe(tiny_recipe(folder)).teacher
+    # a 2 GB KV cache (the engine's default here is 4) holds ~90k tokens of the tiny teacher: plenty, and
+    # test_scale_out runs a second server beside this one
+    teacher = teacher.model_copy(
+        update={"vllm": teacher.vllm.model_copy(update={"env": {"VLLM_CPU_KVCACHE_SPACE": "2"}})}
+    )
+    with TeacherServer(teacher, folder / "server.log") as server:
         yield server
 
 

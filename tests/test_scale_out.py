@@ -8,7 +8,6 @@ server: keep it last.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
@@ -37,25 +36,6 @@ from tests.test_slurm_executor import fake_slurm
 pytestmark = pytest.mark.slow
 
 SMALL_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """Two vLLM servers of the builtin teacher: the pool."""
-    folder = tmp_path_factory.mktemp("pool")
-    teacher = load_recipe(tiny_recipe(folder)).teacher
-    teacher = teacher.model_copy(update={"vllm": teacher.vllm.model_copy(update={"env": SMALL_CACHE})})
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(TeacherServer(teacher, folder / f"server{i}.log")) for i in range(2)]
-
-
-@pytest.fixture(scope="module")
-def single_run(servers, tmp_path_factory):
-    """The reference: one endpoint, one task. Greedy, so that every run drops the same empty questions."""
-    folder = tmp_path_factory.mktemp("single")
-    run_dir = folder / "run"
-    _run(_recipe(folder, endpoint=servers[0].base_url), run_dir)
-    return load_dataset(str(run_dir / "generated"), split="train")
 
 
 def _recipe(folder: Path, *, endpoint: str | None = None, endpoints: list[str] = (), more: str = "", **kw) -> Path:
@@ -92,8 +72,57 @@ def _same_rows(run_dir: Path, single) -> None:
     rows = load_dataset(str(run_dir / "generated"), split="train")
     assert len(set(rows["id"])) == len(rows)  # no rollout twice
     assert sorted(rows["id"]) == sorted(single["id"])
-    by_id = {r["id"]: r["messages"][-1]["content"] for r in single}
-    assert {r["id"]: r["messages"][-1]["content"] for r in rows}.keys() == by_id.keys()
+    # each row is the rollout of the prompt its id names (ids hash the prompt and rollout, not the answer)
+    asked = {r["id"]: r["instruction"] for r in single}
+    assert all(asked[r["id"]] == r["instruction"] for r in rows)
+
+
+def _vllm_servers() -> set[int]:
+    return {
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or [])
+    }
+
+
+def test_generate_on_slurm_starts_a_server_in_each_task(tmp_path):
+    """No endpoints on Slurm: the task starts the teacher on its node and stops it when it ends. First in the
+    module, before its pool starts: two more servers would not fit in memory beside the task's."""
+    bin_dir = fake_slurm(tmp_path / "bin")
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", **SMALL_CACHE}
+    run_dir = tmp_path / "run"
+    recipe = _recipe(tmp_path, more="executor: slurm\nslurm: {partition: cpu, poll_s: 0.5}\ntasks: 1")
+    servers_before = _vllm_servers()
+    _run(recipe, run_dir, env=env)
+    rows = load_dataset(str(run_dir / "generated"), split="train")
+    manifest = Manifest.read(run_dir / "generated")
+    assert len(set(rows["id"])) == len(rows) == manifest.rows_out > 0
+    assert manifest.rows_out + manifest.drops.get("empty_question", 0) == manifest.rows_in == 2 * 3 * 2 + 2
+    work = run_dir / ".work" / "generate"
+    assert "launch_pickled_pipeline" in (work / "logs" / "launch_script.slurm").read_text()
+    assert "Application startup complete" in (work / "servers" / "teacher-00000.log").read_text()
+    assert not (run_dir / ".work" / "teacher-server.log").exists()  # the run itself started no server
+    assert _vllm_servers() == servers_before  # the task's server ended with it
+
+
+@pytest.fixture(scope="module")
+def servers(teacher_server, tmp_path_factory):
+    """The pool: the session's vLLM server of the builtin teacher and one more (memory: a third server beside
+    the test process would not fit in this machine's 24 GB)."""
+    folder = tmp_path_factory.mktemp("pool")
+    teacher = load_recipe(tiny_recipe(folder)).teacher
+    teacher = teacher.model_copy(update={"vllm": teacher.vllm.model_copy(update={"env": SMALL_CACHE})})
+    with TeacherServer(teacher, folder / "server1.log") as other:
+        yield [teacher_server, other]
+
+
+@pytest.fixture(scope="module")
+def single_run(servers, tmp_path_factory):
+    """The reference: one endpoint, one task. Greedy, so that every run drops the same empty questions."""
+    folder = tmp_path_factory.mktemp("single")
+    run_dir = folder / "run"
+    _run(_recipe(folder, endpoint=servers[0].base_url), run_dir)
+    return load_dataset(str(run_dir / "generated"), split="train")
 
 
 def test_two_tasks_over_two_endpoints_make_the_rows_of_one(servers, single_run, tmp_path):
@@ -119,30 +148,6 @@ def test_generate_on_a_local_ray_instance(servers, single_run, tmp_path):
     # datatrove's Ray executor joins a running cluster or starts a local one (ray.init() with no address)
     _run(recipe, run_dir)
     _same_rows(run_dir, single_run)
-
-
-def test_generate_on_slurm_starts_a_server_in_each_task(single_run, tmp_path):
-    """No endpoints on Slurm: the task starts the teacher on its node and stops it when it ends."""
-    bin_dir = fake_slurm(tmp_path / "bin")
-    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", **SMALL_CACHE}
-    run_dir = tmp_path / "run"
-    recipe = _recipe(tmp_path, more="executor: slurm\nslurm: {partition: cpu, poll_s: 0.5}\ntasks: 1")
-    servers_before = _vllm_servers()
-    _run(recipe, run_dir, env=env)
-    _same_rows(run_dir, single_run)
-    work = run_dir / ".work" / "generate"
-    assert "launch_pickled_pipeline" in (work / "logs" / "launch_script.slurm").read_text()
-    assert "Application startup complete" in (work / "servers" / "teacher-00000.log").read_text()
-    assert not (run_dir / ".work" / "teacher-server.log").exists()  # the run itself started no server
-    assert _vllm_servers() == servers_before  # the task's server ended with it
-
-
-def _vllm_servers() -> set[int]:
-    return {
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or [])
-    }
 
 
 def test_scoring_on_two_tasks_over_two_endpoints_matches_one(servers, single_run, tmp_path):
