@@ -21,7 +21,7 @@ from dataengine.publish.card import evaluation_section, expert_coverage_section
 from dataengine.publish.layout import write_layout
 from dataengine.report.page import SECTIONS, write_report
 from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
-from dataengine.teacher.throughput import recorder, timeline
+from dataengine.teacher.throughput import Follower, recorder, timeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -273,6 +273,20 @@ def test_throughput_timeline_spreads_tokens_over_each_stretch_of_generation(tmp_
     # 6 s of generation in 3 bins of 2 s: the first stretch gets two (40 tokens split 20/20, plus the
     # second rollout's 20 in the later one), the resumed stretch one
     assert timeline([tmp_path / "t"], bins=3) == [[1.0, 10.0], [3.0, 20.0], [901.0, 30.0]]
+
+
+def test_the_progress_follower_counts_only_what_a_pass_adds(tmp_path, monkeypatch):
+    ends = iter([104.0, 110.0, 130.0])
+    monkeypatch.setattr("dataengine.teacher.throughput.time.time", lambda: next(ends))
+    with recorder(tmp_path / "t") as record:
+        record(40, 100.0)  # an earlier pass: not this one's
+    follower = Follower(tmp_path / "t")
+    assert follower() == (0, 0) and follower.seconds == 0.0
+    with recorder(tmp_path / "t") as record:
+        record(20, 105.0)
+        record(30, 108.0)
+    assert follower() == (2, 50) and follower.seconds == 130.0 - 105.0  # first start to last end
+    assert follower() == (2, 50)  # nothing new
 
 
 def _chromium() -> str:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -163,9 +162,11 @@ def run_inference(
     executor: ExecutorSettings = LOCAL,
 ) -> float:
     """Run `rollout_fn` over `docs` with datatrove's InferenceRunner, as `executor.tasks` tasks over `endpoints`
-    (`teacher/tasks.py`), `config(url)` saying how; returns the seconds it ran. Each document's result is written
-    to `<work_dir>/raw` (read it with datatrove's JsonlReader). A dead or lost endpoint is recovered and its
-    task runs again from its checkpoints; `what` names the work in the progress bar and in errors."""
+    (`teacher/tasks.py`), `config(url)` saying how. Returns the seconds the teacher was generating: the first
+    rollout's start to the last one's end in this pass (neither a server's start nor the executor's counts).
+    Each document's result is written to `<work_dir>/raw` (read it with datatrove's JsonlReader). A dead or lost
+    endpoint is recovered and its task runs again from its checkpoints; `what` names the work in the progress
+    bar and in errors."""
     tasks = min(executor.tasks, len(docs)) or 1
     done_before = len(_ids_in(work_dir / "raw") | _ids_in(work_dir / "checkpoints"))
     throughput = work_dir / THROUGHPUT
@@ -187,7 +188,6 @@ def run_inference(
         runner.whole_responses = whole_responses
         return [Shard(docs), runner]
 
-    started = time.time()
     with _progress(console) as progress, datatrove_logs_to(work_dir / "datatrove.log"):
         bar = progress.add_task(what, total=len(docs), completed=done_before, tokens=0)
         follower = Follower(throughput)
@@ -198,7 +198,7 @@ def run_inference(
 
         with watching(look):
             run_until_done(endpoints, executor, pipeline, tasks, work_dir, what)
-    return time.time() - started
+    return follower.seconds
 
 
 @contextlib.contextmanager

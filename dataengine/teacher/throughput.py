@@ -35,15 +35,19 @@ def recorder(folder: Path) -> Iterator[Callable[[int, float], None]]:
 
 
 class Follower:
-    """The rollouts and tokens the files in `folder` gained since it was made; reads only the bytes added since
-    the last call."""
+    """The rollouts and tokens the files in `folder` gained since it was made, and the span from the first of
+    those rollouts' start to the last one's end; reads only the bytes added since the last call."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.seen: dict[Path, int] = {}
+        self._reset()
+        self()  # what the files hold already is not counted
+        self._reset()
+
+    def _reset(self) -> None:
         self.rollouts = self.tokens = 0
-        self()
-        self.rollouts = self.tokens = 0
+        self.first, self.last = math.inf, -math.inf
 
     def __call__(self) -> tuple[int, int]:
         for path in sorted(self.folder.glob("*.tsv")) if self.folder.is_dir() else []:
@@ -52,10 +56,18 @@ class Follower:
                 added = fh.read()
             whole = added[: added.rfind(b"\n") + 1]  # a line being written is read next time
             self.seen[path] = self.seen.get(path, 0) + len(whole)
-            lines = whole.splitlines()
-            self.rollouts += len(lines)
-            self.tokens += sum(int(line.rsplit(b"\t", 1)[-1]) for line in lines)
+            for line in whole.splitlines():
+                start, end, tokens = line.split(b"\t")
+                self.rollouts += 1
+                self.tokens += int(tokens)
+                self.first, self.last = min(self.first, float(start)), max(self.last, float(end))
         return self.rollouts, self.tokens
+
+    @property
+    def seconds(self) -> float:
+        """From the first rollout's start to the last one's end: the time the teacher was generating, without the
+        server's start or the executor's."""
+        return max(self.last - self.first, 0.0) if self.rollouts else 0.0
 
 
 def _rollouts(folders: list[Path]) -> list[tuple[float, float, int]]:
