@@ -32,9 +32,15 @@ class _KeepGoing(LocalPipelineExecutor):
         try:
             return super()._launch_run_for_rank(rank, ranks_q, completed, completed_lock)
         except Exception as exc:
-            with self.logging_dir.open(f"{FAILURES}/{rank:05d}.txt", "wt") as fh:
-                fh.write(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+            record_failure(Path(self.logging_dir.path), rank, exc)
             return PipelineStats()
+
+
+def record_failure(logging_dir: Path, rank: int, exc: BaseException) -> None:
+    """Why task `rank` failed, where `failure` reads it: its first line, then the traceback."""
+    (logging_dir / FAILURES).mkdir(parents=True, exist_ok=True)
+    text = f"{type(exc).__name__}: {exc}\n\n{''.join(traceback.format_exception(exc))}"
+    (logging_dir / FAILURES / f"{rank:05d}.txt").write_text(text)
 
 
 def run_tasks(settings: ExecutorSettings, name: str, pipeline: list, tasks: int, logging_dir: Path) -> list[int]:
@@ -47,7 +53,16 @@ def run_tasks(settings: ExecutorSettings, name: str, pipeline: list, tasks: int,
         # needs a Ray cluster: ray.init() / RAY_ADDRESS, as datatrove's RayPipelineExecutor expects
         from datatrove.executor import RayPipelineExecutor
 
-        executor = RayPipelineExecutor(pipeline, tasks=tasks, workers=settings.workers, logging_dir=logs)
+        ray = settings.ray
+        executor = RayPipelineExecutor(
+            pipeline,
+            tasks=tasks,
+            workers=settings.workers,
+            logging_dir=logs,
+            cpus_per_task=ray.cpus_per_task,
+            gpus_per_task=ray.gpus_per_task,
+            mem_per_cpu_gb=ray.mem_per_cpu_gb,
+        )
         executor.run()
     elif settings.executor == "slurm":
         executor = run_on_slurm(name, pipeline, tasks, settings.workers, logs, settings.slurm)

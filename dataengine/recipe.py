@@ -207,11 +207,22 @@ class SlurmSettings(StrictModel):
     poll_s: float = Field(30.0, gt=0, description="how often the run checks whether a step's tasks are done")
 
 
+class RaySettings(StrictModel):
+    """What datatrove's RayPipelineExecutor reserves for each task."""
+
+    cpus_per_task: int = Field(1, ge=1)
+    gpus_per_task: int = Field(
+        0, ge=0, description="GPUs per task: a generate or score task that starts its own vLLM server needs them"
+    )
+    mem_per_cpu_gb: float = Field(2, gt=0)
+
+
 class ExecutorSettings(StrictModel):
     """Which datatrove executor runs a stage's work, over how many tasks: the recipe picks, the code does not change."""
 
     executor: Literal["local", "ray", "slurm"] = Field("local", description="datatrove executor for every step")
     slurm: SlurmSettings | None = Field(None, description="required with executor: slurm")
+    ray: RaySettings = Field(RaySettings(), description="what each task reserves with executor: ray")
     tasks: int = Field(1, ge=1, description="datatrove tasks (shards): each works on its share of the rows")
     workers: int = Field(1, ge=1, description="tasks run at once")
 

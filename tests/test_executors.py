@@ -12,7 +12,7 @@ from dataengine.executors import failure, run_tasks
 from dataengine.recipe import ExecutorSettings, TeacherConfig
 from dataengine.teacher.inference import Shard
 from dataengine.teacher.server import TeacherEndpoint
-from dataengine.teacher.tasks import run_until_done
+from dataengine.teacher.tasks import TaskTeacher, run_until_done
 
 
 def _fail_on_rank_one(data, rank: int = 0, world_size: int = 1):
@@ -50,3 +50,21 @@ def test_an_unfinished_stage_resumes_only_on_the_tasks_it_started_with(tmp_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")
     run_until_done([endpoint], ExecutorSettings(tasks=4), lambda teacher: [], 4, tmp_path, "generating")
+
+
+def test_a_pass_an_earlier_version_began_is_not_resumed_in_another_order(tmp_path):
+    endpoint = TeacherEndpoint(TeacherConfig(model="m", endpoint="http://127.0.0.1:9"), tmp_path / "log")
+    (tmp_path / "raw").mkdir()  # written, no record of its tasks, not finished
+    with pytest.raises(StageError, match="an earlier version of dataengine began .* delete that folder"):
+        run_until_done([endpoint], ExecutorSettings(), lambda teacher: [], 1, tmp_path, "generating")
+    (tmp_path / "logs" / "completions").mkdir(parents=True)
+    (tmp_path / "logs" / "completions" / "00000").write_text("")  # ...finished: its one task is done
+    run_until_done([endpoint], ExecutorSettings(), lambda teacher: [], 1, tmp_path, "generating")
+
+
+def test_a_task_that_fails_says_why_wherever_it_runs(tmp_path):
+    teacher = TaskTeacher(("http://127.0.0.1:9",), ("http://127.0.0.1:9/v1/models",), logs=str(tmp_path))
+    with pytest.raises(ValueError), teacher.open(3) as (url, _):
+        assert url == "http://127.0.0.1:9"
+        raise ValueError("the rollout could not parse the answer")
+    assert failure(tmp_path, [3]) == "ValueError: the rollout could not parse the answer"

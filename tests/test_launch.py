@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from dataengine.errors import StageError
@@ -33,11 +34,10 @@ def test_sft_on_two_processes_makes_the_student_of_one(start, tmp_path):
     assert (record_one["processes"], record_two["processes"]) == (1, 2)
     # 8 rows, 2 per device, 2 epochs: 8 steps on one process, 4 when two share each step's rows
     assert (record_one["steps"], record_two["steps"]) == (8, 4)
-    model = AutoModelForCausalLM.from_pretrained(two)
-    assert (
-        model.config.to_dict()["num_hidden_layers"]
-        == AutoModelForCausalLM.from_pretrained(one).config.num_hidden_layers
-    )
+    # the same weights by name and shape, loadable, and trained (not the start's weights, saved back)
+    trained, alone, started = (AutoModelForCausalLM.from_pretrained(f).state_dict() for f in (two, one, start))
+    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in alone.items()}
+    assert any(not torch.equal(trained[k], started[k]) for k in started)
     # the trainer's checkpoints sit where a resumed phase looks for them
     assert sorted(p.name for p in (tmp_path / "two").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 

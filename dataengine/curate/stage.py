@@ -61,7 +61,7 @@ class CurateStage(Stage):
         # appending to a publish target dedups against what it holds: where that is belongs to the key
         appends = recipe.publish is not None and recipe.publish.append
         # the judge and the balance selection are stages of their own, after curation
-        own = ("curate", "-curate.judge", "-curate.balance")
+        own = ("curate", "-curate.judge", "-curate.balance", "-curate.ray")
         self.key_paths = (*own, "publish.to", "publish.revision") if appends else own
 
     def key_files(self) -> list[Path]:

@@ -73,6 +73,7 @@ class GenerateStage(Stage):
         "-generate.slurm",
         "-generate.tasks",
         "-generate.workers",
+        "-generate.ray",
     )
 
     def __init__(self, recipe: Recipe, base_dir: Path) -> None:
@@ -183,7 +184,7 @@ class GenerateStage(Stage):
                 **self._stats(made, elapsed, len(unique)),
                 "top_up_rounds": len(rounds) - 1,
                 "teacher_restarts": sum(t.restarts for t in ctx.endpoints()) - restarts_before,
-                "tasks": gen.tasks,
+                "tasks": min(gen.tasks, len(unique)),  # never more tasks than prompts
                 "teacher_tokens_per_second_timeline": timeline([work / THROUGHPUT for work, _ in rounds]),
             },
         )

@@ -21,7 +21,7 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
 from dataengine.publish.layout import card_configs, count_layout, write_config, write_layout
 from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
-from dataengine.rows import PREFERENCE_FEATURES, PUBLISHED_FEATURES, prompt_key, read_rows, split_rows
+from dataengine.rows import PREFERENCE_FEATURES, PUBLISHED_FEATURES, batch_key, prompt_key, read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
 from dataengine.secrets import known_secrets
 from dataengine.stage import RunContext, Stage, StageResult
@@ -101,8 +101,9 @@ def build_layout(
     new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added)
     test_ids = before.test_ids | (new_test_ids & {row["id"] for row in added})  # earlier rows keep their split
     if publish.append:
-        # only this run's rows, in shards named after the run: the target's shards stay as they are
-        tag = f"{sources.run.run_id}-"
+        # only this run's rows, in shards named after the run and the rows they hold: the target's shards stay as
+        # they are, and a second publish of the run (a top-up round's) never writes over its first one's
+        tag = f"{sources.run.run_id}-{batch_key(sorted(row['id'] for row in added))[:8]}-"
         write_layout(added, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard, tag)
         counts = count_layout(rows, publish.configs, test_ids)
     else:
@@ -209,7 +210,9 @@ class PublishStage(Stage):
         "-generate.slurm",
         "-generate.tasks",
         "-generate.workers",
+        "-generate.ray",
         "curate",
+        "-curate.ray",
         "route",
     )
 

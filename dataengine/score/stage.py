@@ -51,6 +51,7 @@ class ScoreStage(Stage):
         "-score.slurm",
         "-score.tasks",
         "-score.workers",
+        "-score.ray",
     )
 
     def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataengine.errors import StageError
-from dataengine.executors import failure, run_tasks
+from dataengine.executors import FAILURES, failure, record_failure, run_tasks
 from dataengine.recipe import ExecutorSettings, TeacherConfig
 from dataengine.teacher.server import TeacherEndpoint, TeacherServer, answers
 
@@ -36,16 +37,23 @@ class TaskTeacher:
     health_urls: tuple[str, ...] = ()
     own: TeacherConfig | None = None
     log_dir: str = ""
+    logs: str = ""  # the pass's datatrove logging folder, where a failed task says why (`executors.failure`)
 
     @contextlib.contextmanager
     def open(self, rank: int) -> Iterator[tuple[str, Health]]:
-        """The task's endpoint (root URL) and its health check, for as long as the task runs."""
-        if self.own is None:
-            i = rank % len(self.urls)
-            yield self.urls[i], functools.partial(answers, self.health_urls[i], 2.0)
-            return
-        with TeacherServer(self.own, Path(self.log_dir) / f"teacher-{rank:05d}.log") as server:
-            yield server.base_url, server.alive
+        """The task's endpoint (root URL) and its health check, for as long as the task runs. A task that fails
+        records why, wherever it runs (on Ray and Slurm the run sees only that it did not finish)."""
+        try:
+            if self.own is None:
+                i = rank % len(self.urls)
+                yield self.urls[i], functools.partial(answers, self.health_urls[i], 2.0)
+                return
+            with TeacherServer(self.own, Path(self.log_dir) / f"teacher-{rank:05d}.log") as server:
+                yield server.base_url, server.alive
+        except Exception as exc:
+            if self.logs:
+                record_failure(Path(self.logs), rank, exc)
+            raise
 
 
 def starts_own(teacher: TeacherConfig, settings: ExecutorSettings) -> bool:
@@ -71,8 +79,9 @@ def run_until_done(
     teacher = endpoints[0].teacher
     own, logs, waits = starts_own(teacher, settings), work_dir / "logs", 0
     while True:
+        shutil.rmtree(logs / FAILURES, ignore_errors=True)  # an earlier pass's failures are not this one's
         if own:
-            plan = TaskTeacher(own=teacher, log_dir=str(work_dir / "servers"))
+            plan = TaskTeacher(own=teacher, log_dir=str(work_dir / "servers"), logs=str(logs))
         else:
             used = endpoints[: min(len(endpoints), tasks)]
             for endpoint in used:
@@ -80,8 +89,9 @@ def run_until_done(
                 # datatrove would poll an endpoint that does not answer for minutes before its first request
                 if not endpoint.healthy():
                     endpoint.recover("it does not answer")
-            plan = TaskTeacher(tuple(e.url() for e in used), tuple(e.health_url() for e in used))
-        unfinished = run_tasks(settings, "tasks", make_pipeline(plan), tasks, logs)
+            plan = TaskTeacher(tuple(e.url() for e in used), tuple(e.health_url() for e in used), logs=str(logs))
+        # the work folder names the Slurm job: generate, score, judge, a top-up round
+        unfinished = run_tasks(settings, work_dir.name, make_pipeline(plan), tasks, logs)
         if not unfinished:
             return
         why = failure(logs, unfinished)
@@ -102,17 +112,31 @@ def run_until_done(
             raise StageError(f"{what} failed: {why}\nlog: {logs}; run again to resume")
 
 
+def _recorded_tasks(work_dir: Path) -> int | None:
+    """The tasks of the pass begun in `work_dir`; a pass an earlier version of dataengine began ran one."""
+    record = work_dir / "tasks"
+    if record.is_file():
+        return int(record.read_text())
+    return 1 if any((work_dir / part).exists() for part in ("raw", "checkpoints", "logs")) else None
+
+
 def _finished(work_dir: Path) -> bool:
     """Every task of the recorded pass has datatrove's completion marker: nothing to run, whatever `tasks` says."""
-    record, done = work_dir / "tasks", work_dir / "logs" / "completions"
-    return record.is_file() and all((done / f"{rank:05d}").is_file() for rank in range(int(record.read_text())))
+    tasks, done = _recorded_tasks(work_dir), work_dir / "logs" / "completions"
+    return tasks is not None and all((done / f"{rank:05d}").is_file() for rank in range(tasks))
 
 
 def _same_tasks(work_dir: Path, tasks: int, what: str) -> None:
-    """datatrove keeps each task's checkpoints by rank, and a task's share of the work follows from the number
-    of tasks: an unfinished stage resumes only on as many tasks as it started with."""
-    record = work_dir / "tasks"
-    if record.is_file() and (before := int(record.read_text())) != tasks:
+    """datatrove keeps each task's checkpoints by rank and resumes a task by the position of its documents, and
+    a task's share of the work follows from the number of tasks: an unfinished pass resumes only on as many
+    tasks as it started with, and only if this version ordered its documents."""
+    before, record = _recorded_tasks(work_dir), work_dir / "tasks"
+    if before is not None and not record.is_file():
+        raise StageError(
+            f"{what}: {work_dir} holds an unfinished pass an earlier version of dataengine began (it ordered the "
+            "documents another way, so it cannot be resumed); delete that folder to start the pass over"
+        )
+    if before is not None and before != tasks:
         raise StageError(
             f"{what} of this run started on {before} task(s) and did not finish; resume it with tasks: {before}, "
             f"or delete {work_dir} to start it over on {tasks}"

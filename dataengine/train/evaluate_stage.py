@@ -25,7 +25,8 @@ from dataengine.train.win_rate import win_rate
 
 class EvaluateStage(Stage):
     name = "evaluate"
-    key_paths = ("train", "curate", "teacher", "-teacher.endpoints")
+    # where training ran (train.launch) and where curation ran on Ray are not part of what is evaluated
+    key_paths = ("train", "-train.launch", "curate", "-curate.ray", "teacher", "-teacher.endpoints")
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ leaves `final/` (model + tokenizer + phase.json) that the next phase starts from
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import warnings
@@ -50,9 +51,9 @@ def trainer_args(settings: TrainerSettings, out: Path, *, exclude: frozenset[str
         "save_total_limit": 2,
         "report_to": [],
         "dataloader_num_workers": 0,
-        # on a machine without GPUs, processes started by accelerate launch then join over gloo (accelerate
-        # treats them as distributed CPU processes only when asked for the CPU)
-        "use_cpu": not torch.cuda.is_available(),
+        # processes started by accelerate launch on a machine without GPUs join over gloo (accelerate treats them
+        # as distributed CPU processes only when asked for the CPU); one process keeps its own device choice
+        "use_cpu": not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     }
 
 
@@ -81,14 +82,20 @@ def _finish(trainer, out: Path, tokenizer, started: float, resumed: str | None, 
     """Save the trained model as a plain transformers folder (LoRA merged) and the phase's record; with several
     processes (accelerate launch), the first one saves."""
     final = out / "final"
+    model, state_dict = trainer.model, None
+    peft = hasattr(model, "merge_and_unload")
+    if trainer.accelerator.num_processes > 1 and not peft:
+        # under FSDP or DeepSpeed ZeRO-3 each process holds a shard of the weights: all of them take part in
+        # gathering the whole state dict, which the first process then writes
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()
         return final
     tmp = out / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # peft: the student ships as ordinary weights
+    if peft:  # the student ships as ordinary weights
         model = model.merge_and_unload()
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     record = {
         "steps": trainer.state.global_step,
@@ -101,6 +108,7 @@ def _finish(trainer, out: Path, tokenizer, started: float, resumed: str | None, 
     (tmp / DONE).write_text(json.dumps(record, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    trainer.accelerator.wait_for_everyone()
     return final
 
 
