@@ -5,8 +5,9 @@ several sizes side by side.
     .venv/bin/python bench/rows.py [--sizes 10000,100000]
 
 Each size runs in its own process (`run_recipe` with only curate and publish, as an incremental run does);
-the parent reads that process's peak RSS. 5% of the rows are exact copies of another (other case and
-spacing), so dedup has work. The language and prose-quality filters are off: the answers are word salad.
+the parent reads that process's peak RSS. The rows are made and written a batch at a time, so making them
+adds nothing that grows with their number. 5% of the answers copy a recent one in capitals, so dedup has
+work. The language and prose-quality filters are off: the answers are word salad.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 RECIPE = """
@@ -37,33 +40,33 @@ publish:
 """
 
 
-def make_rows(n: int, seed: int = 0) -> list[dict]:
+def make_rows(n: int, seed: int = 0) -> Iterator[dict]:
+    """`n` rows, one at a time (a million would not fit in memory as dicts): 5% copy one of the last 1,000
+    answers, in capitals."""
     rng = random.Random(seed)
     vocab = [
         "".join(rng.choice("bcdfghjklmnprstvwz") + rng.choice("aeiou") for _ in range(rng.randint(1, 4)))
         for _ in range(20000)
     ]
-    rows = []
+    recent: deque[str] = deque(maxlen=1000)
     for i in range(n):
-        if i and rng.random() < 0.05:
-            answer = rows[rng.randrange(len(rows))]["messages"][-1]["content"].upper()
+        if recent and rng.random() < 0.05:
+            answer = rng.choice(recent).upper()
         else:
             answer = " ".join(rng.choice(vocab) for _ in range(rng.randint(60, 160))) + "."
-        rows.append(
-            {
-                "id": f"r{i:08d}",
-                "kind": "chat",
-                "language": "en",
-                "seed": i,
-                "finish_reason": "stop",
-                "teacher_model": "builtin:smollm2-moe",
-                "messages": [
-                    {"role": "user", "content": f"Tell me about item {i}."},
-                    {"role": "assistant", "content": answer},
-                ],
-            }
-        )
-    return rows
+            recent.append(answer)
+        yield {
+            "id": f"r{i:08d}",
+            "kind": "chat",
+            "language": "en",
+            "seed": i,
+            "finish_reason": "stop",
+            "teacher_model": "builtin:smollm2-moe",
+            "messages": [
+                {"role": "user", "content": f"Tell me about item {i}."},
+                {"role": "assistant", "content": answer},
+            ],
+        }
 
 
 def one(n: int, folder: Path) -> dict:

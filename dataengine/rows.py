@@ -8,6 +8,7 @@ still empty, and a scored row is a curated row with the teacher's logprobs.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Dataset, Features, List, Value, disable_progress_bars
+from datasets import Features, List, Value
 
 SAMPLE_FEATURES = Features(
     {
@@ -148,36 +149,133 @@ ROWS_PER_SHARD = 50_000
 # --------------------------------------------------------------------------- writing
 
 
+def conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    """A table with exactly `schema`'s columns, in its order and types: extra columns dropped, missing ones
+    null (rows of an older run lack a newer column)."""
+    table = table if isinstance(table, pa.Table) else pa.Table.from_batches([table])
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class ShardWriter:
+    """Rows into `<folder>/<split>-<tag>NNNNN-of-NNNNN.parquet` (the names `datasets` maps to a split), a batch
+    at a time: a stage never holds all its rows to write them. A new shard every `rows_per_shard` rows; one
+    (empty) shard for no rows, so the folder still loads with its columns.
+
+    Written here, not with datatrove's ParquetWriter or `Dataset.to_parquet`: the shard count is known only at
+    the end, and the `-of-NNNNN` names `datasets` expects need it, so shards are written as `.part` files and
+    renamed on `close`; a crash leaves no `.parquet` file behind, whole or half.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        features: Features,
+        rows_per_shard: int = ROWS_PER_SHARD,
+        tag: str = "",
+        batch_rows: int = 1000,
+    ) -> None:
+        self.folder, self.split, self.tag = folder, split, tag
+        self.features = features
+        self.schema = features.arrow_schema  # with the features in its metadata, as `datasets` writes them
+        self.rows_per_shard, self.batch_rows = rows_per_shard, batch_rows
+        self.rows = 0
+        self.paths: list[Path] = []  # the shards, once closed
+        self._parts: list[Path] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._in_shard = 0
+        self._pending: list[dict] = []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, row: dict) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= self.batch_rows:
+            self._flush()
+
+    def write_table(self, table: pa.Table | pa.RecordBatch) -> None:
+        """Rows already in arrow (read from another stage's shards): no Python objects made for them."""
+        self._flush()
+        table = conform(table, self.schema)
+        while table.num_rows:
+            writer = self._shard()  # a new one when this one is full
+            part = table.slice(0, self.rows_per_shard - self._in_shard)
+            writer.write_table(part)
+            self._in_shard += part.num_rows
+            self.rows += part.num_rows
+            table = table.slice(part.num_rows)
+
+    def _flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            try:
+                table = pa.Table.from_pylist(pending, schema=self.schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                # numpy values (a routing signature): `datasets` encodes them to Python lists, as `from_dict` would
+                columns = {name: [row.get(name) for row in pending] for name in self.schema.names}
+                table = pa.Table.from_pydict(self.features.encode_batch(columns), schema=self.schema)
+            self.write_table(table)
+
+    def _shard(self) -> pq.ParquetWriter:
+        if self._writer is None or self._in_shard >= self.rows_per_shard:
+            if self._writer is not None:
+                self._writer.close()
+            self._parts.append(self.folder / f"{self.split}-{self.tag}{len(self._parts):05d}.parquet.part")
+            self._writer = pq.ParquetWriter(self._parts[-1], self.schema)
+            self._in_shard = 0
+        return self._writer
+
+    def close(self) -> list[Path]:
+        """The shards, under their final names."""
+        if self.paths:
+            return self.paths
+        self._flush()
+        if self._writer is None:
+            self._shard()  # no rows: one empty shard
+        self._writer.close()
+        total = len(self._parts)
+        names = [self.folder / f"{self.split}-{self.tag}{i:05d}-of-{total:05d}.parquet" for i in range(total)]
+        for part, name in zip(self._parts, names, strict=True):
+            os.replace(part, name)
+        self.paths = names
+        return names
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        for part in self._parts:
+            part.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        self.abort() if kind is not None else self.close()
+
+
 def write_parquet(rows: list[dict], path: Path, features: Features) -> Path:
-    """One parquet file with exactly the schema's columns, whole or absent (written aside, then renamed)."""
-    disable_progress_bars()  # a bar per small file is noise in the run's output
-    # from_dict for an empty list too: from_list([]) loses the columns, and the folder would not load
-    columns = {name: [row.get(name) for row in rows] for name in features}
+    """One small parquet file with exactly the schema's columns, whole or absent (written aside, then renamed)."""
     tmp = path.with_name(path.name + ".tmp")
-    Dataset.from_dict(columns, features=features).to_parquet(str(tmp))
+    pq.write_table(pa.Table.from_pylist(rows, schema=features.arrow_schema), tmp)
     os.replace(tmp, path)
     return path
 
 
 def write_split(
-    rows: list[dict], folder: Path, split: str, features: Features, rows_per_shard: int = ROWS_PER_SHARD
+    rows: Iterable[dict], folder: Path, split: str, features: Features, rows_per_shard: int = ROWS_PER_SHARD
 ) -> list[Path]:
-    """`<folder>/<split>-NNNNN-of-NNNNN.parquet`, the names `datasets` maps to a split; one shard per
-    `rows_per_shard` rows, and one (empty) shard for no rows, so the folder still loads with its columns."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shards = max(1, math.ceil(len(rows) / rows_per_shard))
-    return [
-        write_parquet(
-            rows[i * rows_per_shard : (i + 1) * rows_per_shard],
-            folder / f"{split}-{i:05d}-of-{shards:05d}.parquet",
-            features,
-        )
-        for i in range(shards)
-    ]
+    """`<folder>/<split>-NNNNN-of-NNNNN.parquet`, streamed through a `ShardWriter`."""
+    with ShardWriter(folder, split, features, rows_per_shard) as writer:
+        for row in rows:
+            writer.write(row)
+    return writer.paths
 
 
 def write_shards(
-    rows: list[dict], stage_folder: Path, split: str = "train", features: Features = SAMPLE_FEATURES
+    rows: Iterable[dict], stage_folder: Path, split: str = "train", features: Features = SAMPLE_FEATURES
 ) -> list[Path]:
     """A stage's rows, under `<stage_folder>/data/`."""
     return write_split(rows, stage_folder / "data", split, features)
@@ -198,14 +296,26 @@ def read_parquet(files: Iterable[Path], columns: list[str] | None = None) -> lis
     return rows
 
 
+def shard_files(stage_folder: Path) -> list[Path]:
+    """A stage's shards: `<stage_folder>/data/*.parquet`."""
+    return sorted((stage_folder / "data").glob("*.parquet"))
+
+
 def read_rows(stage_folder: Path, columns: list[str] | None = None) -> list[dict]:
-    """Every row of a stage's shards (`<stage_folder>/data/*.parquet`); no rows when it has none."""
-    return read_parquet(sorted((stage_folder / "data").glob("*.parquet")), columns)
+    """Every row of a stage's shards; no rows when it has none."""
+    return read_parquet(shard_files(stage_folder), columns)
+
+
+def read_ids(stage_folder: Path) -> pa.Array:
+    """The ids of a stage's rows, as one arrow array: a million of them take megabytes, not a Python set's
+    hundred."""
+    ids = [pq.read_table(path, columns=["id"]).column("id") for path in shard_files(stage_folder)]
+    return pa.chunked_array([c for col in ids for c in col.chunks], pa.string()).combine_chunks()
 
 
 def iter_rows(stage_folder: Path, columns: list[str] | None = None, batch_rows: int = 1024) -> Iterator[dict]:
     """`read_rows` a batch at a time, for columns too large to hold for every row at once."""
-    for path in sorted((stage_folder / "data").glob("*.parquet")):
+    for path in shard_files(stage_folder):
         file = pq.ParquetFile(path)
         have = None if columns is None else [c for c in columns if c in file.schema_arrow.names]
         for batch in file.iter_batches(batch_size=batch_rows, columns=have):
@@ -281,14 +391,19 @@ def batch_key(parts: Iterable[str]) -> str:
 
 
 def split_rows(rows: list[dict], eval_fraction: float, min_rows: int = 1) -> tuple[list[dict], list[dict]]:
-    """(train, held-out): the held-out rows are those whose id hashes lowest: `eval_fraction` of them, raised to
-    `min_rows` as far as that leaves training half the rows, and at least one of each from two rows.
-    It depends only on the row ids, so every stage draws the same split."""
-    ranked = sorted(rows, key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
-    n_eval = max(math.ceil(len(rows) * eval_fraction), min(min_rows, len(rows) // 2))
-    n_eval = min(max(1, n_eval), len(rows) - 1) if len(rows) > 1 else 0
-    held = {r["id"] for r in ranked[:n_eval]}
+    """(train, held-out), by `held_out_ids`."""
+    held = held_out_ids([r["id"] for r in rows], eval_fraction, min_rows)
     return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
+
+
+def held_out_ids(ids: list[str], eval_fraction: float, min_rows: int = 1) -> set[str]:
+    """The held-out rows' ids: those that hash lowest, `eval_fraction` of them, raised to `min_rows` as far as that
+    leaves training half the rows, and at least one of each from two rows. It depends only on the ids, so every
+    stage draws the same split."""
+    n_eval = max(math.ceil(len(ids) * eval_fraction), min(min_rows, len(ids) // 2))
+    n_eval = min(max(1, n_eval), len(ids) - 1) if len(ids) > 1 else 0
+    # the n lowest, not a sort of every hash: a million ids' digests are not held at once
+    return set(heapq.nsmallest(n_eval, ids, key=lambda i: hashlib.sha256(i.encode()).hexdigest()))
 
 
 def _ids(encoded) -> list[int]:

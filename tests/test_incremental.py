@@ -11,6 +11,7 @@ import json
 import random
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
@@ -235,10 +236,10 @@ def test_a_hub_target_is_read_through_snapshot_download_once_per_commit(tmp_path
     assert not calls  # nothing to download from a repo that does not exist
     # curation reads the target for its dedup reference, then publishing reads it again: one download
     publish = PublishConfig(to="hf://datasets/org/old", revision="nightly")
-    reference = existing.reference_folder(publish, tmp_path, tmp_path / "curate-work", {"mine"}, cache)
+    reference = existing.reference_folder(publish, tmp_path, tmp_path / "curate-work", pa.array(["mine"]), cache)
     assert (
         reference is not None
-        and len(existing.read(existing.fetch(parse_target(publish.to, tmp_path), "nightly", cache)).rows) == 1
+        and existing.read(existing.fetch(parse_target(publish.to, tmp_path), "nightly", cache)).index.num_rows == 1
     )
     assert calls == [
         (

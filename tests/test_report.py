@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
@@ -154,7 +155,8 @@ def run_dir(tmp_path: Path) -> Path:
     )
     _manifest(run / "eval", "evaluate", 2, 2)
     # the publish target also held a row of an earlier run: the funnel counts this run's rows only
-    write_layout([*kept[:5], _row(99, "chat", "en")], SAMPLE_FEATURES, run / "published", ["language"], {"r00"}, 4)
+    published = pa.Table.from_pylist([*kept[:5], _row(99, "chat", "en")], schema=SAMPLE_FEATURES.arrow_schema)
+    write_layout([published], SAMPLE_FEATURES, run / "published", ["language"], {"r00"}, 4)
     _manifest(run / "published", "publish", 6, 6)
     # routing of the kept rows through 3 layers of 4 experts (top-2): code on experts 2 and 3, chat on 0 and 1
     routed = [

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import xxhash
 from datatrove.data import Document
 from datatrove.pipeline.dedup import (
@@ -108,13 +110,11 @@ def reference_document(self, data: dict, path: str, id_in_file: int | str) -> di
 
 def reference_languages(folders: list[Path]) -> set[str]:
     """Languages present in the reference data; an index is built only for those."""
-    import pyarrow.parquet as pq
-
     return {
         language
         for folder in folders
         for path in folder.rglob("*.parquet")
-        for language in pq.read_table(path, columns=["language"]).column("language").to_pylist()
+        for language in pc.unique(pq.read_table(path, columns=["language"]).column("language")).to_pylist()
     }
 
 

@@ -8,10 +8,12 @@ checked before the manifest is written.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from datatrove.data import Document
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter
@@ -30,7 +32,7 @@ from dataengine.executors import pipeline_runner
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import CurateConfig, Recipe, resolve_path
-from dataengine.rows import CURATED_FEATURES, Group, count_groups, last_user_turn, read_rows, write_shards
+from dataengine.rows import CURATED_FEATURES, Group, last_user_turn, read_ids, write_shards
 from dataengine.run_folder import RunFolder
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.target.existing import reference_folder
@@ -117,7 +119,7 @@ class CurateStage(Stage):
             steps.append(DecontaminationFilter(texts, cfg.decontamination.n, exclusion_writer=out("decontamination")))
         return steps
 
-    def _published_reference(self, own: set[str], work_dir: Path, run_dir: Path) -> Path | None:
+    def _published_reference(self, own: pa.Array, work_dir: Path, run_dir: Path) -> Path | None:
         """With publish.append: the target's rows, less this run's own (by generated id), as a reference."""
         publish = self.recipe.publish
         if publish is None or not publish.append:
@@ -130,7 +132,7 @@ class CurateStage(Stage):
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         source = inputs["rows"] / "data"
-        own = {row["id"] for row in read_rows(inputs["rows"], columns=["id"])}
+        own = read_ids(inputs["rows"])
         rejected_raw, filtered = work_dir / "rejected", work_dir / "filtered"
         run_pipeline = pipeline_runner(self.cfg, work_dir / "logs")
         status = ctx.console.status("curating")
@@ -145,6 +147,7 @@ class CurateStage(Stage):
             references.append(published)
         if self.cfg.code.enabled and (warning := isolation_warning(SandboxLimits.of(self.cfg.code))):
             ctx.console.print(f"[yellow]warning:[/yellow] {warning}")
+        tally = _Tally()
         with status, datatrove_logs_to(work_dir / "datatrove.log"):
             try:
                 steps = self._filters(rejected_raw)
@@ -176,42 +179,46 @@ class CurateStage(Stage):
                         run,
                         references,
                     )
-                kept = _read_rows(work_dir / "kept")
-                rejected = _read_rejected(rejected_raw)
+                status.update("curating: writing curated/ and rejected/")
+                # a row at a time from datatrove's files into the shards: the stage never holds every row
+                kept = map(tally.kept, _read_rows(work_dir / "kept"))
+                paths = write_shards(kept, outputs["kept"], features=CURATED_FEATURES)
+                rejected_dir = outputs["rejected"]
+                rejected = map(tally.rejected, _read_rejected(rejected_raw))
+                write_shards(rejected, rejected_dir, features=CURATED_FEATURES)
             except StageError:
                 raise
             except Exception as exc:
                 raise StageError(f"curation failed: {exc}\nlogs: {work_dir / 'logs'}; run again to resume") from exc
         rows_in = len(own)
-        if len(kept) + len(rejected) != rows_in:
+        if tally.kept_rows + tally.rejected_rows != rows_in:
             raise StageError(
-                f"curation lost rows: {rows_in} in, {len(kept)} kept + {len(rejected)} rejected "
+                f"curation lost rows: {rows_in} in, {tally.kept_rows} kept + {tally.rejected_rows} rejected "
                 f"(logs: {work_dir / 'logs'})"
             )
-        paths = write_shards(kept, outputs["kept"], features=CURATED_FEATURES)
-        rejected_dir = outputs["rejected"]
-        write_shards(rejected, rejected_dir, features=CURATED_FEATURES)
-        drops = Counter(r["drop_reason"] for r in rejected)
         return StageResult(
             rows_in=rows_in,
-            rows_out=len(kept),
+            rows_out=tally.kept_rows,
             output_fingerprint=fingerprint_files(paths),
-            drops=dict(drops.most_common()),
-            stats=self._stats(kept, rejected, rejected_dir),
+            drops=dict(tally.drops.most_common()),
+            stats=self._stats(tally, rejected_dir),
         )
 
-    def _stats(self, kept: list[dict], rejected: list[dict], rejected_dir: Path) -> dict[str, Any]:
+    def _stats(self, tally: _Tally, rejected_dir: Path) -> dict[str, Any]:
         targets = _targets(self.recipe)
-        kept_by = Counter(Group.of(r) for r in kept)
         quota = {
-            str(g): {"target": target, "kept": kept_by.get(g, 0), "short": max(0, target - kept_by.get(g, 0))}
+            str(g): {
+                "target": target,
+                "kept": tally.groups.get(g, 0),
+                "short": max(0, target - tally.groups.get(g, 0)),
+            }
             for g, target in targets.items()
         }
         return {
-            "kept_by_kind_language": count_groups(kept),
-            "rejected_by_step": dict(Counter(r["drop_step"] for r in rejected).most_common()),
+            "kept_by_kind_language": {str(g): n for g, n in sorted(tally.groups.items())},
+            "rejected_by_step": dict(tally.steps.most_common()),
             "quota": quota,
-            "code_tests_passed": sum(1 for r in kept if r.get("tests_passed")),
+            "code_tests_passed": tally.tests_passed,
             "rejected_dir": str(rejected_dir),
         }
 
@@ -225,6 +232,28 @@ class CurateStage(Stage):
         if manifest.drops:
             console.print("dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest.drops.items()))
         console.print(f"output: {outputs['kept']} (rejected rows with reasons: {outputs['rejected']})")
+
+
+class _Tally:
+    """The stage's counts, taken as the rows stream past on their way into the shards."""
+
+    def __init__(self) -> None:
+        self.kept_rows = self.rejected_rows = self.tests_passed = 0
+        self.groups: Counter[Group] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.steps: Counter[str] = Counter()
+
+    def kept(self, row: dict) -> dict:
+        self.kept_rows += 1
+        self.groups[Group.of(row)] += 1
+        self.tests_passed += bool(row.get("tests_passed"))
+        return row
+
+    def rejected(self, row: dict) -> dict:
+        self.rejected_rows += 1
+        self.drops[row["drop_reason"]] += 1
+        self.steps[row["drop_step"]] += 1
+        return row
 
 
 def _targets(recipe: Recipe) -> dict[Group, int]:
@@ -260,25 +289,24 @@ def _row(doc: Document) -> dict:
     return {key: row.get(key) for key in CURATED_FEATURES}
 
 
-def _read_rows(folder: Path) -> list[dict]:
-    if not folder.exists():
-        return []
-    return [_row(doc) for doc in JsonlReader(str(folder), recursive=True).run()]
+def _read_rows(folder: Path) -> Iterator[dict]:
+    if folder.exists():
+        yield from (_row(doc) for doc in JsonlReader(str(folder), recursive=True).run())
 
 
-def _read_rejected(folder: Path) -> list[dict]:
-    """Rejected rows from every exclusion writer; the file name says which step dropped them."""
-    rows = []
+def _read_rejected(folder: Path) -> Iterator[dict]:
+    """Rejected rows from every exclusion writer, a line at a time; the file name says which step dropped them."""
     for path in sorted(folder.glob("*.jsonl*")) if folder.exists() else []:
         step = path.name.rsplit("_", 1)[0]
-        for line in path.read_bytes().splitlines():
-            raw = orjson.loads(line)
-            meta = raw["metadata"]
-            reason = meta.get("filter_reason")
-            if step.startswith("exact_dedup"):
-                step, reason = "exact_dedup", "exact_duplicate"
-            elif step.startswith("near_dedup"):
-                step, reason = "near_dedup", "near_duplicate"
-            meta = {**meta, "drop_reason": reason or step, "drop_step": step}
-            rows.append(_row(Document(text=raw["text"], id=raw["id"], metadata=meta)))
-    return rows
+        with path.open("rb") as lines:
+            for line in lines:
+                raw = orjson.loads(line)
+                meta = raw["metadata"]
+                reason = meta.get("filter_reason")
+                where = step
+                if step.startswith("exact_dedup"):
+                    where, reason = "exact_dedup", "exact_duplicate"
+                elif step.startswith("near_dedup"):
+                    where, reason = "near_dedup", "near_duplicate"
+                meta = {**meta, "drop_reason": reason or where, "drop_step": where}
+                yield _row(Document(text=raw["text"], id=raw["id"], metadata=meta))

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from datasets import Features
 from huggingface_hub import DatasetCard, DatasetCardData
@@ -64,7 +66,7 @@ def build_card(
     facts: RunFacts,
     counts: dict[str, dict[str, int]],
     configs: list[dict],
-    rows: list[dict],
+    index: pa.Table,
     load_from: str,
     test_ids: set[str],
     split: TestSplit,
@@ -77,19 +79,21 @@ def build_card(
     earlier_sizes: dict[str, dict] | None = None,
 ) -> DatasetCard:
     publish = recipe.publish
-    languages = sorted({row["language"].split("-")[0] for row in rows})
+    # the dataset's rows by their index (id, kind, language, teacher_revision; `existing.INDEX_COLUMNS`)
+    languages = sorted({language.split("-")[0] for language in pc.unique(index.column("language")).to_pylist()})
     data = DatasetCardData(
         pretty_name=recipe.name,
         language=languages,
         license=publish.license if publish else "other",
         task_categories=["text-generation"],
-        size_categories=[size_category(len(rows))],
+        size_categories=[size_category(index.num_rows)],
         tags=["synthetic", "dataengine", "mixture-of-experts", *(publish.tags if publish else [])],
         configs=configs,
         **{HISTORY_KEY: history},  # read back by the next appending publish
     )
     add_dataset_infos(data, layout, counts, features, config_features, earlier_sizes)
-    body = _body(recipe, facts, counts, rows, load_from, secrets, test_ids, split, history, evaluation)
+    revisions = sorted(r for r in pc.unique(index.column("teacher_revision")).to_pylist() if r)
+    body = _body(recipe, facts, counts, revisions, load_from, secrets, test_ids, split, history, evaluation)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
@@ -97,7 +101,7 @@ def _body(
     recipe: Recipe,
     facts: RunFacts,
     counts: dict,
-    rows: list[dict],
+    revisions: list[str],
     load_from: str,
     secrets,
     test_ids: set[str],
@@ -106,7 +110,6 @@ def _body(
     evaluation: Evaluation | None,
 ) -> str:
     sampling = recipe.generate.sampling.model_dump(mode="json")
-    revisions = sorted({row["teacher_revision"] for row in rows if row.get("teacher_revision")})
     lines = [
         f"<!-- {MARK} -->",
         f"# {recipe.name}",

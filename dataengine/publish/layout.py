@@ -6,84 +6,92 @@ so `load_dataset(folder)` and `load_dataset(folder, CONFIG)` work on the folder 
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets import Dataset, DatasetInfo, Features, SplitDict, SplitInfo, disable_progress_bars
+from datasets import DatasetInfo, Features, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from dataengine.errors import UserError
+from dataengine.rows import ShardWriter
 from dataengine.target.send import DEFAULT
 
 
-def config_rows(rows: list[dict], configs: list[str]) -> dict[str, list[dict]]:
-    """`default` holds every row; `kind` adds one config per kind (chat, code), `language` one per language."""
-    out = {DEFAULT: rows}
+def config_masks(index: pa.Table | pa.RecordBatch, configs: list[str], default: str = DEFAULT) -> dict[str, pa.Array]:
+    """Which rows each config holds: `default` every row; `kind` adds one config per kind (chat, code),
+    `language` one per language. `index` needs the rows' kind and language columns."""
+    out = {default: pa.array(np.ones(index.num_rows, dtype=bool))}
     for field in configs:
-        for value in sorted({row[field] for row in rows}):
+        column = index.column(field)
+        for value in sorted(pc.unique(column).to_pylist()):
             if value in out:
                 raise UserError(f"publish.configs: the {field} {value!r} would name a config that already exists")
-            out[value] = [row for row in rows if row[field] == value]
+            out[value] = pc.equal(column, value)
     return out
 
 
+def count_layout(index: pa.Table, configs: list[str], test_ids: set[str]) -> dict[str, dict[str, int]]:
+    """Rows per config and split of the dataset `index` lists (its rows' id, kind and language): an appending
+    publish writes only its own rows, and counts every row the dataset then holds."""
+    tested = pc.is_in(index.column("id"), value_set=pa.array(sorted(test_ids), pa.string()))
+    counts: dict[str, dict[str, int]] = {}
+    for name, mask in config_masks(index, configs).items():
+        rows, test = pc.sum(mask).as_py() or 0, pc.sum(pc.and_(mask, tested)).as_py() or 0
+        counts[name] = {split: n for split, n in (("train", rows - test), ("test", test)) if n}
+    return counts
+
+
 def write_layout(
-    rows: list[dict],
+    batches: Iterable[pa.Table | pa.RecordBatch],
     features: Features,
     folder: Path,
     configs: list[str],
     test_ids: set[str],
     shard_rows: int,
     tag: str = "",
+    default: str = DEFAULT,
 ) -> dict[str, dict[str, int]]:
-    """Write every config's train and test parquet shards under `folder/data`; rows per config and split.
+    """Write every config's train and test parquet shards under `folder/data`, a batch of rows at a time; rows
+    per config and split.
 
     One set of test ids for every config, so a row is in the test split of each config it belongs to, or
     in none. `tag` goes into every shard's name: an appending publish names its shards after its run, so
     they sit beside the shards already published and never replace one.
     """
-    return {
-        name: write_config(subset, features, folder, name, test_ids, shard_rows, tag)
-        for name, subset in config_rows(rows, configs).items()
-    }
-
-
-def count_layout(rows: list[dict], configs: list[str], test_ids: set[str]) -> dict[str, dict[str, int]]:
-    """Rows per config and split, as `write_layout` would write them (an appending publish writes only its own
-    rows, and counts every row the dataset then holds)."""
+    tested = pa.array(sorted(test_ids), pa.string())
+    writers: dict[tuple[str, str], ShardWriter] = {}
+    try:
+        for batch in batches:
+            is_test = pc.is_in(batch.column("id"), value_set=tested)
+            for name, mask in config_masks(batch, configs, default).items():
+                for split, in_split in (("train", pc.invert(is_test)), ("test", is_test)):
+                    part = batch.filter(pc.and_(mask, in_split))
+                    if part.num_rows:
+                        if (name, split) not in writers:
+                            writers[name, split] = ShardWriter(folder / "data" / name, split, features, shard_rows, tag)
+                        writers[name, split].write_table(part)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
     counts: dict[str, dict[str, int]] = {}
-    for name, subset in config_rows(rows, configs).items():
-        tested = sum(row["id"] in test_ids for row in subset)
-        counts[name] = {split: n for split, n in (("train", len(subset) - tested), ("test", tested)) if n}
-    return counts
+    for (name, split), writer in writers.items():
+        writer.close()
+        counts.setdefault(name, {})[split] = writer.rows
+    return {name: dict(sorted(splits.items(), key=lambda s: s[0] != "train")) for name, splits in counts.items()}
 
 
 def write_config(
     rows: list[dict], features: Features, folder: Path, name: str, test_ids: set[str], shard_rows: int, tag: str = ""
 ) -> dict[str, int]:
-    """One config's train and test shards under `folder/data/<name>`; rows per split."""
-    disable_progress_bars()  # one bar per small file is noise
-    counts = {}
-    for split, part in (
-        ("train", [r for r in rows if r["id"] not in test_ids]),
-        ("test", [r for r in rows if r["id"] in test_ids]),
-    ):
-        if part:
-            _write_split(part, features, folder / "data" / name, split, shard_rows, tag)
-            counts[split] = len(part)
-    return counts
-
-
-def _write_split(rows: list[dict], features: Features, folder: Path, split: str, shard_rows: int, tag: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    shards = math.ceil(len(rows) / shard_rows)
-    for i in range(shards):
-        part = rows[i * shard_rows : (i + 1) * shard_rows]
-        columns = {name: [row.get(name) for row in part] for name in features}
-        path = folder / f"{split}-{tag}{i:05d}-of-{shards:05d}.parquet"
-        Dataset.from_dict(columns, features=features).to_parquet(str(path))
+    """One config's train and test shards under `folder/data/<name>`, from rows in hand; rows per split."""
+    table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
+    return write_layout([table], features, folder, [], test_ids, shard_rows, tag, default=name).get(name, {})
 
 
 def card_configs(counts: dict[str, dict[str, int]]) -> list[dict]:

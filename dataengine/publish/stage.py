@@ -7,10 +7,15 @@ The stage writes the exact layout into the run's `published/` folder, then sends
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datasets import Features
 from rich.console import Console
 from rich.table import Table
 
@@ -21,7 +26,16 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
 from dataengine.publish.layout import card_configs, count_layout, write_config, write_layout
 from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
-from dataengine.rows import PREFERENCE_FEATURES, PUBLISHED_FEATURES, batch_key, prompt_key, read_rows, split_rows
+from dataengine.rows import (
+    PREFERENCE_FEATURES,
+    PUBLISHED_FEATURES,
+    batch_key,
+    held_out_ids,
+    iter_rows,
+    prompt_key,
+    read_rows,
+    shard_files,
+)
 from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
 from dataengine.secrets import known_secrets
 from dataengine.stage import RunContext, Stage, StageResult
@@ -40,15 +54,16 @@ def _test_share(recipe: Recipe, publish: PublishConfig) -> tuple[float, int]:
 
 
 def pick_test_split(
-    recipe: Recipe, publish: PublishConfig, student: Path | None, rows: list[dict]
+    recipe: Recipe, publish: PublishConfig, student: Path | None, ids: list[str]
 ) -> tuple[set[str], bool]:
-    """(test row ids, whether they are the student's held-out rows). When the run trained a student and the
-    recipe sets no test_fraction, the test split is exactly what the student held out (its training.json)."""
+    """(test row ids, whether they are the student's held-out rows), among the rows `ids`. When the run trained a
+    student and the recipe sets no test_fraction, the test split is exactly what the student held out (its
+    training.json)."""
     if publish.test_fraction is None and recipe.train is not None and student is not None:
         training = Training.read(student / TRAINING_FILE)
         if training is not None:
             return set(training.held_out_ids), True
-    return {r["id"] for r in split_rows(rows, *_test_share(recipe, publish))[1]}, False
+    return held_out_ids(ids, *_test_share(recipe, publish)), False
 
 
 def _load_from(target: Target) -> str:
@@ -91,44 +106,48 @@ def build_layout(
     rows (fetched into `cache` from the Hub) stay, in the split they were published in, and only rows with
     new ids are added."""
     before = existing.read(existing.fetch(target, publish.revision, cache)) if publish.append else Published()
-    known = {row["id"] for row in before.rows}
-    mine = read_rows(sources.rows)
-    added = [row for row in mine if row["id"] not in known]
-    rows = before.rows + added
-    if not rows:
+    mine = existing.read_index(shard_files(sources.rows))
+    added = mine.filter(pc.invert(pc.is_in(mine.column("id"), value_set=before.index.column("id"))))
+    index = pa.concat_tables([before.index, added])  # every row the dataset holds once this run is published
+    if not index.num_rows:
         why = sources.run.folder("judge", "rejected") or sources.run.folder("curate", "rejected") or sources.run.path
         raise StageError(f"nothing to publish: 0 rows were kept (see {why} for why)")
-    new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added)
-    test_ids = before.test_ids | (new_test_ids & {row["id"] for row in added})  # earlier rows keep their split
-    if publish.append:
-        # only this run's rows, in shards named after the run and the rows they hold: the target's shards stay as
-        # they are, and a second publish of the run (a top-up round's) never writes over its first one's
-        tag = f"{sources.run.run_id}-{batch_key(sorted(row['id'] for row in added))[:8]}-"
-        write_layout(added, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard, tag)
-        counts = count_layout(rows, publish.configs, test_ids)
-    else:
-        counts = write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard)
+    added_ids = added.column("id").to_pylist()
+    new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added_ids)
+    test_ids = before.test_ids | (new_test_ids & set(added_ids))  # earlier rows keep their split
+    counts = count_layout(index, publish.configs, test_ids)  # before writing: a config name clash is refused
+    # An appending publish writes only this run's rows, in shards named after the run and the rows they hold: the
+    # target's shards stay as they are, and a second publish of the run (a top-up round's) never writes over its
+    # first one's.
+    tag = f"{sources.run.run_id}-{batch_key(sorted(added_ids))[:8]}-" if publish.append else ""
+    rows = _batches(sources.rows, PUBLISHED_FEATURES, added.column("id"))
+    write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard, tag)
     config_features = {}
     pairs = read_rows(sources.preference) if sources.preference is not None else []
     if pairs:  # a config without rows would not load
         # a pair is in the test split when a test row answers its prompt: its train split never holds a test prompt
-        tested = {prompt_key(row["messages"][:-1]) for row in rows if row["id"] in test_ids}
+        # (never an appending publish: recipes refuse pairs with publish.append, so every row is this run's)
+        tested = {
+            prompt_key(row["messages"][:-1])
+            for row in iter_rows(sources.rows, columns=["id", "messages"])
+            if row["id"] in test_ids
+        }
         pair_tests = {p["id"] for p in pairs if prompt_key(p["prompt"]) in tested}
         counts[PREFERENCE] = write_config(
             pairs, PREFERENCE_FEATURES, layout, PREFERENCE, pair_tests, publish.max_rows_per_shard
         )
         config_features[PREFERENCE] = PREFERENCE_FEATURES
     facts = collect(sources.run.path, rows=False)
-    history, seen = run_history(before.history, sources.run, recipe, len(added), len(rows), facts.routing)
-    mine_ids = {row["id"] for row in mine}
-    split = TestSplit(held_out, earlier=any(row["id"] not in mine_ids for row in before.rows))
+    history, seen = run_history(before.history, sources.run, recipe, added.num_rows, index.num_rows, facts.routing)
+    earlier = pc.any(pc.invert(pc.is_in(before.index.column("id"), value_set=mine.column("id")))).as_py()
+    split = TestSplit(held_out, earlier=bool(earlier))
     evaluation = Evaluation.read(sources.evaluation / METRICS_FILE) if sources.evaluation is not None else None
     card = build_card(
         recipe,
         facts,
         counts,
         card_configs(counts),
-        rows,
+        index,
         _load_from(target),
         test_ids,
         split,
@@ -141,7 +160,18 @@ def build_layout(
         earlier_sizes=before.sizes,
     )
     card.save(str(layout / "README.md"))
-    return Built(counts, len(added), len(rows), unchanged=seen and not added)
+    return Built(counts, added.num_rows, index.num_rows, unchanged=seen and not added.num_rows)
+
+
+def _batches(folder: Path, features: Features, ids: pa.ChunkedArray) -> Iterator[pa.RecordBatch]:
+    """The rows of a stage's shards whose id is in `ids`, a batch at a time, with the columns of `features` the
+    shards have."""
+    wanted = ids.combine_chunks()
+    for path in shard_files(folder):
+        shard = pq.ParquetFile(path)
+        columns = [name for name in features if name in shard.schema_arrow.names]
+        for batch in shard.iter_batches(batch_size=1000, columns=columns):
+            yield batch.filter(pc.is_in(batch.column("id"), value_set=wanted))
 
 
 def run_history(

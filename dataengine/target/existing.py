@@ -25,11 +25,33 @@ HISTORY_KEY = "dataengine_runs"  # front-matter key of the run history
 COMMIT = ".dataengine-commit"  # in a downloaded copy of a Hub target: the commit it is a copy of
 
 
+# what publishing reads of the rows a target holds: enough to count configs and splits and to write the card
+INDEX_COLUMNS = {"id": pa.string(), "kind": pa.string(), "language": pa.string(), "teacher_revision": pa.string()}
+INDEX_SCHEMA = pa.schema(INDEX_COLUMNS)
+
+
+def read_index(files: list[Path]) -> pa.Table:
+    """The `INDEX_COLUMNS` of the rows in parquet `files`, in arrow: a million rows' take tens of megabytes."""
+    return pa.concat_tables([_index_of(path) for path in files] or [INDEX_SCHEMA.empty_table()])
+
+
+def _index_of(path: Path) -> pa.Table:
+    have = set(pq.read_schema(path).names)  # rows of an older version may lack teacher_revision
+    table = pq.read_table(path, columns=[name for name in INDEX_COLUMNS if name in have])
+    return pa.table(
+        {
+            name: table.column(name).cast(kind) if name in have else pa.nulls(table.num_rows, kind)
+            for name, kind in INDEX_COLUMNS.items()
+        }
+    )
+
+
 @dataclass
 class Published:
-    """The target's rows per split and its card's run history (all empty for a new target)."""
+    """The target's rows (their `INDEX_COLUMNS`), its test split's ids and its card's run history (all empty for a
+    new target)."""
 
-    rows: list[dict] = field(default_factory=list)
+    index: pa.Table = field(default_factory=INDEX_SCHEMA.empty_table)
     test_ids: set[str] = field(default_factory=set)
     history: list[dict] = field(default_factory=list)
     # config -> {"download_size": parquet bytes, "splits": {split: bytes}} of the shards published, from the
@@ -75,26 +97,32 @@ def _download(target: Target, revision: str | None, cache: Path) -> Path | None:
     return cache if (cache / "data" / DEFAULT).is_dir() else None
 
 
-def reference_folder(publish: PublishConfig, base_dir: Path, work: Path, own_ids: set[str], cache: Path) -> Path | None:
+def reference_folder(publish: PublishConfig, base_dir: Path, work: Path, own_ids: pa.Array, cache: Path) -> Path | None:
     """The target's `default` rows as a dedup reference folder (in `work`), when appending to a target that
     has rows (a Hub target fetched into `cache`). Rows of this run (`own_ids`, its generated ids) are left out:
-    curating again after this run published must not drop its rows as copies of themselves."""
+    curating again after this run published must not drop its rows as copies of themselves. Only the columns
+    dedup compares are copied, a batch at a time."""
     folder = fetch(parse_target(publish.to, base_dir), publish.revision, cache)
     if folder is None:
         return None
     _check_ours(folder)
-    files = sorted((folder / "data" / DEFAULT).glob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(path) for path in files], promote_options="default") if files else None
-    if table is None or table.num_rows == 0:
-        return None
-    others = table.filter(pc.invert(pc.is_in(table["id"], value_set=pa.array(sorted(own_ids), pa.string()))))
-    if others.num_rows == 0:
-        return None
     out = work / "reference"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    pq.write_table(others, out / "rows.parquet")
-    return out
+    kept = 0
+    for i, path in enumerate(sorted((folder / "data" / DEFAULT).glob("*.parquet"))):
+        shard = pq.ParquetFile(path)
+        schema = pa.schema([shard.schema_arrow.field(name) for name in _REFERENCE_COLUMNS])
+        with pq.ParquetWriter(out / f"rows-{i:05d}.parquet", schema) as writer:
+            for batch in shard.iter_batches(columns=_REFERENCE_COLUMNS):
+                others = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=own_ids)))
+                writer.write_batch(others)
+                kept += others.num_rows
+    return out if kept else None
+
+
+# what dedup reads of a reference row (curate.dedup.reference_document)
+_REFERENCE_COLUMNS = ["id", "language", "messages"]
 
 
 def _check_ours(folder: Path) -> None:
@@ -104,19 +132,19 @@ def _check_ours(folder: Path) -> None:
 
 
 def read(folder: Path | None) -> Published:
-    """Rows and test ids from data/default/{train,test}-*.parquet, and the card's run history."""
+    """The rows' index and test ids from data/default/{train,test}-*.parquet, and the card's run history."""
     if folder is None:
         return Published()
     _check_ours(folder)
     card = folder / "README.md"
-    out = Published(history=_history(card), sizes=_sizes(card))
-    for split in ("train", "test"):
-        for path in sorted((folder / "data" / DEFAULT).glob(f"{split}-*.parquet")):
-            rows = pq.read_table(path).to_pylist()
-            out.rows += rows
-            if split == "test":
-                out.test_ids |= {row["id"] for row in rows}
-    return out
+    shards = {split: sorted((folder / "data" / DEFAULT).glob(f"{split}-*.parquet")) for split in ("train", "test")}
+    test = read_index(shards["test"])
+    return Published(
+        index=pa.concat_tables([read_index(shards["train"]), test]),
+        test_ids=set(test.column("id").to_pylist()),
+        history=_history(card),
+        sizes=_sizes(card),
+    )
 
 
 def _history(card: Path) -> list[dict]:
