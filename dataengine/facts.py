@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from dataengine import numbers
 from dataengine.manifest import Manifest
-from dataengine.rows import Group, answer, primary_language, read_parquet, read_rows
+from dataengine.rows import Group, answer, iter_rows, primary_language, shard_files
 from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE, TRAINING_FILE, RunFolder
 from dataengine.target.send import DEFAULT
 
@@ -190,10 +194,28 @@ class RunFacts:
         return {phase.method: phase.losses for phase in self.training.phases} if self.training else {}
 
 
-def _rows(run: RunFolder, stage: str, columns: list[str], role: str | None = None) -> list[dict] | None:
-    """The rows a stage wrote (only `columns`), or None when the run has no such output."""
+def _index(run: RunFolder, stage: str, columns: list[str], role: str | None = None) -> pa.Table | None:
+    """A few columns of the rows a stage wrote, in arrow (never the rows as Python objects: a million rows would
+    not fit), or None when the run has no such output."""
     folder = run.folder(stage, role)
-    return read_rows(folder, columns) if folder is not None and (folder / "data").is_dir() else None
+    if folder is None or not (folder / "data").is_dir():
+        return None
+    tables = [_columns(path, columns) for path in shard_files(folder)]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def _columns(path: Path, columns: list[str]) -> pa.Table:
+    """`columns` of a shard; null where a run of an older version lacks one."""
+    table = pq.read_table(path, columns=[c for c in columns if c in pq.read_schema(path).names])
+    for name in columns:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows))
+    return table.select(columns)
+
+
+def _groups(table: pa.Table) -> Counter[Group]:
+    counts = table.group_by(["kind", "language"]).aggregate([([], "count_all")]).to_pylist()
+    return Counter({Group(c["kind"], c["language"]): c["count_all"] for c in counts})
 
 
 def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
@@ -227,54 +249,74 @@ def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
 
 
 def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
-    quality = ["kind", "language", "messages", "tests_passed", "language_detected"]
-    kept = _rows(run, "curate", ["id", "dedup_cluster_size", *quality])
-    rejected = _rows(run, "curate", quality, role="rejected") or []
-    generated = _rows(run, "generate", ["kind", "language"])
-    steps: list[tuple[str, list[dict]]] = []
+    quality = ["id", "kind", "language", "tests_passed", "language_detected"]
+    kept = _index(run, "curate", [*quality, "dedup_cluster_size"])
+    rejected = _index(run, "curate", quality, role="rejected")
+    generated = _index(run, "generate", ["kind", "language"])
+    steps: list[tuple[str, Counter[Group]]] = []
     if generated is not None:
-        steps.append(("generated", generated))
+        steps.append(("generated", _groups(generated)))
     if kept is not None:
-        steps.append(("kept", kept))
-    kept = kept or []
-    selected = kept
-    # with curate.judge, what the later stages read is what the judge kept of them
-    judged = _rows(run, "judge", ["id"]) if run.manifest("judge") else None
-    if judged is not None:
-        ids = {row["id"] for row in judged}
-        selected = [row for row in kept if row["id"] in ids]
-        steps.append(("judged", selected))
-    # with curate.balance, the balanced selection of those
-    balanced = _rows(run, "balance", ["id"]) if run.manifest("balance") else None
-    if balanced is not None:
-        ids = {row["id"] for row in balanced}
-        selected = [row for row in selected if row["id"] in ids]
-        steps.append(("balanced", selected))
+        steps.append(("kept", _groups(kept)))
+    selected = kept if kept is not None else _empty(quality)
+    # with curate.judge, what the later stages read is what the judge kept of them; with curate.balance, the
+    # balanced selection of those
+    for stage, step in (("judge", "judged"), ("balance", "balanced")):
+        chosen = _index(run, stage, ["id"]) if run.manifest(stage) else None
+        if chosen is not None:
+            selected = selected.filter(pc.is_in(selected.column("id"), value_set=chosen.column("id")))
+            steps.append((step, _groups(selected)))
     if facts.training is not None:
-        held_out = set(facts.training.held_out_ids)
-        steps.append(("trained on", [row for row in selected if row["id"] not in held_out]))
+        held_out = pa.array(facts.training.held_out_ids, pa.string())
+        steps.append(("trained on", _groups(selected.filter(pc.invert(pc.is_in(selected.column("id"), held_out))))))
     layout = run.folder("publish")
     if layout is not None and (layout / "data").is_dir():
         # an appending publish also holds earlier runs' rows: count this run's
-        published = {row["id"] for row in read_parquet(sorted((layout / "data" / DEFAULT).glob("*.parquet")), ["id"])}
-        steps.append(("published", [row for row in selected if row["id"] in published]))
-    groups = sorted({Group.of(row) for _, rows in steps for row in rows})
-    for name, rows in steps:
-        counts = Counter(Group.of(row) for row in rows)
+        files = sorted((layout / "data" / DEFAULT).glob("*.parquet"))
+        published = pa.concat_tables([_columns(path, ["id"]) for path in files] or [_empty(["id"])])
+        steps.append(("published", _groups(selected.filter(pc.is_in(selected.column("id"), published.column("id"))))))
+    groups = sorted({g for _, counts in steps for g in counts})
+    for name, counts in steps:
         for g in groups:
             facts.funnel.setdefault(str(g), {})[name] = counts.get(g, 0)
-    facts.answer_chars = {"kept": [len(answer(r)) for r in kept], "rejected": [len(answer(r)) for r in rejected]}
-    facts.cluster_sizes = dict(sorted(Counter(r.get("dedup_cluster_size") or 1 for r in kept).items()))
-    facts.teacher_quality = _teacher_quality(kept + rejected)
+    facts.answer_chars = {
+        "kept": _answer_chars(run.folder("curate")),
+        "rejected": _answer_chars(run.folder("curate", "rejected")),
+    }
+    sizes = kept.column("dedup_cluster_size").fill_null(1) if kept is not None else pa.array([], pa.int32())
+    facts.cluster_sizes = {
+        int(c["values"]): int(c["counts"])
+        for c in sorted(pc.value_counts(sizes).to_pylist(), key=lambda c: c["values"])
+    }
+    both = [t.select(quality) for t in (kept, rejected) if t is not None]
+    facts.teacher_quality = _teacher_quality(
+        pa.concat_tables(both, promote_options="default") if both else _empty(quality)
+    )
 
 
-def _teacher_quality(rows: list[dict]) -> dict[str, float | None]:
+def _empty(columns: list[str]) -> pa.Table:
+    return pa.table({name: pa.array([], pa.string()) for name in columns})
+
+
+def _answer_chars(folder: Path | None) -> list[int]:
+    """The length of every row's answer, read a batch at a time."""
+    if folder is None or not (folder / "data").is_dir():
+        return []
+    return [len(answer(row)) for row in iter_rows(folder, ["messages"])]
+
+
+def _teacher_quality(rows: pa.Table) -> dict[str, float | None]:
     """The evaluation's answer checks, applied to the teacher's answers as curation judged them: code whose
     own tests passed, chat answers detected in the language asked (over rows that reached each check)."""
-    tested = [r["tests_passed"] for r in rows if r["kind"] == "code" and r.get("tests_passed") is not None]
-    detected = [r for r in rows if r["kind"] == "chat" and r.get("language_detected")]
-    in_language = sum(r["language_detected"] == primary_language(r["language"]) for r in detected)
+    tested = passed = detected = in_language = 0
+    for batch in rows.to_batches(max_chunksize=10_000):  # as Python objects a batch at a time
+        for r in batch.to_pylist():
+            if r["kind"] == "code" and r["tests_passed"] is not None:
+                tested, passed = tested + 1, passed + r["tests_passed"]
+            elif r["kind"] == "chat" and r["language_detected"]:
+                detected += 1
+                in_language += r["language_detected"] == primary_language(r["language"])
     return {
-        "code_pass_rate": sum(tested) / len(tested) if tested else None,
-        "language_fidelity": in_language / len(detected) if detected else None,
+        "code_pass_rate": passed / tested if tested else None,
+        "language_fidelity": in_language / detected if detected else None,
     }
