@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import orjson
+import xxhash
+from datatrove.data import Document
+from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupSignature
 from datatrove.pipeline.readers import JsonlReader
+from datatrove.utils.text import simplify_text
 
-from dataengine.curate.dedup import dedup_language
+from dataengine.curate.dedup import MinhashSignature, dedup_language, mod_mersenne61, normalised_text, word_tokenizer
 from dataengine.executors import pipeline_runner
 from dataengine.recipe import DedupConfig, ExecutorSettings
 from tests.planted_corpus import groups, planted_corpus, removal_scores
@@ -109,3 +115,79 @@ def test_dedup_against_a_reference_folder(tmp_path):
     )
     kept = {d.id for d in JsonlReader(str(tmp_path / "out")).run()}
     assert kept == {i for i, _ in fresh}
+
+
+# Texts for the normalisation proofs: accents, scripts with marks and their own digits and punctuation,
+# NFD's surprises (Hangul to jamo, dotted İ, Ångström and Kelvin signs, ligatures it keeps), mixed whitespace,
+# and characters with spacing marks NFD reorders (Javanese pangkon then cecak telu, musical notes).
+MULTILINGUAL = [
+    "Café crème brûlée — naïve façade, 3,14 € à 10h30!",
+    "¿Qué pasó? ¡Mañana! Grüße aus Köln, Straße 7; Ça coûte 12.50 €…",
+    "Tiếng Việt có dấu: người, được, những. Ελληνικά: άλφα, βήτα; ΐ ΰ. Ёлка и йогурт: Привет, мир!",
+    "中文文本，包含标点。还有数字１２３和全角字符！日本語のテキスト：ガギグゲゴ、パピプペポ。",
+    "한국어 텍스트입니다. 가나다라! ㄱㄴ 각",
+    "العربية: مَرْحَبًا بِكُمْ، ١٢٣٫٤٥ ؟ فارسی ۱۲۳ — שָׁלוֹם עוֹלָם",
+    "हिन्दी में पाठ। संख्या १२३, क़ ज़ फ़ ॥ ภาษาไทย ๑๒๓ สวัสดีครับ ௧௨௩ ໑໒",
+    "İstanbul ﬁ ﬂ Å Ω K ǅ ẛ̣ e\u0301 o\u0308 a\u030a\u0323 q\u0307\u0323 \u0301leading mark",
+    "emoji 👍🏽 ❤️ 🇫🇷 👨‍👩‍👧 ©®™ ± ½ ² x²",
+    "tab\tnew\nline\r\n  nbsp\u00a0em\u2003ideo\u3000sep\u2028\u2029 vt\x0bff\x0c\x1c\x1d\x1e\x1f\x85 end ",
+    "ꦗꦮ\ua9c0\ua9b3ꦗꦮ 𝅗𝅥 𝅘𝅥𝅮 ᭄ ᮪",
+    "",
+    "   ",
+    "!!! ... ---",
+    "\u0301",
+    "3.14 1,000,000 ١٫٥ 2024-11-25 v1.2.3",
+    "".join(c for c in map(chr, range(0x110000)) if c.isspace()).join(["every", "space"]),
+]
+
+
+def _code_point_chunks(size: int = 512) -> list[str]:
+    """Every BMP code point and a few astral blocks (musical symbols, Brahmic scripts with spacing viramas,
+    emoji, CJK extension B), each between two letters so that NFD cannot reorder across them."""
+    points = [*range(0xD800), *range(0xE000, 0x10000), *range(0x11100, 0x11380), *range(0x1D100, 0x1D200)]
+    points += [*range(0x1F300, 0x1F700), *range(0x20000, 0x20100)]
+    return [" a ".join(map(chr, points[i : i + size])) for i in range(0, len(points), size)]
+
+
+def _signature_step(tmp_path: Path) -> MinhashSignature:
+    return MinhashSignature(str(tmp_path / "sigs"), MinhashConfig(), language=word_tokenizer("en"))
+
+
+def test_simplify_is_datatrove_simplify_text(tmp_path):
+    """MinhashSignature.simplify is datatrove's simplify_text, string for string, on the bench's planted
+    corpus, on a multilingual sample, and on every BMP code point and the astral blocks above."""
+    step = _signature_step(tmp_path)
+    planted = planted_corpus(distinct=300, exact=50, near=50, edits=2)
+    texts = [text for _, text in planted.docs] + MULTILINGUAL + _code_point_chunks()
+    for text in texts:
+        assert step.simplify(text) == simplify_text(text, step.config.norm_config), text[:80]
+
+
+def test_signatures_are_datatrove_signatures(tmp_path):
+    """Shingles and band signatures as datatrove's own methods compute them, with its hash given bytes."""
+    ours = _signature_step(tmp_path)
+    theirs = MinhashDedupSignature(str(tmp_path / "theirs"), MinhashConfig(), language=word_tokenizer("en"))
+    theirs._hash_func = lambda shingle: xxhash.xxh64_intdigest(shingle.encode())
+    planted = planted_corpus(distinct=300, exact=50, near=50, edits=2)
+    for text in [text for _, text in planted.docs] + MULTILINGUAL:
+        shingles = ours.get_shingles(text)
+        assert np.array_equal(shingles, theirs.get_shingles(text)), text[:80]
+        if shingles.size:
+            assert ours.get_signature(shingles) == theirs.get_signature(shingles), text[:80]
+
+
+def test_mod_mersenne61_is_numpy_modulo():
+    p = (1 << 61) - 1
+    # around every multiple of p that fits, and the top of the range
+    edges = [0, 1, *(k * p + j for k in range(1, 9) for j in (-1, 0, 1)), *((1 << 64) - 1 - k for k in range(16))]
+    rng = np.random.default_rng(0)
+    for x in (np.array(edges, dtype=np.uint64), rng.integers(0, 1 << 64, size=100_000, dtype=np.uint64)):
+        assert np.array_equal(mod_mersenne61(x.copy()), x % np.uint64(p))
+
+
+def test_exact_dedup_key_is_unchanged():
+    """normalised_text collapses whitespace with split: the same key as with re.sub(r"\\s+", " ", ...)."""
+    planted = planted_corpus(distinct=100, exact=50, near=0)
+    for text in [text for _, text in planted.docs] + MULTILINGUAL + _code_point_chunks(4096):
+        expected = re.sub(r"\s+", " ", text.lower()).strip().encode()
+        assert normalised_text(Document(text=text, id="x")) == expected, text[:80]
