@@ -5,6 +5,7 @@ from the routing signatures the route stage wrote. The rows left out are recorde
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -13,7 +14,7 @@ from dataengine import numbers
 from dataengine.experts.select import even_subset, mean_cv
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.rows import CURATED_FEATURES, KEPT_FEATURES, read_matrices, read_rows, write_shards
+from dataengine.rows import CURATED_FEATURES, KEPT_FEATURES, ShardWriter, iter_rows, read_ids, read_matrices
 from dataengine.stage import RunContext, Stage, StageResult
 
 REASON = "expert_balance"
@@ -31,26 +32,36 @@ class BalanceStage(Stage):
         self.outputs = {"kept": "balanced", "rejected": "balance_rejected"}
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
-        everything = read_rows(inputs["rows"])
+        row_ids = read_ids(inputs["rows"]).to_pylist()
         ids, all_signatures = read_matrices(inputs["routing"], "routing_signature")
         routed = {row_id: i for i, row_id in enumerate(ids)}
         # a row the route stage could not replay (longer than the teacher's context) has no load to weigh
-        rows = [r for r in everything if r["id"] in routed]
-        unrouted = [dict(r, drop_reason=UNROUTED, drop_step="balance") for r in everything if r["id"] not in routed]
-        want = self.cfg.rows if self.cfg.rows is not None else math.ceil(self.cfg.fraction * len(everything))
-        signatures = all_signatures[[routed[r["id"]] for r in rows]]
-        chosen = set(even_subset(signatures, want)) if rows else set()
-        kept = [r for i, r in enumerate(rows) if i in chosen]
-        left_out = [dict(r, drop_reason=REASON, drop_step="balance") for i, r in enumerate(rows) if i not in chosen]
-        paths = write_shards(kept, outputs["kept"], features=KEPT_FEATURES)
-        write_shards(left_out + unrouted, outputs["rejected"], features=CURATED_FEATURES)
-        before = float(mean_cv(signatures.sum(axis=0))) if len(rows) else None
+        weighed = [row_id for row_id in row_ids if row_id in routed]
+        want = self.cfg.rows if self.cfg.rows is not None else math.ceil(self.cfg.fraction * len(row_ids))
+        signatures = all_signatures[[routed[row_id] for row_id in weighed]]
+        chosen = set(even_subset(signatures, want)) if weighed else set()
+        kept_ids = {weighed[i] for i in chosen}
+        drops = Counter()
+        # the rows themselves pass a batch at a time, from the input's shards to the kept or the rejected ones
+        with (
+            ShardWriter(outputs["kept"] / "data", "train", KEPT_FEATURES) as kept,
+            ShardWriter(outputs["rejected"] / "data", "train", CURATED_FEATURES) as rejected,
+        ):
+            for row in iter_rows(inputs["rows"]):
+                if row["id"] in kept_ids:
+                    kept.write(row)
+                    continue
+                reason = REASON if row["id"] in routed else UNROUTED
+                drops[reason] += 1
+                rejected.write(dict(row, drop_reason=reason, drop_step="balance"))
+        paths = kept.paths
+        before = float(mean_cv(signatures.sum(axis=0))) if weighed else None
         after = float(mean_cv(signatures[sorted(chosen)].sum(axis=0))) if chosen else None
         return StageResult(
-            rows_in=len(everything),
-            rows_out=len(kept),
+            rows_in=len(row_ids),
+            rows_out=kept.rows,
             output_fingerprint=fingerprint_files(paths),
-            drops={k: n for k, n in ((REASON, len(left_out)), (UNROUTED, len(unrouted))) if n},
+            drops={reason: drops[reason] for reason in (REASON, UNROUTED) if drops[reason]},
             stats={"mean_cv_before": before, "mean_cv_after": after, "asked": want},
         )
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 from rich.console import Console
@@ -28,12 +29,12 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, ScoreConfig
 from dataengine.rows import (
     SCORED_FEATURES,
+    ShardWriter,
     batch_key,
     prompt_and_full_ids,
     read_parquet,
     read_rows,
     write_parquet,
-    write_shards,
 )
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
@@ -93,15 +94,21 @@ class ScoreStage(Stage):
             # the tasks may run in other processes: the bar counts the parts they have written
             with watching(lambda: progress.update(bar, completed=_done(parts, sizes))):
                 run_until_done(ctx.endpoints(), self.cfg, pipeline, tasks, work_dir, "scoring")
-        scored = read_parquet(parts / _part_name(b) for b in batches)
-        if len(scored) != len(todo):
-            raise StageError(f"score: {len(todo)} rows to score but {len(scored)} scored; see {parts}")
+        # part by part into the shards: scored rows carry top-k logprobs for every answer token, the largest rows
+        # of a run
+        tokens = 0
+        with ShardWriter(outputs["rows"] / "data", "train", SCORED_FEATURES) as writer:
+            for batch in batches:
+                part = pq.read_table(parts / _part_name(batch))
+                tokens += pc.sum(pc.list_value_length(part.column("teacher_topk_ids"))).as_py() or 0
+                writer.write_table(part)
+        if writer.rows != len(todo):
+            raise StageError(f"score: {len(todo)} rows to score but {writer.rows} scored; see {parts}")
         table.unlink()
-        paths = write_shards(scored, outputs["rows"], features=SCORED_FEATURES)
-        tokens = sum(len(r["teacher_topk_ids"]) for r in scored)
+        paths = writer.paths
         return StageResult(
             rows_in=len(rows),
-            rows_out=len(scored),
+            rows_out=writer.rows,
             output_fingerprint=fingerprint_files(paths),
             drops={"too_long_to_score": too_long} if too_long else {},
             stats={"top_k": self.cfg.top_k, "answer_tokens": tokens, "tasks": tasks},
