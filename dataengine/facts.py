@@ -283,7 +283,8 @@ def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
         "kept": _answer_chars(run.folder("curate")),
         "rejected": _answer_chars(run.folder("curate", "rejected")),
     }
-    sizes = kept.column("dedup_cluster_size").fill_null(1) if kept is not None else pa.array([], pa.int32())
+    sizes = pa.array([], pa.int64()) if kept is None else kept.column("dedup_cluster_size").cast(pa.int64())
+    sizes = sizes.fill_null(1)  # a row in no cluster
     facts.cluster_sizes = {
         int(c["values"]): int(c["counts"])
         for c in sorted(pc.value_counts(sizes).to_pylist(), key=lambda c: c["values"])

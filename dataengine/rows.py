@@ -144,6 +144,11 @@ PREFERENCE_FEATURES = Features(
 )
 
 ROWS_PER_SHARD = 50_000
+# a row group's rows in arrow, at most: what a writer holds before writing (a publish has a writer per config and
+# split, so this times their number is what it may hold)
+ROW_GROUP_BYTES = 16 * 1024 * 1024
+# what `datasets` writes parquet with (datasets.config.DEFAULT_CDC_OPTIONS)
+CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
 
 
 # --------------------------------------------------------------------------- writing
@@ -163,11 +168,13 @@ def conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
 class ShardWriter:
     """Rows into `<folder>/<split>-<tag>NNNNN-of-NNNNN.parquet` (the names `datasets` maps to a split), a batch
     at a time: a stage never holds all its rows to write them. A new shard every `rows_per_shard` rows; one
-    (empty) shard for no rows, so the folder still loads with its columns.
+    (empty) shard for no rows, so the folder still loads with its columns. Rows are gathered into row groups
+    of up to `ROW_GROUP_BYTES`, written with the options `datasets` writes parquet with (content-defined
+    chunks, so the Hub stores a re-sent shard's unchanged parts once; a page index).
 
     Written here, not with datatrove's ParquetWriter or `Dataset.to_parquet`: the shard count is known only at
     the end, and the `-of-NNNNN` names `datasets` expects need it, so shards are written as `.part` files and
-    renamed on `close`; a crash leaves no `.parquet` file behind, whole or half.
+    renamed on `close`; a failure leaves no `.parquet` file behind, whole or half.
     """
 
     def __init__(
@@ -188,27 +195,23 @@ class ShardWriter:
         self._parts: list[Path] = []
         self._writer: pq.ParquetWriter | None = None
         self._in_shard = 0
-        self._pending: list[dict] = []
+        self._pending: list[dict] = []  # rows as given, made into a table every batch_rows
+        self._group: list[pa.Table] = []  # tables waiting to make one row group
         folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, row: dict) -> None:
         self._pending.append(row)
         if len(self._pending) >= self.batch_rows:
-            self._flush()
+            self._tabulate()
 
     def write_table(self, table: pa.Table | pa.RecordBatch) -> None:
         """Rows already in arrow (read from another stage's shards): no Python objects made for them."""
-        self._flush()
-        table = conform(table, self.schema)
-        while table.num_rows:
-            writer = self._shard()  # a new one when this one is full
-            part = table.slice(0, self.rows_per_shard - self._in_shard)
-            writer.write_table(part)
-            self._in_shard += part.num_rows
-            self.rows += part.num_rows
-            table = table.slice(part.num_rows)
+        self._tabulate()
+        self._group.append(conform(table, self.schema))
+        if sum(t.nbytes for t in self._group) >= ROW_GROUP_BYTES:
+            self._write_group()
 
-    def _flush(self) -> None:
+    def _tabulate(self) -> None:
         if self._pending:
             pending, self._pending = self._pending, []
             try:
@@ -219,35 +222,59 @@ class ShardWriter:
                 table = pa.Table.from_pydict(self.features.encode_batch(columns), schema=self.schema)
             self.write_table(table)
 
+    def _write_group(self) -> None:
+        table = pa.concat_tables(self._group) if self._group else self.schema.empty_table()
+        self._group = []
+        while table.num_rows:
+            writer = self._shard()  # a new one when this one is full
+            part = table.slice(0, self.rows_per_shard - self._in_shard)
+            writer.write_table(part, row_group_size=part.num_rows)
+            self._in_shard += part.num_rows
+            self.rows += part.num_rows
+            table = table.slice(part.num_rows)
+
     def _shard(self) -> pq.ParquetWriter:
         if self._writer is None or self._in_shard >= self.rows_per_shard:
             if self._writer is not None:
                 self._writer.close()
             self._parts.append(self.folder / f"{self.split}-{self.tag}{len(self._parts):05d}.parquet.part")
-            self._writer = pq.ParquetWriter(self._parts[-1], self.schema)
+            self._writer = pq.ParquetWriter(
+                self._parts[-1], self.schema, use_content_defined_chunking=CDC_OPTIONS, write_page_index=True
+            )
+            self._writer.add_key_value_metadata({"content_defined_chunking": json.dumps(CDC_OPTIONS)})
             self._in_shard = 0
         return self._writer
 
     def close(self) -> list[Path]:
-        """The shards, under their final names."""
+        """The shards, under their final names; nothing (no part, no shard) when that fails."""
         if self.paths:
             return self.paths
-        self._flush()
-        if self._writer is None:
-            self._shard()  # no rows: one empty shard
-        self._writer.close()
-        total = len(self._parts)
-        names = [self.folder / f"{self.split}-{self.tag}{i:05d}-of-{total:05d}.parquet" for i in range(total)]
-        for part, name in zip(self._parts, names, strict=True):
-            os.replace(part, name)
+        try:
+            self._tabulate()
+            self._write_group()
+            if self._writer is None:
+                self._shard()  # no rows: one empty shard
+            self._writer.close()
+            total = len(self._parts)
+            names = [self.folder / f"{self.split}-{self.tag}{i:05d}-of-{total:05d}.parquet" for i in range(total)]
+            for part, name in zip(self._parts, names, strict=True):
+                os.replace(part, name)
+        except BaseException:
+            self.abort()
+            raise
         self.paths = names
         return names
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        for part in self._parts:
-            part.unlink(missing_ok=True)
+        """Remove what was written, under either name."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            total = len(self._parts)
+            for i, part in enumerate(self._parts):
+                part.unlink(missing_ok=True)
+                (self.folder / f"{self.split}-{self.tag}{i:05d}-of-{total:05d}.parquet").unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
+from dataengine import rows
 from dataengine.publish.layout import count_layout, write_layout
 from dataengine.rows import (
     PUBLISHED_FEATURES,
@@ -47,13 +48,30 @@ def test_shards_roll_over_and_load_as_one_split(tmp_path):
     assert loaded[7]["sampling"]["temperature"] == pytest.approx(0.7) and loaded[7]["persona"] is None
 
 
-def test_a_failed_write_leaves_no_parquet_file(tmp_path):
+def test_a_failed_write_leaves_no_parquet_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(rows, "ROW_GROUP_BYTES", 1)  # every batch its own row group: shards are on disk early
     with pytest.raises(RuntimeError), ShardWriter(tmp_path, "train", SAMPLE_FEATURES, 10, batch_rows=5) as writer:
         for row in _rows(25):
             writer.write(row)
         assert len(list(tmp_path.glob("*.part"))) == 3  # written so far, under names no reader globs
         raise RuntimeError("the stage failed half-way")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_row_that_fails_at_close_leaves_nothing_either(tmp_path):
+    writer = ShardWriter(tmp_path, "train", SAMPLE_FEATURES, rows_per_shard=10)
+    with pytest.raises(ValueError, match="not a number"), writer:
+        for row in _rows(25):
+            writer.write(row)
+        writer.write({"id": "bad", "seed": "not a number"})  # only converted when the writer closes
+    assert not list(tmp_path.iterdir())
+
+
+def test_small_rows_make_one_row_group_per_shard(tmp_path):
+    (path,) = write_shards(_rows(3000), tmp_path, features=SAMPLE_FEATURES)
+    meta = pq.read_metadata(path)
+    assert (meta.num_rows, meta.num_row_groups) == (3000, 1)
+    assert b"content_defined_chunking" in meta.metadata  # written as `datasets` writes parquet
 
 
 def test_no_rows_still_make_one_loadable_shard(tmp_path):

@@ -36,19 +36,19 @@ class BalanceStage(Stage):
         ids, all_signatures = read_matrices(inputs["routing"], "routing_signature")
         routed = {row_id: i for i, row_id in enumerate(ids)}
         # a row the route stage could not replay (longer than the teacher's context) has no load to weigh
-        weighed = [row_id for row_id in row_ids if row_id in routed]
+        weighed = [pos for pos, row_id in enumerate(row_ids) if row_id in routed]  # positions in the input
         want = self.cfg.rows if self.cfg.rows is not None else math.ceil(self.cfg.fraction * len(row_ids))
-        signatures = all_signatures[[routed[row_id] for row_id in weighed]]
+        signatures = all_signatures[[routed[row_ids[pos]] for pos in weighed]]
         chosen = set(even_subset(signatures, want)) if weighed else set()
-        kept_ids = {weighed[i] for i in chosen}
+        kept_at = {weighed[i] for i in chosen}
         drops = Counter()
         # the rows themselves pass a batch at a time, from the input's shards to the kept or the rejected ones
         with (
             ShardWriter(outputs["kept"] / "data", "train", KEPT_FEATURES) as kept,
             ShardWriter(outputs["rejected"] / "data", "train", CURATED_FEATURES) as rejected,
         ):
-            for row in iter_rows(inputs["rows"]):
-                if row["id"] in kept_ids:
+            for pos, row in enumerate(iter_rows(inputs["rows"])):
+                if pos in kept_at:
                     kept.write(row)
                     continue
                 reason = REASON if row["id"] in routed else UNROUTED

@@ -63,11 +63,13 @@ def write_layout(
     in none. `tag` goes into every shard's name: an appending publish names its shards after its run, so
     they sit beside the shards already published and never replace one.
     """
-    tested = pa.array(sorted(test_ids), pa.string())
     writers: dict[tuple[str, str], ShardWriter] = {}
     try:
         for batch in batches:
-            is_test = pc.is_in(batch.column("id"), value_set=tested)
+            if not batch.num_rows:
+                continue
+            # a set lookup per row: pc.is_in would build its hash table of the test ids again for every batch
+            is_test = pa.array([row_id in test_ids for row_id in batch.column("id").to_pylist()], pa.bool_())
             for name, mask in config_masks(batch, configs, default).items():
                 for split, in_split in (("train", pc.invert(is_test)), ("test", is_test)):
                     part = batch.filter(pc.and_(mask, in_split))
@@ -75,13 +77,14 @@ def write_layout(
                         if (name, split) not in writers:
                             writers[name, split] = ShardWriter(folder / "data" / name, split, features, shard_rows, tag)
                         writers[name, split].write_table(part)
+        for writer in writers.values():
+            writer.close()
     except BaseException:
         for writer in writers.values():
-            writer.abort()
+            writer.abort()  # also the shards of those that closed: the layout is whole or absent
         raise
     counts: dict[str, dict[str, int]] = {}
     for (name, split), writer in writers.items():
-        writer.close()
         counts.setdefault(name, {})[split] = writer.rows
     return {name: dict(sorted(splits.items(), key=lambda s: s[0] != "train")) for name, splits in counts.items()}
 

@@ -107,7 +107,8 @@ def build_layout(
     new ids are added."""
     before = existing.read(existing.fetch(target, publish.revision, cache)) if publish.append else Published()
     mine = existing.read_index(shard_files(sources.rows))
-    added = mine.filter(pc.invert(pc.is_in(mine.column("id"), value_set=before.index.column("id"))))
+    is_new = pc.invert(pc.is_in(mine.column("id"), value_set=before.index.column("id")))
+    added = mine.filter(is_new)
     index = pa.concat_tables([before.index, added])  # every row the dataset holds once this run is published
     if not index.num_rows:
         why = sources.run.folder("judge", "rejected") or sources.run.folder("curate", "rejected") or sources.run.path
@@ -120,7 +121,7 @@ def build_layout(
     # target's shards stay as they are, and a second publish of the run (a top-up round's) never writes over its
     # first one's.
     tag = f"{sources.run.run_id}-{batch_key(sorted(added_ids))[:8]}-" if publish.append else ""
-    rows = _batches(sources.rows, PUBLISHED_FEATURES, added.column("id"))
+    rows = _batches(sources.rows, PUBLISHED_FEATURES, is_new)
     write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard, tag)
     config_features = {}
     pairs = read_rows(sources.preference) if sources.preference is not None else []
@@ -163,15 +164,18 @@ def build_layout(
     return Built(counts, added.num_rows, index.num_rows, unchanged=seen and not added.num_rows)
 
 
-def _batches(folder: Path, features: Features, ids: pa.ChunkedArray) -> Iterator[pa.RecordBatch]:
-    """The rows of a stage's shards whose id is in `ids`, a batch at a time, with the columns of `features` the
-    shards have."""
-    wanted = ids.combine_chunks()
+def _batches(folder: Path, features: Features, added: pa.ChunkedArray) -> Iterator[pa.RecordBatch]:
+    """The rows of a stage's shards that `added` marks (a bool per row, in shard order, as `read_index` reads
+    them), a batch at a time, with the columns of `features` the shards have."""
+    if not pc.any(added).as_py():
+        return  # nothing new: no shard need be read
+    start = 0
     for path in shard_files(folder):
         shard = pq.ParquetFile(path)
         columns = [name for name in features if name in shard.schema_arrow.names]
         for batch in shard.iter_batches(batch_size=1000, columns=columns):
-            yield batch.filter(pc.is_in(batch.column("id"), value_set=wanted))
+            yield batch.filter(added.slice(start, batch.num_rows).combine_chunks())
+            start += batch.num_rows
 
 
 def run_history(
