@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from dataengine import numbers
 from dataengine.manifest import Manifest
-from dataengine.rows import Group, answer, iter_rows, primary_language, shard_files
+from dataengine.rows import CURATED_FEATURES, Group, answer, conform, iter_rows, primary_language, shard_files
 from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE, TRAINING_FILE, RunFolder
 from dataengine.target.send import DEFAULT
 
@@ -201,16 +201,20 @@ def _index(run: RunFolder, stage: str, columns: list[str], role: str | None = No
     if folder is None or not (folder / "data").is_dir():
         return None
     tables = [_columns(path, columns) for path in shard_files(folder)]
-    return pa.concat_tables(tables, promote_options="default") if tables else None
+    return pa.concat_tables(tables) if tables else None
 
 
 def _columns(path: Path, columns: list[str]) -> pa.Table:
-    """`columns` of a shard; null where a run of an older version lacks one."""
-    table = pq.read_table(path, columns=[c for c in columns if c in pq.read_schema(path).names])
-    for name in columns:
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(table.num_rows))
-    return table.select(columns)
+    """`columns` of a shard, typed as a curated row's; null where a run of an older version lacks one."""
+    present = [c for c in columns if c in pq.read_schema(path).names]
+    return conform(pq.read_table(path, columns=present), _schema(columns))
+
+
+def _schema(columns: list[str]) -> pa.Schema:
+    return pa.schema([_ROW_SCHEMA.field(name) for name in columns])
+
+
+_ROW_SCHEMA = CURATED_FEATURES.arrow_schema  # every column a stage's rows may have that the report reads
 
 
 def _groups(table: pa.Table) -> Counter[Group]:
@@ -283,20 +287,17 @@ def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
         "kept": _answer_chars(run.folder("curate")),
         "rejected": _answer_chars(run.folder("curate", "rejected")),
     }
-    sizes = pa.array([], pa.int64()) if kept is None else kept.column("dedup_cluster_size").cast(pa.int64())
-    sizes = sizes.fill_null(1)  # a row in no cluster
+    sizes = pa.array([], pa.int32()) if kept is None else kept.column("dedup_cluster_size").fill_null(1)
     facts.cluster_sizes = {
         int(c["values"]): int(c["counts"])
         for c in sorted(pc.value_counts(sizes).to_pylist(), key=lambda c: c["values"])
     }
     both = [t.select(quality) for t in (kept, rejected) if t is not None]
-    facts.teacher_quality = _teacher_quality(
-        pa.concat_tables(both, promote_options="default") if both else _empty(quality)
-    )
+    facts.teacher_quality = _teacher_quality(pa.concat_tables(both) if both else _empty(quality))
 
 
 def _empty(columns: list[str]) -> pa.Table:
-    return pa.table({name: pa.array([], pa.string()) for name in columns})
+    return _schema(columns).empty_table()
 
 
 def _answer_chars(folder: Path | None) -> list[int]:

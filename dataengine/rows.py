@@ -291,21 +291,19 @@ def write_parquet(rows: list[dict], path: Path, features: Features) -> Path:
     return path
 
 
-def write_split(
-    rows: Iterable[dict], folder: Path, split: str, features: Features, rows_per_shard: int = ROWS_PER_SHARD
-) -> list[Path]:
-    """`<folder>/<split>-NNNNN-of-NNNNN.parquet`, streamed through a `ShardWriter`."""
-    with ShardWriter(folder, split, features, rows_per_shard) as writer:
-        for row in rows:
-            writer.write(row)
-    return writer.paths
+def stage_writer(stage_folder: Path, features: Features, split: str = "train") -> ShardWriter:
+    """A `ShardWriter` for a stage's rows, under `<stage_folder>/data/`."""
+    return ShardWriter(stage_folder / "data", split, features)
 
 
 def write_shards(
     rows: Iterable[dict], stage_folder: Path, split: str = "train", features: Features = SAMPLE_FEATURES
 ) -> list[Path]:
-    """A stage's rows, under `<stage_folder>/data/`."""
-    return write_split(rows, stage_folder / "data", split, features)
+    """A stage's rows, under `<stage_folder>/data/`, streamed through a `ShardWriter`."""
+    with stage_writer(stage_folder, features, split) as writer:
+        for row in rows:
+            writer.write(row)
+    return writer.paths
 
 
 # --------------------------------------------------------------------------- reading

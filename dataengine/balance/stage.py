@@ -14,7 +14,7 @@ from dataengine import numbers
 from dataengine.experts.select import even_subset, mean_cv
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.rows import CURATED_FEATURES, KEPT_FEATURES, ShardWriter, iter_rows, read_ids, read_matrices
+from dataengine.rows import CURATED_FEATURES, KEPT_FEATURES, iter_rows, read_ids, read_matrices, stage_writer
 from dataengine.stage import RunContext, Stage, StageResult
 
 REASON = "expert_balance"
@@ -44,8 +44,8 @@ class BalanceStage(Stage):
         drops = Counter()
         # the rows themselves pass a batch at a time, from the input's shards to the kept or the rejected ones
         with (
-            ShardWriter(outputs["kept"] / "data", "train", KEPT_FEATURES) as kept,
-            ShardWriter(outputs["rejected"] / "data", "train", CURATED_FEATURES) as rejected,
+            stage_writer(outputs["kept"], KEPT_FEATURES) as kept,
+            stage_writer(outputs["rejected"], CURATED_FEATURES) as rejected,
         ):
             for pos, row in enumerate(iter_rows(inputs["rows"])):
                 if pos in kept_at:

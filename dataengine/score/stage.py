@@ -29,11 +29,11 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, ScoreConfig
 from dataengine.rows import (
     SCORED_FEATURES,
-    ShardWriter,
     batch_key,
     prompt_and_full_ids,
     read_parquet,
     read_rows,
+    stage_writer,
     write_parquet,
 )
 from dataengine.stage import RunContext, Stage, StageResult
@@ -97,7 +97,7 @@ class ScoreStage(Stage):
         # part by part into the shards: scored rows carry top-k logprobs for every answer token, the largest rows
         # of a run
         tokens = 0
-        with ShardWriter(outputs["rows"] / "data", "train", SCORED_FEATURES) as writer:
+        with stage_writer(outputs["rows"], SCORED_FEATURES) as writer:
             for batch in batches:
                 part = pq.read_table(parts / _part_name(batch))
                 tokens += pc.sum(pc.list_value_length(part.column("teacher_topk_ids"))).as_py() or 0
