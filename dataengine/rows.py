@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import Features, List, Value
 
@@ -415,20 +416,37 @@ def batch_key(parts: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def ids_key(ids: pa.Array) -> str:
+    """`batch_key(sorted(ids))` of ids in arrow, without a Python string per id (arrow sorts strings by their
+    UTF-8 bytes, which is Python's code point order)."""
+    digest = hashlib.sha256()
+    for i, part in enumerate(_strings(pc.take(ids, pc.sort_indices(ids)))):
+        digest.update((("\n" if i else "") + "\n".join(part)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _strings(ids: pa.Array | pa.ChunkedArray, size: int = 65_536) -> Iterator[list[str]]:
+    """Arrow strings as Python lists of at most `size`: only one slice is ever held as Python objects."""
+    for start in range(0, len(ids), size):
+        yield ids.slice(start, size).to_pylist()
+
+
 def split_rows(rows: list[dict], eval_fraction: float, min_rows: int = 1) -> tuple[list[dict], list[dict]]:
     """(train, held-out), by `held_out_ids`."""
     held = held_out_ids([r["id"] for r in rows], eval_fraction, min_rows)
     return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
 
 
-def held_out_ids(ids: list[str], eval_fraction: float, min_rows: int = 1) -> set[str]:
+def held_out_ids(ids: list[str] | pa.Array, eval_fraction: float, min_rows: int = 1) -> set[str]:
     """The held-out rows' ids: those that hash lowest, `eval_fraction` of them, raised to `min_rows` as far as that
     leaves training half the rows, and at least one of each from two rows. It depends only on the ids, so every
-    stage draws the same split."""
+    stage draws the same split. `ids` in arrow are read a slice at a time."""
     n_eval = max(math.ceil(len(ids) * eval_fraction), min(min_rows, len(ids) // 2))
     n_eval = min(max(1, n_eval), len(ids) - 1) if len(ids) > 1 else 0
-    # the n lowest, not a sort of every hash: a million ids' digests are not held at once
-    return set(heapq.nsmallest(n_eval, ids, key=lambda i: hashlib.sha256(i.encode()).hexdigest()))
+    every = (i for part in _strings(ids) for i in part) if isinstance(ids, pa.Array | pa.ChunkedArray) else ids
+    # the n lowest, not a sort of every hash: a million ids' digests are not held at once (a digest's bytes sort
+    # as its hex does)
+    return set(heapq.nsmallest(n_eval, every, key=lambda i: hashlib.sha256(i.encode()).digest()))
 
 
 def _ids(encoded) -> list[int]:

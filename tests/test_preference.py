@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+import pyarrow as pa
 import pytest
 import torch
 from datasets import load_dataset
@@ -106,7 +107,9 @@ def test_the_preference_config_loads_with_datasets_and_trains_two_dpo_steps(tmp_
     pairs = _pairs()
     assert len(pairs) == len(rows())
     layout = tmp_path / "published"
-    counts = {"preference": write_config(pairs, PREFERENCE_FEATURES, layout, "preference", {pairs[0]["id"]}, 100)}
+    counts = {
+        "preference": write_config(pairs, PREFERENCE_FEATURES, layout, "preference", pa.array([pairs[0]["id"]]), 100)
+    }
     front = DatasetCardData(configs=card_configs(counts)).to_yaml()
     DatasetCard(f"---\n{front}\n---\n").save(str(layout / "README.md"))
     loaded = load_dataset(str(layout), "preference")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
 import pytest
 import yaml
 from datasets import load_dataset
@@ -333,9 +334,11 @@ def test_the_test_split_is_the_students_held_out_rows(tmp_path):
     training = {"student": {}, "train_rows": 10, "held_out_ids": ["row-05", "row-07"], "phases": []}
     (run_dir / "students" / "s" / "training.json").write_text(json.dumps(training))
     student = run_dir / "students" / "s"  # what the pipeline wires as the publish stage's `student` input
-    assert pick_test_split(recipe, recipe.publish, student, [r["id"] for r in _rows()]) == ({"row-05", "row-07"}, True)
+    ids = pa.array([r["id"] for r in _rows()])
+    test_ids, held_out = pick_test_split(recipe, recipe.publish, student, ids)
+    assert (test_ids.to_pylist(), held_out) == (["row-05", "row-07"], True)
     (run_dir / "students" / "s" / "training.json").unlink()  # no student trained: the id hash decides
-    ids, held_out = pick_test_split(recipe, recipe.publish, student, [r["id"] for r in _rows()])
+    ids, held_out = pick_test_split(recipe, recipe.publish, student, ids)
     assert not held_out and len(ids) == 3  # train.evaluate.eval_fraction 0.2 of 12 rows, rounded up
 
 

@@ -19,7 +19,7 @@ from dataengine.experts.maps import build as build_map
 from dataengine.facts import collect
 from dataengine.manifest import Manifest
 from dataengine.publish.card import evaluation_section, expert_coverage_section
-from dataengine.publish.layout import write_layout
+from dataengine.publish.layout import marked, write_layout
 from dataengine.report.page import SECTIONS, write_report
 from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
 from dataengine.teacher.throughput import Follower, recorder, timeline
@@ -156,7 +156,7 @@ def run_dir(tmp_path: Path) -> Path:
     _manifest(run / "eval", "evaluate", 2, 2)
     # the publish target also held a row of an earlier run: the funnel counts this run's rows only
     published = pa.Table.from_pylist([*kept[:5], _row(99, "chat", "en")], schema=SAMPLE_FEATURES.arrow_schema)
-    write_layout([published], SAMPLE_FEATURES, run / "published", ["language"], {"r00"}, 4)
+    write_layout([marked(published, pa.array(["r00"]))], SAMPLE_FEATURES, run / "published", ["language"], 4)
     _manifest(run / "published", "publish", 6, 6)
     # routing of the kept rows through 3 layers of 4 experts (top-2): code on experts 2 and 3, chat on 0 and 1
     routed = [
@@ -225,9 +225,18 @@ def test_numbers_read_the_same_in_every_renderer(run_dir):
     assert (
         '<table id="compared-inits">' in page and "<tr><td>every-third</td><td>14.1</td><td>3,200,000</td></tr>" in page
     )
-    card = evaluation_section(collect(run_dir, rows=False).evaluation, {"r00", "r02"})
+    evaluation = collect(run_dir, rows=False).evaluation
+    card = evaluation_section(evaluation, pa.array(["r00", "r02"]))
     assert "| kl_teacher_student | 9.5 | 4.2 | — |" in card and "| code_pass_rate | 0 | n/a | 1 |" in card
     assert "| perplexity | 4000 | 60 [40, 90] | 3.1 [2.5, 3.9] |" in card
+    # which rows the student was evaluated on, against the published test split
+    assert "held-out rows (the test split)" in "\n".join(card)
+    assert "(this run's rows of the test split)" in "\n".join(
+        evaluation_section(evaluation, pa.array(["r02", "r00", "r99"]))
+    )
+    assert "(not the same rows as the test split)" in "\n".join(
+        evaluation_section(evaluation, pa.array(["r00", "r01"]))
+    )
 
 
 def test_status_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
 from dataengine import rows
-from dataengine.publish.layout import count_layout, write_layout
+from dataengine.publish.layout import count_layout, marked, write_layout
 from dataengine.rows import (
     PUBLISHED_FEATURES,
     ROUTED_FEATURES,
     SAMPLE_FEATURES,
     ShardWriter,
+    batch_key,
     held_out_ids,
+    ids_key,
     iter_rows,
     read_ids,
     write_shards,
@@ -90,16 +93,18 @@ def test_numpy_values_are_written_as_lists(tmp_path):
 
 def test_a_layout_written_batch_by_batch_holds_each_row_once_per_config(tmp_path):
     write_shards(_rows(2500), tmp_path / "curated", features=SAMPLE_FEATURES)
-    ids = read_ids(tmp_path / "curated").to_pylist()
+    ids = read_ids(tmp_path / "curated")
     test_ids = held_out_ids(ids, 0.1)
+    assert test_ids == held_out_ids(ids.to_pylist(), 0.1)  # arrow ids draw as Python's do
+    test_array = pa.array(sorted(test_ids))
     batches = (
-        batch
+        marked(batch, test_array)
         for path in sorted((tmp_path / "curated" / "data").glob("*.parquet"))
         for batch in pq.ParquetFile(path).iter_batches(batch_size=700)
     )
-    counts = write_layout(batches, PUBLISHED_FEATURES, tmp_path / "out", ["kind"], test_ids, shard_rows=1000)
+    counts = write_layout(batches, PUBLISHED_FEATURES, tmp_path / "out", ["kind"], shard_rows=1000)
     assert counts == count_layout(
-        read_index(sorted((tmp_path / "curated" / "data").glob("*.parquet"))), ["kind"], test_ids
+        read_index(sorted((tmp_path / "curated" / "data").glob("*.parquet"))), ["kind"], test_array
     )
     assert counts["default"] == {"train": 2250, "test": 250}
     assert sum(counts["code"].values()) == 834 and sum(counts["chat"].values()) == 1666
@@ -122,3 +127,8 @@ def test_the_held_out_draw_depends_only_on_the_ids():
     held = held_out_ids(ids, 0.1)
     assert len(held) == 20 and held == held_out_ids(list(reversed(ids)), 0.1)
     assert held < held_out_ids(ids, 0.2)
+
+
+def test_the_key_of_arrow_ids_is_the_key_of_the_sorted_python_ids():
+    ids = [f"row-{i}" for i in range(70_000, 0, -3)] + ["é", "z", "Ä"]  # more than one slice, and non-ASCII
+    assert ids_key(pa.chunked_array([ids[:500], ids[500:]])) == batch_key(sorted(ids))

@@ -68,7 +68,7 @@ def build_card(
     configs: list[dict],
     index: pa.Table,
     load_from: str,
-    test_ids: set[str],
+    test_ids: pa.Array,
     split: TestSplit,
     history: list[dict],
     layout: Path,
@@ -104,7 +104,7 @@ def _body(
     revisions: list[str],
     load_from: str,
     secrets,
-    test_ids: set[str],
+    test_ids: pa.Array,
     split: TestSplit,
     history: list[dict],
     evaluation: Evaluation | None,
@@ -205,14 +205,15 @@ def judge_section(judge: dict | None) -> list[str]:
     ]
 
 
-def evaluation_section(evaluation: Evaluation | None, test_ids: set[str]) -> list[str]:
+def evaluation_section(evaluation: Evaluation | None, test_ids: pa.Array) -> list[str]:
     if evaluation is None:
         return []
-    held_out = set(evaluation.held_out_ids)
-    if held_out == test_ids:
+    held_out = pa.array(sorted(set(evaluation.held_out_ids)), pa.string())
+    inside = pc.all(pc.is_in(held_out, value_set=test_ids)).as_py() is not False  # every held-out row is a test row
+    if inside and len(held_out) == len(test_ids):  # the test split's ids are unique: the same rows
         which = "the test split"
     else:
-        which = "this run's rows of the test split" if held_out <= test_ids else "not the same rows as the test split"
+        which = "this run's rows of the test split" if inside else "not the same rows as the test split"
     lines = [
         "",
         "## Student evaluation",

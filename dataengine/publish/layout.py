@@ -35,10 +35,10 @@ def config_masks(index: pa.Table | pa.RecordBatch, configs: list[str], default: 
     return out
 
 
-def count_layout(index: pa.Table, configs: list[str], test_ids: set[str]) -> dict[str, dict[str, int]]:
+def count_layout(index: pa.Table, configs: list[str], test_ids: pa.Array) -> dict[str, dict[str, int]]:
     """Rows per config and split of the dataset `index` lists (its rows' id, kind and language): an appending
     publish writes only its own rows, and counts every row the dataset then holds."""
-    tested = pc.is_in(index.column("id"), value_set=pa.array(sorted(test_ids), pa.string()))
+    tested = pc.is_in(index.column("id"), value_set=test_ids)
     counts: dict[str, dict[str, int]] = {}
     for name, mask in config_masks(index, configs).items():
         rows, test = pc.sum(mask).as_py() or 0, pc.sum(pc.and_(mask, tested)).as_py() or 0
@@ -47,29 +47,27 @@ def count_layout(index: pa.Table, configs: list[str], test_ids: set[str]) -> dic
 
 
 def write_layout(
-    batches: Iterable[pa.Table | pa.RecordBatch],
+    batches: Iterable[tuple[pa.Table | pa.RecordBatch, pa.Array]],
     features: Features,
     folder: Path,
     configs: list[str],
-    test_ids: set[str],
     shard_rows: int,
     tag: str = "",
     default: str = DEFAULT,
 ) -> dict[str, dict[str, int]]:
     """Write every config's train and test parquet shards under `folder/data`, a batch of rows at a time; rows
-    per config and split.
+    per config and split. Each batch comes with its test mask (a bool per row, true for the test split): the
+    caller marks every row once, where `pc.is_in` per batch would hash every test id again for each batch.
 
-    One set of test ids for every config, so a row is in the test split of each config it belongs to, or
+    One test mask for every config, so a row is in the test split of each config it belongs to, or
     in none. `tag` goes into every shard's name: an appending publish names its shards after its run, so
     they sit beside the shards already published and never replace one.
     """
     writers: dict[tuple[str, str], ShardWriter] = {}
     try:
-        for batch in batches:
+        for batch, is_test in batches:
             if not batch.num_rows:
                 continue
-            # a set lookup per row: pc.is_in would build its hash table of the test ids again for every batch
-            is_test = pa.array([row_id in test_ids for row_id in batch.column("id").to_pylist()], pa.bool_())
             for name, mask in config_masks(batch, configs, default).items():
                 for split, in_split in (("train", pc.invert(is_test)), ("test", is_test)):
                     part = batch.filter(pc.and_(mask, in_split))
@@ -89,12 +87,17 @@ def write_layout(
     return {name: dict(sorted(splits.items(), key=lambda s: s[0] != "train")) for name, splits in counts.items()}
 
 
+def marked(table: pa.Table, test_ids: pa.Array) -> tuple[pa.Table, pa.Array]:
+    """Rows in hand with their test mask, as `write_layout` takes them."""
+    return table, pc.is_in(table.column("id"), value_set=test_ids)
+
+
 def write_config(
-    rows: list[dict], features: Features, folder: Path, name: str, test_ids: set[str], shard_rows: int, tag: str = ""
+    rows: list[dict], features: Features, folder: Path, name: str, test_ids: pa.Array, shard_rows: int, tag: str = ""
 ) -> dict[str, int]:
     """One config's train and test shards under `folder/data/<name>`, from rows in hand; rows per split."""
     table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
-    return write_layout([table], features, folder, [], test_ids, shard_rows, tag, default=name).get(name, {})
+    return write_layout([marked(table, test_ids)], features, folder, [], shard_rows, tag, default=name).get(name, {})
 
 
 def card_configs(counts: dict[str, dict[str, int]]) -> list[dict]:

@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets import Features
 from rich.console import Console
 from rich.table import Table
 
@@ -29,9 +28,8 @@ from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
 from dataengine.rows import (
     PREFERENCE_FEATURES,
     PUBLISHED_FEATURES,
-    batch_key,
     held_out_ids,
-    iter_rows,
+    ids_key,
     prompt_key,
     read_rows,
     shard_files,
@@ -54,16 +52,16 @@ def _test_share(recipe: Recipe, publish: PublishConfig) -> tuple[float, int]:
 
 
 def pick_test_split(
-    recipe: Recipe, publish: PublishConfig, student: Path | None, ids: list[str]
-) -> tuple[set[str], bool]:
+    recipe: Recipe, publish: PublishConfig, student: Path | None, ids: pa.Array
+) -> tuple[pa.Array, bool]:
     """(test row ids, whether they are the student's held-out rows), among the rows `ids`. When the run trained a
     student and the recipe sets no test_fraction, the test split is exactly what the student held out (its
     training.json)."""
     if publish.test_fraction is None and recipe.train is not None and student is not None:
         training = Training.read(student / TRAINING_FILE)
         if training is not None:
-            return set(training.held_out_ids), True
-    return held_out_ids(ids, *_test_share(recipe, publish)), False
+            return pa.array(training.held_out_ids, pa.string()), True
+    return pa.array(list(held_out_ids(ids, *_test_share(recipe, publish))), pa.string()), False
 
 
 def _load_from(target: Target) -> str:
@@ -113,27 +111,26 @@ def build_layout(
     if not index.num_rows:
         why = sources.run.folder("judge", "rejected") or sources.run.folder("curate", "rejected") or sources.run.path
         raise StageError(f"nothing to publish: 0 rows were kept (see {why} for why)")
-    added_ids = added.column("id").to_pylist()
+    added_ids = added.column("id").combine_chunks()
     new_test_ids, held_out = pick_test_split(recipe, publish, sources.student, added_ids)
-    test_ids = before.test_ids | (new_test_ids & set(added_ids))  # earlier rows keep their split
+    # earlier rows keep their split
+    test_ids = pa.concat_arrays([before.test_ids, new_test_ids.filter(pc.is_in(new_test_ids, value_set=added_ids))])
+    tested = pc.is_in(mine.column("id"), value_set=test_ids)  # this run's rows, in shard order
     counts = count_layout(index, publish.configs, test_ids)  # before writing: a config name clash is refused
     # An appending publish writes only this run's rows, in shards named after the run and the rows they hold: the
     # target's shards stay as they are, and a second publish of the run (a top-up round's) never writes over its
     # first one's.
-    tag = f"{sources.run.run_id}-{batch_key(sorted(added_ids))[:8]}-" if publish.append else ""
-    rows = _batches(sources.rows, PUBLISHED_FEATURES, is_new)
-    write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, test_ids, publish.max_rows_per_shard, tag)
+    tag = f"{sources.run.run_id}-{ids_key(added_ids)[:8]}-" if publish.append else ""
+    rows = _batches(sources.rows, list(PUBLISHED_FEATURES), is_new, tested)
+    write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, publish.max_rows_per_shard, tag)
     config_features = {}
     pairs = read_rows(sources.preference) if sources.preference is not None else []
     if pairs:  # a config without rows would not load
         # a pair is in the test split when a test row answers its prompt: its train split never holds a test prompt
         # (never an appending publish: recipes refuse pairs with publish.append, so every row is this run's)
-        tested = {
-            prompt_key(row["messages"][:-1])
-            for row in iter_rows(sources.rows, columns=["id", "messages"])
-            if row["id"] in test_ids
-        }
-        pair_tests = {p["id"] for p in pairs if prompt_key(p["prompt"]) in tested}
+        test_rows = _batches(sources.rows, ["messages"], tested, tested)
+        prompts = {prompt_key(m[:-1]) for batch, _ in test_rows for m in batch.column("messages").to_pylist()}
+        pair_tests = pa.array([p["id"] for p in pairs if prompt_key(p["prompt"]) in prompts], pa.string())
         counts[PREFERENCE] = write_config(
             pairs, PREFERENCE_FEATURES, layout, PREFERENCE, pair_tests, publish.max_rows_per_shard
         )
@@ -164,17 +161,21 @@ def build_layout(
     return Built(counts, added.num_rows, index.num_rows, unchanged=seen and not added.num_rows)
 
 
-def _batches(folder: Path, features: Features, added: pa.ChunkedArray) -> Iterator[pa.RecordBatch]:
-    """The rows of a stage's shards that `added` marks (a bool per row, in shard order, as `read_index` reads
-    them), a batch at a time, with the columns of `features` the shards have."""
-    if not pc.any(added).as_py():
-        return  # nothing new: no shard need be read
+def _batches(
+    folder: Path, columns: list[str], keep: pa.ChunkedArray, tested: pa.ChunkedArray
+) -> Iterator[tuple[pa.RecordBatch, pa.Array]]:
+    """The rows of a stage's shards that `keep` marks, a batch at a time, with their test mask: `keep` and
+    `tested` hold a bool per row, in shard order, as `read_index` reads them. Only `columns` the shards have are
+    read."""
+    if not pc.any(keep).as_py():
+        return  # nothing to keep: no shard need be read
     start = 0
     for path in shard_files(folder):
         shard = pq.ParquetFile(path)
-        columns = [name for name in features if name in shard.schema_arrow.names]
-        for batch in shard.iter_batches(batch_size=1000, columns=columns):
-            yield batch.filter(added.slice(start, batch.num_rows).combine_chunks())
+        have = [name for name in columns if name in shard.schema_arrow.names]
+        for batch in shard.iter_batches(batch_size=1000, columns=have):
+            kept = keep.slice(start, batch.num_rows).combine_chunks()
+            yield batch.filter(kept), tested.slice(start, batch.num_rows).combine_chunks().filter(kept)
             start += batch.num_rows
 
 

@@ -52,7 +52,7 @@ class Published:
     new target)."""
 
     index: pa.Table = field(default_factory=INDEX_SCHEMA.empty_table)
-    test_ids: set[str] = field(default_factory=set)
+    test_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     history: list[dict] = field(default_factory=list)
     # config -> {"download_size": parquet bytes, "splits": {split: bytes}} of the shards published, from the
     # card's dataset_info: an appending publish adds its shards' to them without fetching every config
@@ -141,7 +141,7 @@ def read(folder: Path | None) -> Published:
     test = read_index(shards["test"])
     return Published(
         index=pa.concat_tables([read_index(shards["train"]), test]),
-        test_ids=set(test.column("id").to_pylist()),
+        test_ids=test.column("id").combine_chunks(),
         history=_history(card),
         sizes=_sizes(card),
     )
