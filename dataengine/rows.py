@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import math
+import operator
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -307,6 +310,34 @@ def write_shards(
     return writer.paths
 
 
+SPILL_ROWS = 10_000  # rows `sorted_rows` holds at once (a generated row is a few kilobytes)
+_MERGE_BATCH = 256  # rows read at a time from each spilled run while merging
+
+
+def sorted_rows(rows: Iterable[dict], by: list[str], features: Features, spill: Path) -> Iterator[dict]:
+    """`rows` in the order of their `by` columns (none of them null), holding at most `SPILL_ROWS` of them at
+    once: each run of that many is sorted in arrow and spilled to a parquet file under `spill`, then the runs
+    are merged, a few rows of each at a time. Written here because pyarrow sorts in memory only and datatrove
+    has no sort step. `spill` is removed once the rows are through."""
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir(parents=True)
+    runs, given = [], iter(rows)
+    while chunk := list(itertools.islice(given, SPILL_ROWS)):
+        table = pa.Table.from_pylist(chunk, schema=features.arrow_schema).sort_by([(c, "ascending") for c in by])
+        runs.append(spill / f"run-{len(runs):05d}.parquet")
+        pq.write_table(table, runs[-1], row_group_size=_MERGE_BATCH)
+    try:
+        # arrow orders strings by their UTF-8 bytes, which is Python's code point order: the runs merge as sorted
+        yield from heapq.merge(*(_file_rows(path) for path in runs), key=operator.itemgetter(*by))
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _file_rows(path: Path) -> Iterator[dict]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=_MERGE_BATCH):
+        yield from batch.to_pylist()
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -407,7 +438,12 @@ class Group(NamedTuple):
 
 def count_groups(rows: Iterable[dict]) -> dict[str, int]:
     """Rows per group, as a file stores them: keyed by "kind/language", in group order."""
-    return {str(g): n for g, n in sorted(Counter(Group.of(r) for r in rows).items())}
+    return group_counts(Counter(Group.of(r) for r in rows))
+
+
+def group_counts(counts: Counter[Group]) -> dict[str, int]:
+    """Counts per group as a file stores them (rows counted one at a time, as they streamed by)."""
+    return {str(g): n for g, n in sorted(counts.items())}
 
 
 def batch_key(parts: Iterable[str]) -> str:

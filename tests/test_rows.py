@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -132,3 +134,20 @@ def test_the_held_out_draw_depends_only_on_the_ids():
 def test_the_key_of_arrow_ids_is_the_key_of_the_sorted_python_ids():
     ids = [f"row-{i}" for i in range(70_000, 0, -3)] + ["é", "z", "Ä"]  # more than one slice, and non-ASCII
     assert ids_key(pa.chunked_array([ids[:500], ids[500:]])) == batch_key(sorted(ids))
+
+
+def test_rows_sort_through_spilled_runs_and_the_spill_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(rows, "SPILL_ROWS", 40)
+    given = list(_rows(250))
+    random.Random(0).shuffle(given)
+    given += [{**given[7]}, {**given[90], "language": "ß"}]  # a replayed row, and a non-ASCII language
+    spill = tmp_path / "spill"
+    out = rows.sorted_rows(iter(given), ["kind", "language", "id"], SAMPLE_FEATURES, spill)
+    first = next(out)
+    assert len(list(spill.iterdir())) == 7  # 252 rows in runs of 40, each sorted on its own
+    got = [first, *out]
+    key = [(r["kind"], r["language"], r["id"]) for r in got]
+    assert key == sorted((r["kind"], r["language"], r["id"]) for r in given)
+    assert got[0]["messages"][0]["content"].startswith("q") and got[0]["sampling"]["temperature"] == pytest.approx(0.7)
+    assert sum(r["id"] == given[7]["id"] for r in got) == 2  # side by side: the caller writes one
+    assert not spill.exists()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from datatrove.data import Document
@@ -33,7 +35,7 @@ from dataengine.generate.top_up import load_rounds
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
-from dataengine.rows import count_groups, write_shards
+from dataengine.rows import SAMPLE_FEATURES, Group, group_counts, sorted_rows, stage_writer
 from dataengine.stage import RunContext, Stage, StageResult, config_hash
 from dataengine.teacher.inference import inference_config, run_inference
 from dataengine.teacher.server import served_name
@@ -165,23 +167,33 @@ class GenerateStage(Stage):
         for work, seeds in rounds:
             docs = self.documents(list({s.key: s for s in seeds}.values()))
             elapsed += self._infer(ctx, docs, work) if docs else 0.0
-        made = self._rows(ctx, [work / "raw" for work, _ in rounds])
-        rows, drops = made.rows, made.drops
         expected = sum(s.rollouts for s in unique)
-        missing = expected - len(rows) - drops.get("empty_question", 0)
-        if missing:
-            raise StageError(
-                f"generation lost {missing} of {expected} rollouts (see {work_dir / 'logs'}); "
-                "run again to resume, finished requests are not sent twice"
-            )
-        paths = write_shards(rows, outputs["rows"])
+        made = _Made()
+        rows = self._rows(ctx, [work / "raw" for work, _ in rounds], made)
+        # in (kind, language, id) order, whatever order the tasks finished in: a replayed chunk's rows come in
+        # twice, side by side, and are written once
+        with stage_writer(outputs["rows"], SAMPLE_FEATURES) as writer:
+            last = None
+            for row in sorted_rows(rows, ["kind", "language", "id"], SAMPLE_FEATURES, work_dir / "sort"):
+                if row["id"] == last:
+                    made.duplicates += 1
+                    continue
+                last = row["id"]
+                made.add(row)
+                writer.write(row)
+            missing = expected - made.rows - made.drops.get("empty_question", 0)
+            if missing:  # raised inside: the shards written are removed
+                raise StageError(
+                    f"generation lost {missing} of {expected} rollouts (see {work_dir / 'logs'}); "
+                    "run again to resume, finished requests are not sent twice"
+                )
         return StageResult(
             rows_in=expected,
-            rows_out=len(rows),
-            output_fingerprint=fingerprint_files(paths),
-            drops=dict(drops),
+            rows_out=made.rows,
+            output_fingerprint=fingerprint_files(writer.paths),
+            drops=dict(made.drops),
             stats={
-                **self._stats(made, elapsed, len(unique)),
+                **made.stats(elapsed, len(unique)),
                 "top_up_rounds": len(rounds) - 1,
                 "teacher_restarts": sum(t.restarts for t in ctx.endpoints()) - restarts_before,
                 "tasks": min(gen.tasks, len(unique)),  # never more tasks than prompts
@@ -205,8 +217,9 @@ class GenerateStage(Stage):
             executor=recipe.generate,
         )
 
-    def _rows(self, ctx: RunContext, raws: list[Path]) -> _Made:
-        """Turn datatrove's documents (one per prompt) into sample rows (one per rollout)."""
+    def _rows(self, ctx: RunContext, raws: list[Path], made: _Made) -> Iterator[dict]:
+        """datatrove's documents (one per prompt) as sample rows (one per rollout), counting into `made` what
+        does not become a row."""
         recipe, gen = self.recipe, self.recipe.generate
         teacher = recipe.teacher
         revision = teacher.revision or ""
@@ -216,83 +229,48 @@ class GenerateStage(Stage):
             revision = f"build-{build_key(teacher.model.split(':', 1)[1], teacher.builtin)}"
         created = datetime.now(UTC).isoformat()
         gen_hash = config_hash(self, recipe)  # part of every row id: a changed recipe makes new rows
-        rows: dict[str, dict[str, Any]] = {}
-        drops: Counter = Counter()
-        question_tokens = 0
-        duplicates = 0
-        unreadable_routing = 0
         with datatrove_logs_to(raws[0].parent / "datatrove.log"):
-            docs = [doc for raw in raws for doc in JsonlReader(str(raw), compression=None).run()]
-        for doc in docs:
-            meta = doc.metadata
-            for result in meta["rollout_results"]:
-                question_tokens += result["question_tokens"]
-                if not result["answers"]:
-                    drops["empty_question"] += meta["rollouts"]
-                    continue
-                for index, answer in enumerate(result["answers"]):
-                    row_id = hashlib.sha256(f"{doc.id}\x1f{index}\x1f{gen_hash}".encode()).hexdigest()[:24]
-                    if row_id in rows:
-                        duplicates += 1  # a resumed chunk replayed from its checkpoint
+            for doc in (doc for raw in raws for doc in JsonlReader(str(raw), compression=None).run()):
+                meta = doc.metadata
+                for result in meta["rollout_results"]:
+                    made.question_tokens += result["question_tokens"]
+                    if not result["answers"]:
+                        made.drops["empty_question"] += meta["rollouts"]
                         continue
-                    code = parse_code_answer(answer["text"]) if meta["kind"] == "code" else None
-                    routing = _answer_routing(answer)
-                    unreadable_routing += routing is False
-                    rows[row_id] = {
-                        "id": row_id,
-                        "messages": result["messages"] + [{"role": "assistant", "content": answer["text"]}],
-                        "kind": meta["kind"],
-                        "language": meta["language"],
-                        "topic": meta["topic"],
-                        "persona": meta.get("persona"),
-                        "task": meta["task"],
-                        "teacher_model": teacher.model,
-                        "teacher_revision": revision,
-                        "sampling": {
-                            **gen.sampling.model_dump(include=_SENT_SAMPLING),
-                            "max_tokens": meta["max_tokens"],
-                        },
-                        "seed": answer["seed"],
-                        "rollout_index": index,
-                        "finish_reason": answer["finish_reason"],
-                        "prompt_tokens": answer["prompt_tokens"],
-                        "completion_tokens": answer["completion_tokens"],
-                        "instruction": doc.text,
-                        "question_finish_reason": result["question_finish_reason"],
-                        "run_id": ctx.run_id,
-                        "recipe_hash": recipe.fingerprint(),
-                        "created_at": created,
-                        "code_problem": code.problem if code else None,
-                        "code_solution": code.solution if code else None,
-                        "code_tests": code.tests if code else None,
-                        "code_parse_error": code.parse_error if code else None,
-                        "teacher_routing": routing or None,
-                    }
-        ordered = sorted(rows.values(), key=lambda r: (r["kind"], r["language"], r["id"]))
-        return _Made(ordered, drops, question_tokens, duplicates, unreadable_routing)
-
-    @staticmethod
-    def _stats(made: _Made, seconds: float, prompts: int) -> dict[str, Any]:
-        rows, question_tokens = made.rows, made.question_tokens
-        completion = sum(r["completion_tokens"] for r in rows)
-        return {
-            "prompts": prompts,
-            "rows_by_kind_language": count_groups(rows),
-            "finish_reasons": dict(Counter(r["finish_reason"] for r in rows)),
-            "code_parsed": sum(1 for r in rows if r["kind"] == "code" and r["code_parse_error"] is None),
-            "code_rows": sum(1 for r in rows if r["kind"] == "code"),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
-            "completion_tokens": completion,
-            "question_tokens": question_tokens,
-            "generation_seconds": round(seconds, 2),
-            # every token the teacher wrote (answers and questions) per second of generation; after a
-            # resume this counts tokens generated before the crash too, so it over-reports speed then
-            "teacher_tokens_per_second": round((completion + question_tokens) / seconds, 2) if seconds > 0 else None,
-            "replayed_duplicates": made.duplicates,
-            # answers that came back with the experts their tokens went to (teacher.return_routed_experts)
-            "routed_rows": sum(r["teacher_routing"] is not None for r in rows),
-            "unreadable_routing": made.unreadable_routing,
-        }
+                    for index, answer in enumerate(result["answers"]):
+                        code = parse_code_answer(answer["text"]) if meta["kind"] == "code" else None
+                        routing = _answer_routing(answer)
+                        made.unreadable_routing += routing is False
+                        yield {
+                            "id": hashlib.sha256(f"{doc.id}\x1f{index}\x1f{gen_hash}".encode()).hexdigest()[:24],
+                            "messages": result["messages"] + [{"role": "assistant", "content": answer["text"]}],
+                            "kind": meta["kind"],
+                            "language": meta["language"],
+                            "topic": meta["topic"],
+                            "persona": meta.get("persona"),
+                            "task": meta["task"],
+                            "teacher_model": teacher.model,
+                            "teacher_revision": revision,
+                            "sampling": {
+                                **gen.sampling.model_dump(include=_SENT_SAMPLING),
+                                "max_tokens": meta["max_tokens"],
+                            },
+                            "seed": answer["seed"],
+                            "rollout_index": index,
+                            "finish_reason": answer["finish_reason"],
+                            "prompt_tokens": answer["prompt_tokens"],
+                            "completion_tokens": answer["completion_tokens"],
+                            "instruction": doc.text,
+                            "question_finish_reason": result["question_finish_reason"],
+                            "run_id": ctx.run_id,
+                            "recipe_hash": recipe.fingerprint(),
+                            "created_at": created,
+                            "code_problem": code.problem if code else None,
+                            "code_solution": code.solution if code else None,
+                            "code_tests": code.tests if code else None,
+                            "code_parse_error": code.parse_error if code else None,
+                            "teacher_routing": routing or None,
+                        }
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         stats = manifest.stats
@@ -315,14 +293,52 @@ class GenerateStage(Stage):
         console.print(f"output: {outputs['rows']}")
 
 
-class _Made(NamedTuple):
-    """The sample rows of a generation and what was counted making them."""
+@dataclass
+class _Made:
+    """What was counted making the sample rows of a generation, a row at a time as they stream to the shards."""
 
-    rows: list[dict]
-    drops: Counter
-    question_tokens: int
-    duplicates: int  # a resumed chunk replayed from its checkpoint
-    unreadable_routing: int  # answers whose routed_experts could not be read: the route stage replays them
+    drops: Counter = field(default_factory=Counter)
+    question_tokens: int = 0
+    duplicates: int = 0  # a resumed chunk replayed from its checkpoint
+    unreadable_routing: int = 0  # answers whose routed_experts could not be read: the route stage replays them
+    rows: int = 0
+    groups: Counter = field(default_factory=Counter)
+    finish_reasons: Counter = field(default_factory=Counter)
+    code_rows: int = 0
+    code_parsed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    routed_rows: int = 0  # answers that came back with the experts their tokens went to
+
+    def add(self, row: dict) -> None:
+        self.rows += 1
+        self.groups[Group.of(row)] += 1
+        self.finish_reasons[row["finish_reason"]] += 1
+        self.code_rows += row["kind"] == "code"
+        self.code_parsed += row["kind"] == "code" and row["code_parse_error"] is None
+        self.prompt_tokens += row["prompt_tokens"]
+        self.completion_tokens += row["completion_tokens"]
+        self.routed_rows += row["teacher_routing"] is not None
+
+    def stats(self, seconds: float, prompts: int) -> dict[str, Any]:
+        tokens = self.completion_tokens + self.question_tokens
+        return {
+            "prompts": prompts,
+            "rows_by_kind_language": group_counts(self.groups),
+            "finish_reasons": dict(self.finish_reasons),
+            "code_parsed": self.code_parsed,
+            "code_rows": self.code_rows,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "question_tokens": self.question_tokens,
+            "generation_seconds": round(seconds, 2),
+            # every token the teacher wrote (answers and questions) per second of generation; after a
+            # resume this counts tokens generated before the crash too, so it over-reports speed then
+            "teacher_tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
+            "replayed_duplicates": self.duplicates,
+            "routed_rows": self.routed_rows,
+            "unreadable_routing": self.unreadable_routing,
+        }
 
 
 def _answer_routing(answer: dict) -> str | None | bool:

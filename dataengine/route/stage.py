@@ -9,6 +9,7 @@ re-routes nothing already routed.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from dataengine.experts.routers import moe_dims
 from dataengine.experts.vllm_payload import decode
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.rows import ROUTED_FEATURES, batch_key, iter_rows, prompt_and_full_ids, write_shards
+from dataengine.rows import ROUTED_FEATURES, batch_key, iter_rows, prompt_and_full_ids, stage_writer
 from dataengine.run_folder import ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
@@ -65,7 +66,7 @@ class RouteStage(Stage):
         experts, top_k = _moe_config(path, revision)
         cfg = self.cfg
         builder = maps.MapBuilder(experts, top_k, cfg.cold_below, cfg.reference_language)
-        records: list[dict] = []
+        counted = Counter()  # rows written, by who routed them; kept rows; answer tokens
 
         def add(row: dict, chosen: np.ndarray, entropy: float | None, margin: float | None, source: str) -> None:
             try:
@@ -74,7 +75,8 @@ class RouteStage(Stage):
                 )
             except ValueError as exc:
                 raise StageError(f"route: {exc}: vLLM's routing (generation) and the replay's disagree") from exc
-            records.append(
+            # straight to the shards: a signature is layers x experts, ~24 KB a row for a Qwen3-30B-A3B teacher
+            writer.write(
                 {
                     "id": row["id"],
                     "kind": row["kind"],
@@ -88,41 +90,41 @@ class RouteStage(Stage):
                     "routed_by": source,
                 }
             )
+            counted.update({source: 1, "kept": row["kept"], "answer_tokens": len(chosen)})
 
         # rows whose answers came back from vLLM with their routing need no replay; they are read a batch at a
         # time and their per-token routing let go once counted
         sources = [(inputs["rows"], True)] + ([(inputs["rejected"], False)] if "rejected" in inputs else [])
         to_replay, rows_in = [], 0
-        for folder, kept in sources:
-            for row in iter_rows(folder, COLUMNS):
-                rows_in += 1
-                if routing := row.pop("teacher_routing", None):
-                    add(dict(row, kept=kept), _captured(row["id"], routing, top_k), None, None, "vllm")
-                else:
-                    to_replay.append(dict(row, kept=kept))
-        captured = len(records)
         drops: dict[str, int] = {}
-        for row, chosen, entropy, margin in self._replay(to_replay, path, revision, work_dir, ctx, drops):
-            add(row, chosen, entropy, margin, "replay")
+        # the shards hold the rows captured from vLLM first, in their input's order, then the replayed ones
+        with stage_writer(outputs["map"], ROUTED_FEATURES) as writer:
+            for folder, kept in sources:
+                for row in iter_rows(folder, COLUMNS):
+                    rows_in += 1
+                    if routing := row.pop("teacher_routing", None):
+                        add(dict(row, kept=kept), _captured(row["id"], routing, top_k), None, None, "vllm")
+                    else:
+                        to_replay.append(dict(row, kept=kept))
+            for row, chosen, entropy, margin in self._replay(to_replay, path, revision, work_dir, ctx, drops):
+                add(row, chosen, entropy, margin, "replay")
         routing_map = builder.build()
-        routing_map["routed_by"] = {"vllm": captured, "replay": len(records) - captured}
+        routing_map["routed_by"] = {"vllm": counted["vllm"], "replay": counted["replay"]}
         write_atomic(outputs["map"] / ROUTING_MAP_FILE, json.dumps(routing_map, indent=1))
-        records.sort(key=lambda r: (not r["kept"], r["id"]))
-        paths = write_shards(records, outputs["map"], features=ROUTED_FEATURES)
         return StageResult(
             rows_in=rows_in,
-            rows_out=len(records),
-            output_fingerprint=fingerprint_files([*paths, outputs["map"] / ROUTING_MAP_FILE]),
+            rows_out=writer.rows,
+            output_fingerprint=fingerprint_files([*writer.paths, outputs["map"] / ROUTING_MAP_FILE]),
             drops=drops,
             stats={
                 "layers": routing_map["num_layers"],
                 "experts": experts,
                 "top_k": top_k,
-                "kept_rows": sum(r["kept"] for r in records),
-                "answer_tokens": sum(r["answer_tokens"] for r in records),
+                "kept_rows": counted["kept"],
+                "answer_tokens": counted["answer_tokens"],
                 "cold_experts": sum(len(c) for c in routing_map["overall"]["cold"]),
-                "routed_by_vllm": captured,
-                "replayed": len(records) - captured,
+                "routed_by_vllm": counted["vllm"],
+                "replayed": counted["replay"],
             },
         )
 

@@ -14,6 +14,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,9 +31,8 @@ from dataengine.recipe import Recipe, ScoreConfig
 from dataengine.rows import (
     SCORED_FEATURES,
     batch_key,
+    iter_rows,
     prompt_and_full_ids,
-    read_parquet,
-    read_rows,
     stage_writer,
     write_parquet,
 )
@@ -65,32 +65,22 @@ class ScoreStage(Stage):
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         from transformers import AutoTokenizer
 
-        rows = read_rows(inputs["rows"])
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.recipe.teacher, ctx.log))
         limit = None if self.recipe.teacher.urls else self.recipe.teacher.vllm.max_model_len
-        todo, too_long = [], 0
-        for row in rows:
-            ids, start = prompt_and_full_ids(tokenizer, row["messages"])
-            # the request generates one token after the sequence, so it must fit with one to spare
-            if limit is not None and len(ids) + 1 > limit:
-                too_long += 1
-                continue
-            todo.append({**row, "token_ids": ids, "completion_start": start})
         parts = work_dir / "parts"
         parts.mkdir(exist_ok=True)
-        batches = _batches(todo, self.cfg.batch_size)
-        sizes = {_part_name(batch): len(batch) for batch in batches}
-        # the tasks read their rows from a file: a pipeline travels to Ray workers and Slurm jobs pickled
+        # the tasks read their rows from a file (a pipeline travels to Ray workers and Slurm jobs pickled), one
+        # row group per batch
         table = work_dir / "todo.parquet"
-        pq.write_table(pa.Table.from_pylist(todo), table.with_suffix(".tmp"))
-        os.replace(table.with_suffix(".tmp"), table)
-        tasks = min(self.cfg.tasks, len(batches)) or 1
+        todo = _write_todo(iter_rows(inputs["rows"]), tokenizer, limit, self.cfg.batch_size, table)
+        sizes = dict(todo.batches)
+        tasks = min(self.cfg.tasks, len(todo.batches)) or 1
 
         def pipeline(teacher: TaskTeacher) -> list:
             return [ScoreBatches(str(table), str(parts), self.cfg, teacher)]
 
         with Progress(console=ctx.console, transient=True) as progress, datatrove_logs_to(work_dir / "datatrove.log"):
-            bar = progress.add_task("scoring", total=len(todo))
+            bar = progress.add_task("scoring", total=sum(sizes.values()))
             # the tasks may run in other processes: the bar counts the parts they have written
             with watching(lambda: progress.update(bar, completed=_done(parts, sizes))):
                 run_until_done(ctx.endpoints(), self.cfg, pipeline, tasks, work_dir, "scoring")
@@ -98,19 +88,18 @@ class ScoreStage(Stage):
         # of a run
         tokens = 0
         with stage_writer(outputs["rows"], SCORED_FEATURES) as writer:
-            for batch in batches:
-                part = pq.read_table(parts / _part_name(batch))
+            for name, _ in todo.batches:
+                part = pq.read_table(parts / name)
                 tokens += pc.sum(pc.list_value_length(part.column("teacher_topk_ids"))).as_py() or 0
                 writer.write_table(part)
-        if writer.rows != len(todo):
-            raise StageError(f"score: {len(todo)} rows to score but {writer.rows} scored; see {parts}")
+            if writer.rows != sum(sizes.values()):  # raised inside: the shards written are removed
+                raise StageError(f"score: {sum(sizes.values())} rows to score but {writer.rows} scored; see {parts}")
         table.unlink()
-        paths = writer.paths
         return StageResult(
-            rows_in=len(rows),
+            rows_in=todo.rows_in,
             rows_out=writer.rows,
-            output_fingerprint=fingerprint_files(paths),
-            drops={"too_long_to_score": too_long} if too_long else {},
+            output_fingerprint=fingerprint_files(writer.paths),
+            drops={"too_long_to_score": todo.too_long} if todo.too_long else {},
             stats={"top_k": self.cfg.top_k, "answer_tokens": tokens, "tasks": tasks},
         )
 
@@ -137,25 +126,66 @@ class ScoreBatches(PipelineStep):
         self.table, self.parts, self.cfg, self.teacher = table, Path(parts), cfg, teacher
 
     def run(self, data: Iterable | None, rank: int = 0, world_size: int = 1) -> None:
-        batches = _batches(read_parquet([Path(self.table)]), self.cfg.batch_size)[rank::world_size]
-        todo = [batch for batch in batches if not (self.parts / _part_name(batch)).is_file()]
+        table = pq.ParquetFile(self.table)  # a row group per batch: every world_size-th from its rank is this task's
+        mine = range(rank, table.num_row_groups, world_size)
+        names = {i: _part_name(table.read_row_group(i, columns=["id"]).column("id").to_pylist()) for i in mine}
+        todo = [i for i, name in names.items() if not (self.parts / name).is_file()]
         if not todo:
             return
         with self.teacher.open(rank) as (url, _):
             client = _client(url)
-            for batch in todo:
+            for i in todo:
+                batch = table.read_row_group(i).to_pylist()
                 # a part is either whole or absent: a crash re-scores only the batch it interrupted
-                write_parquet(_score(client, batch, self.cfg), self.parts / _part_name(batch), SCORED_FEATURES)
+                write_parquet(_score(client, batch, self.cfg), self.parts / names[i], SCORED_FEATURES)
                 self.stat_update("batches")
                 self.stat_update("rows", value=len(batch))
 
 
-def _batches(rows: list[dict], size: int) -> list[list[dict]]:
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
+class _Todo(NamedTuple):
+    """The rows to score, as written for the tasks: each batch's part name and rows, in order."""
+
+    batches: list[tuple[str, int]]
+    rows_in: int
+    too_long: int
 
 
-def _part_name(batch: list[dict]) -> str:
-    return f"part-{batch_key(r['id'] for r in batch)}.parquet"
+# a row as the tasks read it: the curated row with its token ids, before the teacher's logprobs
+_TODO_SCHEMA = pa.schema([f for f in SCORED_FEATURES.arrow_schema if not f.name.startswith("teacher_topk_")])
+
+
+def _write_todo(rows: Iterable[dict], tokenizer, limit: int | None, batch_size: int, path: Path) -> _Todo:
+    """The rows with their token ids, into `path` a batch (one row group) at a time: whole or absent. Rows that
+    do not fit the teacher's context are counted, not written."""
+    batches: list[tuple[str, int]] = []
+    rows_in = too_long = 0
+    pending: list[dict] = []
+    tmp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, _TODO_SCHEMA) as writer:
+
+        def flush() -> None:
+            writer.write_table(pa.Table.from_pylist(pending, schema=_TODO_SCHEMA), row_group_size=len(pending))
+            batches.append((_part_name(r["id"] for r in pending), len(pending)))
+            pending.clear()
+
+        for row in rows:
+            rows_in += 1
+            ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+            # the request generates one token after the sequence, so it must fit with one to spare
+            if limit is not None and len(ids) + 1 > limit:
+                too_long += 1
+                continue
+            pending.append({**row, "token_ids": ids, "completion_start": start})
+            if len(pending) == batch_size:
+                flush()
+        if pending:
+            flush()
+    os.replace(tmp, path)
+    return _Todo(batches, rows_in, too_long)
+
+
+def _part_name(ids: Iterable[str]) -> str:
+    return f"part-{batch_key(ids)}.parquet"
 
 
 def _done(parts: Path, sizes: dict[str, int]) -> int:
