@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dataengine import numbers
 from dataengine.manifest import Manifest
-from dataengine.rows import CURATED_FEATURES, Group, answer, conform, iter_rows, primary_language, shard_files
+from dataengine.rows import CURATED_FEATURES, Group, conform, primary_language, shard_files
 from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE, TRAINING_FILE, RunFolder
 from dataengine.target.send import DEFAULT
 
@@ -157,7 +158,7 @@ class RunFacts:
     # published)
     funnel: dict[str, dict[str, int]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)  # reason -> rows, most first
-    answer_chars: dict[str, list[int]] = field(default_factory=dict)  # "kept" / "rejected" -> lengths
+    answer_chars: dict[str, np.ndarray] = field(default_factory=dict)  # "kept" / "rejected" -> lengths
     cluster_sizes: dict[int, int] = field(default_factory=dict)  # near-duplicate cluster size -> kept rows
     throughput: list[list[float]] = field(default_factory=list)  # [seconds, teacher tokens/s]
     tokens_per_second: float | None = None
@@ -300,11 +301,20 @@ def _empty(columns: list[str]) -> pa.Table:
     return _schema(columns).empty_table()
 
 
-def _answer_chars(folder: Path | None) -> list[int]:
-    """The length of every row's answer, read a batch at a time."""
-    if folder is None or not (folder / "data").is_dir():
-        return []
-    return [len(answer(row)) for row in iter_rows(folder, ["messages"])]
+def _answer_chars(folder: Path | None) -> np.ndarray:
+    """The length of every row's answer (its last message), in characters: read a batch at a time and counted
+    in arrow, 4 bytes a row."""
+    lengths = [np.zeros(0, np.int32)]
+    for path in shard_files(folder) if folder is not None else []:
+        for batch in pq.ParquetFile(path).iter_batches(columns=["messages"]):
+            messages = batch.column("messages")
+            ends = pc.subtract(messages.offsets[1:], 1)  # each row's last message, among every row's messages
+            has = pc.greater(pc.list_value_length(messages).fill_null(0), 0)
+            last = messages.values.field("content").take(ends.filter(has))
+            counted = np.zeros(len(messages), np.int32)  # no message, no answer: 0, as rows.answer reads it
+            counted[has.to_numpy(zero_copy_only=False)] = pc.utf8_length(last).fill_null(0).to_numpy()
+            lengths.append(counted)
+    return np.concatenate(lengths)
 
 
 def _teacher_quality(rows: pa.Table) -> dict[str, float | None]:

@@ -363,3 +363,21 @@ def test_each_routed_run_records_its_expert_load_and_drift_in_the_history():
     assert second["routing_drift"] == pytest.approx(0.3113, abs=1e-4)
     wider = routing_drift([{"run_id": "b", **first}], {"overall": {"load": [[1.0] * 8]}})
     assert wider["routing_drift"] is None  # another teacher shape: not comparable
+
+
+def test_answer_lengths_are_counted_in_arrow_as_python_counts_them(tmp_path):
+    from dataengine.facts import _answer_chars
+    from dataengine.rows import answer
+
+    turns = [
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "héllo wörld ✓"}],
+        [],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}],
+        [{"role": "assistant", "content": "x" * 300}],
+    ]
+    made = [{"id": f"r{i}", "kind": "chat", "language": "en", "messages": m} for i, m in enumerate(turns)]
+    write_shards(made[:2], tmp_path / "a", features=SAMPLE_FEATURES)
+    write_shards(made[2:], tmp_path / "b", features=SAMPLE_FEATURES)
+    got = [*_answer_chars(tmp_path / "a"), *_answer_chars(tmp_path / "b")]
+    assert got == [len(answer(r)) for r in made] == [13, 0, 0, 300]
+    assert len(_answer_chars(None)) == 0 and len(_answer_chars(tmp_path / "nothing")) == 0

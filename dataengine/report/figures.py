@@ -105,7 +105,7 @@ def judge_scores(facts: RunFacts) -> str | None:
 
 @_styled
 def answer_lengths(facts: RunFacts) -> str | None:
-    series = {name: lengths for name, lengths in facts.answer_chars.items() if lengths}
+    series = {name: lengths for name, lengths in facts.answer_chars.items() if len(lengths)}
     if not series:
         return None
     top = max(max(lengths) for lengths in series.values())

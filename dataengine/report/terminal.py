@@ -122,7 +122,7 @@ def _evaluation(facts: RunFacts, console: Console) -> None:
 
 
 def _lengths_and_clusters(facts: RunFacts, console: Console) -> None:
-    series = {name: lengths for name, lengths in facts.answer_chars.items() if lengths}
+    series = {name: lengths for name, lengths in facts.answer_chars.items() if len(lengths)}
     if series:
         lengths = _table("answer lengths (characters)", "rows", "count", "min", "median", "p90", "max")
         for name, values in series.items():
