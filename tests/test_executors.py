@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 from datatrove.data import Document
+from datatrove.pipeline.readers import JsonlReader
 
 from dataengine.errors import StageError
 from dataengine.executors import failure, run_tasks
 from dataengine.recipe import ExecutorSettings, TeacherConfig
-from dataengine.teacher.inference import Shard
+from dataengine.teacher.inference import deal
 from dataengine.teacher.server import TeacherEndpoint
 from dataengine.teacher.tasks import TaskTeacher, run_until_done
 
@@ -32,11 +33,22 @@ def test_a_failed_task_leaves_its_siblings_to_finish(tmp_path, workers):
     assert run_tasks(settings, "t", [lambda data, rank=0, world_size=1: iter(())], 3, tmp_path / "logs") == []
 
 
-def test_shards_split_the_documents_by_id_whatever_their_order():
-    docs = [Document(text=str(i), id=f"d{i:02d}") for i in range(7)]
-    shares = [[d.id for d in Shard(docs[::-1]).run(None, rank, 3)] for rank in range(3)]
-    assert sorted(sum(shares, [])) == [d.id for d in docs]  # every document once
-    assert shares[0] == [d.id for d in Shard(docs).run(None, 0, 3)] == ["d00", "d03", "d06"]
+def test_documents_are_dealt_to_one_file_per_task_and_read_back_whole(tmp_path):
+    meta = {"kind": "code", "answer_seeds": [1, None], "sampling": {"t": 0.5}, "system_prompt": None}
+    docs = [Document(text=f"prompt {i}", id=f"d{i:02d}", metadata=dict(meta, n=i)) for i in range(7)]
+
+    def shares(tasks: int) -> list[list[Document]]:
+        reader = JsonlReader(str(tmp_path / "docs"), compression=None, add_file_path=False)
+        return [list(reader.run(None, rank, tasks)) for rank in range(tasks)]
+
+    assert deal(iter(docs), tmp_path / "docs", 3) == 7
+    dealt = shares(3)
+    assert [[d.id for d in share] for share in dealt] == [["d00", "d03", "d06"], ["d01", "d04"], ["d02", "d05"]]
+    assert dealt[1][0].text == "prompt 1" and dealt[1][0].metadata == dict(meta, n=1)  # nothing added or lost
+    # fewer documents than tasks: a file per document, none empty (the pass runs on that many tasks)
+    assert deal(docs[:2], tmp_path / "docs", 4) == 2
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["00000.jsonl", "00001.jsonl"]
+    assert deal([], tmp_path / "docs", 4) == 0 and not (tmp_path / "docs").exists()
 
 
 def test_an_unfinished_stage_resumes_only_on_the_tasks_it_started_with(tmp_path):

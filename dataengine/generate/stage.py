@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,10 +120,10 @@ class GenerateStage(Stage):
 
     # ------------------------------------------------------------------ documents
 
-    def documents(self, seeds: list[PromptSeed]) -> list[Document]:
+    def documents(self, seeds: Iterable[PromptSeed]) -> Iterator[Document]:
+        """A datatrove document per prompt, made as the inference pass writes them out."""
         gen = self.recipe.generate
         seeded = gen.sampling.seed_requests
-        docs = []
         for seed in seeds:
             is_code = seed.kind == "code"
             structured = is_code and gen.code is not None and gen.code.structured_output
@@ -141,8 +141,7 @@ class GenerateStage(Stage):
                 "answer_prefix": gen.code.answer_prefix if is_code and not structured else None,
                 "answer_regex": LAYOUT_REGEX if is_code and structured else None,
             }
-            docs.append(Document(text=seed.prompt, id=seed.key, metadata=meta))
-        return docs
+            yield Document(text=seed.prompt, id=seed.key, metadata=meta)
 
     # ------------------------------------------------------------------ run
 
@@ -165,8 +164,7 @@ class GenerateStage(Stage):
         restarts_before = sum(t.restarts for t in ctx.endpoints())
         elapsed = 0.0
         for work, seeds in rounds:
-            docs = self.documents(list({s.key: s for s in seeds}.values()))
-            elapsed += self._infer(ctx, docs, work) if docs else 0.0
+            elapsed += self._infer(ctx, self.documents({s.key: s for s in seeds}.values()), work)
         expected = sum(s.rollouts for s in unique)
         made = _Made()
         rows = self._rows(ctx, [work / "raw" for work, _ in rounds], made)
@@ -201,7 +199,7 @@ class GenerateStage(Stage):
             },
         )
 
-    def _infer(self, ctx: RunContext, docs: list[Document], work_dir: Path) -> float:
+    def _infer(self, ctx: RunContext, docs: Iterable[Document], work_dir: Path) -> float:
         """The teacher's rollouts of these prompts; returns seconds spent generating."""
         recipe = self.recipe
         return run_inference(

@@ -9,7 +9,10 @@ finished verdicts are checkpointed in `.work/judge/`, and a rerun asks only for 
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -21,7 +24,15 @@ from dataengine.errors import StageError
 from dataengine.judge.pairs import preference_pairs
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import JudgeConfig, Recipe
-from dataengine.rows import CURATED_FEATURES, PREFERENCE_FEATURES, count_groups, read_rows, write_shards
+from dataengine.rows import (
+    CURATED_FEATURES,
+    PREFERENCE_FEATURES,
+    Group,
+    group_counts,
+    iter_rows,
+    stage_writer,
+    write_shards,
+)
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.inference import run_inference
 from dataengine.teacher.throughput import FOLDER as THROUGHPUT
@@ -53,47 +64,57 @@ class JudgeStage(Stage):
             self.outputs["preference"] = "preference"
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
-        rows = read_rows(inputs["rows"])
         judge, model = judge_endpoint(self.recipe, ctx.teacher, work_dir / "judge.log", ctx.log)
-        seconds = 0.0
-        if rows:
-            seconds = run_inference(
-                [judge],
-                [verdict_document(row, self.cfg) for row in rows],
-                work_dir,
-                ask_verdict,
-                lambda url: judge_config(self.cfg, model, url),
-                ctx.console,
-                "judging",
-            )
+        seconds = run_inference(
+            [judge],
+            (verdict_document(row, self.cfg) for row in iter_rows(inputs["rows"])),
+            work_dir,
+            ask_verdict,
+            lambda url: judge_config(self.cfg, model, url),
+            ctx.console,
+            "judging",
+        )
         verdicts = read_verdicts(work_dir / "raw")
-        if missing := [row["id"] for row in rows if row["id"] not in verdicts]:
-            raise StageError(f"the judge lost {len(missing)} of {len(rows)} rows (see {work_dir / 'logs'}); run again")
-        kept, rejected = [], []
-        for row in rows:
-            judged = {**row, **verdict_columns(verdicts[row["id"]], model)}
-            if judged["judge_score"] is None:
-                rejected.append({**judged, "drop_reason": ERROR, "drop_step": "judge"})
-            elif judged["judge_score"] < self.cfg.threshold:
-                rejected.append({**judged, "drop_reason": LOW, "drop_step": "judge"})
-            else:
-                kept.append(judged)
-        paths = write_shards(kept, outputs["kept"], features=CURATED_FEATURES)
-        write_shards(rejected, outputs["rejected"], features=CURATED_FEATURES)
+        tally = _Tally()
+        paired: list[dict] = []  # the rows, when the recipe asks for pairs (they are matched by prompt)
+        # the rows a batch at a time, from the input's shards to the kept or the rejected ones
+        with (
+            stage_writer(outputs["kept"], CURATED_FEATURES) as kept,
+            stage_writer(outputs["rejected"], CURATED_FEATURES) as rejected,
+        ):
+            for row in iter_rows(inputs["rows"]):
+                if row["id"] not in verdicts:
+                    tally.missing += 1
+                    continue
+                judged = {**row, **verdict_columns(verdicts[row["id"]], model)}
+                if judged["judge_score"] is None:
+                    judged |= {"drop_reason": ERROR, "drop_step": "judge"}
+                elif judged["judge_score"] < self.cfg.threshold:
+                    judged |= {"drop_reason": LOW, "drop_step": "judge"}
+                tally.add(judged)
+                (rejected if judged.get("drop_reason") else kept).write(judged)
+                if self.cfg.pairs is not None:
+                    paired.append(judged)
+            if tally.missing:  # raised inside: the shards written are removed
+                raise StageError(
+                    f"the judge lost {tally.missing} of {tally.rows + tally.missing} rows (see {work_dir / 'logs'}); "
+                    "run again"
+                )
+        paths = kept.paths
         pairs = None
         if self.cfg.pairs is not None:
-            pairs = preference_pairs(kept + rejected, self.cfg.threshold, self.cfg.pairs.min_margin)
+            pairs = preference_pairs(paired, self.cfg.threshold, self.cfg.pairs.min_margin)
             # the pairs are part of what later stages see change (train's DPO reads only them)
             paths += write_shards(pairs, outputs["preference"], features=PREFERENCE_FEATURES)
         return StageResult(
-            rows_in=len(rows),
-            rows_out=len(kept),
+            rows_in=tally.rows,
+            rows_out=kept.rows,
             output_fingerprint=fingerprint_files(paths),
-            drops=dict(Counter(r["drop_reason"] for r in rejected)),
+            drops=dict(tally.drops),
             stats={
                 "threshold": self.cfg.threshold,
                 "preference_pairs": len(pairs) if pairs is not None else None,
-                **_stats(kept, rejected, verdicts.values(), seconds, work_dir, model),
+                **tally.stats(verdicts.values(), seconds, work_dir, model),
             },
         )
 
@@ -111,36 +132,56 @@ class JudgeStage(Stage):
             console.print(f"preference pairs: {stats['preference_pairs']} ({outputs['preference']})")
 
 
-def _stats(
-    kept: list[dict], rejected: list[dict], verdicts, seconds: float, work_dir: Path, model: str
-) -> dict[str, Any]:
-    scored = [r for r in kept + rejected if r["judge_score"] is not None]
-    low = [r["judge_score"] for r in rejected if r["judge_score"] is not None]
-    verdicts = list(verdicts)
-    tokens = sum(v["tokens"] for v in verdicts)
-    criteria = sorted({name for r in scored for name in r["judge_scores"] if r["judge_scores"][name] is not None})
-    return {
-        "judge_model": model,
-        # rows per mean score, rounded down to the half point: the distribution the report and card draw
-        "score_histogram": {
-            "kept": _histogram([r["judge_score"] for r in kept]),
-            "rejected": _histogram(low),
-        },
-        "unjudged": sum(r["judge_score"] is None for r in rejected),
-        "mean_score_kept": mean(r["judge_score"] for r in kept) if kept else None,
-        "mean_score_rejected": mean(low) if low else None,
-        "mean_by_criterion": {
-            name: mean(r["judge_scores"][name] for r in scored if r["judge_scores"][name] is not None)
-            for name in criteria
-        },
-        "kept_by_kind_language": count_groups(kept),
-        "attempts": dict(Counter(str(v["attempts"]) for v in verdicts)),
-        "verdict_tokens": tokens,
-        "judge_seconds": round(seconds, 2),
-        "judge_tokens_per_second": rate([work_dir / THROUGHPUT]),
-    }
+@dataclass
+class _Tally:
+    """What the judge's stats count, a row at a time as the rows stream to the shards."""
+
+    rows: int = 0
+    missing: int = 0  # rows without a verdict in the pass's output
+    drops: Counter = field(default_factory=Counter)
+    kept_groups: Counter = field(default_factory=Counter)
+    # 8 bytes a row, for the score histogram and the exact mean
+    kept_scores: array = field(default_factory=lambda: array("d"))
+    low_scores: array = field(default_factory=lambda: array("d"))  # rejected rows that have a score
+    unjudged: int = 0
+    criteria: dict[str, list[int]] = field(default_factory=dict)  # criterion -> [sum, rows], over scored rows
+
+    def add(self, row: dict) -> None:
+        self.rows += 1
+        score = row["judge_score"]
+        if reason := row.get("drop_reason"):
+            self.drops[reason] += 1
+            if score is None:
+                self.unjudged += 1
+            else:
+                self.low_scores.append(score)
+        else:
+            self.kept_groups[Group.of(row)] += 1
+            self.kept_scores.append(score)
+        if score is not None:
+            for name, value in row["judge_scores"].items():
+                if value is not None:
+                    counted = self.criteria.setdefault(name, [0, 0])
+                    counted[0], counted[1] = counted[0] + value, counted[1] + 1
+
+    def stats(self, verdicts: Iterable[dict], seconds: float, work_dir: Path, model: str) -> dict[str, Any]:
+        verdicts = list(verdicts)
+        return {
+            "judge_model": model,
+            # rows per mean score, rounded down to the half point: the distribution the report and card draw
+            "score_histogram": {"kept": _histogram(self.kept_scores), "rejected": _histogram(self.low_scores)},
+            "unjudged": self.unjudged,
+            "mean_score_kept": mean(self.kept_scores) if self.kept_scores else None,
+            "mean_score_rejected": mean(self.low_scores) if self.low_scores else None,
+            "mean_by_criterion": {name: total / n for name, (total, n) in sorted(self.criteria.items())},
+            "kept_by_kind_language": group_counts(self.kept_groups),
+            "attempts": dict(Counter(str(v["attempts"]) for v in verdicts)),
+            "verdict_tokens": sum(v["tokens"] for v in verdicts),
+            "judge_seconds": round(seconds, 2),
+            "judge_tokens_per_second": rate([work_dir / THROUGHPUT]),
+        }
 
 
-def _histogram(scores: list[float]) -> dict[str, int]:
+def _histogram(scores: Iterable[float]) -> dict[str, int]:
     counts = Counter(f"{math.floor(score * 2) / 2:.1f}" for score in scores)
     return dict(sorted(counts.items()))

@@ -8,12 +8,14 @@ re-routes nothing already routed.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from datasets import Features, List, Value
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -26,12 +28,30 @@ from dataengine.experts.routers import moe_dims
 from dataengine.experts.vllm_payload import decode
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.rows import ROUTED_FEATURES, batch_key, iter_rows, prompt_and_full_ids, stage_writer
+from dataengine.rows import (
+    CURATED_FEATURES,
+    ROUTED_FEATURES,
+    batch_key,
+    iter_rows,
+    prompt_and_full_ids,
+    sorted_rows,
+    stage_writer,
+)
 from dataengine.run_folder import ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
 
 COLUMNS = ["id", "messages", "kind", "language", "topic", "teacher_routing"]
+# a row waiting for its replay: what the map records of it, and its tokens
+_REPLAY_FEATURES = Features(
+    {
+        **{name: CURATED_FEATURES[name] for name in COLUMNS if name != "teacher_routing"},
+        "kept": Value("bool"),
+        "token_ids": List(Value("int32")),
+        "completion_start": Value("int32"),
+        "tokens": Value("int32"),
+    }
+)
 
 
 class RouteStage(Stage):
@@ -95,8 +115,15 @@ class RouteStage(Stage):
         # rows whose answers came back from vLLM with their routing need no replay; they are read a batch at a
         # time and their per-token routing let go once counted
         sources = [(inputs["rows"], True)] + ([(inputs["rejected"], False)] if "rejected" in inputs else [])
-        to_replay, rows_in = [], 0
+        rows_in = to_replay = 0
         drops: dict[str, int] = {}
+
+        def uncaptured() -> Iterator[dict]:  # the rows to replay, read again rather than held
+            for folder, kept in sources:
+                for row in iter_rows(folder, COLUMNS):
+                    if not row.pop("teacher_routing", None):
+                        yield dict(row, kept=kept)
+
         # the shards hold the rows captured from vLLM first, in their input's order, then the replayed ones
         with stage_writer(outputs["map"], ROUTED_FEATURES) as writer:
             for folder, kept in sources:
@@ -105,9 +132,11 @@ class RouteStage(Stage):
                     if routing := row.pop("teacher_routing", None):
                         add(dict(row, kept=kept), _captured(row["id"], routing, top_k), None, None, "vllm")
                     else:
-                        to_replay.append(dict(row, kept=kept))
-            for row, chosen, entropy, margin in self._replay(to_replay, path, revision, work_dir, ctx, drops):
-                add(row, chosen, entropy, margin, "replay")
+                        to_replay += 1
+            if to_replay:
+                replayed = self._replay(uncaptured(), to_replay, path, revision, work_dir, ctx, drops)
+                for row, chosen, entropy, margin in replayed:
+                    add(row, chosen, entropy, margin, "replay")
         routing_map = builder.build()
         routing_map["routed_by"] = {"vllm": counted["vllm"], "replay": counted["replay"]}
         write_atomic(outputs["map"] / ROUTING_MAP_FILE, json.dumps(routing_map, indent=1))
@@ -129,13 +158,18 @@ class RouteStage(Stage):
         )
 
     def _replay(
-        self, rows: list[dict], path: str, revision: dict, work_dir: Path, ctx: RunContext, drops: dict[str, int]
+        self,
+        rows: Iterable[dict],
+        count: int,
+        path: str,
+        revision: dict,
+        work_dir: Path,
+        ctx: RunContext,
+        drops: dict[str, int],
     ) -> Iterator[tuple[dict, np.ndarray, float, float]]:
-        """(row, choices, router entropy, margin) of every row short enough to replay, batch by batch; the rows
-        too long are counted in `drops`. Each batch's routing is saved as it finishes: a rerun replays nothing
-        saved."""
-        if not rows:
-            return
+        """(row, choices, router entropy, margin) of every row short enough to replay (`count` of them given),
+        batch by batch; the rows too long are counted in `drops`. Each batch's routing is saved as it finishes:
+        a rerun replays nothing saved."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -153,28 +187,30 @@ class RouteStage(Stage):
         except ValueError as exc:
             raise StageError(f"route: {exc}") from exc
         limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        todo = []
-        for row in rows:
-            ids, start = prompt_and_full_ids(tokenizer, row["messages"])
-            if limit is not None and len(ids) > limit:
-                drops["too_long_to_route"] = drops.get("too_long_to_route", 0) + 1
-            else:
-                todo.append((row, ids, start))
-        todo.sort(key=lambda item: (len(item[1]), item[0]["id"]))
-        batches = [todo[i : i + self.cfg.batch_size] for i in range(0, len(todo), self.cfg.batch_size)]
+
+        def tokenized() -> Iterator[dict]:
+            for row in rows:
+                ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+                if limit is not None and len(ids) > limit:
+                    drops["too_long_to_route"] = drops.get("too_long_to_route", 0) + 1
+                else:
+                    yield dict(row, token_ids=ids, completion_start=start, tokens=len(ids))
+
+        # shortest first, so a batch pads little; sorted through spilled runs, not in memory
+        todo = sorted_rows(tokenized(), ["tokens", "id"], _REPLAY_FEATURES, work_dir / "sort")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         saved = work_dir / "batches"
         saved.mkdir(parents=True, exist_ok=True)
         with Progress(console=ctx.console, transient=True) as progress:
-            task = progress.add_task("routing", total=len(todo))
-            for batch in batches:
+            task = progress.add_task("routing", total=count)
+            while batch := list(itertools.islice(todo, self.cfg.batch_size)):
                 # the precision too: a resume on a GPU node must not mix its bf16 routing with a CPU node's fp32
-                file = saved / f"{batch_key([str(dtype), *(row['id'] for row, _, _ in batch)])}.npz"
+                file = saved / f"{batch_key([str(dtype), *(row['id'] for row in batch)])}.npz"
                 if not file.is_file():
-                    _save(file, route_batch(model, [(ids, start) for _, ids, start in batch], pad))
+                    _save(file, route_batch(model, [(row["token_ids"], row["completion_start"]) for row in batch], pad))
                 choices, entropy, margin = _load(file)
-                for (row, _, _), chosen, h, m in zip(batch, choices, entropy, margin, strict=True):
-                    yield row, chosen, h, m
+                yield from zip(batch, choices, entropy, margin, strict=True)
+                progress.update(task, total=count - sum(drops.values()))  # known once every row is tokenized
                 progress.advance(task, len(batch))
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:

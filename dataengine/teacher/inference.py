@@ -12,16 +12,17 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 from datatrove.data import Document
-from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
 from datatrove.pipeline.inference.servers import EndpointServer
 from datatrove.pipeline.inference.types import ServerError
+from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -98,21 +99,20 @@ class _Runner(InferenceRunner):
         return endpoint_server(config, rank, self.health, self.whole_responses)
 
 
-class Shard(PipelineStep):
-    """The documents of one task: every world_size-th of them by id, from its rank. (datatrove hands a list that
-    opens a pipeline to every task whole.)"""
+DOCUMENTS = "documents"  # under a pass's work folder: its documents, one jsonl file per task
 
-    name = "🔀 shard"
-    type = "📖 - READER"
 
-    def __init__(self, docs: list[Document]) -> None:
-        super().__init__()
-        self.docs = sorted(docs, key=lambda doc: doc.id)
-
-    def run(self, data: Iterable[Document] | None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        for doc in self.docs[rank::world_size]:
-            self.stat_update("documents")
-            yield doc
+def deal(docs: Iterable[Document], folder: Path, tasks: int) -> int:
+    """Write `docs` into `folder` as one jsonl file per task, dealt in turn (datatrove's readers give the task of
+    rank r the r-th file), so no task's pipeline carries documents, pickled to Ray or Slurm, and no one holds
+    them all; returns how many. A rerun deals the same documents the same way: datatrove's checkpoints skip a
+    finished chunk's documents by count."""
+    shutil.rmtree(folder, ignore_errors=True)
+    dealt = 0
+    with JsonlWriter(str(folder), output_filename="${rank}.jsonl", compression=None) as writer:
+        for dealt, doc in enumerate(docs, start=1):
+            writer.write(doc, rank=(dealt - 1) % tasks)
+    return dealt
 
 
 def endpoint_server(
@@ -151,7 +151,7 @@ def inference_config(
 
 def run_inference(
     endpoints: list[TeacherEndpoint],
-    docs: list[Document],
+    docs: Iterable[Document],
     work_dir: Path,
     rollout_fn: Callable[..., Any],
     config: Callable[[str], InferenceConfig],
@@ -167,7 +167,11 @@ def run_inference(
     Each document's result is written to `<work_dir>/raw` (read it with datatrove's JsonlReader). A dead or lost
     endpoint is recovered and its task runs again from its checkpoints; `what` names the work in the progress
     bar and in errors."""
-    tasks = min(executor.tasks, len(docs)) or 1
+    documents = work_dir / DOCUMENTS
+    total = deal(docs, documents, executor.tasks)
+    if not total:
+        return 0.0
+    tasks = min(executor.tasks, total)  # one file per task: fewer documents than tasks leave no empty task
     done_before = len(_ids_in(work_dir / "raw") | _ids_in(work_dir / "checkpoints"))
     throughput = work_dir / THROUGHPUT
 
@@ -186,10 +190,10 @@ def run_inference(
         )
         runner.task_teacher = teacher
         runner.whole_responses = whole_responses
-        return [Shard(docs), runner]
+        return [JsonlReader(str(documents), compression=None, add_file_path=False), runner]
 
     with _progress(console) as progress, datatrove_logs_to(work_dir / "datatrove.log"):
-        bar = progress.add_task(what, total=len(docs), completed=done_before, tokens=0)
+        bar = progress.add_task(what, total=total, completed=done_before, tokens=0)
         follower = Follower(throughput)
 
         def look() -> None:
