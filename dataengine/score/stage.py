@@ -86,14 +86,15 @@ class ScoreStage(Stage):
                 run_until_done(ctx.endpoints(), self.cfg, pipeline, tasks, work_dir, "scoring")
         # part by part into the shards: scored rows carry top-k logprobs for every answer token, the largest rows
         # of a run
-        tokens = 0
+        tokens = scored = 0
         with stage_writer(outputs["rows"], SCORED_FEATURES) as writer:
             for name, _ in todo.batches:
                 part = pq.read_table(parts / name)
                 tokens += pc.sum(pc.list_value_length(part.column("teacher_topk_ids"))).as_py() or 0
+                scored += part.num_rows
                 writer.write_table(part)
-            if writer.rows != sum(sizes.values()):  # raised inside: the shards written are removed
-                raise StageError(f"score: {sum(sizes.values())} rows to score but {writer.rows} scored; see {parts}")
+            if scored != sum(sizes.values()):  # raised inside: the shards written are removed
+                raise StageError(f"score: {sum(sizes.values())} rows to score but {scored} scored; see {parts}")
         table.unlink()
         return StageResult(
             rows_in=todo.rows_in,
