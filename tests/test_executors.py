@@ -49,6 +49,9 @@ def test_documents_are_dealt_to_one_file_per_task_and_read_back_whole(tmp_path):
     assert deal(docs[:2], tmp_path / "docs", 4) == 2
     assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["00000.jsonl", "00001.jsonl"]
     assert deal([], tmp_path / "docs", 4) == 0 and not (tmp_path / "docs").exists()
+    # out of id order, a rerun could not count on each task's documents being where its checkpoints left them
+    with pytest.raises(ValueError, match="documents out of id order: 'd02' after 'd03'"):
+        deal([docs[3], docs[2]], tmp_path / "docs", 2)
 
 
 def test_an_unfinished_stage_resumes_only_on_the_tasks_it_started_with(tmp_path):

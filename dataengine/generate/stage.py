@@ -164,7 +164,8 @@ class GenerateStage(Stage):
         restarts_before = sum(t.restarts for t in ctx.endpoints())
         elapsed = 0.0
         for work, seeds in rounds:
-            elapsed += self._infer(ctx, self.documents({s.key: s for s in seeds}.values()), work)
+            in_order = sorted({s.key: s for s in seeds}.values(), key=lambda s: s.key)  # a document's id is its key
+            elapsed += self._infer(ctx, self.documents(in_order), work)
         expected = sum(s.rollouts for s in unique)
         made = _Made()
         rows = self._rows(ctx, [work / "raw" for work, _ in rounds], made)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from datasets import Features
 from rich.console import Console
 
 from dataengine import numbers
@@ -30,6 +31,7 @@ from dataengine.rows import (
     Group,
     group_counts,
     iter_rows,
+    sorted_rows,
     stage_writer,
     write_shards,
 )
@@ -47,6 +49,9 @@ from dataengine.verdicts import (
 )
 
 LOW, ERROR = "judge_low", "judge_error"
+# what a verdict's request is made of (verdicts.verdict_document)
+_ASKED = ["id", "kind", "language", "messages"]
+_ASKED_FEATURES = Features({name: CURATED_FEATURES[name] for name in _ASKED})
 
 
 class JudgeStage(Stage):
@@ -67,7 +72,8 @@ class JudgeStage(Stage):
         judge, model = judge_endpoint(self.recipe, ctx.teacher, work_dir / "judge.log", ctx.log)
         seconds = run_inference(
             [judge],
-            (verdict_document(row, self.cfg) for row in iter_rows(inputs["rows"])),
+            # in id order, as an inference pass takes its documents
+            (verdict_document(row, self.cfg) for row in self._by_id(inputs["rows"], work_dir / "sort")),
             work_dir,
             ask_verdict,
             lambda url: judge_config(self.cfg, model, url),
@@ -117,6 +123,11 @@ class JudgeStage(Stage):
                 **tally.stats(verdicts.values(), seconds, work_dir, model),
             },
         )
+
+    @staticmethod
+    def _by_id(rows: Path, spill: Path) -> Iterator[dict]:
+        """The rows a verdict is asked for, in id order: what the judge reads of them."""
+        yield from sorted_rows(iter_rows(rows, _ASKED), ["id"], _ASKED_FEATURES, spill)
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         stats = manifest.stats

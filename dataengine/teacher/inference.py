@@ -105,13 +105,19 @@ DOCUMENTS = "documents"  # under a pass's work folder: its documents, one jsonl 
 def deal(docs: Iterable[Document], folder: Path, tasks: int) -> int:
     """Write `docs` into `folder` as one jsonl file per task, dealt in turn (datatrove's readers give the task of
     rank r the r-th file), so no task's pipeline carries documents, pickled to Ray or Slurm, and no one holds
-    them all; returns how many. A rerun deals the same documents the same way: datatrove's checkpoints skip a
-    finished chunk's documents by count."""
+    them all; returns how many.
+
+    `docs` come in id order, so a rerun deals every document to the same task at the same place: datatrove's
+    checkpoints skip a finished chunk's documents by count. It is also the order the `Shard` step of earlier
+    versions dealt them in, so a pass interrupted under one resumes under the other."""
     shutil.rmtree(folder, ignore_errors=True)
-    dealt = 0
+    dealt, last = 0, None
     with JsonlWriter(str(folder), output_filename="${rank}.jsonl", compression=None) as writer:
         for dealt, doc in enumerate(docs, start=1):
+            if last is not None and doc.id < last:
+                raise ValueError(f"documents out of id order: {doc.id!r} after {last!r}")
             writer.write(doc, rank=(dealt - 1) % tasks)
+            last = doc.id
     return dealt
 
 

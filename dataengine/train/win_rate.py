@@ -53,7 +53,7 @@ def win_rate(
     judge, model_name = judge_endpoint(recipe, ctx.teacher, work_dir / "judge.log", ctx.log)
     run_inference(
         [judge],
-        docs,
+        sorted(docs, key=lambda doc: doc.id),  # an inference pass takes its documents in id order
         work_dir / "verdicts",
         ask_verdict,
         lambda url: judge_config(cfg, model_name, url),
