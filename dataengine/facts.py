@@ -309,9 +309,10 @@ def _answer_chars(folder: Path | None) -> np.ndarray:
         # 1,024 rows a batch: pyarrow's default, 65,536, put ~110 MB more at the peak of a 100,000-row run
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["messages"]):
             messages = batch.column("messages")
-            ends = pc.subtract(messages.offsets[1:], 1)  # each row's last message, among every row's messages
-            has = pc.greater(pc.list_value_length(messages).fill_null(0), 0)
-            last = messages.values.field("content").take(ends.filter(has))
+            turns = pc.list_value_length(messages).fill_null(0)
+            has = pc.greater(turns, 0)
+            contents = pc.struct_field(pc.list_flatten(messages), "content")  # every row's turns, row after row
+            last = contents.take(pc.subtract(pc.cumulative_sum(turns), 1).filter(has))  # each row's last turn
             counted = np.zeros(len(messages), np.int32)  # no message, no answer: 0, as rows.answer reads it
             counted[has.to_numpy(zero_copy_only=False)] = pc.utf8_length(last).fill_null(0).to_numpy()
             lengths.append(counted)

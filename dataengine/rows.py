@@ -448,23 +448,23 @@ def group_counts(counts: Counter[Group]) -> dict[str, int]:
 
 def batch_key(parts: Iterable[str]) -> str:
     """The name of a saved batch (its row ids, and anything else its result depends on): what a resumed stage
-    looks for to skip the batch."""
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def ids_key(ids: pa.Array) -> str:
-    """`batch_key(sorted(ids))` of ids in arrow, without a Python string per id (arrow sorts strings by their
-    UTF-8 bytes, which is Python's code point order)."""
+    looks for to skip the batch. The parts, joined by newlines, are hashed as they come: never held at once."""
     digest = hashlib.sha256()
-    for i, part in enumerate(_strings(pc.take(ids, pc.sort_indices(ids)))):
-        digest.update((("\n" if i else "") + "\n".join(part)).encode())
+    for i, part in enumerate(parts):
+        digest.update((("\n" if i else "") + part).encode())
     return digest.hexdigest()[:16]
 
 
-def _strings(ids: pa.Array | pa.ChunkedArray, size: int = 65_536) -> Iterator[list[str]]:
-    """Arrow strings as Python lists of at most `size`: only one slice is ever held as Python objects."""
+def ids_key(ids: pa.Array) -> str:
+    """`batch_key(sorted(ids))` of ids in arrow (arrow sorts strings by their UTF-8 bytes, which is Python's code
+    point order)."""
+    return batch_key(_strings(pc.take(ids, pc.sort_indices(ids))))
+
+
+def _strings(ids: pa.Array | pa.ChunkedArray, size: int = 65_536) -> Iterator[str]:
+    """Arrow strings one at a time, made into Python objects a slice of `size` at a time."""
     for start in range(0, len(ids), size):
-        yield ids.slice(start, size).to_pylist()
+        yield from ids.slice(start, size).to_pylist()
 
 
 def split_rows(rows: list[dict], eval_fraction: float, min_rows: int = 1) -> tuple[list[dict], list[dict]]:
@@ -479,7 +479,7 @@ def held_out_ids(ids: list[str] | pa.Array, eval_fraction: float, min_rows: int 
     stage draws the same split. `ids` in arrow are read a slice at a time."""
     n_eval = max(math.ceil(len(ids) * eval_fraction), min(min_rows, len(ids) // 2))
     n_eval = min(max(1, n_eval), len(ids) - 1) if len(ids) > 1 else 0
-    every = (i for part in _strings(ids) for i in part) if isinstance(ids, pa.Array | pa.ChunkedArray) else ids
+    every = _strings(ids) if isinstance(ids, pa.Array | pa.ChunkedArray) else ids
     # the n lowest, not a sort of every hash: a million ids' digests are not held at once (a digest's bytes sort
     # as its hex does)
     return set(heapq.nsmallest(n_eval, every, key=lambda i: hashlib.sha256(i.encode()).digest()))
