@@ -9,10 +9,13 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
+import orjson
+from datasets import Features, Value
 from datatrove.data import Document
 from datatrove.pipeline.inference.run_inference import InferenceConfig
 from datatrove.pipeline.inference.types import GenerateFunction, InferenceError
@@ -21,7 +24,7 @@ from datatrove.pipeline.readers import JsonlReader
 from dataengine.data import load
 from dataengine.logs import datatrove_logs_to
 from dataengine.recipe import JudgeConfig, Recipe, TeacherConfig
-from dataengine.rows import JUDGE_CRITERIA, answer, last_user_turn, primary_language
+from dataengine.rows import JUDGE_CRITERIA, answer, last_user_turn, primary_language, sorted_rows
 from dataengine.teacher.inference import OnDone, inference_config
 from dataengine.teacher.server import TeacherEndpoint, served_name
 
@@ -148,11 +151,31 @@ async def ask_verdict(document: Document, generate: GenerateFunction, *, on_done
 
 def read_verdicts(raw: Path) -> dict[str, dict[str, Any]]:
     """Document id -> its verdict, from the documents datatrove wrote to `raw`."""
+    return dict(_found(raw))
+
+
+def verdicts_by_id(raw: Path, spill: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each document's id and verdict, once each and in id order, from the documents datatrove wrote to `raw`
+    (a task's, in the order they finished; a chunk replayed from its checkpoint may be there twice), sorted
+    through files under `spill`: to be joined with rows in id order without holding the verdicts."""
+    found = ({"id": doc_id, "verdict": orjson.dumps(verdict).decode()} for doc_id, verdict in _found(raw))
+    last = None
+    for row in sorted_rows(found, ["id"], _SORTED_FEATURES, spill):
+        if row["id"] != last:
+            last = row["id"]
+            yield last, orjson.loads(row["verdict"])
+
+
+_SORTED_FEATURES = Features({"id": Value("string"), "verdict": Value("string")})
+
+
+def _found(raw: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if not raw.is_dir():
-        return {}
+        return
     with datatrove_logs_to(raw.parent / "datatrove.log"):
-        docs = list(JsonlReader(str(raw), compression=None).run())
-    return {doc.id: doc.metadata["rollout_results"][0] for doc in docs if doc.metadata.get("rollout_results")}
+        for doc in JsonlReader(str(raw), compression=None).run():
+            if doc.metadata.get("rollout_results"):
+                yield doc.id, doc.metadata["rollout_results"][0]
 
 
 def mean_score(verdict: dict[str, Any]) -> float | None:

@@ -54,6 +54,37 @@ def test_documents_are_dealt_to_one_file_per_task_and_read_back_whole(tmp_path):
         deal([docs[3], docs[2]], tmp_path / "docs", 2)
 
 
+def test_a_resumed_pass_counts_each_written_document_once(tmp_path):
+    """datatrove's own checkpoint manager writes each document to its chunk's raw file and checkpoint both, and
+    removes the checkpoint of a complete chunk: a resumed pass's progress starts at the documents written."""
+    import asyncio
+
+    from datatrove.pipeline.inference.checkpointing import CheckpointManager
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from dataengine.teacher.inference import _finished
+
+    async def write(rank: int, count: int) -> None:
+        checkpoints = CheckpointManager(str(tmp_path / "checkpoints"), records_per_chunk=3)
+        for n, chunk in zip(range(count), checkpoints.chunk_index_gen(), strict=False):
+            await checkpoints.write_document(Document(text="", id=f"{rank}-{n}"), rank, chunk, raw)
+
+    raw = JsonlWriter(str(tmp_path / "raw"), output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None)
+    with raw:
+        asyncio.run(write(0, 5))  # chunk 0 complete, chunk 1 two documents in
+        asyncio.run(write(1, 2))
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jsonl")) == [
+        "checkpoints/00000/chunk_00001.jsonl",
+        "checkpoints/00001/chunk_00000.jsonl",
+        "raw/00000_chunk_0.jsonl",
+        "raw/00000_chunk_1.jsonl",
+        "raw/00001_chunk_0.jsonl",
+    ]
+    with (tmp_path / "checkpoints/00001/chunk_00000.jsonl").open("a") as cut:
+        cut.write('{"id": "1-')  # a line a crash cut short
+    assert _finished(tmp_path) == 7
+
+
 def test_an_unfinished_stage_resumes_only_on_the_tasks_it_started_with(tmp_path):
     endpoint = TeacherEndpoint(TeacherConfig(model="m", endpoint="http://127.0.0.1:9"), tmp_path / "log")
     (tmp_path / "tasks").write_text("2")

@@ -198,3 +198,38 @@ def test_the_card_shows_the_score_distribution_kept_against_rejected(tmp_path, j
     assert "| 1.0 | 0 | 1 |" in card and "| 4.0 | 1 | 0 |" in card and "| 5.0 | 1 | 0 |" in card
     assert "Mean score of kept rows 4.5, of rejected 1;" in card
     assert judge_section(None) == []
+
+
+def test_verdicts_are_joined_to_their_rows_in_id_order_once_each(tmp_path, monkeypatch):
+    """The raw verdicts come per task, in the order they finished, and a chunk replayed from its checkpoint may
+    be there twice: they are sorted (through spilled runs here) and joined, a row without one is missing."""
+    from datatrove.data import Document
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from dataengine import rows as rows_module
+    from dataengine.judge.stage import _joined
+    from dataengine.verdicts import verdicts_by_id
+
+    monkeypatch.setattr(rows_module, "SPILL_ROWS", 2)
+
+    def verdict(doc_id: str, score: int) -> Document:
+        return Document(
+            text="judge me", id=doc_id, metadata={"rollout_results": [{"scores": {"x": score}, "attempts": 1}]}
+        )
+
+    with JsonlWriter(str(tmp_path / "raw"), output_filename="${rank}.jsonl", compression=None) as raw:
+        for rank, docs in enumerate([["e", "a", "c"], ["b", "e", "z"]]):
+            for doc_id in docs:
+                raw.write(verdict(doc_id, ord(doc_id)), rank=rank)
+        raw.write(Document(text="judge me", id="f", metadata={}), rank=1)  # a document with no result is no verdict
+    verdicts = list(verdicts_by_id(tmp_path / "raw", tmp_path / "spill"))
+    assert [(doc_id, v["scores"]["x"]) for doc_id, v in verdicts] == [(i, ord(i)) for i in "abcez"]
+    assert not (tmp_path / "spill").exists()
+    joined = _joined(({"id": i} for i in "abdef"), iter(verdicts))
+    assert [(row["id"], v and v["scores"]["x"]) for row, v in joined] == [
+        ("a", ord("a")),
+        ("b", ord("b")),
+        ("d", None),
+        ("e", ord("e")),
+        ("f", None),
+    ]

@@ -151,3 +151,23 @@ def test_rows_sort_through_spilled_runs_and_the_spill_is_removed(tmp_path, monke
     assert got[0]["messages"][0]["content"].startswith("q") and got[0]["sampling"]["temperature"] == pytest.approx(0.7)
     assert sum(r["id"] == given[7]["id"] for r in got) == 2  # side by side: the caller writes one
     assert not spill.exists()
+
+
+@pytest.mark.parametrize(
+    ("limits", "runs_left"),
+    [
+        ({"SPILL_ROWS": 40, "FAN_IN": 3}, 3),  # 7 runs, merged 3 at a time into longer ones: 7 -> 5 -> 3
+        ({"SPILL_ROWS": 1000, "SPILL_BYTES": 1, "_BLOCK": 16}, 16),  # a run per block once the bytes are spent
+    ],
+)
+def test_runs_are_bounded_by_bytes_and_merged_a_bounded_number_at_a_time(tmp_path, monkeypatch, limits, runs_left):
+    for name, value in limits.items():
+        monkeypatch.setattr(rows, name, value)
+    given = list(_rows(252))
+    random.Random(1).shuffle(given)
+    spill = tmp_path / "spill"
+    out = rows.sorted_rows(iter(given), ["id"], SAMPLE_FEATURES, spill)
+    first = next(out)
+    assert len(list(spill.iterdir())) == runs_left
+    assert [first["id"], *(r["id"] for r in out)] == sorted(r["id"] for r in given)
+    assert not spill.exists()

@@ -31,7 +31,7 @@ generate:
 
 def seeds(seed: int = 0, extra: str = "", base_dir=None):
     recipe = parse_recipe(RECIPE.format(seed=seed) + extra, base_dir=base_dir)
-    return expand_seeds(recipe.generate, base_dir)
+    return list(expand_seeds(recipe.generate, base_dir))
 
 
 def test_quotas_per_language_and_kind():
@@ -91,7 +91,7 @@ def test_prompts_are_distinct_even_beyond_the_topic_pool():
     pool = sum(len(t) for t in load_topics().values())
     extra_quota = RECIPE.replace("quota: 3", f"quota: {pool + 5}")
     recipe = parse_recipe(extra_quota.format(seed=0))
-    out = expand_seeds(recipe.generate, None)
+    out = list(expand_seeds(recipe.generate, None))
     en = [s for s in out if s.kind == "chat" and s.language == "en"]
     assert len(en) == pool + 5
     assert len({s.key for s in en}) == pool + 5
@@ -115,6 +115,21 @@ def test_prompts_from_jsonl_and_parquet(tmp_path):
     out = [s for s in seeds(extra=extra, base_dir=tmp_path) if s.task == "answer"]
     assert [s.prompt for s in out] == ["question 0", "question 1", "question 2", "question 3", "a", "b"]
     assert [s.language for s in out] == ["en", "de", "en", "de", "es", "es"]
+
+
+def test_a_prompt_is_asked_once_and_the_prompts_go_in_key_order(tmp_path, monkeypatch):
+    from dataengine import rows
+    from dataengine.generate.seeds import distinct
+
+    monkeypatch.setattr(rows, "SPILL_ROWS", 4)  # through spilled runs, as a long prompt file goes
+    lines = [f"question {i % 7}" for i in range(20)] + ["question 0", "Frage", "  Frage  "]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": line}) + "\n" for line in lines))
+    given = seeds(extra="  sources: [{path: p.jsonl, language: de}]\n", base_dir=tmp_path)
+    out = list(distinct(given, tmp_path / "spill"))
+    assert [s.key for s in out] == sorted({s.key for s in given})
+    assert sorted(s.prompt for s in out if s.task == "answer") == ["Frage"] + [f"question {i}" for i in range(7)]
+    assert {s.key: s for s in given} == {s.key: s for s in out}  # each prompt whole, its round and persona too
+    assert not (tmp_path / "spill").exists()
 
 
 def test_missing_column_is_a_clear_error(tmp_path):

@@ -74,7 +74,7 @@ def test_no_round_when_nothing_is_short_or_top_up_is_off(tmp_path):
 def test_top_up_prompts_are_new_samples():
     gen = parse_recipe(RECIPE).generate
     base = {s.key for s in expand_seeds(gen, None)}
-    extra = top_up_seeds(gen, {"chat/fr": 3, "code/en": 2}, round=1)
+    extra = list(top_up_seeds(gen, {"chat/fr": 3, "code/en": 2}, round=1))
     assert [(s.kind, s.language) for s in extra].count(("chat", "fr")) == 3
     assert [(s.kind, s.language) for s in extra].count(("code", "en")) == 2
     assert not any(s.kind == "chat" and s.language == "en" for s in extra)

@@ -6,16 +6,21 @@ scheduled run that changes the seed draws different topics.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from datasets import Features, Value
+
 from dataengine import data as shipped
 from dataengine.recipe import GenerateConfig, PromptSource, resolve_path
-from dataengine.rows import Group
+from dataengine.rows import Group, sorted_rows
 
 CODE_LANGUAGE = "python"
 
@@ -68,31 +73,29 @@ class PromptSeed:
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _draw(pool: list[str], count: int, rng: random.Random) -> list[str]:
+def _draw(pool: list[str], count: int, rng: random.Random) -> Iterator[str]:
     """`count` items, all distinct while the pool lasts, then cycling through fresh shuffles."""
-    out: list[str] = []
-    while len(out) < count:
+    while count > 0:
         order = pool[:]
         rng.shuffle(order)
-        out.extend(order[: count - len(out)])
-    return out
+        yield from order[:count]
+        count -= len(order)
 
 
 def _rng(gen: GenerateConfig, what: str, round: int) -> random.Random:
     return random.Random(f"{gen.seed}:{what}" + (f":top-up {round}" if round else ""))
 
 
-def chat_seeds(gen: GenerateConfig, round: int = 0) -> list[PromptSeed]:
+def chat_seeds(gen: GenerateConfig, round: int = 0) -> Iterator[PromptSeed]:
     chat = gen.chat
     if chat is None:
-        return []
+        return
     if chat.topics:
         pool = list(chat.topics)
     else:
         topics = load_topics()
         pool = [t for d in (chat.domains or sorted(topics)) for t in topics[d]]
     shipped = load_languages()
-    seeds = []
     for lang in chat.languages:
         template = lang.instruction or shipped[lang.code]["persona_instruction" if chat.personas else "instruction"]
         rng = _rng(gen, f"chat:{lang.code}", round)
@@ -101,15 +104,13 @@ def chat_seeds(gen: GenerateConfig, round: int = 0) -> list[PromptSeed]:
         personas = (
             _draw(load_personas()[lang.code], lang.quota, _rng(gen, f"persona:{lang.code}", round))
             if chat.personas
-            else [None] * lang.quota
+            else itertools.repeat(None, lang.quota)
         )
         for n, (topic, persona) in enumerate(zip(topics, personas, strict=True)):
             # A quota larger than the topic pool repeats topics; the repeat number keeps prompts distinct.
             suffix = "" if n < len(pool) else f" ({n // len(pool) + 1})"
             prompt = template.format(topic=topic, persona=persona) + suffix
-            seed = PromptSeed("chat", "instruct_answer", lang.code, topic, prompt, chat.rollouts, round, persona)
-            seeds.append(seed)
-    return seeds
+            yield PromptSeed("chat", "instruct_answer", lang.code, topic, prompt, chat.rollouts, round, persona)
 
 
 CODE_REQUEST = """Write a small Python programming exercise: {archetype}.
@@ -129,23 +130,22 @@ Use exactly this format, with these three headings and nothing else:
 ```"""
 
 
-def code_seeds(gen: GenerateConfig, round: int = 0) -> list[PromptSeed]:
+def code_seeds(gen: GenerateConfig, round: int = 0) -> Iterator[PromptSeed]:
     code = gen.code
     if code is None:
-        return []
+        return
     archetypes = load_code_archetypes()
     names = code.archetypes or sorted(archetypes)
     rng = _rng(gen, "code", round)
-    seeds = []
     for n, name in enumerate(_draw(names, code.count, rng)):
         suffix = "" if n < len(names) else f"\n(Variant {n // len(names) + 1}: pick a different function than usual.)"
         prompt = CODE_REQUEST.format(archetype=archetypes[name]) + suffix
-        seeds.append(PromptSeed("code", "code_task", code.language, name, prompt, code.rollouts, round))
-    return seeds
+        yield PromptSeed("code", "code_task", code.language, name, prompt, code.rollouts, round)
 
 
-def source_seeds(source: PromptSource, base_dir: Path) -> list[PromptSeed]:
-    """Prompts from a local file or a Hub dataset, read with `datasets` (which also streams the Hub)."""
+def source_seeds(source: PromptSource, base_dir: Path) -> Iterator[PromptSeed]:
+    """Prompts from a local file or a Hub dataset, read with `datasets` (which also streams the Hub): its arrow
+    cache is memory-mapped, and read here a batch at a time."""
     from datasets import load_dataset
 
     from dataengine.errors import UserError
@@ -162,25 +162,24 @@ def source_seeds(source: PromptSource, base_dir: Path) -> list[PromptSeed]:
             raise UserError(f"prompt source {origin}: no column {column!r} (columns: {', '.join(ds.column_names)})")
     if source.limit is not None:
         ds = ds.select(range(min(source.limit, len(ds))))
-    seeds = []
-    for row in ds:
-        text = row[source.field]
-        if not isinstance(text, str) or not text.strip():
-            continue
-        language = row[source.language_field] if source.language_field else source.language
-        seeds.append(PromptSeed("chat", "answer", str(language), None, text.strip(), source.rollouts))
-    return seeds
+    for batch in ds.iter(batch_size=1024):
+        texts = batch[source.field]
+        languages = batch[source.language_field] if source.language_field else [source.language] * len(texts)
+        for text, language in zip(texts, languages, strict=True):
+            if isinstance(text, str) and text.strip():
+                yield PromptSeed("chat", "answer", str(language), None, text.strip(), source.rollouts)
 
 
-def expand_seeds(gen: GenerateConfig, base_dir: Path) -> list[PromptSeed]:
-    """Every distinct prompt of the recipe, in a stable order."""
-    seeds = chat_seeds(gen) + code_seeds(gen)
+def expand_seeds(gen: GenerateConfig, base_dir: Path) -> Iterator[PromptSeed]:
+    """Every prompt of the recipe, in a stable order, made as they are asked for (a prompt file may repeat one:
+    `distinct` asks it once)."""
+    yield from chat_seeds(gen)
+    yield from code_seeds(gen)
     for source in gen.sources:
-        seeds += source_seeds(source, base_dir)
-    return seeds
+        yield from source_seeds(source, base_dir)
 
 
-def top_up_seeds(gen: GenerateConfig, extra: dict[str, int], round: int) -> list[PromptSeed]:
+def top_up_seeds(gen: GenerateConfig, extra: dict[str, int], round: int) -> Iterator[PromptSeed]:
     """Prompts of one top-up round: `extra` maps groups ("chat/<language>", "code/<language>") to how many
     more distinct prompts to ask, drawn with a round-specific seed so that they differ from earlier ones."""
     wanted = {Group.parse(key): n for key, n in extra.items()}
@@ -193,4 +192,25 @@ def top_up_seeds(gen: GenerateConfig, extra: dict[str, int], round: int) -> list
     if gen.code is not None:
         update["code"] = gen.code.model_copy(update={"count": wanted.get(Group("code", gen.code.language), 0)})
     again = gen.model_copy(update=update)
-    return chat_seeds(again, round) + code_seeds(again, round)
+    yield from chat_seeds(again, round)
+    yield from code_seeds(again, round)
+
+
+_SEED_FEATURES = Features(
+    {
+        "key": Value("string"),
+        **{name: Value("string") for name in ("kind", "task", "language", "topic", "prompt", "persona")},
+        "rollouts": Value("int32"),
+        "round": Value("int32"),
+    }
+)
+
+
+def distinct(seeds: Iterable[PromptSeed], spill: Path) -> Iterator[PromptSeed]:
+    """`seeds` once each, in key order (a document's id is its key, and an inference pass takes its documents
+    in id order), sorted through files under `spill` so that a million-line prompt file is never held."""
+    last = None
+    for row in sorted_rows(({"key": s.key, **dataclasses.asdict(s)} for s in seeds), ["key"], _SEED_FEATURES, spill):
+        if (key := row.pop("key")) != last:
+            last = key
+            yield PromptSeed(**row)

@@ -24,6 +24,7 @@ from dataengine.experts.vllm_payload import answer_routing, encode
 from dataengine.generate.rollout import request_seed, rollout
 from dataengine.generate.seeds import (
     PromptSeed,
+    distinct,
     expand_seeds,
     load_code_archetypes,
     load_languages,
@@ -157,16 +158,16 @@ class GenerateStage(Stage):
         rounds = [(work_dir, expand_seeds(gen, self.base_dir))]
         for r, extra in enumerate(load_rounds(ctx.run_dir), start=1):
             rounds.append((work_dir / f"top-up-{r}", top_up_seeds(gen, extra, r)))
-        unique = list({s.key: s for _, seeds in rounds for s in seeds}.values())
-        if not unique:
-            raise StageError("no prompts to generate: quotas are 0 and the prompt sources are empty")
-        ctx.log(f"{len(unique)} prompts, {sum(s.rollouts for s in unique)} rollouts expected")
         restarts_before = sum(t.restarts for t in ctx.endpoints())
-        elapsed = 0.0
+        elapsed, asked = 0.0, _Asked()
         for work, seeds in rounds:
-            in_order = sorted({s.key: s for s in seeds}.values(), key=lambda s: s.key)  # a document's id is its key
-            elapsed += self._infer(ctx, self.documents(in_order), work)
-        expected = sum(s.rollouts for s in unique)
+            # distinct within a round; a top-up round's keys hold its number, so rounds never share a prompt
+            prompts = asked.count(distinct(seeds, work / "sort-prompts"))
+            elapsed += self._infer(ctx, self.documents(prompts), work)
+        if not asked.prompts:
+            raise StageError("no prompts to generate: quotas are 0 and the prompt sources are empty")
+        ctx.log(f"{asked.prompts} prompts asked, {asked.rollouts} rollouts expected")
+        expected = asked.rollouts
         made = _Made()
         rows = self._rows(ctx, [work / "raw" for work, _ in rounds], made)
         # in (kind, language, id) order, whatever order the tasks finished in: a replayed chunk's rows come in
@@ -192,10 +193,10 @@ class GenerateStage(Stage):
             output_fingerprint=fingerprint_files(writer.paths),
             drops=dict(made.drops),
             stats={
-                **made.stats(elapsed, len(unique)),
+                **made.stats(elapsed, asked.prompts),
                 "top_up_rounds": len(rounds) - 1,
                 "teacher_restarts": sum(t.restarts for t in ctx.endpoints()) - restarts_before,
-                "tasks": min(gen.tasks, len(unique)),  # never more tasks than prompts
+                "tasks": min(gen.tasks, asked.prompts),  # never more tasks than prompts
                 "teacher_tokens_per_second_timeline": timeline([work / THROUGHPUT for work, _ in rounds]),
             },
         )
@@ -290,6 +291,20 @@ class GenerateStage(Stage):
         if restarts := stats.get("teacher_restarts"):
             console.print(f"[yellow]the teacher was restarted {restarts} time(s) during generation[/yellow]")
         console.print(f"output: {outputs['rows']}")
+
+
+@dataclass
+class _Asked:
+    """The prompts of a generation and the rollouts they ask for, counted as they go to the teacher."""
+
+    prompts: int = 0
+    rollouts: int = 0
+
+    def count(self, seeds: Iterable[PromptSeed]) -> Iterator[PromptSeed]:
+        for seed in seeds:
+            self.prompts += 1
+            self.rollouts += seed.rollouts
+            yield seed
 
 
 @dataclass

@@ -43,15 +43,14 @@ from dataengine.verdicts import (
     ask_verdict,
     judge_config,
     judge_endpoint,
-    read_verdicts,
     verdict_columns,
     verdict_document,
+    verdicts_by_id,
 )
 
 LOW, ERROR = "judge_low", "judge_error"
 # what a verdict's request is made of (verdicts.verdict_document)
 _ASKED = ["id", "kind", "language", "messages"]
-_ASKED_FEATURES = Features({name: CURATED_FEATURES[name] for name in _ASKED})
 
 
 class JudgeStage(Stage):
@@ -73,31 +72,31 @@ class JudgeStage(Stage):
         seconds = run_inference(
             [judge],
             # in id order, as an inference pass takes its documents
-            (verdict_document(row, self.cfg) for row in self._by_id(inputs["rows"], work_dir / "sort")),
+            (verdict_document(row, self.cfg) for row in self._by_id(inputs["rows"], work_dir / "sort", _ASKED)),
             work_dir,
             ask_verdict,
             lambda url: judge_config(self.cfg, model, url),
             ctx.console,
             "judging",
         )
-        verdicts = read_verdicts(work_dir / "raw")
+        verdicts = verdicts_by_id(work_dir / "raw", work_dir / "sort-verdicts")
         tally = _Tally()
         paired: list[dict] = []  # the rows, when the recipe asks for pairs (they are matched by prompt)
-        # the rows a batch at a time, from the input's shards to the kept or the rejected ones
+        # the rows in id order, joined with their verdicts, to the kept or the rejected ones
         with (
             stage_writer(outputs["kept"], CURATED_FEATURES) as kept,
             stage_writer(outputs["rejected"], CURATED_FEATURES) as rejected,
         ):
-            for row in iter_rows(inputs["rows"]):
-                if row["id"] not in verdicts:
+            for row, verdict in _joined(self._by_id(inputs["rows"], work_dir / "sort"), verdicts):
+                if verdict is None:
                     tally.missing += 1
                     continue
-                judged = {**row, **verdict_columns(verdicts[row["id"]], model)}
+                judged = {**row, **verdict_columns(verdict, model)}
                 if judged["judge_score"] is None:
                     judged |= {"drop_reason": ERROR, "drop_step": "judge"}
                 elif judged["judge_score"] < self.cfg.threshold:
                     judged |= {"drop_reason": LOW, "drop_step": "judge"}
-                tally.add(judged)
+                tally.add(judged, verdict)
                 (rejected if judged.get("drop_reason") else kept).write(judged)
                 if self.cfg.pairs is not None:
                     paired.append(judged)
@@ -120,14 +119,15 @@ class JudgeStage(Stage):
             stats={
                 "threshold": self.cfg.threshold,
                 "preference_pairs": len(pairs) if pairs is not None else None,
-                **tally.stats(verdicts.values(), seconds, work_dir, model),
+                **tally.stats(seconds, work_dir, model),
             },
         )
 
     @staticmethod
-    def _by_id(rows: Path, spill: Path) -> Iterator[dict]:
-        """The rows a verdict is asked for, in id order: what the judge reads of them."""
-        yield from sorted_rows(iter_rows(rows, _ASKED), ["id"], _ASKED_FEATURES, spill)
+    def _by_id(rows: Path, spill: Path, columns: list[str] | None = None) -> Iterator[dict]:
+        """The rows in id order, all their columns or those of `columns`."""
+        features = CURATED_FEATURES if columns is None else Features({c: CURATED_FEATURES[c] for c in columns})
+        yield from sorted_rows(iter_rows(rows, columns), ["id"], features, spill)
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         stats = manifest.stats
@@ -156,9 +156,13 @@ class _Tally:
     low_scores: array = field(default_factory=lambda: array("d"))  # rejected rows that have a score
     unjudged: int = 0
     criteria: dict[str, list[int]] = field(default_factory=dict)  # criterion -> [sum, rows], over scored rows
+    attempts: Counter = field(default_factory=Counter)  # requests a verdict took -> rows
+    verdict_tokens: int = 0
 
-    def add(self, row: dict) -> None:
+    def add(self, row: dict, verdict: dict) -> None:
         self.rows += 1
+        self.attempts[str(verdict["attempts"])] += 1
+        self.verdict_tokens += verdict["tokens"]
         score = row["judge_score"]
         if reason := row.get("drop_reason"):
             self.drops[reason] += 1
@@ -175,8 +179,7 @@ class _Tally:
                     counted = self.criteria.setdefault(name, [0, 0])
                     counted[0], counted[1] = counted[0] + value, counted[1] + 1
 
-    def stats(self, verdicts: Iterable[dict], seconds: float, work_dir: Path, model: str) -> dict[str, Any]:
-        verdicts = list(verdicts)
+    def stats(self, seconds: float, work_dir: Path, model: str) -> dict[str, Any]:
         return {
             "judge_model": model,
             # rows per mean score, rounded down to the half point: the distribution the report and card draw
@@ -186,11 +189,21 @@ class _Tally:
             "mean_score_rejected": mean(self.low_scores) if self.low_scores else None,
             "mean_by_criterion": {name: total / n for name, (total, n) in sorted(self.criteria.items())},
             "kept_by_kind_language": group_counts(self.kept_groups),
-            "attempts": dict(Counter(str(v["attempts"]) for v in verdicts)),
-            "verdict_tokens": sum(v["tokens"] for v in verdicts),
+            "attempts": dict(self.attempts),
+            "verdict_tokens": self.verdict_tokens,
             "judge_seconds": round(seconds, 2),
             "judge_tokens_per_second": rate([work_dir / THROUGHPUT]),
         }
+
+
+def _joined(rows: Iterable[dict], verdicts: Iterable[tuple[str, dict]]) -> Iterator[tuple[dict, dict | None]]:
+    """Each row with its verdict (None when it has none): both come in id order, so they merge as they are read."""
+    pending = iter(verdicts)
+    verdict_id, verdict = next(pending, (None, None))
+    for row in rows:
+        while verdict_id is not None and verdict_id < row["id"]:  # a verdict whose row is not among these
+            verdict_id, verdict = next(pending, (None, None))
+        yield row, verdict if verdict_id == row["id"] else None
 
 
 def _histogram(scores: Iterable[float]) -> dict[str, int]:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import shutil
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def run_inference(
     if not total:
         return 0.0
     tasks = min(executor.tasks, total)  # one file per task: fewer documents than tasks leave no empty task
-    done_before = len(_ids_in(work_dir / "raw") | _ids_in(work_dir / "checkpoints"))
+    done_before = _finished(work_dir)
     throughput = work_dir / THROUGHPUT
 
     def pipeline(teacher: TaskTeacher) -> list:
@@ -218,12 +219,24 @@ def _reporting(folder: str) -> Iterator[dict[str, OnDone]]:
         yield {"on_done": record}
 
 
-def _ids_in(folder: Path) -> set[str]:
-    """Ids of documents already written (raw output or checkpoints), to start the progress bar there."""
+def _finished(work_dir: Path) -> int:
+    """How many documents a pass already wrote, to start the progress bar there. datatrove writes a document
+    to its chunk's raw file and checkpoint both, and removes the checkpoint once the chunk is complete, so the
+    ids are counted a chunk at a time: never more than a chunk's ids are held."""
+    chunks: dict[tuple[str, int], list[Path]] = defaultdict(list)
+    for path in (work_dir / "raw").glob("*_chunk_*.jsonl"):  # ${rank}_chunk_${chunk_index}.jsonl
+        rank, chunk = path.name.removesuffix(".jsonl").split("_chunk_")
+        chunks[rank, int(chunk)].append(path)
+    for path in (work_dir / "checkpoints").glob("*/chunk_*.jsonl"):  # datatrove's {rank:05d}/chunk_{index:05d}
+        chunks[path.parent.name, int(path.name.removesuffix(".jsonl").removeprefix("chunk_"))].append(path)
+    return sum(len(_ids_in(paths)) for paths in chunks.values())
+
+
+def _ids_in(paths: list[Path]) -> set[str]:
     ids: set[str] = set()
-    for path in folder.rglob("*.jsonl") if folder.exists() else []:
+    for path in paths:
         for line in path.read_bytes().splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError):
+            with contextlib.suppress(orjson.JSONDecodeError):  # a line cut short by a crash
                 ids.add(orjson.loads(line)["id"])
     return ids
 
