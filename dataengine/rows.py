@@ -312,7 +312,7 @@ def write_shards(
 
 SPILL_ROWS = 10_000  # rows `sorted_rows` holds at once (a generated row is a few kilobytes)
 # ... or fewer, when they take more: a row with the teacher's routing of a Qwen3-30B-A3B answer is ~150 KB
-SPILL_BYTES = 128 * 1024 * 1024
+SPILL_BYTES = 64 * 1024 * 1024
 FAN_IN = 128  # runs merged at once: the merge holds a row group of each
 _GROUP_BYTES = 512 * 1024  # a spilled run's row groups, in arrow bytes
 _BLOCK = 256  # rows made into arrow at a time, to measure them as they come

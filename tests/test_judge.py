@@ -38,6 +38,7 @@ def _recipe(
 ):
     judge = "threshold: 3, max_concurrent_requests: 2" + (f", {judge}" if judge else "")
     text = RECIPE.format(pipeline=pipeline, port=port, judge=judge, balance=balance, extra=extra)
+    text = text.replace("quota: 1}]}", "quota: 1}], rollouts: 2}") if "pairs" in judge else text
     return parse_recipe(text, base_dir=base_dir)
 
 
@@ -130,8 +131,8 @@ def test_later_stages_read_what_the_judge_kept(tmp_path):
 # ------------------------------------------------------------------ the stage against a stand-in judge
 
 
-def _judge(tmp_path: Path, port: int, rows: list[dict]):
-    recipe = _recipe(tmp_path, port)
+def _judge(tmp_path: Path, port: int, rows: list[dict], judge: str = ""):
+    recipe = _recipe(tmp_path, port, judge=judge)
     run_dir = tmp_path / "run"
     write_shards(rows, run_dir / "curated", features=CURATED_FEATURES)
     stage = JudgeStage(recipe, tmp_path, rows_from="curated")
@@ -181,6 +182,27 @@ def test_rows_are_routed_by_their_verdict_and_unreadable_ones_are_never_kept(tmp
     assert len(StandinJudge.requests) == sent and again.rows_out == 3
     # its speed is the first pass's: verdicts read back from checkpoints took no time to write
     assert again.stats["judge_tokens_per_second"] == result.stats["judge_tokens_per_second"] > 0
+
+
+def test_pairs_are_made_from_what_the_judge_scored_and_its_scratch_is_removed(tmp_path, judge_port):
+    rows = [
+        _row("a-best", "Which?", "Rate me 5"),
+        _row("a-mid", "Which?", "Rate me 4"),
+        _row("a-worst", "Which?", "Rate me 2"),  # rejected (under 3) and still the pair's rejected answer
+        _row("b-one", "Other?", "Rate me 4"),
+        _row("b-two", "Other?", "Rate me 4"),  # no margin
+        _row("c-broken", "broken?", "Hm."),  # no verdict: no part in a pair
+        _row("c-good", "broken?", "Rate me 5"),
+    ]
+    result, outputs = _judge(tmp_path, judge_port, rows, judge="pairs: {min_margin: 1}")
+    pairs = read_rows(outputs["preference"])
+    assert [(p["chosen_id"], p["rejected_id"], p["chosen_score"], p["rejected_score"]) for p in pairs] == [
+        ("a-best", "a-worst", 5.0, 2.0)
+    ]
+    assert pairs[0]["prompt"] == [{"role": "user", "content": "Which?"}] and pairs[0]["judge_model"] == "teacher"
+    assert result.stats["preference_pairs"] == 1
+    work = tmp_path / "run" / ".work" / "judge"
+    assert not (work / "candidates").exists() and not (work / "sort-pairs").exists()
 
 
 def test_a_judge_that_is_gone_fails_the_stage_and_keeps_nothing(tmp_path):

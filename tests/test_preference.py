@@ -41,7 +41,10 @@ def _judged(prompt: str, row_id: str, score: float | None, kind: str = "chat", p
     }
 
 
-def test_a_pair_is_the_best_kept_answer_against_the_worst_where_the_margin_holds():
+def test_a_pair_is_the_best_kept_answer_against_the_worst_where_the_margin_holds(tmp_path, monkeypatch):
+    from dataengine import rows as rows_module
+
+    monkeypatch.setattr(rows_module, "SPILL_ROWS", 3)  # a prompt's rollouts meet across spilled runs
     rows_ = [
         *(_judged("A", f"a{i}", s) for i, s in enumerate((5, 3, 2))),  # best against worst: 5 vs 2
         _judged("B", "b0", 4),
@@ -56,14 +59,18 @@ def test_a_pair_is_the_best_kept_answer_against_the_worst_where_the_margin_holds
         _judged("G", "g0", 4, "code", passed=True),
         _judged("G", "g1", 3.5, "code", passed=True),  # both passed: the margin decides, and fails
     ]
-    pairs = preference_pairs(rows_, threshold=3, min_margin=1)
+    pairs = list(preference_pairs(rows_, threshold=3, min_margin=1, spill=tmp_path))
     assert [(p["chosen_id"], p["rejected_id"]) for p in pairs] == [("a0", "a2"), ("f0", "f1")]
     first = next(p for p in pairs if p["chosen_id"] == "a0")
     assert first["prompt"] == [{"role": "user", "content": "A"}]
     assert first["chosen"] == [{"role": "assistant", "content": "answer a0"}]
     assert first["rejected"] == [{"role": "assistant", "content": "answer a2"}]
     assert (first["chosen_score"], first["rejected_score"]) == (5, 2)
-    assert len(preference_pairs(rows_, threshold=3, min_margin=0.5)) == 4  # B and G hold now
+    assert len(list(preference_pairs(rows_, threshold=3, min_margin=0.5, spill=tmp_path))) == 4  # B and G hold now
+    assert not list(tmp_path.iterdir())  # the spilled runs are removed
+    # scores as the judge computed them: 3.6 in float32 is under a threshold of 3.6
+    close = [_judged("H", "h0", 3.6), _judged("H", "h1", 2.4)]
+    assert [p["chosen_id"] for p in preference_pairs(close, threshold=3.6, min_margin=1, spill=tmp_path)] == ["h0"]
 
 
 RECIPE = """
@@ -93,18 +100,18 @@ def test_pairs_and_dpo_are_checked_and_wired(tmp_path):
     assert stages["publish"].inputs["preference"] == "preference"
 
 
-def _pairs() -> list[dict]:
+def _pairs(spill) -> list[dict]:
     """Two answers per tiny prompt: the right one chosen, a wrong one rejected."""
     judged = []
     for row in rows():
         judged.append({**row, "judge_score": 5.0, "judge_model": "j"})
         wrong = {"role": "assistant", "content": "i do not know"}
         judged.append({**row, "id": row["id"] + "-wrong", "messages": [row["messages"][0], wrong], "judge_score": 1.0})
-    return preference_pairs(judged, threshold=3, min_margin=1)
+    return list(preference_pairs(judged, threshold=3, min_margin=1, spill=spill))
 
 
 def test_the_preference_config_loads_with_datasets_and_trains_two_dpo_steps(tmp_path):
-    pairs = _pairs()
+    pairs = _pairs(tmp_path / "spill")
     assert len(pairs) == len(rows())
     layout = tmp_path / "published"
     counts = {
@@ -158,7 +165,7 @@ def test_dpo_follows_sft_and_the_judge_weighs_the_student_against_itself_before(
     ]
     judged = rows() + siblings
     write_shards(judged, run_dir / "judged", features=CURATED_FEATURES)
-    write_shards(_pairs(), run_dir / "preference", features=PREFERENCE_FEATURES)
+    write_shards(_pairs(tmp_path / "spill"), run_dir / "preference", features=PREFERENCE_FEATURES)
     teacher = TeacherEndpoint(recipe.teacher, run_dir / "teacher.log", log=lambda _: None)
     ctx = RunContext(recipe, tmp_path, run_dir, Console(file=io.StringIO()), "run-1", teacher)
 
@@ -177,7 +184,8 @@ def test_dpo_follows_sft_and_the_judge_weighs_the_student_against_itself_before(
     # no pair on a prompt the evaluation asks, whichever rollout of it was held out
     asked_prompts = {r["messages"][0]["content"] for r in judged if r["id"] in held_out}
     assert any(i.endswith("-b") for i in held_out)  # a sibling held out: its chosen row alone would not say
-    assert dpo["rows"] == sum(p["prompt"][0]["content"] not in asked_prompts for p in _pairs()) < len(_pairs())
+    pairs = _pairs(tmp_path / "spill")
+    assert dpo["rows"] == sum(p["prompt"][0]["content"] not in asked_prompts for p in pairs) < len(pairs)
     # the student before DPO is the SFT phase's, kept for the evaluation
     sft = run_dir / ".work" / "train" / "sft" / "final" / "model.safetensors"
     assert (outputs["before_dpo"] / "model.safetensors").read_bytes() == sft.read_bytes()
@@ -224,7 +232,7 @@ def test_published_pairs_keep_test_prompts_out_of_train_and_are_never_appended(t
         write_shards(judged, run_dir / folder, features=CURATED_FEATURES)
         stats = verdicts if stage == "judge" else {}
         Manifest(stage, "c", "", "o", len(judged), len(judged), {}, stats, {}, "r", "h", {}).write(run_dir / folder)
-    write_shards(_pairs(), run_dir / "preference", features=PREFERENCE_FEATURES)
+    write_shards(_pairs(tmp_path / "spill"), run_dir / "preference", features=PREFERENCE_FEATURES)
 
     with pytest.raises(UserError, match="appending them to a published dataset is not supported yet"):
         publish_run(run_dir, str(tmp_path / "out"), append=True, dry_run=False, console=Console(file=io.StringIO()))
@@ -234,4 +242,4 @@ def test_published_pairs_keep_test_prompts_out_of_train_and_are_never_appended(t
     tested = {r["messages"][0]["content"] for r in rows_["test"]}
     assert tested and {p["prompt"][0]["content"] for p in pairs["test"]} == tested
     assert not {p["prompt"][0]["content"] for p in pairs["train"]} & tested
-    assert pairs["train"].num_rows + pairs["test"].num_rows == len(_pairs())
+    assert pairs["train"].num_rows + pairs["test"].num_rows == len(_pairs(tmp_path / "spill"))

@@ -8,7 +8,9 @@ finished verdicts are checkpointed in `.work/judge/`, and a rerun asks only for 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,7 +24,7 @@ from rich.console import Console
 
 from dataengine import numbers
 from dataengine.errors import StageError
-from dataengine.judge.pairs import preference_pairs
+from dataengine.judge.pairs import CANDIDATE_FEATURES, candidate, preference_pairs
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import JudgeConfig, Recipe
 from dataengine.rows import (
@@ -33,7 +35,6 @@ from dataengine.rows import (
     iter_rows,
     sorted_rows,
     stage_writer,
-    write_shards,
 )
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.inference import run_inference
@@ -81,11 +82,13 @@ class JudgeStage(Stage):
         )
         verdicts = verdicts_by_id(work_dir / "raw", work_dir / "sort-verdicts")
         tally = _Tally()
-        paired: list[dict] = []  # the rows, when the recipe asks for pairs (they are matched by prompt)
+        candidates = work_dir / "candidates"  # of preference pairs, when the recipe asks for them
+        shutil.rmtree(candidates, ignore_errors=True)  # a crashed run's
         # the rows in id order, joined with their verdicts, to the kept or the rejected ones
         with (
             stage_writer(outputs["kept"], CURATED_FEATURES) as kept,
             stage_writer(outputs["rejected"], CURATED_FEATURES) as rejected,
+            stage_writer(candidates, CANDIDATE_FEATURES) if self.cfg.pairs else contextlib.nullcontext() as paired,
         ):
             for row, verdict in _joined(self._by_id(inputs["rows"], work_dir / "sort"), verdicts):
                 if verdict is None:
@@ -98,8 +101,8 @@ class JudgeStage(Stage):
                     judged |= {"drop_reason": LOW, "drop_step": "judge"}
                 tally.add(judged, verdict)
                 (rejected if judged.get("drop_reason") else kept).write(judged)
-                if self.cfg.pairs is not None:
-                    paired.append(judged)
+                if paired is not None and judged["judge_score"] is not None:
+                    paired.write(candidate(judged))
             if tally.missing:  # raised inside: the shards written are removed
                 raise StageError(
                     f"the judge lost {tally.missing} of {tally.rows + tally.missing} rows (see {work_dir / 'logs'}); "
@@ -108,9 +111,16 @@ class JudgeStage(Stage):
         paths = kept.paths
         pairs = None
         if self.cfg.pairs is not None:
-            pairs = preference_pairs(paired, self.cfg.threshold, self.cfg.pairs.min_margin)
+            spill = work_dir / "sort-pairs"
+            made = preference_pairs(iter_rows(candidates), self.cfg.threshold, self.cfg.pairs.min_margin, spill)
+            with stage_writer(outputs["preference"], PREFERENCE_FEATURES) as preference:
+                for pair in made:
+                    preference.write(pair)
+            pairs = preference.rows
             # the pairs are part of what later stages see change (train's DPO reads only them)
-            paths += write_shards(pairs, outputs["preference"], features=PREFERENCE_FEATURES)
+            paths += preference.paths
+            shutil.rmtree(candidates)
+            shutil.rmtree(spill, ignore_errors=True)
         return StageResult(
             rows_in=tally.rows,
             rows_out=kept.rows,
@@ -118,7 +128,7 @@ class JudgeStage(Stage):
             drops=dict(tally.drops),
             stats={
                 "threshold": self.cfg.threshold,
-                "preference_pairs": len(pairs) if pairs is not None else None,
+                "preference_pairs": pairs,
                 **tally.stats(seconds, work_dir, model),
             },
         )
