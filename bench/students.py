@@ -72,12 +72,14 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only the inits whose name contains this")
     args = parser.parse_args()
 
+    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.recipe import StudentConfig, load_recipe
     from dataengine.rows import read_rows
     from dataengine.run_folder import ROUTING_MAP_FILE, RunFolder
     from dataengine.teacher.server import resolve_model
+    from dataengine.train.data import sft_rows
     from dataengine.train.phases import run_sft
     from dataengine.train.student import init_student
 
@@ -89,7 +91,7 @@ def main() -> None:
     if len(rows) <= args.held_out:
         sys.exit(f"{len(rows)} rows in {args.run}: run `make demo` first")
     rows.sort(key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
-    held_out, train_rows = rows[: args.held_out], rows[args.held_out :]
+    held_out, train_rows = rows[: args.held_out], Dataset.from_list(rows[args.held_out :])
     routing = run.folder("route", "map")
     load = json.loads((routing / ROUTING_MAP_FILE).read_text())["overall"]["load"] if routing else None
     teacher_path = resolve_model(recipe.teacher, print)
@@ -111,7 +113,7 @@ def main() -> None:
             info = json.loads((folder / "student_init.json").read_text())
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             before = fit(model, teacher, tokenizer, held_out)
-            trained = run_sft(folder, train_rows, sft, work / name / "sft", lambda _: None)
+            trained = run_sft(folder, sft_rows(train_rows), sft, work / name / "sft", lambda _: None)
             after = fit(
                 AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval(), teacher, tokenizer, held_out
             )

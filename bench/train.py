@@ -85,19 +85,20 @@ def main() -> None:
     args = parser.parse_args()
 
     from dataengine.recipe import load_recipe
-    from dataengine.rows import read_rows, split_rows
     from dataengine.run_folder import RunFolder
+    from dataengine.train.data import load_rows, split_rows
     from dataengine.train.student import init_student
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     scored = RunFolder(args.run).folder("score")
-    rows = read_rows(scored) if scored is not None else []
-    if not rows:
-        sys.exit(f"no scored rows in {args.run}: run `make demo` first")
-    train_rows, held_out = split_rows(rows, recipe.train.evaluate.eval_fraction, recipe.train.evaluate.min_held_out)
     # the checkpoints are gigabytes: gone when the figures are printed
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
+        rows = load_rows(scored, work / "datasets") if scored is not None else []
+        if not len(rows):
+            sys.exit(f"no scored rows in {args.run}: run `make demo` first")
+        evaluate = recipe.train.evaluate
+        train_rows, held_out = split_rows(rows, evaluate.eval_fraction, evaluate.min_held_out)
         start = init_student(recipe, ROOT / "recipes", work / "init", train_rows, log=print)
 
         if args.part in ("sft", "all"):
@@ -106,8 +107,9 @@ def main() -> None:
             compare_distill(args, start, train_rows, held_out, recipe, work)
 
 
-def compare_sft(args, start: Path, train_rows: list[dict], recipe, work: Path) -> None:
+def compare_sft(args, start: Path, train_rows, recipe, work: Path) -> None:
     """(a) SFT overhead. Both checkpoint every save_steps and save the final model, as the stage does."""
+    from dataengine.train.data import sft_rows
     from dataengine.train.phases import run_sft
 
     sft = recipe.train.sft.model_copy(update={"max_steps": args.steps, "save_steps": args.steps})
@@ -118,9 +120,9 @@ def compare_sft(args, start: Path, train_rows: list[dict], recipe, work: Path) -
             out = work / f"sft-{i}-{name.split()[0]}"
             began = time.perf_counter()
             if name.startswith("dataengine"):
-                run_sft(start, train_rows, sft, out, quiet)
+                run_sft(start, sft_rows(train_rows), sft, out, quiet)
             else:
-                plain_trl_sft(start, train_rows, sft, out)
+                plain_trl_sft(start, train_rows.to_list(), sft, out)
             timings[name].append(time.perf_counter() - began)
             print(f"{name} run {i}: {timings[name][-1]:.1f} s", flush=True)
     base = statistics.median(timings["TRL SFTTrainer direct"])
@@ -134,9 +136,10 @@ def compare_sft(args, start: Path, train_rows: list[dict], recipe, work: Path) -
         print(f"| {name} | {', '.join(f'{t:.1f}' for t in runs)} | {median:.1f} | {median / base:.3f}x |")
 
 
-def compare_distill(args, start: Path, train_rows: list[dict], held_out: list[dict], recipe, work: Path) -> None:
+def compare_distill(args, start: Path, train_rows, held_out: list[dict], recipe, work: Path) -> None:
     """(b) offline_topk vs gkd from the same untrained student, same steps and batch."""
     from dataengine.teacher.server import resolve_model
+    from dataengine.train.data import phase_rows
     from dataengine.train.phases import run_distill
 
     distill = recipe.train.distill.model_copy(update={"max_steps": args.steps, "save_steps": args.steps})
@@ -147,7 +150,14 @@ def compare_distill(args, start: Path, train_rows: list[dict], held_out: list[di
         settings = distill.model_copy(update={"method": method})
         began = time.perf_counter()
         final = run_distill(
-            start, train_rows, settings, work / method, lambda: teacher, lambda: "", recipe.score.top_k, quiet
+            start,
+            phase_rows("distill", train_rows, method),
+            settings,
+            work / method,
+            lambda: teacher,
+            lambda: "",
+            recipe.score.top_k,
+            quiet,
         )
         seconds = time.perf_counter() - began
         results[method] = (seconds, held_out_kl(final, held_out))

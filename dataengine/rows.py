@@ -403,7 +403,8 @@ def shard_files(stage_folder: Path) -> list[Path]:
 
 
 def read_rows(stage_folder: Path, columns: list[str] | None = None) -> list[dict]:
-    """Every row of a stage's shards; no rows when it has none."""
+    """Every row of a stage's shards, in a list (no rows when it has none): for small folders, tests and benches;
+    the stages read theirs a batch at a time (`iter_rows`) or memory-mapped (`train.data.load_rows`)."""
     return read_parquet(shard_files(stage_folder), columns)
 
 
@@ -509,12 +510,6 @@ def _strings(ids: pa.Array | pa.ChunkedArray, size: int = 65_536) -> Iterator[st
     """Arrow strings one at a time, made into Python objects a slice of `size` at a time."""
     for start in range(0, len(ids), size):
         yield from ids.slice(start, size).to_pylist()
-
-
-def split_rows(rows: list[dict], eval_fraction: float, min_rows: int = 1) -> tuple[list[dict], list[dict]]:
-    """(train, held-out), by `held_out_ids`."""
-    held = held_out_ids([r["id"] for r in rows], eval_fraction, min_rows)
-    return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
 
 
 def held_out_ids(ids: list[str] | pa.Array, eval_fraction: float, min_rows: int = 1) -> set[str]:

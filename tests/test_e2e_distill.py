@@ -21,10 +21,11 @@ from transformers import AutoModelForCausalLM
 from dataengine.recipe import DistillSettings, TeacherConfig, load_recipe
 from dataengine.runner import run_recipe
 from dataengine.teacher.server import TeacherServer, resolve_model
+from dataengine.train.data import phase_rows
 from dataengine.train.phases import run_distill
 from dataengine.train.student import init_student
 from tests.conftest import tiny_recipe
-from tests.tiny_models import rows as tiny_rows
+from tests.tiny_models import row_data
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +179,7 @@ def test_online_methods_train_a_few_steps_with_the_moe_teacher(tmp_path, teacher
     assert json.loads((Path(teacher_path) / "config.json").read_text())["architectures"] == ["MixtralForCausalLM"]
     final = run_distill(
         start,
-        tiny_rows(4),
+        phase_rows("distill", row_data(4), method),
         settings,
         tmp_path / method,
         lambda: teacher_path,

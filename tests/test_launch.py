@@ -13,7 +13,7 @@ from dataengine.errors import StageError
 from dataengine.recipe import LaunchSettings, SFTSettings
 from dataengine.train.launch import launch_args, launch_phase
 from dataengine.train.phases import run_sft
-from tests.tiny_models import rows, save, tiny_llama, tiny_tokenizer
+from tests.tiny_models import save, sft_data, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,10 @@ SFT = SFTSettings(num_train_epochs=2, per_device_train_batch_size=2, max_length=
 
 @pytest.mark.slow
 def test_sft_on_two_processes_makes_the_student_of_one(start, tmp_path):
-    one = run_sft(start, rows(8), SFT, tmp_path / "one", print)
-    two = launch_phase("sft", start, rows(8), SFT, tmp_path / "two", LaunchSettings(num_processes=2), tmp_path, print)
+    one = run_sft(start, sft_data(8), SFT, tmp_path / "one", print)
+    two = launch_phase(
+        "sft", start, sft_data(8), SFT, tmp_path / "two", LaunchSettings(num_processes=2), tmp_path, print
+    )
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     record_one, record_two = (json.loads((f / "phase.json").read_text()) for f in (one, two))
     assert (record_one["processes"], record_two["processes"]) == (1, 2)
@@ -47,7 +49,9 @@ def test_a_phase_that_fails_under_accelerate_says_where_its_log_is(start, tmp_pa
     with pytest.raises(
         StageError, match=r"sft: accelerate launch exited with code \d+; the last lines of .*launch.log"
     ):
-        launch_phase("sft", start, rows(2), broken, tmp_path / "p", LaunchSettings(num_processes=1), tmp_path, print)
+        launch_phase(
+            "sft", start, sft_data(2), broken, tmp_path / "p", LaunchSettings(num_processes=1), tmp_path, print
+        )
 
 
 def test_launch_arguments_pass_the_users_config_file_through(tmp_path):

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from dataengine.recipe import LoraSettings, SFTSettings
 from dataengine.train.phases import run_sft
-from tests.tiny_models import rows, save, tiny_mixtral, tiny_tokenizer
+from tests.tiny_models import save, sft_data, tiny_mixtral, tiny_tokenizer
 
 
 def test_lora_on_the_experts_trains_them_and_is_merged_into_the_saved_student(tmp_path):
@@ -25,7 +25,7 @@ def test_lora_on_the_experts_trains_them_and_is_merged_into_the_saved_student(tm
         max_steps=2, logging_steps=1, save_steps=2, per_device_train_batch_size=2, max_length=64,
         learning_rate=1e-2, router_aux_loss_coef=0.02, lora=lora,
     )  # fmt: skip
-    final = run_sft(start, rows(6), settings, tmp_path / "sft", lambda _: None)
+    final = run_sft(start, sft_data(6), settings, tmp_path / "sft", lambda _: None)
     before = AutoModelForCausalLM.from_pretrained(start).state_dict()
     after = AutoModelForCausalLM.from_pretrained(final).state_dict()
     assert set(after) == set(before)  # merged: no adapter weights left in the student

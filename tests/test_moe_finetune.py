@@ -10,7 +10,7 @@ import pytest
 from dataengine.recipe import load_recipe
 from dataengine.train.phases import run_sft
 from dataengine.train.student import init_student
-from tests.tiny_models import rows
+from tests.tiny_models import sft_data
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_the_moe_finetune_recipe_trains_the_builtin_moe_and_records_its_load(tmp
     sft = recipe.train.sft.model_copy(
         update={"max_steps": 3, "logging_steps": 1, "save_steps": 3, "per_device_train_batch_size": 2, "max_length": 64}
     )
-    final = run_sft(start, rows(6), sft, tmp_path / "sft", print)
+    final = run_sft(start, sft_data(6), sft, tmp_path / "sft", print)
     record = json.loads((final / "phase.json").read_text())
     steps = record["expert_load_steps"]
     assert [s["step"] for s in steps] == [1, 2, 3] and all(len(s["cv"]) == 30 for s in steps)  # every MoE layer

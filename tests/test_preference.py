@@ -18,12 +18,13 @@ from dataengine.errors import RecipeError, UserError
 from dataengine.judge.pairs import preference_pairs
 from dataengine.manifest import Manifest
 from dataengine.pipelines import build
-from dataengine.publish.layout import card_configs, write_config
+from dataengine.publish.layout import card_configs, marked, write_layout
 from dataengine.publish.stage import publish_run
 from dataengine.recipe import DPOSettings, parse_recipe
 from dataengine.rows import CURATED_FEATURES, PREFERENCE_FEATURES, write_shards
 from dataengine.stage import RunContext
 from dataengine.teacher.server import TeacherEndpoint
+from dataengine.train.data import phase_rows
 from dataengine.train.phases import run_dpo
 from tests.conftest import StandinJudge, standin_score
 from tests.tiny_models import rows, save, tiny_llama, tiny_tokenizer
@@ -115,7 +116,14 @@ def test_the_preference_config_loads_with_datasets_and_trains_two_dpo_steps(tmp_
     assert len(pairs) == len(rows())
     layout = tmp_path / "published"
     counts = {
-        "preference": write_config(pairs, PREFERENCE_FEATURES, layout, "preference", pa.array([pairs[0]["id"]]), 100)
+        "preference": write_layout(
+            [marked(pa.Table.from_pylist(pairs, schema=PREFERENCE_FEATURES.arrow_schema), pa.array([pairs[0]["id"]]))],
+            PREFERENCE_FEATURES,
+            layout,
+            [],
+            100,
+            default="preference",
+        )["preference"]
     }
     front = DatasetCardData(configs=card_configs(counts)).to_yaml()
     DatasetCard(f"---\n{front}\n---\n").save(str(layout / "README.md"))
@@ -128,7 +136,7 @@ def test_the_preference_config_loads_with_datasets_and_trains_two_dpo_steps(tmp_
     settings = DPOSettings(
         max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=1, precision="fp32", beta=0.5
     )
-    final = run_dpo(start, loaded["train"].to_list(), settings, tmp_path / "dpo", print)
+    final = run_dpo(start, phase_rows("dpo", loaded["train"]), settings, tmp_path / "dpo", print)
     record = json.loads((final / "phase.json").read_text())
     assert record["method"] == "dpo" and record["steps"] == 2 and record["rows"] == len(pairs) - 1
     logged = [entry for entry in record["log_history"] if "loss" in entry]

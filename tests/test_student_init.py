@@ -88,7 +88,7 @@ def test_block_influence_is_one_minus_the_cosine_of_each_layers_input_and_output
 
 def test_a_student_merged_from_the_teacher_and_pruned_by_influence(tmp_path):
     from dataengine.train.student import init_student
-    from tests.tiny_models import rows, save, student_recipe
+    from tests.tiny_models import row_data, save, student_recipe
 
     tokenizer = tiny_tokenizer()
     teacher = save(tiny_mixtral(len(tokenizer), seed=4), tokenizer, tmp_path / "teacher")
@@ -98,7 +98,7 @@ def test_a_student_merged_from_the_teacher_and_pruned_by_influence(tmp_path):
         route=True,
     )
     load = [[2.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
-    folder = init_student(recipe, tmp_path, tmp_path / "init", rows(6), load, lambda _: None)
+    folder = init_student(recipe, tmp_path, tmp_path / "init", row_data(6), load, lambda _: None)
     made = json.loads((folder / "student_init.json").read_text())
     assert made["merged_experts_of"] == str(teacher) and made["weights"] == [[0.5, 0.5, 0, 0], [0.25] * 4]
     scores = made["block_influence"]

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from dataengine.recipe import DistillSettings, LoraSettings, PruneConfig, SFTSettings
-from dataengine.rows import prompt_and_full_ids, split_rows
+from dataengine.rows import SAMPLE_FEATURES, ShardWriter, held_out_ids, prompt_and_full_ids
+from dataengine.train.data import load_rows, pairs_outside, phase_rows, sft_rows, split_rows, topk_rows
 from dataengine.train.evaluation import answer_fit
 from dataengine.train.offline_topk import OfflineTopKCollator, topk_kl
 from dataengine.train.phases import run_distill, run_sft
 from dataengine.train.student import kept_layers, prune_layers
-from tests.tiny_models import rows, save, tiny_llama, tiny_mixtral, tiny_tokenizer
+from tests.tiny_models import rows, save, sft_data, tiny_llama, tiny_mixtral, tiny_tokenizer
 
 # ---------------------------------------------------------------- pruning
 
@@ -98,17 +101,75 @@ def test_topk_kl_is_zero_for_the_teacher_itself_and_ignores_padding_and_masked_p
 
 
 def test_split_is_deterministic_disjoint_and_holds_at_least_one_row():
-    data = [{"id": f"r{i}"} for i in range(10)]
+    data = Dataset.from_list([{"id": f"r{i}", "n": i} for i in range(10)])
     train, held = split_rows(data, 0.2)
     assert len(held) == 2 and len(train) == 8
-    assert not {r["id"] for r in train} & {r["id"] for r in held}
-    assert {r["id"] for r in split_rows(list(reversed(data)), 0.2)[1]} == {r["id"] for r in held}
-    assert len(split_rows(data[:3], 0.01)[1]) == 1
+    assert set(train["id"]) | {r["id"] for r in held} == set(data["id"])
+    assert not set(train["id"]) & {r["id"] for r in held}
+    assert all(r["n"] == int(r["id"][1:]) for r in held)  # whole rows, not ids
+    assert {r["id"] for r in split_rows(data.select(range(9, -1, -1)), 0.2)[1]} == {r["id"] for r in held}
+    assert len(split_rows(data.select(range(3)), 0.01)[1]) == 1
     # min_held_out raises a small share, but leaves training half the rows
     assert len(split_rows(data, 0.2, min_rows=4)[1]) == 4
     assert len(split_rows(data, 0.2, min_rows=8)[1]) == 5
     assert len(split_rows(data, 0.6, min_rows=8)[1]) == 6  # a larger share is not cut
     assert {r["id"] for r in held} < {r["id"] for r in split_rows(data, 0.2, min_rows=4)[1]}
+
+
+def _stage(folder, data, rows_per_shard=3):
+    with ShardWriter(folder / "data", "train", SAMPLE_FEATURES, rows_per_shard=rows_per_shard) as writer:
+        for row in data:
+            writer.write(row)
+    return folder
+
+
+def test_training_rows_are_memory_mapped_from_the_work_folder_and_split_by_id(tmp_path):
+    data = rows(8)
+    stage = _stage(tmp_path / "curated", data)
+    assert len(list((stage / "data").glob("*.parquet"))) == 3
+    cache = tmp_path / "work" / "datasets"
+    loaded = load_rows(stage, cache)
+    assert loaded["id"][:] == [r["id"] for r in data]
+    # every step's rows live in arrow files under the work folder, not in memory
+    train, held = split_rows(loaded, 0.25)
+    sft = sft_rows(train)
+    for step in (loaded, train, sft):
+        assert step.cache_files and all(Path(f["filename"]).is_relative_to(cache) for f in step.cache_files)
+    assert {r["id"] for r in held} == held_out_ids([r["id"] for r in data], 0.25)
+    assert held == [r for r in loaded.to_list() if r["id"] in {h["id"] for h in held}]  # whole rows, in order
+    kept = [r for r in data if r["id"] not in {h["id"] for h in held}]
+    assert sft.column_names == ["prompt", "completion"]
+    assert sft.to_list() == [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in kept]
+    assert phase_rows("distill", train, "on_policy").to_list() == [{"prompt": r["messages"][:-1]} for r in kept]
+    assert phase_rows("distill", train, "gkd").column_names == ["messages"]
+    # a stage that kept nothing (one empty shard) loads as no rows
+    assert len(load_rows(_stage(tmp_path / "empty", []), cache)) == 0
+
+
+def test_scored_rows_take_the_offline_top_k_form():
+    row = {"token_ids": [5, 6, 7, 8], "completion_start": 3, "teacher_topk_ids": [[8, 1]], "other": 1}
+    row["teacher_topk_logprobs"] = [[-0.1, -3.0]]
+    [formed] = topk_rows(Dataset.from_list([row])).to_list()
+    assert formed == {
+        "input_ids": [5, 6, 7, 8],
+        "completion_mask": [0, 0, 0, 1],
+        "completion_start": 3,
+        "teacher_topk_ids": [[8, 1]],
+        "teacher_topk_logprobs": [[-0.1, -3.0]],
+    }
+
+
+def test_preference_pairs_on_held_out_prompts_are_left_out():
+    def turns(text, role="user"):
+        return [{"role": role, "content": text}]
+
+    pairs = [
+        {"prompt": turns(q), "chosen": turns("a", "assistant"), "rejected": turns("b", "assistant")} for q in "xyz"
+    ]
+    held_out = [{"messages": turns("y") + turns("an answer", "assistant")}]
+    kept = pairs_outside(Dataset.from_list(pairs), held_out)
+    assert [p["prompt"][0]["content"] for p in kept] == ["x", "z"]
+    assert phase_rows("dpo", kept).column_names == ["prompt", "chosen", "rejected"]
 
 
 def peaky_teacher(vocab_size: int):
@@ -179,7 +240,7 @@ def test_offline_topk_trainer_moves_the_student_towards_the_teacher(tmp_path):
     before = answer_fit(AutoModelForCausalLM.from_pretrained(start), tokenizer, scored)
     final = run_distill(
         start,
-        scored,
+        topk_rows(Dataset.from_list(scored)),
         _settings(DistillSettings, method="offline_topk"),
         tmp_path / "distill",
         teacher=None,
@@ -200,13 +261,13 @@ def test_sft_resumes_from_its_last_checkpoint(tmp_path):
     tokenizer = tiny_tokenizer()
     start = save(tiny_llama(len(tokenizer), seed=2), tokenizer, tmp_path / "start")
     out = tmp_path / "sft"
-    run_sft(start, rows(), _settings(SFTSettings), out, print)
+    run_sft(start, sft_data(), _settings(SFTSettings), out, print)
     first = json.loads((out / "final" / "phase.json").read_text())
     assert first["steps"] == 12 and first["resumed_from"] is None
     # a crash after the step-6 checkpoint: the next run picks it up and trains only the rest
     for item in ("final", "checkpoint-12"):
         shutil.rmtree(out / item)
-    resumed = run_sft(start, rows(), _settings(SFTSettings), out, print)
+    resumed = run_sft(start, sft_data(), _settings(SFTSettings), out, print)
     record = json.loads((resumed / "phase.json").read_text())
     assert record["resumed_from"] == "checkpoint-6"
     assert record["steps"] == 12
@@ -216,7 +277,7 @@ def test_sft_resumes_from_its_last_checkpoint(tmp_path):
 def test_sft_of_an_moe_applies_the_router_loss_and_logs_expert_load(tmp_path):
     tokenizer = tiny_tokenizer()
     start = save(tiny_mixtral(len(tokenizer)), tokenizer, tmp_path / "moe")
-    final = run_sft(start, rows(), _settings(SFTSettings, router_aux_loss_coef=0.02), tmp_path / "sft", print)
+    final = run_sft(start, sft_data(), _settings(SFTSettings, router_aux_loss_coef=0.02), tmp_path / "sft", print)
     record = json.loads((final / "phase.json").read_text())
     load = record["expert_load"]
     assert len(load) == 2  # one entry per MoE layer
@@ -235,7 +296,7 @@ def test_sft_with_lora_trains_only_the_adapted_modules_and_saves_them_merged(tmp
     tokenizer = tiny_tokenizer()
     start = save(tiny_llama(len(tokenizer), seed=3), tokenizer, tmp_path / "start")
     lora = LoraSettings(r=4, lora_alpha=8, target_modules=["q_proj"])
-    final = run_sft(start, rows(), _settings(SFTSettings, lora=lora), tmp_path / "sft", print)
+    final = run_sft(start, sft_data(), _settings(SFTSettings, lora=lora), tmp_path / "sft", print)
     assert not list(final.glob("adapter_*"))  # a plain transformers folder, adapters merged in
     before, after = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (start, final))
     changed = {name for name, weight in after.items() if not torch.equal(weight, before[name])}

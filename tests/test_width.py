@@ -84,7 +84,7 @@ def test_a_student_pruned_in_depth_then_width(tmp_path):
 
     from dataengine.errors import UserError
     from dataengine.train.student import init_student
-    from tests.tiny_models import rows, save, student_recipe
+    from tests.tiny_models import row_data, save, student_recipe
 
     tokenizer = tiny_tokenizer()
     start = save(tiny_llama(len(tokenizer), seed=7, layers=3), tokenizer, tmp_path / "start")
@@ -93,7 +93,7 @@ def test_a_student_pruned_in_depth_then_width(tmp_path):
         return student_recipe(start, f"{{model: {start}, prune: {prune}}}")
 
     both = recipe("{method: block_influence, keep: 2, intermediate_size: 24, sample_rows: 3}")
-    folder = init_student(both, tmp_path, tmp_path / "both", rows(6), log=lambda _: None)
+    folder = init_student(both, tmp_path, tmp_path / "both", row_data(6), log=lambda _: None)
     made = json.loads((folder / "student_init.json").read_text())
     assert made["intermediate_size"] == 24 and made["of_intermediate_size"] == 64 and len(made["layers"]) == 2
     student = AutoModelForCausalLM.from_pretrained(folder)
@@ -101,6 +101,6 @@ def test_a_student_pruned_in_depth_then_width(tmp_path):
     assert student.model.layers[1].mlp.down_proj.weight.shape == (32, 24)
 
     with pytest.raises(UserError, match="intermediate_size: 64, the start's MLPs have 64 channels"):
-        init_student(recipe("{intermediate_size: 64}"), tmp_path, tmp_path / "wide", rows(6), log=lambda _: None)
+        init_student(recipe("{intermediate_size: 64}"), tmp_path, tmp_path / "wide", row_data(6), log=lambda _: None)
     with pytest.raises(UserError, match="intermediate_size ranks the MLP channels on training rows: none given"):
-        init_student(recipe("{intermediate_size: 8}"), tmp_path, tmp_path / "none", [], log=lambda _: None)
+        init_student(recipe("{intermediate_size: 8}"), tmp_path, tmp_path / "none", row_data(0), log=lambda _: None)

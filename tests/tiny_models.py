@@ -173,6 +173,20 @@ def rows(n: int = 8) -> list[dict]:
     return out
 
 
+def row_data(n: int = 8):
+    """`rows(n)` as the train stage holds them: a `datasets.Dataset`."""
+    from datasets import Dataset
+
+    return Dataset.from_list(rows(n))
+
+
+def sft_data(n: int = 8):
+    """`rows(n)` in the SFT phase's form, as the train stage hands them to the phase."""
+    from dataengine.train.data import sft_rows
+
+    return sft_rows(row_data(n))
+
+
 def student_recipe(teacher: Path, student: str, route: bool = False):
     """A distill recipe around a tiny teacher folder whose train.student block is `student` (flow YAML)."""
     from dataengine.recipe import parse_recipe

@@ -92,14 +92,6 @@ def marked(table: pa.Table, test_ids: pa.Array) -> tuple[pa.Table, pa.Array]:
     return table, pc.is_in(table.column("id"), value_set=test_ids)
 
 
-def write_config(
-    rows: list[dict], features: Features, folder: Path, name: str, test_ids: pa.Array, shard_rows: int, tag: str = ""
-) -> dict[str, int]:
-    """One config's train and test shards under `folder/data/<name>`, from rows in hand; rows per split."""
-    table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
-    return write_layout([marked(table, test_ids)], features, folder, [], shard_rows, tag, default=name).get(name, {})
-
-
 def card_configs(counts: dict[str, dict[str, int]]) -> list[dict]:
     """The `configs:` front matter that tells `datasets` (and the Hub viewer) which files make which split."""
     return [

@@ -23,7 +23,7 @@ from dataengine.experts.metrics import js_divergence
 from dataengine.facts import Evaluation, Training, collect
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
-from dataengine.publish.layout import card_configs, count_layout, write_config, write_layout
+from dataengine.publish.layout import card_configs, count_layout, write_layout
 from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
 from dataengine.rows import (
     PREFERENCE_FEATURES,
@@ -31,7 +31,6 @@ from dataengine.rows import (
     held_out_ids,
     ids_key,
     prompt_key,
-    read_rows,
     shard_files,
 )
 from dataengine.run_folder import METRICS_FILE, TRAINING_FILE, RunFolder
@@ -124,17 +123,16 @@ def build_layout(
     rows = _batches(sources.rows, list(PUBLISHED_FEATURES), is_new, tested)
     write_layout(rows, PUBLISHED_FEATURES, layout, publish.configs, publish.max_rows_per_shard, tag)
     config_features = {}
-    pairs = read_rows(sources.preference) if sources.preference is not None else []
-    if pairs:  # a config without rows would not load
+    if sources.preference is not None:
         # a pair is in the test split when a test row answers its prompt: its train split never holds a test prompt
         # (never an appending publish: recipes refuse pairs with publish.append, so every row is this run's)
         test_rows = _batches(sources.rows, ["messages"], tested, tested)
         prompts = {prompt_key(m[:-1]) for batch, _ in test_rows for m in batch.column("messages").to_pylist()}
-        pair_tests = pa.array([p["id"] for p in pairs if prompt_key(p["prompt"]) in prompts], pa.string())
-        counts[PREFERENCE] = write_config(
-            pairs, PREFERENCE_FEATURES, layout, PREFERENCE, pair_tests, publish.max_rows_per_shard
-        )
-        config_features[PREFERENCE] = PREFERENCE_FEATURES
+        pairs = _pairs(sources.preference, prompts)
+        written = write_layout(pairs, PREFERENCE_FEATURES, layout, [], publish.max_rows_per_shard, default=PREFERENCE)
+        if written:  # a config without rows would not load
+            counts[PREFERENCE] = written[PREFERENCE]
+            config_features[PREFERENCE] = PREFERENCE_FEATURES
     facts = collect(sources.run.path, rows=False)
     history, seen = run_history(before.history, sources.run, recipe, added.num_rows, index.num_rows, facts.routing)
     earlier = pc.any(pc.invert(pc.is_in(before.index.column("id"), value_set=mine.column("id")))).as_py()
@@ -159,6 +157,14 @@ def build_layout(
     )
     card.save(str(layout / "README.md"))
     return Built(counts, added.num_rows, index.num_rows, unchanged=seen and not added.num_rows)
+
+
+def _pairs(folder: Path, test_prompts: set[str]) -> Iterator[tuple[pa.RecordBatch, pa.Array]]:
+    """The preference pairs a batch at a time, each with its test mask: a pair on a prompt of `test_prompts`."""
+    for path in shard_files(folder):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            prompts = batch.column("prompt").to_pylist()
+            yield batch, pa.array([prompt_key(p) in test_prompts for p in prompts], pa.bool_())
 
 
 def _batches(

@@ -1,8 +1,96 @@
-"""Rows as TRL's trainers take them."""
+"""The train and evaluate stages' rows as `datasets` holds them, and in the forms TRL's trainers take.
+
+A stage's shards are loaded once into arrow under the stage's work folder and memory-mapped from there
+(`load_dataset("parquet", ...)`), the held-out split is a filter on their ids, and each phase's form is a `map`
+of that: no step makes a Python object per row, so a million rows train in the memory of a batch.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 
-def prompt_completion(messages: list[dict]) -> dict:
+import pyarrow.parquet as pq
+from datasets import Dataset, load_dataset
+
+from dataengine.rows import held_out_ids, prompt_key, shard_files
+
+
+def load_rows(stage_folder: Path, cache_dir: Path) -> Dataset:
+    """A stage's rows, memory-mapped: its shards are converted to arrow once, under `cache_dir`, and read
+    from there by every phase (a rerun on the same shards reuses the conversion)."""
+    # a shard with no rows (what a stage that kept nothing writes) is left out: `datasets` refuses a file that
+    # "corresponds to no data"
+    files = [str(path) for path in shard_files(stage_folder) if pq.ParquetFile(path).metadata.num_rows]
+    if not files:
+        return Dataset.from_list([])
+    return load_dataset("parquet", data_files=files, split="train", cache_dir=str(cache_dir))
+
+
+def split_rows(rows: Dataset, eval_fraction: float, min_rows: int = 1) -> tuple[Dataset, list[dict]]:
+    """(the training rows, memory-mapped; the held-out rows, which evaluation answers one by one), by
+    `rows.held_out_ids`: the same split every stage draws from the same ids."""
+    if not len(rows):
+        return rows, []
+    # in arrow (read from the memory map; `rows.data` would ignore a selection's indices)
+    held = held_out_ids(rows.with_format("arrow")["id"], eval_fraction, min_rows)
+    train = rows.filter(lambda ids: [i not in held for i in ids], batched=True, input_columns="id", desc="train split")
+    held_out = rows.filter(lambda ids: [i in held for i in ids], batched=True, input_columns="id", desc="held out")
+    return train, held_out.to_list()
+
+
+def pairs_outside(pairs: Dataset, held_out: list[dict]) -> Dataset:
+    """The preference pairs on prompts the evaluation does not ask: rollouts of one prompt fall on both sides of
+    the held-out split (it hashes row ids), and a pair on an asked prompt would teach the student its answer."""
+    asked = {prompt_key(row["messages"][:-1]) for row in held_out}
+    if not len(pairs):
+        return pairs
+    return pairs.filter(
+        lambda prompts: [prompt_key(p) not in asked for p in prompts], batched=True, input_columns="prompt"
+    )
+
+
+def phase_rows(phase: str, rows: Dataset, method: str | None = None) -> Dataset:
+    """`rows` (a stage's rows; preference pairs for "dpo") in the form the phase's TRL trainer takes, `method`
+    naming the distillation method."""
+    if phase == "sft":
+        return sft_rows(rows)
+    if phase == "dpo":
+        return rows.select_columns(["prompt", "chosen", "rejected"])
+    if method == "offline_topk":
+        return topk_rows(rows)
+    if method == "gkd":
+        return rows.select_columns(["messages"])
+    return _form(rows, lambda messages: {"prompt": [m[:-1] for m in messages]}, ["messages"], "prompts")
+
+
+def sft_rows(rows: Dataset) -> Dataset:
     """TRL's conversational prompt-completion form: its completion-only loss then covers the answer alone."""
-    return {"prompt": messages[:-1], "completion": messages[-1:]}
+    return _form(
+        rows,
+        lambda messages: {"prompt": [m[:-1] for m in messages], "completion": [m[-1:] for m in messages]},
+        ["messages"],
+        "prompt-completion",
+    )
+
+
+def topk_rows(rows: Dataset) -> Dataset:
+    """Scored rows as the offline top-k trainer takes them: the conversation's token ids, a mask on the answer's,
+    and the teacher's top-k per answer token."""
+
+    def build(token_ids, starts, topk_ids, topk_logprobs) -> dict:
+        return {
+            "input_ids": token_ids,
+            "completion_mask": [[0] * s + [1] * (len(t) - s) for t, s in zip(token_ids, starts, strict=True)],
+            "completion_start": starts,
+            "teacher_topk_ids": topk_ids,
+            "teacher_topk_logprobs": topk_logprobs,
+        }
+
+    columns = ["token_ids", "completion_start", "teacher_topk_ids", "teacher_topk_logprobs"]
+    return _form(rows, build, columns, "top-k rows")
+
+
+def _form(rows: Dataset, build, columns: list[str], what: str) -> Dataset:
+    """`build` over `columns` a batch at a time, the result written next to `rows` (memory-mapped) and nothing
+    else of theirs kept."""
+    return rows.map(build, batched=True, input_columns=columns, remove_columns=rows.column_names, desc=what)

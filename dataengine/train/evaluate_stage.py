@@ -17,7 +17,6 @@ from dataengine.checks.sandbox import SandboxLimits
 from dataengine.facts import METRICS, Evaluation
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe
-from dataengine.rows import read_rows, split_rows
 from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.train.win_rate import win_rate
@@ -53,11 +52,12 @@ class EvaluateStage(Stage):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from dataengine.teacher.server import resolve_model
+        from dataengine.train.data import load_rows, split_rows
         from dataengine.train.evaluation import answer_fit, answer_quality, teacher_row
         from dataengine.train.student import init_student
 
         output_dir = outputs["metrics"]
-        rows = read_rows(inputs["rows"])
+        rows = load_rows(inputs["rows"], work_dir / "datasets")
         train_rows, held_out = split_rows(rows, self.cfg.eval_fraction, self.cfg.min_held_out)
         load = None
         if "routing" in inputs:

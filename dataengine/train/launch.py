@@ -1,7 +1,8 @@
 """A training phase through `accelerate launch` (`train.launch`).
 
-The stage writes what the phase needs into the phase's folder (`launch.json`, the rows as parquet); accelerate
-starts the processes (data parallel, or FSDP / DeepSpeed from the user's accelerate config file); each runs
+The stage writes what the phase needs into the phase's folder (`launch.json`, the phase's rows as a `datasets`
+folder that every process memory-maps); accelerate starts the processes (data parallel, or FSDP / DeepSpeed
+from the user's accelerate config file); each runs
 `python -m dataengine.train.launch <launch.json>`, which calls the same phase function the stage calls in
 process (`phases.run_phase`). Checkpoints, resuming and the phase's `final/` are unchanged; rank 0 writes it.
 """
@@ -10,17 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from dataengine.errors import StageError
 from dataengine.recipe import DistillSettings, DPOSettings, LaunchSettings, SFTSettings, TrainerSettings, resolve_path
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 SPEC = "launch.json"
 LOG = "launch.log"
@@ -30,7 +32,7 @@ SETTINGS = {"sft": SFTSettings, "dpo": DPOSettings, "distill": DistillSettings}
 def launch_phase(
     phase: str,
     start: Path,
-    rows: list[dict],
+    rows: Dataset,
     settings: TrainerSettings,
     out: Path,
     launch: LaunchSettings,
@@ -38,18 +40,22 @@ def launch_phase(
     log: Callable[[str], None],
     **extra: Any,
 ) -> Path:
-    """Train `phase` ("sft", "dpo" or "distill") from `start` on `rows` in `out` through accelerate launch;
+    """Train `phase` ("sft", "dpo" or "distill") from `start` on `rows` (in the phase's form, `data.phase_rows`)
+    in `out` through accelerate launch;
     `extra` (teacher, teacher_url, top_k) as `phases.run_phase` takes them. Returns the phase's `final/`."""
     from dataengine.train.phases import DONE
 
     out.mkdir(parents=True, exist_ok=True)
-    table = out / "rows.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), table.with_suffix(".tmp"))
-    os.replace(table.with_suffix(".tmp"), table)
+    # written whole once, so no process maps it half-written or races another to build it
+    saved, tmp = out / "rows", out / "rows.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows.save_to_disk(str(tmp))
+    shutil.rmtree(saved, ignore_errors=True)
+    os.replace(tmp, saved)
     spec = {
         "phase": phase,
         "start": str(start),
-        "rows": str(table),
+        "rows": str(saved),
         "settings": settings.model_dump(mode="json", exclude_unset=True),
         "out": str(out),
         **extra,
@@ -84,12 +90,14 @@ def launch_args(launch: LaunchSettings, base_dir: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    from datasets import load_from_disk
+
     from dataengine.train.phases import run_phase
 
     spec = json.loads(Path(argv[0]).read_text())
     phase = spec.pop("phase")
     settings = SETTINGS[phase].model_validate(spec.pop("settings"))
-    rows = pq.read_table(spec.pop("rows")).to_pylist()
+    rows = load_from_disk(spec.pop("rows"))
     run_phase(phase, Path(spec.pop("start")), rows, settings, Path(spec.pop("out")), print, **spec)
     return 0
 

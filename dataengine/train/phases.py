@@ -20,7 +20,6 @@ import torch
 from datasets import Dataset
 
 from dataengine.recipe import DistillSettings, DPOSettings, SFTSettings, TrainerSettings
-from dataengine.train.data import prompt_completion
 from dataengine.train.offline_topk import OfflineTopKCollator, OfflineTopKTrainer
 
 DONE = "phase.json"
@@ -123,7 +122,7 @@ def _train(trainer, out: Path, log: Callable[[str], None]) -> str | None:
 def run_phase(
     phase: str,
     start: Path,
-    rows: list[dict],
+    rows: Dataset,
     settings: TrainerSettings,
     out: Path,
     log: Callable[[str], None],
@@ -132,7 +131,7 @@ def run_phase(
     top_k: int | None = None,
 ) -> Path:
     """One phase by name ("sft", "dpo", "distill"): the call the train stage makes in process and each process
-    of `accelerate launch` makes (`train/launch.py`). `rows` are preference pairs for dpo."""
+    of `accelerate launch` makes (`train/launch.py`). `rows` are in the phase's form (`data.phase_rows`)."""
     if phase == "sft":
         return run_sft(start, rows, settings, out, log)
     if phase == "dpo":
@@ -140,7 +139,7 @@ def run_phase(
     return run_distill(start, rows, settings, out, lambda: teacher, lambda: teacher_url, top_k, log)
 
 
-def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log: Callable[[str], None]) -> Path:
+def run_sft(start: Path, rows: Dataset, settings: SFTSettings, out: Path, log: Callable[[str], None]) -> Path:
     from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -151,21 +150,20 @@ def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(str(start))
     model = load_model(start, settings)
-    # Single-turn rows in TRL's prompt-completion form, so TRL's completion_only_loss (on unless the
+    # `rows` are in TRL's prompt-completion form (`data.sft_rows`), so TRL's completion_only_loss (on unless the
     # recipe turns it off) is the loss on the assistant answer. (TRL's assistant_only_loss needs
     # {% generation %} markers in the chat template, which most templates, SmolLM2's included, lack.)
     config = SFTConfig(**trainer_args(settings, out))
     peft_config = None
     if settings.lora is not None:
         peft_config = LoraConfig(**settings.lora.model_dump(exclude_none=True), task_type="CAUSAL_LM")
-    dataset = Dataset.from_list([prompt_completion(r["messages"]) for r in rows])
     callbacks = []
     if routers(model):
         callbacks.append(ExpertLoadCallback(model, moe_dims(model.config.to_dict())[0]))
     trainer = SFTTrainer(
         model=model,
         args=config,
-        train_dataset=dataset,
+        train_dataset=rows,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
@@ -178,7 +176,7 @@ def run_sft(start: Path, rows: list[dict], settings: SFTSettings, out: Path, log
     return _finish(trainer, out, tokenizer, started, resumed, extra)
 
 
-def run_dpo(start: Path, pairs: list[dict], settings: DPOSettings, out: Path, log: Callable[[str], None]) -> Path:
+def run_dpo(start: Path, pairs: Dataset, settings: DPOSettings, out: Path, log: Callable[[str], None]) -> Path:
     """TRL's DPOTrainer on preference pairs in TRL's conversational format; the reference model is left to
     TRL (ref_model=None: a frozen copy of the starting student, or with LoRA the student with adapters off)."""
     from peft import LoraConfig
@@ -191,11 +189,10 @@ def run_dpo(start: Path, pairs: list[dict], settings: DPOSettings, out: Path, lo
     peft_config = None
     if settings.lora is not None:
         peft_config = LoraConfig(**settings.lora.model_dump(exclude_none=True), task_type="CAUSAL_LM")
-    dataset = Dataset.from_list([{key: pair[key] for key in ("prompt", "chosen", "rejected")} for pair in pairs])
     trainer = DPOTrainer(
         model=model,
         args=DPOConfig(**trainer_args(settings, out)),
-        train_dataset=dataset,
+        train_dataset=pairs,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -205,7 +202,7 @@ def run_dpo(start: Path, pairs: list[dict], settings: DPOSettings, out: Path, lo
 
 def run_distill(
     start: Path,
-    rows: list[dict],
+    rows: Dataset,
     settings: DistillSettings,
     out: Path,
     teacher: Callable[[], str],
@@ -213,7 +210,8 @@ def run_distill(
     top_k: int | None,
     log: Callable[[str], None],
 ) -> Path:
-    """`teacher()` gives the teacher's local path (gkd, on_policy); `teacher_url()` its server (server)."""
+    """`rows` in the method's form (`data.phase_rows`); `teacher()` gives the teacher's local path (gkd,
+    on_policy), `teacher_url()` its server (server)."""
     from transformers import AutoTokenizer
 
     started = time.time()
@@ -242,23 +240,11 @@ def _offline_topk(model, tokenizer, rows, settings: DistillSettings, common: dic
     from trl import SFTConfig
 
     config = SFTConfig(**common, packing=False, remove_unused_columns=False)
-    dataset = Dataset.from_list(
-        [
-            {
-                "input_ids": r["token_ids"],
-                "completion_mask": [0] * r["completion_start"] + [1] * (len(r["token_ids"]) - r["completion_start"]),
-                "completion_start": r["completion_start"],
-                "teacher_topk_ids": r["teacher_topk_ids"],
-                "teacher_topk_logprobs": r["teacher_topk_logprobs"],
-            }
-            for r in rows
-        ]
-    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return OfflineTopKTrainer(
         model=model,
         args=config,
-        train_dataset=dataset,
+        train_dataset=rows,
         processing_class=tokenizer,
         data_collator=OfflineTopKCollator(pad_token_id=pad, top_k=top_k),
         temperature=1.0 if settings.temperature is None else settings.temperature,
@@ -274,14 +260,9 @@ def _gkd(model, tokenizer, rows, settings: DistillSettings, common: dict, teache
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     config = GKDConfig(**common, teacher_model_init_kwargs=_teacher_kwargs(settings))
-    dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
     return GKDTrainer(
-        model=model, teacher_model=teacher_path, args=config, train_dataset=dataset, processing_class=tokenizer
+        model=model, teacher_model=teacher_path, args=config, train_dataset=rows, processing_class=tokenizer
     )
-
-
-def _prompts(rows: list[dict]) -> Dataset:
-    return Dataset.from_list([{"prompt": r["messages"][:-1]} for r in rows])
 
 
 def _on_policy(model, tokenizer, rows, settings: DistillSettings, common: dict, teacher_path: str):
@@ -289,7 +270,7 @@ def _on_policy(model, tokenizer, rows, settings: DistillSettings, common: dict, 
 
     config = DistillationConfig(**common, teacher_model_init_kwargs=_teacher_kwargs(settings))
     return DistillationTrainer(
-        model=model, teacher_model=teacher_path, args=config, train_dataset=_prompts(rows), processing_class=tokenizer
+        model=model, teacher_model=teacher_path, args=config, train_dataset=rows, processing_class=tokenizer
     )
 
 
@@ -297,4 +278,4 @@ def _server(model, tokenizer, rows, settings: DistillSettings, common: dict, url
     from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer
 
     config = ServerDistillationConfig(**common, teacher_model_server_url=url)
-    return ServerDistillationTrainer(model=model, args=config, train_dataset=_prompts(rows), processing_class=tokenizer)
+    return ServerDistillationTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)

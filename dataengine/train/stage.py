@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -19,12 +20,14 @@ from dataengine.errors import StageError
 from dataengine.facts import Phase, Training
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
-from dataengine.rows import prompt_key, read_rows, split_rows
 from dataengine.run_folder import ROUTING_MAP_FILE, TRAINING_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
 from dataengine.train.launch import launch_phase
 from dataengine.train.student import vocab_problem
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 TEACHER_WEIGHTS = ("gkd", "on_policy")  # distillation methods that load the teacher's weights
 
@@ -80,7 +83,8 @@ class TrainStage(Stage):
         return problems
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
-        # torch, transformers and TRL load when training starts, not when a recipe is validated or planned
+        # torch, transformers, TRL and datasets load when training starts, not when a recipe is validated or planned
+        from dataengine.train.data import load_rows, pairs_outside, split_rows
         from dataengine.train.phases import DONE
         from dataengine.train.student import init_student
 
@@ -88,9 +92,10 @@ class TrainStage(Stage):
         if problem := vocab_problem(self.recipe, self.base_dir, local_only=False):
             raise StageError(problem)
         output_dir = outputs["student"]
-        rows = read_rows(inputs["rows"])
+        cache = work_dir / "datasets"
+        rows = load_rows(inputs["rows"], cache)
         train_rows, held_out = split_rows(rows, self.cfg.evaluate.eval_fraction, self.cfg.evaluate.min_held_out)
-        if not train_rows:
+        if not len(train_rows):
             raise StageError(f"train: {len(rows)} curated row(s), none left to train on after the held-out split")
         ctx.log(f"training on {len(train_rows)} rows; {len(held_out)} held out for evaluation")
         load = None
@@ -120,11 +125,8 @@ class TrainStage(Stage):
             phases.append(json.loads((current / DONE).read_text()))
         dpo = self.cfg.dpo
         if dpo is not None:
-            # rollouts of one prompt fall on both sides of the held-out split (it hashes row ids): a pair on a
-            # prompt the evaluation asks would teach the student that prompt's answer
-            asked = {prompt_key(r["messages"][:-1]) for r in held_out}
-            pairs = [p for p in read_rows(inputs["preference"]) if prompt_key(p["prompt"]) not in asked]
-            if not pairs:
+            pairs = pairs_outside(load_rows(inputs["preference"], cache), held_out)
+            if not len(pairs):
                 raise StageError(
                     "train.dpo: the judge made no preference pair outside the held-out rows (see the judge's "
                     "summary: lower curate.judge.pairs.min_margin, or generate more rollouts per prompt)"
@@ -154,10 +156,13 @@ class TrainStage(Stage):
             },
         )
 
-    def _train(self, phase: str, start: Path, rows: list[dict], settings, out: Path, ctx: RunContext, **extra) -> Path:
-        """One phase, in this process or through accelerate launch (`train.launch`)."""
+    def _train(self, phase: str, start: Path, rows: Dataset, settings, out: Path, ctx: RunContext, **extra) -> Path:
+        """One phase on `rows` (a `datasets.Dataset` of the stage's rows, or of preference pairs for dpo), in the
+        form its trainer takes, in this process or through accelerate launch (`train.launch`)."""
+        from dataengine.train.data import phase_rows
         from dataengine.train.phases import run_phase
 
+        rows = phase_rows(phase, rows, getattr(settings, "method", None))
         if self.cfg.launch is None:
             return run_phase(phase, start, rows, settings, out, ctx.log, **extra)
         return launch_phase(phase, start, rows, settings, out, self.cfg.launch, self.base_dir, ctx.log, **extra)

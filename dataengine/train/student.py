@@ -19,6 +19,7 @@ from dataengine.errors import UserError
 from dataengine.recipe import BUILTIN_PREFIX, PruneConfig, Recipe, resolve_path
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from torch import nn
 
 # tokens of a row that Block Influence reads: enough to see every layer at work, bounded in time
@@ -66,7 +67,7 @@ def init_student(
     recipe: Recipe,
     base_dir: Path,
     out_dir: Path,
-    rows: list[dict],
+    rows: Dataset,
     routing_load: list[list[float]] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -138,7 +139,7 @@ def _merged(recipe: Recipe, method: str, load: list[list[float]] | None, log: Ca
     return dense, tokenizer, {"merged_experts_of": teacher.model, "merge": method, "weights": weights.round(4).tolist()}
 
 
-def _layers_to_keep(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> tuple[list[int], list[float] | None]:
+def _layers_to_keep(prune: PruneConfig, model, tokenizer, rows: Dataset) -> tuple[list[int], list[float] | None]:
     """The layers to keep and, for Block Influence, every layer's score."""
     depth = model.config.num_hidden_layers
     if prune.method is None:
@@ -152,7 +153,7 @@ def _layers_to_keep(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> t
     return most_influential(scores, prune.keep), [round(s, 6) for s in scores]
 
 
-def _narrow(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> int:
+def _narrow(prune: PruneConfig, model, tokenizer, rows: Dataset) -> int:
     """Keep each layer's `intermediate_size` most active MLP channels, in place; returns how many it had."""
     from torch import nn
 
@@ -179,14 +180,15 @@ def _narrow(prune: PruneConfig, model, tokenizer, rows: list[dict]) -> int:
     return width
 
 
-def _sample(prune: PruneConfig, tokenizer, rows: list[dict], what: str) -> list[list[int]]:
+def _sample(prune: PruneConfig, tokenizer, rows: Dataset, what: str) -> list[list[int]]:
     """Token ids of the `sample_rows` training rows that layers and channels are scored on."""
-    if not rows:
+    if not len(rows):
         raise UserError(f"train.student.prune.{what} on training rows: none given")
     from dataengine.rows import prompt_and_full_ids
 
-    sample = sorted(rows, key=lambda r: r["id"])[: prune.sample_rows]
-    return [prompt_and_full_ids(tokenizer, r["messages"])[0][:MAX_SCORED_TOKENS] for r in sample]
+    # the rows with the lowest ids: the same sample whatever order the rows come in (sorted in arrow)
+    sample = rows.sort("id").select(range(min(prune.sample_rows, len(rows))))
+    return [prompt_and_full_ids(tokenizer, messages)[0][:MAX_SCORED_TOKENS] for messages in sample["messages"]]
 
 
 def _vocab(source: str, revision: str | None = None, gguf_file: str | None = None, local_only: bool = False):
