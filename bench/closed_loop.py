@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=8)
     args = parser.parse_args()
 
+    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.experts.select import even_subset, mean_cv
@@ -67,6 +68,7 @@ def main() -> None:
     from dataengine.rows import read_matrices, read_rows
     from dataengine.run_folder import RunFolder
     from dataengine.teacher.server import resolve_model
+    from dataengine.train.data import sft_rows
     from dataengine.train.evaluation import answer_fit
     from dataengine.train.phases import DONE, run_sft
 
@@ -99,7 +101,7 @@ def main() -> None:
         work = Path(tmp)
         results = {}
         for number, (name, chosen) in enumerate(subsets.items()):
-            subset = [pool[i] for i in chosen]
+            subset = sft_rows(Dataset.from_list([pool[i] for i in chosen]))
             final = run_sft(start, subset, sft, work / f"subset-{number}", lambda _: None)
             record = json.loads((final / DONE).read_text())
             fit = answer_fit(AutoModelForCausalLM.from_pretrained(final), tokenizer, held_out)

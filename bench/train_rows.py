@@ -2,8 +2,8 @@
 the SFT phase's dataset, side by side at each size, each path in a process of its own:
 
 - mapped: what the train stage does (`train.data`): the shards converted once to arrow in the work folder and
-  memory-mapped (`load_rows`), the held-out split a filter on the ids (`split_rows`), the prompt-completion
-  form a `map` (`sft_rows`);
+  memory-mapped (`load_rows`), the held-out split a filter on the ids (`split_rows`), the 64 rows a pruned
+  student is scored on (`lowest_ids`), the prompt-completion form a `map` (`sft_rows`);
 - list: what it did before: every row read into a Python list (`rows.read_rows`), split in Python, the form
   made with `Dataset.from_list`.
 
@@ -43,10 +43,11 @@ def shards(n: int, folder: Path) -> Path:
 
 
 def mapped(stage: Path, work: Path, trainer: bool) -> dict:
-    from dataengine.train.data import load_rows, sft_rows, split_rows
+    from dataengine.train.data import load_rows, lowest_ids, sft_rows, split_rows
 
     rows = load_rows(stage, work / "datasets")
     train, held_out = split_rows(rows, 0.05, 8)
+    lowest_ids(train, 64)
     formed = sft_rows(train)
     result = {"train": len(formed), "held_out": len(held_out)}
     if trainer:

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from dataengine.recipe import DistillSettings, LoraSettings, PruneConfig, SFTSettings
 from dataengine.rows import SAMPLE_FEATURES, ShardWriter, held_out_ids, prompt_and_full_ids
-from dataengine.train.data import load_rows, pairs_outside, phase_rows, sft_rows, split_rows, topk_rows
+from dataengine.train.data import load_rows, lowest_ids, pairs_outside, phase_rows, sft_rows, split_rows, topk_rows
 from dataengine.train.evaluation import answer_fit
 from dataengine.train.offline_topk import OfflineTopKCollator, topk_kl
 from dataengine.train.phases import run_distill, run_sft
@@ -142,6 +142,8 @@ def test_training_rows_are_memory_mapped_from_the_work_folder_and_split_by_id(tm
     assert sft.to_list() == [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in kept]
     assert phase_rows("distill", train, "on_policy").to_list() == [{"prompt": r["messages"][:-1]} for r in kept]
     assert phase_rows("distill", train, "gkd").column_names == ["messages"]
+    # a pruned student is scored on the lowest ids of the training rows
+    assert lowest_ids(train.shuffle(seed=1), 3)["id"][:] == sorted(r["id"] for r in kept)[:3]
     # a stage that kept nothing (one empty shard) loads as no rows
     assert len(load_rows(_stage(tmp_path / "empty", []), cache)) == 0
 

@@ -185,9 +185,10 @@ def _sample(prune: PruneConfig, tokenizer, rows: Dataset, what: str) -> list[lis
     if not len(rows):
         raise UserError(f"train.student.prune.{what} on training rows: none given")
     from dataengine.rows import prompt_and_full_ids
+    from dataengine.train.data import lowest_ids
 
-    # the rows with the lowest ids: the same sample whatever order the rows come in (sorted in arrow)
-    sample = rows.sort("id").select(range(min(prune.sample_rows, len(rows))))
+    # the same sample whatever order the rows come in
+    sample = lowest_ids(rows, prune.sample_rows)
     return [prompt_and_full_ids(tokenizer, messages)[0][:MAX_SCORED_TOKENS] for messages in sample["messages"]]
 
 
