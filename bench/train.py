@@ -15,6 +15,7 @@ runs/quickstart) and uses that recipe's student, split and training settings.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -85,12 +86,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from dataengine.recipe import load_recipe
-    from dataengine.run_folder import RunFolder
+    from dataengine.run_folder import ROUTING_MAP_FILE, RunFolder
     from dataengine.train.data import load_rows, split_rows
     from dataengine.train.student import init_student
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
-    scored = RunFolder(args.run).folder("score")
+    run = RunFolder(args.run)
+    scored = run.folder("score")
+    # the quickstart's student merges the teacher's experts weighted by the run's routing map
+    routing = run.folder("route", "map")
+    load = json.loads((routing / ROUTING_MAP_FILE).read_text())["overall"]["load"] if routing else None
     # the checkpoints are gigabytes: gone when the figures are printed
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
@@ -99,7 +104,7 @@ def main() -> None:
             sys.exit(f"no scored rows in {args.run}: run `make demo` first")
         evaluate = recipe.train.evaluate
         train_rows, held_out = split_rows(rows, evaluate.eval_fraction, evaluate.min_held_out)
-        start = init_student(recipe, ROOT / "recipes", work / "init", train_rows, log=print)
+        start = init_student(recipe, ROOT / "recipes", work / "init", train_rows, load, log=print)
 
         if args.part in ("sft", "all"):
             compare_sft(args, start, train_rows, recipe, work)
