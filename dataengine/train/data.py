@@ -37,11 +37,12 @@ def split_rows(rows: Dataset, eval_fraction: float, min_rows: int = 1) -> tuple[
     `rows.held_out_ids`: the same split every stage draws from the same ids."""
     if not len(rows):
         return rows, []
-    # in arrow (read from the memory map; `rows.data` would ignore a selection's indices)
+    # the id column in arrow, read from the memory map without a copy (rows as `load_rows` gives them: no filter
+    # has drawn them yet, see `lowest_ids`)
     held = held_out_ids(rows.with_format("arrow")["id"], eval_fraction, min_rows)
     train = rows.filter(lambda ids: [i not in held for i in ids], batched=True, input_columns="id", desc="train split")
-    # batch by batch, not `Dataset.filter(...).to_list()`: its `take` over the whole memory map held ~10 KB a row
-    # of a million (bench/train_rows.py)
+    # batch by batch, not `Dataset.filter(...).to_list()`, which gathers the held-out rows one at a time: 525 MB
+    # for the 50,000 of 1,000,000 rows (bench/BENCHMARKS.md, "Training's rows")
     wanted = pa.array(sorted(held), pa.string())
     held_out = [
         row
@@ -54,7 +55,7 @@ def split_rows(rows: Dataset, eval_fraction: float, min_rows: int = 1) -> tuple[
 def lowest_ids(rows: Dataset, k: int) -> Dataset:
     """The `k` rows with the lowest ids, in id order, their ids read a batch at a time. Not `Dataset.sort`, nor
     the id column whole: on rows a filter drew, `datasets` gathers either one row at a time, a Python object
-    each (~500 MB at a million rows; bench/train_rows.py)."""
+    each (~500 MB at 1,000,000 rows; bench/BENCHMARKS.md, "Training's rows")."""
     batches = rows.select_columns(["id"]).with_format("arrow").iter(batch_size=10_000)
     ids = itertools.chain.from_iterable(batch["id"].to_pylist() for batch in batches)
     return rows.select([position for _, position in heapq.nsmallest(k, zip(ids, itertools.count()))])
