@@ -2,7 +2,7 @@
 the SFT phase's dataset, side by side at each size, each path in a process of its own:
 
 - mapped: what the train stage does (`train.data`): the shards converted once to arrow in the work folder and
-  memory-mapped (`load_rows`), the held-out split a filter on the ids (`split_rows`), the 64 rows a pruned
+  memory-mapped (`load_rows`), the held-out split a selection by the ids (`split_rows`), the 64 rows a pruned
   student is scored on (`lowest_ids`), the prompt-completion form a `map` (`sft_rows`);
 - list: what it did before: every row read into a Python list (`rows.read_rows`), split in Python, the form
   made with `Dataset.from_list`.

@@ -1,10 +1,10 @@
 """The train and evaluate stages' rows as `datasets` holds them, and in the forms TRL's trainers take.
 
 A stage's shards are loaded once into arrow under the stage's work folder and memory-mapped from there
-(`load_dataset("parquet", ...)`), the held-out split is a filter on their ids, and each phase's form is a `map`
-of that, a batch at a time. Only the held-out rows, which evaluation answers one by one, become Python objects.
-Whatever reads a whole column of rows a filter drew does so a batch at a time (`lowest_ids`): `datasets` gathers
-such a column one row at a time, an object each.
+(`load_dataset("parquet", ...)`), the held-out split is a selection by an arrow mask of their ids, and each
+phase's form is a `map` of that, a batch at a time. Only the held-out rows, which evaluation answers one by
+one, become Python objects. Whatever reads a whole column of a selection does so a batch at a time
+(`lowest_ids`): `datasets` gathers such a column one row at a time, an object each.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import heapq
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,25 +38,23 @@ def split_rows(rows: Dataset, eval_fraction: float, min_rows: int = 1) -> tuple[
     `rows.held_out_ids`: the same split every stage draws from the same ids."""
     if not len(rows):
         return rows, []
-    # the id column in arrow, read from the memory map without a copy (rows as `load_rows` gives them: no filter
-    # has drawn them yet, see `lowest_ids`)
-    held = held_out_ids(rows.with_format("arrow")["id"], eval_fraction, min_rows)
-    train = rows.filter(lambda ids: [i not in held for i in ids], batched=True, input_columns="id", desc="train split")
-    # batch by batch, not `Dataset.filter(...).to_list()`, which gathers the held-out rows one at a time: 525 MB
-    # for the 50,000 of 1,000,000 rows (bench/BENCHMARKS.md, "Training's rows")
-    wanted = pa.array(sorted(held), pa.string())
-    held_out = [
-        row
-        for batch in rows.with_format("arrow").iter(batch_size=1024)
-        for row in batch.filter(pc.is_in(batch["id"], value_set=wanted)).to_pylist()
-    ]
+    # the id column in arrow, read from the memory map without a copy (rows as `load_rows` gives them: not a
+    # selection yet, see `lowest_ids`); one mask in arrow draws both sides
+    ids = rows.with_format("arrow")["id"]
+    held = pc.is_in(ids, value_set=pa.array(sorted(held_out_ids(ids, eval_fraction, min_rows)), pa.string()))
+    train = rows.select(np.flatnonzero(~held.to_numpy(zero_copy_only=False)))
+    # the held-out rows batch by batch, not through `select(...).to_list()`, which gathers them one at a time:
+    # 525 MB for the 50,000 of 1,000,000 rows (bench/BENCHMARKS.md, "Training's rows")
+    batches = rows.with_format("arrow").iter(batch_size=1024)
+    masks = (held.slice(start, 1024) for start in range(0, len(rows), 1024))
+    held_out = [row for batch, mask in zip(batches, masks, strict=True) for row in batch.filter(mask).to_pylist()]
     return train, held_out
 
 
 def lowest_ids(rows: Dataset, k: int) -> Dataset:
     """The `k` rows with the lowest ids, in id order, their ids read a batch at a time. Not `Dataset.sort`, nor
-    the id column whole: on rows a filter drew, `datasets` gathers either one row at a time, a Python object
-    each (~500 MB at 1,000,000 rows; bench/BENCHMARKS.md, "Training's rows")."""
+    the id column whole: on a selection of rows (the training split), `datasets` gathers either one row at a
+    time, a Python object each (~500 MB at 1,000,000 rows; bench/BENCHMARKS.md, "Training's rows")."""
     batches = rows.select_columns(["id"]).with_format("arrow").iter(batch_size=10_000)
     ids = itertools.chain.from_iterable(batch["id"].to_pylist() for batch in batches)
     return rows.select([position for _, position in heapq.nsmallest(k, zip(ids, itertools.count()))])
