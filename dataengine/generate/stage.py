@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dataengine.checks.code_answer import LAYOUT_REGEX, parse_code_answer
+from dataengine.checks.question_form import question_regex
 from dataengine.errors import StageError
 from dataengine.experts.vllm_payload import answer_routing, encode
 from dataengine.generate.rollout import request_seed, rollout
@@ -134,6 +135,9 @@ class GenerateStage(Stage):
                 **{k: getattr(seed, k) for k in ("kind", "task", "language", "topic", "persona", "rollouts")},
                 "max_tokens": max_tokens,
                 "question_max_tokens": gen.chat.question_max_tokens if gen.chat else 0,
+                "question_regex": question_regex(seed.language)
+                if seed.task == "instruct_answer" and gen.chat and gen.chat.question_structured_output
+                else None,
                 "question_seed": request_seed(gen.seed, seed.key, "question") if seeded else None,
                 "answer_seeds": [
                     request_seed(gen.seed, seed.key, "answer", r) if seeded else None for r in range(seed.rollouts)

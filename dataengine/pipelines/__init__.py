@@ -46,6 +46,9 @@ NextRound = Callable[[Path, dict[str, Manifest]], str | None]
 class Pipeline:
     stages: list[Stage]
     next_round: NextRound | None = None  # e.g. top-up: more prompts where curation fell short
+    # the stage whose pass `next_round` reads: the rounds run the stages up to it, and the later stages (routing,
+    # training) run once, on what the last round kept; None: after the whole pipeline
+    round_after: str | None = None
 
 
 def available_pipelines() -> list[str]:

@@ -1,7 +1,7 @@
 """curate: the teacher writes samples, then datatrove filters, dedups and decontaminates them; then
 they are routed through the teacher's experts when the recipe has `route`, and published when it has
 `publish`. Where curation keeps fewer rows than asked
-(`generate.top_up`), more prompts are generated and both stages run again."""
+(`generate.top_up`), more prompts are generated and both stages (and the judge) run again before the rest."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     stages = curated(recipe, base_dir)
     if recipe.publish is not None:
         stages.append(PublishStage(recipe, base_dir, rows_from=kept_rows(stages), preference_from=pairs(stages)))
-    return Pipeline(stages, next_round=top_up(recipe))
+    return Pipeline(stages, next_round=top_up(recipe), round_after=round_after(stages))
 
 
 def curated(recipe: Recipe, base_dir: Path) -> list[Stage]:
@@ -54,6 +54,11 @@ def kept_rows(stages: list[Stage]) -> str:
 def pairs(stages: list[Stage]) -> str | None:
     """The folder of the judge's preference pairs, when it makes them."""
     return next((s.outputs["preference"] for s in stages if s.name == "judge" and "preference" in s.outputs), None)
+
+
+def round_after(stages: list[Stage]) -> str:
+    """Top-up reads what generate, curate and the judge made: its rounds rerun those and nothing after them."""
+    return next(s.name for s in reversed(stages) if s.name in ("judge", "curate"))
 
 
 def top_up(recipe: Recipe) -> NextRound:

@@ -1,12 +1,13 @@
 """distill: generate -> curate (-> route with `route`, -> balance with `curate.balance`) -> score (with
-`score`) -> train -> evaluate -> publish (with `publish`). Top-up rounds as in the curate pipeline."""
+`score`) -> train -> evaluate -> publish (with `publish`). Top-up rounds as in the curate pipeline: they end
+before routing and training, which run once."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dataengine.pipelines import Pipeline
-from dataengine.pipelines.curate import curated, kept_rows, pairs, top_up
+from dataengine.pipelines.curate import curated, kept_rows, pairs, round_after, top_up
 from dataengine.publish.stage import PublishStage
 from dataengine.recipe import Recipe, StudentConfig
 from dataengine.score.stage import ScoreStage
@@ -60,7 +61,7 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
                 preference_from=preference,
             )
         )
-    return Pipeline(stages, next_round=top_up(recipe))
+    return Pipeline(stages, next_round=top_up(recipe), round_after=round_after(stages))
 
 
 def _reads_map(student: StudentConfig) -> bool:

@@ -25,6 +25,7 @@ from datatrove.pipeline.inference.servers import EndpointServer
 from datatrove.pipeline.inference.types import ServerError
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
+from loguru import logger
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -98,6 +99,28 @@ class _Runner(InferenceRunner):
     def _init_server(self, rank: int) -> EndpointServer:
         config = dataclasses.replace(self.config, endpoint_url=self.url + "/v1")
         return endpoint_server(config, rank, self.health, self.whole_responses)
+
+    async def _handle_record(self, doc: Document, *args: Any, **kwargs: Any) -> None:
+        # datatrove runs each document as an asyncio task of its own, and leaves some of their failures unseen:
+        # while it throttles, it takes the tasks that finished from asyncio.wait() and awaits them one by one
+        # (run_inference.py, `done, tasks_pool = await asyncio.wait(...)`, then `for task in done: await task`).
+        # The first that failed raises out of the loop; the rest of that batch are no longer in the pool its
+        # cleanup cancels and gathers, so no one ever retrieves their exceptions. When the teacher dies, every
+        # document in flight fails in the same turn of the loop, and asyncio prints each of those tasks, with
+        # its traceback, as "Task exception was never retrieved" whenever it is collected (after the pass,
+        # when the garbage collector comes round: on a loaded machine, where many fail at once). So each
+        # document's task retrieves its own exception as it ends and logs it in a line: the pass still fails
+        # with the first, where datatrove awaits it, and `run_until_done` recovers the teacher.
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(functools.partial(_failure_seen, doc.id))
+        await super()._handle_record(doc, *args, **kwargs)
+
+
+def _failure_seen(doc_id: str, task: asyncio.Task) -> None:
+    """Retrieve a document task's exception, so asyncio never reports it unretrieved; say it in datatrove's log."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.info(f"document {doc_id} failed: {type(exc).__name__}: {str(exc)[:300]}")
 
 
 DOCUMENTS = "documents"  # under a pass's work folder: its documents, one jsonl file per task

@@ -22,6 +22,7 @@ import httpx
 import psutil
 
 from dataengine.errors import StageError
+from dataengine.hardware import server_env, teacher_dtype
 from dataengine.recipe import TeacherConfig
 
 
@@ -61,7 +62,7 @@ def server_command(teacher: TeacherConfig, model_path: str, port: int) -> list[s
         "--port",
         str(port),
         "--dtype",
-        v.dtype,
+        teacher_dtype(v.dtype).value,
         "--tensor-parallel-size",
         str(v.tensor_parallel_size),
         "--data-parallel-size",
@@ -137,6 +138,7 @@ class TeacherServer:
         if self.teacher.return_routed_experts:
             env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # vLLM returns routed experts from this model runner only
         env.update(self.teacher.vllm.env)
+        env.update(server_env(env)[0])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log(f"starting vLLM for {served_name(self.teacher)} on {self.base_url} (log: {self.log_path})")
         with open(self.log_path, "ab") as logfile:

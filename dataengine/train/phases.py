@@ -50,6 +50,8 @@ def trainer_args(settings: TrainerSettings, out: Path, *, exclude: frozenset[str
         "save_total_limit": 2,
         "report_to": [],
         "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinned memory is for copies to a GPU
+        "disable_tqdm": True,  # `_train` says each logging step in a line instead
         # processes started by accelerate launch on a machine without GPUs join over gloo (accelerate treats them
         # as distributed CPU processes only when asked for the CPU); one process keeps its own device choice
         "use_cpu": not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
@@ -112,11 +114,36 @@ def _finish(trainer, out: Path, tokenizer, started: float, resumed: str | None, 
 
 
 def _train(trainer, out: Path, log: Callable[[str], None]) -> str | None:
+    from transformers import PrinterCallback
+
+    # the run's terminal gets one line per logging step from us, not transformers' tqdm bar or its printed dicts
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_step_lines(log))
     resumed = _last_checkpoint(out)
     if resumed:
         log(f"resuming from {resumed}")
     trainer.train(resume_from_checkpoint=resumed)
     return resumed
+
+
+def _step_lines(log: Callable[[str], None]):
+    from transformers import TrainerCallback
+
+    class StepLines(TrainerCallback):
+        """`step 4/16 · loss 7.302 · 5.8 s/step` at every logging step of the main process."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.since = (time.monotonic(), state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            now, (then, step) = time.monotonic(), self.since
+            pace = f" · {(now - then) / (state.global_step - step):.1f} s/step" if state.global_step > step else ""
+            log(f"step {state.global_step}/{state.max_steps} · loss {float(logs['loss']):.3f}{pace}")
+            self.since = (now, state.global_step)
+
+    return StepLines()
 
 
 def run_phase(

@@ -9,7 +9,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from dataengine.checks.language import detect_language
-from dataengine.curate.scripts import UNSPACED
+from dataengine.checks.scripts import UNSPACED
 from dataengine.rows import primary_language
 
 

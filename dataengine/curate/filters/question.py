@@ -13,9 +13,9 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from dataengine.checks.scripts import UNSPACED
 from dataengine.curate.filters.answer import shipped_phrases
 from dataengine.curate.filters.decontamination import ngrams
-from dataengine.curate.scripts import UNSPACED
 from dataengine.rows import last_user_turn, primary_language
 
 # fewer letters or digits than this and the question says nothing (a Chinese character carries a word)

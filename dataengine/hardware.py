@@ -1,0 +1,109 @@
+"""What runs fast on this machine's CPU, for the models the engine runs there: the dtype and the cores vLLM's CPU
+worker binds. GPUs are left to their own defaults.
+
+Measured (bench/BENCHMARKS.md, "Generation throughput"): on a CPU without native bfloat16 (AVX2 only), a bf16
+matmul in torch runs 50x slower than float32 and vLLM generates ~2x faster in float32; on one with AVX512-BF16 or
+AMX, bf16 is the faster. And vLLM's CPU worker binds its OpenMP threads to all cores but one, which it keeps
+for its own frontend: on a 2-core machine that leaves half the CPU idle while the frontend mostly waits.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+# at or below this many cores, vLLM's worker binds them all: the frontend's few milliseconds per step cost
+# less than an idle core (bench/generate.py: 1.8x on 2 cores); above it, vLLM's own reservation stands
+SMALL_MACHINE_CORES = 4
+THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A value the engine picked for this machine, and why (`dataengine run` says it once)."""
+
+    value: str
+    why: str
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether torch runs bfloat16 matmuls natively here (oneDNN with AVX512-BF16 or AMX). oneDNN's own check,
+    so an ISA capped with ONEDNN_MAX_CPU_ISA counts as what it is capped to."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN: read the flags the kernel reports
+        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on (a container's or taskset's share, not the host's count)."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def cpu_dtype() -> Choice:
+    """float32 or bfloat16 for a model on this CPU."""
+    if native_bf16():
+        return Choice("bfloat16", "this CPU computes bfloat16 natively (AVX512-BF16/AMX)")
+    return Choice("float32", "this CPU has no native bfloat16 (no AVX512-BF16/AMX): float32 runs ~2x faster")
+
+
+def teacher_dtype(asked: str | None) -> Choice:
+    """The dtype vLLM serves the teacher in: the recipe's when it names one; else vLLM's own `auto` on a GPU
+    and what is fast on this CPU otherwise."""
+    if asked is not None:
+        return Choice(asked, "teacher.vllm.dtype")
+    if has_gpu():
+        return Choice("auto", "a GPU: vLLM takes the checkpoint's dtype")
+    return cpu_dtype()
+
+
+def vllm_cpu_env(env: dict[str, str]) -> Choice | None:
+    """VLLM_CPU_OMP_THREADS_BIND and VLLM_CPU_NUM_OF_RESERVED_CPU for a server on a small CPU-only machine:
+    bind every usable core. None where the recipe (or the caller's environment) sets either, on a GPU, or
+    above SMALL_MACHINE_CORES."""
+    if THREADS_BIND in env or RESERVED in env or has_gpu():
+        return None
+    cores = usable_cores()
+    if len(cores) < 2 or len(cores) > SMALL_MACHINE_CORES:
+        return None
+    return Choice(
+        ",".join(map(str, cores)),
+        f"{len(cores)} cores: vLLM's worker binds them all instead of keeping one idle for its frontend",
+    )
+
+
+def server_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The variables to add to a CPU server's environment `env`, and a line for each saying why."""
+    bind = vllm_cpu_env(env)
+    if bind is None:
+        return {}, []
+    return {THREADS_BIND: bind.value, RESERVED: "0"}, [f"vLLM CPU cores {bind.value}: {bind.why}"]
+
+
+def describe(dtype: str | None, env: dict[str, str]) -> list[str]:
+    """What the engine picks for a teacher server it starts here, a line each with the reason."""
+    chosen = teacher_dtype(dtype)
+    lines = [] if dtype is not None else [f"teacher dtype {chosen.value}: {chosen.why}"]
+    return lines + server_env({**os.environ, **env})[1]
