@@ -46,7 +46,7 @@ def teacher_dir() -> str:
     return str(ensure_builtin("smollm2-moe", BuiltinTeacherOptions()))
 
 
-def run_stage(args: argparse.Namespace) -> dict:
+def run_stage(args: argparse.Namespace, vllm: str = "") -> dict:
     from rich.console import Console
 
     from dataengine.recipe import parse_recipe
@@ -59,7 +59,7 @@ def run_stage(args: argparse.Namespace) -> dict:
 name: bench
 teacher:
   model: builtin:smollm2-moe
-  vllm: {{enforce_eager: true, max_model_len: 1024}}
+  vllm: {{enforce_eager: true, max_model_len: 1024{vllm}}}
 generate:
   sampling: {{temperature: 0.0, max_tokens: {args.max_tokens}}}
   sources: [{{path: prompts.jsonl}}]
@@ -117,7 +117,8 @@ def run_transformers(args: argparse.Namespace) -> dict:
 
 
 CONTENDERS = {
-    "stage": run_stage,
+    "stage": run_stage,  # the dtype and cores the engine picks for this machine (dataengine/hardware.py)
+    "stage, vLLM's binding": functools.partial(run_stage, vllm=", env: {VLLM_CPU_OMP_THREADS_BIND: auto}"),
     "vllm bf16 1 core": functools.partial(run_vllm, dtype="bfloat16", all_cores=False),
     "vllm fp32 1 core": functools.partial(run_vllm, dtype="float32", all_cores=False),
     "vllm bf16 all cores": functools.partial(run_vllm, dtype="bfloat16", all_cores=True),

@@ -278,8 +278,8 @@ class ChatConfig(StrictModel):
     question_structured_output: bool = Field(
         True,
         description="hold the question to one line ending in a question mark with vLLM's structured outputs (at "
-        "most 200 characters, 40 in unspaced scripts such as Chinese), so a small teacher closes its question "
-        "within question_max_tokens; off for endpoints without vLLM's `structured_outputs`",
+        "most 150 characters; 40 and no Latin letters in unspaced scripts such as Chinese), so a small teacher "
+        "closes its question within question_max_tokens; off for endpoints without vLLM's `structured_outputs`",
     )
     system_prompt: str | None = Field(None, description="system turn of every chat answer")
     personas: bool = Field(

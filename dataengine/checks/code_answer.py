@@ -25,7 +25,7 @@ _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:\n```|\Z)",
 # answer always has the three parts; its code can still fail to parse or to pass, which curation checks.
 # Each part is bounded (a 400-character problem, a 900-character solution, 160-character asserts; ~550
 # tokens in all), so a small teacher that rambles in one part is made to move on instead of running into
-# max_tokens: 5 of 8 quickstart code answers were cut off there before the bounds, 0 after.
+# max_tokens: 5 of 8 quickstart code answers were cut off there before the bounds, 2 of 56 after.
 LAYOUT_REGEX = (
     r"### Problem\n[^\n`#<][^`#]{0,400}\n\n"
     r"### Solution\n```python\n(def |import |from )[^`]{1,900}\n```\n\n"

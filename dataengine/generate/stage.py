@@ -42,7 +42,7 @@ from dataengine.stage import RunContext, Stage, StageResult, config_hash
 from dataengine.teacher.inference import inference_config, run_inference
 from dataengine.teacher.server import served_name
 from dataengine.teacher.throughput import FOLDER as THROUGHPUT
-from dataengine.teacher.throughput import timeline
+from dataengine.teacher.throughput import active_seconds, timeline
 
 # the sampling knobs every request carries (max_tokens is per kind) and every row records
 _SENT_SAMPLING = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
@@ -197,7 +197,8 @@ class GenerateStage(Stage):
             output_fingerprint=fingerprint_files(writer.paths),
             drops=dict(made.drops),
             stats={
-                **made.stats(elapsed, asked.prompts),
+                # the tokens are every round's, so the seconds are too (a round found done returns none)
+                **made.stats(active_seconds([work / THROUGHPUT for work, _ in rounds]) or elapsed, asked.prompts),
                 "top_up_rounds": len(rounds) - 1,
                 "teacher_restarts": sum(t.restarts for t in ctx.endpoints()) - restarts_before,
                 "tasks": min(gen.tasks, asked.prompts),  # never more tasks than prompts
@@ -288,7 +289,8 @@ class GenerateStage(Stage):
             f"tokens: {stats['prompt_tokens']} prompt, {stats['completion_tokens']} answer, "
             f"{stats['question_tokens']} question; {stats['teacher_tokens_per_second']} teacher tokens/s "
             f"over {stats['generation_seconds']}s; "
-            f"finish reasons {stats['finish_reasons']}; code answers parsed {stats['code_parsed']}/{stats['code_rows']}"
+            f"finish reasons {stats['finish_reasons']}"
+            + (f"; code answers parsed {stats['code_parsed']}/{stats['code_rows']}" if stats["code_rows"] else "")
         )
         if manifest.drops:
             console.print(f"dropped: {manifest.drops}")
@@ -350,8 +352,8 @@ class _Made:
             "completion_tokens": self.completion_tokens,
             "question_tokens": self.question_tokens,
             "generation_seconds": round(seconds, 2),
-            # every token the teacher wrote (answers and questions) per second of generation; after a
-            # resume this counts tokens generated before the crash too, so it over-reports speed then
+            # every token the teacher wrote (answers and questions) per second of generation, both over every
+            # round and every resumed pass (the seconds from the throughput files)
             "teacher_tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
             "replayed_duplicates": self.duplicates,
             "routed_rows": self.routed_rows,

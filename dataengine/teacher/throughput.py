@@ -112,6 +112,12 @@ def timeline(folders: list[Path], bins: int = 40) -> list[list[float]]:
     return points
 
 
+def active_seconds(folders: list[Path]) -> float:
+    """Seconds rollouts were running, over every pass that wrote to `folders` (resumed ones and top-up rounds
+    included), without the pauses between them."""
+    return sum(max(r[1] for r in s) - s[0][0] for s in _stretches(_rollouts(folders)))
+
+
 def rate(folders: list[Path]) -> float | None:
     """Tokens per second of the time rollouts were running (the stretches, without the pauses between a
     crash and its resume): what a pass of documents read back from checkpoints does not inflate."""

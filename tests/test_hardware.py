@@ -1,0 +1,80 @@
+"""What the engine picks for the machine it runs on: the teacher's dtype and the cores vLLM binds on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dataengine import hardware
+from dataengine.recipe import load_recipe
+from dataengine.teacher.server import server_command
+from tests.conftest import MINIMAL
+
+
+@pytest.fixture
+def cpu_machine(monkeypatch: pytest.MonkeyPatch):
+    """A CPU-only machine with `cores` cores and native bf16 or not."""
+
+    def make(bf16: bool, cores: int = 2) -> None:
+        monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+        monkeypatch.setattr(hardware, "native_bf16", lambda: bf16)
+        monkeypatch.setattr(hardware, "usable_cores", lambda: list(range(cores)))
+
+    return make
+
+
+def test_the_dtype_follows_the_cpu_unless_the_recipe_names_one(cpu_machine):
+    cpu_machine(bf16=False)
+    assert hardware.teacher_dtype(None).value == "float32"
+    assert hardware.teacher_dtype("bfloat16") == hardware.Choice("bfloat16", "teacher.vllm.dtype")
+    cpu_machine(bf16=True)
+    assert hardware.teacher_dtype(None).value == "bfloat16"
+    assert hardware.teacher_dtype("float32").value == "float32"
+
+
+def test_a_gpu_keeps_vllms_own_choices(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(hardware, "has_gpu", lambda: True)
+    monkeypatch.setattr(hardware, "usable_cores", lambda: [0, 1])
+    assert hardware.teacher_dtype(None).value == "auto"
+    assert hardware.server_env({}) == ({}, [])
+
+
+def test_a_small_machine_binds_every_core_unless_told_otherwise(cpu_machine):
+    cpu_machine(bf16=False, cores=2)
+    env, why = hardware.server_env({})
+    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "0,1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert len(why) == 1 and "0,1" in why[0]
+    # the recipe's env (or the caller's) wins, either variable
+    assert hardware.server_env({"VLLM_CPU_OMP_THREADS_BIND": "auto"}) == ({}, [])
+    assert hardware.server_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}) == ({}, [])
+    cpu_machine(bf16=False, cores=16)  # a big machine: vLLM's reservation for its frontend stands
+    assert hardware.server_env({}) == ({}, [])
+    cpu_machine(bf16=False, cores=1)
+    assert hardware.server_env({}) == ({}, [])
+
+
+def test_the_server_starts_with_what_was_picked(cpu_machine, write_recipe):
+    cpu_machine(bf16=False)
+    teacher = load_recipe(write_recipe(MINIMAL.replace("builtin:smollm2-moe", "some/model"))).teacher
+    cmd = server_command(teacher, "some/model", 8000)
+    assert cmd[cmd.index("--dtype") + 1] == "float32"
+    asked = teacher.model_copy(update={"vllm": teacher.vllm.model_copy(update={"dtype": "bfloat16"})})
+    cmd = server_command(asked, "some/model", 8000)
+    assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
+    lines = hardware.describe(None, {})
+    assert lines[0].startswith("teacher dtype float32: this CPU has no native bfloat16")
+    assert hardware.describe("bfloat16", {"VLLM_CPU_OMP_THREADS_BIND": "0"}) == []
+
+
+def test_native_bf16_is_what_onednn_may_use():
+    """oneDNN capped at AVX2 (as on a CPU without AVX512-BF16/AMX) has no native bf16, whatever the flags say."""
+    code = "from dataengine.hardware import native_bf16; print(native_bf16())"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert capped.stdout.strip() == "False"
+    flags = hardware.cpu_flags()
+    if not {"avx512_bf16", "amx_bf16"} & flags:
+        assert hardware.native_bf16() is False
