@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 
 # at or below this many cores, vLLM's worker binds them all: the frontend's few milliseconds per step cost
-# less than an idle core (bench/generate.py: 1.8x on 2 cores); above it, vLLM's own reservation stands
+# less than an idle core (bench/generate.py: 1.4x in bf16, 1.7x in float32 on 2 cores); above it, vLLM's own
+# reservation stands
 SMALL_MACHINE_CORES = 4
 THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"
@@ -36,14 +37,16 @@ def has_gpu() -> bool:
 
 @functools.cache
 def native_bf16() -> bool:
-    """Whether torch runs bfloat16 matmuls natively here (oneDNN with AVX512-BF16 or AMX). oneDNN's own check,
-    so an ISA capped with ONEDNN_MAX_CPU_ISA counts as what it is capped to."""
+    """Whether torch runs bfloat16 matmuls natively here: the CPU has AVX512-BF16 or AMX, and oneDNN may use
+    them (an ISA capped with ONEDNN_MAX_CPU_ISA counts as what it is capped to). oneDNN's own check alone says
+    yes on any AVX-512 CPU, where it emulates bf16."""
     import torch
 
+    has = {"avx512_bf16", "amx_bf16"} & cpu_flags()
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN: read the flags the kernel reports
-        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+        return bool(has) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
 
 
 def cpu_flags() -> set[str]:
@@ -70,20 +73,21 @@ def cpu_dtype() -> Choice:
 
 
 def teacher_dtype(asked: str | None) -> Choice:
-    """The dtype vLLM serves the teacher in: the recipe's when it names one; else vLLM's own `auto` on a GPU
-    and what is fast on this CPU otherwise."""
+    """The dtype vLLM serves the teacher in: the recipe's when it names one; else bfloat16 on a GPU (as
+    before the engine chose for CPUs) and what is fast on this CPU otherwise."""
     if asked is not None:
         return Choice(asked, "teacher.vllm.dtype")
     if has_gpu():
-        return Choice("auto", "a GPU: vLLM takes the checkpoint's dtype")
+        return Choice("bfloat16", "a GPU")
     return cpu_dtype()
 
 
-def vllm_cpu_env(env: dict[str, str]) -> Choice | None:
-    """VLLM_CPU_OMP_THREADS_BIND and VLLM_CPU_NUM_OF_RESERVED_CPU for a server on a small CPU-only machine:
-    bind every usable core. None where the recipe (or the caller's environment) sets either, on a GPU, or
-    above SMALL_MACHINE_CORES."""
-    if THREADS_BIND in env or RESERVED in env or has_gpu():
+def vllm_cpu_env(env: dict[str, str], ranks: int = 1) -> Choice | None:
+    """VLLM_CPU_OMP_THREADS_BIND and VLLM_CPU_NUM_OF_RESERVED_CPU for a server of one worker (`ranks`: tensor x
+    pipeline x data parallel) on a small CPU-only machine: bind every usable core. None where the recipe (or the
+    caller's environment) sets either, on a GPU, above SMALL_MACHINE_CORES, or with several ranks (vLLM wants a
+    core list per rank then)."""
+    if THREADS_BIND in env or RESERVED in env or ranks > 1 or has_gpu():
         return None
     cores = usable_cores()
     if len(cores) < 2 or len(cores) > SMALL_MACHINE_CORES:
@@ -94,16 +98,16 @@ def vllm_cpu_env(env: dict[str, str]) -> Choice | None:
     )
 
 
-def server_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+def server_env(env: dict[str, str], ranks: int = 1) -> tuple[dict[str, str], list[str]]:
     """The variables to add to a CPU server's environment `env`, and a line for each saying why."""
-    bind = vllm_cpu_env(env)
+    bind = vllm_cpu_env(env, ranks)
     if bind is None:
         return {}, []
     return {THREADS_BIND: bind.value, RESERVED: "0"}, [f"vLLM CPU cores {bind.value}: {bind.why}"]
 
 
-def describe(dtype: str | None, env: dict[str, str]) -> list[str]:
+def describe(dtype: str | None, env: dict[str, str], ranks: int = 1) -> list[str]:
     """What the engine picks for a teacher server it starts here, a line each with the reason."""
     chosen = teacher_dtype(dtype)
     lines = [] if dtype is not None else [f"teacher dtype {chosen.value}: {chosen.why}"]
-    return lines + server_env({**os.environ, **env})[1]
+    return lines + server_env({**os.environ, **env}, ranks)[1]

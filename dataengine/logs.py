@@ -42,20 +42,27 @@ LIBRARIES = ("transformers", "datasets", "huggingface_hub", "accelerate", "trl",
 def libraries_to(path: Path) -> Iterator[None]:
     """For a run: the libraries' warnings, log records and progress bars (torch's `pin_memory` on CPU, a
     `datasets` map's bar, transformers' weight-loading bar for every model load) go to `path`, not the terminal,
-    which keeps what the engine says. Python warnings raised in the engine's own code still show."""
+    which keeps what the engine says. Their errors still show, and so do Python warnings raised in the engine's
+    own code."""
     import logging
     import warnings
 
     import datasets
     import huggingface_hub.utils
+    import torch  # noqa: F401  (imported first, it would add its own stderr handler inside and lose it after)
     import transformers.utils.logging
 
+    import dataengine
+
+    ours = str(Path(dataengine.__file__).parent) + os.sep
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
     saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate) for name in LIBRARIES}
     for name in LIBRARIES:
-        logging.getLogger(name).handlers = [handler]
+        logging.getLogger(name).handlers = [handler, errors]
         logging.getLogger(name).propagate = False
     shown = warnings.showwarning
     bars = (
@@ -65,11 +72,15 @@ def libraries_to(path: Path) -> Iterator[None]:
     )
 
     def to_log(message, category, filename, lineno, file=None, line=None) -> None:
-        if f"{os.sep}dataengine{os.sep}" in filename and f"{os.sep}site-packages{os.sep}" not in filename:
+        if filename.startswith(ours):
             shown(message, category, filename, lineno, file, line)
-        else:
+            return
+        handler.acquire()  # datatrove's and TRL's threads warn too
+        try:
             handler.stream.write(warnings.formatwarning(message, category, filename, lineno, line))
             handler.stream.flush()
+        finally:
+            handler.release()
 
     warnings.showwarning = to_log
     transformers.utils.logging.disable_progress_bar()
@@ -86,6 +97,9 @@ def libraries_to(path: Path) -> Iterator[None]:
             transformers.utils.logging.enable_progress_bar()
         if bars[1]:
             datasets.enable_progress_bars()
-        if not bars[2]:
+        # last: transformers' and datasets' switches turn huggingface_hub's bars on or off with their own
+        if bars[2]:
+            huggingface_hub.utils.disable_progress_bars()
+        else:
             huggingface_hub.utils.enable_progress_bars()
         handler.close()

@@ -124,6 +124,16 @@ class VLLMOptions(StrictModel):
     )
     startup_timeout_s: float = Field(900.0, gt=0, description="give up if the server is not ready by then")
 
+    @property
+    def ranks(self) -> int:
+        """vLLM's workers of one server: tensor x data x pipeline parallel (the last from `extra_args`)."""
+        pipeline = 1
+        for i, arg in enumerate(self.extra_args):
+            if arg.startswith("--pipeline-parallel-size") or arg == "-pp":
+                value = arg.split("=", 1)[1] if "=" in arg else (self.extra_args[i + 1 : i + 2] or ["1"])[0]
+                pipeline = int(value) if value.isdigit() else 1
+        return self.tensor_parallel_size * self.data_parallel_size * pipeline
+
 
 def http_url(value: str | None) -> str | None:
     """An endpoint's URL, without a trailing slash; refused unless http(s)."""
@@ -275,11 +285,12 @@ class ChatConfig(StrictModel):
     topics: list[str] | None = Field(None, description="your own topics, replacing the shipped ones")
     rollouts: int = Field(1, ge=1, le=64, description="answers sampled per question")
     question_max_tokens: int = Field(96, ge=8, description="length cap of the question the teacher writes")
-    question_structured_output: bool = Field(
-        True,
-        description="hold the question to one line ending in a question mark with vLLM's structured outputs (at "
-        "most 150 characters; 40 and no Latin letters in unspaced scripts such as Chinese), so a small teacher "
-        "closes its question within question_max_tokens; off for endpoints without vLLM's `structured_outputs`",
+    question_structured_output: bool | None = Field(
+        None,
+        description="hold the question to one line ending in a question mark with vLLM's structured outputs, at "
+        "most 1.5 characters per question_max_tokens token (0.4 and no Latin letters in Chinese and Japanese), so "
+        "a small teacher closes its question within its cap; null: on when the engine starts vLLM, off with "
+        "`endpoint(s)`, which may not be vLLM. Not applied to languages whose questions end otherwise (el, th, ...)",
     )
     system_prompt: str | None = Field(None, description="system turn of every chat answer")
     personas: bool = Field(
@@ -317,8 +328,9 @@ class CodeConfig(StrictModel):
     structured_output: bool = Field(
         True,
         description="hold the answer to the Problem / Solution / Tests layout with vLLM's structured outputs (a "
-        "regex: a solution that starts with def, import or from, one to five assert lines), so no finished answer "
-        "misses a part; off for endpoints without vLLM's `structured_outputs`, where `answer_prefix` keeps the form",
+        "regex: a solution that starts with def, import or from, one to five assert lines; the problem at most "
+        "max_tokens x 0.875 characters, the solution x 1.75), so no finished answer misses a part or rambles in "
+        "one; off for endpoints without vLLM's `structured_outputs`, where `answer_prefix` keeps the form",
     )
     answer_prefix: str | None = Field(
         "### Problem\n",

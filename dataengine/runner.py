@@ -137,7 +137,7 @@ def run_recipe(
     # secrets removed: the run folder is meant to be shared (and is what `dataengine publish` reads)
     write_atomic(run.recipe, json.dumps(scrub_known(recipe.model_dump(mode="json")), indent=2))
     if not recipe.teacher.urls:  # the engine starts the teacher: say what it picked for this machine, and why
-        for line in hardware.describe(recipe.teacher.vllm.dtype, recipe.teacher.vllm.env):
+        for line in hardware.describe(recipe.teacher.vllm.dtype, recipe.teacher.vllm.env, recipe.teacher.vllm.ranks):
             console.print(f"[dim]{line}[/dim]")
     teachers = teacher_pool(recipe.teacher, run.teacher_log, log=console.print)
     teacher = teachers[0]  # the one that may be our own server; the others are the recipe's endpoints

@@ -73,7 +73,9 @@ def test_empty_sections():
 def test_the_structured_output_layout_is_what_the_parser_reads():
     import re
 
-    from dataengine.checks.code_answer import LAYOUT_REGEX
+    from dataengine.checks.code_answer import layout_regex
+
+    LAYOUT_REGEX = layout_regex(512)
 
     good = (
         "### Problem\nWrite add(a, b) that returns the sum.\n\n"
@@ -87,6 +89,9 @@ def test_the_structured_output_layout_is_what_the_parser_reads():
     assert not re.fullmatch(LAYOUT_REGEX, good.replace("Write add(a, b)", "<the task in two sentences>"))
     assert not re.fullmatch(LAYOUT_REGEX, good.replace("def add(a, b):\n", "The function adds.\n"))
     assert not re.fullmatch(LAYOUT_REGEX, good.replace("assert add(1, 2) == 3\nassert add(0, 0) == 0\n", "add(1, 2)\n"))
+    # each part is bounded by the answer's token cap: a problem that rambles on does not fit a small cap
+    rambling = good.replace("Write add(a, b) that returns the sum.", "Write add(a, b). " * 20)
+    assert re.fullmatch(LAYOUT_REGEX, rambling) and not re.fullmatch(layout_regex(128), rambling)
 
 
 def test_the_exact_layout_wins_over_heading_like_text_in_the_problem():

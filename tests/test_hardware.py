@@ -35,11 +35,29 @@ def test_the_dtype_follows_the_cpu_unless_the_recipe_names_one(cpu_machine):
     assert hardware.teacher_dtype("float32").value == "float32"
 
 
-def test_a_gpu_keeps_vllms_own_choices(monkeypatch: pytest.MonkeyPatch):
+def test_a_gpu_is_served_as_before(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(hardware, "has_gpu", lambda: True)
     monkeypatch.setattr(hardware, "usable_cores", lambda: [0, 1])
-    assert hardware.teacher_dtype(None).value == "auto"
+    assert hardware.teacher_dtype(None).value == "bfloat16"
     assert hardware.server_env({}) == ({}, [])
+
+
+def test_several_vllm_workers_keep_vllms_binding(cpu_machine, write_recipe):
+    """vLLM wants a core list per rank: one list for a tensor- or pipeline-parallel server would stop it."""
+    cpu_machine(bf16=False, cores=4)
+    assert hardware.server_env({}, ranks=2) == ({}, [])
+    vllm = load_recipe(write_recipe(MINIMAL)).teacher.vllm
+    assert vllm.ranks == 1
+    assert (
+        vllm.model_copy(update={"tensor_parallel_size": 2, "extra_args": ["--pipeline-parallel-size", "2"]}).ranks == 4
+    )
+    assert vllm.model_copy(update={"extra_args": ["--pipeline-parallel-size=3"]}).ranks == 3
+
+
+def test_avx512_without_bf16_is_not_native(monkeypatch: pytest.MonkeyPatch):
+    """oneDNN says yes to bf16 on any AVX-512 CPU (it emulates it there): the CPU's own flags must say so too."""
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})
+    assert hardware.native_bf16.__wrapped__() is False
 
 
 def test_a_small_machine_binds_every_core_unless_told_otherwise(cpu_machine):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
+import dataengine
 from dataengine.logs import libraries_to
 
 
@@ -21,7 +23,7 @@ def test_library_warnings_records_and_bars_go_to_the_log(tmp_path, capsys, recwa
         Dataset.from_dict({"a": list(range(5))}).map(lambda row: row, desc="Tokenizing train dataset")
         transformers.utils.logging.get_logger("transformers.trainer").warning("trainer says")
         # the engine's own warning is shown as warnings are (pytest records them instead of printing them)
-        warnings.warn_explicit("engine warns", UserWarning, "/repo/dataengine/train/stage.py", 3)
+        warnings.warn_explicit("engine warns", UserWarning, str(Path(dataengine.__file__).parent / "runner.py"), 3)
     out = capsys.readouterr()
     text = log.read_text()
     for said in ("pin_memory", "some weights were not used", "trainer says"):

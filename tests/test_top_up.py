@@ -81,3 +81,41 @@ def test_top_up_prompts_are_new_samples():
     assert not base & {s.key for s in extra}  # distinct ids even where a topic is drawn again
     again = top_up_seeds(gen, {"chat/fr": 3, "code/en": 2}, round=2)
     assert not {s.key for s in extra} & {s.key for s in again}
+
+
+def test_rounds_rerun_the_stages_up_to_curation_and_the_rest_once(tmp_path, monkeypatch):
+    """Routing, scoring and training run after the last round, on what it kept, not after every round."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from dataengine import runner
+    from dataengine.pipelines import Pipeline
+
+    ran: list[list[str]] = []
+
+    def run_stages(pipeline, stages, ctx, only, force):
+        ran.append([s.name for s in stages])
+        return {s.name: s.name for s in stages}
+
+    monkeypatch.setattr(runner, "_run_stages", run_stages)
+    stages = [SimpleNamespace(name=n) for n in ("generate", "curate", "route", "score", "train")]
+    asked = iter(["one more", "one more", None])
+    pipeline = Pipeline(stages, next_round=lambda run_dir, made: next(asked), round_after="curate")
+    ctx = SimpleNamespace(run_dir=tmp_path, console=Console(quiet=True))
+    manifests = runner._run_rounds(pipeline, ctx, None, None)
+    assert ran == [["generate", "curate"]] * 3 + [["route", "score", "train"]]
+    assert list(manifests) == ["generate", "curate", "route", "score", "train"]
+    # --stage runs no rounds
+    ran.clear()
+    runner._run_rounds(pipeline, ctx, ["train"], None)
+    assert ran == [["generate", "curate"], ["route", "score", "train"]]
+
+
+def test_the_pipelines_round_after_curation_or_the_judge(tmp_path):
+    from dataengine.pipelines import build
+
+    recipe = parse_recipe(RECIPE)
+    assert build(recipe, tmp_path).round_after == "curate"
+    judged = parse_recipe(RECIPE.replace("curate: {}", "curate: {judge: {}}"))
+    assert build(judged, tmp_path).round_after == "judge"

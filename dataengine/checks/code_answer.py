@@ -23,14 +23,20 @@ _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:\n```|\Z)",
 # (generate.code.structured_output): a problem in prose (no backticks or headings) that is not the
 # request's <placeholder>, a fenced solution that starts like Python, one to five assert lines. A finished
 # answer always has the three parts; its code can still fail to parse or to pass, which curation checks.
-# Each part is bounded (a 400-character problem, a 900-character solution, 160-character asserts; ~550
-# tokens in all), so a small teacher that rambles in one part is made to move on instead of running into
-# max_tokens: 5 of 8 quickstart code answers were cut off there before the bounds, 2 of 56 after.
-LAYOUT_REGEX = (
-    r"### Problem\n[^\n`#<][^`#]{0,400}\n\n"
-    r"### Solution\n```python\n(def |import |from )[^`]{1,900}\n```\n\n"
-    r"### Tests\n```python\n(assert [^\n`]{1,160}\n){1,5}```"
-)
+# Each part is bounded by the answer's token cap (`max_tokens` x 3.5 characters: a quarter for the problem,
+# half for the solution, 160-character asserts), so a small teacher that rambles in one part is made to move
+# on instead of running into max_tokens: 5 of 8 quickstart code answers were cut off there before the bounds,
+# 2 of 56 after.
+CHARS_PER_TOKEN = 3.5
+
+
+def layout_regex(max_tokens: int) -> str:
+    chars = int(max_tokens * CHARS_PER_TOKEN)
+    return (
+        rf"### Problem\n[^\n`#<][^`#]{{0,{max(40, chars // 4)}}}\n\n"
+        rf"### Solution\n```python\n(def |import |from )[^`]{{1,{max(80, chars // 2)}}}\n```\n\n"
+        r"### Tests\n```python\n(assert [^\n`]{1,160}\n){1,5}```"
+    )
 
 
 @dataclass(frozen=True)

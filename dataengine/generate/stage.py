@@ -18,7 +18,7 @@ from datatrove.pipeline.readers import JsonlReader
 from rich.console import Console
 from rich.table import Table
 
-from dataengine.checks.code_answer import LAYOUT_REGEX, parse_code_answer
+from dataengine.checks.code_answer import layout_regex, parse_code_answer
 from dataengine.checks.question_form import question_regex
 from dataengine.errors import StageError
 from dataengine.experts.vllm_payload import answer_routing, encode
@@ -88,6 +88,13 @@ class GenerateStage(Stage):
     def key_files(self) -> list[Path]:
         return [resolve_path(src.path, self.base_dir) for src in self.recipe.generate.sources if src.path]
 
+    @property
+    def _question_form(self) -> bool:
+        """generate.chat.question_structured_output; unset, on with the engine's own vLLM server and off with
+        endpoints, which may not be vLLM."""
+        asked = self.recipe.generate.chat.question_structured_output if self.recipe.generate.chat else False
+        return asked if asked is not None else not self.recipe.teacher.urls
+
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
         """Languages, topic domains and code archetypes must be among the shipped ones (or bring their own)."""
@@ -135,8 +142,8 @@ class GenerateStage(Stage):
                 **{k: getattr(seed, k) for k in ("kind", "task", "language", "topic", "persona", "rollouts")},
                 "max_tokens": max_tokens,
                 "question_max_tokens": gen.chat.question_max_tokens if gen.chat else 0,
-                "question_regex": question_regex(seed.language)
-                if seed.task == "instruct_answer" and gen.chat and gen.chat.question_structured_output
+                "question_regex": question_regex(seed.language, gen.chat.question_max_tokens)
+                if seed.task == "instruct_answer" and gen.chat and self._question_form
                 else None,
                 "question_seed": request_seed(gen.seed, seed.key, "question") if seeded else None,
                 "answer_seeds": [
@@ -144,7 +151,7 @@ class GenerateStage(Stage):
                 ],
                 "system_prompt": system,
                 "answer_prefix": gen.code.answer_prefix if is_code and not structured else None,
-                "answer_regex": LAYOUT_REGEX if is_code and structured else None,
+                "answer_regex": layout_regex(max_tokens) if is_code and structured else None,
             }
             yield Document(text=seed.prompt, id=seed.key, metadata=meta)
 

@@ -138,7 +138,7 @@ class TeacherServer:
         if self.teacher.return_routed_experts:
             env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # vLLM returns routed experts from this model runner only
         env.update(self.teacher.vllm.env)
-        env.update(server_env(env)[0])
+        env.update(server_env(env, self.teacher.vllm.ranks)[0])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log(f"starting vLLM for {served_name(self.teacher)} on {self.base_url} (log: {self.log_path})")
         with open(self.log_path, "ab") as logfile:

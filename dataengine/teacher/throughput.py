@@ -114,8 +114,9 @@ def timeline(folders: list[Path], bins: int = 40) -> list[list[float]]:
 
 def active_seconds(folders: list[Path]) -> float:
     """Seconds rollouts were running, over every pass that wrote to `folders` (resumed ones and top-up rounds
-    included), without the pauses between them."""
-    return sum(max(r[1] for r in s) - s[0][0] for s in _stretches(_rollouts(folders)))
+    included), without the pauses between them. Each folder (a round) on its own: the stages between two
+    rounds are no generation, however short."""
+    return sum(max(r[1] for r in s) - s[0][0] for folder in folders for s in _stretches(_rollouts([folder])))
 
 
 def rate(folders: list[Path]) -> float | None:
