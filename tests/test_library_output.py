@@ -16,6 +16,12 @@ def test_library_warnings_records_and_bars_go_to_the_log(tmp_path, capsys, recwa
     from datasets import Dataset
 
     log = tmp_path / "libraries.log"
+    before = (
+        datasets.is_progress_bar_enabled(),
+        transformers.utils.logging.is_progress_bar_enabled(),
+        logging.getLogger("transformers").handlers[:],
+        logging.getLogger("transformers").propagate,
+    )
     with libraries_to(log):
         # a warning raised in a library (as torch's pin_memory one is), a library's log record, a datasets map
         warnings.warn_explicit("'pin_memory' argument is set as true", UserWarning, "/x/site-packages/torch/a.py", 9)
@@ -30,8 +36,11 @@ def test_library_warnings_records_and_bars_go_to_the_log(tmp_path, capsys, recwa
         assert said in text and said not in out.err + out.out
     assert "Tokenizing train dataset" not in out.err + out.out
     assert [str(w.message) for w in recwarn] == ["engine warns"] and "engine warns" not in text
-    # and everything is as it was afterwards
-    assert datasets.is_progress_bar_enabled() and transformers.utils.logging.is_progress_bar_enabled()
-    assert logging.getLogger("transformers").handlers != [] and all(
-        not isinstance(h, logging.FileHandler) for h in logging.getLogger("transformers").handlers
+    # and everything is as it was before
+    after = (
+        datasets.is_progress_bar_enabled(),
+        transformers.utils.logging.is_progress_bar_enabled(),
+        logging.getLogger("transformers").handlers[:],
+        logging.getLogger("transformers").propagate,
     )
+    assert after == before
