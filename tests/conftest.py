@@ -117,7 +117,21 @@ def standin_score(prompt: str) -> int:
     return 1 + len(prompt.rsplit("Answer:\n", 1)[-1]) % 5
 
 
-class StandinJudge(BaseHTTPRequestHandler):
+class JsonHandler(BaseHTTPRequestHandler):
+    """A stand-in server's handler: JSON answers, no access log."""
+
+    def _send(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class StandinJudge(JsonHandler):
     """A judge endpoint on loopback (test_judge.py, test_preference.py). Scores a row by the digit its question
     asks for ("Rate me 4?", else `standin_score`); a question with "garbage" gets a verdict that is not JSON,
     one with "broken" a response that is not JSON at all. Records every request's body."""
@@ -144,16 +158,6 @@ class StandinJudge(BaseHTTPRequestHandler):
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         usage = {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}
         self._send(200, json.dumps({"id": "v", "choices": [choice], "usage": usage}).encode())
-
-    def _send(self, status: int, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture

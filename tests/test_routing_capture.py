@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -27,7 +27,7 @@ from dataengine.recipe import parse_recipe
 from dataengine.rows import read_rows
 from dataengine.runner import run_recipe
 from dataengine.teacher.server import TeacherServer, free_port, server_command
-from tests.conftest import FILTERS_OFF
+from tests.conftest import FILTERS_OFF, JsonHandler
 from tests.tiny_models import save, tiny_mixtral, tiny_tokenizer
 
 LAYERS, EXPERTS = 2, 4
@@ -39,9 +39,9 @@ def expected_experts(position: int, layer: int) -> tuple[int, int]:
     return (position + layer) % EXPERTS, (position + 2 * layer + 1) % EXPERTS
 
 
-class _GpuVllm(BaseHTTPRequestHandler):
+class _GpuVllm(JsonHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        self._send({"data": [{"id": "teacher"}]})
+        self._answer({"data": [{"id": "teacher"}]})
 
     def do_POST(self) -> None:  # noqa: N802
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -53,18 +53,10 @@ class _GpuVllm(BaseHTTPRequestHandler):
             routed = [[expected_experts(p, layer) for layer in range(LAYERS)] for p in positions]
             choice["routed_experts"] = numpy2base64(np.array(routed, dtype=np.uint8))
         usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(words)}
-        self._send({"id": "x", "object": "chat.completion", "choices": [choice], "usage": usage})
+        self._answer({"id": "x", "object": "chat.completion", "choices": [choice], "usage": usage})
 
-    def _send(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+    def _answer(self, body: dict) -> None:
+        self._send(200, json.dumps(body).encode())
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,7 @@ from dataengine.recipe import JudgeConfig, parse_recipe
 from dataengine.teacher.inference import run_inference
 from dataengine.teacher.server import TeacherEndpoint
 from dataengine.verdicts import ask_verdict, judge_config, verdict_document
+from tests.conftest import JsonHandler
 
 IN_FLIGHT = 4  # the pass's max_concurrent_requests: the server dies once it holds this many
 ANSWERED = 2  # the first documents, answered before the server dies
@@ -102,7 +103,7 @@ class _DyingTeacher(ThreadingHTTPServer):
                     self.all_closed.set()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: _DyingTeacher
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name) -- the health check
@@ -122,16 +123,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.dead.is_set():
             self.server.hold(self.request)
         self._send(500, DEAD_ENGINE)
-
-    def _send(self, status: int, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
