@@ -37,27 +37,16 @@ def has_gpu() -> bool:
 
 @functools.cache
 def native_bf16() -> bool:
-    """Whether torch runs bfloat16 matmuls natively here: the CPU has AVX512-BF16 or AMX, and oneDNN may use
-    them (an ISA capped with ONEDNN_MAX_CPU_ISA counts as what it is capped to). oneDNN's own check alone says
-    yes on any AVX-512 CPU, where it emulates bf16."""
+    """Whether torch runs bfloat16 matmuls natively here: the CPU has AVX512-BF16 or AMX (torch's cpuinfo), and
+    oneDNN may use them (an ISA capped with ONEDNN_MAX_CPU_ISA counts as what it is capped to). oneDNN's own
+    check alone says yes on any AVX-512 CPU, where it emulates bf16."""
     import torch
 
-    has = {"avx512_bf16", "amx_bf16"} & cpu_flags()
     try:
-        return bool(has) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        has = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(has and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without these checks or without oneDNN
         return False
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def usable_cores() -> list[int]:

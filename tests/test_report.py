@@ -22,7 +22,7 @@ from dataengine.publish.card import evaluation_section, expert_coverage_section
 from dataengine.publish.layout import marked, write_layout
 from dataengine.report.page import SECTIONS, write_report
 from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
-from dataengine.teacher.throughput import Follower, recorder, timeline
+from dataengine.teacher.throughput import Follower, active_seconds, rate, recorder, timeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -284,6 +284,18 @@ def test_throughput_timeline_spreads_tokens_over_each_stretch_of_generation(tmp_
     # 6 s of generation in 3 bins of 2 s: the first stretch gets two (40 tokens split 20/20, plus the
     # second rollout's 20 in the later one), the resumed stretch one
     assert timeline([tmp_path / "t"], bins=3) == [[1.0, 10.0], [3.0, 20.0], [901.0, 30.0]]
+
+
+def test_generation_seconds_span_each_round_without_the_stages_between(tmp_path, monkeypatch):
+    """Top-up rounds each write their own folder; the minute of curation between two rounds is no generation."""
+    ends = iter([104.0, 174.0])
+    monkeypatch.setattr("dataengine.teacher.throughput.time.time", lambda: next(ends))
+    with recorder(tmp_path / "round-0") as record:
+        record(40, 100.0)  # ran 100-104 s
+    with recorder(tmp_path / "round-1") as record:
+        record(60, 170.0)  # ran 170-174 s, 66 s later (under the gap that splits a stretch)
+    rounds = [tmp_path / "round-0", tmp_path / "round-1"]
+    assert active_seconds(rounds) == 8.0 and rate(rounds) == 12.5
 
 
 def test_the_progress_follower_counts_only_what_a_pass_adds(tmp_path, monkeypatch):

@@ -170,11 +170,11 @@ class GenerateStage(Stage):
         for r, extra in enumerate(load_rounds(ctx.run_dir), start=1):
             rounds.append((work_dir / f"top-up-{r}", top_up_seeds(gen, extra, r)))
         restarts_before = sum(t.restarts for t in ctx.endpoints())
-        elapsed, asked = 0.0, _Asked()
+        asked = _Asked()
         for work, seeds in rounds:
             # distinct within a round; a top-up round's keys hold its number, so rounds never share a prompt
             prompts = asked.count(distinct(seeds, work / "sort-prompts"))
-            elapsed += self._infer(ctx, self.documents(prompts), work)
+            self._infer(ctx, self.documents(prompts), work)
         if not asked.prompts:
             raise StageError("no prompts to generate: quotas are 0 and the prompt sources are empty")
         ctx.log(f"{asked.prompts} prompts asked, {asked.rollouts} rollouts expected")
@@ -204,8 +204,9 @@ class GenerateStage(Stage):
             output_fingerprint=fingerprint_files(writer.paths),
             drops=dict(made.drops),
             stats={
-                # the tokens are every round's, so the seconds are too (a round found done returns none)
-                **made.stats(active_seconds([work / THROUGHPUT for work, _ in rounds]) or elapsed, asked.prompts),
+                # the tokens are every round's, so the seconds are too (from the throughput files: a round found
+                # done generates nothing now)
+                **made.stats(active_seconds([work / THROUGHPUT for work, _ in rounds]), asked.prompts),
                 "top_up_rounds": len(rounds) - 1,
                 "teacher_restarts": sum(t.restarts for t in ctx.endpoints()) - restarts_before,
                 "tasks": min(gen.tasks, asked.prompts),  # never more tasks than prompts
@@ -213,10 +214,10 @@ class GenerateStage(Stage):
             },
         )
 
-    def _infer(self, ctx: RunContext, docs: Iterable[Document], work_dir: Path) -> float:
-        """The teacher's rollouts of these prompts; returns seconds spent generating."""
+    def _infer(self, ctx: RunContext, docs: Iterable[Document], work_dir: Path) -> None:
+        """The teacher's rollouts of these prompts (their times in the pass's throughput files)."""
         recipe = self.recipe
-        return run_inference(
+        run_inference(
             ctx.endpoints(),
             docs,
             work_dir,

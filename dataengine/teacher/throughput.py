@@ -122,10 +122,8 @@ def active_seconds(folders: list[Path]) -> float:
 def rate(folders: list[Path]) -> float | None:
     """Tokens per second of the time rollouts were running (the stretches, without the pauses between a
     crash and its resume): what a pass of documents read back from checkpoints does not inflate."""
-    stretches = _stretches(_rollouts(folders))
-    active = sum(max(r[1] for r in s) - s[0][0] for s in stretches)
-    tokens = sum(r[2] for s in stretches for r in s)
-    return round(tokens / active, 2) if active > 0 else None
+    active = active_seconds(folders)
+    return round(sum(r[2] for r in _rollouts(folders)) / active, 2) if active > 0 else None
 
 
 def _spread(bins: list[float], lo: float, hi: float, tokens: int) -> None:
