@@ -16,7 +16,7 @@ from rich.console import Console
 
 from dataengine.errors import RecipeError, StageError, UserError
 from dataengine.lifetime import forks_die_with_parent
-from dataengine.recipe import Recipe, load_recipe
+from dataengine.recipe import Recipe
 
 app = typer.Typer(
     help="Synthetic data engine for MoE fine-tuning: a vLLM-served teacher writes multilingual and code "
@@ -41,15 +41,16 @@ OutputOpt = Annotated[
 ]
 
 
-def _load(path: Path) -> tuple[Recipe, Path]:
+def _load(path: Path, names: bool = True) -> tuple[Recipe, Path]:
     """The recipe's schema and the names it uses (pipeline, builtin teacher); `validate`, `plan` and `run`
-    check the rest (runner.check)."""
-    from dataengine.pipelines import name_problems
+    check the rest (runner.check), the names with it (`names=False`): every problem in one pass."""
+    from dataengine.pipeline import load_recipe, name_problems
 
     recipe = load_recipe(path)
-    if problems := name_problems(recipe):
+    base_dir = path.parent.resolve()
+    if names and (problems := name_problems(recipe, base_dir)):
         raise RecipeError(str(path), problems)
-    return recipe, path.parent.resolve()
+    return recipe, base_dir
 
 
 @app.command()
@@ -59,7 +60,7 @@ def validate(recipe: RecipeArg) -> None:
     Exit 2 on any problem."""
     from dataengine.runner import check
 
-    r, base = _load(recipe)
+    r, base = _load(recipe, names=False)
     check(r, base, str(recipe))
     console.print(f"[green]✓[/green] {recipe} is valid: pipeline [bold]{r.pipeline}[/bold], teacher {r.teacher.model}")
 
@@ -70,7 +71,7 @@ def plan(recipe: RecipeArg, output: OutputOpt = None) -> None:
     from dataengine.runner import check, default_run_dir, describe_plan
     from dataengine.runner import plan as make_plan
 
-    r, base = _load(recipe)
+    r, base = _load(recipe, names=False)
     check(r, base, str(recipe))
     run_dir = output or default_run_dir(r, base)
     console.print(f"pipeline [bold]{r.pipeline}[/bold] -> {run_dir}")
@@ -89,7 +90,7 @@ def run(
     """Run the recipe's pipeline. Finished stages are skipped; an interrupted stage resumes."""
     from dataengine.runner import run_recipe
 
-    r, base = _load(recipe)
+    r, base = _load(recipe, names=False)
     run_recipe(r, base, run_dir=output, only=stage, force=force, console=console)
 
 

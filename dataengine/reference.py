@@ -12,7 +12,9 @@ HEADER = """# Recipe reference
 
 Generated from the schema in `dataengine/recipe.py` by `dataengine reference`; a test keeps this
 file equal to that output. Unknown keys are errors. Strings may use `${VAR}` or `${VAR:-default}`
-to read the environment. Relative paths are taken from the recipe file's folder.
+to read the environment. Relative paths are taken from the recipe file's folder. A field marked
+*output-neutral* cannot change a row or a weight: it is in no stage's cache key, so changing it on a finished
+run reruns nothing.
 """
 
 
@@ -44,7 +46,11 @@ def _section(model: type[BaseModel], path: str, out: list[str]) -> None:
         inner = _unwrap(field.annotation)
         is_block = isinstance(inner, type) and issubclass(inner, BaseModel)
         desc = (field.description or "").replace("|", "\\|")
-        out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(model, field, is_block)} | {desc} |")
+        marks = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if "output_neutral" in marks:
+            desc += f" *(output-neutral: {marks['output_neutral']})*"
+        key = field.alias or name  # `class`, where Python needs `class_`
+        out.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(model, field, is_block)} | {desc} |")
         if is_block:
             is_list = "list[" in str(field.annotation)
             nested.append((inner, f"{path}.{name}[]" if is_list else f"{path}.{name}"))

@@ -16,13 +16,14 @@ from typing import Literal
 
 from rich.console import Console
 
-from dataengine import hardware, pipelines
+from dataengine import hardware
 from dataengine.atomic import write_atomic
 from dataengine.errors import RecipeError, UserError
 from dataengine.logs import libraries_to
 from dataengine.manifest import Manifest, tool_versions
-from dataengine.pipelines import Pipeline
+from dataengine.pipeline import Pipeline, build_pipeline, check_pipeline
 from dataengine.recipe import Recipe, resolve_path
+from dataengine.results import StageStats
 from dataengine.run_folder import RunFolder
 from dataengine.secrets import scrub_known
 from dataengine.stage import RunContext, Stage, config_hash
@@ -86,7 +87,7 @@ class _Wiring:
 
 
 def plan(recipe: Recipe, base_dir: Path, run_dir: Path) -> list[tuple[Stage, StageStatus]]:
-    stages = pipelines.build(recipe, base_dir).stages
+    stages = build_pipeline(recipe, base_dir).stages
     wiring = _Wiring(stages, run_dir)
     out: list[tuple[Stage, StageStatus]] = []
     for stage in stages:
@@ -100,7 +101,7 @@ def plan(recipe: Recipe, base_dir: Path, run_dir: Path) -> list[tuple[Stage, Sta
 
 def check(recipe: Recipe, base_dir: Path, source: str) -> None:
     """Everything `validate` checks beyond the schema; RecipeError listing each problem."""
-    if problems := pipelines.check(recipe, base_dir):
+    if problems := check_pipeline(recipe, base_dir):
         raise RecipeError(source, problems)
 
 
@@ -127,7 +128,7 @@ def run_recipe(
     run_dir = run_dir or default_run_dir(recipe, base_dir)
     # before any stage: an air-gapped node learns of missing weights at once, not after generation was queued
     check(recipe, base_dir, f"recipe {recipe.name!r}")
-    pipeline = pipelines.build(recipe, base_dir)
+    pipeline = build_pipeline(recipe, base_dir)
     names = [s.name for s in pipeline.stages]
     for name in (only or []) + (force or []):
         if name not in names:
@@ -221,7 +222,7 @@ def _run_stage(stage: Stage, ctx: RunContext, wiring: _Wiring, forced: bool) -> 
         rows_in=result.rows_in,
         rows_out=result.rows_out,
         drops=result.drops,
-        stats=result.stats,
+        stats=result.stats.model_dump(mode="json") if isinstance(result.stats, StageStats) else result.stats,
         timings={"started": started, "seconds": round(time.time() - started, 3)},
         run_id=ctx.run_id,
         recipe_hash=ctx.recipe.fingerprint(),
@@ -239,5 +240,6 @@ def describe_plan(rows: list[tuple[Stage, StageStatus]], run_dir: Path, print_fn
         "stale": "will run (config or input changed)",
         "blocked": "will run after its inputs",
     }
+    width = max((len(stage.name) for stage, _ in rows), default=0)
     for stage, status in rows:
-        print_fn(f"  {stage.name:<10} -> {run_dir / next(iter(stage.outputs.values()))}  ({labels[status]})")
+        print_fn(f"  {stage.name:<{width}} -> {run_dir / next(iter(stage.outputs.values()))}  ({labels[status]})")

@@ -1,7 +1,9 @@
-"""The README and recipe reference stay true."""
+"""The README and recipe reference stay true, and the docs/ site builds."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +34,30 @@ def test_readme_commands_exist():
     for command in ("validate", "plan", "run", "teacher", "reference"):
         assert f"dataengine {command}" in readme
         assert command in help_text
+
+
+def test_readme_links_resolve():
+    links = re.findall(r"\]\(([^)#\s]+)", (ROOT / "README.md").read_text())
+    local = [link for link in links if "://" not in link]
+    assert local, "the README links docs/ pages"
+    missing = [link for link in local if not (ROOT / link).is_file()]
+    assert not missing, f"README links to files that do not exist: {missing}"
+
+
+def test_docs_site_builds_strict(tmp_path):
+    """`mkdocs build --strict` (also in `make test`) fails on a broken link or anchor; the benchmarks page
+    includes bench/BENCHMARKS.md instead of copying it. Not --quiet: it stops --strict from counting warnings."""
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    site = tmp_path / "site"
+    done = subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for page in ("index.html", "concepts/index.html", "benchmarks/index.html"):
+        assert (site / page).is_file(), page
+    assert "Generation throughput" in (site / "benchmarks" / "index.html").read_text()

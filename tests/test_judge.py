@@ -14,7 +14,7 @@ from rich.console import Console
 
 from dataengine.errors import RecipeError, StageError
 from dataengine.judge.stage import ERROR, LOW, JudgeStage
-from dataengine.pipelines import build
+from dataengine.pipeline import build_pipeline as build
 from dataengine.publish.card import judge_section
 from dataengine.recipe import parse_recipe
 from dataengine.rows import CURATED_FEATURES, read_rows, write_shards
@@ -170,8 +170,8 @@ def test_rows_are_routed_by_their_verdict_and_unreadable_ones_are_never_kept(tmp
     garbage = [body for body in StandinJudge.requests if "garbage" in body["messages"][0]["content"]]
     assert [body["user"] for body in garbage] == ["garbage/verdict0", "garbage/verdict1", "garbage/verdict2"]
     assert [body["temperature"] for body in garbage] == [0.0, RETRY_TEMPERATURE, RETRY_TEMPERATURE]
-    assert result.stats["attempts"] == {"1": 4, "3": 2}
-    assert result.stats["score_histogram"] == {"kept": {"3.0": 1, "4.0": 1, "5.0": 1}, "rejected": {"2.0": 1}}
+    assert result.stats.attempts == {"1": 4, "3": 2}
+    assert result.stats.score_histogram == {"kept": {"3.0": 1, "4.0": 1, "5.0": 1}, "rejected": {"2.0": 1}}
     # both folders load with datasets, with the judge's columns
     loaded = load_dataset("parquet", data_dir=str(outputs["rejected"] / "data"), split="train")
     assert {"judge_score", "judge_scores", "judge_rationale"} <= set(loaded.column_names)
@@ -181,7 +181,7 @@ def test_rows_are_routed_by_their_verdict_and_unreadable_ones_are_never_kept(tmp
     again, _ = _judge(tmp_path, judge_port, rows)
     assert len(StandinJudge.requests) == sent and again.rows_out == 3
     # its speed is the first pass's: verdicts read back from checkpoints took no time to write
-    assert again.stats["judge_tokens_per_second"] == result.stats["judge_tokens_per_second"] > 0
+    assert again.stats.judge_tokens_per_second == result.stats.judge_tokens_per_second > 0
 
 
 def test_pairs_are_made_from_what_the_judge_scored_and_its_scratch_is_removed(tmp_path, judge_port):
@@ -200,7 +200,7 @@ def test_pairs_are_made_from_what_the_judge_scored_and_its_scratch_is_removed(tm
         ("a-best", "a-worst", 5.0, 2.0)
     ]
     assert pairs[0]["prompt"] == [{"role": "user", "content": "Which?"}] and pairs[0]["judge_model"] == "teacher"
-    assert result.stats["preference_pairs"] == 1
+    assert result.stats.preference_pairs == 1
     work = tmp_path / "run" / ".work" / "judge"
     assert not (work / "candidates").exists() and not (work / "sort-pairs").exists()
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from dataengine.errors import RecipeError, UserError
 from dataengine.judge.pairs import preference_pairs
 from dataengine.manifest import Manifest
-from dataengine.pipelines import build
+from dataengine.pipeline import build_pipeline as build
 from dataengine.publish.layout import card_configs, marked, write_layout
 from dataengine.publish.stage import publish_run
 from dataengine.recipe import DPOSettings, parse_recipe

@@ -187,7 +187,7 @@ def test_collect_counts_rows_through_the_stages_from_the_run_folder(run_dir):
         "code/en": {"generated": 4, "kept": 3, "judged": 2, "trained on": 1, "published": 1},
     }
     assert facts.drops == {"truncated": 3, "near_duplicate": 2, "judge_low": 1}
-    assert facts.judge["score_histogram"]["rejected"] == {"1.5": 1}
+    assert facts.judge.score_histogram["rejected"] == {"1.5": 1}
     assert facts.cluster_sizes == {1: 6, 3: 1}
     assert sorted(facts.answer_chars["rejected"]) == sorted(len("word " * (10 + 7 * i)) for i in (1, 4, 5, 9, 10))
     assert facts.losses["sft"] == [(2, 4.0), (4, 3.0), (6, 2.0)]

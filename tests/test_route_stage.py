@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from dataengine.cli import app
 from dataengine.errors import RecipeError
 from dataengine.experts import metrics
-from dataengine.pipelines import build
+from dataengine.pipeline import build_pipeline as build
 from dataengine.recipe import parse_recipe
 from dataengine.route.stage import RouteStage
 from dataengine.rows import CURATED_FEATURES, read_rows, write_shards

@@ -8,6 +8,7 @@ from dataengine.generate.seeds import expand_seeds, top_up_seeds
 from dataengine.generate.top_up import add_round, load_rounds, plan_round
 from dataengine.manifest import Manifest
 from dataengine.recipe import parse_recipe
+from dataengine.results import CurateStats, GenerateStats, JudgeStats, Quota
 from dataengine.run_folder import TOP_UP as TOP_UP_FILE
 
 RECIPE = """
@@ -26,10 +27,17 @@ curate: {}
 
 def manifests(kept: dict[str, int], made: dict[str, int]) -> dict[str, Manifest]:
     targets = {"chat/en": 8, "chat/fr": 8, "code/en": 4}
-    quota = {g: {"target": t, "kept": kept[g], "short": max(0, t - kept[g])} for g, t in targets.items()}
-    generated = Manifest("generate", "", "", "", 20, 20, stats={"rows_by_kind_language": made})
-    curated = Manifest("curate", "", "", "", 20, sum(kept.values()), stats={"quota": quota})
-    return {"generate": generated, "curate": curated}
+    quota = {g: Quota(target=t, kept=kept[g], short=max(0, t - kept[g])) for g, t in targets.items()}
+    generated = GenerateStats(prompts=sum(made.values()), rows_by_kind_language=made).model_dump()
+    curated = CurateStats(quota=quota).model_dump()
+    return {
+        "generate": Manifest("generate", "", "", "", 20, 20, stats=generated),
+        "curate": Manifest("curate", "", "", "", 20, sum(kept.values()), stats=curated),
+    }
+
+
+def next_round(recipe, run_dir, m: dict[str, Manifest]) -> dict[str, int] | None:
+    return add_round(recipe, run_dir, m["generate"], m["curate"], m.get("judge"))
 
 
 def test_plan_asks_for_missing_rows_over_keep_rate():
@@ -46,28 +54,31 @@ def test_with_a_judge_a_row_counts_as_kept_when_the_judge_kept_it(tmp_path):
     m = manifests(kept={"chat/en": 8, "chat/fr": 4, "code/en": 4}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
     # the judge kept 4 of curation's 8 English rows, all of French and code
     judged = {"chat/en": 4, "chat/fr": 4, "code/en": 4}
-    m["judge"] = Manifest("judge", "", "", "", 16, 12, stats={"kept_by_kind_language": judged})
+    stats = JudgeStats(
+        judge_model="j", threshold=3, score_histogram={}, mean_by_criterion={}, kept_by_kind_language=judged
+    )
+    m["judge"] = Manifest("judge", "", "", "", 16, 12, stats=stats.model_dump())
     # en: 4 short at a keep rate of 4/8 -> 8 rows -> 4 prompts; fr as before
     assert plan_round(recipe, m["generate"], m["curate"], m["judge"]) == {"chat/en": 4, "chat/fr": 4}
-    assert add_round(recipe, tmp_path, m) == {"chat/en": 4, "chat/fr": 4}
+    assert next_round(recipe, tmp_path, m) == {"chat/en": 4, "chat/fr": 4}
 
 
 def test_rounds_are_recorded_and_bounded(tmp_path):
     recipe = parse_recipe(RECIPE)
     short = manifests(kept={"chat/en": 8, "chat/fr": 4, "code/en": 4}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
-    assert add_round(recipe, tmp_path, short) == {"chat/fr": 4}
-    assert add_round(recipe, tmp_path, short) == {"chat/fr": 4}
-    assert add_round(recipe, tmp_path, short) is None  # rounds: 2
+    assert next_round(recipe, tmp_path, short) == {"chat/fr": 4}
+    assert next_round(recipe, tmp_path, short) == {"chat/fr": 4}
+    assert next_round(recipe, tmp_path, short) is None  # rounds: 2
     assert load_rounds(tmp_path) == [{"chat/fr": 4}, {"chat/fr": 4}]
     assert json.loads((tmp_path / TOP_UP_FILE).read_text())["rounds"][0] == {"chat/fr": 4}
 
 
 def test_no_round_when_nothing_is_short_or_top_up_is_off(tmp_path):
     full = manifests(kept={"chat/en": 8, "chat/fr": 8, "code/en": 4}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
-    assert add_round(parse_recipe(RECIPE), tmp_path, full) is None
+    assert next_round(parse_recipe(RECIPE), tmp_path, full) is None
     off = parse_recipe(RECIPE.replace("rounds: 2", "rounds: 0"))
     short = manifests(kept={"chat/en": 0, "chat/fr": 0, "code/en": 0}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
-    assert add_round(off, tmp_path, short) is None
+    assert next_round(off, tmp_path, short) is None
     assert not (tmp_path / TOP_UP_FILE).exists()
 
 
@@ -90,7 +101,7 @@ def test_rounds_rerun_the_stages_up_to_curation_and_the_rest_once(tmp_path, monk
     from rich.console import Console
 
     from dataengine import runner
-    from dataengine.pipelines import Pipeline
+    from dataengine.pipeline import Pipeline
 
     ran: list[list[str]] = []
 
@@ -113,7 +124,7 @@ def test_rounds_rerun_the_stages_up_to_curation_and_the_rest_once(tmp_path, monk
 
 
 def test_the_pipelines_round_after_curation_or_the_judge(tmp_path):
-    from dataengine.pipelines import build
+    from dataengine.pipeline import build_pipeline as build
 
     recipe = parse_recipe(RECIPE)
     assert build(recipe, tmp_path).round_after == "curate"

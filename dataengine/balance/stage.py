@@ -23,7 +23,7 @@ UNROUTED = "not_routed"
 
 class BalanceStage(Stage):
     name = "balance"
-    key_paths = ("curate.balance",)
+    reads = ("curate.balance",)
 
     def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str, routing_from: str) -> None:
         self.recipe = recipe

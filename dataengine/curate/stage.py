@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -24,6 +23,7 @@ from dataengine.checks.sandbox import SandboxLimits, isolation_warning
 from dataengine.curate.dedup import dedup_language
 from dataengine.curate.filters.answer import LengthFilter, RefusalFilter, TruncationFilter
 from dataengine.curate.filters.code import CodeParseFilter, CodeTestsFilter
+from dataengine.curate.filters.custom import UserFilter, load_filter, module_file
 from dataengine.curate.filters.decontamination import DecontaminationFilter, builtin_benchmarks, read_texts
 from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualityFilter, RepetitionFilter
 from dataengine.curate.filters.question import QuestionFilter
@@ -32,6 +32,7 @@ from dataengine.executors import pipeline_runner
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import CurateConfig, Recipe, resolve_path
+from dataengine.results import CurateStats, Quota
 from dataengine.rows import CURATED_FEATURES, Group, last_user_turn, read_ids, write_shards
 from dataengine.run_folder import RunFolder
 from dataengine.stage import RunContext, Stage, StageResult
@@ -62,14 +63,29 @@ class CurateStage(Stage):
         self.outputs = {"kept": "curated", "rejected": "rejected"}
         # appending to a publish target dedups against what it holds: where that is belongs to the key
         appends = recipe.publish is not None and recipe.publish.append
-        # the judge and the balance selection are stages of their own, after curation
-        own = ("curate", "-curate.judge", "-curate.balance", "-curate.ray")
-        self.key_paths = (*own, "publish.to", "publish.revision") if appends else own
+        self.reads = ("curate", "publish.to", "publish.revision") if appends else ("curate",)
 
     def key_files(self) -> list[Path]:
-        """The benchmarks, and the reference data: new reference rows change what counts as a duplicate."""
+        """The benchmarks, the reference data (new reference rows change what counts as a duplicate), and the
+        modules of the custom filters that live in the recipe's folder."""
         references = [resolve_path(folder, self.base_dir) for folder in self.cfg.dedup.reference]
-        return [*self._benchmark_paths().values(), *(p for ref in references for p in sorted(ref.rglob("*.parquet")))]
+        modules = [p for entry in self.cfg.filters.custom if (p := module_file(entry.class_, self.base_dir))]
+        return [
+            *self._benchmark_paths().values(),
+            *(p for ref in references for p in sorted(ref.rglob("*.parquet"))),
+            *modules,
+        ]
+
+    @staticmethod
+    def check(recipe: Recipe, base_dir: Path) -> list[str]:
+        """Each custom filter imports, is a datatrove BaseFilter and takes its args (it is built, then let go)."""
+        if recipe.curate is None:
+            return []
+        problems = []
+        for i, entry in enumerate(recipe.curate.filters.custom):
+            if isinstance(built := load_filter(entry.class_, entry.args, base_dir), str):
+                problems.append(f"curate.filters.custom[{i}].{built}")
+        return problems
 
     def _benchmark_paths(self) -> dict[str, Path]:
         dc = self.cfg.decontamination
@@ -110,6 +126,10 @@ class CurateStage(Stage):
             steps.append(CodeParseFilter(exclusion_writer=out("code_parse")))
             steps.append(
                 CodeTestsFilter(SandboxLimits.of(cfg.code), cfg.code.parallel, exclusion_writer=out("code_tests"))
+            )
+        for entry in f.custom:  # the recipe's own, after ours: their drops land in rejected/ like ours
+            steps.append(
+                UserFilter(entry.class_, entry.args, self.base_dir, entry.step, exclusion_writer=out(entry.step))
             )
         if cfg.decontamination.enabled:
             fields = {f.name or resolve_path(f.path, self.base_dir).name: f.field for f in cfg.decontamination.files}
@@ -204,30 +224,26 @@ class CurateStage(Stage):
             stats=self._stats(tally, rejected_dir),
         )
 
-    def _stats(self, tally: _Tally, rejected_dir: Path) -> dict[str, Any]:
+    def _stats(self, tally: _Tally, rejected_dir: Path) -> CurateStats:
         targets = _targets(self.recipe)
         quota = {
-            str(g): {
-                "target": target,
-                "kept": tally.groups.get(g, 0),
-                "short": max(0, target - tally.groups.get(g, 0)),
-            }
+            str(g): Quota(target=target, kept=tally.groups.get(g, 0), short=max(0, target - tally.groups.get(g, 0)))
             for g, target in targets.items()
         }
-        return {
-            "kept_by_kind_language": {str(g): n for g, n in sorted(tally.groups.items())},
-            "rejected_by_step": dict(tally.steps.most_common()),
-            "quota": quota,
-            "code_tests_passed": tally.tests_passed,
-            "rejected_dir": str(rejected_dir),
-        }
+        return CurateStats(
+            kept_by_kind_language={str(g): n for g, n in sorted(tally.groups.items())},
+            rejected_by_step=dict(tally.steps.most_common()),
+            quota=quota,
+            code_tests_passed=tally.tests_passed,
+            rejected_dir=str(rejected_dir),
+        )
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         table = Table(title=f"curated: kept {manifest.rows_out} of {manifest.rows_in} rows", title_justify="left")
         for column in ("kind/language", "target", "kept", "short"):
             table.add_column(column, justify="left" if column == "kind/language" else "right")
-        for key, q in manifest.stats["quota"].items():
-            table.add_row(key, str(q["target"]), str(q["kept"]), str(q["short"]) if q["short"] else "")
+        for key, q in CurateStats.of(manifest).quota.items():
+            table.add_row(key, str(q.target), str(q.kept), str(q.short) if q.short else "")
         console.print(table)
         if manifest.drops:
             console.print("dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest.drops.items()))

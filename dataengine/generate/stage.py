@@ -37,6 +37,7 @@ from dataengine.generate.top_up import load_rounds
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
+from dataengine.results import GenerateStats
 from dataengine.rows import SAMPLE_FEATURES, Group, group_counts, sorted_rows, stage_writer
 from dataengine.stage import RunContext, Stage, StageResult, config_hash
 from dataengine.teacher.inference import inference_config, run_inference
@@ -61,23 +62,14 @@ class GenerateStage(Stage):
     name = "generate"
     inputs: dict[str, str] = {}
     # What the rows depend on: the teacher's identity and the generate block (plus local prompt files).
-    # Server knobs (port, eager mode) do not change the data, nor where the builtin's weights were read from;
-    # top-up rounds add rows, they do not change the ones made (they are the stage's state).
-    key_paths = (
+    # How vLLM is started (port, eager mode) does not change the data.
+    reads = (
         "generate",
-        "-generate.top_up",
         "teacher.model",
         "teacher.revision",
         "teacher.builtin",
-        "-teacher.builtin.source",
         "teacher.served_model_name",
         "teacher.return_routed_experts",
-        # where the requests run does not change what comes back
-        "-generate.executor",
-        "-generate.slurm",
-        "-generate.tasks",
-        "-generate.workers",
-        "-generate.ray",
     )
 
     def __init__(self, recipe: Recipe, base_dir: Path) -> None:
@@ -203,15 +195,15 @@ class GenerateStage(Stage):
             rows_out=made.rows,
             output_fingerprint=fingerprint_files(writer.paths),
             drops=dict(made.drops),
-            stats={
+            stats=GenerateStats(
                 # the tokens are every round's, so the seconds are too (from the throughput files: a round found
                 # done generates nothing now)
                 **made.stats(active_seconds([work / THROUGHPUT for work, _ in rounds]), asked.prompts),
-                "top_up_rounds": len(rounds) - 1,
-                "teacher_restarts": sum(t.restarts for t in ctx.endpoints()) - restarts_before,
-                "tasks": min(gen.tasks, asked.prompts),  # never more tasks than prompts
-                "teacher_tokens_per_second_timeline": timeline([work / THROUGHPUT for work, _ in rounds]),
-            },
+                top_up_rounds=len(rounds) - 1,
+                teacher_restarts=sum(t.restarts for t in ctx.endpoints()) - restarts_before,
+                tasks=min(gen.tasks, asked.prompts),  # never more tasks than prompts
+                teacher_tokens_per_second_timeline=timeline([work / THROUGHPUT for work, _ in rounds]),
+            ),
         )
 
     def _infer(self, ctx: RunContext, docs: Iterable[Document], work_dir: Path) -> None:

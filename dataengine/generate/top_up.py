@@ -15,6 +15,7 @@ from pathlib import Path
 from dataengine.atomic import write_atomic
 from dataengine.manifest import Manifest
 from dataengine.recipe import Recipe
+from dataengine.results import CurateStats, GenerateStats, JudgeStats
 from dataengine.rows import Group
 from dataengine.run_folder import RunFolder
 
@@ -38,11 +39,12 @@ def plan_round(
     (at least 1 / max_factor, so a group where nothing survived asks max_factor times its shortfall). With a
     judge, a row is kept when the judge kept it too."""
     cfg = recipe.generate.top_up
-    made = generated.stats["rows_by_kind_language"]
+    made = GenerateStats.of(generated).rows_by_kind_language
+    judge = JudgeStats.of(judged)
     extra = {}
-    for group, quota in curated.stats["quota"].items():
-        kept = judged.stats["kept_by_kind_language"].get(group, 0) if judged is not None else quota["kept"]
-        short = quota["target"] - kept
+    for group, quota in CurateStats.of(curated).quota.items():
+        kept = judge.kept_by_kind_language.get(group, 0) if judge is not None else quota.kept
+        short = quota.target - kept
         if short <= 0:
             continue
         keep_rate = max(kept / made[group] if made.get(group) else 0.0, 1.0 / cfg.max_factor)
@@ -51,13 +53,15 @@ def plan_round(
     return extra
 
 
-def add_round(recipe: Recipe, run_dir: Path, manifests: dict[str, Manifest]) -> dict[str, int] | None:
-    """Record the next round and return it, or None: no curation yet, nothing short, or no rounds left."""
-    generated, curated = manifests.get("generate"), manifests.get("curate")
+def add_round(
+    recipe: Recipe, run_dir: Path, generated: Manifest | None, curated: Manifest | None, judged: Manifest | None
+) -> dict[str, int] | None:
+    """Record the next round and return it, or None: no curation yet, nothing short, or no rounds left. The
+    pipeline hands over the manifests of the stages that generated, curated and (or None) judged."""
     rounds = load_rounds(run_dir)
     if generated is None or curated is None or len(rounds) >= recipe.generate.top_up.rounds:
         return None
-    extra = plan_round(recipe, generated, curated, manifests.get("judge"))
+    extra = plan_round(recipe, generated, curated, judged)
     if not extra:
         return None
     rounds.append(extra)

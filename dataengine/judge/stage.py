@@ -27,6 +27,7 @@ from dataengine.errors import StageError
 from dataengine.judge.pairs import CANDIDATE_FEATURES, candidate, preference_pairs
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import JudgeConfig, Recipe
+from dataengine.results import JudgeStats
 from dataengine.rows import (
     CURATED_FEATURES,
     PREFERENCE_FEATURES,
@@ -57,7 +58,7 @@ _ASKED = ["id", "kind", "language", "messages"]
 class JudgeStage(Stage):
     name = "judge"
     # the verdicts depend on the judge's block and on the teacher (who judges when no separate judge is named)
-    key_paths = ("curate.judge", "teacher.model", "teacher.revision", "teacher.builtin", "-teacher.builtin.source")
+    reads = ("curate.judge", "teacher.model", "teacher.revision", "teacher.builtin")
 
     def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:
         self.recipe = recipe
@@ -126,11 +127,9 @@ class JudgeStage(Stage):
             rows_out=kept.rows,
             output_fingerprint=fingerprint_files(paths),
             drops=dict(tally.drops),
-            stats={
-                "threshold": self.cfg.threshold,
-                "preference_pairs": pairs,
-                **tally.stats(seconds, work_dir, model),
-            },
+            stats=JudgeStats(
+                threshold=self.cfg.threshold, preference_pairs=pairs, **tally.stats(seconds, work_dir, model)
+            ),
         )
 
     @staticmethod

@@ -20,6 +20,7 @@ from dataengine import numbers
 from dataengine.facts import METRICS, Evaluation, RunFacts
 from dataengine.publish.layout import add_dataset_infos
 from dataengine.recipe import Recipe
+from dataengine.results import JudgeStats
 from dataengine.secrets import scrub
 from dataengine.target.existing import HISTORY_KEY
 from dataengine.target.send import MARK
@@ -149,8 +150,9 @@ def _body(
         "| stage | rows in | rows out |",
         "|---|---:|---:|",
     ]
-    # the stages that pass rows on (training and evaluation report in their own section)
-    passing = [s for s in facts.stages if s.stage in ("generate", "curate", "judge", "balance", "score")]
+    # the stages that pass rows on, the user's own included (routing, training and evaluation report in their
+    # own sections; publishing is what the card describes)
+    passing = [s for s in facts.stages if s.stage not in ("route", "train", "evaluate", "publish")]
     lines += [f"| {s.stage} | {numbers.count(s.rows_in)} | {numbers.count(s.rows_out)} |" for s in passing]
     if facts.drops:
         lines += ["", "## Drop reasons", "", "| reason | rows |", "|---|---:|"]
@@ -180,28 +182,28 @@ def _body(
     return "\n".join(lines)
 
 
-def judge_section(judge: dict | None) -> list[str]:
+def judge_section(judge: JudgeStats | None) -> list[str]:
     """The judge's score distribution, kept against rejected, and its mean per criterion."""
     if judge is None:
         return []
-    histogram = judge["score_histogram"]
+    histogram = judge.score_histogram
     bins = sorted({*histogram["kept"], *histogram["rejected"]}, key=float)
-    means = ", ".join(f"{name} {numbers.metric(value)}" for name, value in judge["mean_by_criterion"].items())
+    means = ", ".join(f"{name} {numbers.metric(value)}" for name, value in judge.mean_by_criterion.items())
     return [
         "",
         "## Judge",
         "",
-        f"Every kept row was rated 1-5 per criterion by `{judge['judge_model']}` (columns `judge_scores`, "
-        f"`judge_score`, `judge_rationale`). Rows whose mean score was under {numbers.metric(judge['threshold'])} "
-        f"were dropped (`judge_low`), and so were the {judge['unjudged']} rows whose verdict could not be "
+        f"Every kept row was rated 1-5 per criterion by `{judge.judge_model}` (columns `judge_scores`, "
+        f"`judge_score`, `judge_rationale`). Rows whose mean score was under {numbers.metric(judge.threshold)} "
+        f"were dropped (`judge_low`), and so were the {judge.unjudged} rows whose verdict could not be "
         "read (`judge_error`, not in the table below).",
         "",
         "| mean score (from; bins of 0.5) | kept | rejected |",
         "|---:|---:|---:|",
         *(f"| {b} | {histogram['kept'].get(b, 0)} | {histogram['rejected'].get(b, 0)} |" for b in bins),
         "",
-        f"Mean score of kept rows {numbers.metric(judge['mean_score_kept'])}, of rejected "
-        f"{numbers.metric(judge['mean_score_rejected'])}; per criterion: {means or numbers.NOT_APPLICABLE}.",
+        f"Mean score of kept rows {numbers.metric(judge.mean_score_kept)}, of rejected "
+        f"{numbers.metric(judge.mean_score_rejected)}; per criterion: {means or numbers.NOT_APPLICABLE}.",
     ]
 
 

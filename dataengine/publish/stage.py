@@ -6,6 +6,7 @@ The stage writes the exact layout into the run's `published/` folder, then sends
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.publish.card import TestSplit, build_card
 from dataengine.publish.layout import card_configs, count_layout, write_layout
 from dataengine.recipe import PublishConfig, Recipe, Target, parse_target
+from dataengine.results import PublishStats
 from dataengine.rows import (
     PREFERENCE_FEATURES,
     PUBLISHED_FEATURES,
@@ -241,21 +243,8 @@ def send(layout: Path, publish: PublishConfig, target: Target, message: str) -> 
 class PublishStage(Stage):
     name = "publish"
     # route: the card's expert coverage and the history's expert load come from the routing map
-    # where generation ran (the pool, the executor) is not part of what is published
-    key_paths = (
-        "publish",
-        "teacher",
-        "-teacher.endpoints",
-        "generate",
-        "-generate.executor",
-        "-generate.slurm",
-        "-generate.tasks",
-        "-generate.workers",
-        "-generate.ray",
-        "curate",
-        "-curate.ray",
-        "route",
-    )
+    # the card carries the run's name and description, and describes the teacher, generate and curate settings
+    reads = ("publish", "name", "description", "teacher", "generate", "curate", "route")
 
     def __init__(
         self,
@@ -269,7 +258,7 @@ class PublishStage(Stage):
         self.recipe = recipe
         if recipe.train is not None:
             # the held-out split's knobs decide the test split when no student's training.json does
-            self.key_paths = (*self.key_paths, "train.evaluate.eval_fraction", "train.evaluate.min_held_out")
+            self.reads = (*self.reads, "train.evaluate.eval_fraction", "train.evaluate.min_held_out")
         self.cfg: PublishConfig = recipe.publish
         self.base_dir = base_dir
         # the test split is the student's held-out rows, and the card reports its evaluation, when there is one
@@ -302,13 +291,13 @@ class PublishStage(Stage):
             rows_in=rows,
             rows_out=rows,
             output_fingerprint=fingerprint_files(published_files(output_dir)),
-            stats={
+            stats=PublishStats(
                 **built.stats(),
-                "target": outcome.target,
-                "changed": outcome.changed,
-                "files": outcome.files,
-                "commit": outcome.commit,
-            },
+                target=outcome.target,
+                changed=outcome.changed,
+                files=outcome.files,
+                commit=outcome.commit,
+            ),
         )
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
@@ -347,7 +336,9 @@ def publish_run(run_dir: Path, to: str, append: bool, dry_run: bool, console: Co
     run = RunFolder(run_dir)
     if not run.recipe.is_file() or run.manifest("curate") is None:
         raise UserError(f"{run_dir} is not a finished curate run (needs {run.recipe.name} and a finished curate stage)")
-    recipe = Recipe.model_validate_json(run.recipe.read_text())
+    # the blocks of the user's own stages are not what a dataset is published with
+    saved = json.loads(run.recipe.read_text())
+    recipe = Recipe.model_validate({key: value for key, value in saved.items() if key in Recipe.model_fields})
     publish = (recipe.publish or PublishConfig(to=to)).model_copy(update={"to": to, "append": append})
     pairs = run.folder("judge", "preference")
     if append and pairs is not None:

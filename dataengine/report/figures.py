@@ -87,17 +87,17 @@ def judge_scores(facts: RunFacts) -> str | None:
     """The judge's mean scores in bins of 0.5, kept stacked on rejected, and the threshold between them."""
     if facts.judge is None:
         return None
-    histogram = facts.judge["score_histogram"]
+    histogram = facts.judge.score_histogram
     bins = [i / 2 for i in range(2, 11)]  # 1.0 .. 5.0
     kept = [histogram["kept"].get(f"{b:.1f}", 0) for b in bins]
     rejected = [histogram["rejected"].get(f"{b:.1f}", 0) for b in bins]
     fig, ax = plt.subplots(figsize=WIDE)
     ax.bar(bins, rejected, width=0.4, color="#c0504d", label=f"rejected ({sum(rejected)})")
     ax.bar(bins, kept, width=0.4, bottom=rejected, color="#4f81bd", label=f"kept ({sum(kept)})")
-    threshold = facts.judge["threshold"]
+    threshold = facts.judge.threshold
     ax.axvline(threshold - 0.25, linestyle="--", color="grey", label=f"threshold {numbers.metric(threshold)}")
     ax.set_xticks(bins)
-    ax.set_xlabel(f"mean score given by {facts.judge['judge_model']} (bins of 0.5)")
+    ax.set_xlabel(f"mean score given by {facts.judge.judge_model} (bins of 0.5)")
     ax.set_ylabel("rows")
     ax.legend(frameon=False)
     return _svg(fig)

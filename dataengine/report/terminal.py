@@ -67,10 +67,10 @@ def _drops(facts: RunFacts, console: Console) -> None:
 
 def _judge(facts: RunFacts, console: Console) -> None:
     if facts.judge is not None:
-        histogram = facts.judge["score_histogram"]
+        histogram = facts.judge.score_histogram
         bins = sorted({*histogram["kept"], *histogram["rejected"]}, key=float)
         top = max([*histogram["kept"].values(), *histogram["rejected"].values(), 1])
-        title = f"the judge's mean scores ({facts.judge['judge_model']}, threshold {facts.judge['threshold']})"
+        title = f"the judge's mean scores ({facts.judge.judge_model}, threshold {facts.judge.threshold})"
         table = _table(title, "score from", "kept", "rejected", "")
         for b in bins:
             kept, rejected = histogram["kept"].get(b, 0), histogram["rejected"].get(b, 0)

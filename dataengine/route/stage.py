@@ -56,7 +56,7 @@ _REPLAY_FEATURES = Features(
 
 class RouteStage(Stage):
     name = "route"
-    key_paths = ("route", "teacher.model", "teacher.revision", "teacher.builtin", "-teacher.builtin.source")
+    reads = ("route", "teacher.model", "teacher.revision", "teacher.builtin")
 
     def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str, rejected_from: str | None = None) -> None:
         self.recipe = recipe

@@ -19,6 +19,7 @@ from rich.console import Console
 from dataengine.atomic import write_atomic
 from dataengine.errors import StageError, UserError
 from dataengine.recipe import Recipe
+from dataengine.results import PublishStats
 
 BUSY = 75  # EX_TEMPFAIL: another run of the recipe holds the lock; the tick is skipped
 
@@ -93,9 +94,8 @@ def run_scheduled(recipe: Recipe, base_dir: Path, tick: datetime | None, console
         except (UserError, StageError) as exc:
             _history(folder, {**record, "status": "failed", "error": str(exc), "seconds": _since(started)})
             raise
-        published = (
-            {k: manifests["publish"].stats[k] for k in ("rows_added", "rows_total")} if "publish" in manifests else {}
-        )
+        publish = PublishStats.of(manifests.get("publish"))
+        published = publish.history() if publish is not None else {}
         _history(folder, {**record, "status": "ok", "seconds": _since(started), **published})
         return 0
 

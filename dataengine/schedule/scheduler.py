@@ -19,7 +19,8 @@ from pathlib import Path
 from rich.console import Console
 
 from dataengine.errors import UserError
-from dataengine.recipe import Recipe, load_recipe
+from dataengine.pipeline import load_recipe
+from dataengine.recipe import Recipe
 from dataengine.schedule.cron import next_time
 from dataengine.schedule.scheduled_run import BUSY, history, home
 

@@ -43,17 +43,7 @@ from dataengine.teacher.tasks import TaskTeacher, run_until_done, watching
 
 class ScoreStage(Stage):
     name = "score"
-    # where the requests run (the pool, the executor) does not change the logprobs
-    key_paths = (
-        "teacher",
-        "-teacher.endpoints",
-        "score",
-        "-score.executor",
-        "-score.slurm",
-        "-score.tasks",
-        "-score.workers",
-        "-score.ray",
-    )
+    reads = ("teacher", "score")
 
     def __init__(self, recipe: Recipe, base_dir: Path, rows_from: str) -> None:
         self.recipe = recipe

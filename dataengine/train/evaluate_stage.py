@@ -25,7 +25,7 @@ from dataengine.train.win_rate import win_rate
 class EvaluateStage(Stage):
     name = "evaluate"
     # where training ran (train.launch) and where curation ran on Ray are not part of what is evaluated
-    key_paths = ("train", "-train.launch", "curate", "-curate.ray", "teacher", "-teacher.endpoints")
+    reads = ("train", "curate", "teacher")
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ from dataengine.run_folder import ROUTING_MAP_FILE, TRAINING_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
 from dataengine.train.launch import launch_phase
+from dataengine.train.shape import shape_problems
 from dataengine.train.student import vocab_problem
 
 if TYPE_CHECKING:
@@ -35,9 +36,8 @@ TEACHER_WEIGHTS = ("gkd", "on_policy")  # distillation methods that load the tea
 class TrainStage(Stage):
     name = "train"
     # prune and gkd/on_policy read the teacher; the held-out split decides which rows are trained on
-    key_paths = (
+    reads = (
         "teacher",
-        "-teacher.endpoints",
         "train.student",
         "train.sft",
         "train.distill",
@@ -69,11 +69,13 @@ class TrainStage(Stage):
 
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
-        """Logit distillation needs the student to share the teacher's vocabulary (read from local tokenizers); an
-        accelerate config file must exist."""
+        """Logit distillation needs the student to share the teacher's vocabulary (read from local tokenizers); the
+        prune knobs must fit the start's shape (from its config.json, where it is on this machine); an accelerate
+        config file must exist."""
         if recipe.train is None:
             return []
         problems = [problem] if (problem := vocab_problem(recipe, base_dir)) else []
+        problems += shape_problems(recipe, base_dir)
         launch = recipe.train.launch
         if launch is not None and launch.config_file and not resolve_path(launch.config_file, base_dir).is_file():
             problems.append(

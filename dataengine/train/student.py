@@ -208,7 +208,9 @@ def teacher_vocab(recipe: Recipe, base_dir: Path, local_only: bool = False) -> d
         # the dense parent's tokenizer is the builtin's: no need to build the MoE to read it
         from dataengine.teacher.builtin import BUILTIN_MODELS, cached_gguf, fetch_gguf
 
-        source = BUILTIN_MODELS[teacher.model[len(BUILTIN_PREFIX) :]]
+        source = BUILTIN_MODELS.get(teacher.model[len(BUILTIN_PREFIX) :])
+        if source is None:
+            return None  # an unknown name: pipeline.name_problems says so
         if local_only:  # fetch_gguf would extract it from the wheel into the cache
             gguf = cached_gguf(source, teacher.builtin.source)
             if gguf is None:
@@ -221,12 +223,27 @@ def teacher_vocab(recipe: Recipe, base_dir: Path, local_only: bool = False) -> d
 
 def _hub_or_folder_vocab(model: str, revision: str | None, base_dir: Path, recipe: Recipe, local_only: bool):
     source = model_source(model, base_dir, recipe)
+    if local_only and not Path(source).is_dir() and not _in_hub_cache(source, revision):
+        return None  # as below, without importing transformers (seconds) to learn it
     try:
         return _vocab(source, revision, local_only=local_only)
     except OSError:
         if local_only and not Path(source).is_dir():
             return None  # a Hub id not downloaded yet: the train stage checks again before it trains
         raise
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    """Whether the Hub cache holds any file a tokenizer loads from (True where that cannot be told)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return any(
+            isinstance(try_to_load_from_cache(repo_id, name, revision=revision), str)
+            for name in ("tokenizer_config.json", "tokenizer.json", "config.json")
+        )
+    except ValueError:  # not a repo id: transformers says what is wrong with it
+        return True
 
 
 def vocab_problem(recipe: Recipe, base_dir: Path, local_only: bool = True) -> str | None:

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataengine.balance.stage import BalanceStage
-from dataengine.curate.stage import CurateStage
-from dataengine.generate.stage import GenerateStage
-from dataengine.generate.top_up import add_round
-from dataengine.judge.stage import JudgeStage
-from dataengine.manifest import Manifest
-from dataengine.pipelines import NextRound, Pipeline
-from dataengine.publish.stage import PublishStage
-from dataengine.recipe import Recipe
-from dataengine.route.stage import RouteStage
-from dataengine.stage import Stage
+from dataengine import (
+    BalanceStage,
+    CurateStage,
+    GenerateStage,
+    JudgeStage,
+    Manifest,
+    NextRound,
+    Pipeline,
+    PublishStage,
+    Recipe,
+    RouteStage,
+    Stage,
+    add_round,
+)
 
 
 def build(recipe: Recipe, base_dir: Path) -> Pipeline:
@@ -62,10 +65,12 @@ def round_after(stages: list[Stage]) -> str:
 
 
 def top_up(recipe: Recipe) -> NextRound:
-    """After generate and curate: one more round of prompts where curation fell short of the recipe's targets."""
+    """After generate and curate: one more round of prompts where curation fell short of the recipe's targets
+    (what the judge kept, when there is one)."""
 
     def next_round(run_dir: Path, manifests: dict[str, Manifest]) -> str | None:
-        extra = add_round(recipe, run_dir, manifests)
+        generated, curated, judged = (manifests.get(name) for name in ("generate", "curate", "judge"))
+        extra = add_round(recipe, run_dir, generated, curated, judged)
         return f"asking for more prompts where curation fell short: {extra}" if extra else None
 
     return next_round

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataengine.generate.stage import GenerateStage
-from dataengine.pipelines import Pipeline
-from dataengine.recipe import Recipe
+from dataengine import GenerateStage, Pipeline, Recipe
 
 
 def build(recipe: Recipe, base_dir: Path) -> Pipeline:

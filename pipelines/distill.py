@@ -5,15 +5,10 @@ before routing and training, which run once."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from dataengine.pipelines import Pipeline
-from dataengine.pipelines.curate import curated, kept_rows, pairs, round_after, top_up
-from dataengine.publish.stage import PublishStage
-from dataengine.recipe import Recipe, StudentConfig
-from dataengine.score.stage import ScoreStage
-from dataengine.stage import Stage
-from dataengine.train.evaluate_stage import EvaluateStage
-from dataengine.train.stage import TrainStage
+from dataengine import EvaluateStage, Pipeline, PublishStage, Recipe, ScoreStage, Stage, TrainStage
+from pipelines.curate import curated, kept_rows, pairs, round_after, top_up
 
 
 def build(recipe: Recipe, base_dir: Path) -> Pipeline:
@@ -64,5 +59,5 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     return Pipeline(stages, next_round=top_up(recipe), round_after=round_after(stages))
 
 
-def _reads_map(student: StudentConfig) -> bool:
+def _reads_map(student: Any) -> bool:  # a train.student or compare_inits entry
     return student.from_teacher is not None and student.from_teacher.merge_experts in ("routing", "top")
