@@ -59,8 +59,9 @@ def is_shipped(name: str) -> bool:
 
 
 def _importable_from(folder: Path) -> None:
-    """The recipe's folder first on sys.path, and left there: what a user's module imports lazily, and the
-    worker processes datatrove forks, find it too."""
+    """The recipe's folder first on sys.path, and left there: what a user's pipeline or stage imports lazily
+    (inside `run`) finds its neighbours too. Stages run in this process; a custom filter, which datatrove's
+    workers run, finds its module through `curate.filters.custom`'s own loader instead."""
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel
 
-from dataengine.recipe import Recipe, _unwrap
+from dataengine.recipe import Recipe, unwrap
 
 HEADER = """# Recipe reference
 
-Generated from the schema in `dataengine/recipe.py` by `dataengine reference`; a test keeps this
+Generated from the schema in `dataengine/recipe/` by `dataengine reference`; a test keeps this
 file equal to that output. Unknown keys are errors. Strings may use `${VAR}` or `${VAR:-default}`
 to read the environment. Relative paths are taken from the recipe file's folder. A field marked
 *output-neutral* cannot change a row or a weight: it is in no stage's cache key, so changing it on a finished
@@ -21,7 +22,7 @@ run reruns nothing.
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     text = text or str(annotation).replace("typing.", "")
-    text = text.replace("dataengine.recipe.", "")
+    text = re.sub(r"dataengine\.recipe\.(\w+\.)*", "", text)  # dataengine.recipe.train.StudentConfig
     return text.replace("NoneType", "None").replace("None", "null").replace(" | ", " or ").replace("Literal", "one of ")
 
 
@@ -43,7 +44,7 @@ def _section(model: type[BaseModel], path: str, out: list[str]) -> None:
     out.append("| key | type | default | meaning |\n|---|---|---|---|")
     nested = []
     for name, field in model.model_fields.items():
-        inner = _unwrap(field.annotation)
+        inner = unwrap(field.annotation)
         is_block = isinstance(inner, type) and issubclass(inner, BaseModel)
         desc = (field.description or "").replace("|", "\\|")
         marks = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}

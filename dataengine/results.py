@@ -5,7 +5,7 @@ A stage builds its model and returns it as `StageResult.stats`; the manifest sto
 `Model.of(manifest)` reads it back. A stage may record more than others read (extra fields are kept), so a
 model declares only what some reader needs; a field renamed here breaks at the reader's attribute, not as a
 silent `None`. Counts default to empty, so a manifest from before a field existed still reads. Like the row
-schema (rows.py), these are shared vocabulary between stages, so they live below the stage packages, which
+schema (dataengine/rows/), these are shared vocabulary between stages, so they live below the stage packages, which
 never import each other.
 """
 

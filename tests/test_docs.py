@@ -61,3 +61,16 @@ def test_docs_site_builds_strict(tmp_path):
     for page in ("index.html", "concepts/index.html", "benchmarks/index.html"):
         assert (site / page).is_file(), page
     assert "Generation throughput" in (site / "benchmarks" / "index.html").read_text()
+
+
+def test_the_readme_recipe_is_valid(tmp_path):
+    """The README's short recipe passes `dataengine validate`'s checks, and its size stays a newcomer's page."""
+    from dataengine.pipeline import check_pipeline, load_recipe
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 12 * 1024
+    recipe_text = re.search(r"## A recipe\n\n```yaml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "my.yaml").write_text(recipe_text)
+    recipe = load_recipe(tmp_path / "my.yaml")
+    assert check_pipeline(recipe, tmp_path) == []
+    assert recipe.pipeline == "distill" and recipe.score is not None

@@ -228,11 +228,11 @@ def test_verdicts_are_joined_to_their_rows_in_id_order_once_each(tmp_path, monke
     from datatrove.data import Document
     from datatrove.pipeline.writers import JsonlWriter
 
-    from dataengine import rows as rows_module
     from dataengine.judge.stage import _joined
+    from dataengine.rows import sort
     from dataengine.verdicts import verdicts_by_id
 
-    monkeypatch.setattr(rows_module, "SPILL_ROWS", 2)
+    monkeypatch.setattr(sort, "SPILL_ROWS", 2)
 
     def verdict(doc_id: str, score: int) -> Document:
         return Document(

@@ -43,9 +43,9 @@ def _judged(prompt: str, row_id: str, score: float | None, kind: str = "chat", p
 
 
 def test_a_pair_is_the_best_kept_answer_against_the_worst_where_the_margin_holds(tmp_path, monkeypatch):
-    from dataengine import rows as rows_module
+    from dataengine.rows import sort
 
-    monkeypatch.setattr(rows_module, "SPILL_ROWS", 3)  # a prompt's rollouts meet across spilled runs
+    monkeypatch.setattr(sort, "SPILL_ROWS", 3)  # a prompt's rollouts meet across spilled runs
     rows_ = [
         *(_judged("A", f"a{i}", s) for i, s in enumerate((5, 3, 2))),  # best against worst: 5 vs 2
         _judged("B", "b0", 4),

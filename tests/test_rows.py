@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from dataengine import rows
 from dataengine.publish.layout import count_layout, marked, write_layout
 from dataengine.rows import (
     PUBLISHED_FEATURES,
@@ -22,6 +21,8 @@ from dataengine.rows import (
     ids_key,
     iter_rows,
     read_ids,
+    shards,
+    sort,
     write_shards,
 )
 from dataengine.target.existing import read_index
@@ -54,7 +55,7 @@ def test_shards_roll_over_and_load_as_one_split(tmp_path):
 
 
 def test_a_failed_write_leaves_no_parquet_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(rows, "ROW_GROUP_BYTES", 1)  # every batch its own row group: shards are on disk early
+    monkeypatch.setattr(shards, "ROW_GROUP_BYTES", 1)  # every batch its own row group: shards are on disk early
     with pytest.raises(RuntimeError), ShardWriter(tmp_path, "train", SAMPLE_FEATURES, 10, batch_rows=5) as writer:
         for row in _rows(25):
             writer.write(row)
@@ -137,12 +138,12 @@ def test_the_key_of_arrow_ids_is_the_key_of_the_sorted_python_ids():
 
 
 def test_rows_sort_through_spilled_runs_and_the_spill_is_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(rows, "SPILL_ROWS", 40)
+    monkeypatch.setattr(sort, "SPILL_ROWS", 40)
     given = list(_rows(250))
     random.Random(0).shuffle(given)
     given += [{**given[7]}, {**given[90], "language": "ß"}]  # a replayed row, and a non-ASCII language
     spill = tmp_path / "spill"
-    out = rows.sorted_rows(iter(given), ["kind", "language", "id"], SAMPLE_FEATURES, spill)
+    out = sort.sorted_rows(iter(given), ["kind", "language", "id"], SAMPLE_FEATURES, spill)
     first = next(out)
     assert len(list(spill.iterdir())) == 7  # 252 rows in runs of 40, each sorted on its own
     got = [first, *out]
@@ -162,11 +163,11 @@ def test_rows_sort_through_spilled_runs_and_the_spill_is_removed(tmp_path, monke
 )
 def test_runs_are_bounded_by_bytes_and_merged_a_bounded_number_at_a_time(tmp_path, monkeypatch, limits, runs_left):
     for name, value in limits.items():
-        monkeypatch.setattr(rows, name, value)
+        monkeypatch.setattr(sort, name, value)
     given = list(_rows(252))
     random.Random(1).shuffle(given)
     spill = tmp_path / "spill"
-    out = rows.sorted_rows(iter(given), ["id"], SAMPLE_FEATURES, spill)
+    out = sort.sorted_rows(iter(given), ["id"], SAMPLE_FEATURES, spill)
     first = next(out)
     assert len(list(spill.iterdir())) == runs_left
     assert [first["id"], *(r["id"] for r in out)] == sorted(r["id"] for r in given)

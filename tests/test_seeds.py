@@ -118,10 +118,10 @@ def test_prompts_from_jsonl_and_parquet(tmp_path):
 
 
 def test_a_prompt_is_asked_once_and_the_prompts_go_in_key_order(tmp_path, monkeypatch):
-    from dataengine import rows
     from dataengine.generate.seeds import distinct
+    from dataengine.rows import sort
 
-    monkeypatch.setattr(rows, "SPILL_ROWS", 4)  # through spilled runs, as a long prompt file goes
+    monkeypatch.setattr(sort, "SPILL_ROWS", 4)  # through spilled runs, as a long prompt file goes
     lines = [f"question {i % 7}" for i in range(20)] + ["question 0", "Frage", "  Frage  "]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": line}) + "\n" for line in lines))
     given = seeds(extra="  sources: [{path: p.jsonl, language: de}]\n", base_dir=tmp_path)

