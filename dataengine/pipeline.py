@@ -204,10 +204,21 @@ def _pipeline_problems(name: str, base_dir: Path) -> list[str]:
     return []
 
 
+def _needs(recipe: Recipe, base_dir: Path) -> list[str]:
+    """What the recipe's pipeline needs of it: its module's optional `check(recipe) -> list[str]`."""
+    try:
+        module, _ = _module(recipe.pipeline, base_dir)
+    except Exception:  # _pipeline_problems says what is wrong with it
+        return []
+    check = getattr(module, "check", None)
+    return list(check(recipe)) if callable(check) else []
+
+
 def recipe_problems(recipe: Recipe, base_dir: Path) -> list[str]:
     """The names above and each kind of stage's own check of its block (shipped data, local tokenizers, the
     start's shape): the stages' checks read their blocks, not the pipeline, so they run whatever the names say."""
-    return name_problems(recipe, base_dir) + [p for stage in all_stages() for p in stage.check(recipe, base_dir)]
+    stage_checks = [p for stage in all_stages() for p in stage.check(recipe, base_dir)]
+    return name_problems(recipe, base_dir) + _needs(recipe, base_dir) + stage_checks
 
 
 def check_pipeline(recipe: Recipe, base_dir: Path) -> list[str]:

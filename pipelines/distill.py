@@ -59,5 +59,12 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     return Pipeline(stages, next_round=top_up(recipe), round_after=round_after(stages))
 
 
+def check(recipe: Recipe) -> list[str]:
+    """What this pipeline cannot run without."""
+    return (
+        ["pipeline distill needs `curate` and `train` blocks"] if recipe.curate is None or recipe.train is None else []
+    )
+
+
 def _reads_map(student: Any) -> bool:  # a train.student or compare_inits entry
     return student.from_teacher is not None and student.from_teacher.merge_experts in ("routing", "top")

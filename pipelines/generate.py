@@ -9,3 +9,18 @@ from dataengine import GenerateStage, Pipeline, Recipe
 
 def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     return Pipeline([GenerateStage(recipe, base_dir)])
+
+
+def check(recipe: Recipe) -> list[str]:
+    """Blocks this pipeline would silently not run."""
+    unused = {
+        "route": "route replays the curated rows",
+        "curate.judge": "curate.judge rates the curated rows",
+        "publish": "publish sends the curated rows",
+    }
+    given = {
+        "route": recipe.route is not None,
+        "curate.judge": recipe.curate is not None and recipe.curate.judge is not None,
+        "publish": recipe.publish is not None,
+    }
+    return [f"{what}: it needs pipeline curate or distill" for block, what in unused.items() if given[block]]

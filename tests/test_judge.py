@@ -15,6 +15,7 @@ from rich.console import Console
 from dataengine.errors import RecipeError, StageError
 from dataengine.judge.stage import ERROR, LOW, JudgeStage
 from dataengine.pipeline import build_pipeline as build
+from dataengine.pipeline import check_pipeline
 from dataengine.publish.card import judge_section
 from dataengine.recipe import parse_recipe
 from dataengine.rows import CURATED_FEATURES, read_rows, write_shards
@@ -113,8 +114,9 @@ def test_a_separate_judge_needs_both_its_model_and_its_endpoint(tmp_path):
             _recipe(tmp_path, judge=judge)
     with pytest.raises(RecipeError, match="curate.judge.threshold"):
         _recipe(tmp_path, judge="rationale_chars: 100, threshold: 6")
-    with pytest.raises(RecipeError, match="curate.judge rates the curated rows: it needs pipeline curate or distill"):
-        _recipe(tmp_path, pipeline="generate")
+    # the generate pipeline would not run the judge: its own check says so (validate, plan and run ask it)
+    unused = check_pipeline(_recipe(tmp_path, pipeline="generate"), tmp_path)
+    assert "curate.judge rates the curated rows: it needs pipeline curate or distill" in unused
 
 
 def test_later_stages_read_what_the_judge_kept(tmp_path):

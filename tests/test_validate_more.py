@@ -111,12 +111,23 @@ def test_a_missing_variable_comes_with_the_schema_errors_and_is_said_once():
 
 
 def test_every_broken_rule_across_blocks_is_a_line_of_its_own():
-    text = MINIMAL + "pipeline: distill\nscore: {top_k: 50}\ntrain: {student: {model: x}, dpo: {}}\n"
+    text = MINIMAL + "pipeline: distill\nscore: {top_k: 50}\ntrain: {student: {model: x}, dpo: {}}\npublish: {to: o}\n"
     problems = problems_of(text)
     assert len(problems) == 3, problems
-    assert "pipeline distill needs `curate` and `train` blocks" in problems[0]
-    assert "score.top_k (50) exceeds teacher.vllm.max_logprobs (20)" in problems[1]
-    assert "train.dpo trains on preference pairs" in problems[2]
+    assert "score.top_k (50) exceeds teacher.vllm.max_logprobs (20)" in problems[0]
+    assert "train.dpo trains on preference pairs" in problems[1]
+    assert "publish sends the curated rows: it needs a `curate` block" in problems[2]
+
+
+def test_what_a_pipeline_needs_is_its_own_check(tmp_path):
+    """The schema names no pipeline: the shipped distill and generate modules say what they need."""
+    distill = parse_recipe(MINIMAL + "pipeline: distill\n")
+    assert "pipeline distill needs `curate` and `train` blocks" in check_pipeline(distill, tmp_path)
+    unused = parse_recipe(MINIMAL + "curate: {}\nroute: {}\npublish: {to: o}\n")
+    assert [p for p in check_pipeline(unused, tmp_path) if "needs pipeline" in p] == [
+        "route replays the curated rows: it needs pipeline curate or distill",
+        "publish sends the curated rows: it needs pipeline curate or distill",
+    ]
 
 
 def test_the_stage_checks_run_beside_an_unknown_pipeline(tmp_path, monkeypatch):

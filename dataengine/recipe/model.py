@@ -55,11 +55,10 @@ class Recipe(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _distill_needs(self) -> Recipe:
-        """The rules across blocks, every broken one reported (each a line of the recipe's error)."""
+    def _blocks_need(self) -> Recipe:
+        """The rules across blocks, every broken one reported (each a line of the recipe's error). What a
+        pipeline needs of the recipe is the pipeline's own `check` (pipelines/), not a rule here."""
         problems = []
-        if self.pipeline == "distill" and (self.curate is None or self.train is None):
-            problems.append("pipeline distill needs `curate` and `train` blocks")
         distill = self.train.distill if self.train else None
         if distill is not None and distill.method == "offline_topk" and self.score is None:
             problems.append("train.distill.method offline_topk trains on stored teacher logprobs: add a `score` block")
@@ -70,13 +69,11 @@ class Recipe(StrictModel):
             )
         if self.curate is not None and self.curate.balance is not None and self.route is None:
             problems.append("curate.balance selects rows by how the teacher routes them: add a `route` block")
-        if self.route is not None and (self.curate is None or self.pipeline == "generate"):
-            problems.append("route replays the curated rows: it needs a `curate` block and pipeline curate or distill")
-        if self.curate is not None and self.curate.judge is not None and self.pipeline == "generate":
-            problems.append("curate.judge rates the curated rows: it needs pipeline curate or distill")
+        if self.route is not None and self.curate is None:
+            problems.append("route replays the curated rows: it needs a `curate` block")
         problems += self._check_pairs()
-        if self.publish is not None and (self.curate is None or self.pipeline == "generate"):
-            problems.append("publish sends the curated rows: it needs a `curate` block and pipeline curate or distill")
+        if self.publish is not None and self.curate is None:
+            problems.append("publish sends the curated rows: it needs a `curate` block")
         problems += self._check_incremental()
         starts = [self.train.student, *self.train.evaluate.compare_inits] if self.train else []
         for student in starts:
