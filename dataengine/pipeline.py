@@ -27,8 +27,8 @@ from dataengine.errors import RecipeError, UserError
 from dataengine.manifest import Manifest
 from dataengine.recipe import BUILTIN_PREFIX, Recipe, interpolate, resolve_path
 from dataengine.recipe import load_recipe as recipe_file
-from dataengine.stage import Stage
-from dataengine.stages import all_stages, plugins
+from dataengine.stage import Stage, config_hash
+from dataengine.stages import SHIPPED, all_stages, plugins
 from dataengine.teacher.builtin import name_problem, weights_problem
 
 SHIPPED_PACKAGE = "pipelines"
@@ -118,9 +118,9 @@ def _load(name: str, base_dir: Path) -> Build:
     return build
 
 
-def stage_blocks(pipeline: str | None, base_dir: Path) -> dict[str, type[BaseModel]]:
-    """The recipe blocks of the stages of the user's own: installed plug-ins' (`stages.plugins`) and those the
-    recipe's pipeline module holds, each under its stage's name."""
+def user_stages(pipeline: str | None, base_dir: Path) -> list[type[Stage]]:
+    """The stage classes of the user's own: installed plug-ins' (`stages.plugins`) and those the recipe's
+    pipeline module holds (defined or imported there)."""
     classes = list(plugins())
     if pipeline and not is_shipped(pipeline):
         try:
@@ -128,8 +128,14 @@ def stage_blocks(pipeline: str | None, base_dir: Path) -> dict[str, type[BaseMod
         except Exception:  # name_problems says what is wrong with it
             module = None
         if module is not None:
-            classes += [v for v in vars(module).values() if isinstance(v, type) and Stage in v.__mro__]
-    return {cls.name: cls.config for cls in classes if getattr(cls, "config", None) is not None}
+            found = [v for v in vars(module).values() if isinstance(v, type) and Stage in v.__mro__]
+            classes += [cls for cls in found if cls not in SHIPPED and cls not in classes]
+    return classes
+
+
+def stage_blocks(pipeline: str | None, base_dir: Path) -> dict[str, type[BaseModel]]:
+    """The recipe blocks the stages of the user's own bring, each under its stage's name."""
+    return {cls.name: cls.config for cls in user_stages(pipeline, base_dir) if getattr(cls, "config", None)}
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -138,7 +144,8 @@ def load_recipe(path: Path) -> Recipe:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     except yaml.YAMLError:
         raw = None  # the recipe's own loader reports it, with its line
-    name = raw.get("pipeline") if isinstance(raw, dict) else None
+    # `pipeline: ${PIPE:-mine.py}` names the file once its variables are set (their problems are the loader's)
+    name = interpolate(raw.get("pipeline"), "pipeline", []) if isinstance(raw, dict) else None
     base_dir = path.parent.resolve()
     blocks = stage_blocks(name if isinstance(name, str) else None, base_dir)
     try:
@@ -211,14 +218,49 @@ def _needs(recipe: Recipe, base_dir: Path) -> list[str]:
     except Exception:  # _pipeline_problems says what is wrong with it
         return []
     check = getattr(module, "check", None)
-    return list(check(recipe)) if callable(check) else []
+    if not callable(check):
+        return []
+    try:
+        return list(check(recipe))
+    except Exception as exc:  # the user's check itself broke: say where, not a traceback
+        return [f"pipeline: {recipe.pipeline!r}'s check(recipe) failed: {type(exc).__name__}: {exc}"]
+
+
+def _keys(recipe: Recipe, base_dir: Path) -> list[str]:
+    """The pipeline builds, and each stage's key can be taken (a stage's `reads` names paths the recipe has):
+    what `plan` and `run` do first, asked at validate instead of after generation."""
+    try:
+        stages = build_pipeline(recipe, base_dir).stages
+    except UserError as exc:
+        return [str(exc)]
+    except Exception as exc:  # a stage's constructor refused the recipe
+        return [f"pipeline: {recipe.pipeline!r} cannot be built: {type(exc).__name__}: {exc}"]
+    problems = []
+    for stage in stages:
+        try:
+            config_hash(stage, recipe)
+        except KeyError as exc:
+            problems.append(f"stage {stage.name!r}: `reads` names {exc.args[0]}")
+    return problems
 
 
 def recipe_problems(recipe: Recipe, base_dir: Path) -> list[str]:
     """The names above and each kind of stage's own check of its block (shipped data, local tokenizers, the
     start's shape): the stages' checks read their blocks, not the pipeline, so they run whatever the names say."""
-    stage_checks = [p for stage in all_stages() for p in stage.check(recipe, base_dir)]
-    return name_problems(recipe, base_dir) + _needs(recipe, base_dir) + stage_checks
+    kinds = [*all_stages(), *(cls for cls in user_stages(recipe.pipeline, base_dir) if cls not in plugins())]
+    stage_checks = [p for stage in kinds for p in _checked(stage, recipe, base_dir)]
+    names = name_problems(recipe, base_dir)
+    needs = _needs(recipe, base_dir)
+    # the pipeline is built only once the names and its needs are right: its stages assume them
+    built = _keys(recipe, base_dir) if not names and not needs and not stage_checks else []
+    return names + needs + stage_checks + built
+
+
+def _checked(stage: type[Stage], recipe: Recipe, base_dir: Path) -> list[str]:
+    try:
+        return list(stage.check(recipe, base_dir))
+    except Exception as exc:  # a stage of the user's own whose check broke: name it, no traceback
+        return [f"stage {stage.name!r}: its check failed: {type(exc).__name__}: {exc}"]
 
 
 def check_pipeline(recipe: Recipe, base_dir: Path) -> list[str]:

@@ -30,6 +30,11 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     return Pipeline(stages, next_round=top_up(recipe), round_after=round_after(stages))
 
 
+def check(recipe: Recipe) -> list[str]:
+    """What this pipeline cannot run without."""
+    return ["pipeline curate needs a `curate` block"] if recipe.curate is None else []
+
+
 def curated(recipe: Recipe, base_dir: Path) -> list[Stage]:
     """Generate, curate, with `curate.judge` the judge's verdicts on what curation kept, then with a `route`
     block the routing of what was kept and rejected, then with `curate.balance` the selection of kept rows

@@ -174,3 +174,45 @@ def test_the_examples_run_end_to_end_resume_and_show_in_the_report_and_card(tmp_
     third = run()  # only the stage whose block changed runs again (publish reads the kept rows, not the sample)
     assert third.count("already done") == 3 and f"review_sample: {min(2, len(kept))} rows" in third, third
     assert len((run_dir / "review" / "sample.jsonl").read_text().splitlines()) == min(2, len(kept))
+
+
+def _edited_examples(folder: Path, monkeypatch, new: str, old: str = "") -> Path:
+    """The examples with review_sample.py edited, imported afresh (a test before may have imported another)."""
+    monkeypatch.delitem(sys.modules, "review_sample", raising=False)
+    path = _examples(folder)
+    stage = folder / "review_sample.py"
+    stage.write_text(stage.read_text().replace(old, new) if old else stage.read_text() + new)
+    return path
+
+
+def test_a_stage_of_your_own_is_checked_at_validate_and_finds_its_block_through_a_variable(tmp_path, monkeypatch):
+    check = "\n    @staticmethod\n    def check(recipe, base_dir):\n        return ['review_sample: checked']\n"
+    path = _edited_examples(tmp_path, monkeypatch, check)
+    path.write_text(path.read_text().replace("pipeline: curate_and_review.py", "pipeline: ${PIPE}"))
+    monkeypatch.setenv("PIPE", "curate_and_review.py")
+    recipe = load_recipe(path)
+    assert recipe.review_sample.rows == 4
+    assert check_pipeline(recipe, tmp_path) == ["review_sample: checked"]
+
+
+def test_a_reads_path_the_recipe_lacks_is_said_at_validate(tmp_path, monkeypatch):
+    path = _edited_examples(tmp_path, monkeypatch, 'reads = ("review_sampel",)', old='reads = ("review_sample",)')
+    problems = check_pipeline(load_recipe(path), tmp_path)
+    assert problems == ["stage 'review_sample': `reads` names no recipe path 'review_sampel'"]
+
+
+def test_a_shipped_pipeline_says_which_block_it_needs(tmp_path):
+    recipe = load_recipe_text(tmp_path, MINIMAL.replace("name: t", "name: t\npipeline: curate"))
+    assert check_pipeline(recipe, tmp_path) == ["pipeline curate needs a `curate` block"]
+    (tmp_path / "broken_check.py").write_text(
+        "from pipelines.generate import build\n\ndef check(recipe):\n    raise RuntimeError('oops')\n"
+    )
+    recipe = load_recipe_text(tmp_path, MINIMAL.replace("name: t", "name: t\npipeline: broken_check.py"))
+    assert check_pipeline(recipe, tmp_path) == [
+        "pipeline: 'broken_check.py''s check(recipe) failed: RuntimeError: oops"
+    ]
+
+
+def load_recipe_text(folder: Path, text: str):
+    (folder / "recipe.yaml").write_text(text)
+    return load_recipe(folder / "recipe.yaml")

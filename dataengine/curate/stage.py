@@ -63,7 +63,10 @@ class CurateStage(Stage):
         self.outputs = {"kept": "curated", "rejected": "rejected"}
         # appending to a publish target dedups against what it holds: where that is belongs to the key
         appends = recipe.publish is not None and recipe.publish.append
-        self.reads = ("curate", "publish.to", "publish.revision") if appends else ("curate",)
+        # curate.tasks is output-neutral elsewhere, not here: past one generated shard the rows are dealt out to
+        # the tasks, so their number decides the order rows meet dedup in, and which duplicate is kept
+        own = ("curate", "curate.tasks")
+        self.reads = (*own, "publish.to", "publish.revision") if appends else own
 
     def key_files(self) -> list[Path]:
         """The benchmarks, the reference data (new reference rows change what counts as a duplicate), and the

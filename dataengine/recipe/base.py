@@ -32,11 +32,12 @@ FolderName = Annotated[str, AfterValidator(_folder_name)]
 
 
 # Markers on fields that no stage's cache key holds (stage.recipe_key). A field that cannot change a row or a
-# weight (where or how fast the work runs, how long to wait, how often to retry) is output-neutral: changing it
-# on a finished run reruns nothing. A sub-block that is another stage's own block (curate.judge) is left out of
-# the enclosing block's key and makes that stage's key instead.
+# weight (where the work runs, on how many processes, how long to wait for a server, how to restart one) is
+# output-neutral: changing it on a finished run reruns nothing. A knob of speed that can change a row (a
+# request's timeout: a request that keeps timing out loses its row) is not. A sub-block that is another
+# stage's own block (curate.judge) is left out of the enclosing block's key and makes that stage's key instead.
 WHERE = {"output_neutral": "where or on how many processes the work runs"}
-WAIT = {"output_neutral": "how long to wait or how often to retry"}
+WAIT = {"output_neutral": "how long to wait for a server or how to restart one"}
 PACE = {"output_neutral": "how much work is in flight at once"}
 LOGGING = {"output_neutral": "what is logged"}
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from dataengine.recipe.base import PACE, WAIT, StrictModel, http_url, stage_block
+from dataengine.recipe.base import PACE, StrictModel, http_url, stage_block
 from dataengine.recipe.executor import ExecutorSettings
 
 
@@ -137,7 +137,8 @@ class CodeCheckConfig(StrictModel):
     memory_mb: int = Field(512, ge=64, description="address space (RLIMIT_AS)")
     max_output_bytes: int = Field(16384, ge=256, description="output read back; more kills the run")
     max_processes: int = Field(16, ge=1, description="processes of the sandbox user (RLIMIT_NPROC)")
-    parallel: int = Field(2, ge=1, description="sandboxed runs at a time", json_schema_extra=PACE)
+    # not output-neutral: the sandbox's timeout is wall clock, so more runs at once can fail a slow test
+    parallel: int = Field(2, ge=1, description="sandboxed runs at a time")
     require_isolation: bool = Field(
         False, description="fail instead of warning when the bwrap process boundary cannot run here"
     )
@@ -233,7 +234,8 @@ class JudgeConfig(StrictModel):
         "at temperature 0.7 at least)",
     )
     max_concurrent_requests: int = Field(8, ge=1, description="verdicts requested at once", json_schema_extra=PACE)
-    request_timeout_s: float = Field(300.0, gt=0, description="one verdict request's timeout", json_schema_extra=WAIT)
+    # not output-neutral: a verdict that keeps timing out rejects its row (judge_error)
+    request_timeout_s: float = Field(300.0, gt=0, description="one verdict request's timeout")
     pairs: PairsConfig | None = Field(
         None, description="preference pairs from the verdicts on rollouts of one prompt; null: none"
     )

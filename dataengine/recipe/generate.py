@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from dataengine.recipe.base import PACE, WAIT, LanguageCode, StrictModel
+from dataengine.recipe.base import LanguageCode, StrictModel
 from dataengine.recipe.executor import ExecutorSettings
 
 
@@ -137,15 +137,11 @@ class GenerateConfig(ExecutorSettings):
     chat: ChatConfig | None = Field(None, description="multilingual instruction/answer pairs")
     code: CodeConfig | None = Field(None, description="code tasks with solution and tests")
     sources: list[PromptSource] = Field(default_factory=list, description="prompts from files or Hub datasets")
-    max_concurrent_requests: int = Field(
-        32, ge=1, le=4096, description="requests in flight to the teacher", json_schema_extra=PACE
-    )
-    records_per_chunk: int = Field(
-        16, ge=1, description="checkpoint granularity: rows per resumable chunk", json_schema_extra=PACE
-    )
-    request_timeout_s: float = Field(
-        600.0, gt=0, description="per request, before it is retried", json_schema_extra=WAIT
-    )
+    # in generate's key (so in every row id): a request that keeps timing out loses its rows, and the chunk
+    # size is the layout of the resumable state
+    max_concurrent_requests: int = Field(32, ge=1, le=4096, description="requests in flight to the teacher")
+    records_per_chunk: int = Field(16, ge=1, description="checkpoint granularity: rows per resumable chunk")
+    request_timeout_s: float = Field(600.0, gt=0, description="per request, before it is retried")
     # top-up's rounds reach generate through the prompts the run records for them (generate's `state`)
     top_up: TopUpConfig = Field(
         TopUpConfig(),

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dataengine.recipe.base import LOGGING, WHERE, FolderName, StrictModel
+from dataengine.recipe.base import LOGGING, FolderName, StrictModel
 
 
 class PruneConfig(StrictModel):
@@ -272,8 +272,8 @@ class TrainConfig(StrictModel):
     evaluate: EvaluateSettings = Field(EvaluateSettings(), description="held-out split and evaluation")
     launch: LaunchSettings | None = Field(
         None,
+        # not output-neutral: the processes multiply the global batch
         description="run each phase through `accelerate launch` on several processes; null: in this process",
-        json_schema_extra=WHERE,
     )
 
     @model_validator(mode="after")

@@ -44,6 +44,7 @@ class TrainStage(Stage):
         "train.dpo",
         "train.evaluate.eval_fraction",
         "train.evaluate.min_held_out",
+        "train.launch",  # the processes multiply the global batch; its config file is a key file
     )
 
     def __init__(
@@ -66,6 +67,11 @@ class TrainStage(Stage):
         if self.cfg.dpo is not None:
             # the evaluation judges the student against itself before DPO: its win rate
             self.outputs["before_dpo"] = f"students/{self.cfg.student.name}-before-dpo"
+
+    def key_files(self) -> list[Path]:
+        """accelerate's config file: FSDP or DeepSpeed settings change how the weights are trained."""
+        launch = self.cfg.launch
+        return [resolve_path(launch.config_file, self.base_dir)] if launch and launch.config_file else []
 
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
