@@ -54,20 +54,44 @@ def _load(path: Path, names: bool = True) -> tuple[Recipe, Path]:
 
 
 @app.command()
-def validate(recipe: RecipeArg) -> None:
-    """Check a recipe: YAML syntax, keys, types, ranges, files, pipeline name, shipped languages and archetypes,
-    tokenizers for distillation, the builtin teacher's weights on disk. Writes nothing, downloads nothing.
-    Exit 2 on any problem."""
+def validate(
+    recipe: RecipeArg,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online", help="also ask the endpoints for their models, read Hub datasets' columns, fetch tokenizers"
+        ),
+    ] = False,
+) -> None:
+    """Check a recipe: YAML syntax, keys, types, ranges, files, prompt files' columns and languages, pipeline
+    name, shipped languages and archetypes, tokenizers for distillation, the builtin teacher's weights on disk.
+    Says how it read a cron line and an endpoint, and what it could not check offline. Writes nothing,
+    downloads nothing (without --online). Exit 2 on any problem."""
+    from dataengine.notes import online_problems, read_as, unchecked
     from dataengine.runner import check
 
     r, base = _load(recipe, names=False)
     check(r, base, str(recipe))
+    if online and (problems := online_problems(r, base)):
+        raise RecipeError(str(recipe), problems)
     console.print(f"[green]✓[/green] {recipe} is valid: pipeline [bold]{r.pipeline}[/bold], teacher {r.teacher.model}")
+    for line in read_as(r, _raw(recipe)):
+        console.print(f"  read as: {line}")
+    for line in [] if online else unchecked(r, base):
+        console.print(f"  [yellow]not checked[/yellow]: {line} (--online checks it)")
+
+
+def _raw(path: Path) -> object:
+    """The recipe's YAML as written (it loaded once already, so it parses)."""
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 @app.command()
 def plan(recipe: RecipeArg, output: OutputOpt = None) -> None:
     """Print the stages the recipe would run, where they write, and which are already done."""
+    from dataengine.notes import read_as
     from dataengine.runner import check, default_run_dir, describe_plan
     from dataengine.runner import plan as make_plan
 
@@ -76,6 +100,8 @@ def plan(recipe: RecipeArg, output: OutputOpt = None) -> None:
     run_dir = output or default_run_dir(r, base)
     console.print(f"pipeline [bold]{r.pipeline}[/bold] -> {run_dir}")
     describe_plan(make_plan(r, base, run_dir), run_dir, console.print)
+    for line in read_as(r, _raw(recipe)):
+        console.print(f"  read as: {line}")
 
 
 @app.command()

@@ -243,3 +243,5 @@ def describe_plan(rows: list[tuple[Stage, StageStatus]], run_dir: Path, print_fn
     width = max((len(stage.name) for stage, _ in rows), default=0)
     for stage, status in rows:
         print_fn(f"  {stage.name:<{width}} -> {run_dir / next(iter(stage.outputs.values()))}  ({labels[status]})")
+        for line in stage.outside():
+            print_fn(f"  {'':<{width}}    {line}")

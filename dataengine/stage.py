@@ -81,6 +81,11 @@ class Stage(Protocol):
         """Files outside the run its result depends on (prompt files, benchmarks, reference data)."""
         return []
 
+    def outside(self) -> list[str]:
+        """What it reads or writes outside the run folder (a teacher, prompt files, a publish target), for
+        `dataengine plan`."""
+        return []
+
     def state(self, run_dir: Path) -> str:
         """What else, outside the recipe, the stage's output depends on (e.g. top-up rounds); "" if nothing."""
         return ""

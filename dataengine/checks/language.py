@@ -17,6 +17,11 @@ def _identifier():
     return LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
 
 
+def known_languages() -> set[str]:
+    """The ISO 639-1 codes the identifier tells apart: a row asked in another language cannot pass the check."""
+    return set(_identifier().nb_classes)
+
+
 def detect_language(text: str) -> tuple[str, float]:
     """ISO 639-1 code and probability of the text's language."""
     code, prob = _identifier().classify(text)

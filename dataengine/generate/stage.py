@@ -22,6 +22,7 @@ from dataengine.checks.code_answer import layout_regex, parse_code_answer
 from dataengine.checks.question_form import question_regex
 from dataengine.errors import StageError
 from dataengine.experts.vllm_payload import answer_routing, encode
+from dataengine.generate.prompt_files import source_problems
 from dataengine.generate.rollout import request_seed, rollout
 from dataengine.generate.seeds import (
     PromptSeed,
@@ -77,6 +78,13 @@ class GenerateStage(Stage):
         self.base_dir = base_dir
         self.outputs = {"rows": "generated"}
 
+    def outside(self) -> list[str]:
+        teacher = self.recipe.teacher
+        asks = ", ".join(teacher.urls) if teacher.urls else f"a vLLM server it starts for {teacher.model}"
+        files = [f"reads {resolve_path(s.path, self.base_dir)}" for s in self.recipe.generate.sources if s.path]
+        hub = [f"reads Hub dataset {s.dataset}" for s in self.recipe.generate.sources if s.dataset]
+        return [f"asks {asks}", *files, *hub]
+
     def key_files(self) -> list[Path]:
         return [resolve_path(src.path, self.base_dir) for src in self.recipe.generate.sources if src.path]
 
@@ -110,6 +118,14 @@ class GenerateStage(Stage):
                 problems.append(
                     f"generate.chat.domains: unknown topic domain(s) {unknown}; shipped: {', '.join(sorted(known))}"
                 )
+        if any(source.path and source.language_field for source in gen.sources):
+            from dataengine.checks.language import known_languages  # loads a model: only when it is needed
+
+            languages = known_languages()
+        else:
+            languages = set()
+        for i, source in enumerate(gen.sources):
+            problems += source_problems(i, source, base_dir, languages)
         if gen.code is not None:
             known = load_code_archetypes()
             if unknown := [a for a in gen.code.archetypes or [] if a not in known]:

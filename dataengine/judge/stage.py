@@ -69,6 +69,12 @@ class JudgeStage(Stage):
         if self.cfg.pairs is not None:
             self.outputs["preference"] = "preference"
 
+    def outside(self) -> list[str]:
+        if self.cfg.endpoint:
+            return [f"asks {self.cfg.endpoint} ({self.cfg.model})"]
+        urls = self.recipe.teacher.urls
+        return ["asks " + (", ".join(urls) if urls else "the run's vLLM server")]
+
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         judge, model = judge_endpoint(self.recipe, ctx.teacher, work_dir / "judge.log", ctx.log)
         seconds = run_inference(

@@ -271,6 +271,12 @@ class PublishStage(Stage):
         self.inputs = {role: folder for role, folder in wired.items() if folder is not None}
         self.outputs = {"layout": "published"}
 
+    def outside(self) -> list[str]:
+        target = parse_target(self.cfg.to, self.base_dir)
+        where = f"hf://datasets/{target.location}" if target.kind == "hub" else target.location
+        mode = "appends new rows to what it holds" if self.cfg.append else "replaces what it holds"
+        return [f"writes {where}: {mode}"]
+
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         target = parse_target(self.cfg.to, self.base_dir)
         sources = Sources(

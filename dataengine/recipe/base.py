@@ -61,7 +61,8 @@ StageConfig = StrictModel
 
 
 def http_url(value: str | None) -> str | None:
-    """An endpoint's URL, without a trailing slash; refused unless http(s)."""
+    """An endpoint's URL, without a trailing slash or `/v1` (the engine adds `/v1` to every request, and the
+    OpenAI convention every vLLM user copies ends in it); refused unless http(s)."""
     if value is not None and not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f"endpoint must be an http(s) URL like http://127.0.0.1:8000, got {value!r}")
-    return value.rstrip("/") if value else value
+    return value.rstrip("/").removesuffix("/v1") if value else value

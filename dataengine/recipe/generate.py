@@ -153,4 +153,10 @@ class GenerateConfig(ExecutorSettings):
     def _something_to_generate(self) -> GenerateConfig:
         if self.chat is None and self.code is None and not self.sources:
             raise ValueError("nothing to generate: set at least one of `chat`, `code` or `sources`")
+        quotas = [lang.quota for lang in self.chat.languages] if self.chat else []
+        if not self.sources and sum(quotas) == 0 and (self.code is None or self.code.count == 0):
+            raise ValueError(
+                "nothing to generate: every generate.chat.languages[].quota and generate.code.count is 0 "
+                "(and there are no sources)"
+            )
         return self

@@ -24,7 +24,25 @@ def cron_problem(expr: str) -> str | None:
         return f"{expr!r} is not a valid cron expression"
     if not all(_CRON_FIELD.fullmatch(part) for part in fields):
         return f"{expr!r}: only numbers, names, '*', '/', '-' and ',' are supported (no croniter extensions)"
+    # "0 2 * * * *": 02:00 daily with a stray '*', or (seconds first) 2 minutes past every hour. Taken as the
+    # typo it usually is when the seconds-first reading runs every hour and the 5-field one at a set hour
+    stray = len(fields) == 6 and fields[5] == "*" and fields[2] == "*" and fields[1] != "*"
+    if stray and croniter.is_valid(" ".join(fields[:5])):
+        return (
+            f"{expr!r} is ambiguous: read with seconds first it is {describe(expr)!r}, while its first five fields "
+            f"alone are {describe(' '.join(fields[:5]))!r}. Write the 5-field form (minute hour day month weekday); "
+            f"for seconds first every hour, write the hours out: {' '.join([*fields[:2], '0-23', *fields[3:]])!r}"
+        )
     return None
+
+
+def describe(expr: str) -> str:
+    """The cron line in words, read as the scheduler reads it (6 fields: seconds first), on a 24-hour clock."""
+    from cron_descriptor import Options, get_description
+
+    options = Options()
+    options.use_24hour_time_format = True
+    return get_description(expr, options)
 
 
 class ScheduleConfig(StrictModel):

@@ -52,6 +52,10 @@ class ScoreStage(Stage):
         self.inputs = {"rows": rows_from}
         self.outputs = {"rows": "scored"}
 
+    def outside(self) -> list[str]:
+        urls = self.recipe.teacher.urls
+        return ["asks " + (", ".join(urls) if urls else "the run's vLLM server")]
+
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         from transformers import AutoTokenizer
 

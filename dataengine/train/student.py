@@ -246,6 +246,28 @@ def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
         return True
 
 
+def vocab_unchecked(recipe: Recipe, base_dir: Path) -> str | None:
+    """Why `vocab_problem` could not compare the vocabularies on this machine, or None when it could (or
+    need not)."""
+    train = recipe.train
+    if train is None or train.distill is None or train.student.model is None:
+        return None
+    student, teacher = train.student, recipe.teacher
+    if student.model == teacher.model and teacher.is_builtin:
+        return None
+    if student.model.startswith(BUILTIN_PREFIX):
+        return f"train.student.model {student.model}: its vocabulary is compared once it is built (the train stage)"
+    missing = "its tokenizer is not on this machine, so the vocabularies were not compared"
+    source = model_source(student.model, base_dir, recipe)
+    if not Path(source).is_dir() and not _in_hub_cache(source, student.revision):
+        return f"train.student.model {student.model!r}: {missing}"
+    if not teacher.is_builtin:
+        source = model_source(teacher.model, base_dir, recipe)
+        if not Path(source).is_dir() and not _in_hub_cache(source, teacher.revision):
+            return f"teacher.model {teacher.model!r}: {missing}"
+    return None
+
+
 def vocab_problem(recipe: Recipe, base_dir: Path, local_only: bool = True) -> str | None:
     """Logit distillation compares distributions token by token: the vocabularies must be the same.
     A pruned student shares the teacher's by construction; a named one is checked here. With `local_only`
