@@ -1,6 +1,7 @@
 # The README's commands. Each creates the environment first if it is missing.
 #   make demo   builds the builtin teacher once, then runs recipes/quickstart.yaml end to end
 #   make test   runs the whole test suite (fast unit tests + end-to-end tests on vLLM's CPU backend)
+#   make image  builds the container image of the Dockerfile (for `dataengine schedule export --to k8s`)
 # On a GPU node: make setup EXTRAS=gpu,dev
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ EXTRAS ?= cpu,dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup bubblewrap teacher browser demo test test-fast lint bench clean
+.PHONY: setup bubblewrap teacher browser demo test test-fast lint bench image clean
 
 setup: $(STAMP) bubblewrap
 
@@ -66,6 +67,22 @@ bench: setup
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/dataengine run recipes/quickstart.yaml   # bench/train.py trains on this run's scored rows
 	$(BIN)/python bench/train.py
+
+# The image that `dataengine schedule export RECIPE --to k8s --image IMAGE` deploys (Dockerfile, docs/deploy.md),
+# tagged with the commit; push it yourself (docker push IMAGE). With no docker or podman that can build here (not
+# installed, or its daemon not running), it says so and succeeds: the image is built where an engine runs.
+IMAGE  ?= dataengine:$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+ENGINE ?= $(shell for e in docker podman; do command -v $$e >/dev/null 2>&1 && $$e info >/dev/null 2>&1 && \
+	{ echo $$e; break; }; done)
+
+image:
+	@engine="$(ENGINE)"; if [ -z "$$engine" ]; then \
+		echo "no container engine found (docker or podman, with its daemon running): image $(IMAGE) not built."; \
+		echo "note: build it where one runs: make image IMAGE=REGISTRY/dataengine:TAG (or docker build -t IMAGE .)"; \
+	else \
+		echo "$$engine build -t $(IMAGE) ."; $$engine build -t $(IMAGE) . && \
+		echo "built $(IMAGE); push it ($$engine push $(IMAGE)) and pass it to schedule export --image"; \
+	fi
 
 clean:
 	rm -rf runs .pytest_cache

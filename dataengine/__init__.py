@@ -42,6 +42,7 @@ _WHERE = {
     "KEPT_FEATURES": "dataengine.rows",
     # the stages dataengine ships, for pipelines of your own
     "GenerateStage": "dataengine.generate.stage",
+    "IngestStage": "dataengine.ingest.stage",
     "CurateStage": "dataengine.curate.stage",
     "JudgeStage": "dataengine.judge.stage",
     "RouteStage": "dataengine.route.stage",

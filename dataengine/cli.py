@@ -271,13 +271,29 @@ def schedule_export(
     out: Annotated[
         Path | None, typer.Option("--out", help="write the file(s) into this folder instead of printing")
     ] = None,
-    image: Annotated[str, typer.Option("--image", help="k8s: container image with dataengine")] = "dataengine:latest",
+    image: Annotated[
+        str | None,
+        typer.Option("--image", help="k8s (required): image built from the Dockerfile (`make image`), pushed"),
+    ] = None,
+    volume_claim: Annotated[
+        str, typer.Option("--volume-claim", help="k8s: PersistentVolumeClaim mounted at /work/runs")
+    ] = "dataengine-runs",
+    secret: Annotated[str, typer.Option("--secret", help="k8s: Secret with key HF_TOKEN (optional)")] = "dataengine-hf",
+    user: Annotated[
+        str | None, typer.Option("--user", help="systemd (required): the account the service runs as")
+    ] = None,
+    env_file: Annotated[
+        str | None,
+        typer.Option(
+            "--env-file", help="systemd: file with HF_TOKEN=... (mode 600) [default: /etc/dataengine/<job>.env]"
+        ),
+    ] = None,
 ) -> None:
     """Write the recipe's schedule for a real scheduler; every export runs `dataengine schedule once`."""
     from dataengine.schedule.export import export
 
     r, _ = _load(recipe)
-    files = export(r, recipe, to, image)
+    files = export(r, recipe, to, image, volume_claim=volume_claim, secret=secret, user=user, env_file=env_file)
     for name, text in files.items():
         if out is None:
             console.print(f"# {name}", style="dim")

@@ -53,7 +53,7 @@ def unchecked(recipe: Recipe, base_dir: Path) -> list[str]:
     judge = recipe.curate.judge if recipe.curate is not None else None
     if judge is not None and judge.endpoint:
         lines.append(f"curate.judge.endpoint {judge.endpoint}: not asked whether it serves {judge.model!r}")
-    for i, source in enumerate(recipe.generate.sources):
+    for i, source in enumerate(recipe.generate.sources if recipe.generate else []):
         if source.dataset is not None:
             lines.append(f"generate.sources[{i}]: Hub dataset {source.dataset!r}: its columns were not read")
     if why := vocab_unchecked(recipe, base_dir):
@@ -69,7 +69,7 @@ def online_problems(recipe: Recipe, base_dir: Path) -> list[str]:
     judge = recipe.curate.judge if recipe.curate is not None else None
     if judge is not None and judge.endpoint and judge.model:
         problems += _serves(f"curate.judge.endpoint {judge.endpoint}", judge.endpoint, judge.model)
-    for i, source in enumerate(recipe.generate.sources):
+    for i, source in enumerate(recipe.generate.sources if recipe.generate else []):
         if source.dataset is not None:
             problems += _dataset_columns(f"generate.sources[{i}]", source.dataset, source.split, source)
     if problem := vocab_problem(recipe, base_dir, local_only=False):

@@ -241,6 +241,8 @@ def _keys(recipe: Recipe, base_dir: Path) -> list[str]:
             config_hash(stage, recipe)
         except KeyError as exc:
             problems.append(f"stage {stage.name!r}: `reads` names {exc.args[0]}")
+        except OSError:
+            continue  # a file it depends on is missing: the recipe's file checks say which
     return problems
 
 

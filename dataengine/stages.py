@@ -11,6 +11,7 @@ from dataengine.balance.stage import BalanceStage
 from dataengine.curate.stage import CurateStage
 from dataengine.errors import UserError
 from dataengine.generate.stage import GenerateStage
+from dataengine.ingest.stage import IngestStage
 from dataengine.judge.stage import JudgeStage
 from dataengine.publish.stage import PublishStage
 from dataengine.route.stage import RouteStage
@@ -21,6 +22,7 @@ from dataengine.train.stage import TrainStage
 
 SHIPPED: tuple[type[Stage], ...] = (
     GenerateStage,
+    IngestStage,
     CurateStage,
     JudgeStage,
     RouteStage,

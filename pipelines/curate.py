@@ -1,4 +1,5 @@
-"""curate: the teacher writes samples, then datatrove filters, dedups and decontaminates them; then
+"""curate: the teacher writes samples (or, with `ingest`, the recipe brings finished rows), then datatrove
+filters, dedups and decontaminates them; then
 they are routed through the teacher's experts when the recipe has `route`, and published when it has
 `publish`. Where curation keeps fewer rows than asked
 (`generate.top_up`), more prompts are generated and both stages (and the judge) run again before the rest."""
@@ -11,6 +12,7 @@ from dataengine import (
     BalanceStage,
     CurateStage,
     GenerateStage,
+    IngestStage,
     JudgeStage,
     Manifest,
     NextRound,
@@ -30,6 +32,11 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     return Pipeline(stages, next_round=top_up(recipe), round_after=round_after(stages))
 
 
+def source(recipe: Recipe, base_dir: Path) -> Stage:
+    """Where the rows come from: the teacher writes them (`generate`), or the recipe brings them (`ingest`)."""
+    return IngestStage(recipe, base_dir) if recipe.ingest is not None else GenerateStage(recipe, base_dir)
+
+
 def check(recipe: Recipe) -> list[str]:
     """What this pipeline cannot run without."""
     return ["pipeline curate needs a `curate` block"] if recipe.curate is None else []
@@ -39,8 +46,9 @@ def curated(recipe: Recipe, base_dir: Path) -> list[Stage]:
     """Generate, curate, with `curate.judge` the judge's verdicts on what curation kept, then with a `route`
     block the routing of what was kept and rejected, then with `curate.balance` the selection of kept rows
     for an even expert load."""
-    curate = CurateStage(recipe, base_dir, rows_from="generated")
-    stages: list[Stage] = [GenerateStage(recipe, base_dir), curate]
+    rows = source(recipe, base_dir)
+    curate = CurateStage(recipe, base_dir, rows_from=rows.outputs["rows"])
+    stages: list[Stage] = [rows, curate]
     if recipe.curate.judge is not None:
         stages.append(JudgeStage(recipe, base_dir, rows_from=curate.outputs["kept"]))
     kept = kept_rows(stages)
@@ -69,9 +77,11 @@ def round_after(stages: list[Stage]) -> str:
     return next(s.name for s in reversed(stages) if s.name in ("judge", "curate"))
 
 
-def top_up(recipe: Recipe) -> NextRound:
+def top_up(recipe: Recipe) -> NextRound | None:
     """After generate and curate: one more round of prompts where curation fell short of the recipe's targets
-    (what the judge kept, when there is one)."""
+    (what the judge kept, when there is one). Rows brought with `ingest` have no quota to top up."""
+    if recipe.generate is None:
+        return None
 
     def next_round(run_dir: Path, manifests: dict[str, Manifest]) -> str | None:
         generated, curated, judged = (manifests.get(name) for name in ("generate", "curate", "judge"))

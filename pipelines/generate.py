@@ -23,4 +23,7 @@ def check(recipe: Recipe) -> list[str]:
         "curate.judge": recipe.curate is not None and recipe.curate.judge is not None,
         "publish": recipe.publish is not None,
     }
-    return [f"{what}: it needs pipeline curate or distill" for block, what in unused.items() if given[block]]
+    problems = [f"{what}: it needs pipeline curate or distill" for block, what in unused.items() if given[block]]
+    if recipe.generate is None:
+        problems.append("pipeline generate needs a `generate` block (rows brought with `ingest` are curated)")
+    return problems

@@ -40,6 +40,17 @@ schedule: {cron: "0 2 * * *", incremental: false}
 """
 
 
+# the rows brought instead of generated: the same blocks after it
+FULL_INGEST = (
+    FULL.replace(
+        "generate:\n  chat:\n    rollouts: 2\n    languages:\n      - {code: en, quota: 2}\n",
+        "ingest:\n  sources: [{dataset: org/conversations}]\n",
+    )
+    .replace("judge: {pairs: {}}", "judge: {}")
+    .replace("  dpo: {}\n", "")
+)
+
+
 def _models(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The model class a field holds (directly, optionally, or as list items) and whether it is a list."""
     origin = typing.get_origin(annotation)
@@ -95,7 +106,7 @@ def with_value(model: BaseModel, path: tuple, value: Any) -> BaseModel:
 
 def keys(path: tuple) -> tuple[dict[str, str], dict[str, str]]:
     """Every stage's key with two different values at `path` (the blocks on the way made alike in both)."""
-    recipe = parse_recipe(FULL)
+    recipe = parse_recipe(FULL_INGEST if path[0] == "ingest" else FULL)
     stages = build_pipeline(recipe, Path.cwd()).stages
     one, other = with_value(recipe, path, "one value"), with_value(recipe, path, "another value")
     return (
@@ -110,6 +121,8 @@ PATHS = leaf_paths(Recipe)
 def test_the_walk_covers_the_schema():
     names = {".".join(p) for p, _ in PATHS}
     assert {"teacher.recovery", "curate.judge.threshold", "generate.sources.[].path", "train.sft.lora.r"} <= names
+    assert "ingest.sources.[].messages_field" in names
+    assert "dataset: org/conversations" in FULL_INGEST and "generate:" not in FULL_INGEST
     assert len(PATHS) > 150
 
 
@@ -132,7 +145,7 @@ def test_every_field_changes_the_key_of_the_stage_that_owns_it(path):
 def test_an_output_neutral_field_changes_no_key(path):
     before, after = keys(path)
     # a stage may read an output-neutral field by its own path, on purpose (curate reads curate.tasks)
-    recipe = parse_recipe(FULL)
+    recipe = parse_recipe(FULL_INGEST if path[0] == "ingest" else FULL)
     on_purpose = {s.name for s in build_pipeline(recipe, Path.cwd()).stages if ".".join(path) in s.reads}
     assert {k: v for k, v in before.items() if k not in on_purpose} == {
         k: v for k, v in after.items() if k not in on_purpose

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -95,7 +96,8 @@ def test_exports_parse_and_all_run_schedule_once(tmp_path):
     assert spec["schedule"] == "30 3 * * 1-5" and spec["timeZone"] == "Europe/Paris"
     assert spec["concurrencyPolicy"] == "Forbid"
     container = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "registry/dataengine:1" and container["command"][-2:] == ["once", str(path.resolve())]
+    assert container["image"] == "registry/dataengine:1"
+    assert container["command"][-2:] == ["once", "/work/recipe/sched.yaml"]  # the ConfigMap's copy, in the pod
 
     script = export(recipe, path, "slurm", "img")["dataengine-sched.sbatch"]
     sbatch = dict(line[len("#SBATCH --") :].split("=", 1) for line in script.splitlines() if line.startswith("#SBATCH"))
@@ -105,9 +107,13 @@ def test_exports_parse_and_all_run_schedule_once(tmp_path):
     syntax = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert syntax.returncode == 0, syntax.stderr
 
-    units = export(recipe, path, "systemd", "img")
+    units = export(recipe, path, "systemd", user="dataengine")
     assert "OnCalendar=Mon..Fri *-*-* 3:30:0 Europe/Paris" in units["dataengine-sched.timer"]
-    assert once in units["dataengine-sched.service"]
+    service = units["dataengine-sched.service"].splitlines()
+    assert any(line.startswith("ExecStart=") and line.endswith(once) for line in service)
+    # the service runs as --user, its HF_TOKEN in an optional (leading -) environment file that root owns
+    assert "User=dataengine" in service and "EnvironmentFile=-/etc/dataengine/dataengine-sched.env" in service
+    assert any(line.startswith("#") and "HF_TOKEN" in line for line in service)
     if shutil.which("systemd-analyze"):
         for name, text in units.items():
             (tmp_path / name).write_text(text)
@@ -124,7 +130,7 @@ def test_exports_refuse_what_the_target_cannot_express(tmp_path):
             export(recipe, tmp_path / "sched.yaml", fmt, "img")
     with pytest.raises(UserError, match="unknown export format 'cron'"):
         export(recipe, tmp_path / "sched.yaml", "cron", "img")
-    timer = export(recipe, tmp_path / "sched.yaml", "systemd", "img")["dataengine-sched.timer"]
+    timer = export(recipe, tmp_path / "sched.yaml", "systemd", user="u")["dataengine-sched.timer"]
     assert "OnCalendar=*-*-* *:*:0/5 Europe/Paris" in timer  # every 5 seconds
 
 
@@ -292,3 +298,138 @@ def test_systemd_export_refuses_what_it_would_get_wrong(tmp_path):
     with pytest.raises(UserError, match="weekday steps"):
         on_calendar("0 0 * * 1-5/2")
     assert on_calendar("0 3 * jan-mar *") == "*-1..3-* 3:0:0"  # systemd months are numbers
+
+
+def _pod(cronjob: dict) -> dict:
+    return cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def test_k8s_export_deploys_with_a_volume_the_recipe_and_the_hub_token(tmp_path):
+    """What `kubectl apply` needs beyond the schedule: the image given, runs on a PersistentVolumeClaim, the
+    recipe from a ConfigMap written beside the CronJob, HF_TOKEN from an optional Secret, no host paths."""
+    path = _recipe(tmp_path)
+    recipe = load_recipe(path)
+    files = export(recipe, path, "k8s", "reg.example/dataengine:abc123", volume_claim="nightly-runs", secret="hub")
+    assert set(files) == {"dataengine-sched.cronjob.yaml", "dataengine-sched-recipe.configmap.yaml"}
+    cronjob = yaml.safe_load(files["dataengine-sched.cronjob.yaml"])
+    config_map = yaml.safe_load(files["dataengine-sched-recipe.configmap.yaml"])
+
+    assert cronjob["apiVersion"] == "batch/v1" and cronjob["kind"] == "CronJob"
+    assert cronjob["metadata"]["name"] == "dataengine-sched" and cronjob["spec"]["schedule"] == "30 3 * * 1-5"
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid" and cronjob["spec"]["timeZone"] == "Europe/Paris"
+    pod = _pod(cronjob)
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["image"] == "reg.example/dataengine:abc123" and container["workingDir"] == "/work"
+    assert container["command"] == ["dataengine", "schedule", "once", "/work/recipe/sched.yaml"]
+    assert str(tmp_path) not in yaml.safe_dump(cronjob)  # nothing of this machine's paths reaches the pod
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts["/work/runs"]]["persistentVolumeClaim"] == {"claimName": "nightly-runs"}
+    assert volumes[mounts["/work/recipe"]]["configMap"]["name"] == config_map["metadata"]["name"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hub", "key": "HF_TOKEN", "optional": True}
+    assert "resources" not in container  # the recipe's teacher is an endpoint: no GPU to ask for
+
+    # the ConfigMap holds the recipe's text under its file name: the path the command reads
+    assert config_map["apiVersion"] == "v1" and config_map["kind"] == "ConfigMap"
+    assert config_map["data"] == {"sched.yaml": path.read_text()}
+    assert "../runs" in files["dataengine-sched.cronjob.yaml"]  # the comment on where the recipe's files must be
+
+
+def test_k8s_export_asks_for_a_gpu_when_the_recipe_starts_its_teacher():
+    root = Path(__file__).resolve().parent.parent
+    path = root / "recipes" / "nightly.yaml"
+    recipe = load_recipe(path)
+    assert not recipe.teacher.urls  # the builtin teacher, started by the run
+    files = export(recipe, path, "k8s", "reg.example/dataengine:abc123")
+    (container,) = _pod(yaml.safe_load(files["dataengine-nightly.cronjob.yaml"]))["containers"]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert yaml.safe_load(files["dataengine-nightly-recipe.configmap.yaml"])["data"]["nightly.yaml"] == path.read_text()
+    tp2 = recipe.model_copy(
+        update={
+            "teacher": recipe.teacher.model_copy(
+                update={"vllm": recipe.teacher.vllm.model_copy(update={"tensor_parallel_size": 2})}
+            )
+        }
+    )
+    (container,) = _pod(yaml.safe_load(export(tp2, path, "k8s", "i:1")["dataengine-nightly.cronjob.yaml"]))[
+        "containers"
+    ]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+
+
+def test_exports_refuse_without_what_they_cannot_guess(tmp_path):
+    path = _recipe(tmp_path)
+    recipe = load_recipe(path)
+    for image in (None, ""):
+        with pytest.raises(UserError, match=r"--to k8s needs --image.*`make image`"):
+            export(recipe, path, "k8s", image)
+    with pytest.raises(UserError, match="--to systemd needs --user"):
+        export(recipe, path, "systemd")
+    with pytest.raises(UserError, match="not a user name"):
+        export(recipe, path, "systemd", user="root\nExecStartPre=/bin/sh")
+    with pytest.raises(UserError, match="--env-file 'hf.env': systemd needs an absolute path"):
+        export(recipe, path, "systemd", user="u", env_file="hf.env")
+    with pytest.raises(UserError, match="--volume-claim 'Runs_1' is not a Kubernetes name"):
+        export(recipe, path, "k8s", "i:1", volume_claim="Runs_1")
+    # the CLI: no default image any more, and the flags reach the export
+    result = CliRunner().invoke(app, ["schedule", "export", str(path), "--to", "k8s"])
+    assert isinstance(result.exception, UserError) and "--image" in str(result.exception)
+    out = tmp_path / "k8s"
+    args = ["schedule", "export", str(path), "--to", "k8s", "--image", "r/d:1", "--volume-claim", "v", "--secret", "s"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    pod = _pod(yaml.safe_load((out / "dataengine-sched.cronjob.yaml").read_text()))
+    assert pod["containers"][0]["image"] == "r/d:1" and pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "v"
+    assert pod["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "s"
+    assert (out / "dataengine-sched-recipe.configmap.yaml").is_file()
+    args = ["schedule", "export", str(path), "--to", "systemd", "--user", "svc", "--env-file", "/etc/de/x.env"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    service = (out / "dataengine-sched.service").read_text()
+    assert "User=svc\n" in service and "EnvironmentFile=-/etc/de/x.env\n" in service
+
+
+def _instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined and comments dropped."""
+    lines = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined.splitlines() if line.strip()]
+
+
+def test_the_dockerfile_installs_the_gpu_extra_and_runs_dataengine():
+    """No container engine here: the Dockerfile's structure is checked instead of a build."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    steps = _instructions((root / "Dockerfile").read_text())
+    kinds = [kind for kind, _ in steps]
+    assert kinds[0] in ("FROM", "ARG") and "FROM" in kinds
+    runs = [args for kind, args in steps if kind == "RUN"]
+    assert any("pip install '.[gpu]'" in run for run in runs)
+    assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    assert any("apt-get install" in run and "bubblewrap" in run.split() for run in runs)
+    assert [args for kind, args in steps if kind == "WORKDIR"][-1] == "/work"
+    assert json.loads(dict(steps)["ENTRYPOINT"]) == ["dataengine"]
+    # the build context has what `pip install .` reads, and not the venv or run folders
+    ignore = (root / ".dockerignore").read_text().split()
+    assert ignore[ignore.index("*") :].count("*") == 1
+    for needed in ("pyproject.toml", "README.md", "dataengine/", "pipelines/"):
+        assert f"!{needed}" in ignore
+    assert not any(line.startswith("!") and (".venv" in line or "runs" in line) for line in ignore)
+
+
+def test_make_image_without_a_container_engine_says_so_and_succeeds():
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    assert ".PHONY:" in (makefile := (root / "Makefile").read_text()) and " image " in makefile.split(".PHONY:")[1]
+    done = subprocess.run(["make", "-s", "image", "ENGINE="], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "no container engine found" in done.stdout and "not built" in done.stdout
+    dry = subprocess.run(
+        ["make", "-n", "image", "ENGINE=podman", "IMAGE=r/d:1"], cwd=root, capture_output=True, text=True
+    )
+    assert "build -t r/d:1 ." in dry.stdout

@@ -88,7 +88,7 @@ def test_unknown_pipeline_missing_block_and_a_key_twice_in_one_error(write_recip
     )
     message = "\n".join(loaded_problems(path))
     assert "line 5: teacher: key given twice (first at line 3)" in message
-    assert "generate: required field is missing" in message
+    assert "give `generate` (the teacher writes the rows) or `ingest`" in message
     assert "pipeline: unknown pipeline 'distil'; did you mean 'distill'?" in message
 
 

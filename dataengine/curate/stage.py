@@ -243,10 +243,16 @@ class CurateStage(Stage):
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         table = Table(title=f"curated: kept {manifest.rows_out} of {manifest.rows_in} rows", title_justify="left")
-        for column in ("kind/language", "target", "kept", "short"):
+        stats = CurateStats.of(manifest)
+        # rows brought with `ingest` have no quota: their groups alone
+        columns = ("kind/language", "target", "kept", "short") if stats.quota else ("kind/language", "kept")
+        for column in columns:
             table.add_column(column, justify="left" if column == "kind/language" else "right")
-        for key, q in CurateStats.of(manifest).quota.items():
+        for key, q in stats.quota.items():
             table.add_row(key, str(q.target), str(q.kept), str(q.short) if q.short else "")
+        if not stats.quota:
+            for key, kept in manifest.stats.get("kept_by_kind_language", {}).items():
+                table.add_row(key, str(kept))
         console.print(table)
         if manifest.drops:
             console.print("dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest.drops.items()))
@@ -278,6 +284,8 @@ class _Tally:
 def _targets(recipe: Recipe) -> dict[Group, int]:
     """Rows the recipe asked for per kind/language (prompts x rollouts), to report shortfalls."""
     gen, targets = recipe.generate, Counter()
+    if gen is None:  # rows brought with `ingest`: no quota to fall short of
+        return {}
     if gen.chat:
         for lang in gen.chat.languages:
             targets[Group("chat", lang.code)] += lang.quota * gen.chat.rollouts

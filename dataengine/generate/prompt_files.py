@@ -1,44 +1,17 @@
 """What `validate` reads of a local prompt file before any teacher time is spent: its columns and, in the
-language column, values the language check can match. Only a sample of a large file is read (`SAMPLE_ROWS`),
-with json and pyarrow rather than `datasets`, so validating stays under two seconds."""
+language column, values the language check can match. Only a sample of a large file is read
+(`rows.sample_file`), so validating stays under two seconds."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
 
 from dataengine.recipe import PromptSource, resolve_path
+from dataengine.rows import sample_file
 
-SAMPLE_ROWS = 1000
 _BCP47 = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
-
-
-def _sample(path: Path) -> tuple[list[str], list[dict]]:
-    """The file's columns and its first rows (at most SAMPLE_ROWS)."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
-        columns = parquet.schema_arrow.names
-        batch = next(parquet.iter_batches(batch_size=SAMPLE_ROWS), None)
-        return columns, batch.to_pylist() if batch is not None else []
-    if path.suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as lines:
-            for line in lines:
-                if line.strip():
-                    rows.append(json.loads(line))
-                if len(rows) >= SAMPLE_ROWS:
-                    break
-    else:  # .json: a list of rows (datasets also takes a {column: [values]} mapping)
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            data = [dict(zip(data, values, strict=False)) for values in zip(*data.values(), strict=False)]
-        rows = list(data[:SAMPLE_ROWS]) if isinstance(data, list) else []
-    columns = list(dict.fromkeys(key for row in rows if isinstance(row, dict) for key in row))
-    return columns, [row for row in rows if isinstance(row, dict)]
 
 
 def source_problems(i: int, source: PromptSource, base_dir: Path, known_languages: set[str]) -> list[str]:
@@ -49,7 +22,7 @@ def source_problems(i: int, source: PromptSource, base_dir: Path, known_language
     path = resolve_path(source.path, base_dir)
     where = f"generate.sources[{i}]"
     try:
-        columns, rows = _sample(path)
+        columns, rows = sample_file(path)
     except (OSError, ValueError) as exc:  # json and arrow errors are ValueErrors
         return [f"{where}.path: {path.name} cannot be read as {path.suffix[1:]}: {exc}"]
     problems = []

@@ -99,6 +99,8 @@ class GenerateStage(Stage):
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
         """Languages, topic domains and code archetypes must be among the shipped ones (or bring their own)."""
         gen, problems = recipe.generate, []
+        if gen is None:
+            return problems
         if gen.chat is not None:
             shipped = load_languages()
             with_personas = load_personas() if gen.chat.personas else None

@@ -110,22 +110,36 @@ def _body(
     history: list[dict],
     evaluation: Evaluation | None,
 ) -> str:
-    sampling = recipe.generate.sampling.model_dump(mode="json")
+    if recipe.generate is not None:
+        sampling = json.dumps(recipe.generate.sampling.model_dump(mode="json"), sort_keys=True)
+        made = [
+            scrub(recipe.description or "Synthetic data written by a Mixture-of-Experts teacher.", secrets),
+            "",
+            "Made with dataengine from one recipe: the teacher's answers, filtered,",
+            "deduplicated and decontaminated. Every row carries its provenance (teacher, sampling, seed, run id).",
+        ]
+        teacher = [f"- sampling: `{sampling}`"]
+    else:  # rows brought with `ingest`
+        origins = ", ".join(f"`{scrub(source.origin, secrets)}`" for source in recipe.ingest.sources)
+        made = [
+            scrub(recipe.description or f"Conversations from {origins}, curated.", secrets),
+            "",
+            f"Made with dataengine from one recipe: rows read from {origins}, filtered, deduplicated and",
+            "decontaminated. Rows keep the provenance they came with.",
+        ]
+        teacher = ["- the answers were not written by this teacher: it serves the stages that ask one"]
     lines = [
         f"<!-- {MARK} -->",
         f"# {recipe.name}",
         "",
-        scrub(recipe.description or "Synthetic data written by a Mixture-of-Experts teacher.", secrets),
-        "",
-        "Made with dataengine from one recipe: the teacher's answers, filtered,",
-        "deduplicated and decontaminated. Every row carries its provenance (teacher, sampling, seed, run id).",
+        *made,
         "",
         "## Teacher",
         "",
         f"- model: `{scrub(recipe.teacher.model, secrets)}`",
         f"- revision: {', '.join(f'`{r}`' for r in revisions) or 'not recorded'}",
         f"- MoE shape: {moe_shape(recipe)}",
-        f"- sampling: `{json.dumps(sampling, sort_keys=True)}`",
+        *teacher,
         "",
         "## Configs and splits",
         "",

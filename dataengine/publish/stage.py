@@ -198,7 +198,7 @@ def run_history(
         entry = {
             "run_id": run_id,
             "started": info.get("created_at"),
-            "seed": recipe.generate.seed,
+            "seed": recipe.generate.seed if recipe.generate else None,
             "rows_added": added,
             "rows_total": total,
         }

@@ -58,6 +58,7 @@ from dataengine.recipe.generate import (
     SamplingConfig,
     TopUpConfig,
 )
+from dataengine.recipe.ingest import ROW_FILES, IngestConfig, RowSource
 from dataengine.recipe.loader import (
     duplicate_keys,
     interpolate,
@@ -131,6 +132,9 @@ __all__ = [
     "FolderName",
     "FromTeacherConfig",
     "GenerateConfig",
+    "IngestConfig",
+    "ROW_FILES",
+    "RowSource",
     "JudgeConfig",
     "LOGGING",
     "LanguageCheckConfig",

