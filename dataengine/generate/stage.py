@@ -40,7 +40,9 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
 from dataengine.results import GenerateStats
 from dataengine.rows import SAMPLE_FEATURES, Group, group_counts, sorted_rows, stage_writer
+from dataengine.run_folder import RunFolder
 from dataengine.stage import RunContext, Stage, StageResult, config_hash
+from dataengine.target.existing import answered_prompts, prompt_hash
 from dataengine.teacher.inference import inference_config, run_inference
 from dataengine.teacher.server import served_name
 from dataengine.teacher.throughput import FOLDER as THROUGHPUT
@@ -176,7 +178,8 @@ class GenerateStage(Stage):
         gen = self.recipe.generate
         # round 0 is the recipe's own prompts; each top-up round has its own datatrove work folder,
         # so finished rounds are skipped by datatrove's completion markers
-        rounds = [(work_dir, expand_seeds(gen, self.base_dir))]
+        skipped = _Skipped(self._answered(ctx))
+        rounds = [(work_dir, skipped.filter(expand_seeds(gen, self.base_dir)))]
         for r, extra in enumerate(load_rounds(ctx.run_dir), start=1):
             rounds.append((work_dir / f"top-up-{r}", top_up_seeds(gen, extra, r)))
         restarts_before = sum(t.restarts for t in ctx.endpoints())
@@ -185,8 +188,15 @@ class GenerateStage(Stage):
             # distinct within a round; a top-up round's keys hold its number, so rounds never share a prompt
             prompts = asked.count(distinct(seeds, work / "sort-prompts"))
             self._infer(ctx, self.documents(prompts), work)
+        if not asked.prompts and skipped.prompts:
+            raise StageError(
+                f"every one of the {skipped.prompts} prompts of generate.sources was answered in what "
+                f"publish.to holds: nothing new to ask (add prompts, or set generate.answer_again: true)"
+            )
         if not asked.prompts:
             raise StageError("no prompts to generate: quotas are 0 and the prompt sources are empty")
+        if skipped.prompts:
+            ctx.log(f"{skipped.prompts} prompts of generate.sources skipped: publish.to holds their answers")
         ctx.log(f"{asked.prompts} prompts asked, {asked.rollouts} rollouts expected")
         expected = asked.rollouts
         made = _Made()
@@ -221,8 +231,16 @@ class GenerateStage(Stage):
                 teacher_restarts=sum(t.restarts for t in ctx.endpoints()) - restarts_before,
                 tasks=min(gen.tasks, asked.prompts),  # never more tasks than prompts
                 teacher_tokens_per_second_timeline=timeline([work / THROUGHPUT for work, _ in rounds]),
+                skipped_answered_prompts=skipped.prompts,
             ),
         )
+
+    def _answered(self, ctx: RunContext) -> set[int]:
+        """With publish.append: the prompts the target already answers, which `sources` are not asked again."""
+        publish, gen = self.recipe.publish, self.recipe.generate
+        if publish is None or not publish.append or gen.answer_again or not gen.sources:
+            return set()
+        return answered_prompts(publish, self.base_dir, RunFolder(ctx.run_dir).target_copy)
 
     def _infer(self, ctx: RunContext, docs: Iterable[Document], work_dir: Path) -> None:
         """The teacher's rollouts of these prompts (their times in the pass's throughput files)."""
@@ -312,12 +330,29 @@ class GenerateStage(Stage):
         )
         if manifest.drops:
             console.print(f"dropped: {manifest.drops}")
+        if skipped := stats.get("skipped_answered_prompts"):
+            console.print(f"skipped {skipped} prompts of generate.sources: publish.to already holds their answers")
         if restarts := stats.get("teacher_restarts"):
             console.print(f"[yellow]the teacher was restarted {restarts} time(s) during generation[/yellow]")
         console.print(f"output: {outputs['rows']}")
 
 
 @dataclass
+@dataclass
+class _Skipped:
+    """Prompts of `sources` whose answers the publish target already holds (`answered`), left out and counted."""
+
+    answered: set[int]
+    prompts: int = 0
+
+    def filter(self, seeds: Iterable[PromptSeed]) -> Iterator[PromptSeed]:
+        for seed in seeds:
+            if self.answered and seed.task == "answer" and prompt_hash(seed.prompt) in self.answered:
+                self.prompts += 1
+                continue
+            yield seed
+
+
 class _Asked:
     """The prompts of a generation and the rollouts they ask for, counted as they go to the teacher."""
 

@@ -12,6 +12,7 @@ A module per concern: `base` (StrictModel, the output-neutral markers, shared va
 from __future__ import annotations
 
 from dataengine.recipe.base import (
+    ADDED,
     BUILTIN_PREFIX,
     LOGGING,
     PACE,
@@ -110,6 +111,7 @@ from dataengine.recipe.train import (
 )
 
 __all__ = [
+    "ADDED",
     "BUILTIN_PREFIX",
     "BalanceConfig",
     "BenchmarkFile",

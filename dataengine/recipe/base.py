@@ -40,6 +40,9 @@ WHERE = {"output_neutral": "where or on how many processes the work runs"}
 WAIT = {"output_neutral": "how long to wait for a server or how to restart one"}
 PACE = {"output_neutral": "how much work is in flight at once"}
 LOGGING = {"output_neutral": "what is logged"}
+# A knob added to a block whose key is already part of row ids (generate's): at its default it changes nothing,
+# so it joins the key only when a recipe sets it, and every earlier key (and row id) stays what it was.
+ADDED = {"keyed_when_set": True}
 
 
 def stage_block(stage: str) -> dict[str, str]:

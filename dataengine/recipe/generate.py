@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from dataengine.recipe.base import LanguageCode, StrictModel
+from dataengine.recipe.base import ADDED, LanguageCode, StrictModel
 from dataengine.recipe.executor import ExecutorSettings
 
 
@@ -142,6 +142,13 @@ class GenerateConfig(ExecutorSettings):
     max_concurrent_requests: int = Field(32, ge=1, le=4096, description="requests in flight to the teacher")
     records_per_chunk: int = Field(16, ge=1, description="checkpoint granularity: rows per resumable chunk")
     request_timeout_s: float = Field(600.0, gt=0, description="per request, before it is retried")
+    answer_again: bool = Field(
+        False,
+        description="with publish.append, a prompt of `sources` that the target already holds an answer to is "
+        "skipped (a scheduled run over a fixed prompt file answers only new prompts); true asks it again, for "
+        "more rollouts of old prompts",
+        json_schema_extra=ADDED,
+    )
     # top-up's rounds reach generate through the prompts the run records for them (generate's `state`)
     top_up: TopUpConfig = Field(
         TopUpConfig(),

@@ -7,6 +7,7 @@ history, so each publish extends the history it finds there, wherever the earlie
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,24 @@ def reference_folder(publish: PublishConfig, base_dir: Path, work: Path, own_ids
                 writer.write_batch(others)
                 kept += others.num_rows
     return out if kept else None
+
+
+def prompt_hash(prompt: str) -> int:
+    """A 64-bit key of a prompt's text: a million answered prompts are a set of ints, not of texts."""
+    return int.from_bytes(hashlib.blake2b(prompt.strip().encode(), digest_size=8).digest(), "big")
+
+
+def answered_prompts(publish: PublishConfig, base_dir: Path, cache: Path) -> set[int]:
+    """`prompt_hash` of every prompt (the last user turn) the target's rows answer; empty when it holds none."""
+    folder = fetch(parse_target(publish.to, base_dir), publish.revision, cache)
+    answered: set[int] = set()
+    for path in sorted((folder / "data" / DEFAULT).glob("*.parquet")) if folder is not None else []:
+        for batch in pq.ParquetFile(path).iter_batches(columns=["messages"]):
+            for turns in batch.column("messages").to_pylist():
+                users = [t["content"] for t in turns if t["role"] == "user"]
+                if users:
+                    answered.add(prompt_hash(users[-1]))
+    return answered
 
 
 # what dedup reads of a reference row (curate.dedup.reference_document)
