@@ -145,3 +145,15 @@ def test_plan_shows_what_each_stage_reads_and_writes_outside_the_run(tmp_path):
     assert "asks http://gpu-node:8000" in out and f"reads {tmp_path / 'p.jsonl'}" in out
     assert "writes hf://datasets/org/data: appends new rows to what it holds" in out
     assert "schedule.cron '0 3 * * *': At 03:00 (UTC); next 20" in out
+
+
+def test_plan_says_when_evaluation_loads_the_teacher_itself(tmp_path):
+    from dataengine.pipeline import build_pipeline
+
+    text = MINIMAL.replace("name: t", "name: t\npipeline: distill") + "curate: {}\ntrain: {student: {model: x}}\n"
+    stages = {s.name: s for s in build_pipeline(parse_recipe(text), tmp_path).stages}
+    (line,) = stages["evaluate"].outside()
+    assert line.startswith("loads the teacher builtin:smollm2-moe in transformers to evaluate it")
+    assert "train.evaluate.teacher: false skips it" in line
+    off = parse_recipe(text.replace("{model: x}}", "{model: x}, evaluate: {teacher: false}}"))
+    assert {s.name: s for s in build_pipeline(off, tmp_path).stages}["evaluate"].outside() == []

@@ -16,10 +16,24 @@ from dataengine import numbers
 from dataengine.checks.sandbox import SandboxLimits
 from dataengine.facts import METRICS, Evaluation
 from dataengine.manifest import Manifest, fingerprint_files
-from dataengine.recipe import Recipe
+from dataengine.recipe import Recipe, TeacherConfig, resolve_path
 from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.train.win_rate import win_rate
+
+
+def _weights_gb(teacher: TeacherConfig, base_dir: Path) -> float | None:
+    """The size on disk of the teacher's weights where they are on this machine (a folder, the builtin build)."""
+    if teacher.is_builtin:
+        from dataengine.teacher.builtin import builtin_model_dir
+
+        folder = builtin_model_dir(teacher.model.split(":", 1)[1], teacher.builtin)
+    else:
+        folder = resolve_path(teacher.model, base_dir)
+    if not folder.is_dir():
+        return None
+    files = [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")]
+    return sum(p.stat().st_size for p in files) / 1e9 if files else None
 
 
 class EvaluateStage(Stage):
@@ -45,6 +59,18 @@ class EvaluateStage(Stage):
             # with train.dpo: the student before DPO, whose answers the judge weighs against the trained one's
             self.inputs["before_dpo"] = before_dpo_from
         self.outputs = {"metrics": "eval"}
+
+    def outside(self) -> list[str]:
+        """Evaluating the teacher loads it in transformers, in this process: on a training node a served 30B
+        MoE does not fit, and `plan` says so before the GPU hours."""
+        if not self.cfg.teacher:
+            return []
+        size = _weights_gb(self.recipe.teacher, self.base_dir)
+        held = f"its weights take {size:.1f} GB on disk, more in float32" if size else "its size is not known here"
+        return [
+            f"loads the teacher {self.recipe.teacher.model} in transformers to evaluate it ({held}; "
+            "train.evaluate.teacher: false skips it)"
+        ]
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         # torch and transformers load when evaluation starts, not when a recipe is validated or planned
