@@ -239,9 +239,10 @@ def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
     facts.routing = json.loads(routing.read_text()) if routing is not None and routing.is_file() else None
     if rows:
         _rows_and_funnel(facts, run)
-    # why rows were dropped on the way to the dataset: curation's filters, the judge, the expert-balance selection
+    # why rows were dropped on the way to the dataset: rows ingest could not read, curation's filters, the judge,
+    # the expert-balance selection
     drops = Counter()
-    for stage in ("curate", "judge", "balance"):
+    for stage in ("ingest", "curate", "judge", "balance"):
         if stage in manifests:
             drops.update(manifests[stage].drops)
     facts.drops = dict(sorted(drops.items(), key=lambda kv: (-kv[1], kv[0])))

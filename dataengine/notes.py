@@ -53,9 +53,8 @@ def unchecked(recipe: Recipe, base_dir: Path) -> list[str]:
     judge = recipe.curate.judge if recipe.curate is not None else None
     if judge is not None and judge.endpoint:
         lines.append(f"curate.judge.endpoint {judge.endpoint}: not asked whether it serves {judge.model!r}")
-    for i, source in enumerate(recipe.generate.sources if recipe.generate else []):
-        if source.dataset is not None:
-            lines.append(f"generate.sources[{i}]: Hub dataset {source.dataset!r}: its columns were not read")
+    for where, source in _hub_sources(recipe):
+        lines.append(f"{where}: Hub dataset {source.dataset!r}: its columns were not read")
     if why := vocab_unchecked(recipe, base_dir):
         lines.append(why)
     return lines
@@ -69,12 +68,18 @@ def online_problems(recipe: Recipe, base_dir: Path) -> list[str]:
     judge = recipe.curate.judge if recipe.curate is not None else None
     if judge is not None and judge.endpoint and judge.model:
         problems += _serves(f"curate.judge.endpoint {judge.endpoint}", judge.endpoint, judge.model)
-    for i, source in enumerate(recipe.generate.sources if recipe.generate else []):
-        if source.dataset is not None:
-            problems += _dataset_columns(f"generate.sources[{i}]", source.dataset, source.split, source)
+    for where, source in _hub_sources(recipe):
+        problems += _dataset_columns(where, source)
     if problem := vocab_problem(recipe, base_dir, local_only=False):
         problems.append(problem)
     return problems
+
+
+def _hub_sources(recipe: Recipe) -> list[tuple[str, Any]]:
+    """The Hub datasets a run reads: prompt sources and sources of rows to ingest, with their paths."""
+    sources = [(f"generate.sources[{i}]", s) for i, s in enumerate(recipe.generate.sources if recipe.generate else [])]
+    sources += [(f"ingest.sources[{i}]", s) for i, s in enumerate(recipe.ingest.sources if recipe.ingest else [])]
+    return [(where, source) for where, source in sources if source.dataset is not None]
 
 
 def _serves(where: str, url: str, model: str) -> list[str]:
@@ -93,14 +98,18 @@ def _serves(where: str, url: str, model: str) -> list[str]:
     return []
 
 
-def _dataset_columns(where: str, dataset: str, split: str, source: Any) -> list[str]:
+def _dataset_columns(where: str, source: Any) -> list[str]:
     from datasets import load_dataset_builder
 
+    dataset = source.dataset
     try:
         features = load_dataset_builder(dataset).info.features
     except Exception as exc:  # the Hub's and datasets' errors have no common base
         return [f"{where}.dataset: {dataset!r} cannot be read from the Hub: {type(exc).__name__}: {exc}"]
     if features is None:
         return []  # the builder does not say its columns before it downloads: the run reads them
-    missing = [c for c in (source.field, source.language_field) if c is not None and c not in features]
+    wanted = [getattr(source, name, None) for name in ("field", "messages_field", "prompt_field", "answer_field")]
+    if getattr(source, "prompt_field", None) is not None:
+        wanted.remove(source.messages_field)  # prompt and answer columns instead of messages
+    missing = [c for c in (*wanted, source.language_field) if c is not None and c not in features]
     return [f"{where}: no column {c!r} in {dataset!r} (columns: {', '.join(features)})" for c in missing]

@@ -130,7 +130,7 @@ def key_view(value: Any, owner: str | None = None) -> Any:
             marks = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
             if "output_neutral" in marks or (owner is not None and marks.get("stage", owner) != owner):
                 continue
-            if marks.get("keyed_when_set") and getattr(value, name) == info.default:
+            if marks.get("keyed_when_set") and getattr(value, name) == info.get_default(call_default_factory=True):
                 continue
             kept[name] = key_view(getattr(value, name), owner)
         return kept

@@ -60,7 +60,7 @@ def test_validate_reads_the_columns_it_will_need(tmp_path):
 
 def test_rows_are_mapped_with_their_provenance_or_given_one():
     source = RowSource(path="rows.jsonl", prompt_field="q", answer_field="a", language="fr", model="m")
-    row = to_row({"q": "Pourquoi ?", "a": "Parce que."}, source, 3, "run-1", "now")
+    row = to_row({"q": "Pourquoi ?", "a": "Parce que."}, source, "rows.jsonl#3", "run-1", "now")
     assert row["messages"] == [
         {"role": "user", "content": "Pourquoi ?"},
         {"role": "assistant", "content": "Parce que."},
@@ -72,10 +72,10 @@ def test_rows_are_mapped_with_their_provenance_or_given_one():
         "m",
         "run-1",
     )
-    assert to_row({"q": "Pourquoi ?", "a": "  "}, source, 3, "run-1", "now") == "no_answer"
+    assert to_row({"q": "Pourquoi ?", "a": "  "}, source, "rows.jsonl#3", "run-1", "now") == "no_answer"
     # a row this engine published keeps its id and provenance
     ours = {**row, "id": "abc", "teacher_model": "builtin:smollm2-moe", "run_id": "run-0", "seed": 7}
-    kept = to_row(ours, RowSource(path="x.jsonl", language_field="language"), 0, "run-1", "later")
+    kept = to_row(ours, RowSource(path="x.jsonl", language_field="language"), "x.jsonl#0", "run-1", "later")
     assert (kept["id"], kept["teacher_model"], kept["run_id"], kept["seed"], kept["task"]) == (
         "abc",
         "builtin:smollm2-moe",
@@ -84,7 +84,71 @@ def test_rows_are_mapped_with_their_provenance_or_given_one():
         "ingested",
     )
     turns = RowSource(path="x.jsonl")
-    assert to_row({"messages": [{"role": "user", "content": "hi"}]}, turns, 0, "r", "t") == "no_conversation"
+    assert to_row({"messages": [{"role": "user", "content": "hi"}]}, turns, "x#0", "r", "t") == "no_conversation"
+
+
+def _turns(*pairs: tuple) -> dict:
+    return {"messages": [{"role": role, "content": content} for role, content in pairs]}
+
+
+def test_turns_that_are_not_a_conversation_are_counted_drops_never_kept():
+    source = RowSource(path="x.jsonl")
+    assert to_row(_turns(("user", None), ("assistant", "a")), source, "x#0", "r", "t") == "malformed_turns"
+    assert to_row(_turns(("bot", "q"), ("assistant", "a")), source, "x#0", "r", "t") == "malformed_turns"
+    assert to_row(_turns(("system", "s"), ("assistant", "a")), source, "x#0", "r", "t") == "no_prompt"
+    parts = [{"type": "text", "text": "What "}, {"type": "text", "text": "is it?"}]
+    row = to_row(_turns(("user", parts), ("assistant", "A thing.")), source, "x#0", "r", "t")
+    assert row["messages"][0]["content"] == "What is it?"
+    # a code row without its tests would pass curation's code check unchecked
+    code = {**_turns(("user", "q"), ("assistant", "def f(): pass")), "kind": "code"}
+    assert to_row(code, source, "x#0", "r", "t") == "code_without_tests"
+    # the id follows the row's file and place, not its rank among all files
+    one = to_row(_turns(("user", "q"), ("assistant", "a")), source, "a.jsonl#0", "r", "t")["id"]
+    assert one != to_row(_turns(("user", "q"), ("assistant", "a")), source, "b.jsonl#0", "r", "t")["id"]
+
+
+def test_a_folder_of_files_with_other_columns_an_empty_file_and_repeated_rows(tmp_path):
+    """Each file is read on its own, an empty one adds nothing, and a row seen twice (a published dataset's
+    configs repeat its rows) is a counted drop."""
+    from rich.console import Console
+
+    from dataengine.rows import read_rows
+    from dataengine.stage import RunContext
+
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    first = _turns(("user", "Why is the sky blue?"), ("assistant", "Because of Rayleigh scattering."))
+    (folder / "a.jsonl").write_text(json.dumps({**first, "lang": "en"}) + "\n")
+    (folder / "b.jsonl").write_text(json.dumps({**first, "lang": "en", "extra": 1}) + "\n")
+    (folder / "c.jsonl").write_text("")
+    ours = {**first, "id": "r1", "kind": "chat", "language": "en", "teacher_model": "m", "run_id": "x"}
+    (folder / "d.jsonl").write_text((json.dumps({**ours, "lang": "en"}) + "\n") * 2)
+    recipe = parse_recipe(INGEST.replace("rows.jsonl", "rows"), base_dir=tmp_path)
+    assert IngestStage.check(recipe, tmp_path) == []
+    stage = IngestStage(recipe, tmp_path)
+    out = tmp_path / "run" / "ingested"
+    out.mkdir(parents=True)
+    ctx = RunContext(recipe, tmp_path, tmp_path / "run", Console(quiet=True), "run-1", None)
+    result = stage.run({}, {"rows": out}, tmp_path / "work", ctx)
+    assert (result.rows_in, result.rows_out, result.drops) == (4, 3, {"repeated_id": 1})
+    assert len({r["id"] for r in read_rows(out)}) == 3
+
+
+def test_language_values_of_ingested_files_are_checked_where_curation_checks_them(tmp_path):
+    (tmp_path / "rows.jsonl").write_text(
+        json.dumps({**_turns(("user", "¿Qué?"), ("assistant", "Nada.")), "lang": "spanish"}) + "\n"
+    )
+    (problem,) = IngestStage.check(parse_recipe(INGEST, base_dir=tmp_path), tmp_path)
+    assert problem.startswith("ingest.sources[0].language_field: 'spanish' (1 rows)")
+    uncurated = parse_recipe(INGEST, base_dir=tmp_path).model_copy(update={"curate": None})
+    assert IngestStage.check(uncurated, tmp_path) == []
+
+
+def test_a_hub_dataset_to_ingest_is_listed_as_not_checked(tmp_path):
+    from dataengine.notes import unchecked
+
+    recipe = parse_recipe(INGEST.replace("path: rows.jsonl", "dataset: org/rows"))
+    assert "ingest.sources[0]: Hub dataset 'org/rows': its columns were not read" in unchecked(recipe, tmp_path)
 
 
 def _cli(*args: str, cwd: Path) -> str:

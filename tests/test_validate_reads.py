@@ -41,7 +41,7 @@ def test_an_endpoint_given_with_v1_is_called_without_it_and_said_once(tmp_path):
 
 
 def _source_recipe(tmp_path: Path, name: str, source: str) -> tuple:
-    text = MINIMAL + f"  sources: [{{path: {name}, {source}}}]\n"
+    text = MINIMAL + f"  sources: [{{path: {name}, {source}}}]\ncurate: {{}}\n"  # curation checks the language
     return parse_recipe(text, base_dir=tmp_path)
 
 
@@ -72,6 +72,22 @@ def test_language_values_the_language_check_cannot_match_are_refused(tmp_path, s
         pa.Table.from_pylist(good), path
     )
     assert GenerateStage.check(recipe, tmp_path) == []
+    # upper case is read as the language check reads it; without curation's language filter nothing is dropped
+    path.unlink()
+    upper = [{**row, "lang": lang} for row, lang in zip(rows, ["ES", "es", "PT-br", "EN"], strict=True)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in upper)) if suffix == ".jsonl" else pq.write_table(
+        pa.Table.from_pylist(upper), path
+    )
+    assert GenerateStage.check(recipe, tmp_path) == []
+    unchecked = recipe.model_copy(update={"curate": None})
+    assert GenerateStage.check(unchecked, tmp_path) == []
+
+
+def test_a_json_file_of_json_lines_is_read_as_datasets_reads_it(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"text": "q"}) + "\n" + json.dumps({"text": "r"}) + "\n")
+    assert GenerateStage.check(_source_recipe(tmp_path, "p.json", "field: prompt"), tmp_path) == [
+        "generate.sources[0].field: no column 'prompt' in p.json (columns: text)"
+    ]
 
 
 def test_every_quota_at_zero_is_nothing_to_generate():

@@ -6,7 +6,12 @@ py3langid ships its model inside the wheel.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Iterable
 from functools import cache
+
+_BCP47 = re.compile(r"[a-z]{2,3}(-[a-z0-9]{2,8})*")
 
 
 @cache
@@ -20,6 +25,26 @@ def _identifier():
 def known_languages() -> set[str]:
     """The ISO 639-1 codes the identifier tells apart: a row asked in another language cannot pass the check."""
     return set(_identifier().nb_classes)
+
+
+def unmatched_languages(values: Iterable[object]) -> dict[str, int]:
+    """Of a language column's values, those the answer-language check cannot match (not a BCP-47 code, in any
+    case, or a language the identifier does not know), with their rows: every row in them would be dropped."""
+    known = known_languages()
+    counts = Counter(str(value) for value in values)
+    return {
+        value: n
+        for value, n in counts.items()
+        if not _BCP47.fullmatch(value.lower()) or value.lower().split("-")[0] not in known
+    }
+
+
+def describe_unmatched(where: str, unmatched: dict[str, int], rows: int, file: str) -> str:
+    shown = ", ".join(f"{v!r} ({n} rows)" for v, n in sorted(unmatched.items(), key=lambda kv: -kv[1])[:5])
+    return (
+        f"{where}: {shown} in the first {rows} rows of {file} are not BCP-47 codes the language check knows "
+        "(e.g. pt-BR, es, zh); curation would drop every row in them as wrong_language"
+    )
 
 
 def detect_language(text: str) -> tuple[str, float]:

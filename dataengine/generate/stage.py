@@ -76,6 +76,11 @@ class GenerateStage(Stage):
     )
 
     def __init__(self, recipe: Recipe, base_dir: Path) -> None:
+        if recipe.generate is None:
+            raise ValueError(
+                "the generate stage needs a `generate:` block; this recipe brings its rows with `ingest:` (a "
+                "pipeline of your own takes them with IngestStage, as pipelines/curate.py does)"
+            )
         self.recipe = recipe
         self.base_dir = base_dir
         self.outputs = {"rows": "generated"}
@@ -122,14 +127,10 @@ class GenerateStage(Stage):
                 problems.append(
                     f"generate.chat.domains: unknown topic domain(s) {unknown}; shipped: {', '.join(sorted(known))}"
                 )
-        if any(source.path and source.language_field for source in gen.sources):
-            from dataengine.checks.language import known_languages  # loads a model: only when it is needed
-
-            languages = known_languages()
-        else:
-            languages = set()
+        # the answers' language is checked only where curation runs its language filter
+        checked = recipe.curate is not None and recipe.curate.filters.language.enabled
         for i, source in enumerate(gen.sources):
-            problems += source_problems(i, source, base_dir, languages)
+            problems += source_problems(i, source, base_dir, checked)
         if gen.code is not None:
             known = load_code_archetypes()
             if unknown := [a for a in gen.code.archetypes or [] if a not in known]:
@@ -338,21 +339,27 @@ class GenerateStage(Stage):
 
 
 @dataclass
-@dataclass
 class _Skipped:
-    """Prompts of `sources` whose answers the publish target already holds (`answered`), left out and counted."""
+    """Prompts of `sources` whose answers the publish target already holds (`answered`), left out and counted
+    once each (a prompt file may repeat one)."""
 
     answered: set[int]
-    prompts: int = 0
+    skipped: set[int] = field(default_factory=set)
+
+    @property
+    def prompts(self) -> int:
+        return len(self.skipped)
 
     def filter(self, seeds: Iterable[PromptSeed]) -> Iterator[PromptSeed]:
         for seed in seeds:
-            if self.answered and seed.task == "answer" and prompt_hash(seed.prompt) in self.answered:
-                self.prompts += 1
+            key = prompt_hash(seed.prompt) if self.answered and seed.task == "answer" else None
+            if key is not None and key in self.answered:
+                self.skipped.add(key)
                 continue
             yield seed
 
 
+@dataclass
 class _Asked:
     """The prompts of a generation and the rollouts they ask for, counted as they go to the teacher."""
 

@@ -1,10 +1,11 @@
 """ingest: rows you already have (the recipe's `ingest` block) read into the run as if generated, for curation,
 the judge, routing, scoring, training and publishing.
 
-A row is a `messages` list whose last turn is the answer, or a prompt and an answer column. Rows that are
-dataengine's own (a dataset this engine published: they carry its id and provenance columns) keep them; other
-rows get an id from their source and content, and `task: ingested`. Rows without a usable answer are counted
-as drops, never lost in silence: rows in = rows out + dropped.
+A row is a `messages` list of turns (system, user, assistant) whose last turn is the answer, or a prompt and
+an answer column. Rows that are dataengine's own (a dataset this engine published: they carry its id and
+provenance columns) keep them; other rows get an id from their file, place and content, and `task: ingested`.
+A row that cannot be one is counted as a drop with its reason, never lost in silence: rows in = rows out +
+dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from dataengine.errors import StageError
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import ROW_FILES, Recipe, RowSource, resolve_path
 from dataengine.rows import SAMPLE_FEATURES, count_groups, sample_file, stage_writer
@@ -25,6 +27,7 @@ from dataengine.stage import RunContext, Stage, StageResult
 
 # the columns that make a row one of ours: its provenance is kept as it is
 _OURS = ("id", "messages", "kind", "language", "teacher_model", "run_id")
+_ROLES = ("system", "user", "assistant")
 
 
 def row_files(source: RowSource, base_dir: Path) -> list[Path]:
@@ -57,50 +60,42 @@ class IngestStage(Stage):
 
     @staticmethod
     def check(recipe: Recipe, base_dir: Path) -> list[str]:
-        """Each local source has row files with the columns the block names (a sample of the first file)."""
+        """Each local source's files have the columns the block names and, where curation checks the answers'
+        language, language values it can match (a sample of each file)."""
         if recipe.ingest is None:
             return []
+        checked = recipe.curate is not None and recipe.curate.filters.language.enabled
         problems = []
         for i, source in enumerate(recipe.ingest.sources):
             if source.path is None or not resolve_path(source.path, base_dir).exists():
-                continue  # a Hub dataset is read at run time; a missing path is the schema's problem
+                continue  # a Hub dataset is read at run time (--online reads its columns); a missing path: schema
             files = row_files(source, base_dir)
             if not files:
                 problems.append(f"ingest.sources[{i}].path: no .jsonl, .json or .parquet file under {source.path}")
-                continue
-            try:
-                columns, _ = sample_file(files[0])
-            except (OSError, ValueError) as exc:
-                problems.append(f"ingest.sources[{i}].path: {files[0].name} cannot be read: {exc}")
-                continue
-            wanted = [("prompt_field", source.prompt_field), ("answer_field", source.answer_field)]
-            if source.prompt_field is None:
-                wanted = [("messages_field", source.messages_field)]
-            wanted.append(("language_field", source.language_field))
-            for name, column in wanted:
-                if column is not None and column not in columns:
-                    problems.append(
-                        f"ingest.sources[{i}].{name}: no column {column!r} in {files[0].name} "
-                        f"(columns: {', '.join(columns)})"
-                    )
+            for path in files:
+                problems += _file_problems(f"ingest.sources[{i}]", source, path, checked)
         return problems
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work: Path, ctx: RunContext) -> StageResult:
         drops: Counter[str] = Counter()
-        groups = Counter()
+        groups: Counter[str] = Counter()
+        seen: set[str] = set()
         rows_in = 0
         created = datetime.now(UTC).isoformat()
         with stage_writer(outputs["rows"], SAMPLE_FEATURES) as writer:
             for source in self.cfg.sources:
                 ctx.log(f"reading {source.origin}")
-                for index, record in enumerate(self._records(source)):
+                for place, record in self._records(source):
                     rows_in += 1
-                    row = to_row(record, source, index, ctx.run_id, created)
+                    row = to_row(record, source, place, ctx.run_id, created)
                     if isinstance(row, str):
                         drops[row] += 1
-                        continue
-                    groups.update(count_groups([row]))
-                    writer.write(row)
+                    elif row["id"] in seen:  # a published dataset's kind/language configs repeat its rows
+                        drops["repeated_id"] += 1
+                    else:
+                        seen.add(row["id"])
+                        groups.update(count_groups([row]))
+                        writer.write(row)
         return StageResult(
             rows_in=rows_in,
             rows_out=writer.rows,
@@ -109,26 +104,32 @@ class IngestStage(Stage):
             stats={"rows_by_kind_language": dict(sorted(groups.items())), "sources": len(self.cfg.sources)},
         )
 
-    def _records(self, source: RowSource) -> Iterator[dict]:
-        """The source's rows, a batch at a time through `datasets` (which memory-maps them, and streams none)."""
+    def _records(self, source: RowSource) -> Iterator[tuple[str, dict]]:
+        """(a stable place: file and row, or the Hub dataset and row; the record) of each of the source's rows,
+        a file at a time through `datasets` (files of one folder need not share their columns)."""
         from datasets import load_dataset
 
-        if source.path is not None:
-            files = row_files(source, self.base_dir)
-            by_kind: dict[str, list[str]] = {}
-            for path in files:
-                by_kind.setdefault("parquet" if path.suffix == ".parquet" else "json", []).append(str(path))
-            parts = [load_dataset(builder, data_files=paths, split="train") for builder, paths in by_kind.items()]
-        else:
-            parts = [load_dataset(source.dataset, split=source.split)]
         read = 0
-        for part in parts:
-            for batch in part.iter(batch_size=1024):
-                for record in (dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)):
-                    if source.limit is not None and read >= source.limit:
-                        return
-                    read += 1
-                    yield record
+        parts: list[tuple[str, object]] = []
+        try:
+            if source.path is not None:
+                root = resolve_path(source.path, self.base_dir)
+                for path in row_files(source, self.base_dir):
+                    if path.stat().st_size == 0:
+                        continue
+                    builder = "parquet" if path.suffix == ".parquet" else "json"
+                    place = str(path.relative_to(root)) if root.is_dir() else path.name
+                    parts.append((place, load_dataset(builder, data_files=str(path), split="train")))
+            else:
+                parts.append((source.dataset, load_dataset(source.dataset, split=source.split)))
+        except Exception as exc:  # datasets' and the Hub's errors share no base: say which source, not a traceback
+            raise StageError(f"ingest: {source.origin} cannot be read: {type(exc).__name__}: {exc}") from exc
+        for place, part in parts:
+            for index, record in enumerate(part):
+                if source.limit is not None and read >= source.limit:
+                    return
+                read += 1
+                yield f"{place}#{index}", record
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         counts = ", ".join(f"{group} {n}" for group, n in manifest.stats.get("rows_by_kind_language", {}).items())
@@ -139,32 +140,82 @@ class IngestStage(Stage):
         console.print(f"output: {outputs['rows']}")
 
 
-def to_row(record: dict, source: RowSource, index: int, run_id: str, created: str) -> dict | str:
-    """The record as a sample row, or the reason it cannot be one (a drop)."""
+def _file_problems(where: str, source: RowSource, path: Path, languages_checked: bool) -> list[str]:
+    try:
+        columns, rows = sample_file(path)
+    except (OSError, ValueError) as exc:  # json and arrow errors are ValueErrors
+        return [f"{where}.path: {path.name} cannot be read: {exc}"]
+    if not rows and not columns:
+        return []  # an empty file adds no rows
+    wanted = [("prompt_field", source.prompt_field), ("answer_field", source.answer_field)]
+    if source.prompt_field is None:
+        wanted = [("messages_field", source.messages_field)]
+    wanted.append(("language_field", source.language_field))
+    problems = [
+        f"{where}.{name}: no column {column!r} in {path.name} (columns: {', '.join(columns)})"
+        for name, column in wanted
+        if column is not None and column not in columns
+    ]
+    if languages_checked and source.language_field in columns:
+        from dataengine.checks.language import describe_unmatched, unmatched_languages  # loads a model
+
+        if unmatched := unmatched_languages(row.get(source.language_field) for row in rows):
+            problems.append(describe_unmatched(f"{where}.language_field", unmatched, len(rows), path.name))
+    return problems
+
+
+def _text(content: object) -> str | None:
+    """A turn's text: a string, or the text parts of OpenAI's list content; None when it has none."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if parts and all(isinstance(p, str) for p in parts):
+            return "".join(parts)
+    return None
+
+
+def _turns(record: dict, source: RowSource) -> list[dict] | str:
+    """The record's conversation as turns, or why it has none (a drop reason)."""
     if source.prompt_field is not None:
         prompt, answer = record.get(source.prompt_field), record.get(source.answer_field)
         if not isinstance(prompt, str) or not prompt.strip():
             return "no_prompt"
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-    else:
-        messages = record.get(source.messages_field)
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages) or len(messages) < 2:
-            return "no_conversation"
-        messages = [{"role": str(m.get("role")), "content": m.get("content")} for m in messages]
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    raw = record.get(source.messages_field)
+    if not isinstance(raw, list) or len(raw) < 2 or not all(isinstance(m, dict) for m in raw):
+        return "no_conversation"
+    turns = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in raw]
+    if any(t["role"] not in _ROLES or t["content"] is None for t in turns[:-1]):
+        return "malformed_turns"  # a role we do not know, or a turn without text
+    if not any(t["role"] == "user" for t in turns[:-1]):
+        return "no_prompt"
+    return turns
+
+
+def to_row(record: dict, source: RowSource, place: str, run_id: str, created: str) -> dict | str:
+    """The record as a sample row, or the reason it cannot be one (a drop). `place` (file and row) makes the
+    id of a row that does not bring its own."""
+    messages = _turns(record, source)
+    if isinstance(messages, str):
+        return messages
     last = messages[-1]
     if last["role"] != "assistant" or not isinstance(last["content"], str) or not last["content"].strip():
         return "no_answer"
     ours = all(record.get(column) is not None for column in _OURS)
     row = {column: record.get(column) for column in SAMPLE_FEATURES} if ours else dict.fromkeys(SAMPLE_FEATURES)
+    kind = record.get("kind")
+    kind = kind if kind in ("chat", "code") else source.kind
+    if kind == "code" and not (ours and row.get("code_tests")):
+        return "code_without_tests"  # curation runs a code row's own tests: without them it would pass unchecked
     language = record.get(source.language_field) if source.language_field else None
-    kind = record.get("kind") if ours else source.kind
     row |= {
         "messages": messages,
-        "kind": kind if kind in ("chat", "code") else source.kind,
+        "kind": kind,
         "language": str(language) if language is not None else (row["language"] or source.language),
     }
     if not ours:
-        content = json.dumps([source.origin, index, messages], ensure_ascii=False)
+        content = json.dumps([source.origin, place, messages], ensure_ascii=False)
         row |= {
             "id": hashlib.sha256(content.encode()).hexdigest()[:24],
             "task": "ingested",

@@ -14,7 +14,7 @@ ROW_FILES = (".jsonl", ".json", ".parquet")
 
 
 class RowSource(StrictModel):
-    """Finished conversations from a local file or folder (an earlier run's published `data/` folder, say), or a
+    """Finished conversations from a local file or folder (an earlier run's published `data/default/`, say), or a
     Hub dataset. A row is either a `messages` list of turns ending with the assistant's answer, or a prompt and
     an answer column. Rows that carry dataengine's own columns (a dataset this engine published) keep their id,
     provenance and curation-time fields."""

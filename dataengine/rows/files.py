@@ -9,6 +9,17 @@ from pathlib import Path
 SAMPLE_ROWS = 1000
 
 
+def _json_lines(path: Path) -> list:
+    rows = []
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                rows.append(json.loads(line))
+            if len(rows) >= SAMPLE_ROWS:
+                break
+    return rows
+
+
 def sample_file(path: Path) -> tuple[list[str], list[dict]]:
     """The file's columns and its first rows (at most SAMPLE_ROWS)."""
     if path.suffix == ".parquet":
@@ -18,16 +29,12 @@ def sample_file(path: Path) -> tuple[list[str], list[dict]]:
         columns = parquet.schema_arrow.names
         batch = next(parquet.iter_batches(batch_size=SAMPLE_ROWS), None)
         return columns, batch.to_pylist() if batch is not None else []
-    if path.suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as lines:
-            for line in lines:
-                if line.strip():
-                    rows.append(json.loads(line))
-                if len(rows) >= SAMPLE_ROWS:
-                    break
-    else:  # .json: a list of rows (datasets also takes a {column: [values]} mapping)
-        data = json.loads(path.read_text(encoding="utf-8"))
+    rows = _json_lines(path) if path.suffix == ".jsonl" else None
+    if rows is None:  # .json: a list of rows, a {column: [values]} mapping, or JSON lines (datasets takes all three)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            data = _json_lines(path)
         if isinstance(data, dict):
             data = [dict(zip(data, values, strict=False)) for values in zip(*data.values(), strict=False)]
         rows = list(data[:SAMPLE_ROWS]) if isinstance(data, list) else []
