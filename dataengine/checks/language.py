@@ -27,23 +27,23 @@ def known_languages() -> set[str]:
     return set(_identifier().nb_classes)
 
 
-def unmatched_languages(values: Iterable[object]) -> dict[str, int]:
-    """Of a language column's values, those the answer-language check cannot match (not a BCP-47 code, in any
-    case, or a language the identifier does not know), with their rows: every row in them would be dropped."""
+def language_column_problem(where: str, values: Iterable[object], file: str) -> str | None:
+    """Of a language column's `values` (a sample of `file`), those the answer-language check cannot match (not
+    a BCP-47 code, in any case, or a language the identifier does not know): every row in them would be
+    dropped. None when it can match them all."""
     known = known_languages()
     counts = Counter(str(value) for value in values)
-    return {
+    unmatched = {
         value: n
         for value, n in counts.items()
         if not _BCP47.fullmatch(value.lower()) or value.lower().split("-")[0] not in known
     }
-
-
-def describe_unmatched(where: str, unmatched: dict[str, int], rows: int, file: str) -> str:
+    if not unmatched:
+        return None
     shown = ", ".join(f"{v!r} ({n} rows)" for v, n in sorted(unmatched.items(), key=lambda kv: -kv[1])[:5])
     return (
-        f"{where}: {shown} in the first {rows} rows of {file} are not BCP-47 codes the language check knows "
-        "(e.g. pt-BR, es, zh); curation would drop every row in them as wrong_language"
+        f"{where}: {shown} in the first {sum(counts.values())} rows of {file} are not BCP-47 codes the language "
+        "check knows (e.g. pt-BR, es, zh); curation would drop every row in them as wrong_language"
     )
 
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from dataengine.errors import StageError
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import ROW_FILES, Recipe, RowSource, resolve_path
-from dataengine.rows import SAMPLE_FEATURES, count_groups, sample_file, stage_writer
+from dataengine.rows import SAMPLE_FEATURES, column_problems, count_groups, stage_writer
 from dataengine.stage import RunContext, Stage, StageResult
 
 # the columns that make a row one of ours: its provenance is kept as it is
@@ -141,26 +141,15 @@ class IngestStage(Stage):
 
 
 def _file_problems(where: str, source: RowSource, path: Path, languages_checked: bool) -> list[str]:
-    try:
-        columns, rows = sample_file(path)
-    except (OSError, ValueError) as exc:  # json and arrow errors are ValueErrors
-        return [f"{where}.path: {path.name} cannot be read: {exc}"]
-    if not rows and not columns:
-        return []  # an empty file adds no rows
     wanted = [("prompt_field", source.prompt_field), ("answer_field", source.answer_field)]
     if source.prompt_field is None:
         wanted = [("messages_field", source.messages_field)]
-    wanted.append(("language_field", source.language_field))
-    problems = [
-        f"{where}.{name}: no column {column!r} in {path.name} (columns: {', '.join(columns)})"
-        for name, column in wanted
-        if column is not None and column not in columns
-    ]
-    if languages_checked and source.language_field in columns:
-        from dataengine.checks.language import describe_unmatched, unmatched_languages  # loads a model
+    problems, rows = column_problems(where, path, [*wanted, ("language_field", source.language_field)])
+    if languages_checked and source.language_field and any(source.language_field in row for row in rows):
+        from dataengine.checks.language import language_column_problem  # loads a model
 
-        if unmatched := unmatched_languages(row.get(source.language_field) for row in rows):
-            problems.append(describe_unmatched(f"{where}.language_field", unmatched, len(rows), path.name))
+        values = (row.get(source.language_field) for row in rows)
+        problems += filter(None, [language_column_problem(f"{where}.language_field", values, path.name)])
     return problems
 
 

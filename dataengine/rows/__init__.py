@@ -11,7 +11,7 @@ them there.
 
 from __future__ import annotations
 
-from dataengine.rows.files import sample_file
+from dataengine.rows.files import column_problems, sample_file
 from dataengine.rows.groups import (
     Group,
     count_groups,
@@ -57,6 +57,7 @@ from dataengine.rows.text import (
 )
 
 __all__ = [
+    "column_problems",
     "sample_file",
     "CURATED_FEATURES",
     "Group",

@@ -20,6 +20,23 @@ def _json_lines(path: Path) -> list:
     return rows
 
 
+def column_problems(where: str, path: Path, wanted: list[tuple[str, str | None]]) -> tuple[list[str], list[dict]]:
+    """The problems of the columns a recipe entry names in `path` (`wanted`: (its key, the column), a None
+    column not named), and the sample read: a file that cannot be read, or a column it lacks."""
+    try:
+        columns, rows = sample_file(path)
+    except (OSError, ValueError) as exc:  # json and arrow errors are ValueErrors
+        return [f"{where}.path: {path.name} cannot be read as {path.suffix[1:]}: {exc}"], []
+    if not rows and not columns:
+        return [], []  # an empty file adds no rows
+    problems = [
+        f"{where}.{key}: no column {column!r} in {path.name} (columns: {', '.join(columns)})"
+        for key, column in wanted
+        if column is not None and column not in columns
+    ]
+    return problems, rows
+
+
 def sample_file(path: Path) -> tuple[list[str], list[dict]]:
     """The file's columns and its first rows (at most SAMPLE_ROWS)."""
     if path.suffix == ".parquet":
