@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from datasets import load_dataset
 from rich.console import Console
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataengine.recipe import DistillSettings, TeacherConfig, load_recipe
 from dataengine.runner import run_recipe
 from dataengine.teacher.server import TeacherServer, resolve_model
 from dataengine.train.data import phase_rows
+from dataengine.train.evaluation import answer_fit
 from dataengine.train.phases import run_distill
 from dataengine.train.student import init_student
 from tests.conftest import tiny_recipe
@@ -126,9 +127,18 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     compared = metrics["inits"]["every-third"]
     init_parameters = json.loads((run_dir / ".work" / "train" / "init" / "student_init.json").read_text())["parameters"]
     assert compared["parameters"] == init_parameters and compared["perplexity"] > 1
-    # the teacher beside them, on the same rows: its perplexity on the answers it wrote is the floor
+    # the teacher beside them, on the same rows: its perplexity on the answers it wrote is the floor. It came
+    # from the served teacher's logprobs (train.evaluate.teacher: served, the default), not from loading it here;
+    # loaded here it gives the same figure, up to the server's arithmetic
     teacher = metrics["teacher"]
     assert teacher["perplexity"] < after["perplexity"] and "kl_teacher_student" not in teacher
+    assert "asking the teacher builtin:smollm2-moe for its logprobs on its held-out answers" in shown
+    held = [row for row in scored if row["id"] in set(metrics["held_out_ids"])]
+    teacher_path = resolve_model(load_recipe(path).teacher, print)
+    loaded = AutoModelForCausalLM.from_pretrained(teacher_path)
+    local = answer_fit(loaded, AutoTokenizer.from_pretrained(teacher_path), held)
+    assert teacher["answer_tokens"] == local["answer_tokens"] > 0
+    assert teacher["perplexity"] == pytest.approx(local["perplexity"], rel=0.03)
     for label in ("before", "after", "teacher"):
         if interval := metrics[label]["intervals"]["perplexity"]:  # none with a single held-out row
             assert interval[0] <= metrics[label]["perplexity"] <= interval[1]

@@ -189,6 +189,9 @@ def test_the_shipped_curate_and_train_from_published_recipes_run_end_to_end(tmp_
     assert {r["id"] for r in again} == {r["id"] for split in rows.values() for r in split}
     assert {r["teacher_model"] for r in again} == {"hand-written"}
     assert (trained / "students" / "from-published" / "config.json").is_file()
-    assert json.loads((trained / "eval" / "metrics.json").read_text())
+    # no teacher is served here: the recipe loads the builtin one to put its row beside the student's
+    teacher = json.loads((trained / "eval" / "metrics.json").read_text())["teacher"]
+    assert teacher["perplexity"] > 1 and teacher["answer_tokens"] > 0
+    assert "evaluating the teacher builtin:smollm2-moe on its held-out answers, loaded here" in shown
     assert "Converting and de-quantizing" not in shown and "starting vLLM" not in shown
     assert _cli("run", "train-from-published.yaml", cwd=tmp_path).count("already done") == 4

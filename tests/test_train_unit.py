@@ -340,6 +340,6 @@ def test_held_out_metrics_carry_a_bootstrap_interval_and_the_teacher_gets_its_ro
         dict(r, kind="code" if i % 2 else "chat", tests_passed=i % 4 == 1, language_detected="en")
         for i, r in enumerate(scored)
     ]
-    row = teacher_row(teacher, tokenizer, marked)
+    row = teacher_row(marked, answer_fit(teacher, tokenizer, marked))
     assert row["perplexity"] == pytest.approx(fit["perplexity"]) and row["code_pass_rate"] == 0.5
     assert row["language_fidelity"] == 1.0 and row["intervals"]["perplexity"] == fit["intervals"]["perplexity"]

@@ -163,13 +163,25 @@ def test_plan_shows_what_each_stage_reads_and_writes_outside_the_run(tmp_path):
     assert "schedule.cron '0 3 * * *': At 03:00 (UTC); next 20" in out
 
 
-def test_plan_says_when_evaluation_loads_the_teacher_itself(tmp_path):
+def test_plan_says_where_the_teachers_evaluation_comes_from_and_what_loading_it_here_takes(tmp_path):
     from dataengine.pipeline import build_pipeline
 
     text = MINIMAL.replace("name: t", "name: t\npipeline: distill") + "curate: {}\ntrain: {student: {model: x}}\n"
-    stages = {s.name: s for s in build_pipeline(parse_recipe(text), tmp_path).stages}
-    (line,) = stages["evaluate"].outside()
-    assert line.startswith("loads the teacher builtin:smollm2-moe in transformers to evaluate it")
-    assert "train.evaluate.teacher: false skips it" in line
-    off = parse_recipe(text.replace("{model: x}}", "{model: x}, evaluate: {teacher: false}}"))
-    assert {s.name: s for s in build_pipeline(off, tmp_path).stages}["evaluate"].outside() == []
+
+    def evaluate(teacher: str, endpoint: str = "") -> list[str]:
+        recipe = text.replace("{model: x}}", "{model: x}, evaluate: {teacher: " + teacher + "}}")
+        if endpoint:
+            recipe = recipe.replace("smollm2-moe", f"smollm2-moe\n  endpoint: {endpoint}")
+        return {s.name: s for s in build_pipeline(parse_recipe(recipe), tmp_path).stages}["evaluate"].outside()
+
+    # by default the served teacher answers: the endpoint, or the server the run starts
+    assert evaluate("served") == ["asks the run's vLLM server for the teacher's logprobs on the held-out answers"]
+    (line,) = evaluate("served", "http://gpu-node:8000/v1")
+    assert line.startswith("asks http://gpu-node:8000 for the teacher's logprobs")
+    # loaded here: the memory it takes in float32, from the parameters in its safetensors headers
+    (line,) = evaluate("local")
+    assert line.startswith("loads the teacher builtin:smollm2-moe in transformers to evaluate it (about ")
+    gb = float(line.split("(about ")[1].split(" GB")[0])
+    assert 1.0 < gb < 2.5, line  # the builtin teacher: ~0.4B parameters, 4 bytes each
+    assert "train.evaluate.teacher: served asks the served teacher instead" in line
+    assert evaluate("null") == evaluate("false") == []

@@ -228,16 +228,25 @@ class EvaluateSettings(StrictModel):
     )
     max_new_tokens: int = Field(256, ge=8, description="length cap of the student's answers")
     code_timeout_s: float = Field(10.0, gt=0, description="sandbox wall clock per student code answer")
-    teacher: bool = Field(
-        True,
-        description="the teacher's row beside the student's: its perplexity on its own held-out answers (loads it "
-        "in transformers), and the share of them that passed curation's code and language checks",
+    teacher: Literal["served", "local"] | None = Field(
+        "served",
+        description="the teacher's row beside the student's: its perplexity on its own held-out answers and the "
+        "share of them that passed curation's code and language checks. served: from the logprobs of the run's "
+        "teacher (the endpoint, or the vLLM server the run starts), as scoring asks for them; local: loads it in "
+        "transformers in the evaluating process (`plan` says how much memory); null skips it. true and false "
+        "read as served and null",
     )
     compare_inits: list[StudentConfig] = Field(
         default_factory=list,
         description="other starts, each a `train.student` block labelled by its `name`, measured untrained on the "
         "held-out rows beside the student (KL, perplexity): what each choice of init costs",
     )
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_switch(cls, value: object) -> object:
+        # the field was a switch before `served` existed: recipes that say true or false keep their meaning
+        return {True: "served", False: None}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("compare_inits")
     @classmethod

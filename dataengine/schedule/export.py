@@ -26,7 +26,7 @@ import yaml
 from dataengine.errors import UserError
 from dataengine.recipe import Recipe
 from dataengine.schedule.cron import due_times, has_seconds, on_calendar
-from dataengine.schedule.scheduled_run import home
+from dataengine.schedule.scheduled_run import BUSY, home
 
 FORMATS = ("crontab", "systemd", "k8s", "slurm")
 
@@ -116,6 +116,8 @@ WorkingDirectory={job.workdir}
 # service start without it.
 EnvironmentFile=-{env_file}
 ExecStart={job.once}
+# exit {BUSY}: another run of the recipe still holds its lock, so this tick was skipped; not a failed unit
+SuccessExitStatus={BUSY}
 """
     timer = f"""[Unit]
 Description=dataengine schedule of {job.recipe.name} ({job.schedule.cron})

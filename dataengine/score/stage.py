@@ -1,7 +1,6 @@
 """score: the teacher's top-k logprobs for every answer token of the curated rows.
 
-Requests go through TRL's `VLLMClient.get_sequence_logprobs`, the call TRL's own server
-distillation uses: the completions endpoint with `prompt_logprobs` over prompt + answer. The batches are
+Requests go through TRL's `VLLMClient.get_sequence_logprobs` (`teacher/logprobs.py`). The batches are
 shared out over datatrove tasks (`score.tasks`, on `score.executor`), each talking to its endpoint of the run
 (`teacher/tasks.py`). Each batch is written to `.work/score/parts/` as it finishes, so a crashed run re-scores
 nothing it already has.
@@ -9,9 +8,7 @@ nothing it already has.
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +34,8 @@ from dataengine.rows import (
     write_parquet,
 )
 from dataengine.stage import RunContext, Stage, StageResult
+from dataengine.teacher.logprobs import client as teacher_client
+from dataengine.teacher.logprobs import sequence_logprobs
 from dataengine.teacher.server import resolve_model
 from dataengine.teacher.tasks import TaskTeacher, run_until_done, watching
 
@@ -128,7 +127,7 @@ class ScoreBatches(PipelineStep):
         if not todo:
             return
         with self.teacher.open(rank) as (url, _):
-            client = _client(url)
+            client = teacher_client(url)
             for i in todo:
                 batch = table.read_row_group(i).to_pylist()
                 # a part is either whole or absent: a crash re-scores only the batch it interrupted
@@ -187,26 +186,15 @@ def _done(parts: Path, sizes: dict[str, int]) -> int:
     return sum(sizes.get(name, 0) for name in os.listdir(parts))
 
 
-def _client(url: str):
-    with warnings.catch_warnings():
-        # TRL warns that it was tested up to vLLM 0.31; the completions endpoint it calls is stable
-        warnings.simplefilter("ignore", UserWarning)
-        from trl.generation.vllm_client import VLLMClient
-
-        return VLLMClient(base_url=url, connection_timeout=60.0)
-
-
 def _score(client, batch: list[dict], cfg: ScoreConfig) -> list[dict]:
-    try:
-        result = client.get_sequence_logprobs(
-            [r["token_ids"] for r in batch],
-            [r["completion_start"] for r in batch],
-            top_logprobs=cfg.top_k,
-            chunk_size=max(1, math.ceil(len(batch) / cfg.max_concurrent_requests)),
-            max_concurrent_requests=cfg.max_concurrent_requests,
-        )
-    except Exception as exc:  # VLLMClient raises a bare Exception with the server's answer
-        raise StageError(f"score: the teacher refused a scoring request: {exc}") from exc
+    result = sequence_logprobs(
+        client,
+        [r["token_ids"] for r in batch],
+        [r["completion_start"] for r in batch],
+        cfg.top_k,
+        cfg.max_concurrent_requests,
+        "score",
+    )
     out = []
     for row, ids, logprobs in zip(batch, result["logprob_token_ids"], result["logprobs"], strict=True):
         out.append({**row, "teacher_topk_ids": ids, "teacher_topk_logprobs": logprobs})

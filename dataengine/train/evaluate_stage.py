@@ -6,6 +6,7 @@ Writes eval/metrics.json (and eval/samples.jsonl with the student's answers) and
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -21,19 +22,30 @@ from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.train.win_rate import win_rate
 
+# held-out rows are few (tens to hundreds): TRL's default concurrency for them, not a knob of the recipe
+CONCURRENT_REQUESTS = 4
 
-def _weights_gb(teacher: TeacherConfig, base_dir: Path) -> float | None:
-    """The size on disk of the teacher's weights where they are on this machine (a folder, the builtin build)."""
+
+def _float32_gb(teacher: TeacherConfig, base_dir: Path) -> float | None:
+    """What the teacher takes in memory loaded in float32, as evaluation loads it: 4 bytes a parameter, the
+    parameters counted from its safetensors headers where its weights are on this machine (a folder, the
+    builtin build); None elsewhere."""
+    from safetensors import safe_open
+
     if teacher.is_builtin:
         from dataengine.teacher.builtin import builtin_model_dir
 
         folder = builtin_model_dir(teacher.model.split(":", 1)[1], teacher.builtin)
     else:
         folder = resolve_path(teacher.model, base_dir)
-    if not folder.is_dir():
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
         return None
-    files = [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")]
-    return sum(p.stat().st_size for p in files) / 1e9 if files else None
+    parameters = 0
+    for path in files:  # headers only: no tensor is read
+        with safe_open(path, "np") as weights:  # numpy: plan does not import torch
+            parameters += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
+    return parameters * 4 / 1e9
 
 
 class EvaluateStage(Stage):
@@ -61,25 +73,28 @@ class EvaluateStage(Stage):
         self.outputs = {"metrics": "eval"}
 
     def outside(self) -> list[str]:
-        """Evaluating the teacher loads it in transformers, in this process: on a training node a served 30B
-        MoE does not fit, and `plan` says so before the GPU hours."""
-        if not self.cfg.teacher:
-            return []
-        size = _weights_gb(self.recipe.teacher, self.base_dir)
-        held = f"its weights take {size:.1f} GB on disk, more in float32" if size else "its size is not known here"
-        return [
-            f"loads the teacher {self.recipe.teacher.model} in transformers to evaluate it ({held}; "
-            "train.evaluate.teacher: false skips it)"
-        ]
+        """Where the teacher's row comes from: the served teacher, or the teacher loaded in transformers in this
+        process, which on a training node is where a 30B MoE does not fit: `plan` says so before the GPU hours."""
+        teacher = self.recipe.teacher
+        if self.cfg.teacher == "served":
+            where = ", ".join(teacher.urls) if teacher.urls else "the run's vLLM server"
+            return [f"asks {where} for the teacher's logprobs on the held-out answers"]
+        if self.cfg.teacher == "local":
+            size = _float32_gb(teacher, self.base_dir)
+            held = f"about {size:.1f} GB in float32" if size else "its weights are not on this machine"
+            return [
+                f"loads the teacher {teacher.model} in transformers to evaluate it ({held}; train.evaluate.teacher: "
+                "served asks the served teacher instead)"
+            ]
+        return []
 
     def run(self, inputs: dict[str, Path], outputs: dict[str, Path], work_dir: Path, ctx: RunContext) -> StageResult:
         # torch and transformers load when evaluation starts, not when a recipe is validated or planned
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from dataengine.teacher.server import resolve_model
         from dataengine.train.data import load_rows, split_rows
-        from dataengine.train.evaluation import answer_fit, answer_quality, teacher_row
+        from dataengine.train.evaluation import answer_fit, answer_quality
         from dataengine.train.student import init_student
 
         output_dir = outputs["metrics"]
@@ -112,12 +127,7 @@ class EvaluateStage(Stage):
                 fit = answer_fit(model, tokenizer, held_out)
                 results[label] = {**fit, **quality, "intervals": fit["intervals"] | quality["intervals"]}
         if self.cfg.teacher:
-            teacher = self.recipe.teacher
-            path = resolve_model(teacher, ctx.log)
-            revision = None if teacher.is_builtin else teacher.revision
-            ctx.log(f"evaluating the teacher {teacher.model} on its held-out answers")
-            model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
-            results["teacher"] = teacher_row(model, AutoTokenizer.from_pretrained(path, revision=revision), held_out)
+            results["teacher"] = self._teacher(held_out, ctx)
         inits = {}
         for other in self.cfg.compare_inits:
             variant = self.recipe.model_copy(update={"train": self.recipe.train.model_copy(update={"student": other})})
@@ -149,6 +159,57 @@ class EvaluateStage(Stage):
             output_fingerprint=fingerprint_files([output_dir / METRICS_FILE]),
             stats={**{label: {m.key: results[label].get(m.key) for m in METRICS} for label in results}, **wins},
         )
+
+    def _teacher(self, held_out: list[dict], ctx: RunContext) -> dict:
+        """The teacher's row: its perplexity from its served logprobs, or from the teacher loaded here."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from dataengine.teacher.server import resolve_model
+        from dataengine.train.evaluation import answer_fit, teacher_row
+
+        teacher = self.recipe.teacher
+        path = resolve_model(teacher, ctx.log)
+        revision = None if teacher.is_builtin else teacher.revision
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        if self.cfg.teacher == "served":
+            ctx.log(f"asking the teacher {teacher.model} for its logprobs on its held-out answers")
+            return teacher_row(held_out, self._served_fit(held_out, tokenizer, ctx))
+        ctx.log(f"evaluating the teacher {teacher.model} on its held-out answers, loaded here")
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
+        return teacher_row(held_out, answer_fit(model, tokenizer, held_out))
+
+    def _served_fit(self, held_out: list[dict], tokenizer, ctx: RunContext) -> dict:
+        """Perplexity of the run's teacher (endpoint or our server, started if it is not running) on the held-out
+        answers, as the teacher tokenizes them; rows longer than our server's context are left out and counted."""
+        from dataengine.rows import prompt_and_full_ids
+        from dataengine.teacher.logprobs import answer_nll
+        from dataengine.train.evaluation import perplexity_fit
+
+        limit = None if self.recipe.teacher.urls else self.recipe.teacher.vllm.max_model_len
+        sequences, starts = [], []
+        for row in held_out:
+            ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+            if limit is None or len(ids) + 1 <= limit:  # the request generates one token after the sequence
+                sequences.append(ids)
+                starts.append(start)
+        fit = perplexity_fit(
+            [
+                [nll, len(ids) - start]
+                for nll, ids, start in zip(
+                    answer_nll(ctx.teacher.url(), sequences, starts, CONCURRENT_REQUESTS),
+                    sequences,
+                    starts,
+                    strict=True,
+                )
+            ]
+            if sequences
+            else []
+        )
+        if too_long := len(held_out) - len(sequences):
+            ctx.log(f"{too_long} held-out rows are longer than the teacher's context; its perplexity leaves them out")
+            fit["too_long"] = too_long
+        return fit
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
         evaluation = Evaluation.read(outputs["metrics"] / METRICS_FILE)

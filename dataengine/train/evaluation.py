@@ -23,7 +23,7 @@ def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
     """On the teacher's answers: mean per-token KL(teacher || student) over the teacher's top-k plus a tail
     bucket (when the rows were scored) and the student's perplexity, each with its bootstrap interval."""
     model.eval()
-    nll, kl, tokens, kl_tokens = 0.0, 0.0, 0, 0
+    kl, kl_tokens = 0.0, 0
     nll_rows, kl_rows = [], []  # [sum, tokens] per row, for the intervals
     for row in rows:
         if row.get("token_ids") is not None:
@@ -34,10 +34,7 @@ def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
         logits = model(input_ids=input_ids).logits[0].float()
         predicted = logits[start - 1 : -1]  # the logits at p - 1 predict token p
         targets = input_ids[0, start:]
-        row_nll = F.cross_entropy(predicted, targets, reduction="sum").item()
-        nll += row_nll
-        tokens += len(targets)
-        nll_rows.append([row_nll, len(targets)])
+        nll_rows.append([F.cross_entropy(predicted, targets, reduction="sum").item(), len(targets)])
         if row.get("teacher_topk_ids") is not None:
             n = len(row["teacher_topk_ids"])
             kl_sum, count = topk_kl(
@@ -49,13 +46,25 @@ def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
             kl += kl_sum.item()
             kl_tokens += int(count)
             kl_rows.append([kl_sum.item(), int(count)])
+    fit = perplexity_fit(nll_rows)
     return {
         "kl_teacher_student": kl / kl_tokens if kl_tokens else None,
+        **fit,
+        "intervals": {
+            "kl_teacher_student": intervals.bootstrap(np.array(kl_rows), intervals.ratio) if kl_rows else None,
+            **fit["intervals"],
+        },
+    }
+
+
+def perplexity_fit(nll_rows: list[list[float]]) -> dict:
+    """Perplexity over answers from each one's [summed negative log-likelihood, tokens], with its interval."""
+    nll, tokens = sum(r[0] for r in nll_rows), int(sum(r[1] for r in nll_rows))
+    return {
         "perplexity": math.exp(nll / tokens) if tokens else None,
         "answer_tokens": tokens,
         "intervals": {
-            "kl_teacher_student": intervals.bootstrap(np.array(kl_rows), intervals.ratio) if kl_rows else None,
-            "perplexity": intervals.bootstrap(np.array(nll_rows), intervals.perplexity) if nll_rows else None,
+            "perplexity": intervals.bootstrap(np.array(nll_rows), intervals.perplexity) if nll_rows else None
         },
     }
 
@@ -128,16 +137,15 @@ def _share_interval(oks: list[bool]) -> list[float] | None:
     return intervals.bootstrap(np.array(oks, dtype=np.float64), intervals.share) if oks else None
 
 
-@torch.no_grad()
-def teacher_row(teacher, tokenizer, rows: list[dict]) -> dict:
-    """The teacher beside the students: its perplexity on its own held-out answers, and the share of those
-    answers that passed the checks curation applied (code tests, language) — the figures a student is
-    measured against."""
-    fit = answer_fit(teacher, tokenizer, rows)
+def teacher_row(rows: list[dict], fit: dict) -> dict:
+    """The teacher beside the students: its perplexity on its own held-out answers (`fit`, from `answer_fit` on
+    the teacher loaded here or `perplexity_fit` on its served logprobs), and the share of those answers that
+    passed the checks curation applied (code tests, language): the figures a student is measured against."""
     code = [bool(r.get("tests_passed")) for r in rows if r["kind"] == "code"]
     chat = [r.get("language_detected") == primary_language(r["language"]) for r in rows if r["kind"] != "code"]
     return {
         "perplexity": fit["perplexity"],
+        "answer_tokens": fit["answer_tokens"],
         "code_pass_rate": sum(code) / len(code) if code else None,
         "language_fidelity": sum(chat) / len(chat) if chat else None,
         "intervals": {

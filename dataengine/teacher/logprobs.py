@@ -1,0 +1,60 @@
+"""The served teacher's logprobs over sequences it did not generate: the scoring stage's top-k per answer token,
+and evaluation's perplexity of the teacher on its held-out answers, both without loading it here.
+
+Requests go through TRL's `VLLMClient.get_sequence_logprobs`, the call TRL's own server distillation uses: the
+completions endpoint with `prompt_logprobs` over prompt + answer, one token generated. vLLM returns, at every
+position, the top-k and the token that is there (its logprob even when it is outside the top-k).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from dataengine.errors import StageError
+
+
+def client(url: str):
+    """TRL's client of a vLLM server at `url` (its root, without /v1)."""
+    with warnings.catch_warnings():
+        # TRL warns that it was tested up to an older vLLM; the completions endpoint it calls is stable
+        warnings.simplefilter("ignore", UserWarning)
+        from trl.generation.vllm_client import VLLMClient
+
+        return VLLMClient(base_url=url, connection_timeout=60.0)
+
+
+def sequence_logprobs(
+    url_or_client, sequences: list[list[int]], starts: list[int], top_k: int, max_concurrent_requests: int, what: str
+) -> dict[str, list]:
+    """TRL's `get_sequence_logprobs` for the answer tokens (from `starts`) of `sequences`, sent as
+    `max_concurrent_requests` concurrent chunks. A refusal is a StageError naming `what` asked."""
+    teacher = client(url_or_client) if isinstance(url_or_client, str) else url_or_client
+    try:
+        return teacher.get_sequence_logprobs(
+            sequences,
+            starts,
+            top_logprobs=top_k,
+            chunk_size=max(1, math.ceil(len(sequences) / max_concurrent_requests)),
+            max_concurrent_requests=max_concurrent_requests,
+        )
+    except Exception as exc:  # VLLMClient raises a bare Exception with the server's answer
+        raise StageError(f"{what}: the teacher refused a logprobs request: {exc}") from exc
+
+
+def answer_nll(url: str, sequences: list[list[int]], starts: list[int], max_concurrent_requests: int) -> list[float]:
+    """The teacher's negative log-likelihood of each sequence's answer tokens, summed per sequence: what its
+    perplexity on those answers is made of."""
+    result = sequence_logprobs(url, sequences, starts, 1, max_concurrent_requests, "evaluate")
+    sums = []
+    for ids, start, actual in zip(sequences, starts, result["actual_logprobs"], strict=True):
+        values = [position[0] for position in actual]
+        if len(values) != len(ids) - start or not all(math.isfinite(v) for v in values):
+            # an OpenAI-compatible server that is not vLLM may give the top-k alone
+            raise StageError(
+                f"evaluate: the teacher at {url} did not return the logprob of every answer token (got "
+                f"{sum(math.isfinite(v) for v in values)} of {len(ids) - start}); vLLM does. Set "
+                "train.evaluate.teacher: local to load it here instead"
+            )
+        sums.append(-sum(values))
+    return sums
