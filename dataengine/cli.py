@@ -161,6 +161,71 @@ def status(
 
 
 @app.command()
+def rows(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (runs/<name>)", show_default=False)],
+    table: Annotated[
+        str | None,
+        typer.Argument(
+            help="a stage's folder: generated, curated, rejected, judged, routing, scored, published, ...; "
+            "without it (and --sql), the run's tables",
+            show_default=False,
+        ),
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option("--where", "-w", help="a polars SQL condition: \"language = 'fr' and kind = 'chat'\"")
+    ] = None,
+    columns: Annotated[str | None, typer.Option("--columns", "-c", help="comma-separated columns to show")] = None,
+    sort: Annotated[
+        str | None, typer.Option("--sort", "-s", help="comma-separated columns; -name sorts that one descending")
+    ] = None,
+    sql: Annotated[
+        str | None,
+        typer.Option("--sql", help="a whole polars SQL query over the run's tables, each named by its folder"),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", min=0, help="at most this many rows [default: 20 shown, all written]")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write the rows to FILE: .jsonl, .parquet or .csv")
+    ] = None,
+) -> None:
+    """The rows of any stage of a run, queried with polars: why this answer was dropped, what the kept code
+    looks like, which rows the judge scored low.
+
+    The scans are lazy: on a million-row run, a query reads only the columns and row groups it needs.
+
+    Examples:
+      dataengine rows runs/quickstart rejected --where "language = 'fr'" --columns id,drop_reason,messages
+      dataengine rows runs/quickstart --sql "select drop_reason, count(*) as n from rejected group by 1 order by 2 desc"
+    """
+    from dataengine import run_rows
+
+    frames = run_rows.tables(run_dir)
+    if table is None and sql is None:
+        run_rows.describe(frames, console)
+        return
+    query = run_rows.Query(
+        table,
+        where,
+        [c.strip() for c in columns.split(",") if c.strip()] if columns else None,
+        [c.strip() for c in sort.split(",") if c.strip()] if sort else None,
+        sql,
+        limit if limit is not None or output is not None else 20,
+    )
+    asked = f"--sql {sql!r}" if sql else f"{table}" + (f" --where {where!r}" if where else "")
+    frame = run_rows.select(frames, query)
+    if output is not None:
+        run_rows.write(frame, output, asked)
+        console.print(f"wrote {output}")
+        return
+    shown = run_rows.collect(frame, asked)
+    more = " (--limit N for more)" if limit is None and len(shown) == query.limit else ""
+    run_rows.show(
+        shown, console, f"{asked}: {len(shown)} row{'' if len(shown) == 1 else 's'}{more}", bool(columns or sql)
+    )
+
+
+@app.command()
 def experts(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (runs/<name>)", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="print routing/map.json as it is")] = False,

@@ -1,0 +1,142 @@
+"""`dataengine rows`: a run's stage folders as tables, queried with polars, shown or written; errors in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from dataengine import cli
+from dataengine.cli import app
+from dataengine.errors import UserError
+from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
+
+GROUPS = [("chat", "en"), ("chat", "fr"), ("code", "en")]
+HOSTILE = "[bold]not markup[/bold] </td>"
+
+
+def _row(i: int) -> dict:
+    kind, language = GROUPS[i % 3]
+    return {
+        "id": f"r{i:02d}",
+        "kind": kind,
+        "language": language,
+        "messages": [
+            {"role": "user", "content": f"question {i}" + (f" {HOSTILE}" if i == 4 else "")},
+            {"role": "assistant", "content": f"answer {i} " + "word " * (i * 30)},
+        ],
+        "completion_tokens": 10 * i,
+    }
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run that generated 12 rows, kept 8 and dropped 4 (3 truncated, 1 wrong_language)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    stages = {"generate": {"rows": "generated"}, "curate": {"kept": "curated", "rejected": "rejected"}}
+    (run / "run.json").write_text(json.dumps({"run_id": "r-1", "recipe": "r", "stages": stages}))
+    rows = [_row(i) for i in range(12)]
+    write_shards(rows, run / "generated", features=SAMPLE_FEATURES)
+    dropped = {1: "truncated", 5: "truncated", 7: "truncated", 10: "wrong_language"}
+    write_shards([r for r in rows if int(r["id"][1:]) not in dropped], run / "curated", features=CURATED_FEATURES)
+    rejected = [{**rows[i], "drop_reason": reason, "drop_step": reason} for i, reason in dropped.items()]
+    write_shards(rejected, run / "rejected", features=CURATED_FEATURES)
+    return run
+
+
+@pytest.fixture(autouse=True)
+def wide(monkeypatch):
+    """A 200-column terminal: the table's cells are checked whole, not folded."""
+    monkeypatch.setattr(cli.console, "_width", 200)
+
+
+def _rows(*args: str):
+    result = CliRunner().invoke(app, ["rows", *args])
+    if isinstance(result.exception, UserError):  # `main` prints it as one line after "error:", exit 2
+        return 2, str(result.exception)
+    return result.exit_code, result.output
+
+
+def test_without_a_table_it_lists_the_runs_tables_with_their_rows(run_dir):
+    code, out = _rows(str(run_dir))
+    assert code == 0, out
+    counts = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if "│ " in line}
+    assert {k: counts[k] for k in ("generated", "curated", "rejected")} == {
+        "generated": "12",
+        "curated": "8",
+        "rejected": "4",
+    }
+
+
+def test_a_condition_columns_order_and_limit_pick_the_rows(run_dir, tmp_path):
+    out = tmp_path / "picked.jsonl"
+    args = [str(run_dir), "curated", "--where", "kind = 'chat' and completion_tokens >= 30"]
+    code, shown = _rows(
+        *args, "--columns", "id,completion_tokens", "--sort", "-completion_tokens", "-n", "3", "-o", str(out)
+    )
+    assert code == 0, shown
+    picked = [json.loads(line) for line in out.read_text().splitlines()]
+    assert picked == [{"id": f"r{i:02d}", "completion_tokens": 10 * i} for i in (9, 6, 4)]
+
+
+def test_the_terminal_shows_turns_and_reasons_and_escapes_what_rows_say(run_dir):
+    code, out = _rows(str(run_dir), "rejected", "--sort", "id")
+    assert code == 0, out
+    assert "rejected: 4 rows" in out
+    for line in ("user: question 1", "assistant: answer 1", "wrong_language", "truncated"):
+        assert line in out
+    # texts are cut, and say by how much
+    assert "… (+" in out and "chars)" in out
+    # the kept rows' empty drop columns are left out; the others are named under the table
+    code, out = _rows(str(run_dir), "curated", "-n", "5")
+    assert "drop_reason" not in out.split("other columns")[0] and "other columns (--columns to show them)" in out
+    assert "curated: 5 rows" in out
+    # a row's text is printed as text, never read as rich markup
+    code, out = _rows(str(run_dir), "generated", "--where", "id = 'r04'")
+    assert HOSTILE in out
+
+
+def test_a_whole_sql_query_runs_over_the_tables_by_folder_name(run_dir, tmp_path):
+    query = "select drop_reason, count(*) as n from rejected group by 1 order by 2 desc"
+    code, out = _rows(str(run_dir), "--sql", query)
+    assert code == 0, out
+    assert [line.split("│")[1:3] for line in out.splitlines() if "truncated" in line or "wrong_language" in line] == [
+        [" truncated      ", " 3 "],
+        [" wrong_language ", " 1 "],
+    ]
+    # a join of two stages, written to parquet and csv
+    join = "select g.id, r.drop_reason from generated g left join rejected r on g.id = r.id order by g.id"
+    for suffix in (".parquet", ".csv"):
+        code, out = _rows(str(run_dir), "--sql", join, "-o", str(tmp_path / f"j{suffix}"))
+        assert code == 0, out
+        frame = pl.read_parquet(tmp_path / "j.parquet") if suffix == ".parquet" else pl.read_csv(tmp_path / "j.csv")
+        assert frame.height == 12 and frame.filter(pl.col("drop_reason").is_not_null()).height == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["curatd"], "no table 'curatd' in this run; its tables: generated, curated, rejected"),
+        (["curated", "--where", "lang = 'fr'"], 'unable to find column "lang"'),
+        (["curated", "--where", "language ="], "--where 'language =': unable to parse"),
+        (["curated", "--columns", "id,nope"], "--columns: no column 'nope'; the columns: id, messages,"),
+        (["curated", "--sort", "-nope"], "--sort: no column 'nope'"),
+        (["--sql", "selec * from curated"], "the tables: generated, curated, rejected"),
+        (["--sql", "select * from nope"], "relation 'nope' was not found"),
+        (["curated", "--sql", "select 1"], "--sql is a whole query"),
+        (["curated", "-o", "x.csv"], "csv cannot hold the nested columns messages"),
+        (["curated", "-o", "x.txt"], "write .jsonl, .parquet or .csv (got '.txt')"),
+    ],
+)
+def test_a_bad_query_is_one_line_that_names_what_exists(run_dir, args, said):
+    code, out = _rows(str(run_dir), *args)
+    assert code == 2 and said in out and "\n" not in out, out
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    code, out = _rows(str(tmp_path), "curated")
+    assert code == 2 and "is not a run folder" in out
