@@ -188,11 +188,23 @@ def rows(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="write the rows to FILE: .jsonl, .parquet or .csv")
     ] = None,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--against", help="another run to put beside RUN_DIR (repeatable): kept per group, drops, lengths, drift"
+        ),
+    ] = None,
+    last: Annotated[
+        int | None,
+        typer.Option("--last", min=2, help="RUN_DIR is a recipe's folder (runs/<name>): its last N scheduled runs"),
+    ] = None,
 ) -> None:
     """The rows of any stage of a run, queried with polars: why this answer was dropped, what the kept code
     looks like, which rows the judge scored low.
 
     The scans are lazy: on a million-row run, a query reads only the columns and row groups it needs.
+
+    With --against OTHER_RUN (or --last N on a recipe's folder of scheduled runs), the runs side by side instead.
 
     Examples:
       dataengine rows runs/quickstart rejected --where "language = 'fr'" --columns id,drop_reason,messages
@@ -200,6 +212,13 @@ def rows(
     """
     from dataengine import run_rows
 
+    if against or last is not None:
+        from dataengine import compare
+
+        if table or where or columns or sort or sql or output:
+            raise UserError("--against and --last compare whole runs: give no table, query or --output with them")
+        compare.show(compare.runs(run_dir, against or [], last), console)
+        return
     frames = run_rows.tables(run_dir)
     if table is None and sql is None:
         run_rows.describe(frames, console)

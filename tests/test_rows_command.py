@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from dataengine import cli
 from dataengine.cli import app
 from dataengine.errors import UserError
+from dataengine.manifest import Manifest
 from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
 
 GROUPS = [("chat", "en"), ("chat", "fr"), ("code", "en")]
@@ -32,20 +33,34 @@ def _row(i: int) -> dict:
     }
 
 
+def _run(folder: Path, dropped: dict[int, str], load: list[list[float]] | None = None) -> Path:
+    """A run that generated 12 rows and dropped those `dropped` names, for the reasons it gives; with `load`, a
+    routing map whose overall expert load (layers x experts) it is."""
+    folder.mkdir(parents=True)
+    stages = {"generate": {"rows": "generated"}, "curate": {"kept": "curated", "rejected": "rejected"}}
+    if load is not None:
+        stages["route"] = {"map": "routing"}
+        (folder / "routing").mkdir()
+        (folder / "routing" / "map.json").write_text(json.dumps({"overall": {"load": load}}))
+    (folder / "run.json").write_text(json.dumps({"run_id": folder.name, "recipe": "r", "stages": stages}))
+    rows = [_row(i) for i in range(12)]
+    write_shards(rows, folder / "generated", features=SAMPLE_FEATURES)
+    write_shards([r for r in rows if int(r["id"][1:]) not in dropped], folder / "curated", features=CURATED_FEATURES)
+    rejected = [{**rows[i], "drop_reason": reason, "drop_step": reason} for i, reason in dropped.items()]
+    write_shards(rejected, folder / "rejected", features=CURATED_FEATURES)
+    reasons = {reason: list(dropped.values()).count(reason) for reason in set(dropped.values())}
+    Manifest(
+        stage="curate", config_hash="c", input_fingerprint="", output_fingerprint="o", rows_in=12,
+        rows_out=12 - len(dropped), drops=reasons, stats={}, timings={}, run_id=folder.name, recipe_hash="r",
+        versions={},
+    ).write(folder / "curated")  # fmt: skip
+    return folder
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     """A run that generated 12 rows, kept 8 and dropped 4 (3 truncated, 1 wrong_language)."""
-    run = tmp_path / "run"
-    run.mkdir()
-    stages = {"generate": {"rows": "generated"}, "curate": {"kept": "curated", "rejected": "rejected"}}
-    (run / "run.json").write_text(json.dumps({"run_id": "r-1", "recipe": "r", "stages": stages}))
-    rows = [_row(i) for i in range(12)]
-    write_shards(rows, run / "generated", features=SAMPLE_FEATURES)
-    dropped = {1: "truncated", 5: "truncated", 7: "truncated", 10: "wrong_language"}
-    write_shards([r for r in rows if int(r["id"][1:]) not in dropped], run / "curated", features=CURATED_FEATURES)
-    rejected = [{**rows[i], "drop_reason": reason, "drop_step": reason} for i, reason in dropped.items()]
-    write_shards(rejected, run / "rejected", features=CURATED_FEATURES)
-    return run
+    return _run(tmp_path / "run", {1: "truncated", 5: "truncated", 7: "truncated", 10: "wrong_language"})
 
 
 @pytest.fixture(autouse=True)
@@ -140,3 +155,37 @@ def test_a_bad_query_is_one_line_that_names_what_exists(run_dir, args, said):
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
     code, out = _rows(str(tmp_path), "curated")
     assert code == 2 and "is not a run folder" in out
+
+
+def _cells(out: str, first: str) -> list[str]:
+    """The cells of the table row that starts with `first`."""
+    (line,) = [line for line in out.splitlines() if line.startswith(f"│ {first} ")]
+    return [cell.strip() for cell in line.strip("│").split("│")][1:]
+
+
+def test_two_runs_side_by_side_kept_per_group_drops_lengths_and_drift(tmp_path):
+    night1 = _run(tmp_path / "night1", {1: "truncated", 5: "truncated"}, load=[[1.0, 1.0], [1.5, 0.5]])
+    night2 = _run(tmp_path / "night2", {1: "truncated", 4: "refusal", 10: "refusal"}, load=[[1.0, 1.0], [0.5, 1.5]])
+    code, out = _rows(str(night1), "--against", str(night2))
+    assert code == 0, out
+    assert _cells(out, "chat/fr") == ["3 of 4", "1 of 4"]  # r01, then r01, r04 and r10 (chat/fr) dropped
+    assert _cells(out, "code/en") == ["3 of 4", "4 of 4"] and _cells(out, "chat/en") == ["4 of 4", "4 of 4"]
+    assert _cells(out, "refusal") == ["0", "2"] and _cells(out, "truncated") == ["2", "1"]
+    assert _cells(out, "rows")[0] == "10" and _cells(out, "rows")[1] == "9"
+    # layer 0 the same, layer 1 mirrored: JS(0.75/0.25 || 0.25/0.75) = 0.189 bits, mean over 2 layers 0.09
+    assert _cells(out, "mean over layers") == ["0", "0.09436"]
+    assert _cells(out, "largest layer")[1] == "0.1887 (layer 1)"
+
+
+def test_the_last_scheduled_runs_of_a_recipe_side_by_side(tmp_path):
+    home = tmp_path / "runs" / "nightly"
+    for stamp in ("20261201T020000Z", "20261202T020000Z", "20261203T020000Z"):
+        _run(home / "scheduled" / stamp, {int(stamp[6:8]): "truncated"})
+    code, out = _rows(str(home), "--last", "2")
+    assert code == 0, out
+    assert "20261201T020000Z" not in out and _cells(out, "truncated") == ["1", "1"]
+    assert "runs: 20261202T020000Z" in out
+    code, said = _rows(str(tmp_path / "runs" / "other"), "--last", "2")
+    assert code == 2 and "holds 0 scheduled run(s); --last compares at least 2" in said
+    code, said = _rows(str(home), "curated", "--last", "2")
+    assert code == 2 and "give no table, query or --output with them" in said
