@@ -1,5 +1,5 @@
-"""runs/<run>/report.html: one static page (inline SVG and CSS, no scripts, nothing fetched) to open in a
-browser or attach to a message."""
+"""runs/<run>/report.html: one static page (inline SVG and CSS, nothing fetched; the one script is the row
+browser's, inline) to open in a browser or attach to a message."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from dataengine import numbers
 from dataengine.atomic import write_atomic
 from dataengine.facts import METRICS, RunFacts, collect
-from dataengine.report import figures
+from dataengine.report import browser, figures
 from dataengine.run_folder import RunFolder
 
 # (figure id, title, draw, what the page says when the run has nothing to draw there)
@@ -129,9 +129,10 @@ def render(facts: RunFacts) -> str:
         parts.append(
             f'<figure id="{key}" data-drawn="{str(svg is not None).lower()}"><h2>{_e(title)}</h2>{body}{extra}</figure>'
         )
+    parts.append(browser.section(RunFolder(facts.run_dir)))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(facts.name)}: dataengine run report</title><style>{STYLE}</style></head>"
+        f"<title>{_e(facts.name)}: dataengine run report</title><style>{STYLE}{browser.STYLE}</style></head>"
         f"<body>{''.join(parts)}</body></html>\n"
     )
 
