@@ -189,3 +189,19 @@ def test_the_last_scheduled_runs_of_a_recipe_side_by_side(tmp_path):
     assert code == 2 and "holds 0 scheduled run(s); --last compares at least 2" in said
     code, said = _rows(str(home), "curated", "--last", "2")
     assert code == 2 and "give no table, query or --output with them" in said
+
+
+def test_a_scheduled_runs_report_puts_it_beside_the_run_before(tmp_path):
+    from dataengine.report.page import write_report
+
+    home = tmp_path / "runs" / "nightly"
+    first = _run(home / "scheduled" / "20261201T020000Z", {1: "truncated"})
+    second = _run(home / "scheduled" / "20261202T020000Z", {1: "truncated", 4: "refusal"})
+    page = write_report(second).read_text()
+    against = page.split('<section id="against">')[1].split("</section>")[0]
+    assert "<th>20261201T020000Z</th><th>20261202T020000Z</th>" in against
+    assert "<tr><td>refusal</td><td>0</td><td>1</td></tr>" in against
+    assert "<tr><td>chat/fr</td><td>3 of 4</td><td>2 of 4</td></tr>" in against
+    # the first run has none before it; a run outside a schedule is never compared
+    assert 'id="against"' not in write_report(first).read_text()
+    assert 'id="against"' not in write_report(_run(tmp_path / "alone", {})).read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 from dataengine import numbers
 from dataengine.atomic import write_atomic
 from dataengine.facts import METRICS, RunFacts, collect
-from dataengine.report import browser, figures
+from dataengine.report import browser, compared, figures
 from dataengine.run_folder import RunFolder
 
 # (figure id, title, draw, what the page says when the run has nothing to draw there)
@@ -115,6 +115,23 @@ def _eval_table(facts: RunFacts) -> str:
     return f'<table id="evaluation-table">{head}<tbody>{rows}</tbody></table>{note}'
 
 
+def _against_the_run_before(facts: RunFacts) -> str:
+    """A scheduled run beside its recipe's scheduled run before it (`report/compared.py`); "" for other runs."""
+    before = compared.run_before(facts.run_dir)
+    if before is None:
+        return ""
+    names = compared.labels([before, facts.run_dir])
+    tables = []
+    for grid in compared.grids([collect(before), facts]):
+        head = "".join(f"<th>{_e(c)}</th>" for c in [grid.first, *names])
+        body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in grid.rows)
+        tables.append(f"<h3>{_e(grid.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return (
+        f'<section id="against"><h2>Against the run before</h2><p>{_e(names[0])}: the scheduled run of this recipe '
+        f"before this one ({_e(before)}).</p>{''.join(tables)}</section>"
+    )
+
+
 def render(facts: RunFacts) -> str:
     parts = [
         f"<h1>{_e(facts.name)}</h1>",
@@ -129,6 +146,7 @@ def render(facts: RunFacts) -> str:
         parts.append(
             f'<figure id="{key}" data-drawn="{str(svg is not None).lower()}"><h2>{_e(title)}</h2>{body}{extra}</figure>'
         )
+    parts.append(_against_the_run_before(facts))
     parts.append(browser.section(RunFolder(facts.run_dir)))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
