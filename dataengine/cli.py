@@ -183,7 +183,13 @@ def rows(
         typer.Option("--sql", help="a whole polars SQL query over the run's tables, each named by its folder"),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", min=0, help="at most this many rows [default: 20 shown, all written]")
+        int | None,
+        typer.Option(
+            "--limit",
+            "-n",
+            min=0,
+            help="at most this many rows (20 in the terminal unless given; a file gets every row)",
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="write the rows to FILE: .jsonl, .parquet or .csv")
@@ -191,7 +197,9 @@ def rows(
     against: Annotated[
         list[Path] | None,
         typer.Option(
-            "--against", help="another run to put beside RUN_DIR (repeatable): kept per group, drops, lengths, drift"
+            "--against",
+            metavar="RUN",
+            help="another run to put beside RUN_DIR (repeatable): kept per group, drops, lengths, drift",
         ),
     ] = None,
     last: Annotated[
