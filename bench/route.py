@@ -61,7 +61,7 @@ def route_once(run_dir: Path, batch_size: int) -> dict:
 
 
 def score_once(run_dir: Path, batch_size: int) -> dict:
-    from dataengine.rows import read_rows
+    from dataengine.rows import frames, queries
     from dataengine.score.stage import ScoreStage
     from dataengine.teacher.server import TeacherEndpoint
 
@@ -93,11 +93,11 @@ def score_once(run_dir: Path, batch_size: int) -> dict:
         sampler.join()
     finally:
         teacher.close()
-    scored = read_rows(out, ["token_ids", "completion_start"])
     return {
         "seconds": seconds,
         "rows": result.rows_out,
-        "answer_tokens": sum(len(r["token_ids"]) - r["completion_start"] for r in scored),
+        # counted in polars: the scored rows' token ids as Python lists would add to the peak measured below
+        "answer_tokens": queries.answer_tokens(frames.scan(out)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "server_peak_rss_mb": peak[0],
     }

@@ -4,7 +4,8 @@ stage summaries (train, evaluate), `dataengine status`, report.html and the data
 Everything comes from files the stages already write, found through the run folder (run_folder.py): the
 manifests, the rows of generate, curate (kept and rejected), balance and publish, the train stage's
 training.json, the evaluate stage's metrics.json and the route stage's map.json. A stage that has not run
-(or a pipeline without it) leaves its part empty. How the numbers are written is numbers.py's.
+(or a pipeline without it) leaves its part empty. What is counted over the rows is a query of rows/queries.py (polars
+over lazy scans of the shards); how the numbers are written is numbers.py's.
 """
 
 from __future__ import annotations
@@ -16,16 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import polars as pl
 
 from dataengine import numbers
 from dataengine.manifest import Manifest
 from dataengine.results import GenerateStats, JudgeStats
-from dataengine.rows import CURATED_FEATURES, Group, conform, primary_language, shard_files
+from dataengine.rows import frames, queries
 from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE, TRAINING_FILE, RunFolder
-from dataengine.target.send import DEFAULT
 
 
 @dataclass(frozen=True)
@@ -196,34 +194,6 @@ class RunFacts:
         return {phase.method: phase.losses for phase in self.training.phases} if self.training else {}
 
 
-def _index(run: RunFolder, stage: str, columns: list[str], role: str | None = None) -> pa.Table | None:
-    """A few columns of the rows a stage wrote, in arrow (never the rows as Python objects: a million rows would
-    not fit), or None when the run has no such output."""
-    folder = run.folder(stage, role)
-    if folder is None or not (folder / "data").is_dir():
-        return None
-    tables = [_columns(path, columns) for path in shard_files(folder)]
-    return pa.concat_tables(tables) if tables else None
-
-
-def _columns(path: Path, columns: list[str]) -> pa.Table:
-    """`columns` of a shard, typed as a curated row's; null where a run of an older version lacks one."""
-    present = [c for c in columns if c in pq.read_schema(path).names]
-    return conform(pq.read_table(path, columns=present), _schema(columns))
-
-
-def _schema(columns: list[str]) -> pa.Schema:
-    return pa.schema([_ROW_SCHEMA.field(name) for name in columns])
-
-
-_ROW_SCHEMA = CURATED_FEATURES.arrow_schema  # every column a stage's rows may have that the report reads
-
-
-def _groups(table: pa.Table) -> Counter[Group]:
-    counts = table.group_by(["kind", "language"]).aggregate([([], "count_all")]).to_pylist()
-    return Counter({Group(c["kind"], c["language"]): c["count_all"] for c in counts})
-
-
 def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
     """The run's facts; `rows=False` skips what needs the rows read (funnel, lengths, clusters, teacher
     quality), for a renderer that shows only the manifests, training and evaluation."""
@@ -254,83 +224,37 @@ def collect(run_dir: Path, *, rows: bool = True) -> RunFacts:
 
 
 def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
-    quality = ["id", "kind", "language", "tests_passed", "language_detected"]
-    kept = _index(run, "curate", [*quality, "dedup_cluster_size"])
-    rejected = _index(run, "curate", quality, role="rejected")
-    generated = _index(run, "generate", ["kind", "language"])
-    steps: list[tuple[str, Counter[Group]]] = []
+    kept = _rows(run, "curate")
+    rejected = _rows(run, "curate", "rejected")
+    generated = _rows(run, "generate")
+    steps: dict[str, pl.LazyFrame] = {}
     if generated is not None:
-        steps.append(("generated", _groups(generated)))
+        steps["generated"] = queries.columns(generated, ["kind", "language"])
+    selected = queries.columns(kept, ["id", "kind", "language"])  # no rows when curation has not run
     if kept is not None:
-        steps.append(("kept", _groups(kept)))
-    selected = kept if kept is not None else _empty(quality)
+        steps["kept"] = selected
     # with curate.judge, what the later stages read is what the judge kept of them; with curate.balance, the
     # balanced selection of those
     for stage, step in (("judge", "judged"), ("balance", "balanced")):
-        chosen = _index(run, stage, ["id"]) if run.manifest(stage) else None
+        chosen = _rows(run, stage) if run.manifest(stage) else None
         if chosen is not None:
-            selected = selected.filter(pc.is_in(selected.column("id"), value_set=chosen.column("id")))
-            steps.append((step, _groups(selected)))
+            selected = queries.among(selected, chosen).cache()  # the later steps count subsets of it: joined once
+            steps[step] = selected
     if facts.training is not None:
-        held_out = pa.array(facts.training.held_out_ids, pa.string())
-        steps.append(("trained on", _groups(selected.filter(pc.invert(pc.is_in(selected.column("id"), held_out))))))
+        held_out = pl.LazyFrame({"id": facts.training.held_out_ids}, schema={"id": pl.String})
+        steps["trained on"] = queries.without(selected, held_out)
     layout = run.folder("publish")
     if layout is not None and (layout / "data").is_dir():
         # an appending publish also holds earlier runs' rows: count this run's
-        files = sorted((layout / "data" / DEFAULT).glob("*.parquet"))
-        published = pa.concat_tables([_columns(path, ["id"]) for path in files] or [_empty(["id"])])
-        steps.append(("published", _groups(selected.filter(pc.is_in(selected.column("id"), published.column("id"))))))
-    groups = sorted({g for _, counts in steps for g in counts})
-    for name, counts in steps:
-        for g in groups:
-            facts.funnel.setdefault(str(g), {})[name] = counts.get(g, 0)
-    facts.answer_chars = {
-        "kept": _answer_chars(run.folder("curate")),
-        "rejected": _answer_chars(run.folder("curate", "rejected")),
-    }
-    sizes = pa.array([], pa.int32()) if kept is None else kept.column("dedup_cluster_size").fill_null(1)
-    facts.cluster_sizes = {
-        int(c["values"]): int(c["counts"])
-        for c in sorted(pc.value_counts(sizes).to_pylist(), key=lambda c: c["values"])
-    }
-    both = [t.select(quality) for t in (kept, rejected) if t is not None]
-    facts.teacher_quality = _teacher_quality(pa.concat_tables(both) if both else _empty(quality))
+        published = queries.columns(frames.scan(layout), ["id"])
+        steps["published"] = queries.among(selected, published)
+    facts.funnel = queries.funnel(steps)
+    facts.answer_chars = {"kept": queries.answer_chars(kept), "rejected": queries.answer_chars(rejected)}
+    facts.cluster_sizes = queries.cluster_sizes(kept)
+    facts.teacher_quality = queries.teacher_quality(kept, rejected)
 
 
-def _empty(columns: list[str]) -> pa.Table:
-    return _schema(columns).empty_table()
-
-
-def _answer_chars(folder: Path | None) -> np.ndarray:
-    """The length of every row's answer (its last message), in characters: read a batch at a time and counted
-    in arrow, 4 bytes a row."""
-    lengths = [np.zeros(0, np.int32)]
-    for path in shard_files(folder) if folder is not None else []:
-        # 1,024 rows a batch: pyarrow's default, 65,536, put ~110 MB more at the peak of a 100,000-row run
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["messages"]):
-            messages = batch.column("messages")
-            turns = pc.list_value_length(messages).fill_null(0)
-            has = pc.greater(turns, 0)
-            contents = pc.struct_field(pc.list_flatten(messages), "content")  # every row's turns, row after row
-            last = contents.take(pc.subtract(pc.cumulative_sum(turns), 1).filter(has))  # each row's last turn
-            counted = np.zeros(len(messages), np.int32)  # no message, no answer: 0, as rows.answer reads it
-            counted[has.to_numpy(zero_copy_only=False)] = pc.utf8_length(last).fill_null(0).to_numpy()
-            lengths.append(counted)
-    return np.concatenate(lengths)
-
-
-def _teacher_quality(rows: pa.Table) -> dict[str, float | None]:
-    """The evaluation's answer checks, applied to the teacher's answers as curation judged them: code whose
-    own tests passed, chat answers detected in the language asked (over rows that reached each check)."""
-    tested = passed = detected = in_language = 0
-    for batch in rows.to_batches(max_chunksize=10_000):  # as Python objects a batch at a time
-        for r in batch.to_pylist():
-            if r["kind"] == "code" and r["tests_passed"] is not None:
-                tested, passed = tested + 1, passed + r["tests_passed"]
-            elif r["kind"] == "chat" and r["language_detected"]:
-                detected += 1
-                in_language += r["language_detected"] == primary_language(r["language"])
-    return {
-        "code_pass_rate": passed / tested if tested else None,
-        "language_fidelity": in_language / detected if detected else None,
-    }
+def _rows(run: RunFolder, stage: str, role: str | None = None) -> pl.LazyFrame | None:
+    """The rows a stage wrote, lazily, or None when the run has no such output."""
+    folder = run.folder(stage, role)
+    return frames.scan(folder) if folder is not None and (folder / "data").is_dir() else None

@@ -377,9 +377,10 @@ def test_each_routed_run_records_its_expert_load_and_drift_in_the_history():
     assert wider["routing_drift"] is None  # another teacher shape: not comparable
 
 
-def test_answer_lengths_are_counted_in_arrow_as_python_counts_them(tmp_path):
-    from dataengine.facts import _answer_chars
+def test_answer_lengths_are_counted_in_polars_as_python_counts_them(tmp_path):
     from dataengine.rows import answer
+    from dataengine.rows.frames import scan
+    from dataengine.rows.queries import answer_chars
 
     turns = [
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": "héllo wörld ✓"}],
@@ -390,6 +391,6 @@ def test_answer_lengths_are_counted_in_arrow_as_python_counts_them(tmp_path):
     made = [{"id": f"r{i}", "kind": "chat", "language": "en", "messages": m} for i, m in enumerate(turns)]
     write_shards(made[:2], tmp_path / "a", features=SAMPLE_FEATURES)
     write_shards(made[2:], tmp_path / "b", features=SAMPLE_FEATURES)
-    got = [*_answer_chars(tmp_path / "a"), *_answer_chars(tmp_path / "b")]
+    got = [*answer_chars(scan(tmp_path / "a")), *answer_chars(scan(tmp_path / "b"))]
     assert got == [len(answer(r)) for r in made] == [13, 0, 0, 300]
-    assert len(_answer_chars(None)) == 0 and len(_answer_chars(tmp_path / "nothing")) == 0
+    assert len(answer_chars(scan(tmp_path / "nothing"))) == 0  # a stage with no output

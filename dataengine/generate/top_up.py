@@ -9,14 +9,15 @@ generate and curate run the stages again after adding one.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+
+import polars as pl
 
 from dataengine.atomic import write_atomic
 from dataengine.manifest import Manifest
 from dataengine.recipe import Recipe
 from dataengine.results import CurateStats, GenerateStats, JudgeStats
-from dataengine.rows import Group
+from dataengine.rows import Group, queries
 from dataengine.run_folder import RunFolder
 
 
@@ -38,19 +39,21 @@ def plan_round(
     """Extra prompts per short group: the rows still missing divided by the group's keep rate so far
     (at least 1 / max_factor, so a group where nothing survived asks max_factor times its shortfall). With a
     judge, a row is kept when the judge kept it too."""
-    cfg = recipe.generate.top_up
     made = GenerateStats.of(generated).rows_by_kind_language
     judge = JudgeStats.of(judged)
-    extra = {}
-    for group, quota in CurateStats.of(curated).quota.items():
-        kept = judge.kept_by_kind_language.get(group, 0) if judge is not None else quota.kept
-        short = quota.target - kept
-        if short <= 0:
-            continue
-        keep_rate = max(kept / made[group] if made.get(group) else 0.0, 1.0 / cfg.max_factor)
-        rows = math.ceil(short / keep_rate)
-        extra[group] = math.ceil(rows / rollouts(recipe, Group.parse(group)))
-    return extra
+    quota = CurateStats.of(curated).quota
+    kept = judge.kept_by_kind_language if judge is not None else {group: q.kept for group, q in quota.items()}
+    groups = pl.LazyFrame(
+        {
+            "group": list(quota),
+            "target": [q.target for q in quota.values()],
+            "kept": [kept.get(group, 0) for group in quota],
+            "made": [made.get(group, 0) for group in quota],
+            "rollouts": [rollouts(recipe, Group.parse(group)) for group in quota],
+        },
+        schema={"group": pl.String, "target": pl.Int64, "kept": pl.Int64, "made": pl.Int64, "rollouts": pl.Int64},
+    )
+    return queries.shortfall(groups, recipe.generate.top_up.max_factor)
 
 
 def add_round(

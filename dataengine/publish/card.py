@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
@@ -21,6 +22,7 @@ from dataengine.facts import METRICS, Evaluation, RunFacts
 from dataengine.publish.layout import add_dataset_infos
 from dataengine.recipe import Recipe
 from dataengine.results import JudgeStats
+from dataengine.rows import queries
 from dataengine.secrets import scrub
 from dataengine.target.existing import HISTORY_KEY
 from dataengine.target.send import MARK
@@ -81,10 +83,10 @@ def build_card(
 ) -> DatasetCard:
     publish = recipe.publish
     # the dataset's rows by their index (id, kind, language, teacher_revision; `existing.INDEX_COLUMNS`)
-    languages = sorted({language.split("-")[0] for language in pc.unique(index.column("language")).to_pylist()})
+    rows = pl.from_arrow(index).lazy()
     data = DatasetCardData(
         pretty_name=recipe.name,
-        language=languages,
+        language=queries.languages(rows),
         license=publish.license if publish else "other",
         task_categories=["text-generation"],
         size_categories=[size_category(index.num_rows)],
@@ -93,7 +95,7 @@ def build_card(
         **{HISTORY_KEY: history},  # read back by the next appending publish
     )
     add_dataset_infos(data, layout, counts, features, config_features, earlier_sizes)
-    revisions = sorted(r for r in pc.unique(index.column("teacher_revision")).to_pylist() if r)
+    revisions = queries.revisions(rows)
     body = _body(recipe, facts, counts, revisions, load_from, secrets, test_ids, split, history, evaluation)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 

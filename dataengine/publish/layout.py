@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -18,7 +19,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from dataengine.errors import UserError
-from dataengine.rows import ShardWriter
+from dataengine.rows import ShardWriter, queries
 from dataengine.target.send import DEFAULT
 
 
@@ -38,11 +39,14 @@ def config_masks(index: pa.Table | pa.RecordBatch, configs: list[str], default: 
 def count_layout(index: pa.Table, configs: list[str], test_ids: pa.Array) -> dict[str, dict[str, int]]:
     """Rows per config and split of the dataset `index` lists (its rows' id, kind and language): an appending
     publish writes only its own rows, and counts every row the dataset then holds."""
-    tested = pc.is_in(index.column("id"), value_set=test_ids)
+    rows, tested = pl.from_arrow(index).lazy(), pl.Series(test_ids, dtype=pl.String)
     counts: dict[str, dict[str, int]] = {}
-    for name, mask in config_masks(index, configs).items():
-        rows, test = pc.sum(mask).as_py() or 0, pc.sum(pc.and_(mask, tested)).as_py() or 0
-        counts[name] = {split: n for split, n in (("train", rows - test), ("test", test)) if n}
+    for field in [None, *configs]:
+        for value, n, test in queries.split_counts(rows, tested, by=field):
+            name = DEFAULT if field is None else value
+            if name in counts:
+                raise UserError(f"publish.configs: the {field} {value!r} would name a config that already exists")
+            counts[name] = {split: k for split, k in (("train", n - test), ("test", test)) if k}
     return counts
 
 

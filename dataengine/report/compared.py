@@ -16,6 +16,7 @@ import numpy as np
 from dataengine import numbers
 from dataengine.experts.metrics import js_divergence
 from dataengine.facts import RunFacts
+from dataengine.rows import queries
 from dataengine.run_folder import RunFolder
 
 SCHEDULED = "scheduled"  # runs/<name>/scheduled/<UTC stamp>/: where `dataengine schedule` puts each run
@@ -74,11 +75,11 @@ def _drops(facts: list[RunFacts]) -> Grid:
 
 
 def _lengths(facts: list[RunFacts]) -> Grid:
-    """The kept answers' length in characters: median and 90th percentile."""
-    kept = [f.answer_chars.get("kept", np.zeros(0)) for f in facts]
-    rows = [["rows", *(str(len(k)) for k in kept)]]
-    for name, q in (("median", 50), ("90th percentile", 90)):
-        rows.append([name, *(numbers.metric(float(np.percentile(k, q))) if len(k) else numbers.NO_VALUE for k in kept)])
+    """The kept answers' length in characters: median and 90th percentile, as `dataengine status` gives them."""
+    summaries = [queries.length_summary(k) if len(k := f.answer_chars.get("kept", [])) else None for f in facts]
+    rows = [["rows", *(str(s.rows) if s else "0" for s in summaries)]]
+    for name, field in (("median", "median"), ("90th percentile", "p90")):
+        rows.append([name, *(numbers.metric(float(getattr(s, field))) if s else numbers.NO_VALUE for s in summaries)])
     return Grid("kept answers' length (characters)", "", rows)
 
 

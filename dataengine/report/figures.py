@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 
 from dataengine import numbers  # noqa: E402
 from dataengine.facts import METRICS, RunFacts  # noqa: E402
+from dataengine.rows.queries import length_summary  # noqa: E402
 
 STYLE = {
     "svg.fonttype": "none",  # text stays text: searchable, small, crisp
@@ -108,7 +109,7 @@ def answer_lengths(facts: RunFacts) -> str | None:
     series = {name: lengths for name, lengths in facts.answer_chars.items() if len(lengths)}
     if not series:
         return None
-    top = max(max(lengths) for lengths in series.values())
+    top = max(length_summary(lengths).max for lengths in series.values())
     bins = [top * i / 20 for i in range(21)] if top else 1
     fig, ax = plt.subplots(figsize=WIDE)
     for name, lengths in series.items():

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import statistics
-
 from rich.console import Console
 from rich.table import Table
 
 from dataengine import numbers
 from dataengine.facts import METRICS, RunFacts
+from dataengine.rows.queries import length_summary
 from dataengine.run_folder import RunFolder
 
 TICKS = "▁▂▃▄▅▆▇█"
@@ -126,11 +125,8 @@ def _lengths_and_clusters(facts: RunFacts, console: Console) -> None:
     if series:
         lengths = _table("answer lengths (characters)", "rows", "count", "min", "median", "p90", "max")
         for name, values in series.items():
-            ordered = sorted(values)
-            p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-            lengths.add_row(
-                name, str(len(values)), str(ordered[0]), f"{statistics.median(ordered):.0f}", str(p90), str(ordered[-1])
-            )
+            n = length_summary(values)
+            lengths.add_row(name, str(n.rows), str(n.min), f"{n.median:.0f}", str(n.p90), str(n.max))
         console.print(lengths)
     if facts.cluster_sizes:
         clusters = _table("near-duplicate cluster sizes of kept rows", "size", "rows")

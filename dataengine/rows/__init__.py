@@ -4,7 +4,9 @@ readings of a row that several stages make (its prompt, its answer, its group, i
 A module per concern: `schema` (the columns), `shards` (writing and reading a stage's parquet shards), `sort`
 (the external sort), `ids` (the held-out split and the keys of a set of rows), `text` (a row's question, answer,
 language and token layout), `groups` (its kind/language group) and `files` (a sample of a row file, for
-validate). Import from here: every function, class and schema is re-exported. The limits a test may lower
+validate). Import from here: every function, class and schema is re-exported, but for two modules imported whole
+(`from dataengine.rows import queries`): `frames` (a stage's rows as a polars LazyFrame) and `queries` (every
+aggregate a renderer shows of them). The limits a test may lower
 (`shards.ROW_GROUP_BYTES`, `sort.SPILL_ROWS`, ...) are not: they are read where they are defined, so patch
 them there.
 """
