@@ -18,6 +18,7 @@ from datasets import load_dataset
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dataengine import run_rows
 from dataengine.recipe import DistillSettings, TeacherConfig, load_recipe
 from dataengine.runner import run_recipe
 from dataengine.teacher.server import TeacherServer, resolve_model
@@ -163,6 +164,15 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
             timeout=120,
         ).json()
     assert answer["usage"]["completion_tokens"] > 0 and answer["choices"][0]["text"]
+
+    # dataengine rows reads this real run's tables: the counts its manifests give, the teacher's top-k per token
+    frames = run_rows.tables(run_dir)
+    assert {"generated", "curated", "rejected", "routing", "scored"} <= set(frames)
+    query = "select count(*) as n, sum(array_length(teacher_topk_ids)) as tokens from scored"
+    counted = run_rows.collect(run_rows.select(frames, run_rows.Query(sql=query)), query).row(0, named=True)
+    assert counted == {"n": len(scored), "tokens": sum(len(r["teacher_topk_ids"]) for r in scored)}
+    routed = run_rows.select(frames, run_rows.Query("routing", where="router_entropy > 0", columns=["id"]))
+    assert run_rows.collect(routed, "routing").height == manifests["route"].rows_out > 0
 
     # a second run skips every stage
     again = Console(record=True, width=200)
