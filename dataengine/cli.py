@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dataengine.errors import RecipeError, StageError, UserError
 from dataengine.lifetime import forks_die_with_parent
@@ -166,7 +167,8 @@ def rows(
     table: Annotated[
         str | None,
         typer.Argument(
-            help="a stage's folder: generated, curated, rejected, judged, routing, scored, published, ...; "
+            help="a stage's folder: generated, ingested, curated, rejected, judged, judge_rejected, balanced, "
+            "routing, scored, published, ...; "
             "without it (and --sql), the run's tables",
             show_default=False,
         ),
@@ -223,12 +225,16 @@ def rows(
     if against or last is not None:
         from dataengine import compare
 
-        if table or where or columns or sort or sql or output:
-            raise UserError("--against and --last compare whole runs: give no table, query or --output with them")
+        if table or where or columns or sort or sql or output or limit is not None:
+            raise UserError(
+                "--against and --last compare whole runs: give no table, query, --limit or --output with them"
+            )
         compare.show(compare.runs(run_dir, against or [], last), console)
         return
     frames = run_rows.tables(run_dir)
     if table is None and sql is None:
+        if where or columns or sort or output or limit is not None:
+            raise UserError("--where, --columns, --sort, --limit and --output query a table: name one, or give --sql")
         run_rows.describe(frames, console)
         return
     query = run_rows.Query(
@@ -243,7 +249,7 @@ def rows(
     frame = run_rows.select(frames, query)
     if output is not None:
         run_rows.write(frame, output, asked)
-        console.print(f"wrote {output}")
+        console.print(f"wrote {output}", markup=False)
         return
     shown = run_rows.collect(frame, asked)
     more = " (--limit N for more)" if limit is None and len(shown) == query.limit else ""
@@ -481,10 +487,11 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        # the message quotes what the user gave (a query, a path): text, never rich markup
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except StageError as exc:
-        err.print(f"[red]failed:[/red] {exc}", highlight=False)
+        err.print(f"[red]failed:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except Stopped as exc:
         err.print(_stop_line(exc.code - 128), soft_wrap=True)

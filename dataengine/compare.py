@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dataengine.errors import UserError
@@ -26,7 +27,7 @@ def runs(first: Path, against: list[Path], last: int | None) -> list[Path]:
                 f"{first / SCHEDULED} holds {len(stamps)} scheduled run(s); --last compares at least 2 "
                 "(`dataengine schedule once RECIPE` makes one)"
             )
-        return stamps[-last:]
+        return stamps[-last:]  # all of them when there are fewer: the line of runs says which
     for path in [first, *against]:
         if not RunFolder(path).exists:
             raise UserError(f"{path} is not a run folder (no run.json); runs are under runs/<name>")
@@ -37,12 +38,14 @@ def show(folders: list[Path], console: Console) -> None:
     """The comparison tables, a column per run."""
     facts = [collect(folder) for folder in folders]
     names = labels(folders)
-    console.print("runs: " + "; ".join(f"{n} = {f.run_dir} ({f.run_id})" for n, f in zip(names, facts, strict=True)))
+    said = "; ".join(f"{n} = {f.run_dir} ({f.run_id})" for n, f in zip(names, facts, strict=True))
+    console.print(f"runs: {said}", markup=False, highlight=False)
     for grid in grids(facts):
-        table = Table(title=grid.title, title_justify="left")
+        # the cells quote the runs' rows (groups, drop reasons): text, never rich markup
+        table = Table(title=escape(grid.title), title_justify="left")
         table.add_column(grid.first)
         for name in names:
-            table.add_column(name, justify="right")
+            table.add_column(escape(name), justify="right")
         for row in grid.rows:
-            table.add_row(*row)
+            table.add_row(*map(escape, row))
         console.print(table)

@@ -1,8 +1,9 @@
 """`dataengine rows`: any stage's rows of a run, queried with polars and shown as a terminal table or written
 to a file.
 
-Every stage folder of the run that holds shards is a table named by its folder (generated, curated, rejected,
-judged, routing, scored, published, or a stage of the user's own). The scans are lazy: a query reads the columns
+Every stage folder of the run that holds shards is a table named by its folder (generated, ingested, curated,
+rejected, judged, judge_rejected, preference, balanced, balance_rejected, routing, scored, published, or a stage of
+the user's own). The scans are lazy: a query reads the columns
 and row groups it needs, and the terminal shows its first rows without the rest being read.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dataengine.errors import UserError
@@ -93,21 +95,29 @@ def collect(frame: pl.LazyFrame, what: str) -> pl.DataFrame:
 
 
 def write(frame: pl.LazyFrame, path: Path, what: str) -> None:
-    """The rows into `path`, in the format its extension names, streamed (a file may hold every row of a run)."""
+    """The rows into `path`, in the format its extension names, streamed (a file may hold every row of a run):
+    whole or absent, through a temporary file beside it."""
     if path.suffix not in FORMATS:
         raise UserError(f"--output {path}: write .jsonl, .parquet or .csv (got {path.suffix or 'no extension'!r})")
-    if FORMATS[path.suffix] == "csv" and (nested := _nested(frame)):
-        raise UserError(
-            f"--output {path}: csv cannot hold the nested columns {', '.join(nested)}; "
-            "leave them out with --columns, or write .jsonl or .parquet"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sink = {"ndjson": frame.sink_ndjson, "parquet": frame.sink_parquet, "csv": frame.sink_csv}[FORMATS[path.suffix]]
+    partial = path.with_name(f".{path.name}.partial")
     try:
-        sink(path)
+        if FORMATS[path.suffix] == "csv" and (nested := _nested(frame)):
+            raise UserError(
+                f"--output {path}: csv cannot hold the nested columns {', '.join(nested)}; "
+                "leave them out with --columns, or write .jsonl or .parquet"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        {"ndjson": frame.sink_ndjson, "parquet": frame.sink_parquet, "csv": frame.sink_csv}[FORMATS[path.suffix]](
+            partial
+        )
+        partial.replace(path)
     except pl.exceptions.PolarsError as exc:
-        path.unlink(missing_ok=True)
         raise UserError(f"{what}: {_first_line(exc)}") from exc
+    except OSError as exc:
+        raise UserError(f"--output {path}: {exc.strerror or exc}") from exc
+    finally:
+        if partial.is_file():
+            partial.unlink()
 
 
 def show(rows: pl.DataFrame, console: Console, title: str, chosen: bool) -> None:
@@ -132,13 +142,13 @@ def show(rows: pl.DataFrame, console: Console, title: str, chosen: bool) -> None
             )
         else:
             # on a narrow terminal rich shrinks the columns to fit, none under its header's first 8 characters
-            table.add_column(name, overflow="fold", max_width=widths[name], min_width=min(len(name), 8))
+            table.add_column(escape(name), overflow="fold", max_width=widths[name], min_width=min(len(name), 8))
     for row in cells:
         table.add_row(*row)
     console.print(title, highlight=False, markup=False)
     console.print(table)
     if hidden := [c for c in names if c not in shown]:
-        console.print(f"[dim]other columns (--columns to show them): {', '.join(hidden)}[/dim]")
+        console.print(f"[dim]other columns (--columns to show them): {escape(', '.join(hidden))}[/dim]")
 
 
 def describe(frames: dict[str, pl.LazyFrame], console: Console) -> None:
@@ -148,7 +158,7 @@ def describe(frames: dict[str, pl.LazyFrame], console: Console) -> None:
         table.add_column(column, justify="right" if column == "rows" else "left", overflow="fold")
     for name, frame in frames.items():
         rows = collect(frame.select(pl.len()), name).item()
-        table.add_row(name, f"{rows:,}", ", ".join(frame.collect_schema().names()))
+        table.add_row(escape(name), f"{rows:,}", escape(", ".join(frame.collect_schema().names())))
     console.print(table)
 
 
@@ -176,7 +186,7 @@ def _cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, list) and value and all(isinstance(v, dict) and "content" in v for v in value):
-        return "\n".join(f"[bold]{v.get('role', '?')}[/bold]: {_cut(str(v['content']))}" for v in value)
+        return "\n".join(f"[bold]{escape(str(v.get('role') or '?'))}[/bold]: {_cut(str(v['content']))}" for v in value)
     if isinstance(value, list):
         return f"[{len(value)} items] {_cut(json.dumps(value[:8], default=str))}"
     if isinstance(value, dict):
@@ -187,6 +197,4 @@ def _cell(value: object) -> str:
 
 
 def _cut(text: str) -> str:
-    from rich.markup import escape
-
     return escape(text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS] + f"… (+{len(text) - TEXT_CHARS} chars)")

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import textwrap
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -160,10 +162,19 @@ class StandinJudge(JsonHandler):
         self._send(200, json.dumps({"id": "v", "choices": [choice], "usage": usage}).encode())
 
 
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in server on loopback answering with `handler`, for as long as the block runs: its root URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+
+
 @pytest.fixture
 def judge_port():
     StandinJudge.requests = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), StandinJudge)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd.server_port
-    httpd.shutdown()
+    with serving(StandinJudge) as url:
+        yield int(url.rsplit(":", 1)[1])

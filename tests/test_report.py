@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -321,11 +324,13 @@ def _chromium() -> str:
     return path
 
 
-def test_the_report_renders_in_headless_chromium_with_every_figure(run_dir):
+@contextlib.contextmanager
+def headless_page(page_file: Path) -> Iterator[tuple[Any, list[str]]]:
+    """`page_file` open in headless Chromium (Playwright), and the problems it logs as it is used: console errors
+    and warnings, page errors, dialogs (a script a row smuggled in) and requests (nothing may be fetched)."""
     from playwright.sync_api import sync_playwright
 
     executable = _chromium()
-    page_file = write_report(run_dir)
     problems: list[str] = []
     with sync_playwright() as pw:
         # no network here: the flags keep Chromium from trying to reach Google's services at start
@@ -346,8 +351,17 @@ def test_the_report_renders_in_headless_chromium_with_every_figure(run_dir):
             lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
         )
         page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
         page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
         page.goto(page_file.as_uri())
+        try:
+            yield page, problems
+        finally:
+            browser.close()
+
+
+def test_the_report_renders_in_headless_chromium_with_every_figure(run_dir):
+    with headless_page(write_report(run_dir)) as (page, problems):
         for key, title, _, _ in SECTIONS:
             figure = page.locator(f"figure#{key}")
             assert figure.get_attribute("data-drawn") == "true", key
@@ -358,7 +372,6 @@ def test_the_report_renders_in_headless_chromium_with_every_figure(run_dir):
         assert "4.2" in page.locator("#evaluation-table").inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        browser.close()
     assert problems == []
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
 

@@ -17,7 +17,7 @@ from dataengine.report.browser import SAMPLE_ROWS, SECTION_BYTES, TEXT_CHARS, sa
 from dataengine.report.page import write_report
 from dataengine.rows import CURATED_FEATURES, ROUTED_FEATURES, read_rows, write_shards
 from dataengine.rows.frames import scan
-from tests.test_report import ARTIFACTS, _chromium, _manifest
+from tests.test_report import ARTIFACTS, _manifest, headless_page
 
 HOSTILE = "</script><script>alert(1)</script>"
 STAGES = {
@@ -258,35 +258,10 @@ def test_hostile_row_text_is_escaped(run_dir):
 
 
 def test_the_filters_show_only_the_rows_picked_in_headless_chromium(run_dir):
-    from playwright.sync_api import sync_playwright
-
-    executable = _chromium()
     hostile = {**_row(50, "chat", "en", answer=HOSTILE), "drop_step": "custom", "drop_reason": HOSTILE}
     judge_low = read_rows(run_dir / "judge_rejected")
     write_shards([*judge_low, hostile], run_dir / "judge_rejected", features=CURATED_FEATURES)
-    page_file = write_report(run_dir)
-    problems: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=executable,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.on(
-            "console",
-            lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
-        )
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
-        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-        page.goto(page_file.as_uri())
+    with headless_page(write_report(run_dir)) as (page, problems):
         shown = page.locator("#rows-list details:visible")
         summary = page.locator("#rows-summary")
         assert (
@@ -307,6 +282,5 @@ def test_the_filters_show_only_the_rows_picked_in_headless_chromium(run_dir):
         assert {shown.nth(i).get_attribute("data-group") for i in range(shown.count())} == {"chat/fr"}
         ARTIFACTS.mkdir(exist_ok=True)
         page.locator("#rows").screenshot(path=str(ARTIFACTS / "report-rows.png"))
-        browser.close()
     assert problems == []
     assert (ARTIFACTS / "report-rows.png").stat().st_size > 5_000

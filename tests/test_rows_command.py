@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -33,11 +35,24 @@ def _row(i: int) -> dict:
     }
 
 
-def _run(folder: Path, dropped: dict[int, str], load: list[list[float]] | None = None) -> Path:
+def _manifest(folder: Path, stage: str, rows_in: int, rows_out: int, drops: dict[str, int], stats=None) -> None:
+    Manifest(
+        stage=stage, config_hash="c", input_fingerprint="", output_fingerprint="o", rows_in=rows_in,
+        rows_out=rows_out, drops=drops, stats=stats or {}, timings={}, run_id=folder.name, recipe_hash="r",
+        versions={},
+    ).write(folder)  # fmt: skip
+
+
+def _run(
+    folder: Path, dropped: dict[int, str], load: list[list[float]] | None = None, judge_low: tuple[int, ...] = ()
+) -> Path:
     """A run that generated 12 rows and dropped those `dropped` names, for the reasons it gives; with `load`, a
-    routing map whose overall expert load (layers x experts) it is."""
+    routing map whose overall expert load (layers x experts) it is; with `judge_low`, a judge that dropped those
+    of the kept rows."""
     folder.mkdir(parents=True)
     stages = {"generate": {"rows": "generated"}, "curate": {"kept": "curated", "rejected": "rejected"}}
+    if judge_low:
+        stages["judge"] = {"kept": "judged", "rejected": "judge_rejected"}
     if load is not None:
         stages["route"] = {"map": "routing"}
         (folder / "routing").mkdir()
@@ -49,11 +64,15 @@ def _run(folder: Path, dropped: dict[int, str], load: list[list[float]] | None =
     rejected = [{**rows[i], "drop_reason": reason, "drop_step": reason} for i, reason in dropped.items()]
     write_shards(rejected, folder / "rejected", features=CURATED_FEATURES)
     reasons = {reason: list(dropped.values()).count(reason) for reason in set(dropped.values())}
-    Manifest(
-        stage="curate", config_hash="c", input_fingerprint="", output_fingerprint="o", rows_in=12,
-        rows_out=12 - len(dropped), drops=reasons, stats={}, timings={}, run_id=folder.name, recipe_hash="r",
-        versions={},
-    ).write(folder / "curated")  # fmt: skip
+    _manifest(folder / "curated", "curate", 12, 12 - len(dropped), reasons)
+    if judge_low:
+        kept = [r for r in rows if int(r["id"][1:]) not in dropped]
+        write_shards(
+            [r for r in kept if int(r["id"][1:]) not in judge_low], folder / "judged", features=CURATED_FEATURES
+        )
+        verdicts = {"judge_model": "j", "threshold": 3.0, "score_histogram": {"kept": {}, "rejected": {}}}
+        drops = {"judge_low": len(judge_low)}
+        _manifest(folder / "judged", "judge", len(kept), len(kept) - len(judge_low), drops, verdicts)
     return folder
 
 
@@ -177,6 +196,56 @@ def test_two_runs_side_by_side_kept_per_group_drops_lengths_and_drift(tmp_path):
     assert _cells(out, "largest layer")[1] == "0.1887 (layer 1)"
 
 
+def test_the_kept_rows_compared_are_the_last_steps_those_the_drops_below_them_add_up_to(tmp_path):
+    curated = _run(tmp_path / "curated", {1: "truncated"})
+    judged = _run(tmp_path / "judged", {1: "truncated"}, judge_low=(0, 3))  # two chat/en rows
+    code, out = _rows(str(curated), "--against", str(judged))
+    assert code == 0, out
+    assert "rows kept per group (kept / judged; of those generated)" in " ".join(out.split())
+    assert _cells(out, "chat/en") == ["4 of 4", "2 of 4"] and _cells(out, "judge_low") == ["0", "2"]
+
+
+def test_a_routing_map_without_layers_is_no_drift_and_markup_in_rows_stays_text(tmp_path):
+    first = _run(tmp_path / "a", {}, load=[])  # routed no rows
+    second = _run(tmp_path / "b", {}, load=[])
+    code, out = _rows(str(first), "--against", str(second))
+    assert code == 0 and "expert load drift" not in out, out
+    hostile = {**_row(0), "language": "x[/bold]", "messages": [{"role": "[/x]", "content": "[red]hi[/red]"}]}
+    write_shards([hostile], first / "generated", features=SAMPLE_FEATURES)
+    code, out = _rows(str(first), "generated")
+    assert code == 0 and "[/x]: [red]hi[/red]" in out and "x[/bold]" in out, out
+    code, out = _rows(str(first), "--against", str(second))
+    assert code == 0 and "x[/bold]" in out, out
+
+
+def test_the_cli_prints_a_query_that_looks_like_markup_as_it_was_given(run_dir):
+    query = "drop_reason like '%[/INST]%' and nosuch = 1"
+    done = subprocess.run(
+        [sys.executable, "-m", "dataengine.cli", "rows", str(run_dir), "rejected", "--where", query],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    said = " ".join(done.stderr.split())  # folded at the terminal's width
+    assert "like '%[/INST]%'" in said and 'unable to find column "nosuch"' in said
+
+
+def test_a_file_that_cannot_be_written_is_one_line_and_leaves_nothing(run_dir, tmp_path):
+    (tmp_path / "taken.jsonl").mkdir()
+    (tmp_path / "blocker").write_text("a file")
+    for args, said in (
+        (["curated", "-o", str(tmp_path / "taken.jsonl")], "--output"),
+        (["curated", "-o", str(tmp_path / "blocker" / "x.parquet")], "--output"),
+        (["curated", "--where", "nosuch = 1", "-o", str(tmp_path / "x.csv")], 'unable to find column "nosuch"'),
+        (["--sql", "select nosuch from curated", "-o", str(tmp_path / "y.csv")], "nosuch"),
+    ):
+        code, out = _rows(str(run_dir), *args)
+        assert code == 2 and said in out and "\n" not in out, (args, out)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "run") == ["blocker", "taken.jsonl"]
+    code, out = _rows(str(run_dir), "--where", "kind = 'code'", "-o", str(tmp_path / "z.jsonl"))
+    assert code == 2 and "query a table: name one, or give --sql" in out
+
+
 def test_the_last_scheduled_runs_of_a_recipe_side_by_side(tmp_path):
     home = tmp_path / "runs" / "nightly"
     for stamp in ("20261201T020000Z", "20261202T020000Z", "20261203T020000Z"):
@@ -188,7 +257,7 @@ def test_the_last_scheduled_runs_of_a_recipe_side_by_side(tmp_path):
     code, said = _rows(str(tmp_path / "runs" / "other"), "--last", "2")
     assert code == 2 and "holds 0 scheduled run(s); --last compares at least 2" in said
     code, said = _rows(str(home), "curated", "--last", "2")
-    assert code == 2 and "give no table, query or --output with them" in said
+    assert code == 2 and "give no table, query, --limit or --output with them" in said
 
 
 def test_a_scheduled_runs_report_puts_it_beside_the_run_before(tmp_path):

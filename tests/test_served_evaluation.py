@@ -5,14 +5,14 @@ transformers in tests/test_e2e_distill.py."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import ThreadingHTTPServer
+import math
+from types import SimpleNamespace
 
 import pytest
 
 from dataengine.errors import StageError
 from dataengine.teacher.logprobs import answer_nll
-from tests.conftest import JsonHandler
+from tests.conftest import MINIMAL, JsonHandler, serving
 
 # the logprob the stand-in gives every answer token: token t gets -t / 10
 SEQUENCES = [[5, 6, 7, 8, 9], [3, 4, 10, 11]]
@@ -24,12 +24,17 @@ class StandinVLLM(JsonHandler):
     `top_only`, the token that is there, as vLLM returns it."""
 
     top_only = False
+    fail_next = False  # the next completions request fails (a 400: TRL's client retries a 500 itself)
 
     def do_GET(self):  # /health and /v1/models, which TRL's client asks first
         self._send(200, json.dumps({"data": [{"id": "teacher"}]}).encode())
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if type(self).fail_next:
+            type(self).fail_next = False
+            self._send(400, b'{"error": "EngineCore died"}')
+            return
         choices = []
         for sequence in body["prompt"]:
             positions = [None]
@@ -44,11 +49,9 @@ class StandinVLLM(JsonHandler):
 
 @pytest.fixture
 def standin():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StandinVLLM)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    StandinVLLM.top_only = False
+    with serving(StandinVLLM) as url:
+        yield url
+    StandinVLLM.top_only = StandinVLLM.fail_next = False
 
 
 def test_the_teachers_loss_on_each_answer_comes_from_the_logprobs_of_the_tokens_that_are_there(standin):
@@ -62,4 +65,46 @@ def test_an_endpoint_that_gives_only_the_top_k_is_refused_with_what_to_do(standi
         answer_nll(standin, SEQUENCES, STARTS, max_concurrent_requests=1)
     message = str(refused.value)
     assert f"the teacher at {standin} did not return the logprob of every answer token (got 0 of 2)" in message
-    assert "train.evaluate.teacher: local" in message
+    assert message.endswith("vLLM does")  # the evaluate stage adds what to do: train.evaluate.teacher: local
+
+
+class _Teacher:
+    """The run's teacher as the evaluate stage sees it: where it is, and whether it came back."""
+
+    def __init__(self, url: str, comes_back: bool) -> None:
+        self.base, self.comes_back, self.recovered = url, comes_back, 0
+
+    def url(self) -> str:
+        return self.base
+
+    def recover(self, failure: str) -> bool:
+        self.recovered += 1
+        return self.comes_back
+
+
+def _evaluate_stage(tmp_path):
+    from dataengine.pipeline import build_pipeline
+    from dataengine.recipe import parse_recipe
+
+    text = MINIMAL.replace("name: t", "name: t\npipeline: distill") + "curate: {}\ntrain: {student: {model: x}}\n"
+    return {s.name: s for s in build_pipeline(parse_recipe(text), tmp_path).stages}["evaluate"]
+
+
+def test_the_evaluate_stage_counts_the_rows_left_out_and_says_what_to_do_when_the_teacher_fails(standin, tmp_path):
+    stage = _evaluate_stage(tmp_path)
+    rows = [{"token_ids": ids, "completion_start": start} for ids, start in zip(SEQUENCES, STARTS, strict=True)]
+    longest = stage.recipe.teacher.vllm.max_model_len
+    rows.append({"token_ids": list(range(longest + 5)), "completion_start": 1})  # past our server's context
+    ctx = SimpleNamespace(teacher=_Teacher(standin, comes_back=True), log=print)
+    fit = stage._served_fit(rows, None, ctx)
+    assert fit["too_long"] == 1 and fit["answer_tokens"] == 4
+    assert fit["perplexity"] == pytest.approx(math.exp((0.8 + 0.9 + 1.0 + 1.1) / 4))
+    # an endpoint that gives only the top-k: the teacher is fine (no recovery helps), the stage says what to do
+    StandinVLLM.top_only = True
+    ctx = SimpleNamespace(teacher=_Teacher(standin, comes_back=False), log=print)
+    with pytest.raises(StageError, match=r"vLLM does \(train.evaluate.teacher: local loads the teacher here instead\)"):
+        stage._served_fit(rows, None, ctx)
+    # a teacher whose request failed and that came back is asked again
+    StandinVLLM.top_only, StandinVLLM.fail_next = False, True
+    ctx = SimpleNamespace(teacher=_Teacher(standin, comes_back=True), log=print)
+    assert stage._served_fit(rows, None, ctx)["answer_tokens"] == 4 and ctx.teacher.recovered == 1

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +17,7 @@ from dataengine.errors import RecipeError
 from dataengine.generate.stage import GenerateStage
 from dataengine.notes import online_problems, read_as, unchecked
 from dataengine.recipe import parse_recipe
-from tests.conftest import MINIMAL, JsonHandler
+from tests.conftest import MINIMAL, JsonHandler, serving
 
 CLI = [sys.executable, "-m", "dataengine.cli"]
 
@@ -125,10 +123,8 @@ class _Models(JsonHandler):
 
 @pytest.fixture
 def models_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Models)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(_Models) as url:
+        yield url
 
 
 def test_online_asks_the_endpoint_which_model_it_serves(tmp_path, models_server):
@@ -185,3 +181,33 @@ def test_plan_says_where_the_teachers_evaluation_comes_from_and_what_loading_it_
     assert 1.0 < gb < 2.5, line  # the builtin teacher: ~0.4B parameters, 4 bytes each
     assert "train.evaluate.teacher: served asks the served teacher instead" in line
     assert evaluate("null") == evaluate("false") == []
+
+
+def test_the_memory_plan_gives_counts_a_sharded_teachers_parameters_once(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from dataengine.recipe import TeacherConfig
+    from dataengine.train.evaluate_stage import _memory
+
+    def memory(folder: Path) -> str:
+        return _memory(TeacherConfig(model=str(folder)), tmp_path)
+
+    model = tmp_path / "teacher"
+    model.mkdir()
+    a, b = np.zeros((1000, 1000), np.float16), np.zeros((500, 1000), np.float16)
+    save_file({"a": a}, model / "model-00001-of-00002.safetensors")
+    save_file({"b": b}, model / "model-00002-of-00002.safetensors")
+    # the shards alone: 1.5M parameters, 4 bytes each in float32
+    assert memory(model) == "about 6 MB in float32"
+    # a consolidated copy beside them is the same weights: the index names the shards it counts
+    save_file({"a": a, "b": b}, model / "consolidated.safetensors")
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert memory(model) == "about 6 MB in float32"
+    # pickled weights: their size on disk
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "pytorch_model.bin").write_bytes(b"\0" * 3_000_000)
+    assert memory(old) == "its weights take 3 MB on disk, up to twice that in float32"
+    assert memory(tmp_path / "elsewhere").startswith("its size is not known here")

@@ -19,6 +19,8 @@ from dataengine.facts import RunFacts
 from dataengine.rows import queries
 from dataengine.run_folder import RunFolder
 
+# the funnel's steps that keep rows, last first: a run's kept rows are those of the last it has
+KEPT_STEPS = ("balanced", "judged", "kept")
 SCHEDULED = "scheduled"  # runs/<name>/scheduled/<UTC stamp>/: where `dataengine schedule` puts each run
 
 
@@ -53,20 +55,22 @@ def labels(folders: list[Path]) -> list[str]:
 def grids(facts: list[RunFacts]) -> list[Grid]:
     """The comparison of `facts`' runs, a cell per run in their order; the drift only where a run was routed."""
     found = [_kept(facts), _drops(facts), _lengths(facts)]
-    return found + ([_drift(facts)] if any(f.routing for f in facts) else [])
+    return found + ([_drift(facts)] if any(_load(f) is not None for f in facts) else [])
 
 
 def _kept(facts: list[RunFacts]) -> Grid:
-    """Kept rows per kind/language group, of those generated where the run generated."""
+    """Rows per kind/language group that the run's last sorting step kept (balance, else the judge, else curation:
+    the drops below are those of every step), of those generated where the run generated."""
     rows = []
     for group in sorted({g for f in facts for g in f.funnel}):
         cells = []
         for f in facts:
             steps = f.funnel.get(group, {})
-            kept = steps.get("kept", 0)
+            kept = next((steps[step] for step in KEPT_STEPS if step in steps), 0)
             cells.append(f"{kept} of {steps['generated']}" if "generated" in steps else str(kept))
         rows.append([group, *cells])
-    return Grid("kept rows per group (of those generated, where the run generated)", "group", rows)
+    steps = [next((step for step in KEPT_STEPS if step in f.funnel_steps), "kept") for f in facts]
+    return Grid(f"rows kept per group ({' / '.join(dict.fromkeys(steps))}; of those generated)", "group", rows)
 
 
 def _drops(facts: list[RunFacts]) -> Grid:
@@ -83,10 +87,17 @@ def _lengths(facts: list[RunFacts]) -> Grid:
     return Grid("kept answers' length (characters)", "", rows)
 
 
+def _load(facts: RunFacts) -> np.ndarray | None:
+    """The run's expert load (layers x experts); None when the run was not routed, or routed no rows (a map
+    without layers)."""
+    load = np.array(facts.routing["overall"]["load"], dtype=np.float64) if facts.routing else None
+    return load if load is not None and load.ndim == 2 and load.size else None
+
+
 def _drift(facts: list[RunFacts]) -> Grid:
     """How far each run's expert load moved from the first routed run's: the JS divergence per MoE layer (base 2,
     0 = the same load), its mean and its largest layer."""
-    loads = [np.array(f.routing["overall"]["load"]) if f.routing else None for f in facts]
+    loads = [_load(f) for f in facts]
     reference = next(load for load in loads if load is not None)
     mean, largest = ["mean over layers"], ["largest layer"]
     for load in loads:

@@ -98,6 +98,8 @@ def _eval_table(facts: RunFacts) -> str:
         if ev.teacher
         else "curation's checks on all its answers that reached them"
     )
+    if ev.teacher and (too_long := ev.teacher.get("too_long")):
+        where += f" (its perplexity leaves out {too_long} rows longer than its served context)"
     note = (
         f"<p>On {ev.held_out_rows} held-out rows; in brackets, the 95% bootstrap interval over those rows. "
         f"The teacher's figures: {where}.</p>"
@@ -113,6 +115,16 @@ def _eval_table(facts: RunFacts) -> str:
         )
         note += f'<table id="compared-inits">{inits_head}<tbody>{compared}</tbody></table>'
     return f'<table id="evaluation-table">{head}<tbody>{rows}</tbody></table>{note}'
+
+
+def _optional(key: str, title: str, draw: Callable[[], str]) -> str:
+    """A section that reads more than the run's facts (an earlier run, the rows themselves): one that cannot be
+    drawn says why instead of costing the page."""
+    try:
+        return draw()
+    except Exception as exc:
+        said = f'<p class="empty">Not drawn: {_e(repr(exc))}</p>'
+        return f'<section id="{key}" data-drawn="false"><h2>{_e(title)}</h2>{said}</section>'
 
 
 def _against_the_run_before(facts: RunFacts) -> str:
@@ -146,8 +158,8 @@ def render(facts: RunFacts) -> str:
         parts.append(
             f'<figure id="{key}" data-drawn="{str(svg is not None).lower()}"><h2>{_e(title)}</h2>{body}{extra}</figure>'
         )
-    parts.append(_against_the_run_before(facts))
-    parts.append(browser.section(RunFolder(facts.run_dir)))
+    parts.append(_optional("against", "Against the run before", lambda: _against_the_run_before(facts)))
+    parts.append(_optional("rows", "Rows, kept and rejected", lambda: browser.section(RunFolder(facts.run_dir))))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(facts.name)}: dataengine run report</title><style>{STYLE}{browser.STYLE}</style></head>"

@@ -16,9 +16,14 @@ def shard_paths(folder: Path) -> list[Path]:
 
 
 def scan(folder: Path) -> pl.LazyFrame | None:
-    """The rows of a stage folder, lazily; None when it holds no shards. Columns a shard of an older run lacks
-    read as null, as `rows.conform` reads them."""
+    """The rows of a stage folder, lazily; None when it holds no shards. Its columns are every shard's (a published
+    dataset appended to by several versions may hold shards with fewer columns): a shard that lacks one reads it
+    as null, as `rows.conform` reads them."""
     paths = shard_paths(folder)
     if not paths:
         return None
-    return pl.scan_parquet(paths, missing_columns="insert", extra_columns="ignore")
+    schema: dict[str, pl.DataType] = {}
+    for path in paths:  # the footers only
+        for name, dtype in pl.read_parquet_schema(path).items():
+            schema.setdefault(name, dtype)
+    return pl.scan_parquet(paths, schema=schema, missing_columns="insert")

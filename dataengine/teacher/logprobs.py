@@ -28,9 +28,10 @@ def sequence_logprobs(
     url_or_client, sequences: list[list[int]], starts: list[int], top_k: int, max_concurrent_requests: int, what: str
 ) -> dict[str, list]:
     """TRL's `get_sequence_logprobs` for the answer tokens (from `starts`) of `sequences`, sent as
-    `max_concurrent_requests` concurrent chunks. A refusal is a StageError naming `what` asked."""
-    teacher = client(url_or_client) if isinstance(url_or_client, str) else url_or_client
+    `max_concurrent_requests` concurrent chunks. A refusal, or a teacher that cannot be reached, is a StageError
+    naming `what` asked."""
     try:
+        teacher = client(url_or_client) if isinstance(url_or_client, str) else url_or_client
         return teacher.get_sequence_logprobs(
             sequences,
             starts,
@@ -38,8 +39,8 @@ def sequence_logprobs(
             chunk_size=max(1, math.ceil(len(sequences) / max_concurrent_requests)),
             max_concurrent_requests=max_concurrent_requests,
         )
-    except Exception as exc:  # VLLMClient raises a bare Exception with the server's answer
-        raise StageError(f"{what}: the teacher refused a logprobs request: {exc}") from exc
+    except Exception as exc:  # VLLMClient raises a bare Exception with the server's answer, requests' own errors
+        raise StageError(f"{what}: the teacher did not give its logprobs: {exc}") from exc
 
 
 def answer_nll(url: str, sequences: list[list[int]], starts: list[int], max_concurrent_requests: int) -> list[float]:
@@ -53,8 +54,7 @@ def answer_nll(url: str, sequences: list[list[int]], starts: list[int], max_conc
             # an OpenAI-compatible server that is not vLLM may give the top-k alone
             raise StageError(
                 f"evaluate: the teacher at {url} did not return the logprob of every answer token (got "
-                f"{sum(math.isfinite(v) for v in values)} of {len(ids) - start}); vLLM does. Set "
-                "train.evaluate.teacher: local to load it here instead"
+                f"{sum(math.isfinite(v) for v in values)} of {len(ids) - start}); vLLM does"
             )
         sums.append(-sum(values))
     return sums

@@ -26,10 +26,10 @@ from dataengine.train.win_rate import win_rate
 CONCURRENT_REQUESTS = 4
 
 
-def _float32_gb(teacher: TeacherConfig, base_dir: Path) -> float | None:
-    """What the teacher takes in memory loaded in float32, as evaluation loads it: 4 bytes a parameter, the
-    parameters counted from its safetensors headers where its weights are on this machine (a folder, the
-    builtin build); None elsewhere."""
+def _memory(teacher: TeacherConfig, base_dir: Path) -> str:
+    """What the teacher takes in memory loaded in float32, as evaluation loads it, where its weights are on this
+    machine (a folder, the builtin build): 4 bytes a parameter, the parameters counted from its safetensors
+    headers (the shards its index names, when it has one); else from its files' size on disk."""
     from safetensors import safe_open
 
     if teacher.is_builtin:
@@ -38,14 +38,29 @@ def _float32_gb(teacher: TeacherConfig, base_dir: Path) -> float | None:
         folder = builtin_model_dir(teacher.model.split(":", 1)[1], teacher.builtin)
     else:
         folder = resolve_path(teacher.model, base_dir)
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    parameters = 0
-    for path in files:  # headers only: no tensor is read
-        with safe_open(path, "np") as weights:  # numpy: plan does not import torch
-            parameters += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
-    return parameters * 4 / 1e9
+    if not folder.is_dir():
+        return "its size is not known here: its weights are not in a folder on this machine"
+    index = folder / "model.safetensors.index.json"
+    # with an index, its shards only (a folder may also hold a consolidated copy of the same weights)
+    files = (
+        sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+        if index.is_file()
+        else sorted(folder.glob("*.safetensors"))
+    )
+    if files:
+        parameters = 0
+        for path in files:  # headers only: no tensor is read
+            with safe_open(path, "np") as weights:  # numpy: plan does not import torch
+                parameters += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
+        return f"about {_size(parameters * 4)} in float32"
+    stored = [p for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth")]
+    if not stored:
+        return "its size is not known here: no weights in its folder"
+    return f"its weights take {_size(sum(p.stat().st_size for p in stored))} on disk, up to twice that in float32"
+
+
+def _size(bytes_: int) -> str:
+    return f"{bytes_ / 1e9:.1f} GB" if bytes_ >= 1e9 else f"{bytes_ / 1e6:.0f} MB"
 
 
 class EvaluateStage(Stage):
@@ -77,14 +92,13 @@ class EvaluateStage(Stage):
         process, which on a training node is where a 30B MoE does not fit: `plan` says so before the GPU hours."""
         teacher = self.recipe.teacher
         if self.cfg.teacher == "served":
-            where = ", ".join(teacher.urls) if teacher.urls else "the run's vLLM server"
+            # the run's teacher: the recipe's first endpoint (of a pool, the first), or the server the run starts
+            where = teacher.urls[0] if teacher.urls else "the run's vLLM server"
             return [f"asks {where} for the teacher's logprobs on the held-out answers"]
         if self.cfg.teacher == "local":
-            size = _float32_gb(teacher, self.base_dir)
-            held = f"about {size:.1f} GB in float32" if size else "its weights are not on this machine"
             return [
-                f"loads the teacher {teacher.model} in transformers to evaluate it ({held}; train.evaluate.teacher: "
-                "served asks the served teacher instead)"
+                f"loads the teacher {teacher.model} in transformers to evaluate it ({_memory(teacher, self.base_dir)}; "
+                "train.evaluate.teacher: served asks the served teacher instead)"
             ]
         return []
 
@@ -181,7 +195,9 @@ class EvaluateStage(Stage):
 
     def _served_fit(self, held_out: list[dict], tokenizer, ctx: RunContext) -> dict:
         """Perplexity of the run's teacher (endpoint or our server, started if it is not running) on the held-out
-        answers, as the teacher tokenizes them; rows longer than our server's context are left out and counted."""
+        answers, the tokens scoring gave them where the rows were scored; rows longer than our server's context
+        are left out and counted. A teacher that stops answering is recovered once (`teacher.recovery`)."""
+        from dataengine.errors import StageError
         from dataengine.rows import prompt_and_full_ids
         from dataengine.teacher.logprobs import answer_nll
         from dataengine.train.evaluation import perplexity_fit
@@ -189,26 +205,25 @@ class EvaluateStage(Stage):
         limit = None if self.recipe.teacher.urls else self.recipe.teacher.vllm.max_model_len
         sequences, starts = [], []
         for row in held_out:
-            ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+            if row.get("token_ids") is not None:  # as the local teacher reads them (`answer_fit`)
+                ids, start = list(row["token_ids"]), row["completion_start"]
+            else:
+                ids, start = prompt_and_full_ids(tokenizer, row["messages"])
             if limit is None or len(ids) + 1 <= limit:  # the request generates one token after the sequence
                 sequences.append(ids)
                 starts.append(start)
-        fit = perplexity_fit(
-            [
-                [nll, len(ids) - start]
-                for nll, ids, start in zip(
-                    answer_nll(ctx.teacher.url(), sequences, starts, CONCURRENT_REQUESTS),
-                    sequences,
-                    starts,
-                    strict=True,
-                )
-            ]
-            if sequences
-            else []
-        )
+        nll: list[float] = []
+        if sequences:
+            try:
+                nll = answer_nll(ctx.teacher.url(), sequences, starts, CONCURRENT_REQUESTS)
+            except StageError as exc:
+                if not ctx.teacher.recover(str(exc)):
+                    raise StageError(f"{exc} (train.evaluate.teacher: local loads the teacher here instead)") from exc
+                nll = answer_nll(ctx.teacher.url(), sequences, starts, CONCURRENT_REQUESTS)
+        fit = perplexity_fit([[n, len(ids) - start] for n, ids, start in zip(nll, sequences, starts, strict=True)])
         if too_long := len(held_out) - len(sequences):
             ctx.log(f"{too_long} held-out rows are longer than the teacher's context; its perplexity leaves them out")
-            fit["too_long"] = too_long
+        fit["too_long"] = too_long
         return fit
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:

@@ -146,6 +146,8 @@ def teacher_row(rows: list[dict], fit: dict) -> dict:
     return {
         "perplexity": fit["perplexity"],
         "answer_tokens": fit["answer_tokens"],
+        # held-out rows the served teacher's context could not take, left out of its perplexity
+        "too_long": fit.get("too_long", 0),
         "code_pass_rate": sum(code) / len(code) if code else None,
         "language_fidelity": sum(chat) / len(chat) if chat else None,
         "intervals": {
