@@ -216,6 +216,8 @@ def test_a_routing_map_without_layers_is_no_drift_and_markup_in_rows_stays_text(
     assert code == 0 and "[/x]: [red]hi[/red]" in out and "x[/bold]" in out, out
     code, out = _rows(str(first), "--against", str(second))
     assert code == 0 and "x[/bold]" in out, out
+    status = CliRunner().invoke(app, ["status", str(first)])  # the same rows in the run's figures
+    assert status.exit_code == 0 and "chat/x[/bold]" in status.output, status.output
 
 
 def test_the_cli_prints_a_query_that_looks_like_markup_as_it_was_given(run_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dataengine import numbers
@@ -33,7 +34,7 @@ def _table(title: str, *columns: str) -> Table:
 
 
 def show(facts: RunFacts, console: Console) -> None:
-    console.print(f"[bold]{facts.name}[/bold]  run {facts.run_id}  ({facts.run_dir})")
+    console.print(f"[bold]{escape(facts.name)}[/bold]  run {escape(facts.run_id)}  ({escape(str(facts.run_dir))})")
     for section in (_stages, _funnel, _drops, _judge, _lengths_and_clusters, _throughput, _losses, _evaluation):
         section(facts, console)
     report = RunFolder(facts.run_dir).report
@@ -51,7 +52,8 @@ def _funnel(facts: RunFacts, console: Console) -> None:
     if facts.funnel:
         funnel = _table("rows through the stages", "kind/language", *facts.funnel_steps)
         for group, counts in facts.funnel.items():
-            funnel.add_row(group, *(str(counts.get(step, 0)) for step in facts.funnel_steps))
+            # groups and reasons come from the rows (an ingested language): text, never rich markup
+            funnel.add_row(escape(group), *(str(counts.get(step, 0)) for step in facts.funnel_steps))
         console.print(funnel)
 
 
@@ -60,7 +62,7 @@ def _drops(facts: RunFacts, console: Console) -> None:
         top = max(facts.drops.values())
         drops = _table("why curation and the judge dropped rows", "reason", "rows", "")
         for reason, n in facts.drops.items():
-            drops.add_row(reason, str(n), f"[red]{_bar(n, top)}[/red]")
+            drops.add_row(escape(reason), str(n), f"[red]{_bar(n, top)}[/red]")
         console.print(drops)
 
 
