@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dataengine import numbers
@@ -30,7 +31,7 @@ def _slices(routing_map: dict) -> Table:
     for field, groups in routing_map["slices"].items():
         for name, s in groups.items():
             table.add_row(
-                f"{field}={name}",
+                escape(f"{field}={name}"),  # a slice's name comes from the rows (language, topic): text
                 numbers.count(s["rows"]),
                 numbers.count(s["tokens"]),
                 numbers.metric(_mean(s["cv"])),
@@ -52,7 +53,7 @@ def _consistency(routing_map: dict) -> Table:
 
 def _divergence(routing_map: dict) -> Table:
     table = Table(
-        title=f"Jensen-Shannon divergence of each language's routing from {routing_map['divergence_from']} "
+        title=f"Jensen-Shannon divergence of each language's routing from {escape(routing_map['divergence_from'])} "
         "(chat rows; per layer in map.json)",
         title_justify="left",
     )
@@ -60,5 +61,7 @@ def _divergence(routing_map: dict) -> Table:
         table.add_column(column, justify="left" if column == "language" else "right")
     for language, values in routing_map["js_divergence"].items():
         peak = max(range(len(values)), key=values.__getitem__)
-        table.add_row(language, numbers.metric(sum(values) / len(values)), numbers.metric(values[peak]), str(peak))
+        table.add_row(
+            escape(language), numbers.metric(sum(values) / len(values)), numbers.metric(values[peak]), str(peak)
+        )
     return table
