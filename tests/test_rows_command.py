@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from dataengine import cli
 from dataengine.cli import app
 from dataengine.errors import UserError
-from dataengine.manifest import Manifest
 from dataengine.rows import CURATED_FEATURES, SAMPLE_FEATURES, write_shards
+from tests.test_report import _manifest
 
 GROUPS = [("chat", "en"), ("chat", "fr"), ("code", "en")]
 HOSTILE = "[bold]not markup[/bold] </td>"
@@ -33,14 +33,6 @@ def _row(i: int) -> dict:
         ],
         "completion_tokens": 10 * i,
     }
-
-
-def _manifest(folder: Path, stage: str, rows_in: int, rows_out: int, drops: dict[str, int], stats=None) -> None:
-    Manifest(
-        stage=stage, config_hash="c", input_fingerprint="", output_fingerprint="o", rows_in=rows_in,
-        rows_out=rows_out, drops=drops, stats=stats or {}, timings={}, run_id=folder.name, recipe_hash="r",
-        versions={},
-    ).write(folder)  # fmt: skip
 
 
 def _run(
