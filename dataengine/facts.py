@@ -31,7 +31,7 @@ class Metric:
     key: str  # in metrics.json
     title: str
     short: str  # where a figure's panel has little room
-    better: Literal["lower", "higher"]
+    better: Literal["lower", "higher", "nearer the teacher"]
     scale: Literal["linear", "log", "rate"]  # of its axis in the report
 
 
@@ -41,6 +41,12 @@ METRICS = (
     Metric("perplexity", "perplexity on teacher answers", "perplexity", "lower", "log"),
     Metric("code_pass_rate", "code pass rate (sandbox)", "code pass rate", "higher", "rate"),
     Metric("language_fidelity", "answers in the language asked", "language fidelity", "higher", "rate"),
+)
+# Where the held-out rows hold a thinking teacher's reasoning: the student's own, measured apart from its answer
+# (whose checks above read the answer alone).
+REASONING_METRICS = (
+    Metric("reasoning_tokens", "reasoning tokens per answer", "reasoning tokens", "nearer the teacher", "linear"),
+    Metric("reasoning_closed_rate", "reasoning closed before an answer", "reasoning closed", "higher", "rate"),
 )
 
 
@@ -135,6 +141,11 @@ class Evaluation:
     def held_out_rows(self) -> int:
         return len(self.held_out_ids)
 
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        """What this evaluation measured, in order: the reasoning's metrics only where the rows had reasoning."""
+        return METRICS + (REASONING_METRICS if self.after.get("reasoning_rows") else ())
+
     def win_rate_line(self) -> str | None:
         """The student against itself before DPO, as the judge saw them (train.dpo), in one sentence."""
         if self.win_rate is None:
@@ -167,6 +178,8 @@ class RunFacts:
     routing: dict | None = None  # the route stage's map.json
     judge: JudgeStats | None = None  # the judge's model, threshold, score histograms and means
     teacher_quality: dict[str, float | None] = field(default_factory=dict)  # same checks on the teacher's answers
+    # "kind/language" -> rows, mean and longest reasoning tokens of the kept rows a thinking teacher reasoned on
+    reasoning: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def funnel_steps(self) -> list[str]:
@@ -252,6 +265,7 @@ def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
     facts.answer_chars = {"kept": queries.answer_chars(kept), "rejected": queries.answer_chars(rejected)}
     facts.cluster_sizes = queries.cluster_sizes(kept)
     facts.teacher_quality = queries.teacher_quality(kept, rejected)
+    facts.reasoning = queries.reasoning_lengths(kept)
 
 
 def _rows(run: RunFolder, stage: str, role: str | None = None) -> pl.LazyFrame | None:

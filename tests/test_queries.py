@@ -64,12 +64,19 @@ def make(folder: Path) -> Path:
     return make_run(folder / "run", ROWS, seed=0, shard_rows=SHARD_ROWS)
 
 
+# columns the rows gained after the golden was made, empty in the fixture: not part of its digest
+LATER_COLUMNS = ("reasoning", "reasoning_tokens", "reasoning_closed")
+
+
 def _fixture(run: Path) -> str:
     """A digest of the rows the renderers read, to tell a changed fixture from a changed number."""
     digest = hashlib.sha256()
     for folder in ("generated", "curated", "rejected", "judged", "balanced"):
         for path in sorted((run / folder / "data").glob("*.parquet")):
-            digest.update(json.dumps(pq.read_table(path).to_pylist(), sort_keys=True, default=str).encode())
+            table = pq.read_table(path)
+            assert all(table.column(c).null_count == len(table) for c in LATER_COLUMNS if c in table.column_names)
+            rows = table.drop_columns([c for c in LATER_COLUMNS if c in table.column_names]).to_pylist()
+            digest.update(json.dumps(rows, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 

@@ -27,6 +27,7 @@ from dataengine.curate.filters.custom import UserFilter, load_filter, module_fil
 from dataengine.curate.filters.decontamination import DecontaminationFilter, builtin_benchmarks, read_texts
 from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualityFilter, RepetitionFilter
 from dataengine.curate.filters.question import QuestionFilter
+from dataengine.curate.filters.reasoning import ReasoningFilter
 from dataengine.errors import StageError
 from dataengine.executors import pipeline_runner
 from dataengine.logs import datatrove_logs_to
@@ -110,6 +111,11 @@ class CurateStage(Stage):
             return JsonlWriter(str(rejected), output_filename=f"{step}_${{rank}}.jsonl", compression=None)
 
         steps: list = []
+        if f.reasoning.enabled:
+            r = f.reasoning
+            steps.append(
+                ReasoningFilter(r.max_tokens, r.same_language, r.min_copied_chars, exclusion_writer=out("reasoning"))
+            )
         if f.truncated.enabled:
             steps.append(TruncationFilter(exclusion_writer=out("truncated")))
         if f.length.enabled:

@@ -18,6 +18,7 @@ from typing import Any
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import GenerateFunction
 
+from dataengine.rows import split_reasoning
 from dataengine.teacher.inference import ROUTED_EXPERTS
 
 _LABEL = re.compile(
@@ -103,7 +104,8 @@ async def rollout(
                 regex=meta.get("question_regex"),
             )
         )
-        user = clean_question(asked.text)
+        # a thinking teacher's reasoning about the question is not the question
+        user = clean_question(split_reasoning(asked.text, asked.reasoning, asked.finish_reason).answer)
         result.update(
             question=user,
             question_finish_reason=asked.finish_reason,
@@ -145,6 +147,9 @@ async def rollout(
             "prompt_tokens": a.usage.get("prompt_tokens", 0),
             "completion_tokens": a.usage.get("completion_tokens", 0),
             "routed_experts": a.usage.get(ROUTED_EXPERTS),
+            # a reasoning parser's output, apart from the text, and its token count (vLLM's usage)
+            "reasoning": a.reasoning or None,
+            "reasoning_tokens": (a.usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
             "seed": s,
         }
         for a, s in zip(answers, meta["answer_seeds"], strict=True)

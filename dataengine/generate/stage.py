@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,14 +37,14 @@ from dataengine.generate.seeds import (
 from dataengine.generate.top_up import load_rounds
 from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
-from dataengine.recipe import Recipe, resolve_path
+from dataengine.recipe import Recipe, SamplingConfig, TeacherConfig, resolve_path
 from dataengine.results import GenerateStats
-from dataengine.rows import SAMPLE_FEATURES, Group, group_counts, sorted_rows, stage_writer
+from dataengine.rows import SAMPLE_FEATURES, Group, group_counts, sorted_rows, split_reasoning, stage_writer
 from dataengine.run_folder import RunFolder
 from dataengine.stage import RunContext, Stage, StageResult, config_hash
 from dataengine.target.existing import answered_prompts, prompt_hash
 from dataengine.teacher.inference import inference_config, run_inference
-from dataengine.teacher.server import served_name
+from dataengine.teacher.server import resolve_model, served_name
 from dataengine.teacher.throughput import FOLDER as THROUGHPUT
 from dataengine.teacher.throughput import active_seconds, timeline
 
@@ -52,10 +52,22 @@ from dataengine.teacher.throughput import active_seconds, timeline
 _SENT_SAMPLING = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
 
 
+def thinking_params(sampling: SamplingConfig) -> dict[str, Any]:
+    """The thinking knobs a recipe sets, as vLLM takes them in a chat request (none when unset)."""
+    params: dict[str, Any] = {}
+    if sampling.thinking is not None:
+        params["chat_template_kwargs"] = {"enable_thinking": sampling.thinking}
+    if sampling.thinking_token_budget is not None:
+        params["thinking_token_budget"] = sampling.thinking_token_budget
+    if sampling.reasoning_effort is not None:
+        params["reasoning_effort"] = sampling.reasoning_effort
+    return params
+
+
 def teacher_config(recipe: Recipe, url: str) -> InferenceConfig:
     """How the generation requests reach the teacher at `url`."""
     gen = recipe.generate
-    sampling = gen.sampling.model_dump(include=_SENT_SAMPLING)
+    sampling = gen.sampling.model_dump(include=_SENT_SAMPLING) | thinking_params(gen.sampling)
     return inference_config(
         served_name(recipe.teacher), url, sampling, gen.max_concurrent_requests, gen.request_timeout_s
     )
@@ -271,6 +283,7 @@ class GenerateStage(Stage):
             revision = f"build-{build_key(teacher.model.split(':', 1)[1], teacher.builtin)}"
         created = datetime.now(UTC).isoformat()
         gen_hash = config_hash(self, recipe)  # part of every row id: a changed recipe makes new rows
+        thinking = _ReasoningTokens(teacher, ctx.log)
         with datatrove_logs_to(raws[0].parent / "datatrove.log"):
             for doc in (doc for raw in raws for doc in JsonlReader(str(raw), compression=None).run()):
                 meta = doc.metadata
@@ -280,12 +293,13 @@ class GenerateStage(Stage):
                         made.drops["empty_question"] += meta["rollouts"]
                         continue
                     for index, answer in enumerate(result["answers"]):
-                        code = parse_code_answer(answer["text"]) if meta["kind"] == "code" else None
+                        thought = split_reasoning(answer["text"], answer.get("reasoning"), answer["finish_reason"])
+                        code = parse_code_answer(thought.answer) if meta["kind"] == "code" else None
                         routing = _answer_routing(answer)
                         made.unreadable_routing += routing is False
                         yield {
                             "id": hashlib.sha256(f"{doc.id}\x1f{index}\x1f{gen_hash}".encode()).hexdigest()[:24],
-                            "messages": result["messages"] + [{"role": "assistant", "content": answer["text"]}],
+                            "messages": result["messages"] + [{"role": "assistant", "content": thought.answer}],
                             "kind": meta["kind"],
                             "language": meta["language"],
                             "topic": meta["topic"],
@@ -302,6 +316,9 @@ class GenerateStage(Stage):
                             "finish_reason": answer["finish_reason"],
                             "prompt_tokens": answer["prompt_tokens"],
                             "completion_tokens": answer["completion_tokens"],
+                            "reasoning": thought.reasoning,
+                            "reasoning_tokens": thinking.tokens(thought.reasoning, answer.get("reasoning_tokens")),
+                            "reasoning_closed": thought.closed,
                             "instruction": doc.text,
                             "question_finish_reason": result["question_finish_reason"],
                             "run_id": ctx.run_id,
@@ -329,6 +346,11 @@ class GenerateStage(Stage):
             f"finish reasons {stats['finish_reasons']}"
             + (f"; code answers parsed {stats['code_parsed']}/{stats['code_rows']}" if stats["code_rows"] else "")
         )
+        if reasoned := stats.get("reasoning_rows"):
+            console.print(
+                f"reasoning: {reasoned} of {manifest.rows_out} answers, "
+                f"{stats['reasoning_tokens'] / reasoned:.0f} reasoning tokens on average"
+            )
         if manifest.drops:
             console.print(f"dropped: {manifest.drops}")
         if skipped := stats.get("skipped_answered_prompts"):
@@ -389,6 +411,8 @@ class _Made:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     routed_rows: int = 0  # answers that came back with the experts their tokens went to
+    reasoning_rows: int = 0  # answers a thinking teacher reasoned before
+    reasoning_tokens: int = 0
 
     def add(self, row: dict) -> None:
         self.rows += 1
@@ -399,6 +423,8 @@ class _Made:
         self.prompt_tokens += row["prompt_tokens"]
         self.completion_tokens += row["completion_tokens"]
         self.routed_rows += row["teacher_routing"] is not None
+        self.reasoning_rows += row["reasoning"] is not None
+        self.reasoning_tokens += row["reasoning_tokens"] or 0
 
     def stats(self, seconds: float, prompts: int) -> dict[str, Any]:
         tokens = self.completion_tokens + self.question_tokens
@@ -418,7 +444,29 @@ class _Made:
             "replayed_duplicates": self.duplicates,
             "routed_rows": self.routed_rows,
             "unreadable_routing": self.unreadable_routing,
+            "reasoning_rows": self.reasoning_rows,
+            "reasoning_tokens": self.reasoning_tokens,
         }
+
+
+class _ReasoningTokens:
+    """The tokens of a row's reasoning: the server's count (vLLM's usage, with a reasoning parser), else counted
+    with the teacher's tokenizer, loaded the first time a row has reasoning and the server gave no count (a
+    parser counts nothing when the chat template, not the teacher, opened the reasoning)."""
+
+    def __init__(self, teacher: TeacherConfig, log: Callable[[str], None]) -> None:
+        self.teacher, self.log, self.tokenizer = teacher, log, None
+
+    def tokens(self, reasoning: str | None, served: int | None) -> int | None:
+        if reasoning is None:
+            return None
+        if served:
+            return served
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.teacher, self.log))
+        return len(self.tokenizer(reasoning, add_special_tokens=False)["input_ids"])
 
 
 def _answer_routing(answer: dict) -> str | None | bool:

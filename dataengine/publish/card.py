@@ -18,7 +18,7 @@ from datasets import Features
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from dataengine import numbers
-from dataengine.facts import METRICS, Evaluation, RunFacts
+from dataengine.facts import Evaluation, RunFacts
 from dataengine.publish.layout import add_dataset_infos
 from dataengine.recipe import Recipe
 from dataengine.results import JudgeStats
@@ -179,6 +179,7 @@ def _body(
             "decontamination": recipe.curate.decontamination.model_dump(mode="json"),
         }
         lines += ["", "## Dedup and decontamination", "", "```yaml", _yaml(scrub(settings, secrets)), "```"]
+    lines += reasoning_section(facts.reasoning)
     lines += judge_section(facts.judge)
     lines += evaluation_section(evaluation, test_ids)
     lines += expert_coverage_section(facts.routing)
@@ -196,6 +197,25 @@ def _body(
         "",
     ]
     return "\n".join(lines)
+
+
+def reasoning_section(reasoning: dict[str, dict[str, float]]) -> list[str]:
+    """The reasoning of a thinking teacher's kept rows, per group; nothing when no row has reasoning."""
+    if not reasoning:
+        return []
+    lines = [
+        "",
+        "## Reasoning",
+        "",
+        "The teacher reasoned before these answers. Its reasoning is in the `reasoning` column, never in `messages`:",
+        "put it back before the answer in the form your student's chat template expects (dataengine trains with",
+        "`train.reasoning_format`).",
+        "",
+        "| kind/language | rows | mean tokens | longest |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {g} | {n['rows']} | {n['mean_tokens']:.0f} | {n['max_tokens']} |" for g, n in reasoning.items()]
+    return lines
 
 
 def judge_section(judge: JudgeStats | None) -> list[str]:
@@ -247,7 +267,7 @@ def evaluation_section(evaluation: Evaluation | None, test_ids: pa.Array) -> lis
         "| metric | before training | after training |" + (" teacher |" if evaluation.teacher else ""),
         "|---|---:|---:|" + ("---:|" if evaluation.teacher else ""),
     ]
-    for m in METRICS:
+    for m in evaluation.metrics:
         line = f"| {m.key} | {evaluation.cell('before', m.key)} | {evaluation.cell('after', m.key)} |"
         if evaluation.teacher:
             line += f" {evaluation.cell('teacher', m.key) if m.key in evaluation.teacher else numbers.NOT_APPLICABLE} |"

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from dataengine.recipe.base import PACE, StrictModel, http_url, stage_block
+from dataengine.recipe.base import ADDED, PACE, StrictModel, http_url, stage_block
 from dataengine.recipe.executor import ExecutorSettings
 
 
@@ -42,6 +42,26 @@ class QuestionCheckConfig(StrictModel):
 class LanguageCheckConfig(StrictModel):
     enabled: bool = Field(True, description="run this step")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="below this the answer is dropped as uncertain")
+
+
+class ReasoningCheckConfig(StrictModel):
+    """A thinking teacher's reasoning (the row's `reasoning`); rows without reasoning pass."""
+
+    enabled: bool = Field(True, description="run this step")
+    max_tokens: int | None = Field(
+        None, ge=1, description="reasoning longer than this many tokens is dropped (reasoning_too_long); null: no cap"
+    )
+    same_language: bool = Field(
+        False,
+        description="the reasoning must be in the language asked, like the answer (reasoning_wrong_language); "
+        "off by default: many teachers reason in English whatever the language of the question",
+    )
+    min_copied_chars: int = Field(
+        64,
+        ge=1,
+        description="an answer of at least this many characters that the reasoning already holds verbatim is "
+        "dropped (answer_copied_from_reasoning): the student would learn to say everything twice",
+    )
 
 
 class ProseQualityConfig(StrictModel):
@@ -101,6 +121,12 @@ class CustomFilter(StrictModel):
 
 
 class FiltersConfig(StrictModel):
+    reasoning: ReasoningCheckConfig = Field(
+        ReasoningCheckConfig(),
+        description="a thinking teacher's reasoning: never closed (reasoning_unclosed), no answer after it "
+        "(answer_missing), over its budget, in another language, or holding the answer verbatim",
+        json_schema_extra=ADDED,
+    )
     truncated: FilterSwitch = Field(FilterSwitch(), description="finish_reason=length or an unclosed code fence")
     length: LengthConfig = Field(LengthConfig(), description="empty, too short, too long answers")
     refusal: RefusalConfig = Field(RefusalConfig(), description="refusals, AI boilerplate, identity leaks")

@@ -4,6 +4,7 @@ its answers are sampled."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -24,6 +25,25 @@ class SamplingConfig(StrictModel):
     )
     presence_penalty: float = Field(
         0.0, ge=-2.0, le=2.0, description="OpenAI's knob: lowers a token's logit once it has appeared in the answer"
+    )
+    thinking: bool | None = Field(
+        None,
+        description="turn a thinking teacher's reasoning on or off through its chat template (vLLM's "
+        "`chat_template_kwargs: {enable_thinking: ...}`, Qwen3's and DeepSeek's switch); null: the template's default",
+        json_schema_extra=ADDED,
+    )
+    thinking_token_budget: int | None = Field(
+        None,
+        ge=1,
+        description="vLLM's cap on a thinking teacher's reasoning tokens, after which it closes the reasoning and "
+        "answers; needs a server started with --reasoning-parser and --reasoning-config (teacher.vllm.extra_args)",
+        json_schema_extra=ADDED,
+    )
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = Field(
+        None,
+        description="OpenAI's reasoning effort, as vLLM passes it to gpt-oss and other teachers that take it; "
+        "null sends none",
+        json_schema_extra=ADDED,
     )
     seed_requests: bool = Field(
         False,

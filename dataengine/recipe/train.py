@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dataengine.recipe.base import LOGGING, FolderName, StrictModel
+from dataengine.recipe.base import ADDED, LOGGING, FolderName, StrictModel
 
 
 class PruneConfig(StrictModel):
@@ -271,8 +271,20 @@ class LaunchSettings(StrictModel):
     )
 
 
+# how a training conversation carries a thinking teacher's reasoning (rows/reasoning.py)
+ReasoningFormat = Literal["think_tags", "template"]
+
+
 class TrainConfig(StrictModel):
     student: StudentConfig = Field(description="the model that learns")
+    reasoning_format: ReasoningFormat = Field(
+        "think_tags",
+        description="how the student learns a thinking teacher's reasoning (rows with `reasoning`), in SFT, scoring "
+        "and evaluation alike: `think_tags` puts it before the answer in the assistant turn, in <think>…</think>; "
+        "`template` gives it to the chat template as the turn's `reasoning_content` (templates with a thinking "
+        "section, e.g. Qwen3's; refused for a template that would drop it)",
+        json_schema_extra=ADDED,
+    )
     sft: SFTSettings | None = Field(SFTSettings(), description="sequence-level distillation; null skips it")
     distill: DistillSettings | None = Field(None, description="logit distillation after SFT; null skips it")
     dpo: DPOSettings | None = Field(

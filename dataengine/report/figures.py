@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from dataengine import numbers  # noqa: E402
-from dataengine.facts import METRICS, RunFacts  # noqa: E402
+from dataengine.facts import RunFacts  # noqa: E402
 from dataengine.rows.queries import length_summary  # noqa: E402
 
 STYLE = {
@@ -204,8 +204,9 @@ def evaluation(facts: RunFacts) -> str | None:
     """Student before and after training, and the teacher where the same check applies to its answers."""
     if facts.evaluation is None:
         return None
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(WIDE[0] + 1, WIDE[1]))
-    for ax, metric in zip(axes, METRICS, strict=True):
+    metrics = facts.evaluation.metrics
+    fig, axes = plt.subplots(1, len(metrics), figsize=(WIDE[0] + 1, WIDE[1]))
+    for ax, metric in zip(axes, metrics, strict=True):
         bars = {"before": facts.evaluation.before.get(metric.key), "after": facts.evaluation.after.get(metric.key)}
         if (teacher := facts.teacher_value(metric.key)) is not None:
             bars["teacher"] = teacher

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dataengine import numbers
 from dataengine.atomic import write_atomic
-from dataengine.facts import METRICS, RunFacts, collect
+from dataengine.facts import RunFacts, collect
 from dataengine.report import browser, compared, figures
 from dataengine.run_folder import RunFolder
 
@@ -90,7 +90,7 @@ def _eval_table(facts: RunFacts) -> str:
     rows = "".join(
         f"<tr><td>{_e(m.short)}</td><td>{_e(ev.cell('before', m.key))}</td>"
         f"<td>{_e(ev.cell('after', m.key))}</td><td>{_e(facts.teacher_figure(m.key))}</td></tr>"
-        for m in METRICS
+        for m in ev.metrics
     )
     head = "<thead><tr><th>metric</th><th>before</th><th>after</th><th>teacher</th></tr></thead>"
     where = (
@@ -115,6 +115,21 @@ def _eval_table(facts: RunFacts) -> str:
         )
         note += f'<table id="compared-inits">{inits_head}<tbody>{compared}</tbody></table>'
     return f'<table id="evaluation-table">{head}<tbody>{rows}</tbody></table>{note}'
+
+
+def _reasoning_table(facts: RunFacts) -> str:
+    """The reasoning lengths of a thinking teacher's kept rows per group; "" when no row has reasoning."""
+    if not facts.reasoning:
+        return ""
+    body = "".join(
+        f"<tr><td>{_e(group)}</td><td>{n['rows']}</td><td>{n['mean_tokens']:.0f}</td><td>{n['max_tokens']}</td></tr>"
+        for group, n in facts.reasoning.items()
+    )
+    head = "<thead><tr><th>kind/language</th><th>rows</th><th>mean</th><th>longest</th></tr></thead>"
+    return (
+        '<section id="reasoning"><h2>Reasoning of kept rows (tokens)</h2>'
+        f"<table>{head}<tbody>{body}</tbody></table></section>"
+    )
 
 
 def _optional(key: str, title: str, draw: Callable[[], str]) -> str:
@@ -158,6 +173,7 @@ def render(facts: RunFacts) -> str:
         parts.append(
             f'<figure id="{key}" data-drawn="{str(svg is not None).lower()}"><h2>{_e(title)}</h2>{body}{extra}</figure>'
         )
+    parts.append(_reasoning_table(facts))
     parts.append(_optional("against", "Against the run before", lambda: _against_the_run_before(facts)))
     parts.append(_optional("rows", "Rows, kept and rejected", lambda: browser.section(RunFolder(facts.run_dir))))
     return (

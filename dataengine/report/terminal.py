@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dataengine import numbers
-from dataengine.facts import METRICS, RunFacts
+from dataengine.facts import RunFacts
 from dataengine.rows.queries import length_summary
 from dataengine.run_folder import RunFolder
 
@@ -35,7 +35,8 @@ def _table(title: str, *columns: str) -> Table:
 
 def show(facts: RunFacts, console: Console) -> None:
     console.print(f"[bold]{escape(facts.name)}[/bold]  run {escape(facts.run_id)}  ({escape(str(facts.run_dir))})")
-    for section in (_stages, _funnel, _drops, _judge, _lengths_and_clusters, _throughput, _losses, _evaluation):
+    sections = (_stages, _funnel, _drops, _judge, _lengths_and_clusters, _reasoning, _throughput, _losses, _evaluation)
+    for section in sections:
         section(facts, console)
     report = RunFolder(facts.run_dir).report
     console.print(f"report: {report}" if report.is_file() else "no report.html yet (written when a run ends)")
@@ -110,7 +111,7 @@ def _evaluation(facts: RunFacts, console: Console) -> None:
         ev = _table(
             f"evaluation on {facts.evaluation.held_out_rows} held-out rows", "metric", "before", "after", "teacher"
         )
-        for metric in METRICS:
+        for metric in facts.evaluation.metrics:
             ev.add_row(
                 metric.short,
                 facts.evaluation.cell("before", metric.key),
@@ -120,6 +121,14 @@ def _evaluation(facts: RunFacts, console: Console) -> None:
         console.print(ev)
         if win := facts.evaluation.win_rate_line():
             console.print(win)
+
+
+def _reasoning(facts: RunFacts, console: Console) -> None:
+    if facts.reasoning:
+        table = _table("reasoning of kept rows (tokens)", "kind/language", "rows", "mean", "longest")
+        for group, n in facts.reasoning.items():
+            table.add_row(escape(group), str(n["rows"]), f"{n['mean_tokens']:.0f}", str(n["max_tokens"]))
+        console.print(table)
 
 
 def _lengths_and_clusters(facts: RunFacts, console: Console) -> None:

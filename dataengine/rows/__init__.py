@@ -3,8 +3,9 @@ readings of a row that several stages make (its prompt, its answer, its group, i
 
 A module per concern: `schema` (the columns), `shards` (writing and reading a stage's parquet shards), `sort`
 (the external sort), `ids` (the held-out split and the keys of a set of rows), `text` (a row's question, answer,
-language and token layout), `groups` (its kind/language group) and `files` (a sample of a row file, for
-validate). Import from here: every function, class and schema is re-exported, but for two modules imported whole
+language and token layout), `groups` (its kind/language group), `reasoning` (a thinking teacher's reasoning,
+apart from its answer and back in it for training) and `files` (a sample of a row file, for validate). Import
+from here: every function, class and schema is re-exported, but for two modules imported whole
 (`from dataengine.rows import queries`): `frames` (a stage's rows as a polars LazyFrame) and `queries` (every
 aggregate a renderer shows of them). The limits a test may lower
 (`shards.ROW_GROUP_BYTES`, `sort.SPILL_ROWS`, ...) are not: they are read where they are defined, so patch
@@ -23,6 +24,18 @@ from dataengine.rows.ids import (
     batch_key,
     held_out_ids,
     ids_key,
+)
+from dataengine.rows.reasoning import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    Reasoning,
+    ReasoningFormat,
+    reasoning_form,
+    reasoning_reads,
+    renders_reasoning,
+    require_reasoning_template,
+    split_reasoning,
+    with_reasoning,
 )
 from dataengine.rows.schema import (
     CURATED_FEATURES,
@@ -59,6 +72,16 @@ from dataengine.rows.text import (
 )
 
 __all__ = [
+    "THINK_CLOSE",
+    "THINK_OPEN",
+    "Reasoning",
+    "ReasoningFormat",
+    "reasoning_form",
+    "reasoning_reads",
+    "renders_reasoning",
+    "require_reasoning_template",
+    "split_reasoning",
+    "with_reasoning",
     "column_problems",
     "sample_file",
     "CURATED_FEATURES",

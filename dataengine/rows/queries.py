@@ -1,7 +1,8 @@
 """Every aggregate a renderer shows of a run's rows, as a named query over polars LazyFrames (`frames.scan` of a stage
 folder): rows per kind/language group and the funnel of them through the stages, answer lengths, near-duplicate
 cluster sizes, the teacher's own pass rate and language fidelity, a top-up round's shortfall per group, the card's
-languages, teacher revisions and rows per config and split, and the answer tokens of scored rows.
+languages, teacher revisions and rows per config and split, the answer tokens of scored rows and the reasoning
+lengths of a thinking teacher's rows.
 
 The run's facts (facts.py: the report, `dataengine status`, `dataengine rows --against`), the card, top-up and the
 benches call these; none of them loops over rows in Python. Each query reads only the columns it needs and aggregates
@@ -72,6 +73,20 @@ def answer_chars(rows: pl.LazyFrame | None) -> np.ndarray:
     answer = pl.col("messages").list.last().struct.field("content")
     lengths = columns(rows, ["messages"]).select(answer.str.len_chars().fill_null(0).cast(pl.Int32))
     return lengths.collect(engine=STREAMING).to_series().to_numpy()
+
+
+def reasoning_lengths(rows: pl.LazyFrame | None) -> dict[str, dict[str, float]]:
+    """Per kind/language group of the rows a thinking teacher reasoned on: rows, mean and longest reasoning in
+    tokens; no groups when no row has reasoning (or the rows are of a version before reasoning)."""
+    reasoned = columns(rows, ["kind", "language", "reasoning_tokens"]).filter(pl.col("reasoning_tokens").is_not_null())
+    tokens = pl.col("reasoning_tokens")
+    per_group = reasoned.group_by("kind", "language").agg(pl.len().alias("rows"), tokens.mean().alias("mean"), tokens.max().alias("max"))
+    return {
+        f"{kind}/{language}": {"rows": rows, "mean_tokens": mean, "max_tokens": longest}
+        for kind, language, rows, mean, longest in per_group.sort("kind", "language")
+        .collect(engine=STREAMING)
+        .iter_rows()
+    }
 
 
 def cluster_sizes(kept: pl.LazyFrame | None) -> dict[int, int]:

@@ -33,6 +33,11 @@ SAMPLE_FEATURES = Features(
         "finish_reason": Value("string"),
         "prompt_tokens": Value("int32"),
         "completion_tokens": Value("int32"),
+        # a thinking teacher's reasoning before its answer (rows/reasoning.py), never in `messages`; its tokens
+        # (the server's count, else the teacher's tokenizer's) and whether it was closed; null without reasoning
+        "reasoning": Value("string"),
+        "reasoning_tokens": Value("int32"),
+        "reasoning_closed": Value("bool"),
         "instruction": Value("string"),
         "question_finish_reason": Value("string"),
         "run_id": Value("string"),

@@ -27,10 +27,15 @@ from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, ScoreConfig
 from dataengine.rows import (
     SCORED_FEATURES,
+    ReasoningFormat,
     batch_key,
     iter_rows,
     prompt_and_full_ids,
+    reasoning_form,
+    reasoning_reads,
+    require_reasoning_template,
     stage_writer,
+    with_reasoning,
     write_parquet,
 )
 from dataengine.stage import RunContext, Stage, StageResult
@@ -50,6 +55,9 @@ class ScoreStage(Stage):
         self.base_dir = base_dir
         self.inputs = {"rows": rows_from}
         self.outputs = {"rows": "scored"}
+        # the teacher scores the conversation the student learns: with its reasoning, in the training's form
+        self.form = reasoning_form(recipe)
+        self.reads = (*self.reads, *reasoning_reads(recipe))
 
     def outside(self) -> list[str]:
         urls = self.recipe.teacher.urls
@@ -65,7 +73,9 @@ class ScoreStage(Stage):
         # the tasks read their rows from a file (a pipeline travels to Ray workers and Slurm jobs pickled), one
         # row group per batch
         table = work_dir / "todo.parquet"
-        todo = _write_todo(iter_rows(inputs["rows"]), tokenizer, limit, self.cfg.batch_size, table)
+        if self.form == "template":
+            require_reasoning_template(resolve_model(self.recipe.teacher, ctx.log), "the teacher")
+        todo = _write_todo(iter_rows(inputs["rows"]), tokenizer, limit, self.cfg.batch_size, table, self.form)
         sizes = dict(todo.batches)
         tasks = min(self.cfg.tasks, len(todo.batches)) or 1
 
@@ -148,9 +158,11 @@ class _Todo(NamedTuple):
 _TODO_SCHEMA = pa.schema([f for f in SCORED_FEATURES.arrow_schema if not f.name.startswith("teacher_topk_")])
 
 
-def _write_todo(rows: Iterable[dict], tokenizer, limit: int | None, batch_size: int, path: Path) -> _Todo:
-    """The rows with their token ids, into `path` a batch (one row group) at a time: whole or absent. Rows that
-    do not fit the teacher's context are counted, not written."""
+def _write_todo(
+    rows: Iterable[dict], tokenizer, limit: int | None, batch_size: int, path: Path, form: ReasoningFormat
+) -> _Todo:
+    """The rows with their token ids (the reasoning in the answer as `form` puts it), into `path` a batch (one
+    row group) at a time: whole or absent. Rows that do not fit the teacher's context are counted, not written."""
     batches: list[tuple[str, int]] = []
     rows_in = too_long = 0
     pending: list[dict] = []
@@ -164,7 +176,7 @@ def _write_todo(rows: Iterable[dict], tokenizer, limit: int | None, batch_size: 
 
         for row in rows:
             rows_in += 1
-            ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+            ids, start = prompt_and_full_ids(tokenizer, with_reasoning(row["messages"], row.get("reasoning"), form))
             # the request generates one token after the sequence, so it must fit with one to spare
             if limit is not None and len(ids) + 1 > limit:
                 too_long += 1

@@ -15,7 +15,9 @@ import functools
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -38,7 +40,13 @@ from dataengine.teacher.throughput import Follower, recorder
 
 HEALTH_INTERVAL_S = 2.0
 # request fields vLLM reads that the OpenAI client does not know (generate/rollout.py sets them)
-VLLM_FIELDS = ("continue_final_message", "add_generation_prompt", "structured_outputs")
+VLLM_FIELDS = (
+    "continue_final_message",
+    "add_generation_prompt",
+    "structured_outputs",
+    "chat_template_kwargs",
+    "thinking_token_budget",
+)
 # where a response's `routed_experts` travels from datatrove's endpoint to the rollout
 ROUTED_EXPERTS = "dataengine_routed_experts"
 
@@ -46,6 +54,21 @@ ROUTED_EXPERTS = "dataengine_routed_experts"
 # the document and when its rollout began, for the progress bar and the throughput log.
 OnDone = Callable[[int, float], None]
 LOCAL = ExecutorSettings()  # one task, here
+
+
+# the whole response of the OpenAI client's chat call, for the request that made it (`keep_whole`)
+_WHOLE: ContextVar[dict | None] = ContextVar("whole_response", default=None)
+
+
+def _with_reasoning(response: dict, whole: dict) -> dict:
+    """datatrove's rebuilt response with what it leaves out of the whole one: the message's reasoning and the
+    usage's reasoning tokens."""
+    message = whole["choices"][0].get("message") or {}
+    if reasoning := message.get("reasoning") or message.get("reasoning_content"):
+        response["choices"][0]["message"]["reasoning"] = reasoning
+    if details := (whole.get("usage") or {}).get("completion_tokens_details"):
+        response.setdefault("usage", {})["completion_tokens_details"] = details
+    return response
 
 
 class _RootEndpointServer(EndpointServer):
@@ -68,13 +91,38 @@ class _RootEndpointServer(EndpointServer):
             # a non-local endpoint is reached through the OpenAI client, whose create() refuses keyword
             # arguments that are not OpenAI's: vLLM's own fields travel in the body through extra_body
             payload["extra_body"] = vllm_fields
-        response = await super()._make_request(payload)
+        token = _WHOLE.set(None)
+        try:
+            response = await super()._make_request(payload)
+            whole = _WHOLE.get()
+        finally:
+            _WHOLE.reset(token)
+        if whole is not None:
+            response = _with_reasoning(response, whole)
         # datatrove keeps a choice's text and finish reason and the response's usage, in its result and in
         # its request cache; usage is the one free-form dict of the three, so the teacher's routing rides in it
         routed = response["choices"][0].pop("routed_experts", None)
         if routed is not None:
             response.setdefault("usage", {})[ROUTED_EXPERTS] = routed
         return response
+
+    def keep_whole(self) -> None:
+        """Through the OpenAI client (a non-local endpoint), datatrove rebuilds the response from the message's
+        content and three usage counts: a reasoning parser's `reasoning` and the usage's reasoning tokens would
+        be lost. The client's chat call is wrapped to leave the whole response in `_WHOLE`, which the request
+        that made the call reads back (the same asyncio task, so the same context)."""
+        client = self.client
+        if client is None:
+            return
+        create = client.chat.completions.create
+
+        async def create_and_keep(**kwargs: Any) -> Any:
+            response = await create(**kwargs)
+            _WHOLE.set(response.model_dump())
+            return response
+
+        completions = SimpleNamespace(create=create_and_keep)
+        self.client = SimpleNamespace(chat=SimpleNamespace(completions=completions), completions=client.completions)
 
     async def monitor_health(self) -> None:
         failures = 0
@@ -151,6 +199,7 @@ def endpoint_server(
     """datatrove's endpoint server for one task, with the teacher's health check."""
     server = _RootEndpointServer(config, rank)
     server.health = health
+    server.keep_whole()
     if whole_responses:
         # datatrove talks to a non-local endpoint through the OpenAI client, which rebuilds the response
         # from its text and usage alone; its raw http path (used for local ones) returns it whole

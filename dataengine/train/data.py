@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import Dataset, load_dataset
 
-from dataengine.rows import held_out_ids, prompt_key, shard_files
+from dataengine.rows import ReasoningFormat, held_out_ids, prompt_key, shard_files, with_reasoning
 
 
 def load_rows(stage_folder: Path, cache_dir: Path) -> Dataset:
@@ -71,28 +71,51 @@ def pairs_outside(pairs: Dataset, held_out: list[dict]) -> Dataset:
     )
 
 
-def phase_rows(phase: str, rows: Dataset, method: str | None = None) -> Dataset:
+def phase_rows(phase: str, rows: Dataset, method: str | None = None, form: ReasoningFormat = "think_tags") -> Dataset:
     """`rows` (a stage's rows; preference pairs for "dpo") in the form the phase's TRL trainer takes, `method`
-    naming the distillation method."""
+    naming the distillation method; a thinking teacher's reasoning joins the answer as `form` says."""
     if phase == "sft":
-        return sft_rows(rows)
+        return sft_rows(rows, form)
     if phase == "dpo":
         return rows.select_columns(["prompt", "chosen", "rejected"])
     if method == "offline_topk":
         return topk_rows(rows)
     if method == "gkd":
-        return rows.select_columns(["messages"])
+        return _conversations(rows, form, lambda conversations: {"messages": conversations}, "conversations")
     return _form(rows, lambda messages: {"prompt": [m[:-1] for m in messages]}, ["messages"], "prompts")
 
 
-def sft_rows(rows: Dataset) -> Dataset:
-    """TRL's conversational prompt-completion form: its completion-only loss then covers the answer alone."""
-    return _form(
-        rows,
-        lambda messages: {"prompt": [m[:-1] for m in messages], "completion": [m[-1:] for m in messages]},
-        ["messages"],
-        "prompt-completion",
-    )
+def sft_rows(rows: Dataset, form: ReasoningFormat = "think_tags") -> Dataset:
+    """TRL's conversational prompt-completion form: its completion-only loss then covers the answer alone, with
+    the reasoning before it when the teacher thought."""
+
+    def build(conversations) -> dict:
+        return {"prompt": [m[:-1] for m in conversations], "completion": [m[-1:] for m in conversations]}
+
+    return _conversations(rows, form, build, "prompt-completion")
+
+
+def has_reasoning(rows: Dataset) -> bool:
+    """Whether any row holds a thinking teacher's reasoning (read from the arrow column, not row by row)."""
+    if "reasoning" not in rows.column_names or not len(rows):
+        return False
+    return rows.with_format("arrow")["reasoning"].null_count < len(rows)
+
+
+def _conversations(rows: Dataset, form: ReasoningFormat, build, what: str) -> Dataset:
+    """`build` over the rows' conversations as the student learns them (`rows.with_reasoning`). With the
+    `template` form every final turn has a `reasoning_content` (null without reasoning): one batch's turns and
+    the next's must have the same fields. Rows of earlier runs have no `reasoning` column."""
+    if "reasoning" not in rows.column_names:
+        return _form(rows, build, ["messages"], what)
+
+    def learned(messages, reasonings) -> dict:
+        conversations = [with_reasoning(m, r, form) for m, r in zip(messages, reasonings, strict=True)]
+        if form == "template":
+            conversations = [[*c[:-1], {"reasoning_content": None, **c[-1]}] for c in conversations]
+        return build(conversations)
+
+    return _form(rows, learned, ["messages", "reasoning"], what)
 
 
 def topk_rows(rows: Dataset) -> Dataset:

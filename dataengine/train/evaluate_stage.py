@@ -15,9 +15,10 @@ from rich.table import Table
 
 from dataengine import numbers
 from dataengine.checks.sandbox import SandboxLimits
-from dataengine.facts import METRICS, Evaluation
+from dataengine.facts import METRICS, REASONING_METRICS, Evaluation
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, TeacherConfig, resolve_path
+from dataengine.rows import reasoning_form
 from dataengine.run_folder import METRICS_FILE, ROUTING_MAP_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.train.win_rate import win_rate
@@ -123,6 +124,7 @@ class EvaluateStage(Stage):
         prefix = (code.answer_prefix or "") if code else ""
         limits = SandboxLimits.of(self.recipe.curate.code, timeout_s=self.cfg.code_timeout_s)
         results, samples = {}, []
+        form = reasoning_form(self.recipe)
         with Progress(console=ctx.console, transient=True) as progress:
             for label, path in (("before", initial), ("after", trained)):
                 bar = progress.add_task(f"evaluating the student {label} training", total=len(held_out))
@@ -138,7 +140,7 @@ class EvaluateStage(Stage):
                     lambda bar=bar: progress.advance(bar),
                 )
                 samples += [{"student": label, **s} for s in quality.pop("samples")]
-                fit = answer_fit(model, tokenizer, held_out)
+                fit = answer_fit(model, tokenizer, held_out, form)
                 results[label] = {**fit, **quality, "intervals": fit["intervals"] | quality["intervals"]}
         if self.cfg.teacher:
             results["teacher"] = self._teacher(held_out, ctx)
@@ -148,7 +150,7 @@ class EvaluateStage(Stage):
             folder = init_student(variant, self.base_dir, work_dir / "inits" / other.name, train_rows, load, ctx.log)
             ctx.log(f"evaluating the compared init {other.name} untrained")
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-            fit = answer_fit(model, AutoTokenizer.from_pretrained(str(folder)), held_out)
+            fit = answer_fit(model, AutoTokenizer.from_pretrained(str(folder)), held_out, form)
             made = json.loads((folder / "student_init.json").read_text())
             inits[other.name] = {"parameters": made["parameters"], **fit}
         wins = {}
@@ -171,7 +173,13 @@ class EvaluateStage(Stage):
             rows_in=len(held_out),
             rows_out=len(held_out),
             output_fingerprint=fingerprint_files([output_dir / METRICS_FILE]),
-            stats={**{label: {m.key: results[label].get(m.key) for m in METRICS} for label in results}, **wins},
+            stats={
+                **{
+                    label: {m.key: results[label].get(m.key) for m in (*METRICS, *REASONING_METRICS)}
+                    for label in results
+                },
+                **wins,
+            },
         )
 
     def _teacher(self, held_out: list[dict], ctx: RunContext) -> dict:
@@ -191,14 +199,14 @@ class EvaluateStage(Stage):
             return teacher_row(held_out, self._served_fit(held_out, tokenizer, ctx))
         ctx.log(f"evaluating the teacher {teacher.model} on its held-out answers, loaded here")
         model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
-        return teacher_row(held_out, answer_fit(model, tokenizer, held_out))
+        return teacher_row(held_out, answer_fit(model, tokenizer, held_out, reasoning_form(self.recipe)))
 
     def _served_fit(self, held_out: list[dict], tokenizer, ctx: RunContext) -> dict:
         """Perplexity of the run's teacher (endpoint or our server, started if it is not running) on the held-out
         answers, the tokens scoring gave them where the rows were scored; rows longer than our server's context
         are left out and counted. A teacher that stops answering is recovered once (`teacher.recovery`)."""
         from dataengine.errors import StageError
-        from dataengine.rows import prompt_and_full_ids
+        from dataengine.rows import prompt_and_full_ids, with_reasoning
         from dataengine.teacher.logprobs import answer_nll
         from dataengine.train.evaluation import perplexity_fit
 
@@ -208,7 +216,8 @@ class EvaluateStage(Stage):
             if row.get("token_ids") is not None:  # as the local teacher reads them (`answer_fit`)
                 ids, start = list(row["token_ids"]), row["completion_start"]
             else:
-                ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+                conversation = with_reasoning(row["messages"], row.get("reasoning"), reasoning_form(self.recipe))
+                ids, start = prompt_and_full_ids(tokenizer, conversation)
             if limit is None or len(ids) + 1 <= limit:  # the request generates one token after the sequence
                 sequences.append(ids)
                 starts.append(start)
@@ -239,7 +248,7 @@ class EvaluateStage(Stage):
         columns = ["metric", "before training", "after training"] + (["teacher"] if evaluation.teacher else [])
         for column in [*columns, "better is"]:
             table.add_column(column, justify="left" if column == "metric" else "right")
-        for m in METRICS:
+        for m in evaluation.metrics:
             cells = [evaluation.cell(label, m.key) for label in ("before", "after")]
             if evaluation.teacher:
                 cells.append(

@@ -13,15 +13,23 @@ import torch.nn.functional as F
 from dataengine.checks.code_answer import parse_code_answer
 from dataengine.checks.language import detect_language
 from dataengine.checks.sandbox import SandboxLimits, run_python
-from dataengine.rows import primary_language, prompt_and_full_ids
+from dataengine.rows import (
+    Reasoning,
+    ReasoningFormat,
+    primary_language,
+    prompt_and_full_ids,
+    split_reasoning,
+    with_reasoning,
+)
 from dataengine.train import intervals
 from dataengine.train.offline_topk import topk_kl
 
 
 @torch.no_grad()
-def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
-    """On the teacher's answers: mean per-token KL(teacher || student) over the teacher's top-k plus a tail
-    bucket (when the rows were scored) and the student's perplexity, each with its bootstrap interval."""
+def answer_fit(model, tokenizer, rows: list[dict], form: ReasoningFormat = "think_tags") -> dict:
+    """On the teacher's answers (with their reasoning, in `form`, as the student learned them): mean per-token
+    KL(teacher || student) over the teacher's top-k plus a tail bucket (when the rows were scored) and the
+    student's perplexity, each with its bootstrap interval."""
     model.eval()
     kl, kl_tokens = 0.0, 0
     nll_rows, kl_rows = [], []  # [sum, tokens] per row, for the intervals
@@ -29,7 +37,7 @@ def answer_fit(model, tokenizer, rows: list[dict]) -> dict:
         if row.get("token_ids") is not None:
             ids, start = row["token_ids"], row["completion_start"]
         else:
-            ids, start = prompt_and_full_ids(tokenizer, row["messages"])
+            ids, start = prompt_and_full_ids(tokenizer, with_reasoning(row["messages"], row.get("reasoning"), form))
         input_ids = torch.tensor([ids])
         logits = model(input_ids=input_ids).logits[0].float()
         predicted = logits[start - 1 : -1]  # the logits at p - 1 predict token p
@@ -93,13 +101,17 @@ def answer_quality(
     advance: Callable[[], None] = lambda: None,
 ) -> dict:
     """The student answers the held-out prompts itself: code answers must parse and pass their own tests in
-    the sandbox (the rule curation applied to the teacher); chat answers must be in the language asked."""
+    the sandbox (the rule curation applied to the teacher); chat answers must be in the language asked. Where the
+    teacher reasoned, the student's reasoning is read apart: its length and whether it closed are measured, and
+    the checks read the answer after it."""
     model.eval()
     passed = code = in_language = chat = 0
     samples = []
     for row in rows:
         is_code = row["kind"] == "code"
-        answer = generate_answer(model, tokenizer, row["messages"][:-1], code_prefix if is_code else "", max_new_tokens)
+        said = generate_answer(model, tokenizer, row["messages"][:-1], code_prefix if is_code else "", max_new_tokens)
+        thought = split_reasoning(said, None, None) if row.get("reasoning") is not None else None
+        answer = thought.answer if thought else said
         if is_code:
             code += 1
             parsed = parse_code_answer(answer)
@@ -117,10 +129,13 @@ def answer_quality(
                 "language": row["language"],
                 "ok": bool(ok),
                 "answer": answer[:SAMPLE_CHARS],
+                **(_reasoning_sample(tokenizer, thought) if thought else {}),
             }
         )
         advance()
+    reasoned = [s for s in samples if "reasoning_closed" in s]
     return {
+        **_reasoning_figures([s["reasoning_tokens"] for s in reasoned], [s["reasoning_closed"] for s in reasoned]),
         "code_pass_rate": passed / code if code else None,
         "code_rows": code,
         "language_fidelity": in_language / chat if chat else None,
@@ -130,6 +145,27 @@ def answer_quality(
             "language_fidelity": _share_interval([s["ok"] for s in samples if s["kind"] != "code"]),
         },
         "samples": samples,
+    }
+
+
+def _reasoning_sample(tokenizer, thought: Reasoning) -> dict:
+    """A student's reasoning, as its sample records it: its tokens, whether it closed, and its start."""
+    reasoning = thought.reasoning or ""
+    return {
+        "reasoning_tokens": len(tokenizer(reasoning, add_special_tokens=False)["input_ids"]),
+        "reasoning_closed": bool(thought.closed),
+        "reasoning": reasoning[:SAMPLE_CHARS],
+    }
+
+
+def _reasoning_figures(tokens: list[int], closed: list[bool]) -> dict:
+    """Mean reasoning tokens and the share closed, over the held-out rows the teacher reasoned on (none: {})."""
+    if not tokens:
+        return {}
+    return {
+        "reasoning_rows": len(tokens),
+        "reasoning_tokens": sum(tokens) / len(tokens),
+        "reasoning_closed_rate": sum(closed) / len(closed),
     }
 
 
@@ -143,7 +179,11 @@ def teacher_row(rows: list[dict], fit: dict) -> dict:
     passed the checks curation applied (code tests, language): the figures a student is measured against."""
     code = [bool(r.get("tests_passed")) for r in rows if r["kind"] == "code"]
     chat = [r.get("language_detected") == primary_language(r["language"]) for r in rows if r["kind"] != "code"]
+    reasoned = [r for r in rows if r.get("reasoning") is not None]
     return {
+        **_reasoning_figures(
+            [r["reasoning_tokens"] or 0 for r in reasoned], [bool(r["reasoning_closed"]) for r in reasoned]
+        ),
         "perplexity": fit["perplexity"],
         "answer_tokens": fit["answer_tokens"],
         # held-out rows the served teacher's context could not take, left out of its perplexity

@@ -20,6 +20,7 @@ from dataengine.errors import StageError
 from dataengine.facts import Phase, Training
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, resolve_path
+from dataengine.rows import reasoning_reads, require_reasoning_template
 from dataengine.run_folder import ROUTING_MAP_FILE, TRAINING_FILE
 from dataengine.stage import RunContext, Stage, StageResult
 from dataengine.teacher.server import resolve_model
@@ -64,6 +65,7 @@ class TrainStage(Stage):
         if preference_from:
             self.inputs["preference"] = preference_from
         self.outputs = {"student": f"students/{self.cfg.student.name}"}
+        self.reads = (*self.reads, *reasoning_reads(recipe))
         if self.cfg.dpo is not None:
             # the evaluation judges the student against itself before DPO: its win rate
             self.outputs["before_dpo"] = f"students/{self.cfg.student.name}-before-dpo"
@@ -167,10 +169,13 @@ class TrainStage(Stage):
     def _train(self, phase: str, start: Path, rows: Dataset, settings, out: Path, ctx: RunContext, **extra) -> Path:
         """One phase on `rows` (a `datasets.Dataset` of the stage's rows, or of preference pairs for dpo), in the
         form its trainer takes, in this process or through accelerate launch (`train.launch`)."""
-        from dataengine.train.data import phase_rows
+        from dataengine.train.data import has_reasoning, phase_rows
         from dataengine.train.phases import run_phase
 
-        rows = phase_rows(phase, rows, getattr(settings, "method", None))
+        form = self.cfg.reasoning_format
+        if form == "template" and has_reasoning(rows):
+            require_reasoning_template(start, "the student")
+        rows = phase_rows(phase, rows, getattr(settings, "method", None), form)
         if self.cfg.launch is None:
             return run_phase(phase, start, rows, settings, out, ctx.log, **extra)
         return launch_phase(phase, start, rows, settings, out, self.cfg.launch, self.base_dir, ctx.log, **extra)
