@@ -41,8 +41,10 @@ from dataengine.target.existing import reference_folder
 
 
 def row_to_document(self, data: dict, path: str, id_in_file: int | str) -> dict:
-    """A sample row as a datatrove document: the answer is the text, the whole row the metadata."""
-    return {"text": data["messages"][-1]["content"], "id": data["id"], "metadata": data}
+    """A sample row as a datatrove document: the answer is the text, the whole row the metadata. datatrove's
+    readers skip a document without text, so an empty answer (a thinking teacher's that never came after its
+    reasoning) reads as one space: the filters drop it with their reason, and the row keeps its messages."""
+    return {"text": data["messages"][-1]["content"] or " ", "id": data["id"], "metadata": data}
 
 
 def prompt_and_answer(self, document: Document) -> dict:

@@ -22,7 +22,7 @@ from dataengine.facts import Evaluation, RunFacts
 from dataengine.publish.layout import add_dataset_infos
 from dataengine.recipe import Recipe
 from dataengine.results import JudgeStats
-from dataengine.rows import queries
+from dataengine.rows import frames, queries
 from dataengine.secrets import scrub
 from dataengine.target.existing import HISTORY_KEY
 from dataengine.target.send import MARK
@@ -96,7 +96,9 @@ def build_card(
     )
     add_dataset_infos(data, layout, counts, features, config_features, earlier_sizes)
     revisions = queries.revisions(rows)
-    body = _body(recipe, facts, counts, revisions, load_from, secrets, test_ids, split, history, evaluation)
+    # over the dataset's rows (an appended one's earlier runs' too), as its card describes them
+    reasoning = queries.reasoning_lengths(frames.scan(layout))
+    body = _body(recipe, facts, counts, revisions, load_from, secrets, test_ids, split, history, evaluation, reasoning)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
@@ -111,6 +113,7 @@ def _body(
     split: TestSplit,
     history: list[dict],
     evaluation: Evaluation | None,
+    reasoning: dict[str, dict[str, float]],
 ) -> str:
     if recipe.generate is not None:
         sampling = json.dumps(recipe.generate.sampling.model_dump(mode="json"), sort_keys=True)
@@ -179,7 +182,7 @@ def _body(
             "decontamination": recipe.curate.decontamination.model_dump(mode="json"),
         }
         lines += ["", "## Dedup and decontamination", "", "```yaml", _yaml(scrub(settings, secrets)), "```"]
-    lines += reasoning_section(facts.reasoning)
+    lines += reasoning_section(reasoning)
     lines += judge_section(facts.judge)
     lines += evaluation_section(evaluation, test_ids)
     lines += expert_coverage_section(facts.routing)
@@ -200,7 +203,7 @@ def _body(
 
 
 def reasoning_section(reasoning: dict[str, dict[str, float]]) -> list[str]:
-    """The reasoning of a thinking teacher's kept rows, per group; nothing when no row has reasoning."""
+    """The reasoning of a thinking teacher's rows, per group; nothing when no row has reasoning."""
     if not reasoning:
         return []
     lines = [

@@ -80,7 +80,9 @@ def reasoning_lengths(rows: pl.LazyFrame | None) -> dict[str, dict[str, float]]:
     tokens; no groups when no row has reasoning (or the rows are of a version before reasoning)."""
     reasoned = columns(rows, ["kind", "language", "reasoning_tokens"]).filter(pl.col("reasoning_tokens").is_not_null())
     tokens = pl.col("reasoning_tokens")
-    per_group = reasoned.group_by("kind", "language").agg(pl.len().alias("rows"), tokens.mean().alias("mean"), tokens.max().alias("max"))
+    per_group = reasoned.group_by("kind", "language").agg(
+        pl.len().alias("rows"), tokens.mean().alias("mean"), tokens.max().alias("max")
+    )
     return {
         f"{kind}/{language}": {"rows": rows, "mean_tokens": mean, "max_tokens": longest}
         for kind, language, rows, mean, longest in per_group.sort("kind", "language")
