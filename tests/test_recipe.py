@@ -204,3 +204,17 @@ def test_shipped_cluster_recipe_is_valid_with_every_check():
     assert (recipe.generate.executor, recipe.generate.tasks, recipe.score.executor) == ("slurm", 4, "slurm")
     assert recipe.generate.slurm.sbatch_args == {"gres": "gpu:8"} and not recipe.teacher.urls  # a server per task
     assert recipe.train.launch.num_processes == 8
+
+
+def test_shipped_reasoning_recipe_is_valid_with_every_check():
+    from dataengine.generate.stage import teacher_config
+    from dataengine.runner import check
+
+    recipe = load_recipe("recipes/reasoning-moe-gpu.yaml")
+    check(recipe, ROOT / "recipes", "reasoning-moe-gpu.yaml")
+    assert recipe.teacher.vllm.extra_args == ["--reasoning-parser", "deepseek_r1"]
+    assert recipe.train.reasoning_format == "template" and recipe.train.distill.method == "offline_topk"
+    assert recipe.curate.filters.reasoning.max_tokens == recipe.generate.sampling.thinking_token_budget
+    # the budget reaches every request as vLLM takes it; thinking is left to the template (always on for it)
+    params = teacher_config(recipe, "http://gpu-node:8000").default_generation_params
+    assert params["thinking_token_budget"] == 6144 and "chat_template_kwargs" not in params
