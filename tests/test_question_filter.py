@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from datatrove.data import Document
 
-from dataengine.curate.filters.question import QuestionFilter, echo_share
+from dataengine.checks.questions import echo_share
+from dataengine.curate.filters.question import QuestionFilter
 from dataengine.generate.seeds import load_languages
 
 TOPIC = {"en": "photosynthesis", "fr": "la photosynthèse", "es": "la fotosíntesis", "de": "Photosynthese"}

@@ -133,7 +133,7 @@ class FiltersConfig(StrictModel):
     question: QuestionCheckConfig = Field(
         QuestionCheckConfig(),
         description="generated questions that are empty, address the user or echo the meta-prompt; answers that "
-        "only ask back (phrase lists per language in dataengine/curate/data/questions.yaml)",
+        "only ask back (phrase lists per language in dataengine/data/questions.yaml)",
     )
     repetition: FilterSwitch = Field(FilterSwitch(), description="datatrove's GopherRepetitionFilter, chat answers")
     language: LanguageCheckConfig = Field(LanguageCheckConfig(), description="answer in the language asked")

@@ -49,7 +49,7 @@ class LengthFilter(BaseFilter):
 
 @cache
 def shipped_phrases(name: str) -> dict:
-    """A phrase file of curate/data/ (refusals.yaml, questions.yaml): lists per language."""
+    """A phrase file of curate/data/ (refusals.yaml): lists per language."""
     return yaml.safe_load(resources.files("dataengine.curate").joinpath("data", name).read_text("utf-8"))
 
 

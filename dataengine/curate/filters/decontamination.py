@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 from importlib import resources
 from pathlib import Path
 
@@ -17,14 +16,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from dataengine.checks.questions import ngrams
 from dataengine.rows import last_user_turn
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def ngrams(text: str, n: int) -> set[str]:
-    words = _WORD.findall(text.lower())
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def builtin_benchmarks() -> dict[str, Path]:
