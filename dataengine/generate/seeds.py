@@ -51,11 +51,12 @@ class PromptSeed:
     """One distinct prompt; it is sampled `rollouts` times.
 
     task: `instruct_answer` (teacher writes a question from `prompt`, then answers it),
-    `code_task` (one structured code answer) or `answer` (`prompt` is the user turn itself).
+    `code_task` (one structured code answer), `answer` (`prompt` is the user turn itself) or `magpie` (`prompt`
+    is a user turn the teacher wrote itself, generate/magpie.py).
     """
 
     kind: Literal["chat", "code"]
-    task: Literal["instruct_answer", "code_task", "answer"]
+    task: Literal["instruct_answer", "code_task", "answer", "magpie"]
     language: str
     topic: str | None
     prompt: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,14 @@ from dataengine.checks.code_answer import layout_regex, parse_code_answer
 from dataengine.checks.question_form import question_regex
 from dataengine.errors import StageError
 from dataengine.experts.vllm_payload import answer_routing, encode
+from dataengine.generate.magpie import (
+    Written,
+    magpie_documents,
+    magpie_problems,
+    magpie_rollout,
+    select,
+    system_turn,
+)
 from dataengine.generate.prompt_files import source_problems
 from dataengine.generate.rollout import request_seed, rollout
 from dataengine.generate.seeds import (
@@ -62,6 +71,15 @@ def thinking_params(sampling: SamplingConfig) -> dict[str, Any]:
     if sampling.reasoning_effort is not None:
         params["reasoning_effort"] = sampling.reasoning_effort
     return params
+
+
+def magpie_config(recipe: Recipe, url: str) -> InferenceConfig:
+    """How the Magpie requests reach the teacher at `url`: completions, sampled as generate.magpie says."""
+    gen = recipe.generate
+    sampling = {"temperature": gen.magpie.temperature, "top_p": gen.magpie.top_p}
+    return inference_config(
+        served_name(recipe.teacher), url, sampling, gen.max_concurrent_requests, gen.request_timeout_s, use_chat=False
+    )
 
 
 def teacher_config(recipe: Recipe, url: str) -> InferenceConfig:
@@ -143,6 +161,8 @@ class GenerateStage(Stage):
         checked = recipe.curate is not None and recipe.curate.filters.language.enabled
         for i, source in enumerate(gen.sources):
             problems += source_problems(i, source, base_dir, checked)
+        if gen.magpie is not None:
+            problems += list(magpie_problems(gen.magpie))
         if gen.code is not None:
             known = load_code_archetypes()
             if unknown := [a for a in gen.code.archetypes or [] if a not in known]:
@@ -163,6 +183,8 @@ class GenerateStage(Stage):
             structured = is_code and gen.code is not None and gen.code.structured_output
             max_tokens = gen.code.max_tokens if is_code and gen.code else gen.sampling.max_tokens
             system = gen.chat.system_prompt if gen.chat and seed.kind == "chat" else None
+            if seed.task == "magpie":  # answered after the system turn it was written after: it sets the language
+                system = system_turn(gen.magpie, seed.language)
             meta = {
                 **{k: getattr(seed, k) for k in ("kind", "task", "language", "topic", "persona", "rollouts")},
                 "max_tokens": max_tokens,
@@ -192,7 +214,10 @@ class GenerateStage(Stage):
         # round 0 is the recipe's own prompts; each top-up round has its own datatrove work folder,
         # so finished rounds are skipped by datatrove's completion markers
         skipped = _Skipped(self._answered(ctx))
-        rounds = [(work_dir, skipped.filter(expand_seeds(gen, self.base_dir)))]
+        # Magpie's prompts are written first, by the teacher itself, and asked in round 0 with the recipe's own
+        written = self._magpie(ctx, work_dir / "magpie") if gen.magpie else None
+        own = expand_seeds(gen, self.base_dir)
+        rounds = [(work_dir, skipped.filter(itertools.chain(own, written.seeds) if written else own))]
         for r, extra in enumerate(load_rounds(ctx.run_dir), start=1):
             rounds.append((work_dir / f"top-up-{r}", top_up_seeds(gen, extra, r)))
         restarts_before = sum(t.restarts for t in ctx.endpoints())
@@ -245,8 +270,37 @@ class GenerateStage(Stage):
                 tasks=min(gen.tasks, asked.prompts),  # never more tasks than prompts
                 teacher_tokens_per_second_timeline=timeline([work / THROUGHPUT for work, _ in rounds]),
                 skipped_answered_prompts=skipped.prompts,
+                **({"magpie": written.stats()} if written else {}),
             ),
         )
+
+    def _magpie(self, ctx: RunContext, work: Path) -> Written:
+        """The user turns the teacher writes itself (generate.magpie), checked and deduplicated: a pass of its
+        own, resumable like the others, whose kept turns are asked with round 0."""
+        from transformers import AutoTokenizer
+
+        recipe = self.recipe
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.teacher, ctx.log))
+        run_inference(
+            ctx.endpoints(),
+            magpie_documents(recipe.generate, tokenizer),
+            work,
+            magpie_rollout,
+            functools.partial(magpie_config, recipe),
+            ctx.console,
+            "writing prompts (magpie)",
+            recipe.generate.records_per_chunk,
+            executor=recipe.generate,
+        )
+        with datatrove_logs_to(work / "datatrove.log"):
+            written = select(recipe.generate.magpie, JsonlReader(str(work / "raw"), compression=None).run())
+        dropped = ", ".join(f"{reason} {n}" for reason, n in written.dropped.most_common())
+        ctx.log(
+            f"magpie: the teacher wrote {written.asked} user turns; {len(written.seeds)} kept"
+            + (f" (dropped: {dropped})" if dropped else "")
+            + (f", {written.surplus} past their quota" if written.surplus else "")
+        )
+        return written
 
     def _answered(self, ctx: RunContext) -> set[int]:
         """With publish.append: the prompts the target already answers, which `sources` are not asked again."""
@@ -353,6 +407,12 @@ class GenerateStage(Stage):
             )
         if manifest.drops:
             console.print(f"dropped: {manifest.drops}")
+        if magpie := stats.get("magpie"):
+            dropped = ", ".join(f"{reason} {n}" for reason, n in magpie["dropped"].items())
+            console.print(
+                f"magpie: {magpie['kept']} of {magpie['asked']} user turns the teacher wrote were asked"
+                + (f" (dropped: {dropped})" if dropped else "")
+            )
         if skipped := stats.get("skipped_answered_prompts"):
             console.print(f"skipped {skipped} prompts of generate.sources: publish.to already holds their answers")
         if restarts := stats.get("teacher_restarts"):

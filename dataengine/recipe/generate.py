@@ -123,6 +123,43 @@ class CodeConfig(StrictModel):
     )
 
 
+class MagpieLanguage(StrictModel):
+    code: LanguageCode = Field(description="BCP-47 code, e.g. en, fr, zh")
+    quota: int = Field(ge=0, description="distinct prompts the teacher writes in this language, after the checks")
+    system_prompt: str | None = Field(
+        None,
+        description="the system turn, written in the language, that sets it; needed for languages without a "
+        "shipped one (dataengine/data/languages.yaml, `magpie_system`)",
+    )
+
+
+class MagpieConfig(StrictModel):
+    """Prompts without seeds (Magpie): the teacher writes the user's turn itself, continuing the text its chat
+    template puts before a user's message (after a system turn in the language), through vLLM's completions
+    endpoint. The prompts pass the question checks (empty, cut off, addressed to the user) and exact dedup
+    before they are answered."""
+
+    languages: list[MagpieLanguage] = Field(min_length=1, description="languages with their prompt quotas")
+    rollouts: int = Field(1, ge=1, le=64, description="answers sampled per prompt")
+    max_tokens: int = Field(96, ge=8, description="length cap of the prompt the teacher writes")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="sampling of the prompt (Magpie samples at 1)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass of the prompt")
+    oversample: float = Field(
+        2.0,
+        ge=1.0,
+        le=20.0,
+        description="the teacher writes quota x oversample prompts per language: some fail the checks or repeat; "
+        "the first quota that pass (in a stable order) are answered",
+    )
+
+    @model_validator(mode="after")
+    def _languages_once(self) -> MagpieConfig:
+        seen = [lang.code for lang in self.languages]
+        if twice := sorted({c for c in seen if seen.count(c) > 1}):
+            raise ValueError(f"language {twice[0]!r} is listed twice")
+        return self
+
+
 class PromptSource(StrictModel):
     """Prompts read from a local jsonl/json/parquet file or a Hub dataset; each is answered as is."""
 
@@ -157,6 +194,9 @@ class GenerateConfig(ExecutorSettings):
     chat: ChatConfig | None = Field(None, description="multilingual instruction/answer pairs")
     code: CodeConfig | None = Field(None, description="code tasks with solution and tests")
     sources: list[PromptSource] = Field(default_factory=list, description="prompts from files or Hub datasets")
+    magpie: MagpieConfig | None = Field(
+        None, description="prompts the teacher writes itself, without seeds (Magpie)", json_schema_extra=ADDED
+    )
     # in generate's key (so in every row id): a request that keeps timing out loses its rows, and the chunk
     # size is the layout of the resumable state
     max_concurrent_requests: int = Field(32, ge=1, le=4096, description="requests in flight to the teacher")
@@ -178,12 +218,13 @@ class GenerateConfig(ExecutorSettings):
 
     @model_validator(mode="after")
     def _something_to_generate(self) -> GenerateConfig:
-        if self.chat is None and self.code is None and not self.sources:
-            raise ValueError("nothing to generate: set at least one of `chat`, `code` or `sources`")
+        if self.chat is None and self.code is None and not self.sources and self.magpie is None:
+            raise ValueError("nothing to generate: set at least one of `chat`, `code`, `magpie` or `sources`")
         quotas = [lang.quota for lang in self.chat.languages] if self.chat else []
+        quotas += [lang.quota for lang in self.magpie.languages] if self.magpie else []
         if not self.sources and sum(quotas) == 0 and (self.code is None or self.code.count == 0):
             raise ValueError(
-                "nothing to generate: every generate.chat.languages[].quota and generate.code.count is 0 "
-                "(and there are no sources)"
+                "nothing to generate: every generate.chat.languages[].quota, generate.magpie.languages[].quota "
+                "and generate.code.count is 0 (and there are no sources)"
             )
         return self

@@ -208,10 +208,11 @@ def endpoint_server(
 
 
 def inference_config(
-    model: str, url: str, params: dict[str, Any], concurrency: int, timeout: float | None
+    model: str, url: str, params: dict[str, Any], concurrency: int, timeout: float | None, use_chat: bool = True
 ) -> InferenceConfig:
     """How datatrove's runner reaches the served `model` at `url` (its root, without /v1); `params` (OpenAI's
-    own names, which the OpenAI client takes as they are) go into every request that does not set them."""
+    own names, which the OpenAI client takes as they are) go into every request that does not set them. Chat
+    requests, or plain completions (`use_chat=False`: a prompt continued as it is)."""
     return InferenceConfig(
         server_type="endpoint",
         model_name_or_path=model,
@@ -220,7 +221,7 @@ def inference_config(
         # teacher has none (a server started with --api-key is not supported: our health checks send no key),
         # so vLLM's own placeholder, never the user's OPENAI_API_KEY
         api_key="EMPTY",
-        use_chat=True,
+        use_chat=use_chat,
         default_generation_params=params,
         max_concurrent_generations=concurrency,
         request_timeout=timeout,
