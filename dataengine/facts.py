@@ -42,6 +42,8 @@ METRICS = (
     Metric("code_pass_rate", "code pass rate (sandbox)", "code pass rate", "higher", "rate"),
     Metric("language_fidelity", "answers in the language asked", "language fidelity", "higher", "rate"),
 )
+# Where the held-out rows hold math problems: the student's final answers checked as curation checked the teacher's.
+MATH_METRICS = (Metric("math_accuracy", "math answers verified (math-verify)", "math accuracy", "higher", "rate"),)
 # Where the held-out rows hold a thinking teacher's reasoning: the student's own, measured apart from its answer
 # (whose checks above read the answer alone).
 REASONING_METRICS = (
@@ -143,8 +145,10 @@ class Evaluation:
 
     @property
     def metrics(self) -> tuple[Metric, ...]:
-        """What this evaluation measured, in order: the reasoning's metrics only where the rows had reasoning."""
-        return METRICS + (REASONING_METRICS if self.after.get("reasoning_rows") else ())
+        """What this evaluation measured, in order: math's and the reasoning's metrics only where the held-out
+        rows had math problems or reasoning."""
+        math = MATH_METRICS if self.after.get("math_rows") else ()
+        return METRICS + math + (REASONING_METRICS if self.after.get("reasoning_rows") else ())
 
     def win_rate_line(self) -> str | None:
         """The student against itself before DPO, as the judge saw them (train.dpo), in one sentence."""

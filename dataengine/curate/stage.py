@@ -26,6 +26,7 @@ from dataengine.curate.filters.code import CodeParseFilter, CodeTestsFilter
 from dataengine.curate.filters.custom import UserFilter, load_filter, module_file
 from dataengine.curate.filters.decontamination import DecontaminationFilter, builtin_benchmarks, read_texts
 from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualityFilter, RepetitionFilter
+from dataengine.curate.filters.math import MathFilter
 from dataengine.curate.filters.question import QuestionFilter
 from dataengine.curate.filters.reasoning import ReasoningFilter
 from dataengine.errors import StageError
@@ -118,6 +119,8 @@ class CurateStage(Stage):
             steps.append(
                 ReasoningFilter(r.max_tokens, r.same_language, r.min_copied_chars, exclusion_writer=out("reasoning"))
             )
+        if f.math.enabled:
+            steps.append(MathFilter(exclusion_writer=out("math")))
         if f.truncated.enabled:
             steps.append(TruncationFilter(exclusion_writer=out("truncated")))
         if f.length.enabled:
@@ -299,6 +302,9 @@ def _targets(recipe: Recipe) -> dict[Group, int]:
             targets[Group("chat", lang.code)] += lang.quota * gen.chat.rollouts
     if gen.code:
         targets[Group("code", gen.code.language)] += gen.code.count * gen.code.rollouts
+    if gen.math:
+        for lang in gen.math.languages:
+            targets[Group("math", lang.code)] += lang.quota * gen.math.rollouts
     return dict(sorted(targets.items()))
 
 

@@ -1,8 +1,9 @@
 """What one prompt asks of the teacher, as a datatrove rollout function.
 
 One datatrove document is one distinct prompt. For an `instruct_answer` prompt the teacher first
-writes the question (once, shared by every rollout), then answers it `rollouts` times; other tasks
-answer the prompt directly. Every request carries a seed derived from the prompt, so a resumed run
+writes the question (once, shared by every rollout), then answers it `rollouts` times; for a `math_problem`
+prompt it writes a word problem and its answer line, kept apart, then solves the problem `rollouts` times;
+other tasks answer the prompt directly. Every request carries a seed derived from the prompt, so a resumed run
 sends byte-identical requests and datatrove's request cache answers the finished ones.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import GenerateFunction
 
+from dataengine.checks.math_answer import split_problem
 from dataengine.rows import split_reasoning
 from dataengine.teacher.inference import ROUTED_EXPERTS
 
@@ -93,7 +95,7 @@ async def rollout(
     meta = document.metadata
     result: dict[str, Any] = {"question": None, "question_finish_reason": None, "question_tokens": 0, "answers": []}
     user = document.text
-    if meta["task"] == "instruct_answer":
+    if meta["task"] in ("instruct_answer", "math_problem"):
         question_request = [{"role": "user", "content": document.text}]
         asked = await generate(
             _payload(
@@ -105,7 +107,12 @@ async def rollout(
             )
         )
         # a thinking teacher's reasoning about the question is not the question
-        user = clean_question(split_reasoning(asked.text, asked.reasoning, asked.finish_reason).answer)
+        user = split_reasoning(asked.text, asked.reasoning, asked.finish_reason).answer
+        if meta["task"] == "math_problem":  # the problem's own answer line is kept apart, to check solutions by
+            user, result["reference_answer"] = split_problem(user)
+            user = f"{user}\n\n{meta['solve_instruction']}" if user else ""
+        else:
+            user = clean_question(user)
         result.update(
             question=user,
             question_finish_reason=asked.finish_reason,

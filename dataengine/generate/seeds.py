@@ -42,6 +42,10 @@ def load_personas() -> dict[str, list[str]]:
     return _data("personas.yaml")
 
 
+def load_math_topics() -> list[str]:
+    return _data("math_topics.yaml")
+
+
 def load_code_archetypes() -> dict[str, str]:
     return _data("code_archetypes.yaml")
 
@@ -51,12 +55,13 @@ class PromptSeed:
     """One distinct prompt; it is sampled `rollouts` times.
 
     task: `instruct_answer` (teacher writes a question from `prompt`, then answers it),
-    `code_task` (one structured code answer), `answer` (`prompt` is the user turn itself) or `magpie` (`prompt`
+    `code_task` (one structured code answer), `math_problem` (teacher writes a word problem with its answer
+    from `prompt`, then solves it), `answer` (`prompt` is the user turn itself) or `magpie` (`prompt`
     is a user turn the teacher wrote itself, generate/magpie.py).
     """
 
-    kind: Literal["chat", "code"]
-    task: Literal["instruct_answer", "code_task", "answer", "magpie"]
+    kind: Literal["chat", "code", "math"]
+    task: Literal["instruct_answer", "code_task", "answer", "magpie", "math_problem"]
     language: str
     topic: str | None
     prompt: str
@@ -112,6 +117,21 @@ def chat_seeds(gen: GenerateConfig, round: int = 0) -> Iterator[PromptSeed]:
             suffix = "" if n < len(pool) else f" ({n // len(pool) + 1})"
             prompt = template.format(topic=topic, persona=persona) + suffix
             yield PromptSeed("chat", "instruct_answer", lang.code, topic, prompt, chat.rollouts, round, persona)
+
+
+def math_seeds(gen: GenerateConfig, round: int = 0) -> Iterator[PromptSeed]:
+    math = gen.math
+    if math is None:
+        return
+    pool = list(math.topics or load_math_topics())
+    shipped = load_languages()
+    for lang in math.languages:
+        template = lang.instruction or shipped[lang.code]["math_instruction"]
+        for n, topic in enumerate(_draw(pool, lang.quota, _rng(gen, f"math:{lang.code}", round))):
+            suffix = "" if n < len(pool) else f" ({n // len(pool) + 1})"
+            yield PromptSeed(
+                "math", "math_problem", lang.code, topic, template.format(topic=topic) + suffix, math.rollouts, round
+            )
 
 
 CODE_REQUEST = """Write a small Python programming exercise: {archetype}.
@@ -176,13 +196,15 @@ def expand_seeds(gen: GenerateConfig, base_dir: Path) -> Iterator[PromptSeed]:
     `distinct` asks it once)."""
     yield from chat_seeds(gen)
     yield from code_seeds(gen)
+    yield from math_seeds(gen)
     for source in gen.sources:
         yield from source_seeds(source, base_dir)
 
 
 def top_up_seeds(gen: GenerateConfig, extra: dict[str, int], round: int) -> Iterator[PromptSeed]:
-    """Prompts of one top-up round: `extra` maps groups ("chat/<language>", "code/<language>") to how many
-    more distinct prompts to ask, drawn with a round-specific seed so that they differ from earlier ones."""
+    """Prompts of one top-up round: `extra` maps groups ("chat/<language>", "code/<language>", "math/<language>")
+    to how many more distinct prompts to ask, drawn with a round-specific seed so that they differ from earlier
+    ones."""
     wanted = {Group.parse(key): n for key, n in extra.items()}
     update: dict = {"sources": []}
     if gen.chat is not None:
@@ -192,9 +214,15 @@ def top_up_seeds(gen: GenerateConfig, extra: dict[str, int], round: int) -> Iter
         update["chat"] = gen.chat.model_copy(update={"languages": languages})
     if gen.code is not None:
         update["code"] = gen.code.model_copy(update={"count": wanted.get(Group("code", gen.code.language), 0)})
+    if gen.math is not None:
+        problems = [
+            lang.model_copy(update={"quota": wanted.get(Group("math", lang.code), 0)}) for lang in gen.math.languages
+        ]
+        update["math"] = gen.math.model_copy(update={"languages": problems})
     again = gen.model_copy(update=update)
     yield from chat_seeds(again, round)
     yield from code_seeds(again, round)
+    yield from math_seeds(again, round)
 
 
 _SEED_FEATURES = Features(

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dataengine.checks.code_answer import layout_regex, parse_code_answer
+from dataengine.checks.math_answer import check_solutions
 from dataengine.checks.question_form import question_regex
 from dataengine.errors import StageError
 from dataengine.experts.vllm_payload import answer_routing, encode
@@ -59,6 +60,15 @@ from dataengine.teacher.throughput import active_seconds, timeline
 
 # the sampling knobs every request carries (max_tokens is per kind) and every row records
 _SENT_SAMPLING = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
+
+
+# how a solution ends in a language the recipe brings its own math meta-prompt for
+SOLVE_INSTRUCTION = "Solve this problem step by step. End with the final answer in \\boxed{}."
+
+
+def solve_instruction(language: str) -> str:
+    """What follows a math problem in the user's turn: the shipped line in the language, else English's."""
+    return load_languages().get(language, {}).get("math_solve", SOLVE_INSTRUCTION)
 
 
 def thinking_params(sampling: SamplingConfig) -> dict[str, Any]:
@@ -163,6 +173,15 @@ class GenerateStage(Stage):
             problems += source_problems(i, source, base_dir, checked)
         if gen.magpie is not None:
             problems += list(magpie_problems(gen.magpie))
+        if gen.math is not None:
+            shipped = load_languages()
+            for i, lang in enumerate(gen.math.languages):
+                if lang.instruction is None and "math_instruction" not in shipped.get(lang.code, {}):
+                    problems.append(
+                        f"generate.math.languages[{i}]: language {lang.code!r} has no shipped math meta-prompt "
+                        f"(shipped: {', '.join(sorted(shipped))}); give `instruction:` written in that language, "
+                        "with {topic}, asking for a last line `Answer: <the number>`"
+                    )
         if gen.code is not None:
             known = load_code_archetypes()
             if unknown := [a for a in gen.code.archetypes or [] if a not in known]:
@@ -179,16 +198,20 @@ class GenerateStage(Stage):
         gen = self.recipe.generate
         seeded = gen.sampling.seed_requests
         for seed in seeds:
-            is_code = seed.kind == "code"
+            is_code, is_math = seed.kind == "code", seed.kind == "math"
             structured = is_code and gen.code is not None and gen.code.structured_output
             max_tokens = gen.code.max_tokens if is_code and gen.code else gen.sampling.max_tokens
+            max_tokens = gen.math.max_tokens if is_math else max_tokens
             system = gen.chat.system_prompt if gen.chat and seed.kind == "chat" else None
             if seed.task == "magpie":  # answered after the system turn it was written after: it sets the language
                 system = system_turn(gen.magpie, seed.language)
             meta = {
                 **{k: getattr(seed, k) for k in ("kind", "task", "language", "topic", "persona", "rollouts")},
                 "max_tokens": max_tokens,
-                "question_max_tokens": gen.chat.question_max_tokens if gen.chat else 0,
+                "question_max_tokens": gen.math.problem_max_tokens
+                if is_math
+                else (gen.chat.question_max_tokens if gen.chat else 0),
+                "solve_instruction": solve_instruction(seed.language) if is_math else None,
                 "question_regex": question_regex(seed.language, gen.chat.question_max_tokens)
                 if seed.task == "instruct_answer" and gen.chat and self._question_form
                 else None,
@@ -346,8 +369,19 @@ class GenerateStage(Stage):
                     if not result["answers"]:
                         made.drops["empty_question"] += meta["rollouts"]
                         continue
-                    for index, answer in enumerate(result["answers"]):
-                        thought = split_reasoning(answer["text"], answer.get("reasoning"), answer["finish_reason"])
+                    thoughts = [
+                        split_reasoning(a["text"], a.get("reasoning"), a["finish_reason"]) for a in result["answers"]
+                    ]
+                    # a problem's solutions are checked together: where its own answer cannot be read, the
+                    # majority of them is the reference
+                    checks = (
+                        check_solutions(result.get("reference_answer"), [t.answer for t in thoughts])
+                        if meta["kind"] == "math"
+                        else [None] * len(thoughts)
+                    )
+                    for index, (answer, thought, checked) in enumerate(
+                        zip(result["answers"], thoughts, checks, strict=True)
+                    ):
                         code = parse_code_answer(thought.answer) if meta["kind"] == "code" else None
                         routing = _answer_routing(answer)
                         made.unreadable_routing += routing is False
@@ -382,6 +416,10 @@ class GenerateStage(Stage):
                             "code_solution": code.solution if code else None,
                             "code_tests": code.tests if code else None,
                             "code_parse_error": code.parse_error if code else None,
+                            "reference_answer": result.get("reference_answer"),
+                            "final_answer": checked.final_answer if checked else None,
+                            "answer_verified": checked.verified if checked else None,
+                            "verify_reason": checked.reason if checked else None,
                             "teacher_routing": routing or None,
                         }
 

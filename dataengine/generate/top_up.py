@@ -30,6 +30,8 @@ def rollouts(recipe: Recipe, group: Group) -> int:
     gen = recipe.generate
     if group.kind == "chat" and gen.chat:
         return gen.chat.rollouts
+    if group.kind == "math" and gen.math:
+        return gen.math.rollouts
     return gen.code.rollouts if gen.code else 1
 
 

@@ -194,7 +194,8 @@ def to_row(record: dict, source: RowSource, place: str, run_id: str, created: st
     ours = all(record.get(column) is not None for column in _OURS)
     row = {column: record.get(column) for column in SAMPLE_FEATURES} if ours else dict.fromkeys(SAMPLE_FEATURES)
     kind = record.get("kind")
-    kind = kind if kind in ("chat", "code") else source.kind
+    # a math row is one only with the check this engine made when it wrote it (curation drops one without)
+    kind = kind if kind in ("chat", "code") or (kind == "math" and ours) else source.kind
     if kind == "code" and not (ours and row.get("code_tests")):
         return "code_without_tests"  # curation runs a code row's own tests: without them it would pass unchecked
     language = record.get(source.language_field) if source.language_field else None

@@ -127,6 +127,12 @@ class FiltersConfig(StrictModel):
         "(answer_missing), over its budget, in another language, or holding the answer verbatim",
         json_schema_extra=ADDED,
     )
+    math: FilterSwitch = Field(
+        FilterSwitch(),
+        description="math rows: a problem cut off by its cap (problem_truncated), a solution math-verify did not "
+        "verify (its verify_reason)",
+        json_schema_extra=ADDED,
+    )
     truncated: FilterSwitch = Field(FilterSwitch(), description="finish_reason=length or an unclosed code fence")
     length: LengthConfig = Field(LengthConfig(), description="empty, too short, too long answers")
     refusal: RefusalConfig = Field(RefusalConfig(), description="refusals, AI boilerplate, identity leaks")
@@ -196,7 +202,11 @@ class BenchmarkFile(StrictModel):
 class DecontaminationConfig(StrictModel):
     enabled: bool = Field(True, description="run this step")
     n: int = Field(8, ge=3, description="n-gram size, lowercased words")
-    builtin: list[Literal["humaneval"]] = Field(["humaneval"], description="benchmarks shipped with the package")
+    builtin: list[Literal["humaneval", "math_probe"]] = Field(
+        ["humaneval"],
+        description="benchmarks shipped with the package: HumanEval; math_probe, 24 grade-school word problems "
+        "the project wrote (no registry package ships GSM8K or MGSM: give their files for those)",
+    )
     files: list[BenchmarkFile] = Field(default_factory=list, description="your own benchmark files")
 
 

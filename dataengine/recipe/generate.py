@@ -123,6 +123,28 @@ class CodeConfig(StrictModel):
     )
 
 
+class MathConfig(StrictModel):
+    """Verifiable math: the teacher writes a word problem with a single final answer in the language, then solves
+    it `rollouts` times; every solution's final answer is checked with math-verify against the problem's own
+    (against the majority of the solutions where the problem's cannot be read), in the row's `answer_verified`."""
+
+    languages: list[LanguageQuota] = Field(min_length=1, description="languages with their problem quotas")
+    topics: list[str] | None = Field(None, description="your own topics, replacing the shipped ones")
+    rollouts: int = Field(4, ge=1, le=64, description="solutions sampled per problem")
+    problem_max_tokens: int = Field(160, ge=16, description="length cap of the problem the teacher writes")
+    max_tokens: int = Field(384, ge=16, description="length cap of a solution")
+
+    @model_validator(mode="after")
+    def _languages_once(self) -> MathConfig:
+        seen = [lang.code for lang in self.languages]
+        if twice := sorted({c for c in seen if seen.count(c) > 1}):
+            raise ValueError(f"language {twice[0]!r} is listed twice")
+        for lang in self.languages:
+            if lang.instruction is not None and "{topic}" not in lang.instruction:
+                raise ValueError(f"languages[{lang.code}].instruction must contain {{topic}}")
+        return self
+
+
 class MagpieLanguage(StrictModel):
     code: LanguageCode = Field(description="BCP-47 code, e.g. en, fr, zh")
     quota: int = Field(ge=0, description="distinct prompts the teacher writes in this language, after the checks")
@@ -194,6 +216,9 @@ class GenerateConfig(ExecutorSettings):
     chat: ChatConfig | None = Field(None, description="multilingual instruction/answer pairs")
     code: CodeConfig | None = Field(None, description="code tasks with solution and tests")
     sources: list[PromptSource] = Field(default_factory=list, description="prompts from files or Hub datasets")
+    math: MathConfig | None = Field(
+        None, description="word problems with a checkable final answer", json_schema_extra=ADDED
+    )
     magpie: MagpieConfig | None = Field(
         None, description="prompts the teacher writes itself, without seeds (Magpie)", json_schema_extra=ADDED
     )
@@ -218,13 +243,14 @@ class GenerateConfig(ExecutorSettings):
 
     @model_validator(mode="after")
     def _something_to_generate(self) -> GenerateConfig:
-        if self.chat is None and self.code is None and not self.sources and self.magpie is None:
-            raise ValueError("nothing to generate: set at least one of `chat`, `code`, `magpie` or `sources`")
+        if self.chat is None and self.code is None and not self.sources and self.magpie is None and self.math is None:
+            raise ValueError("nothing to generate: set at least one of `chat`, `code`, `math`, `magpie` or `sources`")
         quotas = [lang.quota for lang in self.chat.languages] if self.chat else []
         quotas += [lang.quota for lang in self.magpie.languages] if self.magpie else []
+        quotas += [lang.quota for lang in self.math.languages] if self.math else []
         if not self.sources and sum(quotas) == 0 and (self.code is None or self.code.count == 0):
             raise ValueError(
-                "nothing to generate: every generate.chat.languages[].quota, generate.magpie.languages[].quota "
-                "and generate.code.count is 0 (and there are no sources)"
+                "nothing to generate: every generate.chat/math/magpie.languages[].quota and generate.code.count "
+                "is 0 (and there are no sources)"
             )
         return self

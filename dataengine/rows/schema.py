@@ -48,6 +48,12 @@ SAMPLE_FEATURES = Features(
         "code_solution": Value("string"),
         "code_tests": Value("string"),
         "code_parse_error": Value("string"),
+        # math problems (generate.math): the problem's own answer line, the solution's final answer as
+        # math-verify read it, whether it is verified and why (matches_reference, matches_majority, ...)
+        "reference_answer": Value("string"),
+        "final_answer": Value("string"),
+        "answer_verified": Value("bool"),
+        "verify_reason": Value("string"),
         # the experts each answer token went to, as the teacher's vLLM returned them (teacher.return_routed_experts):
         # base64 .npy of [answer tokens - 1, layers, top_k] expert ids; null when the server did not return them
         "teacher_routing": Value("string"),

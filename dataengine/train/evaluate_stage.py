@@ -15,7 +15,7 @@ from rich.table import Table
 
 from dataengine import numbers
 from dataengine.checks.sandbox import SandboxLimits
-from dataengine.facts import METRICS, REASONING_METRICS, Evaluation
+from dataengine.facts import MATH_METRICS, METRICS, REASONING_METRICS, Evaluation
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, TeacherConfig, resolve_path
 from dataengine.rows import reasoning_form
@@ -175,7 +175,7 @@ class EvaluateStage(Stage):
             output_fingerprint=fingerprint_files([output_dir / METRICS_FILE]),
             stats={
                 **{
-                    label: {m.key: results[label].get(m.key) for m in (*METRICS, *REASONING_METRICS)}
+                    label: {m.key: results[label].get(m.key) for m in (*METRICS, *MATH_METRICS, *REASONING_METRICS)}
                     for label in results
                 },
                 **wins,

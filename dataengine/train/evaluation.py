@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from dataengine.checks.code_answer import parse_code_answer
 from dataengine.checks.language import detect_language
+from dataengine.checks.math_answer import check_solutions
 from dataengine.checks.sandbox import SandboxLimits, run_python
 from dataengine.rows import (
     Reasoning,
@@ -101,11 +102,13 @@ def answer_quality(
     advance: Callable[[], None] = lambda: None,
 ) -> dict:
     """The student answers the held-out prompts itself: code answers must parse and pass their own tests in
-    the sandbox (the rule curation applied to the teacher); chat answers must be in the language asked. Where the
+    the sandbox (the rule curation applied to the teacher); math answers must reach the problem's answer (as
+    math-verify reads them; the teacher's verified answer where the problem's own could not be read); chat
+    answers must be in the language asked. Where the
     teacher reasoned, the student's reasoning is read apart: its length and whether it closed are measured, and
     the checks read the answer after it."""
     model.eval()
-    passed = code = in_language = chat = 0
+    passed = code = in_language = chat = solved = problems = 0
     samples = []
     for row in rows:
         is_code = row["kind"] == "code"
@@ -117,6 +120,11 @@ def answer_quality(
             parsed = parse_code_answer(answer)
             ok = parsed.ok and run_python(f"{parsed.solution}\n\n\n{parsed.tests}\n", limits).passed
             passed += ok
+        elif row["kind"] == "math":
+            problems += 1
+            (checked,) = check_solutions(row.get("reference_answer") or row.get("final_answer"), [answer])
+            ok = checked.verified
+            solved += ok
         else:
             chat += 1
             detected, _ = detect_language(answer)
@@ -140,9 +148,11 @@ def answer_quality(
         "code_rows": code,
         "language_fidelity": in_language / chat if chat else None,
         "chat_rows": chat,
+        **({"math_accuracy": solved / problems, "math_rows": problems} if problems else {}),
         "intervals": {
             "code_pass_rate": _share_interval([s["ok"] for s in samples if s["kind"] == "code"]),
-            "language_fidelity": _share_interval([s["ok"] for s in samples if s["kind"] != "code"]),
+            "language_fidelity": _share_interval([s["ok"] for s in samples if s["kind"] == "chat"]),
+            "math_accuracy": _share_interval([s["ok"] for s in samples if s["kind"] == "math"]),
         },
         "samples": samples,
     }
@@ -178,7 +188,8 @@ def teacher_row(rows: list[dict], fit: dict) -> dict:
     the teacher loaded here or `perplexity_fit` on its served logprobs), and the share of those answers that
     passed the checks curation applied (code tests, language): the figures a student is measured against."""
     code = [bool(r.get("tests_passed")) for r in rows if r["kind"] == "code"]
-    chat = [r.get("language_detected") == primary_language(r["language"]) for r in rows if r["kind"] != "code"]
+    chat = [r.get("language_detected") == primary_language(r["language"]) for r in rows if r["kind"] == "chat"]
+    verified = [bool(r.get("answer_verified")) for r in rows if r["kind"] == "math"]
     reasoned = [r for r in rows if r.get("reasoning") is not None]
     return {
         **_reasoning_figures(
@@ -190,7 +201,9 @@ def teacher_row(rows: list[dict], fit: dict) -> dict:
         "too_long": fit.get("too_long", 0),
         "code_pass_rate": sum(code) / len(code) if code else None,
         "language_fidelity": sum(chat) / len(chat) if chat else None,
+        **({"math_accuracy": sum(verified) / len(verified)} if verified else {}),
         "intervals": {
+            "math_accuracy": _share_interval(verified),
             "perplexity": fit["intervals"]["perplexity"],
             "code_pass_rate": _share_interval(code),
             "language_fidelity": _share_interval(chat),

