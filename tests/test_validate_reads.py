@@ -89,7 +89,9 @@ def test_a_json_file_of_json_lines_is_read_as_datasets_reads_it(tmp_path):
 
 
 def test_every_quota_at_zero_is_nothing_to_generate():
-    with pytest.raises(RecipeError, match="every generate.chat.languages\\[\\].quota and generate.code.count is 0"):
+    with pytest.raises(
+        RecipeError, match="every generate.chat/math/magpie.languages\\[\\].quota and generate.code.count"
+    ):
         parse_recipe(MINIMAL.replace("quota: 2", "quota: 0") + "  code: {count: 0}\n")
 
 

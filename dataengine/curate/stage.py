@@ -29,6 +29,7 @@ from dataengine.curate.filters.language import AnswerLanguageFilter, ProseQualit
 from dataengine.curate.filters.math import MathFilter
 from dataengine.curate.filters.question import QuestionFilter
 from dataengine.curate.filters.reasoning import ReasoningFilter
+from dataengine.curate.filters.turns import EveryTurn
 from dataengine.errors import StageError
 from dataengine.executors import pipeline_runner
 from dataengine.logs import datatrove_logs_to
@@ -110,7 +111,10 @@ class CurateStage(Stage):
     def _filters(self, rejected: Path) -> list:
         cfg, f = self.cfg, self.cfg.filters
 
+        names: list[str] = []  # each filter's step, in order: every filter below takes one exclusion writer
+
         def out(step: str) -> JsonlWriter:
+            names.append(step)
             return JsonlWriter(str(rejected), output_filename=f"{step}_${{rank}}.jsonl", compression=None)
 
         steps: list = []
@@ -151,7 +155,8 @@ class CurateStage(Stage):
                 name: read_texts(path, fields.get(name, "prompt")) for name, path in self._benchmark_paths().items()
             }
             steps.append(DecontaminationFilter(texts, cfg.decontamination.n, exclusion_writer=out("decontamination")))
-        return steps
+        # a conversation's earlier assistant turns through the same filters, first: it is cut at its last good one
+        return [EveryTurn(list(zip(names, steps, strict=True))), *steps]
 
     def _published_reference(self, own: pa.Array, work_dir: Path, run_dir: Path) -> Path | None:
         """With publish.append: the target's rows, less this run's own (by generated id), as a reference."""
@@ -249,6 +254,7 @@ class CurateStage(Stage):
             rejected_by_step=dict(tally.steps.most_common()),
             quota=quota,
             code_tests_passed=tally.tests_passed,
+            **({"conversations_cut": dict(tally.cut.most_common())} if tally.cut else {}),
             rejected_dir=str(rejected_dir),
         )
 
@@ -267,6 +273,8 @@ class CurateStage(Stage):
         console.print(table)
         if manifest.drops:
             console.print("dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest.drops.items()))
+        if cut := manifest.stats.get("conversations_cut"):
+            console.print("conversations cut at their last good turn: " + ", ".join(f"{r} {n}" for r, n in cut.items()))
         console.print(f"output: {outputs['kept']} (rejected rows with reasons: {outputs['rejected']})")
 
 
@@ -278,9 +286,12 @@ class _Tally:
         self.groups: Counter[Group] = Counter()
         self.drops: Counter[str] = Counter()
         self.steps: Counter[str] = Counter()
+        self.cut: Counter[str] = Counter()  # kept conversations cut at an earlier turn, by the reason
 
     def kept(self, row: dict) -> dict:
         self.kept_rows += 1
+        if row.get("cut_reason"):
+            self.cut[row["cut_reason"]] += 1
         self.groups[Group.of(row)] += 1
         self.tests_passed += bool(row.get("tests_passed"))
         return row
@@ -309,6 +320,8 @@ def _targets(recipe: Recipe) -> dict[Group, int]:
 
 
 _ADDED = (
+    "cut_reason",
+    "turns_cut",
     "language_detected",
     "language_confidence",
     "tests_passed",

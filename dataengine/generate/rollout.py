@@ -145,21 +145,77 @@ async def rollout(
     )
     if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
         raise failed
-    answers = outcomes
     result["messages"] = messages
     result["answers"] = [
-        {
-            "text": (meta.get("answer_prefix") or "") + a.text,
-            "finish_reason": a.finish_reason,
-            "prompt_tokens": a.usage.get("prompt_tokens", 0),
-            "completion_tokens": a.usage.get("completion_tokens", 0),
-            "routed_experts": a.usage.get(ROUTED_EXPERTS),
-            # a reasoning parser's output, apart from the text, and its token count (vLLM's usage)
-            "reasoning": a.reasoning or None,
-            "reasoning_tokens": (a.usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
-            "seed": s,
-        }
-        for a, s in zip(answers, meta["answer_seeds"], strict=True)
+        _answer(a, s, meta.get("answer_prefix")) for a, s in zip(outcomes, meta["answer_seeds"], strict=True)
     ]
-    on_done(result["question_tokens"] + sum(a["completion_tokens"] for a in result["answers"]), started)
+    if meta.get("turns", 1) > 1 and meta["task"] == "instruct_answer":
+        # each rollout's conversation goes on on its own; their outcomes are collected as the answers' were
+        conversations = await asyncio.gather(
+            *(_follow_ups(document, generate, meta, r, messages, a) for r, a in enumerate(result["answers"])),
+            return_exceptions=True,
+        )
+        if failed := next((c for c in conversations if isinstance(c, BaseException)), None):
+            raise failed
+        for answer, follow_ups in zip(result["answers"], conversations, strict=True):
+            answer["follow_ups"] = follow_ups
+    turns = [t for a in result["answers"] for t in [a, *a.get("follow_ups", [])]]
+    tokens = sum(t["completion_tokens"] + t.get("question_tokens", 0) for t in turns)
+    on_done(result["question_tokens"] + tokens, started)
     return result
+
+
+def _answer(said: Any, seed: int | None, prefix: str | None = None) -> dict[str, Any]:
+    """One answer as the rollout's result keeps it."""
+    return {
+        "text": (prefix or "") + said.text,
+        "finish_reason": said.finish_reason,
+        "prompt_tokens": said.usage.get("prompt_tokens", 0),
+        "completion_tokens": said.usage.get("completion_tokens", 0),
+        "routed_experts": said.usage.get(ROUTED_EXPERTS),
+        # a reasoning parser's output, apart from the text, and its token count (vLLM's usage)
+        "reasoning": said.reasoning or None,
+        "reasoning_tokens": (said.usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
+        "seed": seed,
+    }
+
+
+def answer_text(answer: dict) -> str:
+    """What an assistant turn says, its reasoning left out (a conversation goes on without it)."""
+    return split_reasoning(answer["text"], answer.get("reasoning"), answer["finish_reason"]).answer
+
+
+def transcript(conversation: list[dict]) -> str:
+    """The conversation as the teacher reads it when it plays the user (the system turn left out)."""
+    label = {"user": "User", "assistant": "Assistant"}
+    return "\n\n".join(f"{label[m['role']]}: {m['content']}" for m in conversation if m["role"] in label)
+
+
+async def _follow_ups(
+    document: Document, generate: GenerateFunction, meta: dict, r: int, messages: list[dict], first: dict
+) -> list[dict]:
+    """Turns 2 to `turns` of rollout `r`'s conversation: the teacher plays the user (its persona, in its language)
+    and writes a follow-up question, then answers it after the whole conversation. A follow-up that comes out
+    empty ends the conversation there."""
+    conversation = [*messages, {"role": "assistant", "content": answer_text(first)}]
+    follow_ups: list[dict] = []
+    for t in range(2, meta["turns"] + 1):
+        seed = None if first["seed"] is None else request_seed(first["seed"], t)
+        ask = meta["follow_up"].format(transcript=transcript(conversation), user=meta["user"])
+        tag = f"{document.id}/a{r}/t{t}"
+        asked = await generate(
+            _payload([{"role": "user", "content": ask}], meta["question_max_tokens"], f"{tag}/q", seed)
+        )
+        question = clean_question(split_reasoning(asked.text, asked.reasoning, asked.finish_reason).answer)
+        if not question:
+            break
+        conversation.append({"role": "user", "content": question})
+        said = _answer(await generate(_payload(conversation, meta["max_tokens"], tag, seed)), seed)
+        said |= {
+            "question": question,
+            "question_finish_reason": asked.finish_reason,
+            "question_tokens": asked.usage.get("completion_tokens", 0),
+        }
+        follow_ups.append(said)
+        conversation.append({"role": "assistant", "content": answer_text(said)})
+    return follow_ups

@@ -33,7 +33,7 @@ from dataengine.generate.magpie import (
     system_turn,
 )
 from dataengine.generate.prompt_files import source_problems
-from dataengine.generate.rollout import request_seed, rollout
+from dataengine.generate.rollout import answer_text, request_seed, rollout
 from dataengine.generate.seeds import (
     PromptSeed,
     distinct,
@@ -49,7 +49,15 @@ from dataengine.logs import datatrove_logs_to
 from dataengine.manifest import Manifest, fingerprint_files
 from dataengine.recipe import Recipe, SamplingConfig, TeacherConfig, resolve_path
 from dataengine.results import GenerateStats
-from dataengine.rows import SAMPLE_FEATURES, Group, group_counts, sorted_rows, split_reasoning, stage_writer
+from dataengine.rows import (
+    SAMPLE_FEATURES,
+    Group,
+    Reasoning,
+    group_counts,
+    sorted_rows,
+    split_reasoning,
+    stage_writer,
+)
 from dataengine.run_folder import RunFolder
 from dataengine.stage import RunContext, Stage, StageResult, config_hash
 from dataengine.target.existing import answered_prompts, prompt_hash
@@ -162,6 +170,13 @@ class GenerateStage(Stage):
                         f"generate.chat.languages[{i}]: no shipped personas in {lang.code!r} (shipped: "
                         f"{', '.join(sorted(with_personas))}); set generate.chat.personas: false"
                     )
+            if gen.chat.turns > 1:
+                for i, lang in enumerate(gen.chat.languages):
+                    if "follow_up" not in shipped.get(lang.code, {}):
+                        problems.append(
+                            f"generate.chat.languages[{i}]: no shipped follow-up prompt in {lang.code!r}, which "
+                            f"generate.chat.turns: {gen.chat.turns} needs (shipped: {', '.join(sorted(shipped))})"
+                        )
             known = load_topics()
             if unknown := [d for d in gen.chat.domains or [] if d not in known]:
                 problems.append(
@@ -220,10 +235,18 @@ class GenerateStage(Stage):
                     request_seed(gen.seed, seed.key, "answer", r) if seeded else None for r in range(seed.rollouts)
                 ],
                 "system_prompt": system,
+                **(self._turns(seed) if seed.task == "instruct_answer" and gen.chat and gen.chat.turns > 1 else {}),
                 "answer_prefix": gen.code.answer_prefix if is_code and not structured else None,
                 "answer_regex": layout_regex(max_tokens) if is_code and structured else None,
             }
             yield Document(text=seed.prompt, id=seed.key, metadata=meta)
+
+    def _turns(self, seed: PromptSeed) -> dict[str, Any]:
+        """What a conversation of generate.chat.turns needs: how many, the language's follow-up meta-prompt, and
+        who the user is (the persona, else the language's word for the user)."""
+        shipped = load_languages()[seed.language]
+        turns = self.recipe.generate.chat.turns
+        return {"turns": turns, "follow_up": shipped["follow_up"], "user": seed.persona or shipped["user"]}
 
     # ------------------------------------------------------------------ run
 
@@ -383,11 +406,13 @@ class GenerateStage(Stage):
                         zip(result["answers"], thoughts, checks, strict=True)
                     ):
                         code = parse_code_answer(thought.answer) if meta["kind"] == "code" else None
-                        routing = _answer_routing(answer)
+                        talk = Conversation.of(result, answer, thought)
+                        last, thought = talk.last, talk.thought  # the row's answer is its last assistant turn
+                        routing = _answer_routing(last)
                         made.unreadable_routing += routing is False
                         yield {
                             "id": hashlib.sha256(f"{doc.id}\x1f{index}\x1f{gen_hash}".encode()).hexdigest()[:24],
-                            "messages": result["messages"] + [{"role": "assistant", "content": thought.answer}],
+                            "messages": talk.messages,
                             "kind": meta["kind"],
                             "language": meta["language"],
                             "topic": meta["topic"],
@@ -401,11 +426,13 @@ class GenerateStage(Stage):
                             },
                             "seed": answer["seed"],
                             "rollout_index": index,
-                            "finish_reason": answer["finish_reason"],
-                            "prompt_tokens": answer["prompt_tokens"],
-                            "completion_tokens": answer["completion_tokens"],
+                            "finish_reason": last["finish_reason"],
+                            "prompt_tokens": last["prompt_tokens"],
+                            "completion_tokens": talk.completion_tokens,
+                            "turn_finish_reasons": talk.finish_reasons,
+                            "turn_question_finish_reasons": talk.question_finish_reasons,
                             "reasoning": thought.reasoning,
-                            "reasoning_tokens": thinking.tokens(thought.reasoning, answer.get("reasoning_tokens")),
+                            "reasoning_tokens": thinking.tokens(thought.reasoning, last.get("reasoning_tokens")),
                             "reasoning_closed": thought.closed,
                             "instruction": doc.text,
                             "question_finish_reason": result["question_finish_reason"],
@@ -438,6 +465,10 @@ class GenerateStage(Stage):
             f"finish reasons {stats['finish_reasons']}"
             + (f"; code answers parsed {stats['code_parsed']}/{stats['code_rows']}" if stats["code_rows"] else "")
         )
+        if turns := stats.get("turns"):
+            console.print(
+                "assistant turns per conversation: " + ", ".join(f"{n}: {rows} rows" for n, rows in turns.items())
+            )
         if reasoned := stats.get("reasoning_rows"):
             console.print(
                 f"reasoning: {reasoned} of {manifest.rows_out} answers, "
@@ -510,6 +541,7 @@ class _Made:
     completion_tokens: int = 0
     routed_rows: int = 0  # answers that came back with the experts their tokens went to
     reasoning_rows: int = 0  # answers a thinking teacher reasoned before
+    turns: Counter = field(default_factory=Counter)  # assistant turns per conversation -> rows (generate.chat.turns)
     reasoning_tokens: int = 0
 
     def add(self, row: dict) -> None:
@@ -522,6 +554,7 @@ class _Made:
         self.completion_tokens += row["completion_tokens"]
         self.routed_rows += row["teacher_routing"] is not None
         self.reasoning_rows += row["reasoning"] is not None
+        self.turns[sum(m["role"] == "assistant" for m in row["messages"])] += 1
         self.reasoning_tokens += row["reasoning_tokens"] or 0
 
     def stats(self, seconds: float, prompts: int) -> dict[str, Any]:
@@ -543,8 +576,47 @@ class _Made:
             "routed_rows": self.routed_rows,
             "unreadable_routing": self.unreadable_routing,
             "reasoning_rows": self.reasoning_rows,
+            # only where a conversation has more than one assistant turn
+            **(
+                {"turns": {str(n): self.turns[n] for n in sorted(self.turns)}} if max(self.turns, default=1) > 1 else {}
+            ),
             "reasoning_tokens": self.reasoning_tokens,
         }
+
+
+@dataclass
+class Conversation:
+    """A rollout as a row holds it: one answer, or a conversation of several turns (generate.chat.turns) whose
+    last assistant turn is the row's answer. `finish_reasons` and `question_finish_reasons` hold each turn's
+    (null for a row of one turn), for curation to check every turn."""
+
+    messages: list[dict]
+    last: dict
+    thought: Reasoning
+    completion_tokens: int
+    finish_reasons: list[str] | None
+    question_finish_reasons: list[str] | None
+
+    @classmethod
+    def of(cls, result: dict, answer: dict, thought: Reasoning) -> Conversation:
+        messages = [*result["messages"], {"role": "assistant", "content": thought.answer}]
+        follow_ups = answer.get("follow_ups") or []
+        if not follow_ups:
+            return cls(messages, answer, thought, answer["completion_tokens"], None, None)
+        for turn in follow_ups:
+            messages += [
+                {"role": "user", "content": turn["question"]},
+                {"role": "assistant", "content": answer_text(turn)},
+            ]
+        last = follow_ups[-1]
+        return cls(
+            messages,
+            last,
+            split_reasoning(last["text"], last.get("reasoning"), last["finish_reason"]),
+            sum(t["completion_tokens"] for t in [answer, *follow_ups]),
+            [t["finish_reason"] for t in [answer, *follow_ups]],
+            [result["question_finish_reason"], *(t["question_finish_reason"] for t in follow_ups)],
+        )
 
 
 class _ReasoningTokens:

@@ -68,6 +68,15 @@ class ChatConfig(StrictModel):
     domains: list[str] | None = Field(None, description="subset of the shipped topic domains; all when unset")
     topics: list[str] | None = Field(None, description="your own topics, replacing the shipped ones")
     rollouts: int = Field(1, ge=1, le=64, description="answers sampled per question")
+    turns: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="assistant turns per conversation: after each answer the teacher plays the user (the persona "
+        "when there is one, in the language) and writes a follow-up question, then answers it with the whole "
+        "conversation before it; curation checks every assistant turn and cuts a conversation at its last good one",
+        json_schema_extra=ADDED,
+    )
     question_max_tokens: int = Field(96, ge=8, description="length cap of the question the teacher writes")
     question_structured_output: bool | None = Field(
         None,

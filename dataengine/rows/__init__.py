@@ -65,6 +65,7 @@ from dataengine.rows.sort import (
 )
 from dataengine.rows.text import (
     answer,
+    conversation_ids,
     last_user_turn,
     primary_language,
     prompt_and_full_ids,
@@ -105,6 +106,7 @@ __all__ = [
     "last_user_turn",
     "primary_language",
     "prompt_and_full_ids",
+    "conversation_ids",
     "prompt_key",
     "read_ids",
     "read_matrices",

@@ -33,6 +33,11 @@ SAMPLE_FEATURES = Features(
         "finish_reason": Value("string"),
         "prompt_tokens": Value("int32"),
         "completion_tokens": Value("int32"),
+        # a conversation of several assistant turns (generate.chat.turns): each assistant turn's finish reason and
+        # each user turn's (the questions the teacher wrote); null for a row of one turn. `finish_reason` and
+        # `prompt_tokens` are the last turn's, `completion_tokens` every turn's
+        "turn_finish_reasons": List(Value("string")),
+        "turn_question_finish_reasons": List(Value("string")),
         # a thinking teacher's reasoning before its answer (rows/reasoning.py), never in `messages`; its tokens
         # (the server's count, else the teacher's tokenizer's) and whether it was closed; null without reasoning
         "reasoning": Value("string"),
@@ -73,6 +78,10 @@ CURATED_FEATURES = Features(
         "test_runtime_s": Value("float32"),
         "test_output": Value("string"),
         "contaminated_by": Value("string"),
+        # a conversation cut at its last good assistant turn (curate/filters/turns.py): "step: reason" of the first
+        # turn that failed, and how many assistant turns were cut; null where nothing was cut
+        "cut_reason": Value("string"),
+        "turns_cut": Value("int32"),
         "dedup_cluster_id": Value("string"),
         "dedup_cluster_size": Value("int32"),
         # the judge stage's verdict (curate.judge): 1-5 per criterion (null where its rubric has none), their
@@ -116,6 +125,9 @@ SCORED_FEATURES = Features(
         **CURATED_FEATURES,
         "token_ids": List(Value("int32")),  # prompt + answer, with the teacher's chat template
         "completion_start": Value("int32"),  # index of the answer's first token in token_ids
+        # a conversation of several assistant turns: from completion_start (its first assistant turn), 1 on every
+        # assistant turn's tokens and 0 on the user turns between them; null for one turn
+        "completion_mask": List(Value("int8")),
         # one entry per answer token, best first: the teacher's distribution for that position
         "teacher_topk_ids": List(List(Value("int32"))),
         "teacher_topk_logprobs": List(List(Value("float32"))),

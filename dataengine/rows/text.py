@@ -32,6 +32,30 @@ def _ids(encoded) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
+def conversation_ids(tokenizer, messages: list[dict]) -> tuple[list[int], int, list[int] | None]:
+    """Token ids of the whole conversation, where its first assistant turn starts, and for a conversation of
+    several assistant turns a mask over the ids from there: 1 on every assistant turn's tokens, 0 on the user
+    turns between them (None for one turn, whose tokens from the start are all the answer's). Each turn is
+    located by rendering the conversation up to it; a chat template that renders an earlier turn differently
+    once more follows gives the last turn alone."""
+    full, start = prompt_and_full_ids(tokenizer, messages)
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if len(answers) <= 1:
+        return full, start, None
+    spans = []
+    for i in answers:
+        before = _ids(tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=True))
+        upto = _ids(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True))
+        if upto[: len(before)] != before or full[: len(upto)] != upto:
+            return full, start, None
+        spans.append((len(before), len(upto)))
+    first = spans[0][0]
+    mask = [0] * (len(full) - first)
+    for a, b in spans:
+        mask[a - first : b - first] = [1] * (b - a)
+    return full, first, mask
+
+
 def prompt_and_full_ids(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
     """Token ids of the whole conversation and where the final (assistant) answer starts. Scoring, offline
     distillation and evaluation must agree on which tokens are the answer, so it is computed here only."""

@@ -1,4 +1,5 @@
-"""score: the teacher's top-k logprobs for every answer token of the curated rows.
+"""score: the teacher's top-k logprobs for every answer token of the curated rows (from a conversation's first
+assistant turn on, with a mask over its assistant turns when it has several).
 
 Requests go through TRL's `VLLMClient.get_sequence_logprobs` (`teacher/logprobs.py`). The batches are
 shared out over datatrove tasks (`score.tasks`, on `score.executor`), each talking to its endpoint of the run
@@ -29,8 +30,8 @@ from dataengine.rows import (
     SCORED_FEATURES,
     ReasoningFormat,
     batch_key,
+    conversation_ids,
     iter_rows,
-    prompt_and_full_ids,
     reasoning_form,
     reasoning_reads,
     require_reasoning_template,
@@ -176,12 +177,12 @@ def _write_todo(
 
         for row in rows:
             rows_in += 1
-            ids, start = prompt_and_full_ids(tokenizer, with_reasoning(row["messages"], row.get("reasoning"), form))
+            ids, start, mask = conversation_ids(tokenizer, with_reasoning(row["messages"], row.get("reasoning"), form))
             # the request generates one token after the sequence, so it must fit with one to spare
             if limit is not None and len(ids) + 1 > limit:
                 too_long += 1
                 continue
-            pending.append({**row, "token_ids": ids, "completion_start": start})
+            pending.append({**row, "token_ids": ids, "completion_start": start, "completion_mask": mask})
             if len(pending) == batch_size:
                 flush()
         if pending:

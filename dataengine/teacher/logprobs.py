@@ -43,12 +43,20 @@ def sequence_logprobs(
         raise StageError(f"{what}: the teacher did not give its logprobs: {exc}") from exc
 
 
-def answer_nll(url: str, sequences: list[list[int]], starts: list[int], max_concurrent_requests: int) -> list[float]:
+def answer_nll(
+    url: str,
+    sequences: list[list[int]],
+    starts: list[int],
+    max_concurrent_requests: int,
+    masks: list[list[int] | None] | None = None,
+) -> list[float]:
     """The teacher's negative log-likelihood of each sequence's answer tokens, summed per sequence: what its
-    perplexity on those answers is made of."""
+    perplexity on those answers is made of. A sequence's mask (from its start) keeps the tokens of a
+    conversation's assistant turns; None keeps every token from the start."""
     result = sequence_logprobs(url, sequences, starts, 1, max_concurrent_requests, "evaluate")
     sums = []
-    for ids, start, actual in zip(sequences, starts, result["actual_logprobs"], strict=True):
+    masks = masks or [None] * len(sequences)
+    for ids, start, actual, mask in zip(sequences, starts, result["actual_logprobs"], masks, strict=True):
         values = [position[0] for position in actual]
         if len(values) != len(ids) - start or not all(math.isfinite(v) for v in values):
             # an OpenAI-compatible server that is not vLLM may give the top-k alone
@@ -56,5 +64,5 @@ def answer_nll(url: str, sequences: list[list[int]], starts: list[int], max_conc
                 f"evaluate: the teacher at {url} did not return the logprob of every answer token (got "
                 f"{sum(math.isfinite(v) for v in values)} of {len(ids) - start}); vLLM does"
             )
-        sums.append(-sum(values))
+        sums.append(-sum(v for v, kept in zip(values, mask or [1] * len(values), strict=True) if kept))
     return sums

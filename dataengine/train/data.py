@@ -87,10 +87,12 @@ def phase_rows(phase: str, rows: Dataset, method: str | None = None, form: Reaso
 
 def sft_rows(rows: Dataset, form: ReasoningFormat = "think_tags") -> Dataset:
     """TRL's conversational prompt-completion form: its completion-only loss then covers the answer alone, with
-    the reasoning before it when the teacher thought."""
+    the reasoning before it when the teacher thought. A conversation of several assistant turns gives one
+    example per assistant turn (the conversation before it, then it), so the loss covers every one of them."""
 
     def build(conversations) -> dict:
-        return {"prompt": [m[:-1] for m in conversations], "completion": [m[-1:] for m in conversations]}
+        turns = [(c[:i], c[i : i + 1]) for c in conversations for i, m in enumerate(c) if m["role"] == "assistant"]
+        return {"prompt": [p for p, _ in turns], "completion": [c for _, c in turns]}
 
     return _conversations(rows, form, build, "prompt-completion")
 
@@ -104,15 +106,16 @@ def has_reasoning(rows: Dataset) -> bool:
 
 def _conversations(rows: Dataset, form: ReasoningFormat, build, what: str) -> Dataset:
     """`build` over the rows' conversations as the student learns them (`rows.with_reasoning`). With the
-    `template` form every final turn has a `reasoning_content` (null without reasoning): one batch's turns and
-    the next's must have the same fields. Rows of earlier runs have no `reasoning` column."""
+    `template` form every turn has a `reasoning_content` (null but on the last turn of a row with reasoning):
+    one batch's turns and the next's must have the same fields. Rows of earlier runs have no `reasoning`
+    column."""
     if "reasoning" not in rows.column_names:
         return _form(rows, build, ["messages"], what)
 
     def learned(messages, reasonings) -> dict:
         conversations = [with_reasoning(m, r, form) for m, r in zip(messages, reasonings, strict=True)]
         if form == "template":
-            conversations = [[*c[:-1], {"reasoning_content": None, **c[-1]}] for c in conversations]
+            conversations = [[{"reasoning_content": None, **m} for m in c] for c in conversations]
         return build(conversations)
 
     return _form(rows, learned, ["messages", "reasoning"], what)
@@ -122,16 +125,22 @@ def topk_rows(rows: Dataset) -> Dataset:
     """Scored rows as the offline top-k trainer takes them: the conversation's token ids, a mask on the answer's,
     and the teacher's top-k per answer token."""
 
-    def build(token_ids, starts, topk_ids, topk_logprobs) -> dict:
+    def build(token_ids, starts, masks, topk_ids, topk_logprobs) -> dict:
         return {
             "input_ids": token_ids,
-            "completion_mask": [[0] * s + [1] * (len(t) - s) for t, s in zip(token_ids, starts, strict=True)],
+            # every assistant turn of a conversation, the answer of a single turn
+            "completion_mask": [
+                [0] * s + (m if m is not None else [1] * (len(t) - s))
+                for t, s, m in zip(token_ids, starts, masks, strict=True)
+            ],
             "completion_start": starts,
             "teacher_topk_ids": topk_ids,
             "teacher_topk_logprobs": topk_logprobs,
         }
 
-    columns = ["token_ids", "completion_start", "teacher_topk_ids", "teacher_topk_logprobs"]
+    if "completion_mask" not in rows.column_names:  # scored by an earlier version: one turn each
+        rows = rows.add_column("completion_mask", [None] * len(rows))
+    columns = ["token_ids", "completion_start", "completion_mask", "teacher_topk_ids", "teacher_topk_logprobs"]
     return _form(rows, build, columns, "top-k rows")
 
 

@@ -206,30 +206,28 @@ class EvaluateStage(Stage):
         answers, the tokens scoring gave them where the rows were scored; rows longer than our server's context
         are left out and counted. A teacher that stops answering is recovered once (`teacher.recovery`)."""
         from dataengine.errors import StageError
-        from dataengine.rows import prompt_and_full_ids, with_reasoning
         from dataengine.teacher.logprobs import answer_nll
-        from dataengine.train.evaluation import perplexity_fit
+        from dataengine.train.evaluation import answer_tokens, perplexity_fit
 
         limit = None if self.recipe.teacher.urls else self.recipe.teacher.vllm.max_model_len
-        sequences, starts = [], []
+        sequences, starts, masks = [], [], []
         for row in held_out:
-            if row.get("token_ids") is not None:  # as the local teacher reads them (`answer_fit`)
-                ids, start = list(row["token_ids"]), row["completion_start"]
-            else:
-                conversation = with_reasoning(row["messages"], row.get("reasoning"), reasoning_form(self.recipe))
-                ids, start = prompt_and_full_ids(tokenizer, conversation)
+            # as the local teacher reads them (`answer_fit`)
+            ids, start, mask = answer_tokens(tokenizer, row, reasoning_form(self.recipe))
             if limit is None or len(ids) + 1 <= limit:  # the request generates one token after the sequence
                 sequences.append(ids)
                 starts.append(start)
+                masks.append(mask)
         nll: list[float] = []
         if sequences:
             try:
-                nll = answer_nll(ctx.teacher.url(), sequences, starts, CONCURRENT_REQUESTS)
+                nll = answer_nll(ctx.teacher.url(), sequences, starts, CONCURRENT_REQUESTS, masks)
             except StageError as exc:
                 if not ctx.teacher.recover(str(exc)):
                     raise StageError(f"{exc} (train.evaluate.teacher: local loads the teacher here instead)") from exc
-                nll = answer_nll(ctx.teacher.url(), sequences, starts, CONCURRENT_REQUESTS)
-        fit = perplexity_fit([[n, len(ids) - start] for n, ids, start in zip(nll, sequences, starts, strict=True)])
+                nll = answer_nll(ctx.teacher.url(), sequences, starts, CONCURRENT_REQUESTS, masks)
+        tokens = [sum(m) if m is not None else len(ids) - s for ids, s, m in zip(sequences, starts, masks, strict=True)]
+        fit = perplexity_fit([[n, t] for n, t in zip(nll, tokens, strict=True)])
         if too_long := len(held_out) - len(sequences):
             ctx.log(f"{too_long} held-out rows are longer than the teacher's context; its perplexity leaves them out")
         fit["too_long"] = too_long

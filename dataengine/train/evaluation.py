@@ -17,8 +17,8 @@ from dataengine.checks.sandbox import SandboxLimits, run_python
 from dataengine.rows import (
     Reasoning,
     ReasoningFormat,
+    conversation_ids,
     primary_language,
-    prompt_and_full_ids,
     split_reasoning,
     with_reasoning,
 )
@@ -35,22 +35,21 @@ def answer_fit(model, tokenizer, rows: list[dict], form: ReasoningFormat = "thin
     kl, kl_tokens = 0.0, 0
     nll_rows, kl_rows = [], []  # [sum, tokens] per row, for the intervals
     for row in rows:
-        if row.get("token_ids") is not None:
-            ids, start = row["token_ids"], row["completion_start"]
-        else:
-            ids, start = prompt_and_full_ids(tokenizer, with_reasoning(row["messages"], row.get("reasoning"), form))
+        ids, start, mask = answer_tokens(tokenizer, row, form)
         input_ids = torch.tensor([ids])
         logits = model(input_ids=input_ids).logits[0].float()
+        learned = torch.tensor(mask if mask is not None else [1] * (len(ids) - start), dtype=torch.bool)
         predicted = logits[start - 1 : -1]  # the logits at p - 1 predict token p
         targets = input_ids[0, start:]
-        nll_rows.append([F.cross_entropy(predicted, targets, reduction="sum").item(), len(targets)])
+        nll = F.cross_entropy(predicted[learned], targets[learned], reduction="sum").item()
+        nll_rows.append([nll, int(learned.sum())])
         if row.get("teacher_topk_ids") is not None:
             n = len(row["teacher_topk_ids"])
             kl_sum, count = topk_kl(
                 predicted[:n],
                 torch.tensor(row["teacher_topk_ids"]),
                 torch.tensor(row["teacher_topk_logprobs"]),
-                torch.ones(n),
+                learned[:n],
             )
             kl += kl_sum.item()
             kl_tokens += int(count)
@@ -64,6 +63,14 @@ def answer_fit(model, tokenizer, rows: list[dict], form: ReasoningFormat = "thin
             **fit["intervals"],
         },
     }
+
+
+def answer_tokens(tokenizer, row: dict, form: ReasoningFormat) -> tuple[list[int], int, list[int] | None]:
+    """A held-out row's token ids, where its answer starts and the mask of its assistant turns from there: as
+    scoring gave them where the row was scored, else rendered here the same way (`rows.conversation_ids`)."""
+    if row.get("token_ids") is not None:
+        return list(row["token_ids"]), row["completion_start"], row.get("completion_mask")
+    return conversation_ids(tokenizer, with_reasoning(row["messages"], row.get("reasoning"), form))
 
 
 def perplexity_fit(nll_rows: list[list[float]]) -> dict:

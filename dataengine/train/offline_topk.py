@@ -66,10 +66,16 @@ class OfflineTopKCollator(DataCollatorForLanguageModeling):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         teacher = [{key: ex.pop(key) for key in (*TEACHER_KEYS, "completion_start")} for ex in examples]
+        learned = [list(ex.get("completion_mask") or []) for ex in examples]
         batch = super().torch_call(examples)
         size = batch["input_ids"].shape
         ids = torch.zeros((*size, self.top_k), dtype=torch.long)
         logprobs = torch.full((*size, self.top_k), float("-inf"))
+        # the positions the KL is taken at: the answer, or every assistant turn of a conversation (the teacher
+        # was also asked for the user turns between them, which the student does not learn)
+        mask = torch.zeros(size, dtype=torch.bool)
+        for b, m in enumerate(learned):
+            mask[b, : min(len(m), size[1])] = torch.tensor(m[: size[1]], dtype=torch.bool)
         for b, (ex, t) in enumerate(zip(examples, teacher, strict=True)):
             start = t["completion_start"]
             # the sequence may have been truncated to max_length: only positions that remain
@@ -79,6 +85,7 @@ class OfflineTopKCollator(DataCollatorForLanguageModeling):
                 logprobs[b, start : start + n] = torch.tensor(t["teacher_topk_logprobs"][:n])[:, : self.top_k]
         batch["teacher_topk_ids"] = ids
         batch["teacher_topk_logprobs"] = logprobs
+        batch["teacher_mask"] = mask
         return batch
 
 
@@ -94,10 +101,12 @@ class OfflineTopKTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids = inputs.pop("teacher_topk_ids")
         logprobs = inputs.pop("teacher_topk_logprobs")
+        learned = inputs.pop("teacher_mask")
         labels = inputs.pop("labels")
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits[:, :-1]
-        present = torch.isfinite(logprobs[:, 1:, 0])  # positions with a teacher distribution
+        # positions with a teacher distribution, in a turn the student learns
+        present = torch.isfinite(logprobs[:, 1:, 0]) & learned[:, 1:]
         kl_sum, count = topk_kl(logits, ids[:, 1:], logprobs[:, 1:], present, self.temperature)
         kl = kl_sum / count.clamp(min=1)
         loss = kl
