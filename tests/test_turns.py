@@ -32,12 +32,15 @@ name: turns
 pipeline: curate
 teacher: {{model: builtin:smollm2-moe{endpoint}}}
 generate:
-  sampling: {{max_tokens: 48, frequency_penalty: 0.5}}
+  sampling: {{max_tokens: 64, frequency_penalty: 0.5}}
   chat:
     languages: [{{code: en, quota: 2}}, {{code: fr, quota: 1}}]
     turns: 3
     personas: {personas}
     question_max_tokens: 40
+# the 135M teacher's answers are mostly cut by their cap and its questions often address the user: with those
+# two filters off, the rest (refusal, repetition, language, prose) decide where a conversation is cut
+curate: {{filters: {{truncated: {{enabled: false}}, question: {{enabled: false}}}}}}
 """
 
 
@@ -147,7 +150,11 @@ def test_sft_learns_every_assistant_turn_of_a_conversation():
     rows = Dataset.from_list([{"messages": CONVERSATION}, {"messages": CONVERSATION[:2]}])
     examples = sft_rows(rows)
     assert len(examples) == 3
-    assert [e["completion"][0]["content"] for e in examples] == ["the first value is one", "two is big", "the first value is one"]
+    assert [e["completion"][0]["content"] for e in examples] == [
+        "the first value is one",
+        "two is big",
+        "the first value is one",
+    ]
     assert examples[1]["prompt"] == CONVERSATION[:3]
 
 

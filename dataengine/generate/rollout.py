@@ -210,7 +210,8 @@ async def _follow_ups(
         if not question:
             break
         conversation.append({"role": "user", "content": question})
-        said = _answer(await generate(_payload(conversation, meta["max_tokens"], tag, seed)), seed)
+        # a copy: the conversation goes on after the request, which must stay what was sent
+        said = _answer(await generate(_payload(list(conversation), meta["max_tokens"], tag, seed)), seed)
         said |= {
             "question": question,
             "question_finish_reason": asked.finish_reason,
