@@ -184,6 +184,8 @@ class RunFacts:
     teacher_quality: dict[str, float | None] = field(default_factory=dict)  # same checks on the teacher's answers
     # "kind/language" -> rows, mean and longest reasoning tokens of the kept rows a thinking teacher reasoned on
     reasoning: dict[str, dict[str, float]] = field(default_factory=dict)
+    # "kind/language" -> assistant turns -> kept rows, for groups holding conversations of several turns
+    turns: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def funnel_steps(self) -> list[str]:
@@ -270,6 +272,7 @@ def _rows_and_funnel(facts: RunFacts, run: RunFolder) -> None:
     facts.cluster_sizes = queries.cluster_sizes(kept)
     facts.teacher_quality = queries.teacher_quality(kept, rejected)
     facts.reasoning = queries.reasoning_lengths(kept)
+    facts.turns = queries.conversation_turns(kept)
 
 
 def _rows(run: RunFolder, stage: str, role: str | None = None) -> pl.LazyFrame | None:

@@ -212,3 +212,28 @@ def test_the_builtin_teacher_holds_conversations_and_curation_checks_every_turn(
         assert (row["cut_reason"] is None) == (after == before)
     cut = manifests["curate"].stats.get("conversations_cut", {})
     assert sum(cut.values()) == sum(r["cut_reason"] is not None for r in kept)
+
+
+def test_the_report_status_and_card_show_conversations_by_their_turns(tmp_path):
+    import polars as pl
+
+    from dataengine.facts import RunFacts
+    from dataengine.publish.card import turns_section
+    from dataengine.report.page import render
+    from dataengine.report.terminal import show
+    from dataengine.rows import queries
+
+    one, three = CONVERSATION[:2], [*CONVERSATION, *CONVERSATION[2:]]
+    rows = pl.LazyFrame({"kind": ["chat"] * 3 + ["math"], "language": ["en"] * 4, "messages": [one, one, three, one]})
+    turns = queries.conversation_turns(rows)
+    assert turns == {"chat/en": {1: 2, 3: 1}}  # a group of single turns only (math/en) is not listed
+
+    facts = RunFacts(run_dir=tmp_path, name="talk", run_id="r1", turns=turns)
+    console = Console(record=True, width=200)
+    show(facts, console)
+    shown = console.export_text()  # the title wraps at the table's width
+    assert "kept conver" in shown and "│ chat/en       │ 2 │ 0 │ 1 │" in shown
+    assert 'id="turns"' in render(facts) and "<td>chat/en</td><td>2</td><td>0</td><td>1</td>" in render(facts)
+    card = turns_section(turns)
+    assert "| chat/en | 2 | 0 | 1 |" in card and "| kind/language | 1 turn | 2 turns | 3 turns |" in card
+    assert turns_section({}) == [] and 'id="turns"' not in render(RunFacts(run_dir=tmp_path, name="t", run_id="r"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 import pyarrow as pa
@@ -97,8 +98,9 @@ def build_card(
     add_dataset_infos(data, layout, counts, features, config_features, earlier_sizes)
     revisions = queries.revisions(rows)
     # over the dataset's rows (an appended one's earlier runs' too), as its card describes them
-    reasoning = queries.reasoning_lengths(frames.scan(layout))
-    body = _body(recipe, facts, counts, revisions, load_from, secrets, test_ids, split, history, evaluation, reasoning)
+    published = frames.scan(layout)
+    shapes = RowShapes(queries.reasoning_lengths(published), queries.conversation_turns(published))
+    body = _body(recipe, facts, counts, revisions, load_from, secrets, test_ids, split, history, evaluation, shapes)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
@@ -113,7 +115,7 @@ def _body(
     split: TestSplit,
     history: list[dict],
     evaluation: Evaluation | None,
-    reasoning: dict[str, dict[str, float]],
+    shapes: RowShapes,
 ) -> str:
     if recipe.generate is not None:
         sampling = json.dumps(recipe.generate.sampling.model_dump(mode="json"), sort_keys=True)
@@ -182,7 +184,8 @@ def _body(
             "decontamination": recipe.curate.decontamination.model_dump(mode="json"),
         }
         lines += ["", "## Dedup and decontamination", "", "```yaml", _yaml(scrub(settings, secrets)), "```"]
-    lines += reasoning_section(reasoning)
+    lines += turns_section(shapes.turns)
+    lines += reasoning_section(shapes.reasoning)
     lines += judge_section(facts.judge)
     lines += evaluation_section(evaluation, test_ids)
     lines += expert_coverage_section(facts.routing)
@@ -200,6 +203,32 @@ def _body(
         "",
     ]
     return "\n".join(lines)
+
+
+class RowShapes(NamedTuple):
+    """What the card says of the dataset's rows beyond their counts: reasoning lengths and conversation turns."""
+
+    reasoning: dict[str, dict[str, float]]
+    turns: dict[str, dict[int, int]]
+
+
+def turns_section(turns: dict[str, dict[int, int]]) -> list[str]:
+    """Conversations by their assistant turns, per group holding any of several; nothing when none does."""
+    if not turns:
+        return []
+    most = max(n for counts in turns.values() for n in counts)
+    lines = [
+        "",
+        "## Conversations",
+        "",
+        "Rows by the assistant turns of their conversation (every turn was checked; a conversation was cut at its",
+        "last good turn, the reason in `cut_reason`).",
+        "",
+        "| kind/language | " + " | ".join(f"{n} turn{'s' if n > 1 else ''}" for n in range(1, most + 1)) + " |",
+        "|---|" + "---:|" * most,
+    ]
+    lines += [f"| {g} | " + " | ".join(str(c.get(n, 0)) for n in range(1, most + 1)) + " |" for g, c in turns.items()]
+    return lines
 
 
 def reasoning_section(reasoning: dict[str, dict[str, float]]) -> list[str]:

@@ -117,6 +117,22 @@ def _eval_table(facts: RunFacts) -> str:
     return f'<table id="evaluation-table">{head}<tbody>{rows}</tbody></table>{note}'
 
 
+def _turns_table(facts: RunFacts) -> str:
+    """Kept conversations by their assistant turns, per group that has any of several; "" when none has."""
+    if not facts.turns:
+        return ""
+    most = max(n for counts in facts.turns.values() for n in counts)
+    head = "<thead><tr><th>kind/language</th>" + "".join(f"<th>{n}</th>" for n in range(1, most + 1)) + "</tr></thead>"
+    body = "".join(
+        f"<tr><td>{_e(group)}</td>" + "".join(f"<td>{counts.get(n, 0)}</td>" for n in range(1, most + 1)) + "</tr>"
+        for group, counts in facts.turns.items()
+    )
+    return (
+        '<section id="turns"><h2>Kept conversations by assistant turns</h2>'
+        f"<table>{head}<tbody>{body}</tbody></table></section>"
+    )
+
+
 def _reasoning_table(facts: RunFacts) -> str:
     """The reasoning lengths of a thinking teacher's kept rows per group; "" when no row has reasoning."""
     if not facts.reasoning:
@@ -173,6 +189,7 @@ def render(facts: RunFacts) -> str:
         parts.append(
             f'<figure id="{key}" data-drawn="{str(svg is not None).lower()}"><h2>{_e(title)}</h2>{body}{extra}</figure>'
         )
+    parts.append(_turns_table(facts))
     parts.append(_reasoning_table(facts))
     parts.append(_optional("against", "Against the run before", lambda: _against_the_run_before(facts)))
     parts.append(_optional("rows", "Rows, kept and rejected", lambda: browser.section(RunFolder(facts.run_dir))))

@@ -35,7 +35,18 @@ def _table(title: str, *columns: str) -> Table:
 
 def show(facts: RunFacts, console: Console) -> None:
     console.print(f"[bold]{escape(facts.name)}[/bold]  run {escape(facts.run_id)}  ({escape(str(facts.run_dir))})")
-    sections = (_stages, _funnel, _drops, _judge, _lengths_and_clusters, _reasoning, _throughput, _losses, _evaluation)
+    sections = (
+        _stages,
+        _funnel,
+        _drops,
+        _judge,
+        _lengths_and_clusters,
+        _turns,
+        _reasoning,
+        _throughput,
+        _losses,
+        _evaluation,
+    )
     for section in sections:
         section(facts, console)
     report = RunFolder(facts.run_dir).report
@@ -121,6 +132,15 @@ def _evaluation(facts: RunFacts, console: Console) -> None:
         console.print(ev)
         if win := facts.evaluation.win_rate_line():
             console.print(win)
+
+
+def _turns(facts: RunFacts, console: Console) -> None:
+    if facts.turns:
+        most = max(n for counts in facts.turns.values() for n in counts)
+        table = _table("kept conversations by assistant turns", "kind/language", *(str(n) for n in range(1, most + 1)))
+        for group, counts in facts.turns.items():
+            table.add_row(escape(group), *(str(counts.get(n, 0)) for n in range(1, most + 1)))
+        console.print(table)
 
 
 def _reasoning(facts: RunFacts, console: Console) -> None:

@@ -1,8 +1,8 @@
 """Every aggregate a renderer shows of a run's rows, as a named query over polars LazyFrames (`frames.scan` of a stage
 folder): rows per kind/language group and the funnel of them through the stages, answer lengths, near-duplicate
 cluster sizes, the teacher's own pass rate and language fidelity, a top-up round's shortfall per group, the card's
-languages, teacher revisions and rows per config and split, the answer tokens of scored rows and the reasoning
-lengths of a thinking teacher's rows.
+languages, teacher revisions and rows per config and split, the answer tokens of scored rows, the reasoning
+lengths of a thinking teacher's rows and the turns of conversations.
 
 The run's facts (facts.py: the report, `dataengine status`, `dataengine rows --against`), the card, top-up and the
 benches call these; none of them loops over rows in Python. Each query reads only the columns it needs and aggregates
@@ -89,6 +89,25 @@ def reasoning_lengths(rows: pl.LazyFrame | None) -> dict[str, dict[str, float]]:
         .collect(engine=STREAMING)
         .iter_rows()
     }
+
+
+def conversation_turns(rows: pl.LazyFrame | None) -> dict[str, dict[int, int]]:
+    """Per kind/language group that holds a conversation of several assistant turns: rows by their number of
+    assistant turns; no groups when every row is one turn."""
+    turns = pl.col("messages").list.eval(pl.element().struct.field("role") == "assistant").list.sum()
+    counted = (
+        columns(rows, ["kind", "language", "messages"])
+        .group_by("kind", "language", turns.alias("turns"))
+        .agg(pl.len().alias("rows"))
+        .sort("kind", "language", "turns")
+        .collect(engine=STREAMING)
+    )
+    several = {(k, lang) for k, lang, n, _ in counted.iter_rows() if n is not None and n > 1}
+    out: dict[str, dict[int, int]] = {}
+    for kind, language, n, rows_ in counted.iter_rows():
+        if (kind, language) in several and n is not None:  # a row without messages has no turns
+            out.setdefault(f"{kind}/{language}", {})[int(n)] = rows_
+    return out
 
 
 def cluster_sizes(kept: pl.LazyFrame | None) -> dict[int, int]:
