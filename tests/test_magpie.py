@@ -80,7 +80,9 @@ def test_user_turns_are_checked_and_deduplicated_before_they_are_asked_and_held_
         _written(6, "en", "Why do cats purr when they are happy?"),
         _written(7, "en", "How do volcanoes form under the ocean?"),  # past the quota of 3
         _written(8, "fr", "Pourquoi la mer est-elle salée ?"),
-        _written(9, "fr", "What makes the sky blue during the day?"),  # a repeat only within its language counts
+        _written(8, "fr", "Pourquoi la mer est-elle salée ?"),  # a chunk a resumed pass replayed: counted once
+        _written(9, "fr", "What makes the sky blue during the day?"),  # asked in French, written in English
+        _written(10, "fr", "Comment les abeilles fabriquent-elles le miel ?"),
     ]
     written = select(magpie, reversed(docs))  # the pass's documents come in any order
     assert [(s.language, s.prompt) for s in written.seeds] == [
@@ -88,7 +90,7 @@ def test_user_turns_are_checked_and_deduplicated_before_they_are_asked_and_held_
         ("en", "Write a short poem about autumn leaves."),
         ("en", "Why do cats purr when they are happy?"),
         ("fr", "Pourquoi la mer est-elle salée ?"),
-        ("fr", "What makes the sky blue during the day?"),
+        ("fr", "Comment les abeilles fabriquent-elles le miel ?"),
     ]
     assert {(s.kind, s.task, s.rollouts) for s in written.seeds} == {("chat", "magpie", 1)}
     assert written.dropped == {
@@ -96,8 +98,9 @@ def test_user_turns_are_checked_and_deduplicated_before_they_are_asked_and_held_
         "question_empty": 1,
         "question_addresses_user": 1,
         "question_truncated": 1,
+        "prompt_wrong_language": 1,
     }
-    assert (written.asked, written.surplus, written.tokens) == (10, 1, 70)
+    assert (written.asked, written.surplus, written.tokens) == (11, 1, 77)
 
 
 def test_a_language_without_a_shipped_system_turn_needs_its_own(tmp_path):

@@ -30,7 +30,7 @@ generate:
   math:
     languages: [{{code: en, quota: 2}}, {{code: fr, quota: 1}}]
     rollouts: 2
-    problem_max_tokens: 96
+    problem_max_tokens: 128
     max_tokens: 96
 curate:
   decontamination: {{builtin: [humaneval, math_probe]}}
@@ -42,23 +42,26 @@ def _recipe(tmp_path, endpoint: str = ""):
 
 
 @pytest.mark.parametrize(
-    ("reference", "solution"),
+    ("reference", "solution", "language"),
     [
-        ("7", "3 + 4 = 7, so the answer is \\boxed{7}."),
-        ("1/2", "Half of it: \\boxed{\\frac{1}{2}}"),
-        ("0.75", "The answer is 3/4"),
-        ("12", "She walks \\boxed{12\\text{ km}}."),
-        ("12 km", "La réponse est \\boxed{12}."),
-        ("12", "الجواب هو \\boxed{١٢}"),  # Arabic-Indic digits
-        ("12", "答案是 \\boxed{１２}"),  # full-width digits
-        ("12", "उत्तर \\boxed{१२} है"),  # Devanagari digits
-        ("0,5", "La moitié : \\boxed{0.5}"),  # a decimal comma
-        ("1500", "In all: \\boxed{1,500}"),  # a thousands separator
-        ("\\frac{3}{4}", "Final answer: 0.75"),
+        ("7", "3 + 4 = 7, so the answer is \\boxed{7}.", "en"),
+        ("1/2", "Half of it: \\boxed{\\frac{1}{2}}", "en"),
+        ("0.75", "The answer is 3/4", "en"),
+        ("12", "She walks \\boxed{12\\text{ km}}.", "en"),
+        ("12 km", "La réponse est \\boxed{12}.", "fr"),
+        ("12", "الجواب هو \\boxed{١٢}", "ar"),  # Arabic-Indic digits
+        ("12", "答案是 \\boxed{１２}", "zh"),  # full-width digits
+        ("12", "उत्तर \\boxed{१२} है", "hi"),  # Devanagari digits
+        ("0,5", "La moitié : \\boxed{0.5}", "fr"),  # a decimal comma, where the language writes one
+        ("0.5", "La moitié : \\boxed{0,5}", "de"),
+        ("1500", "Au total : \\boxed{1 500}", "fr"),  # thousands apart, where the language writes them so
+        ("1500", "In all: \\boxed{1,500}", "en"),  # a thousands separator
+        ("$(1, 2)$", "The point is \\boxed{(1,2)}", "en"),  # in English a comma stays a comma: a pair
+        ("\\frac{3}{4}", "Final answer: 0.75", "en"),
     ],
 )
-def test_a_final_answer_written_any_of_these_ways_is_verified(reference, solution):
-    (checked,) = check_solutions(reference, [solution])
+def test_a_final_answer_written_any_of_these_ways_is_verified(reference, solution, language):
+    (checked,) = check_solutions(reference, [solution], language)
     assert checked.verified and checked.reason == "matches_reference"
 
 
@@ -98,7 +101,9 @@ def test_the_problems_answer_line_is_kept_apart_in_every_shipped_language(writte
 
 
 def test_digits_of_other_scripts_and_decimal_commas_read_as_ascii():
-    assert ascii_digits("١٢٣ ١٢ १२ 0,5 1,500 12,25") == "123 12 12 0.5 1,500 12.25"
+    assert ascii_digits("١٢٣ ١٢ १२ 0,5 1,500 12,25", "fr") == "123 12 12 0.5 1,500 12.25"
+    assert ascii_digits("0,5 (1,2) 1 500", "en") == "0,5 (1,2) 1 500"
+    assert ascii_digits("1 500 et 2 000,25", "fr") == "1500 et 2000.25"
 
 
 @pytest.mark.parametrize(
@@ -120,6 +125,7 @@ def test_curation_drops_math_rows_that_were_not_verified_with_their_reason(row, 
 
 def test_a_problem_is_written_once_its_answer_kept_apart_and_solved_rollouts_times(tmp_path):
     recipe = _recipe(tmp_path)
+    assert (recipe.generate.math.problem_max_tokens, recipe.generate.math.max_tokens) == (128, 96)
     seeds = [s for s in expand_seeds(recipe.generate, tmp_path) if s.language == "fr"]
     assert [(s.kind, s.task, s.rollouts) for s in seeds] == [("math", "math_problem", 2)]
     assert "Réponse : <le nombre>" in seeds[0].prompt
@@ -136,7 +142,7 @@ def test_a_problem_is_written_once_its_answer_kept_apart_and_solved_rollouts_tim
     problem = "Léa a 3 pommes et en achète 4. Combien en a-t-elle ?"
     assert result["messages"] == [{"role": "user", "content": f"{problem}\n\n{doc.metadata['solve_instruction']}"}]
     assert "Réponse" not in result["messages"][0]["content"]  # the student never sees the answer line
-    assert asked[0]["max_tokens"] == 96 and asked[1]["max_tokens"] == 96
+    assert asked[0]["max_tokens"] == 128 and asked[1]["max_tokens"] == asked[2]["max_tokens"] == 96
 
 
 def test_the_shipped_math_probe_decontaminates_a_row_that_copies_one_of_its_problems():

@@ -84,6 +84,7 @@ def test_the_teacher_plays_the_user_then_answers_after_the_whole_conversation(tm
     assert [m["role"] for m in talk.messages] == ["user", "assistant"] * 3
     assert talk.messages[-1]["content"] == "Environ 35 grammes par litre."
     assert talk.finish_reasons == ["stop"] * 3 and talk.question_finish_reasons == ["stop"] * 3
+    assert talk.question_finish_reason == "stop"  # the last question's: the row's question is its last one
     assert talk.completion_tokens == 2 + 4 + 6  # every assistant turn's
 
 
@@ -237,3 +238,14 @@ def test_the_report_status_and_card_show_conversations_by_their_turns(tmp_path):
     card = turns_section(turns)
     assert "| chat/en | 2 | 0 | 1 |" in card and "| kind/language | 1 turn | 2 turns | 3 turns |" in card
     assert turns_section({}) == [] and 'id="turns"' not in render(RunFacts(run_dir=tmp_path, name="t", run_id="r"))
+
+
+def test_the_last_follow_up_is_checked_as_the_rows_question_and_never_against_the_meta_prompt():
+    doc = _conversation(GOOD, ("Write one question about the sea and its salt?", "Rivers bring salt to the sea."))
+    doc.metadata["turn_question_finish_reasons"] = ["stop", "stop"]
+    doc.metadata["question_finish_reason"] = "stop"
+    # it shares the meta-prompt's words, but the meta-prompt wrote the first question only
+    assert QuestionFilter(0.4).filter(doc) is True
+    doc.metadata["question_finish_reason"] = "length"  # the follow-up cut by its cap, with no question mark
+    doc.metadata["messages"][2]["content"] = "And what about the salt in"
+    assert QuestionFilter(0.4).filter(doc) == (False, "question_truncated")

@@ -2,8 +2,10 @@
 and whether they agree, with Hugging Face's math-verify (which compares them as numbers, fractions, LaTeX
 expressions and sets, not as strings).
 
-Digits of other scripts (Arabic-Indic ١٢, Devanagari १२, full-width １２) are read as ASCII digits first, and a decimal
-comma (0,5 in French or German) as a decimal point, since math-verify reads neither.
+Digits of other scripts (Arabic-Indic ١٢, Devanagari १२, full-width １２) are read as ASCII digits first, and in the
+languages that write them, a decimal comma (0,5 in French or German) as a decimal point and a space between
+thousands (1 500) as nothing, since math-verify reads none of them. Elsewhere a comma stays a comma: (1,2) is a
+pair.
 """
 
 from __future__ import annotations
@@ -23,12 +25,19 @@ _ANSWER_LINE = re.compile(
 )
 # a comma between digits that is not a thousands separator (exactly three digits after it)
 _DECIMAL_COMMA = re.compile(r"(?<=\d),(?=\d{1,2}(?!\d))")
+# a space (plain, no-break, narrow no-break) between thousands: 1 500
+_THOUSANDS_SPACE = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
+# the shipped languages that write a decimal comma
+DECIMAL_COMMA = frozenset({"fr", "es", "de", "it", "pt", "ru"})
 
 
-def ascii_digits(text: str) -> str:
-    """Decimal digits of any script as ASCII digits, and a decimal comma as a point."""
+def ascii_digits(text: str, language: str = "en") -> str:
+    """Decimal digits of any script as ASCII digits; in a language that writes them, a decimal comma as a point
+    and thousands apart as one number."""
     text = "".join(str(unicodedata.decimal(c)) if c.isdecimal() and not c.isascii() else c for c in text)
-    return _DECIMAL_COMMA.sub(".", text)
+    if language.split("-")[0].lower() in DECIMAL_COMMA:
+        text = _DECIMAL_COMMA.sub(".", _THOUSANDS_SPACE.sub("", text))
+    return text
 
 
 def split_problem(text: str) -> tuple[str, str | None]:
@@ -59,10 +68,10 @@ def _timeout() -> int | None:
     return None
 
 
-def _parse(text: str) -> list:
+def _parse(text: str, language: str) -> list:
     from math_verify import parse
 
-    return parse(ascii_digits(text), parsing_timeout=_timeout())
+    return parse(ascii_digits(text, language), parsing_timeout=_timeout())
 
 
 def _same(gold: list, answer: list) -> bool:
@@ -71,11 +80,11 @@ def _same(gold: list, answer: list) -> bool:
     return bool(verify(gold, answer, timeout_seconds=_timeout()))
 
 
-def check_solutions(reference: str | None, solutions: Sequence[str]) -> list[Check]:
-    """Each solution checked against the problem's own answer; where that cannot be read, against the majority
-    of the solutions (more than half of them agreeing, with at least two solutions)."""
-    finals = [_parse(s) for s in solutions]
-    gold = _parse(reference) if reference else []
+def check_solutions(reference: str | None, solutions: Sequence[str], language: str = "en") -> list[Check]:
+    """Each solution (written in `language`) checked against the problem's own answer; where that cannot be
+    read, against the majority of the solutions (more than half of them agreeing, with at least two)."""
+    finals = [_parse(s, language) for s in solutions]
+    gold = _parse(reference, language) if reference else []
     shown = [str(f[-1]) if f else None for f in finals]
     if gold:
         return [

@@ -123,10 +123,10 @@ class CurateStage(Stage):
             steps.append(
                 ReasoningFilter(r.max_tokens, r.same_language, r.min_copied_chars, exclusion_writer=out("reasoning"))
             )
-        if f.math.enabled:
-            steps.append(MathFilter(exclusion_writer=out("math")))
         if f.truncated.enabled:
             steps.append(TruncationFilter(exclusion_writer=out("truncated")))
+        if f.math.enabled:  # after the cap: a solution cut off is `truncated`, not unverified
+            steps.append(MathFilter(exclusion_writer=out("math")))
         if f.length.enabled:
             steps.append(LengthFilter(f.length.min_chars, f.length.max_chars, exclusion_writer=out("length")))
         if f.refusal.enabled:

@@ -4,8 +4,8 @@ Its chat template, rendered with a system turn and a user's message, puts some t
 pre-query text: for ChatML, `<|im_start|>system\\n…<|im_end|>\\n<|im_start|>user\\n`). Sent as a plain completion
 prompt (vLLM's completions endpoint), the teacher continues it with a message a user might write, and stops at
 the template's end of a user's turn. The system turn, written in each language, sets the language. The messages
-then pass the question checks (checks/questions.py) and an exact dedup before they are asked as prompts, so the
-teacher never answers an empty, cut-off or repeated one.
+then pass the question checks (checks/questions.py), a language check and an exact dedup before they are asked
+as prompts, so the teacher never answers an empty, cut-off, foreign or repeated one.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import GenerateFunction
 
+from dataengine.checks.language import detect_language
 from dataengine.checks.questions import question_problem
 from dataengine.generate.rollout import request_seed
 from dataengine.generate.seeds import PromptSeed, load_languages
@@ -102,13 +103,18 @@ class Written:
 
 
 def select(magpie: MagpieConfig, docs: Iterable[Document]) -> Written:
-    """The user turns the teacher wrote (datatrove's documents of the pass, any order) as prompts: in id order,
-    those that pass the question checks and are not a repeat (case and spacing aside) of an earlier one in their
-    language, the first `quota` of each language."""
+    """The user turns the teacher wrote (datatrove's documents of the pass, any order; a chunk a resumed pass
+    replayed comes twice and counts once) as prompts: in id order, those that pass the question checks, are in
+    their language and are not a repeat (case and spacing aside) of an earlier one in it, the first `quota` of
+    each language."""
     written = Written()
     kept: dict[str, list[str]] = defaultdict(list)
     seen: set[tuple[str, str]] = set()
+    last = None
     for doc in sorted(docs, key=lambda d: d.id):
+        if doc.id == last:
+            continue
+        last = doc.id
         language = doc.metadata["language"]
         result = doc.metadata["rollout_results"][0]
         written.asked += 1
@@ -116,6 +122,9 @@ def select(magpie: MagpieConfig, docs: Iterable[Document]) -> Written:
         turn = result["text"].strip()
         if problem := question_problem(turn, result["finish_reason"], primary_language(language)):
             written.dropped[problem] += 1
+            continue
+        if detect_language(turn)[0] != primary_language(language):  # the system turn asked for it, not always heard
+            written.dropped["prompt_wrong_language"] += 1
             continue
         normal = (language, " ".join(turn.casefold().split()))
         if normal in seen:

@@ -107,7 +107,8 @@ async def rollout(
             )
         )
         # a thinking teacher's reasoning about the question is not the question
-        user = split_reasoning(asked.text, asked.reasoning, asked.finish_reason).answer
+        written = split_reasoning(asked.text, asked.reasoning, asked.finish_reason)
+        user = written.answer
         if meta["task"] == "math_problem":  # the problem's own answer line is kept apart, to check solutions by
             user, result["reference_answer"] = split_problem(user)
             user = f"{user}\n\n{meta['solve_instruction']}" if user else ""
@@ -119,6 +120,8 @@ async def rollout(
             question_tokens=asked.usage.get("completion_tokens", 0),
         )
         if not user:
+            if written.reasoning is not None:  # it thought until its cap and never wrote the question
+                result["empty_reason"] = "question_reasoning_unclosed"
             on_done(result["question_tokens"], started)
             return result  # no question, no answers: counted as a drop by the stage
     messages = ([{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []) + [

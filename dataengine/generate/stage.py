@@ -66,6 +66,8 @@ from dataengine.teacher.server import resolve_model, served_name
 from dataengine.teacher.throughput import FOLDER as THROUGHPUT
 from dataengine.teacher.throughput import active_seconds, timeline
 
+# why a prompt's rollouts never came: the teacher wrote no question (or thought until its cap before one)
+_NO_QUESTION = ("empty_question", "question_reasoning_unclosed")
 # the sampling knobs every request carries (max_tokens is per kind) and every row records
 _SENT_SAMPLING = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
 
@@ -223,9 +225,11 @@ class GenerateStage(Stage):
             meta = {
                 **{k: getattr(seed, k) for k in ("kind", "task", "language", "topic", "persona", "rollouts")},
                 "max_tokens": max_tokens,
-                "question_max_tokens": gen.math.problem_max_tokens
-                if is_math
-                else (gen.chat.question_max_tokens if gen.chat else 0),
+                # a thinking teacher thinks before it writes a question too: its budget comes on top of the cap
+                "question_max_tokens": (
+                    gen.math.problem_max_tokens if is_math else (gen.chat.question_max_tokens if gen.chat else 0)
+                )
+                + (gen.sampling.thinking_token_budget or 0),
                 "solve_instruction": solve_instruction(seed.language) if is_math else None,
                 "question_regex": question_regex(seed.language, gen.chat.question_max_tokens)
                 if seed.task == "instruct_answer" and gen.chat and self._question_form
@@ -296,7 +300,7 @@ class GenerateStage(Stage):
                 last = row["id"]
                 made.add(row)
                 writer.write(row)
-            missing = expected - made.rows - made.drops.get("empty_question", 0)
+            missing = expected - made.rows - sum(made.drops.get(r, 0) for r in _NO_QUESTION)
             if missing:  # raised inside: the shards written are removed
                 raise StageError(
                     f"generation lost {missing} of {expected} rollouts (see {work_dir / 'logs'}); "
@@ -390,15 +394,18 @@ class GenerateStage(Stage):
                 for result in meta["rollout_results"]:
                     made.question_tokens += result["question_tokens"]
                     if not result["answers"]:
-                        made.drops["empty_question"] += meta["rollouts"]
+                        made.drops[result.get("empty_reason") or "empty_question"] += meta["rollouts"]
                         continue
+                    made.question_tokens += sum(
+                        f["question_tokens"] for a in result["answers"] for f in a.get("follow_ups") or []
+                    )
                     thoughts = [
                         split_reasoning(a["text"], a.get("reasoning"), a["finish_reason"]) for a in result["answers"]
                     ]
                     # a problem's solutions are checked together: where its own answer cannot be read, the
                     # majority of them is the reference
                     checks = (
-                        check_solutions(result.get("reference_answer"), [t.answer for t in thoughts])
+                        check_solutions(result.get("reference_answer"), [t.answer for t in thoughts], meta["language"])
                         if meta["kind"] == "math"
                         else [None] * len(thoughts)
                     )
@@ -435,7 +442,7 @@ class GenerateStage(Stage):
                             "reasoning_tokens": thinking.tokens(thought.reasoning, last.get("reasoning_tokens")),
                             "reasoning_closed": thought.closed,
                             "instruction": doc.text,
-                            "question_finish_reason": result["question_finish_reason"],
+                            "question_finish_reason": talk.question_finish_reason,
                             "run_id": ctx.run_id,
                             "recipe_hash": recipe.fingerprint(),
                             "created_at": created,
@@ -587,22 +594,24 @@ class _Made:
 @dataclass
 class Conversation:
     """A rollout as a row holds it: one answer, or a conversation of several turns (generate.chat.turns) whose
-    last assistant turn is the row's answer. `finish_reasons` and `question_finish_reasons` hold each turn's
-    (null for a row of one turn), for curation to check every turn."""
+    last assistant turn is the row's answer, as its last question is the row's question (`question_finish_reason`).
+    `finish_reasons` and `question_finish_reasons` hold each turn's (null for a row of one turn), for curation
+    to check every turn."""
 
     messages: list[dict]
     last: dict
     thought: Reasoning
     completion_tokens: int
-    finish_reasons: list[str] | None
-    question_finish_reasons: list[str] | None
+    question_finish_reason: str | None
+    finish_reasons: list[str] | None = None
+    question_finish_reasons: list[str] | None = None
 
     @classmethod
     def of(cls, result: dict, answer: dict, thought: Reasoning) -> Conversation:
         messages = [*result["messages"], {"role": "assistant", "content": thought.answer}]
         follow_ups = answer.get("follow_ups") or []
         if not follow_ups:
-            return cls(messages, answer, thought, answer["completion_tokens"], None, None)
+            return cls(messages, answer, thought, answer["completion_tokens"], result["question_finish_reason"])
         for turn in follow_ups:
             messages += [
                 {"role": "user", "content": turn["question"]},
@@ -614,6 +623,7 @@ class Conversation:
             last,
             split_reasoning(last["text"], last.get("reasoning"), last["finish_reason"]),
             sum(t["completion_tokens"] for t in [answer, *follow_ups]),
+            last["question_finish_reason"],
             [t["finish_reason"] for t in [answer, *follow_ups]],
             [result["question_finish_reason"], *(t["question_finish_reason"] for t in follow_ups)],
         )

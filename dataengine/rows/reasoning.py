@@ -8,6 +8,7 @@ servers: `reasoning_content`) and the answer in `content`. A teacher served with
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ from dataengine.errors import StageError
 from dataengine.recipe import ReasoningFormat, Recipe
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_CLOSE_LINE = re.compile(r"(?:^|\n)[ \t]*(</think>)[ \t]*(?:\n|$)")
 
 
 class Reasoning(NamedTuple):
@@ -32,18 +34,28 @@ def split_reasoning(text: str, served: str | None, finish_reason: str | None) ->
 
     A parser's reasoning with no answer after it, cut by the token cap, never closed: vLLM's parsers give all the
     text as reasoning when the closing tag never came. Inline, a `<think>` left open never closed either."""
-    if served:
+    if served and served.strip():
         closed = bool(text.strip()) or finish_reason != "length"
         return Reasoning(served.strip(), text.strip(), closed)
-    head, tag, tail = text.partition(THINK_CLOSE)
-    if tag:  # an opening tag is optional: the chat template may have written it
-        thought = head.replace(THINK_OPEN, "", 1).strip()
+    opens = text.lstrip().startswith(THINK_OPEN)
+    # the closing tag ends the reasoning when the text opened it, or, where the chat template opened it, when it
+    # stands on its own line (DeepSeek-R1's and Qwen3's "\n</think>\n\n"): an answer that mentions the tag is
+    # not reasoning
+    close = text.find(THINK_CLOSE) if opens else _own_line_close(text)
+    if close >= 0:
+        thought = text[:close].replace(THINK_OPEN, "", 1).strip()
+        tail = text[close + len(THINK_CLOSE) :].strip()
         # an empty block (what Qwen3 writes with thinking off) is no reasoning
-        return Reasoning(thought, tail.strip(), True) if thought else Reasoning(None, tail.strip(), None)
-    before, opened, after = text.partition(THINK_OPEN)
-    if opened and not before.strip():
-        return Reasoning(after.strip(), "", False)
+        return Reasoning(thought, tail, True) if thought else Reasoning(None, tail, None)
+    if opens:
+        return Reasoning(text.lstrip()[len(THINK_OPEN) :].strip(), "", False)
     return Reasoning(None, text, None)
+
+
+def _own_line_close(text: str) -> int:
+    """Where a closing tag that stands on a line of its own starts, or -1."""
+    found = _CLOSE_LINE.search(text)
+    return found.start(1) if found else -1
 
 
 def with_reasoning(messages: list[dict], reasoning: str | None, form: ReasoningFormat) -> list[dict]:

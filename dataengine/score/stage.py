@@ -10,7 +10,7 @@ nothing it already has.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,9 +74,16 @@ class ScoreStage(Stage):
         # the tasks read their rows from a file (a pipeline travels to Ray workers and Slurm jobs pickled), one
         # row group per batch
         table = work_dir / "todo.parquet"
-        if self.form == "template":
-            require_reasoning_template(resolve_model(self.recipe.teacher, ctx.log), "the teacher")
-        todo = _write_todo(iter_rows(inputs["rows"]), tokenizer, limit, self.cfg.batch_size, table, self.form)
+        todo = _write_todo(
+            _template_checked(
+                iter_rows(inputs["rows"]), self.form, lambda: resolve_model(self.recipe.teacher, ctx.log)
+            ),
+            tokenizer,
+            limit,
+            self.cfg.batch_size,
+            table,
+            self.form,
+        )
         sizes = dict(todo.batches)
         tasks = min(self.cfg.tasks, len(todo.batches)) or 1
 
@@ -90,11 +97,16 @@ class ScoreStage(Stage):
                 run_until_done(ctx.endpoints(), self.cfg, pipeline, tasks, work_dir, "scoring")
         # part by part into the shards: scored rows carry top-k logprobs for every answer token, the largest rows
         # of a run
+        if todo.last_turn_only:
+            ctx.log(
+                f"{todo.last_turn_only} conversations are scored on their last assistant turn only: the teacher's "
+                "chat template renders an earlier turn differently once more turns follow"
+            )
         tokens = scored = 0
         with stage_writer(outputs["rows"], SCORED_FEATURES) as writer:
             for name, _ in todo.batches:
                 part = pq.read_table(parts / name)
-                tokens += pc.sum(pc.list_value_length(part.column("teacher_topk_ids"))).as_py() or 0
+                tokens += _learned_tokens(part)
                 scored += part.num_rows
                 writer.write_table(part)
             if scored != sum(sizes.values()):  # raised inside: the shards written are removed
@@ -105,7 +117,12 @@ class ScoreStage(Stage):
             rows_out=writer.rows,
             output_fingerprint=fingerprint_files(writer.paths),
             drops={"too_long_to_score": todo.too_long} if todo.too_long else {},
-            stats={"top_k": self.cfg.top_k, "answer_tokens": tokens, "tasks": tasks},
+            stats={
+                "top_k": self.cfg.top_k,
+                "answer_tokens": tokens,
+                "tasks": tasks,
+                **({"last_turn_only": todo.last_turn_only} if todo.last_turn_only else {}),
+            },
         )
 
     def summary(self, manifest: Manifest, outputs: dict[str, Path], console: Console) -> None:
@@ -148,11 +165,13 @@ class ScoreBatches(PipelineStep):
 
 
 class _Todo(NamedTuple):
-    """The rows to score, as written for the tasks: each batch's part name and rows, in order."""
+    """The rows to score, as written for the tasks: each batch's part name and rows, in order; and the
+    conversations whose chat template gave their last assistant turn alone (`rows.conversation_ids`)."""
 
     batches: list[tuple[str, int]]
     rows_in: int
     too_long: int
+    last_turn_only: int = 0
 
 
 # a row as the tasks read it: the curated row with its token ids, before the teacher's logprobs
@@ -165,7 +184,7 @@ def _write_todo(
     """The rows with their token ids (the reasoning in the answer as `form` puts it), into `path` a batch (one
     row group) at a time: whole or absent. Rows that do not fit the teacher's context are counted, not written."""
     batches: list[tuple[str, int]] = []
-    rows_in = too_long = 0
+    rows_in = too_long = last_turn_only = 0
     pending: list[dict] = []
     tmp = path.with_suffix(".tmp")
     with pq.ParquetWriter(tmp, _TODO_SCHEMA) as writer:
@@ -178,6 +197,7 @@ def _write_todo(
         for row in rows:
             rows_in += 1
             ids, start, mask = conversation_ids(tokenizer, with_reasoning(row["messages"], row.get("reasoning"), form))
+            last_turn_only += mask is None and sum(m["role"] == "assistant" for m in row["messages"]) > 1
             # the request generates one token after the sequence, so it must fit with one to spare
             if limit is not None and len(ids) + 1 > limit:
                 too_long += 1
@@ -188,7 +208,26 @@ def _write_todo(
         if pending:
             flush()
     os.replace(tmp, path)
-    return _Todo(batches, rows_in, too_long)
+    return _Todo(batches, rows_in, too_long, last_turn_only)
+
+
+def _template_checked(rows: Iterable[dict], form: ReasoningFormat, teacher: Callable[[], str]) -> Iterator[dict]:
+    """`rows`, the `template` form refused at the first row with reasoning if the teacher's chat template would
+    drop it (rows without reasoning need no thinking section)."""
+    checked = form != "template"
+    for row in rows:
+        if not checked and row.get("reasoning") is not None:
+            require_reasoning_template(teacher(), "the teacher")
+            checked = True
+        yield row
+
+
+def _learned_tokens(part: pa.Table) -> int:
+    """The tokens a student learns in a scored part: a single answer's every token, a conversation's masked ones
+    (the teacher was also asked for the user turns between them)."""
+    masks = part.column("completion_mask")
+    whole = pc.list_value_length(part.column("teacher_topk_ids")).filter(pc.is_null(masks))
+    return int((pc.sum(whole).as_py() or 0) + (pc.sum(pc.list_flatten(masks)).as_py() or 0))
 
 
 def _part_name(ids: Iterable[str]) -> str:

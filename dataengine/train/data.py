@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets import Dataset, load_dataset
+from datasets import Dataset, Features, List, Value, load_dataset
 
 from dataengine.rows import ReasoningFormat, held_out_ids, prompt_key, shard_files, with_reasoning
 
@@ -81,7 +81,9 @@ def phase_rows(phase: str, rows: Dataset, method: str | None = None, form: Reaso
     if method == "offline_topk":
         return topk_rows(rows)
     if method == "gkd":
-        return _conversations(rows, form, lambda conversations: {"messages": conversations}, "conversations")
+        return _conversations(
+            rows, form, lambda conversations: {"messages": conversations}, "conversations", ["messages"]
+        )
     return _form(rows, lambda messages: {"prompt": [m[:-1] for m in messages]}, ["messages"], "prompts")
 
 
@@ -94,7 +96,7 @@ def sft_rows(rows: Dataset, form: ReasoningFormat = "think_tags") -> Dataset:
         turns = [(c[:i], c[i : i + 1]) for c in conversations for i, m in enumerate(c) if m["role"] == "assistant"]
         return {"prompt": [p for p, _ in turns], "completion": [c for _, c in turns]}
 
-    return _conversations(rows, form, build, "prompt-completion")
+    return _conversations(rows, form, build, "prompt-completion", ["prompt", "completion"])
 
 
 def has_reasoning(rows: Dataset) -> bool:
@@ -104,11 +106,15 @@ def has_reasoning(rows: Dataset) -> bool:
     return rows.with_format("arrow")["reasoning"].null_count < len(rows)
 
 
-def _conversations(rows: Dataset, form: ReasoningFormat, build, what: str) -> Dataset:
-    """`build` over the rows' conversations as the student learns them (`rows.with_reasoning`). With the
-    `template` form every turn has a `reasoning_content` (null but on the last turn of a row with reasoning):
-    one batch's turns and the next's must have the same fields. Rows of earlier runs have no `reasoning`
-    column."""
+# a turn in the `template` form: its reasoning as the chat template reads it
+_TEMPLATE_TURNS = List({"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string")})
+
+
+def _conversations(rows: Dataset, form: ReasoningFormat, build, what: str, outputs: list[str]) -> Dataset:
+    """`build` over the rows' conversations as the student learns them (`rows.with_reasoning`), into the columns
+    `outputs`. With the `template` form every turn has a `reasoning_content` (null but on the last turn of a row
+    with reasoning), typed a string whatever the first batch holds: a batch of rows without reasoning and a later
+    one with it must write one schema. Rows of earlier runs have no `reasoning` column."""
     if "reasoning" not in rows.column_names:
         return _form(rows, build, ["messages"], what)
 
@@ -118,7 +124,8 @@ def _conversations(rows: Dataset, form: ReasoningFormat, build, what: str) -> Da
             conversations = [[{"reasoning_content": None, **m} for m in c] for c in conversations]
         return build(conversations)
 
-    return _form(rows, learned, ["messages", "reasoning"], what)
+    features = Features(dict.fromkeys(outputs, _TEMPLATE_TURNS)) if form == "template" else None
+    return _form(rows, learned, ["messages", "reasoning"], what, features)
 
 
 def topk_rows(rows: Dataset) -> Dataset:
@@ -144,7 +151,9 @@ def topk_rows(rows: Dataset) -> Dataset:
     return _form(rows, build, columns, "top-k rows")
 
 
-def _form(rows: Dataset, build, columns: list[str], what: str) -> Dataset:
+def _form(rows: Dataset, build, columns: list[str], what: str, features: Features | None = None) -> Dataset:
     """`build` over `columns` a batch at a time, the result written next to `rows` (memory-mapped) and nothing
-    else of theirs kept."""
-    return rows.map(build, batched=True, input_columns=columns, remove_columns=rows.column_names, desc=what)
+    else of theirs kept; `features` types the result where its first batch cannot say."""
+    return rows.map(
+        build, batched=True, input_columns=columns, remove_columns=rows.column_names, desc=what, features=features
+    )

@@ -129,7 +129,8 @@ def answer_quality(
             passed += ok
         elif row["kind"] == "math":
             problems += 1
-            (checked,) = check_solutions(row.get("reference_answer") or row.get("final_answer"), [answer])
+            reference = row.get("reference_answer") or row.get("final_answer")
+            (checked,) = check_solutions(reference, [answer], row["language"])
             ok = checked.verified
             solved += ok
         else:

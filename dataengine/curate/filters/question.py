@@ -35,7 +35,9 @@ class QuestionFilter(BaseFilter):
             if problem := question_problem(question, row.get("question_finish_reason"), language):
                 return False, problem
             own = (row.get("topic") or "", row.get("persona") or "")
-            echo = echo_share(question, row.get("instruction") or "", language, own)
+            # the meta-prompt wrote a conversation's first question only: a follow-up cannot echo it
+            follow_up = len(row.get("turn_question_finish_reasons") or []) > 1
+            echo = 0.0 if follow_up else echo_share(question, row.get("instruction") or "", language, own)
             if echo > self.max_echo:
                 return False, "question_echoes_prompt"
         if asks_back(doc.text, language):
