@@ -37,8 +37,9 @@ def write_recipe(tmp_path: Path):
 
 # every curation filter off: what the teacher writes reaches dedup, where the incremental tests look
 FILTERS_OFF = (
-    "{truncated: {enabled: false}, length: {enabled: false}, refusal: {enabled: false}, question: {enabled: false}, "
-    "repetition: {enabled: false}, language: {enabled: false}, prose_quality: {enabled: false}}"
+    "{reasoning: {enabled: false}, math: {enabled: false}, truncated: {enabled: false}, length: {enabled: false}, "
+    "refusal: {enabled: false}, question: {enabled: false}, repetition: {enabled: false}, "
+    "language: {enabled: false}, prose_quality: {enabled: false}}"
 )
 
 TINY = """

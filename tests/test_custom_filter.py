@@ -249,6 +249,8 @@ curate:
   tasks: 2
   workers: 2
   filters:
+    reasoning: {enabled: false}
+    math: {enabled: false}
     truncated: {enabled: false}
     length: {enabled: false}
     refusal: {enabled: false}

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 from datatrove.data import Document
+from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter
 from rich.console import Console
@@ -108,7 +109,8 @@ class CurateStage(Stage):
 
     # ------------------------------------------------------------------ pipeline pieces
 
-    def _filters(self, rejected: Path) -> list:
+    def _filters(self, rejected: Path) -> list[tuple[str, BaseFilter]]:
+        """The filters, in order, each with its step name (which names its rejected file)."""
         cfg, f = self.cfg, self.cfg.filters
 
         names: list[str] = []  # each filter's step, in order: every filter below takes one exclusion writer
@@ -155,8 +157,7 @@ class CurateStage(Stage):
                 name: read_texts(path, fields.get(name, "prompt")) for name, path in self._benchmark_paths().items()
             }
             steps.append(DecontaminationFilter(texts, cfg.decontamination.n, exclusion_writer=out("decontamination")))
-        # a conversation's earlier assistant turns through the same filters, first: it is cut at its last good one
-        return [EveryTurn(list(zip(names, steps, strict=True))), *steps]
+        return list(zip(names, steps, strict=True))
 
     def _published_reference(self, own: pa.Array, work_dir: Path, run_dir: Path) -> Path | None:
         """With publish.append: the target's rows, less this run's own (by generated id), as a reference."""
@@ -189,12 +190,16 @@ class CurateStage(Stage):
         tally = _Tally()
         with status, datatrove_logs_to(work_dir / "datatrove.log"):
             try:
-                steps = self._filters(rejected_raw)
+                named = self._filters(rejected_raw)
+                steps = [step for _, step in named]
                 ctx.log(f"filters: {', '.join(s.name for s in steps)}")
                 run(
                     "filter",
                     [
                         ParquetReader(str(source), adapter=row_to_document),
+                        # a conversation's earlier assistant turns through the same filters, first: it is cut
+                        # at its last good one, and its last turn is then checked as any row's
+                        EveryTurn(named),
                         *steps,
                         JsonlWriter(
                             str(filtered),
