@@ -9,7 +9,6 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-import torch
 from datasets import Dataset
 from datatrove.data import Document
 from rich.console import Console
@@ -183,8 +182,7 @@ def test_scoring_and_evaluation_read_every_assistant_turn_and_no_user_turn():
     assert answer_fit(model, tokenizer, [{**scored, "messages": CONVERSATION}])["perplexity"] == pytest.approx(
         fit["perplexity"]
     )
-    with torch.no_grad():  # the user turn's tokens are left out of the perplexity
-        assert fit["answer_tokens"] < len(ids) - start
+    assert fit["answer_tokens"] < len(ids) - start  # the user turn's tokens are left out of the perplexity
 
 
 @pytest.mark.slow
@@ -249,3 +247,11 @@ def test_the_last_follow_up_is_checked_as_the_rows_question_and_never_against_th
     doc.metadata["question_finish_reason"] = "length"  # the follow-up cut by its cap, with no question mark
     doc.metadata["messages"][2]["content"] = "And what about the salt in"
     assert QuestionFilter(0.4).filter(doc) == (False, "question_truncated")
+
+
+def test_the_first_question_of_a_conversation_is_still_checked_for_echoing_the_meta_prompt():
+    echoed = ("Write one question about the sea, please?", "The sea covers most of the planet's surface.")
+    (out,) = EveryTurn(CHECKS).run([_conversation(echoed, GOOD)])
+    assert out.metadata["cut_reason"] == "question: question_echoes_prompt" and len(out.metadata["messages"]) == 2
+    assert out.metadata["turn_question_finish_reasons"] == ["stop"]  # left at its first turn, which the filters drop
+    assert QuestionFilter(0.4).filter(out) == (False, "question_echoes_prompt")

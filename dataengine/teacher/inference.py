@@ -60,7 +60,7 @@ LOCAL = ExecutorSettings()  # one task, here
 _WHOLE: ContextVar[dict | None] = ContextVar("whole_response", default=None)
 
 
-def _with_reasoning(response: dict, whole: dict) -> dict:
+def _put_back(response: dict, whole: dict) -> dict:
     """datatrove's rebuilt response with what it leaves out of the whole one: the message's reasoning and the
     usage's reasoning tokens."""
     message = whole["choices"][0].get("message") or {}
@@ -98,7 +98,7 @@ class _RootEndpointServer(EndpointServer):
         finally:
             _WHOLE.reset(token)
         if whole is not None:
-            response = _with_reasoning(response, whole)
+            response = _put_back(response, whole)
         # datatrove keeps a choice's text and finish reason and the response's usage, in its result and in
         # its request cache; usage is the one free-form dict of the three, so the teacher's routing rides in it
         routed = response["choices"][0].pop("routed_experts", None)

@@ -39,10 +39,9 @@ class EveryTurn(PipelineStep):
         messages = row.get("messages") or []
         answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         for k, at in enumerate(answers[:-1]):
-            turn = {**row, **_turn_fields(row, k), "messages": messages[: at + 1]}
-            turn.update(dict.fromkeys(_LAST_TURN_ONLY))
-            if k:  # the meta-prompt wrote the first question only: a follow-up cannot echo it
-                turn["instruction"] = ""
+            # the conversation as it stood at turn k: the filters read its last turn as they read any row's (the
+            # question filter, say, checks a follow-up but never for echoing the meta-prompt)
+            turn = {**row, **_first_turns(row, answers, k + 1), **dict.fromkeys(_LAST_TURN_ONLY)}
             checked = Document(text=messages[at]["content"] or " ", id=doc.id, metadata=turn)
             for step, check in self.checks:
                 verdict = check.filter(checked)
@@ -52,29 +51,30 @@ class EveryTurn(PipelineStep):
         return None
 
 
-def _turn_fields(row: dict, k: int) -> dict:
-    """Turn k's finish reasons, where generation recorded them (null for rows brought with ingest)."""
-    finishes = row.get("turn_finish_reasons") or []
-    questions = row.get("turn_question_finish_reasons") or []
+def _first_turns(row: dict, answers: list[int], n: int) -> dict:
+    """The row's fields for its conversation up to its n-th assistant turn (`answers`: where each one is in the
+    messages): the messages, the per-turn finish reasons, and the last kept turn's as the row's (null where
+    generation recorded none: rows brought with ingest)."""
+    finishes = (row.get("turn_finish_reasons") or [])[:n]
+    questions = (row.get("turn_question_finish_reasons") or [])[:n]
     return {
-        "finish_reason": finishes[k] if k < len(finishes) else None,
-        "question_finish_reason": questions[k] if k < len(questions) else None,
+        "messages": row["messages"][: answers[n - 1] + 1],
+        "finish_reason": finishes[-1] if len(finishes) == n else None,
+        "question_finish_reason": questions[-1] if len(questions) == n else None,
+        "turn_finish_reasons": finishes or None,
+        "turn_question_finish_reasons": questions or None,
     }
 
 
 def _cut(doc: Document, failed: int, why: str) -> None:
     """The conversation up to its last good assistant turn (at least the first, which the filters then drop)."""
     row = doc.metadata
-    messages = row["messages"]
-    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    answers = [i for i, m in enumerate(row["messages"]) if m["role"] == "assistant"]
     keep = max(failed, 1)
     row |= {
-        "messages": messages[: answers[keep - 1] + 1],
-        **_turn_fields(row, keep - 1),
-        "turn_finish_reasons": (row.get("turn_finish_reasons") or [])[:keep] or None,
-        "turn_question_finish_reasons": (row.get("turn_question_finish_reasons") or [])[:keep] or None,
+        **_first_turns(row, answers, keep),
+        **dict.fromkeys(_LAST_TURN_ONLY),
         "cut_reason": why,
         "turns_cut": len(answers) - keep,
     }
-    row.update(dict.fromkeys(_LAST_TURN_ONLY))
-    doc.text = messages[answers[keep - 1]]["content"] or " "
+    doc.text = row["messages"][-1]["content"] or " "
