@@ -100,10 +100,12 @@ def sft_rows(rows: Dataset, form: ReasoningFormat = "think_tags") -> Dataset:
 
 
 def has_reasoning(rows: Dataset) -> bool:
-    """Whether any row holds a thinking teacher's reasoning (read from the arrow column, not row by row)."""
-    if "reasoning" not in rows.column_names or not len(rows):
+    """Whether any row holds a thinking teacher's reasoning: its column read a batch at a time (`rows` may be a
+    selection, see `lowest_ids`), stopping at the first batch that has some."""
+    if "reasoning" not in rows.column_names:
         return False
-    return rows.with_format("arrow")["reasoning"].null_count < len(rows)
+    batches = rows.select_columns(["reasoning"]).with_format("arrow").iter(batch_size=10_000)
+    return any(batch["reasoning"].null_count < len(batch) for batch in batches)
 
 
 # a turn in the `template` form: its reasoning as the chat template reads it
