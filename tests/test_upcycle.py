@@ -118,3 +118,55 @@ def test_a_kmeans_router_separates_what_the_random_one_mixes():
 def test_the_kmeans_router_needs_its_calibration():
     with pytest.raises(ValueError, match="calibration"):
         upcycle(tiny_dense(), BuiltinTeacherOptions())
+
+
+def _split(shared: float = 0.5, seed: int = 0):
+    dense = tiny_dense()
+    options = BuiltinTeacherOptions(num_experts=4, top_k=2, experts="split", shared_channels=shared, seed=seed)
+    return dense, upcycle(dense, options, CALIBRATION)
+
+
+def test_split_experts_share_the_most_active_channels_and_split_the_rest():
+    dense, moe = _split(shared=0.5)
+    # 64 channels: 32 shared by every expert, 8 of the other 32 each
+    assert moe.config.intermediate_size == 40
+    gate_up = moe.model.layers[0].mlp.experts.gate_up_proj  # [experts, 2 * 40, hidden]
+    dense_rows = dense.model.layers[0].mlp.gate_proj.weight
+    for e in range(4):
+        assert torch.equal(gate_up[e, :32], gate_up[0, :32])  # the shared channels, in every expert
+    own = [{tuple(r.tolist()) for r in gate_up[e, 32:40]} for e in range(4)]
+    assert all(not (own[a] & own[b]) for a in range(4) for b in range(a + 1, 4))  # the rest split, disjoint
+    every = set().union(*own) | {tuple(r.tolist()) for r in gate_up[0, :32]}
+    assert every == {tuple(r.tolist()) for r in dense_rows}  # and together every channel of the dense MLP
+
+
+def test_split_experts_depend_on_routing():
+    from bench.teacher_experts import Forced
+
+    dense, moe = _split()
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(3))
+    as_built = logits(moe, ids)
+    assert (as_built - logits(dense, ids)).abs().max().item() > 1e-3  # no longer the dense function
+    forced = Forced(moe, "reversed")
+    try:
+        other = logits(moe, ids)
+    finally:
+        forced.close()
+    assert (other - as_built).abs().max().item() > 1e-2  # other experts compute something else
+
+
+def test_split_knobs_are_refused_with_copies_and_the_reverse():
+    with pytest.raises(ValueError, match="shared_channels: only for experts: split"):
+        BuiltinTeacherOptions(shared_channels=0.5)
+    with pytest.raises(ValueError, match="router: only for experts: copies"):
+        BuiltinTeacherOptions(experts="split", router="random")
+
+
+def test_split_has_its_own_build_key_and_copies_keep_theirs():
+    copies = BuiltinTeacherOptions()
+    # the key a copies teacher had before `experts` existed, so cached builds are found (it moves with
+    # BUILD_VERSION and the calibration text, as it should)
+    assert build_key("smollm2-moe", copies) == "e34ec7fc11e6"
+    split = build_key("smollm2-moe", BuiltinTeacherOptions(experts="split"))
+    assert split != build_key("smollm2-moe", copies)
+    assert split != build_key("smollm2-moe", BuiltinTeacherOptions(experts="split", shared_channels=0.5))

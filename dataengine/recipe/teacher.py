@@ -11,17 +11,36 @@ from dataengine.recipe.base import BUILTIN_PREFIX, WAIT, WHERE, StrictModel, htt
 
 
 class BuiltinTeacherOptions(StrictModel):
-    """Shape of the builtin MoE made by sparse upcycling (see teacher/builtin.py)."""
+    """Shape of the builtin MoE made from its dense parent (see teacher/builtin.py)."""
 
     num_experts: int = Field(4, ge=1, le=64, description="experts per MoE layer")
     top_k: int = Field(2, ge=1, le=64, description="experts routed per token")
+    experts: Literal["copies", "split"] = Field(
+        "copies",
+        description="copies: every expert a copy of the dense MLP (sparse upcycling; computes the dense function "
+        "exactly, so routing changes nothing); split: the MLP's channels split into experts by how they co-activate "
+        "(MoEfication) around `shared_channels` every expert keeps, with a router fitted to pick the experts whose "
+        "channels matter for the token; the experts differ and routing changes the output (measured in "
+        "bench/BENCHMARKS.md)",
+    )
+    shared_channels: float = Field(
+        0.75,
+        gt=0.0,
+        lt=1.0,
+        description="experts: split only: the share of each MLP's channels (the most active on the calibration "
+        "text) that every expert keeps; the rest are split among the experts",
+    )
     expert_noise: float = Field(
-        0.0, ge=0.0, le=1.0, description="relative std of noise added to each expert copy; 0 keeps the dense function"
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="experts: copies only: relative std of noise added to each expert copy; 0 keeps the dense function",
     )
     router: Literal["kmeans", "random"] = Field(
         "kmeans",
-        description="kmeans: each layer's router from k-means centroids of its MoE-block inputs over the shipped "
-        "seeds (every language) and code, so routing separates them; random: a Gaussian init",
+        description="experts: copies only: kmeans: each layer's router from k-means centroids of its MoE-block "
+        "inputs over the shipped seeds (every language) and code, so routing separates them; random: a Gaussian "
+        "init",
     )
     seed: int = Field(0, description="seed for the router (k-means or random init) and the expert noise")
     source: str | None = Field(
@@ -35,6 +54,15 @@ class BuiltinTeacherOptions(StrictModel):
     def _top_k_fits(self) -> BuiltinTeacherOptions:
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
+        return self
+
+    @model_validator(mode="after")
+    def _knobs_of_the_construction(self) -> BuiltinTeacherOptions:
+        given = self.model_fields_set
+        if self.experts == "split" and (wrong := sorted(given & {"expert_noise", "router"})):
+            raise ValueError(f"{', '.join(wrong)}: only for experts: copies (split experts fit their own router)")
+        if self.experts == "copies" and "shared_channels" in given:
+            raise ValueError("shared_channels: only for experts: split")
         return self
 
 

