@@ -78,12 +78,12 @@ def test_distill_pipeline_with_defaults():
         ),
         (
             MINIMAL + CURATE + "train: {student: {model: x}, evaluate: {compare_inits: "
-            "[{name: merged, from_teacher: {merge_experts: top}}]}}\n",
-            ["merged: from_teacher.merge_experts: top weighs the experts by the routing map: add a `route` block"],
+            "[{name: pruned, from_teacher: {merge_experts: top, keep_experts: 2}}]}}\n",
+            ["merge_experts (a dense student) or keep_experts (an MoE student), not both"],
         ),
         (
-            MINIMAL + CURATE + "train: {student: {from_teacher: {merge_experts: routing}}}\n",
-            ["merge_experts: routing weighs the experts by the routing map: add a `route` block"],
+            MINIMAL + CURATE + "train: {student: {from_teacher: {keep_experts: 0}}}\n",
+            ["train.student.from_teacher.keep_experts"],
         ),
         (MINIMAL + "train: {student: {model: x}, sft: null}\n", ["nothing to train"]),
         (MINIMAL + "train: {student: {model: x}, distill: {method: magic}}\n", ["train.distill.method", "'magic'"]),

@@ -57,10 +57,10 @@ def test_a_routing_weighted_merge_is_the_weighted_average_of_the_experts():
     assert merge_weights("top", 2, 4, [[0, 3, 1, 0], [1, 0, 0, 2]]).tolist() == [[0, 1, 0, 0], [0, 0, 0, 1]]
 
 
-def test_merging_needs_the_map_for_routing_and_a_known_architecture():
-    with pytest.raises(UserError, match="routing needs the routing map"):
+def test_merging_needs_scores_for_routing_and_a_known_architecture():
+    with pytest.raises(ValueError, match="routing weighs the experts by their scores: none given"):
         merge_weights("routing", 2, 4)
-    with pytest.raises(UserError, match="it was routed through another model"):
+    with pytest.raises(UserError, match="the routing map was made with another model"):
         merge_weights("top", 2, 4, [[1.0] * 8] * 2)
     with pytest.raises(UserError, match="merging experts supports mixtral, qwen3_moe teachers; this one is llama"):
         merge_experts(tiny_llama(50), np.ones((4, 1)))

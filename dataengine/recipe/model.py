@@ -90,12 +90,6 @@ class Recipe(StrictModel):
                     f"{student.name}: prune alone starts from the teacher's dense parent, which only builtin "
                     "teachers ship; give model or from_teacher too"
                 )
-            merge = student.from_teacher.merge_experts if student.from_teacher else None
-            if merge in ("routing", "top") and self.route is None:
-                problems.append(
-                    f"{student.name}: from_teacher.merge_experts: {merge} weighs the experts by the routing map: "
-                    "add a `route` block (or merge uniform)"
-                )
         if problems:
             raise Problems(problems)
         return self

@@ -52,23 +52,45 @@ class PruneConfig(StrictModel):
 
 
 class FromTeacherConfig(StrictModel):
-    """A dense student at the teacher's active size: the teacher's embeddings, attention, norms and tokenizer,
-    with each layer's experts merged into one MLP (Mixtral- and Qwen3-MoE-architecture teachers; the dense
-    sibling architecture, Mistral or Qwen3). Merging an upcycled MoE's identical experts gives back its dense
-    parent exactly."""
+    """A student made from the teacher's own experts (Mixtral- and Qwen3-MoE-architecture teachers), scored once
+    on the run's rows (`expert_score`). By default a dense student at the teacher's active size: the teacher's
+    embeddings, attention, norms and tokenizer, each layer's experts merged into one MLP (the dense sibling
+    architecture, Mistral or Qwen3); merging an upcycled MoE's identical experts gives back its dense parent
+    exactly. With `keep_experts`, an MoE student instead: the teacher with fewer experts per layer."""
 
     merge_experts: Literal["routing", "uniform", "top"] = Field(
         "routing",
-        description="weights of the merge: routing = each expert's share of the curated rows' routing (needs "
-        "`route`), uniform, or top = the most used expert alone",
+        description="weights of the merge: routing = each expert's `expert_score`, uniform, or top = the "
+        "highest-scoring expert alone",
     )
+    expert_score: Literal["frequency", "reap"] = Field(
+        "frequency",
+        description="how much each expert matters: frequency = its share of the rows' routing (the routing map's "
+        "load where the recipe routes, else counted on `sample_rows` training rows); reap = REAP's mean of gate "
+        "weight x output norm over the tokens routed to it, on `sample_rows` training rows",
+    )
+    keep_experts: int | None = Field(
+        None,
+        ge=1,
+        description="an MoE student: keep this many experts per layer, the highest by `expert_score`, with their "
+        "router rows (top-k capped at it); null merges into a dense student",
+    )
+    sample_rows: int = Field(64, ge=1, description="training rows the experts are scored on, where they are")
+
+    @model_validator(mode="after")
+    def _merge_or_keep(self) -> FromTeacherConfig:
+        if self.keep_experts is not None and "merge_experts" in self.model_fields_set:
+            raise ValueError("give merge_experts (a dense student) or keep_experts (an MoE student), not both")
+        return self
 
 
 class StudentConfig(StrictModel):
     name: FolderName = Field("student", description="folder under students/ that receives the final model")
     model: str | None = Field(None, description="Hub id, local folder or builtin:<name> to start from")
     revision: str | None = Field(None, description="Hub revision of `model`")
-    from_teacher: FromTeacherConfig | None = Field(None, description="start from the teacher's experts, merged")
+    from_teacher: FromTeacherConfig | None = Field(
+        None, description="start from the teacher's experts: merged into a dense model, or fewer of them kept"
+    )
     prune: PruneConfig | None = Field(
         None, description="keep some layers or MLP channels of the start (alone: of the builtin teacher's dense parent)"
     )

@@ -2,8 +2,9 @@
 
 The student is the dense sibling of the teacher's architecture (Mixtral -> Mistral, Qwen3-MoE -> Qwen3)
 with the teacher's embeddings, attention, norms and tokenizer, and at each layer one MLP whose weights are
-the average of that layer's experts' weights, weighted by how often the curated data routes to each
-(`routing`, from the route stage's map), equally (`uniform`), or all on the most used expert (`top`). It is
+the average of that layer's experts' weights, weighted by each expert's score on the run's rows (`routing`:
+`expert_score`, routing frequency or REAP, see expert_scores.py), equally (`uniform`), or all on the
+highest-scoring expert (`top`). It is
 the teacher's active size with nothing learnt from scratch; with identical experts (an upcycled MoE) it is
 exactly the dense model they were copied from.
 """
@@ -28,18 +29,19 @@ DENSE_SIBLING = {
 METHODS = ("routing", "uniform", "top")
 
 
-def merge_weights(method: str, layers: int, experts: int, load: list[list[float]] | None = None) -> np.ndarray:
-    """[layers, experts] weights, each layer's summing to 1. `load` is the routing map's per-layer expert load
-    (1.0 = uniform); a layer the data never reached is merged uniformly."""
+def merge_weights(method: str, layers: int, experts: int, scores: np.ndarray | None = None) -> np.ndarray:
+    """[layers, experts] weights, each layer's summing to 1. `scores` are the experts' per-layer scores
+    (any scale: the routing map's load, 1.0 = uniform, or expert_scores'); a layer the data never reached is
+    merged uniformly."""
     if method == "uniform":
         return np.full((layers, experts), 1 / experts)
-    if load is None:
-        raise UserError(f"train.student.from_teacher.merge_experts: {method} needs the routing map (a `route:` block)")
-    shares = np.asarray(load, dtype=np.float64)
+    if scores is None:
+        raise ValueError(f"merge_experts: {method} weighs the experts by their scores: none given")
+    shares = np.asarray(scores, dtype=np.float64)
     if shares.shape != (layers, experts):
         raise UserError(
-            f"the routing map has {shares.shape[0]} layers x {shares.shape[1]} experts, the teacher "
-            f"{layers} x {experts}: it was routed through another model"
+            f"the experts' scores are {shares.shape[0]} layers x {shares.shape[1]} experts, the teacher "
+            f"{layers} x {experts}: the routing map was made with another model"
         )
     if method == "top":
         return np.eye(experts)[shares.argmax(axis=1)]

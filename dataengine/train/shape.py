@@ -80,6 +80,15 @@ def start_shape(student: StudentConfig, where: str, recipe: Recipe, base_dir: Pa
             f"{where}.from_teacher: merging experts supports {', '.join(sorted(DENSE_SIBLING))} teachers; "
             f"{teacher} is {model_type}"
         )
+    keep = student.from_teacher.keep_experts
+    if keep is not None:
+        experts = moe_dims(config)[0]
+        if keep >= experts:
+            return (
+                f"{where}.from_teacher.keep_experts: {keep}, the teacher {teacher} has {experts} experts per layer: "
+                "give fewer"
+            )
+        return Shape(f"{teacher} with {keep} of its {experts} experts", _int(config, "num_hidden_layers"), None, keep)
     width = _int(config, DENSE_SIBLING[model_type][1])
     return Shape(f"{teacher} with its experts merged", _int(config, "num_hidden_layers"), width, None)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dataengine.errors import UserError
-from dataengine.recipe import BUILTIN_PREFIX, PruneConfig, Recipe, resolve_path
+from dataengine.recipe import BUILTIN_PREFIX, FromTeacherConfig, PruneConfig, Recipe, resolve_path
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -78,7 +78,7 @@ def init_student(
         return out_dir
     student = recipe.train.student
     if student.from_teacher is not None:
-        model, tokenizer, origin = _merged(recipe, student.from_teacher.merge_experts, routing_load, log)
+        model, tokenizer, origin = _from_teacher(recipe, rows, routing_load, log)
     elif student.model is not None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,28 +115,88 @@ def init_student(
     return out_dir
 
 
-def _merged(recipe: Recipe, method: str, load: list[list[float]] | None, log: Callable[[str], None]):
-    """The teacher's experts merged into a dense model, its tokenizer, and where it came from."""
+def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None, log: Callable[[str], None]):
+    """The teacher's experts, scored once, merged into a dense model or the best of them kept as an MoE; its
+    tokenizer, and where it came from."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.experts.routers import moe_dims
     from dataengine.teacher.server import resolve_model
+    from dataengine.train.expert_prune import keep_experts
+    from dataengine.train.expert_scores import kept_experts
     from dataengine.train.merge import merge_experts, merge_weights
 
-    teacher = recipe.teacher
+    teacher, config = recipe.teacher, recipe.train.student.from_teacher
     path = resolve_model(teacher, log)
     revision = None if teacher.is_builtin else teacher.revision
     # in the checkpoint's own dtype (bf16 for a Hub MoE: half of fp32's memory for a 30B teacher);
     # merge_experts upcasts one layer's experts at a time
     moe = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     dims = moe_dims(moe.config.to_dict())
     if dims is None:
         raise UserError(f"train.student.from_teacher: the teacher {teacher.model} has no experts to merge")
-    weights = merge_weights(method, moe.config.get_text_config().num_hidden_layers, dims[0], load)
-    log(f"student: {teacher.model}'s experts merged ({method}) into a dense model")
-    dense = merge_experts(moe, weights)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-    return dense, tokenizer, {"merged_experts_of": teacher.model, "merge": method, "weights": weights.round(4).tolist()}
+    layers, experts = moe.config.get_text_config().num_hidden_layers, dims[0]
+    scored = config.keep_experts is not None or config.merge_experts != "uniform"
+    origin = {"expert_score": config.expert_score} if scored else {}
+    scores = _expert_scores(moe, tokenizer, config, rows, load, log) if scored else None
+    if config.keep_experts is not None:
+        if config.keep_experts >= experts:
+            raise UserError(
+                f"train.student.from_teacher.keep_experts: {config.keep_experts}, the teacher has {experts} "
+                "experts per layer: give fewer"
+            )
+        kept = kept_experts(scores, config.keep_experts)
+        log(
+            f"student: {teacher.model} with the {config.keep_experts} of {experts} experts per layer highest by "
+            f"{config.expert_score}"
+        )
+        student = keep_experts(moe, kept)
+        origin |= {
+            "experts_kept_of": teacher.model,
+            "kept_experts": kept,
+            "of_experts": experts,
+            "scores": scores.round(6).tolist(),
+            "active_parameters": active_parameters(student),
+        }
+        return student, tokenizer, origin
+    weights = merge_weights(config.merge_experts, layers, experts, scores)
+    log(f"student: {teacher.model}'s experts merged ({config.merge_experts}) into a dense model")
+    origin |= {"merged_experts_of": teacher.model, "merge": config.merge_experts, "weights": weights.round(4).tolist()}
+    return merge_experts(moe, weights), tokenizer, origin
+
+
+def active_parameters(model) -> int:
+    """The parameters one token goes through: all but the experts it is not routed to."""
+    from dataengine.experts.routers import moe_dims
+    from dataengine.train.expert_scores import expert_modules
+
+    dims = moe_dims(model.config.to_dict())
+    total = sum(p.numel() for p in model.parameters())
+    if dims is None:
+        return total
+    experts, top_k = dims
+    in_experts = sum(p.numel() for m in expert_modules(model) for p in m.parameters())
+    return total - in_experts * (experts - top_k) // experts
+
+
+def _expert_scores(moe, tokenizer, config: FromTeacherConfig, rows: Dataset, load, log: Callable[[str], None]):
+    """[layers, experts] of `config.expert_score`: frequency from the routing map where the recipe routes (it
+    counts every curated row), else scored on `sample_rows` training rows."""
+    import numpy as np
+
+    from dataengine.train.expert_scores import score_experts
+
+    if config.expert_score == "frequency" and load is not None:
+        return np.asarray(load, dtype=np.float64)
+    if not len(rows):
+        raise UserError(
+            f"train.student.from_teacher.expert_score: {config.expert_score} scores the experts on "
+            "training rows: none given"
+        )
+    sequences = _token_ids(tokenizer, rows, config.sample_rows)
+    log(f"student: scoring the teacher's experts ({config.expert_score}) on {len(sequences)} training rows")
+    return score_experts(moe, sequences)[config.expert_score]
 
 
 def _layers_to_keep(prune: PruneConfig, model, tokenizer, rows: Dataset) -> tuple[list[int], list[float] | None]:
@@ -184,11 +244,15 @@ def _sample(prune: PruneConfig, tokenizer, rows: Dataset, what: str) -> list[lis
     """Token ids of the `sample_rows` training rows that layers and channels are scored on."""
     if not len(rows):
         raise UserError(f"train.student.prune.{what} on training rows: none given")
+    return _token_ids(tokenizer, rows, prune.sample_rows)
+
+
+def _token_ids(tokenizer, rows: Dataset, count: int) -> list[list[int]]:
+    """Token ids of `count` training rows, the same whatever order the rows come in."""
     from dataengine.rows import prompt_and_full_ids
     from dataengine.train.data import lowest_ids
 
-    # the same sample whatever order the rows come in
-    sample = lowest_ids(rows, prune.sample_rows)
+    sample = lowest_ids(rows, count)
     return [prompt_and_full_ids(tokenizer, messages)[0][:MAX_SCORED_TOKENS] for messages in sample["messages"]]
 
 
