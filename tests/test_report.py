@@ -258,6 +258,12 @@ def test_the_page_draws_the_expert_load_of_the_kept_rows(run_dir):
     # languages are compared on chat rows: en's and fr's chat rows both load experts 0-1 (en's code rows,
     # on 2-3, would otherwise make it look like a different language)
     assert "| fr | 0 |" in card
+    # one batch of the 35 tokens (70 slots, top-2): at factor 1 each expert takes ceil(35 * 2 / 4) = 18, and
+    # experts 2 and 3 hold 20 each: 4 of 70 slots dropped in every layer; at 1.25 (22) none
+    assert "| 1 | 5.7% | 0 | 5.7% |" in card and "| 1.25 | 0.0% |" in card
+    # 15:15:20:20 needs 6 extra copies a layer before no copy carries over 1.1x the mean (by hand: 2, 3, 0, 1, 2, 3)
+    assert "would add 18 expert copies over 3 layers" in card and "(most in layer 0: 6)" in card
+    assert '<section id="capacity">' in page and "in 1 batch of 4096 answer tokens" in page
 
 
 def test_an_moe_students_load_is_read_from_its_phase_and_a_dense_one_has_none():

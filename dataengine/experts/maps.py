@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataengine.experts import metrics
+from dataengine.experts import capacity, metrics
 
 SLICES = ("language", "kind", "topic")
 
@@ -29,6 +29,7 @@ class RoutedRow:
 class _Counted:
     """What the map keeps of a row once it is added: its slices, its signature and its length."""
 
+    id: str
     kind: str
     language: str
     topic: str
@@ -42,9 +43,18 @@ class MapBuilder:
     co-activation counts and top-1 consistency, and then let go, so a run of any size is mapped in the memory
     of its signatures."""
 
-    def __init__(self, num_experts: int, top_k: int, cold_below: float, reference_language: str) -> None:
+    def __init__(
+        self,
+        num_experts: int,
+        top_k: int,
+        cold_below: float,
+        reference_language: str,
+        capacity_factors: tuple[float, ...] = capacity.FACTORS,
+        capacity_batch_tokens: int = capacity.BATCH_TOKENS,
+    ) -> None:
         self.num_experts, self.top_k = num_experts, top_k
         self.cold_below, self.reference_language = cold_below, reference_language
+        self.capacity_factors, self.capacity_batch_tokens = tuple(capacity_factors), capacity_batch_tokens
         self.rows: list[_Counted] = []
         self.layers: int | None = None  # of the first row with tokens: every row must have as many
         self.joint: np.ndarray | None = None  # [layers, experts, experts] over kept rows' tokens
@@ -60,7 +70,7 @@ class MapBuilder:
                 )
             self.layers = row.choices.shape[1]
         signature = metrics.signature(row.choices, self.num_experts)
-        self.rows.append(_Counted(row.kind, row.language, row.topic, row.kept, signature, len(row.choices)))
+        self.rows.append(_Counted(row.id, row.kind, row.language, row.topic, row.kept, signature, len(row.choices)))
         if row.kept and row.choices.size:
             joint = metrics.coactivation_counts(row.choices, self.num_experts)
             if self.joint is None:
@@ -105,6 +115,7 @@ class MapBuilder:
             name: counts_of(group) for name in slices["language"] if (group := [r for r in chat if r.language == name])
         }
         reference = by_language.get(self.reference_language)
+        drawn = sorted(kept, key=lambda r: r.id)  # batches drawn as a shuffle would: in id order
         joint = self.joint if self.joint is not None else np.zeros((layers, experts, experts))
         return {
             "num_layers": layers,
@@ -115,6 +126,13 @@ class MapBuilder:
             "slices": slices,
             "coactivation_pmi": _finite(metrics.pmi(joint, self.kept_tokens)),
             "consistency": self.consistency.result(),
+            "capacity": capacity.capacity(
+                [r.signature for r in drawn],
+                [r.tokens for r in drawn],
+                self.top_k,
+                self.capacity_factors,
+                self.capacity_batch_tokens,
+            ),
             "divergence_from": self.reference_language if reference is not None else None,
             "js_divergence": {
                 name: np.round(metrics.js_divergence(counts, reference), 4).tolist()

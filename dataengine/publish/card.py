@@ -19,6 +19,7 @@ from datasets import Features
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from dataengine import numbers
+from dataengine.experts import capacity
 from dataengine.facts import Evaluation, RunFacts
 from dataengine.publish.layout import add_dataset_infos
 from dataengine.recipe import Recipe
@@ -331,6 +332,20 @@ def expert_coverage_section(routing: dict | None) -> list[str]:
         f"mean per-layer CV of expert load {numbers.metric(cv)} (0 is perfectly even); {cold} cold "
         f"layer-expert pairs (below {routing['cold_below']:.0%} of an even share).",
     ]
+    if "capacity" in routing:  # maps written before capacity was measured have none
+        section = routing["capacity"]
+        lines += [
+            "",
+            f"Token slots past their expert's capacity in batches of {section['batch_tokens']} answer tokens "
+            f"(Switch/GShard capacity); {capacity.replication(section)}.",
+            "",
+            "| capacity factor | dropped, mean over layers | worst layer | dropped there |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {s['factor']:g} | {s['mean']:.1%} | {s['worst_layer']} | {s['worst']:.1%} |"
+            for s in capacity.summary(section)
+        ]
     if routing["js_divergence"]:
         lines += [
             "",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from dataengine.recipe.base import LanguageCode, StrictModel
+from dataengine.recipe.base import ADDED, LanguageCode, StrictModel
 
 
 class RouteConfig(StrictModel):
@@ -21,3 +21,23 @@ class RouteConfig(StrictModel):
     reference_language: LanguageCode = Field(
         "en", description="each language's routing divergence is measured from this one"
     )
+    capacity_factors: list[float] = Field(
+        [1.0, 1.25, 2.0],
+        min_length=1,
+        description="expert capacity factors (Switch/GShard: an expert takes at most factor x tokens x top_k / "
+        "experts slots of a batch) at which the map gives the share of token slots each layer would drop",
+        json_schema_extra=ADDED,
+    )
+    capacity_batch_tokens: int = Field(
+        4096,
+        ge=1,
+        description="answer tokens per batch for the capacity figures (kept rows in id order, whole rows)",
+        json_schema_extra=ADDED,
+    )
+
+    @field_validator("capacity_factors")
+    @classmethod
+    def _positive(cls, factors: list[float]) -> list[float]:
+        if any(f <= 0 for f in factors):
+            raise ValueError(f"every capacity factor must be above 0, got {factors}")
+        return factors

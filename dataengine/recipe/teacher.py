@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dataengine.recipe.base import BUILTIN_PREFIX, WAIT, WHERE, StrictModel, http_url
+from dataengine.recipe.base import ADDED, BUILTIN_PREFIX, WAIT, WHERE, StrictModel, http_url
 
 
 class BuiltinTeacherOptions(StrictModel):
@@ -22,6 +22,7 @@ class BuiltinTeacherOptions(StrictModel):
         "(MoEfication) around `shared_channels` every expert keeps, with a router fitted to pick the experts whose "
         "channels matter for the token; the experts differ and routing changes the output (measured in "
         "bench/BENCHMARKS.md)",
+        json_schema_extra=ADDED,
     )
     shared_channels: float = Field(
         0.75,
@@ -29,6 +30,7 @@ class BuiltinTeacherOptions(StrictModel):
         lt=1.0,
         description="experts: split only: the share of each MLP's channels (the most active on the calibration "
         "text) that every expert keeps; the rest are split among the experts",
+        json_schema_extra=ADDED,
     )
     expert_noise: float = Field(
         0.0,

@@ -68,14 +68,18 @@ class FromTeacherConfig(StrictModel):
         description="how much each expert matters: frequency = its share of the rows' routing (the routing map's "
         "load where the recipe routes, else counted on `sample_rows` training rows); reap = REAP's mean of gate "
         "weight x output norm over the tokens routed to it, on `sample_rows` training rows",
+        json_schema_extra=ADDED,
     )
     keep_experts: int | None = Field(
         None,
         ge=1,
         description="an MoE student: keep this many experts per layer, the highest by `expert_score`, with their "
         "router rows (top-k capped at it); null merges into a dense student",
+        json_schema_extra=ADDED,
     )
-    sample_rows: int = Field(64, ge=1, description="training rows the experts are scored on, where they are")
+    sample_rows: int = Field(
+        64, ge=1, description="training rows the experts are scored on, where they are", json_schema_extra=ADDED
+    )
 
     @model_validator(mode="after")
     def _merge_or_keep(self) -> FromTeacherConfig:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dataengine import numbers
 from dataengine.atomic import write_atomic
+from dataengine.experts import capacity
 from dataengine.facts import RunFacts, collect
 from dataengine.report import browser, compared, figures
 from dataengine.run_folder import RunFolder
@@ -148,6 +149,27 @@ def _reasoning_table(facts: RunFacts) -> str:
     )
 
 
+def _capacity_table(facts: RunFacts) -> str:
+    """What the captured routing means for expert capacity and replication; "" without a routing map (or one
+    written before capacity was measured)."""
+    section = (facts.routing or {}).get("capacity")
+    if not section:
+        return ""
+    body = "".join(
+        f"<tr><td>{s['factor']:g}</td><td>{s['mean']:.1%}</td><td>{_e(s['worst_layer'])}</td><td>{s['worst']:.1%}</td></tr>"
+        for s in capacity.summary(section)
+    )
+    columns = ("capacity factor", "dropped, mean over layers", "worst layer", "dropped there")
+    head = "<thead><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr></thead>"
+    return (
+        '<section id="capacity"><h2>Expert capacity and replication</h2>'
+        f"<p>Token slots past their expert's capacity (Switch/GShard: factor × tokens × top-k / experts per batch), "
+        f"in {capacity.batches_of(section)}; "
+        f"{_e(capacity.replication(section))}.</p>"
+        f"<table>{head}<tbody>{body}</tbody></table></section>"
+    )
+
+
 def _optional(key: str, title: str, draw: Callable[[], str]) -> str:
     """A section that reads more than the run's facts (an earlier run, the rows themselves): one that cannot be
     drawn says why instead of costing the page."""
@@ -189,6 +211,7 @@ def render(facts: RunFacts) -> str:
         parts.append(
             f'<figure id="{key}" data-drawn="{str(svg is not None).lower()}"><h2>{_e(title)}</h2>{body}{extra}</figure>'
         )
+    parts.append(_capacity_table(facts))
     parts.append(_turns_table(facts))
     parts.append(_reasoning_table(facts))
     parts.append(_optional("against", "Against the run before", lambda: _against_the_run_before(facts)))

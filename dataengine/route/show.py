@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dataengine import numbers
+from dataengine.experts import capacity
 from dataengine.route.stage import balance_table, routed_by
 
 
@@ -15,6 +16,9 @@ def show(routing_map: dict, console: Console) -> None:
     if line := routed_by(routing_map):
         console.print(line)
     console.print(_slices(routing_map))
+    if "capacity" in routing_map:  # maps written before capacity was measured have none
+        console.print(_capacity(routing_map["capacity"]))
+        console.print(capacity.replication(routing_map["capacity"]))
     console.print(_consistency(routing_map))
     if routing_map["js_divergence"]:
         console.print(_divergence(routing_map))
@@ -38,6 +42,19 @@ def _slices(routing_map: dict) -> Table:
                 numbers.metric(_mean(s["balancedness"])),
                 numbers.count(sum(len(c) for c in s["cold"])),
             )
+    return table
+
+
+def _capacity(section: dict) -> Table:
+    table = Table(
+        title=f"token slots past their expert's capacity, in {capacity.batches_of(section)}",
+        title_justify="left",
+    )
+    for column in ("capacity factor", "dropped (mean over layers)", "worst layer", "dropped there"):
+        table.add_column(column, justify="right")
+    for s in capacity.summary(section):
+        worst = "-" if s["worst_layer"] is None else str(s["worst_layer"])
+        table.add_row(f"{s['factor']:g}", f"{s['mean']:.1%}", worst, f"{s['worst']:.1%}")
     return table
 
 

@@ -85,7 +85,9 @@ class RouteStage(Stage):
         revision = {} if teacher.is_builtin or teacher.revision is None else {"revision": teacher.revision}
         experts, top_k = _moe_config(path, revision)
         cfg = self.cfg
-        builder = maps.MapBuilder(experts, top_k, cfg.cold_below, cfg.reference_language)
+        builder = maps.MapBuilder(
+            experts, top_k, cfg.cold_below, cfg.reference_language, cfg.capacity_factors, cfg.capacity_batch_tokens
+        )
         counted = Counter()  # rows written, by who routed them; kept rows; answer tokens
 
         def add(row: dict, chosen: np.ndarray, entropy: float | None, margin: float | None, source: str) -> None:
