@@ -1,16 +1,20 @@
-"""Does balancing the data by expert coverage matter? (issue 14) The builtin MoE fine-tuned on an
-expert-balanced subset of the curated rows (`curate.balance`'s greedy) and on random subsets of the same
-size, same steps, side by side in one run: the load CV the teacher's routing predicts for each subset, the
-per-expert load CV observed during the fine-tune (the ExpertLoadCallback a `moe-finetune` run logs), and
-the held-out perplexity of each fine-tuned MoE on the teacher's answers.
+"""Does balancing the data by expert coverage matter? (issues 14 and 31) The builtin MoE (recipes/
+moe-finetune.yaml: split experts, which differ) fine-tuned on three kinds of subset of the curated rows, the
+same size and steps, side by side in one run: `curate.balance`'s expert-balanced greedy; random draws; and a
+routing-blind diversity subset (farthest-point sampling over the rows' hashed character 4-grams, from a
+random first row). Each kind `--draws` times, each draw its own subset (the balanced greedy has one) and
+its own training seed. For each: the load CV the teacher's routing predicts, the per-expert load CV
+observed during the fine-tune (the ExpertLoadCallback a `moe-finetune` run logs), and the held-out
+perplexity on the teacher's answers with its 95% interval; then per kind the mean over draws.
 
     .venv/bin/python bench/closed_loop.py [--run runs/closed-loop] [--scale 2] [--size N] [--draws 3]
-                                          [--steps 16] [--held-out 8]
+                                          [--steps 16] [--held-out-per-group 2]
 
 Data: recipes/moe-finetune.yaml with its chat quotas times --scale, run as a curate pipeline (generate,
-curate, route) into --run the first time (about 7 minutes on 2 cores at --scale 2); later runs reuse it.
-The --held-out rows whose ids hash lowest are never trained on; the others are the pool the subsets
-(default half of it) are drawn from. Training: the recipe's SFT settings (router aux loss on) for --steps.
+curate, route) into --run the first time; later runs reuse it. Held out, stratified: the
+--held-out-per-group rows whose ids hash lowest in every kind and language; they are never trained on, the
+others are the pool the subsets (default half of it) are drawn from. Training: the recipe's SFT settings
+(router aux loss on) for --steps.
 """
 
 from __future__ import annotations
@@ -44,6 +48,42 @@ def make_data(run: Path, scale: int) -> None:
     subprocess.run([str(ROOT / ".venv" / "bin" / "dataengine"), "run", str(path)], check=True)
 
 
+def text_vectors(rows: list[dict], buckets: int = 1 << 14) -> np.ndarray:
+    """[rows, buckets] unit vectors of each row's hashed character 4-gram counts (its whole conversation):
+    a routing-blind view of what a row says (hand-written: a dozen lines where scikit-learn's
+    HashingVectorizer would be a dependency for one bench)."""
+    out = np.zeros((len(rows), buckets))
+    for i, row in enumerate(rows):
+        text = " ".join(m["content"] for m in row["messages"]).lower()
+        for j in range(len(text) - 3):
+            out[i, int.from_bytes(hashlib.blake2b(text[j : j + 4].encode(), digest_size=4).digest()) % buckets] += 1
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def diverse_subset(vectors: np.ndarray, size: int, rng: np.random.Generator) -> list[int]:
+    """Farthest-point (k-center greedy) sampling by cosine distance, from a random first row."""
+    chosen = [int(rng.integers(len(vectors)))]
+    nearest = 1 - vectors @ vectors[chosen[0]]
+    while len(chosen) < size:
+        nearest[chosen] = -1
+        pick = int(nearest.argmax())
+        chosen.append(pick)
+        nearest = np.minimum(nearest, 1 - vectors @ vectors[pick])
+    return sorted(chosen)
+
+
+def stratified(rows: list[dict], per_group: int) -> tuple[list[dict], list[dict]]:
+    """(held out: the `per_group` rows of lowest id hash in every kind and language, the rest)."""
+    ranked = sorted(rows, key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+    taken: Counter = Counter()
+    held_out, rest = [], []
+    for row in ranked:
+        group = (row["kind"], row["language"])
+        (held_out if taken[group] < per_group else rest).append(row)
+        taken[group] += 1
+    return held_out, rest
+
+
 def observed_cv(record: dict) -> list[float]:
     """Mean over MoE layers of the load CV at each logging step of the fine-tune."""
     return [float(np.mean(step["cv"])) for step in record["expert_load_steps"]]
@@ -56,7 +96,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=0, help="rows per subset (default: half the pool)")
     parser.add_argument("--draws", type=int, default=3, help="random subsets")
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--held-out", type=int, default=8)
+    parser.add_argument("--held-out-per-group", type=int, default=2, help="held-out rows per kind and language")
     args = parser.parse_args()
 
     from datasets import Dataset
@@ -77,19 +117,20 @@ def main() -> None:
     run = RunFolder(args.run)
     ids, signatures = read_matrices(run.folder("route", "map"), "routing_signature")
     index = {row_id: i for i, row_id in enumerate(ids)}
-    rows = sorted(
-        (r for r in read_rows(run.folder("curate", "kept")) if r["id"] in index),
-        key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest(),
-    )
-    held_out, pool = rows[: args.held_out], rows[args.held_out :]
+    rows = [r for r in read_rows(run.folder("curate", "kept")) if r["id"] in index]
+    held_out, pool = stratified(rows, args.held_out_per_group)
     size = args.size or len(pool) // 2
     if size < 2 or size > len(pool):
-        sys.exit(f"{len(rows)} routed rows in {args.run}: too few for {args.held_out} held out and subsets of {size}")
+        sys.exit(f"{len(rows)} routed rows in {args.run}: too few for {len(held_out)} held out and subsets of {size}")
     pool_signatures = signatures[[index[r["id"]] for r in pool]]
+    vectors = text_vectors(pool)
     rng = np.random.default_rng(0)
-    subsets = {"balanced (curate.balance's greedy)": even_subset(pool_signatures, size)}
+    balanced = even_subset(pool_signatures, size)
+    subsets = {}  # name -> (kind, rows chosen, training seed)
     for draw in range(args.draws):
-        subsets[f"random {draw + 1}"] = sorted(rng.choice(len(pool), size, replace=False).tolist())
+        subsets[f"balanced, seed {draw}"] = ("balanced", balanced, draw)
+        subsets[f"random {draw + 1}"] = ("random", sorted(rng.choice(len(pool), size, replace=False).tolist()), draw)
+        subsets[f"diverse {draw + 1}"] = ("diverse", diverse_subset(vectors, size, rng), draw)
 
     recipe = load_recipe(RECIPE)
     sft = recipe.train.sft.model_copy(update={"max_steps": args.steps, "save_steps": args.steps})
@@ -100,12 +141,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-closed-loop-") as tmp:
         work = Path(tmp)
         results = {}
-        for number, (name, chosen) in enumerate(subsets.items()):
+        for number, (name, (kind, chosen, seed)) in enumerate(subsets.items()):
             subset = sft_rows(Dataset.from_list([pool[i] for i in chosen]))
-            final = run_sft(start, subset, sft, work / f"subset-{number}", lambda _: None)
+            settings = sft.model_copy(update={"seed": seed})
+            final = run_sft(start, subset, settings, work / f"subset-{number}", lambda _: None)
             record = json.loads((final / DONE).read_text())
             fit = answer_fit(AutoModelForCausalLM.from_pretrained(final), tokenizer, held_out)
             results[name] = {
+                "kind": kind,
                 "predicted_cv": float(mean_cv(pool_signatures[chosen].sum(axis=0))),
                 "observed_cv": observed_cv(record),
                 "perplexity": fit["perplexity"],
@@ -116,7 +159,8 @@ def main() -> None:
             print(f"{name}: {json.dumps(results[name])}", flush=True)
 
         print(
-            f"\n{len(rows)} routed rows: {len(held_out)} held out, subsets of {size} from a pool of {len(pool)}; "
+            f"\n{len(rows)} routed rows: {len(held_out)} held out ({dict(Counter(r['language'] for r in held_out))}), "
+            f"subsets of {size} from a pool of {len(pool)}; "
             f"SFT {args.steps} steps; untrained held-out perplexity {untrained:.2f}"
         )
         print(
@@ -130,6 +174,17 @@ def main() -> None:
             print(
                 f"| {name} | {mix} | {r['predicted_cv']:.3f} | {cv[0]:.3f} → {cv[-1]:.3f} | {np.mean(cv):.3f} | "
                 f"{r['perplexity']:.2f} [{low:.2f}, {high:.2f}] |"
+            )
+        print(
+            "\n| subset kind | draws | observed CV, mean over draws (min-max) | held-out perplexity, mean (min-max) |"
+        )
+        print("|---|---:|---:|---:|")
+        for kind in ("balanced", "random", "diverse"):
+            mine = [r for r in results.values() if r["kind"] == kind]
+            cvs, ppls = [np.mean(r["observed_cv"]) for r in mine], [r["perplexity"] for r in mine]
+            print(
+                f"| {kind} | {len(mine)} | {np.mean(cvs):.3f} ({min(cvs):.3f}-{max(cvs):.3f}) | "
+                f"{np.mean(ppls):.2f} ({min(ppls):.2f}-{max(ppls):.2f}) |"
             )
 
 

@@ -19,8 +19,8 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
     if recipe.score is not None:
         stages.append(ScoreStage(recipe, base_dir, rows_from=kept))
         rows = "scored"
-    # a student merged from the experts by their routing reads the route stage's map; evaluate builds the
-    # student and the compared inits again
+    # a student made from the experts scored by how the rows route reads the route stage's map (it counts
+    # every curated row); evaluate builds the student and the compared inits again
     route = next((s for s in stages if s.name == "route"), None)
     routing = route.outputs["map"] if route is not None else None
     student, compared = recipe.train.student, recipe.train.evaluate.compare_inits
@@ -67,4 +67,7 @@ def check(recipe: Recipe) -> list[str]:
 
 
 def _reads_map(student: Any) -> bool:  # a train.student or compare_inits entry
-    return student.from_teacher is not None and student.from_teacher.merge_experts in ("routing", "top")
+    made = student.from_teacher
+    if made is None or made.expert_score != "frequency":
+        return False
+    return made.keep_experts is not None or made.merge_experts in ("routing", "top")

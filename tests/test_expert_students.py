@@ -137,8 +137,10 @@ def test_keep_experts_is_checked(tmp_path):
     from dataengine.train.shape import shape_problems
     from dataengine.train.student import init_student
 
-    with pytest.raises(ValueError, match="merge_experts \\(a dense student\\) or keep_experts"):
+    with pytest.raises(ValueError, match="merge_experts: uniform merges into a dense student, keep_experts keeps"):
         FromTeacherConfig(keep_experts=2, merge_experts="uniform")
+    kept = FromTeacherConfig(keep_experts=2)
+    assert FromTeacherConfig.model_validate(kept.model_dump()) == kept  # as a run folder's recipe.json reads back
     tokenizer = tiny_tokenizer()
     teacher = save(tiny_mixtral(len(tokenizer), seed=9), tokenizer, tmp_path / "teacher")
     recipe = student_recipe(teacher, "{from_teacher: {keep_experts: 4}}")

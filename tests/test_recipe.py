@@ -218,3 +218,16 @@ def test_shipped_reasoning_recipe_is_valid_with_every_check():
     # the budget reaches every request as vLLM takes it; thinking is left to the template (always on for it)
     params = teacher_config(recipe, "http://gpu-node:8000").default_generation_params
     assert params["thinking_token_budget"] == 6144 and "chat_template_kwargs" not in params
+
+
+def test_shipped_expert_students_recipe_is_valid_and_hands_the_map_where_it_is_read():
+    from pipelines.distill import build
+
+    recipe = load_recipe("recipes/expert-students.yaml")
+    check(recipe, ROOT / "recipes", "expert-students.yaml")
+    assert recipe.teacher.builtin.experts == "split"
+    made = recipe.train.student.from_teacher
+    assert (made.keep_experts, made.expert_score) == (2, "reap")
+    stages = {s.name: s for s in build(recipe, ROOT / "recipes").stages}
+    # REAP scores the experts on training rows: train reads no routing map; evaluate's init by use does
+    assert "routing" not in stages["train"].inputs and "routing" in stages["evaluate"].inputs

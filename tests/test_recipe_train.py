@@ -79,7 +79,7 @@ def test_distill_pipeline_with_defaults():
         (
             MINIMAL + CURATE + "train: {student: {model: x}, evaluate: {compare_inits: "
             "[{name: pruned, from_teacher: {merge_experts: top, keep_experts: 2}}]}}\n",
-            ["merge_experts (a dense student) or keep_experts (an MoE student), not both"],
+            ["merge_experts: top merges into a dense student, keep_experts keeps an MoE: give one"],
         ),
         (
             MINIMAL + CURATE + "train: {student: {from_teacher: {keep_experts: 0}}}\n",

@@ -160,6 +160,11 @@ def test_split_knobs_are_refused_with_copies_and_the_reverse():
         BuiltinTeacherOptions(shared_channels=0.5)
     with pytest.raises(ValueError, match="router: only for experts: copies"):
         BuiltinTeacherOptions(experts="split", router="random")
+    with pytest.raises(ValueError, match="expert_noise: only for experts: copies"):
+        BuiltinTeacherOptions(experts="split", expert_noise=0.1)
+    # a run folder's recipe.json holds every key: read back, it is the same options
+    for options in (BuiltinTeacherOptions(experts="split", shared_channels=0.5), BuiltinTeacherOptions()):
+        assert BuiltinTeacherOptions.model_validate(options.model_dump()) == options
 
 
 def test_split_has_its_own_build_key_and_copies_keep_theirs():

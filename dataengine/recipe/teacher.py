@@ -60,10 +60,12 @@ class BuiltinTeacherOptions(StrictModel):
 
     @model_validator(mode="after")
     def _knobs_of_the_construction(self) -> BuiltinTeacherOptions:
-        given = self.model_fields_set
-        if self.experts == "split" and (wrong := sorted(given & {"expert_noise", "router"})):
-            raise ValueError(f"{', '.join(wrong)}: only for experts: copies (split experts fit their own router)")
-        if self.experts == "copies" and "shared_channels" in given:
+        # by value, not by which keys were given: a recipe read back from a run folder's recipe.json has them all
+        if self.experts == "split" and self.expert_noise != 0:
+            raise ValueError("expert_noise: only for experts: copies (split experts differ already)")
+        if self.experts == "split" and self.router != "kmeans":
+            raise ValueError("router: only for experts: copies (split experts fit their own router)")
+        if self.experts == "copies" and self.shared_channels != type(self).model_fields["shared_channels"].default:
             raise ValueError("shared_channels: only for experts: split")
         return self
 

@@ -83,8 +83,11 @@ class FromTeacherConfig(StrictModel):
 
     @model_validator(mode="after")
     def _merge_or_keep(self) -> FromTeacherConfig:
-        if self.keep_experts is not None and "merge_experts" in self.model_fields_set:
-            raise ValueError("give merge_experts (a dense student) or keep_experts (an MoE student), not both")
+        # by value: a recipe read back from a run folder's recipe.json has every key, merge_experts' default too
+        if self.keep_experts is not None and self.merge_experts != "routing":
+            raise ValueError(
+                f"merge_experts: {self.merge_experts} merges into a dense student, keep_experts keeps an MoE: give one"
+            )
         return self
 
 
