@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataengine.experts.capacity import capacity, dropped_share, replicas_needed
+from dataengine.experts.capacity import capacity, dropped_share, replicas_needed, replication
 
 # two rows of 4 answer tokens, one MoE layer of 2 experts, top-1: the first all to expert 0, the second 1 to 3
 SIGNATURES = [np.array([[4, 0]]), np.array([[1, 3]])]
@@ -28,7 +28,7 @@ def test_replication_copies_the_busiest_expert_until_no_copy_carries_much_more_t
     # [3, 1, 1, 1]: 3 > 1.1 x 6/4; one copy: 1.5 > 1.1 x 6/5; a second: every copy carries 1
     assert replicas_needed(np.array([3.0, 1.0, 1.0, 1.0])) == 2
     assert replicas_needed(np.array([3.0, 1.0, 1.0, 1.0]), tolerance=0.5) == 1
-    assert replicas_needed(np.array([1.0, 0.0])) == 4 * 2  # one expert takes everything: never balanced
+    assert replicas_needed(np.array([1.0, 0.0])) is None  # one expert takes everything: not with 8 copies
     assert replicas_needed(np.zeros(4)) == 0
 
 
@@ -42,3 +42,8 @@ def test_the_capacity_section_of_the_map():
         "replicas": [replicas_needed(np.array([5, 3]))],
     }
     assert capacity([], [], 1)["replicas"] == [] and capacity([], [], 1)["batches"] == 0
+    assert "nothing to replicate" in replication(capacity([], [], 1))
+    assert replication({"replicas": [2, None, None], "tolerance": 0.1}) == (
+        "an EPLB-style balancer could not keep every copy within 10% of the mean load in 2 of 3 layers even with "
+        "4 copies per expert (first: layer 1): a few experts take most tokens"
+    )

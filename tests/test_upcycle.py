@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MixtralForCausalLM
 
+from dataengine.errors import UserError
 from dataengine.recipe import BuiltinTeacherOptions
 from dataengine.teacher.builtin import build_key, upcycle
 
@@ -138,6 +139,28 @@ def test_split_experts_share_the_most_active_channels_and_split_the_rest():
     assert all(not (own[a] & own[b]) for a in range(4) for b in range(a + 1, 4))  # the rest split, disjoint
     every = set().union(*own) | {tuple(r.tolist()) for r in gate_up[0, :32]}
     assert every == {tuple(r.tolist()) for r in dense_rows}  # and together every channel of the dense MLP
+
+
+def test_split_experts_with_every_expert_chosen_equally_are_the_dense_mlp():
+    # every expert chosen (top-k = experts) with equal weight 1/4: each adds the shared channels / 4 and its own
+    # group x 4 / 4, so the sum is every channel once: gate, up, down and the top-k scale all in their places
+    dense = tiny_dense()
+    options = BuiltinTeacherOptions(num_experts=4, top_k=4, experts="split", shared_channels=0.5)
+    moe = upcycle(dense, options, CALIBRATION)
+    for layer in moe.model.layers:
+        with torch.no_grad():
+            layer.mlp.gate.weight.zero_()
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(4))
+    assert (logits(moe, ids) - logits(dense, ids)).abs().max().item() < 1e-4
+
+
+def test_a_shared_share_whose_rest_does_not_divide_rounds_to_equal_groups():
+    dense = tiny_dense()
+    # 64 channels: int(0.74 * 64) = 47 shared leaves 17, rounded down to 16 (4 a group), so 48 shared
+    moe = upcycle(dense, BuiltinTeacherOptions(experts="split", shared_channels=0.74), CALIBRATION)
+    assert moe.config.intermediate_size == 48 + 4
+    with pytest.raises(UserError, match="leaves fewer than one per expert"):
+        upcycle(dense, BuiltinTeacherOptions(experts="split", shared_channels=0.99), CALIBRATION)
 
 
 def test_split_experts_depend_on_routing():

@@ -57,9 +57,10 @@ def dropped_share(
     return dropped / slots
 
 
-def replicas_needed(load: np.ndarray, tolerance: float = TOLERANCE) -> int:
+def replicas_needed(load: np.ndarray, tolerance: float = TOLERANCE) -> int | None:
     """Extra copies an EPLB-style balancer adds to one layer's experts (`load`, any scale) until the busiest
-    copy carries at most (1 + tolerance) x the mean over all copies; at most 4 per expert."""
+    copy carries at most (1 + tolerance) x the mean over all copies; None when 4 copies per expert (as many
+    extra slots as 4x the experts) are not enough, as when a few experts take nearly everything."""
     load = np.asarray(load, dtype=np.float64)
     if load.sum() <= 0:
         return 0
@@ -69,7 +70,7 @@ def replicas_needed(load: np.ndarray, tolerance: float = TOLERANCE) -> int:
         if per_copy.max() <= (1 + tolerance) * load.sum() / copies.sum():
             return extra
         copies[per_copy.argmax()] += 1
-    return 4 * len(load)
+    return None
 
 
 def capacity(
@@ -104,7 +105,7 @@ def summary(section: dict) -> list[dict]:
             {
                 "factor": float(factor),
                 "mean": sum(shares) / len(shares) if shares else 0.0,
-                "worst_layer": worst,
+                "worst_layer": "-" if worst is None else str(worst),
                 "worst": shares[worst] if worst is not None else 0.0,
             }
         )
@@ -122,8 +123,15 @@ def replication(section: dict) -> str:
     replicas = section["replicas"]
     if not replicas:
         return "no routed tokens: nothing to replicate"
+    within = f"within {section['tolerance']:.0%} of the mean load"
+    unbalanced = [layer for layer, n in enumerate(replicas) if n is None]
+    if unbalanced:
+        return (
+            f"an EPLB-style balancer could not keep every copy {within} in {len(unbalanced)} of {len(replicas)} "
+            f"layers even with 4 copies per expert (first: layer {unbalanced[0]}): a few experts take most tokens"
+        )
     busiest = max(range(len(replicas)), key=replicas.__getitem__)
     return (
         f"an EPLB-style balancer would add {sum(replicas)} expert copies over {len(replicas)} layers to keep every "
-        f"copy within {section['tolerance']:.0%} of the mean load (most in layer {busiest}: {replicas[busiest]})"
+        f"copy {within} (most in layer {busiest}: {replicas[busiest]})"
     )

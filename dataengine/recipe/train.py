@@ -66,8 +66,9 @@ class FromTeacherConfig(StrictModel):
     expert_score: Literal["frequency", "reap"] = Field(
         "frequency",
         description="how much each expert matters: frequency = its share of the rows' routing (the routing map's "
-        "load where the recipe routes, else counted on `sample_rows` training rows); reap = REAP's mean of gate "
-        "weight x output norm over the tokens routed to it, on `sample_rows` training rows",
+        "load over the kept rows' answer tokens where the recipe routes, else counted over `sample_rows` training "
+        "rows' prompt and answer tokens); reap = REAP's mean of gate weight x output norm over the tokens routed "
+        "to it, on `sample_rows` training rows",
         json_schema_extra=ADDED,
     )
     keep_experts: int | None = Field(

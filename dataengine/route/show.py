@@ -53,8 +53,7 @@ def _capacity(section: dict) -> Table:
     for column in ("capacity factor", "dropped (mean over layers)", "worst layer", "dropped there"):
         table.add_column(column, justify="right")
     for s in capacity.summary(section):
-        worst = "-" if s["worst_layer"] is None else str(s["worst_layer"])
-        table.add_row(f"{s['factor']:g}", f"{s['mean']:.1%}", worst, f"{s['worst']:.1%}")
+        table.add_row(f"{s['factor']:g}", f"{s['mean']:.1%}", s["worst_layer"], f"{s['worst']:.1%}")
     return table
 
 

@@ -158,25 +158,24 @@ def calibration_texts() -> list[str]:
     return prose + shipped.load("calibration_code.yaml")
 
 
-def mlp_traffic(dense, calibration: list) -> tuple[list, list]:
-    """Per layer, over every token of the calibration sequences: the MLP's input [tokens, hidden] and its
-    channels' activation, the input of down_proj, act(gate(x)) * up(x) [tokens, intermediate]."""
+def mlp_traffic(dense, calibration: list, activations: bool = True) -> tuple[list, list | None]:
+    """Per layer, over every token of the calibration sequences: the MLP's input [tokens, hidden] and, with
+    `activations`, its channels' activation, the input of down_proj, act(gate(x)) * up(x) [tokens,
+    intermediate] (a few hundred MB over the calibration text: only split experts need it)."""
     import torch
 
     inputs: list[list] = [[] for _ in dense.model.layers]
-    activations: list[list] = [[] for _ in dense.model.layers]
+    channels: list[list] = [[] for _ in dense.model.layers]
 
     def keep(into: list):
         return lambda _m, args: into.append(args[0].reshape(-1, args[0].shape[-1]))
 
-    hooks = [
-        hook
-        for layer, x, a in zip(dense.model.layers, inputs, activations, strict=True)
-        for hook in (
-            layer.mlp.register_forward_pre_hook(keep(x)),
-            layer.mlp.down_proj.register_forward_pre_hook(keep(a)),
-        )
-    ]
+    hooks = [layer.mlp.register_forward_pre_hook(keep(x)) for layer, x in zip(dense.model.layers, inputs, strict=True)]
+    if activations:
+        hooks += [
+            layer.mlp.down_proj.register_forward_pre_hook(keep(a))
+            for layer, a in zip(dense.model.layers, channels, strict=True)
+        ]
     try:
         with torch.no_grad():
             for ids in calibration:
@@ -184,7 +183,7 @@ def mlp_traffic(dense, calibration: list) -> tuple[list, list]:
     finally:
         for hook in hooks:
             hook.remove()
-    return [torch.cat(x) for x in inputs], [torch.cat(a) for a in activations]
+    return [torch.cat(x) for x in inputs], [torch.cat(a) for a in channels] if activations else None
 
 
 def kmeans_routers(inputs: list, num_experts: int, seed: int) -> list:
@@ -253,10 +252,15 @@ def split_experts(mlp, inputs, activations, options: BuiltinTeacherOptions, gene
 
     experts, top_k = options.num_experts, options.top_k
     width = mlp.down_proj.in_features
-    shared_count = int(width * options.shared_channels)
-    shared_count -= (width - shared_count) % experts  # the rest divides into equal groups
-    if shared_count >= width:
-        raise UserError(f"teacher.builtin.shared_channels: {options.shared_channels} leaves no channel to split")
+    # the rest divides into equal groups: rounded down to a multiple of the experts, the shared part takes the
+    # remainder
+    split_count = (width - int(width * options.shared_channels)) // experts * experts
+    if split_count == 0:
+        raise UserError(
+            f"teacher.builtin.shared_channels: {options.shared_channels} of {width} channels leaves fewer than one "
+            f"per expert ({experts}) to split: give less"
+        )
+    shared_count = width - split_count
     order = torch.argsort(activations.abs().mean(dim=0), descending=True)
     shared, rest = order[:shared_count], order[shared_count:]
     labels = _balanced_clusters(activations[:, rest].abs().T, experts, generator)
@@ -289,7 +293,9 @@ def upcycle(dense, options: BuiltinTeacherOptions, calibration: list | None = No
     needs_calibration = options.experts == "split" or options.router == "kmeans"
     if needs_calibration and not calibration:
         raise ValueError(f"the {options.experts} experts' router needs calibration sequences")
-    inputs, activations = mlp_traffic(dense, calibration) if needs_calibration else (None, None)
+    inputs, activations = (
+        mlp_traffic(dense, calibration, activations=options.experts == "split") if needs_calibration else (None, None)
+    )
     generator = torch.Generator().manual_seed(options.seed)
     split = None
     if options.experts == "split":
@@ -326,16 +332,20 @@ def upcycle(dense, options: BuiltinTeacherOptions, calibration: list | None = No
         if split is not None:
             gate_up, down_e, router = split[i]
         else:
-            gate_up, down_e, router = _copies(dense_sd, prefix, options, generator, dc.initializer_range)
-            router = fitted[i] if fitted is not None else router
+            fitted_router = fitted[i] if fitted is not None else None
+            gate_up, down_e, router = _copies(dense_sd, prefix, options, generator, dc.initializer_range, fitted_router)
         new_sd[f"{prefix}.experts.gate_up_proj"] = gate_up
         new_sd[f"{prefix}.experts.down_proj"] = down_e
         new_sd[f"{prefix}.gate.weight"] = router
     return load_every_weight(moe, new_sd, "upcycling")
 
 
-def _copies(dense_sd: dict, prefix: str, options: BuiltinTeacherOptions, generator, init_std: float) -> tuple:
-    """Every expert a copy of the dense MLP at `prefix`, plus `expert_noise`; a Gaussian router."""
+def _copies(
+    dense_sd: dict, prefix: str, options: BuiltinTeacherOptions, generator, init_std: float, router=None
+) -> tuple:
+    """Every expert a copy of the dense MLP at `prefix`, plus `expert_noise`; the fitted `router`, else a
+    Gaussian one (drawn after the noise, from the same generator, as builds before this function did: the
+    same options build the same weights under the same key)."""
     import torch
 
     gate, up, down = (dense_sd[f"{prefix}.{name}.weight"] for name in ("gate_proj", "up_proj", "down_proj"))
@@ -344,7 +354,8 @@ def _copies(dense_sd: dict, prefix: str, options: BuiltinTeacherOptions, generat
     if options.expert_noise > 0:
         gate_up = gate_up + torch.randn(gate_up.shape, generator=generator) * gate_up.std() * options.expert_noise
         down_e = down_e + torch.randn(down_e.shape, generator=generator) * down_e.std() * options.expert_noise
-    router = torch.randn((options.num_experts, gate.shape[1]), generator=generator) * init_std
+    if router is None:
+        router = torch.randn((options.num_experts, gate.shape[1]), generator=generator) * init_std
     return gate_up, down_e, router
 
 

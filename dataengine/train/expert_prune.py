@@ -42,7 +42,7 @@ def keep_experts(moe: nn.Module, kept: list[list[int]]) -> nn.Module:
     for name, tensor in moe.state_dict().items():
         match = _PER_EXPERT.match(name)
         if match:
-            tensor = tensor.index_select(0, torch.tensor(kept[int(match.group(1))]))
+            tensor = tensor.index_select(0, torch.tensor(kept[int(match.group(1))], device=tensor.device))
         state[name] = tensor.clone()
     student = AutoModelForCausalLM.from_config(config, dtype=next(moe.parameters()).dtype)
     return load_every_weight(student, state, "keeping experts")

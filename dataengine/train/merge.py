@@ -79,8 +79,9 @@ def merge_experts(moe: nn.Module, weights: np.ndarray) -> nn.Module:
     theirs = moe.state_dict()
     merged: dict[str, torch.Tensor] = {}
     for i in range(config.num_hidden_layers):
-        w = torch.tensor(weights[i], dtype=torch.float32)
-        gate_up = torch.einsum("e,eoi->oi", w, theirs[f"model.layers.{i}.mlp.experts.gate_up_proj"].float())
+        experts = theirs[f"model.layers.{i}.mlp.experts.gate_up_proj"]
+        w = torch.tensor(weights[i], dtype=torch.float32, device=experts.device)
+        gate_up = torch.einsum("e,eoi->oi", w, experts.float())
         gate, up = gate_up.chunk(2, dim=0)  # the experts compute gate, up = linear(x, gate_up).chunk(2)
         merged[f"model.layers.{i}.mlp.gate_proj.weight"] = gate
         merged[f"model.layers.{i}.mlp.up_proj.weight"] = up

@@ -75,12 +75,14 @@ def start_shape(student: StudentConfig, where: str, recipe: Recipe, base_dir: Pa
     if moe_dims(config) is None:
         return f"{where}.from_teacher: the teacher {teacher} has no experts to merge (no experts in its config)"
     model_type = config.get("model_type")
+    keep = student.from_teacher.keep_experts
     if model_type not in DENSE_SIBLING:
+        # keeping experts slices the same fused expert weights and router rows that merging reads
+        made = "keeping experts" if keep is not None else "merging experts"
         return (
-            f"{where}.from_teacher: merging experts supports {', '.join(sorted(DENSE_SIBLING))} teachers; "
+            f"{where}.from_teacher: {made} supports {', '.join(sorted(DENSE_SIBLING))} teachers; "
             f"{teacher} is {model_type}"
         )
-    keep = student.from_teacher.keep_experts
     if keep is not None:
         experts = moe_dims(config)[0]
         if keep >= experts:

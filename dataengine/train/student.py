@@ -109,7 +109,8 @@ def init_student(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     params = sum(p.numel() for p in model.parameters())
-    (tmp / "student_init.json").write_text(json.dumps({**origin, "parameters": params}, indent=2))
+    sizes = {"parameters": params, "active_parameters": active_parameters(model)}  # after any pruning
+    (tmp / "student_init.json").write_text(json.dumps({**origin, **sizes}, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
@@ -141,6 +142,16 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
     origin = {"expert_score": config.expert_score} if scored else {}
     scores = _expert_scores(moe, tokenizer, config, rows, load, log) if scored else None
     if config.keep_experts is not None:
+        text = moe.config.get_text_config()
+        if getattr(text, "mlp_only_layers", None) or getattr(text, "decoder_sparse_step", 1) != 1:
+            raise UserError(
+                "train.student.from_teacher.keep_experts: a teacher with dense MLP layers between its MoE layers"
+            )
+        if scores.shape != (layers, experts):
+            raise UserError(
+                f"the experts' scores are {scores.shape[0]} layers x {scores.shape[1]} experts, the teacher "
+                f"{layers} x {experts}: the routing map was made with another model"
+            )
         if config.keep_experts >= experts:
             raise UserError(
                 f"train.student.from_teacher.keep_experts: {config.keep_experts}, the teacher has {experts} "
@@ -157,7 +168,6 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
             "kept_experts": kept,
             "of_experts": experts,
             "scores": scores.round(6).tolist(),
-            "active_parameters": active_parameters(student),
         }
         return student, tokenizer, origin
     weights = merge_weights(config.merge_experts, layers, experts, scores)
