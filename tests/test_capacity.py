@@ -36,6 +36,7 @@ def test_the_capacity_section_of_the_map():
     section = capacity(SIGNATURES, TOKENS, 1, factors=(1.0, 2.0), batch_tokens=4)
     assert section == {
         "batch_tokens": 4,
+        "tokens": 8,
         "batches": 2,
         "dropped": {"1.0": [pytest.approx(3 / 8)], "2.0": [0.0]},
         "tolerance": 0.1,

@@ -87,6 +87,7 @@ def capacity(
     total = np.sum(routed, axis=0) if routed else np.zeros((0, 0))
     return {
         "batch_tokens": batch_tokens,
+        "tokens": int(sum(tokens)),
         "batches": sum(1 for _ in batches(signatures, tokens, batch_tokens)),
         "dropped": {
             str(f): np.round(dropped_share(signatures, tokens, top_k, f, batch_tokens), 6).tolist() for f in factors
@@ -113,9 +114,12 @@ def summary(section: dict) -> list[dict]:
 
 
 def batches_of(section: dict) -> str:
-    """ "3 batches of 4096 answer tokens"."""
+    """How the tokens were batched, in words: "12,000 answer tokens in 3 batches of 4096 (...)"."""
     n = section["batches"]
-    return f"{n} batch{'' if n == 1 else 'es'} of {section['batch_tokens']} answer tokens"
+    return (
+        f"{section['tokens']:,} answer tokens in {n} batch{'' if n == 1 else 'es'} of {section['batch_tokens']} "
+        "(whole rows; the last holds the rest)"
+    )
 
 
 def replication(section: dict) -> str:

@@ -336,8 +336,8 @@ def expert_coverage_section(routing: dict | None) -> list[str]:
         section = routing["capacity"]
         lines += [
             "",
-            f"Token slots past their expert's capacity in batches of {section['batch_tokens']} answer tokens "
-            f"(Switch/GShard capacity); {capacity.replication(section)}.",
+            f"Token slots past their expert's capacity (Switch/GShard) over {capacity.batches_of(section)}; "
+            f"{capacity.replication(section)}.",
             "",
             "| capacity factor | dropped, mean over layers | worst layer | dropped there |",
             "|---:|---:|---:|---:|",

@@ -164,7 +164,7 @@ def _capacity_table(facts: RunFacts) -> str:
     return (
         '<section id="capacity"><h2>Expert capacity and replication</h2>'
         f"<p>Token slots past their expert's capacity (Switch/GShard: factor × tokens × top-k / experts per batch), "
-        f"in {capacity.batches_of(section)}; "
+        f"over {capacity.batches_of(section)}; "
         f"{_e(capacity.replication(section))}.</p>"
         f"<table>{head}<tbody>{body}</tbody></table></section>"
     )

@@ -47,7 +47,7 @@ def _slices(routing_map: dict) -> Table:
 
 def _capacity(section: dict) -> Table:
     table = Table(
-        title=f"token slots past their expert's capacity, in {capacity.batches_of(section)}",
+        title=f"token slots past their expert's capacity: {capacity.batches_of(section)}",
         title_justify="left",
     )
     for column in ("capacity factor", "dropped (mean over layers)", "worst layer", "dropped there"):
