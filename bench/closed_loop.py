@@ -142,7 +142,8 @@ def main() -> None:
         work = Path(tmp)
         results = {}
         for number, (name, (kind, chosen, seed)) in enumerate(subsets.items()):
-            subset = sft_rows(Dataset.from_list([pool[i] for i in chosen]))
+            picked = [pool[i] for i in chosen]
+            subset = sft_rows(Dataset.from_list(picked))
             settings = sft.model_copy(update={"seed": seed})
             final = run_sft(start, subset, settings, work / f"subset-{number}", lambda _: None)
             record = json.loads((final / DONE).read_text())
@@ -153,7 +154,7 @@ def main() -> None:
                 "observed_cv": observed_cv(record),
                 "perplexity": fit["perplexity"],
                 "interval": fit["intervals"]["perplexity"],
-                "languages": dict(Counter(r["language"] for r in subset)),
+                "languages": dict(Counter(r["language"] for r in picked)),
                 "seconds": record["seconds"],
             }
             print(f"{name}: {json.dumps(results[name])}", flush=True)

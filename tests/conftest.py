@@ -112,6 +112,22 @@ def teacher_server(tmp_path_factory):
         yield server
 
 
+def served_completion(model_dir: Path, log_path: Path) -> dict:
+    """vLLM serves a saved student: one completion from a server started on it (and stopped)."""
+    import httpx
+
+    from dataengine.recipe import TeacherConfig
+    from dataengine.teacher.server import TeacherServer
+
+    config = TeacherConfig(model=str(model_dir), vllm={"enforce_eager": True, "max_model_len": 512})
+    with TeacherServer(config, log_path) as server:
+        return httpx.post(
+            f"{server.base_url}/v1/completions",
+            json={"model": str(model_dir), "prompt": "The capital of France is", "max_tokens": 8},
+            timeout=120,
+        ).json()
+
+
 # ------------------------------------------------------------------ a stand-in judge
 
 

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from datasets import load_dataset
@@ -19,14 +18,14 @@ from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataengine import run_rows
-from dataengine.recipe import DistillSettings, TeacherConfig, load_recipe
+from dataengine.recipe import DistillSettings, load_recipe
 from dataengine.runner import run_recipe
-from dataengine.teacher.server import TeacherServer, resolve_model
+from dataengine.teacher.server import resolve_model
 from dataengine.train.data import phase_rows
 from dataengine.train.evaluation import answer_fit
 from dataengine.train.phases import run_distill
 from dataengine.train.student import init_student
-from tests.conftest import tiny_recipe
+from tests.conftest import served_completion, tiny_recipe
 from tests.tiny_models import row_data
 
 pytestmark = pytest.mark.slow
@@ -154,15 +153,7 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     model = AutoModelForCausalLM.from_pretrained(student_dir)
     assert model.config.num_hidden_layers == 10
     # ...that vLLM serves
-    with TeacherServer(
-        TeacherConfig(model=str(student_dir), vllm={"enforce_eager": True, "max_model_len": 512}),
-        tmp_path / "student-server.log",
-    ) as server:
-        answer = httpx.post(
-            f"{server.base_url}/v1/completions",
-            json={"model": str(student_dir), "prompt": "The capital of France is", "max_tokens": 8},
-            timeout=120,
-        ).json()
+    answer = served_completion(student_dir, tmp_path / "student-server.log")
     assert answer["usage"]["completion_tokens"] > 0 and answer["choices"][0]["text"]
 
     # dataengine rows reads this real run's tables: the counts its manifests give, the teacher's top-k per token

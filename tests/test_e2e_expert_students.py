@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import numpy as np
 import pytest
 from rich.console import Console
@@ -16,6 +15,7 @@ from dataengine.recipe import TeacherConfig, load_recipe
 from dataengine.runner import run_recipe
 from dataengine.teacher.server import TeacherServer
 from dataengine.train.expert_scores import kept_experts
+from tests.conftest import served_completion
 
 pytestmark = pytest.mark.slow
 
@@ -103,13 +103,5 @@ def test_an_expert_pruned_moe_student_trains_evaluates_and_serves(tmp_path, spli
 
     # the saved MoE student loads in transformers and vLLM serves it
     assert AutoModelForCausalLM.from_pretrained(student_dir).config.num_experts_per_tok == 2
-    with TeacherServer(
-        TeacherConfig(model=str(student_dir), vllm={"enforce_eager": True, "max_model_len": 512}),
-        tmp_path / "student-server.log",
-    ) as server:
-        answer = httpx.post(
-            f"{server.base_url}/v1/completions",
-            json={"model": str(student_dir), "prompt": "The capital of France is", "max_tokens": 8},
-            timeout=120,
-        ).json()
+    answer = served_completion(student_dir, tmp_path / "student-server.log")
     assert answer["usage"]["completion_tokens"] > 0 and answer["choices"][0]["text"]
