@@ -266,7 +266,8 @@ def experts(
     """How the teacher routed the run's curated rows through its experts (the recipe's `route` block).
 
     Load balance per MoE layer (CV, max/mean, balancedness, Gini, cold experts), the same per language, kind,
-    topic and kept vs rejected rows, top-1 consistency against its random baseline, and each language's
+    topic and kept vs rejected rows, the token slots each layer would drop at an expert capacity factor and the
+    copies an EPLB-style balancer would add, top-1 consistency against its random baseline, and each language's
     divergence from the reference language.
     """
     from dataengine.route.show import show

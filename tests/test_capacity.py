@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataengine.experts.capacity import capacity, dropped_share, replicas_needed, replication
+from dataengine.experts.capacity import batches_of, capacity, dropped_share, replicas_needed, replication
 
 # two rows of 4 answer tokens, one MoE layer of 2 experts, top-1: the first all to expert 0, the second 1 to 3
 SIGNATURES = [np.array([[4, 0]]), np.array([[1, 3]])]
@@ -44,7 +44,8 @@ def test_the_capacity_section_of_the_map():
     }
     assert capacity([], [], 1)["replicas"] == [] and capacity([], [], 1)["batches"] == 0
     assert "nothing to replicate" in replication(capacity([], [], 1))
+    assert batches_of(section) == "8 answer tokens in 2 batches of at least 4 (whole rows; the last holds the rest)"
     assert replication({"replicas": [2, None, None], "tolerance": 0.1}) == (
         "an EPLB-style balancer could not keep every copy within 10% of the mean load in 2 of 3 layers even with "
-        "4 copies per expert (first: layer 1): a few experts take most tokens"
+        "4x as many extra copies as experts (first: layer 1): a few experts take most tokens"
     )

@@ -60,7 +60,7 @@ def test_a_routing_weighted_merge_is_the_weighted_average_of_the_experts():
 def test_merging_needs_scores_for_routing_and_a_known_architecture():
     with pytest.raises(ValueError, match="routing weighs the experts by their scores: none given"):
         merge_weights("routing", 2, 4)
-    with pytest.raises(UserError, match="the routing map was made with another model"):
+    with pytest.raises(UserError, match="a routing map made with another model"):
         merge_weights("top", 2, 4, [[1.0] * 8] * 2)
     with pytest.raises(UserError, match="merging experts supports mixtral, qwen3_moe teachers; this one is llama"):
         merge_experts(tiny_llama(50), np.ones((4, 1)))

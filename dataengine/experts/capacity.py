@@ -59,8 +59,8 @@ def dropped_share(
 
 def replicas_needed(load: np.ndarray, tolerance: float = TOLERANCE) -> int | None:
     """Extra copies an EPLB-style balancer adds to one layer's experts (`load`, any scale) until the busiest
-    copy carries at most (1 + tolerance) x the mean over all copies; None when 4 copies per expert (as many
-    extra slots as 4x the experts) are not enough, as when a few experts take nearly everything."""
+    copy carries at most (1 + tolerance) x the mean over all copies; None when 4x as many extra copies as
+    there are experts are not enough, as when a few experts take nearly everything."""
     load = np.asarray(load, dtype=np.float64)
     if load.sum() <= 0:
         return 0
@@ -114,11 +114,12 @@ def summary(section: dict) -> list[dict]:
 
 
 def batches_of(section: dict) -> str:
-    """How the tokens were batched, in words: "12,000 answer tokens in 3 batches of 4096 (...)"."""
-    n = section["batches"]
+    """How the tokens were batched, in words: "12,000 answer tokens in 3 batches of at least 4096 (...)"."""
+    n, size = section["batches"], section["batch_tokens"]
+    if n <= 1:
+        return f"{section['tokens']:,} answer tokens in one batch (fewer than {size})"
     return (
-        f"{section['tokens']:,} answer tokens in {n} batch{'' if n == 1 else 'es'} of {section['batch_tokens']} "
-        "(whole rows; the last holds the rest)"
+        f"{section['tokens']:,} answer tokens in {n} batches of at least {size} (whole rows; the last holds the rest)"
     )
 
 
@@ -132,7 +133,8 @@ def replication(section: dict) -> str:
     if unbalanced:
         return (
             f"an EPLB-style balancer could not keep every copy {within} in {len(unbalanced)} of {len(replicas)} "
-            f"layers even with 4 copies per expert (first: layer {unbalanced[0]}): a few experts take most tokens"
+            f"layers even with 4x as many extra copies as experts (first: layer {unbalanced[0]}): a few experts take "
+            "most tokens"
         )
     busiest = max(range(len(replicas)), key=replicas.__getitem__)
     return (

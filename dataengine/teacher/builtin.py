@@ -413,7 +413,7 @@ def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print, allow_d
         "source": f"{source.package}=={source.version}:{source.gguf}",
         "options": options.model_dump(exclude={"source"}),
         "build_version": BUILD_VERSION,
-        "calibration_texts": len(calibration),
+        "calibration_texts": len(calibration) if options.experts == "split" or options.router == "kmeans" else 0,
         "architecture": "MixtralForCausalLM",
         "parameters": sum(p.numel() for p in moe.parameters()),
     }

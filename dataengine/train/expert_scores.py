@@ -3,7 +3,7 @@ scoring step behind both ways a student is made from the teacher's experts, merg
 as an MoE with fewer experts.
 
 - `frequency`: each expert's share of the token slots the data routes to it (the route stage's map counts
-  the same thing over every curated row; this pass counts it on a sample).
+  it over the answer tokens of every kept row; this pass over the prompt and answer tokens of a sample).
 - `reap`: REAP's router-weighted expert activation pruning criterion (Lasby et al. 2025), the mean over the
   tokens routed to an expert of its gate weight times the norm of its output, S_e = mean_{x in X_e}
   g_e(x) ||f_e(x)||: an expert that is picked often but adds little scores low.
@@ -22,8 +22,6 @@ from dataengine.train.influence import forward_each
 
 if TYPE_CHECKING:
     from torch import nn
-
-CRITERIA = ("frequency", "reap")
 
 
 def expert_modules(moe: nn.Module) -> list[nn.Module]:

@@ -41,7 +41,7 @@ def merge_weights(method: str, layers: int, experts: int, scores: np.ndarray | N
     if shares.shape != (layers, experts):
         raise UserError(
             f"the experts' scores are {shares.shape[0]} layers x {shares.shape[1]} experts, the teacher "
-            f"{layers} x {experts}: the routing map was made with another model"
+            f"{layers} x {experts}: a routing map made with another model, or MoE layers that are not every layer"
         )
     if method == "top":
         return np.eye(experts)[shares.argmax(axis=1)]

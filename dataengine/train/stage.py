@@ -59,8 +59,8 @@ class TrainStage(Stage):
         self.recipe = recipe
         self.cfg = recipe.train
         self.base_dir = base_dir
-        # the routing map, read by a student merged from the teacher's experts by their routing; the judge's
-        # preference pairs, read by train.dpo
+        # the routing map, read by a student made from the teacher's experts scored by routing frequency
+        # (merged or kept); the judge's preference pairs, read by train.dpo
         self.inputs = {"rows": rows_from} | ({"routing": routing_from} if routing_from else {})
         if preference_from:
             self.inputs["preference"] = preference_from

@@ -150,7 +150,8 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
         if scores.shape != (layers, experts):
             raise UserError(
                 f"the experts' scores are {scores.shape[0]} layers x {scores.shape[1]} experts, the teacher "
-                f"{layers} x {experts}: the routing map was made with another model"
+                f"{layers} x {experts}: a routing map made with another model, or MoE layers that are not every "
+                "layer"
             )
         if config.keep_experts >= experts:
             raise UserError(
@@ -186,7 +187,11 @@ def active_parameters(model) -> int:
     if dims is None:
         return total
     experts, top_k = dims
-    in_experts = sum(p.numel() for m in expert_modules(model) for p in m.parameters())
+    try:
+        modules = expert_modules(model)
+    except ValueError:  # experts not laid out as fused gate_up/down weights: every parameter counted
+        return total
+    in_experts = sum(p.numel() for m in modules for p in m.parameters())
     return total - in_experts * (experts - top_k) // experts
 
 
