@@ -1,5 +1,9 @@
 """Students end to end on the builtin teacher (vLLM CPU server): score, SFT, offline_topk, evaluate,
-a crash in training that resumes from the checkpoint, and the saved student served by vLLM."""
+a crash in training that resumes from the checkpoint, and the saved student served by vLLM.
+
+The teacher is the quickstart's (identical experts, the shared `teacher_server`): these tests are about the
+training path, which a merge of copies exercises as well as any. Students of experts that differ (split, kept
+or merged) are tested end to end in tests/test_e2e_expert_students.py."""
 
 from __future__ import annotations
 
