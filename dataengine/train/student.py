@@ -138,25 +138,26 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
     if dims is None:
         raise UserError(f"train.student.from_teacher: the teacher {teacher.model} has no experts to merge")
     layers, experts = moe.config.get_text_config().num_hidden_layers, dims[0]
-    scored = config.keep_experts is not None or config.merge_experts != "uniform"
-    origin = {"expert_score": config.expert_score} if scored else {}
-    scores = _expert_scores(moe, tokenizer, config, rows, load, log) if scored else None
-    if config.keep_experts is not None:
+    if config.keep_experts is not None:  # refused before the scoring pass, not after it
         text = moe.config.get_text_config()
         if getattr(text, "mlp_only_layers", None) or getattr(text, "decoder_sparse_step", 1) != 1:
             raise UserError(
                 "train.student.from_teacher.keep_experts: a teacher with dense MLP layers between its MoE layers"
             )
+        if config.keep_experts >= experts:
+            raise UserError(
+                f"train.student.from_teacher.keep_experts: {config.keep_experts}, the teacher has {experts} "
+                "experts per layer: give fewer"
+            )
+    scored = config.keep_experts is not None or config.merge_experts != "uniform"
+    origin = {"expert_score": config.expert_score} if scored else {}
+    scores = _expert_scores(moe, tokenizer, config, rows, load, log) if scored else None
+    if config.keep_experts is not None:
         if scores.shape != (layers, experts):
             raise UserError(
                 f"the experts' scores are {scores.shape[0]} layers x {scores.shape[1]} experts, the teacher "
                 f"{layers} x {experts}: a routing map made with another model, or MoE layers that are not every "
                 "layer"
-            )
-        if config.keep_experts >= experts:
-            raise UserError(
-                f"train.student.from_teacher.keep_experts: {config.keep_experts}, the teacher has {experts} "
-                "experts per layer: give fewer"
             )
         kept = kept_experts(scores, config.keep_experts)
         log(
