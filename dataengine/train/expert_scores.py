@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dataengine.train.influence import forward_each
+from dataengine.train.influence import forward_each, most_influential
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,5 +66,6 @@ def score_experts(moe: nn.Module, sequences: list[list[int]]) -> dict[str, np.nd
 
 
 def kept_experts(scores: np.ndarray, keep: int) -> list[list[int]]:
-    """Per layer, the `keep` experts with the highest scores, in index order (ties to the lower index)."""
-    return [sorted(sorted(range(len(row)), key=lambda e: (-row[e], e))[:keep]) for row in scores]
+    """Per layer, the `keep` experts with the highest scores, in index order (ties to the lower index): the
+    rule Block Influence keeps layers by."""
+    return [most_influential(row.tolist(), keep) for row in np.asarray(scores)]
