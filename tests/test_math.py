@@ -161,7 +161,9 @@ def test_the_students_math_answers_are_checked_against_the_problems_answer(monke
     from tests.tiny_models import tiny_llama, tiny_tokenizer
 
     said = {"p1": "So \\boxed{\\frac{14}{2}}", "p2": "It is 5.", "p3": "\\boxed{9}"}
-    monkeypatch.setattr(evaluation, "generate_answer", lambda m, t, messages, p, n: said[messages[0]["content"]])
+    monkeypatch.setattr(
+        evaluation, "generate_answers", lambda m, t, prompts, n, advance: [said[ms[0]["content"]] for ms, _ in prompts]
+    )
     rows = [
         {
             "id": k,

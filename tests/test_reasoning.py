@@ -374,7 +374,9 @@ def test_evaluation_measures_the_students_reasoning_apart_and_checks_the_answer_
         "c": "The capital of France is Paris, a city of about two million people.",
     }
     monkeypatch.setattr(
-        evaluation, "generate_answer", lambda model, tok, messages, prefix, n: said[messages[0]["content"]]
+        evaluation,
+        "generate_answers",
+        lambda model, tok, prompts, n, advance: [said[messages[0]["content"]] for messages, _ in prompts],
     )
     rows = [
         {

@@ -343,3 +343,23 @@ def test_held_out_metrics_carry_a_bootstrap_interval_and_the_teacher_gets_its_ro
     row = teacher_row(marked, answer_fit(teacher, tokenizer, marked))
     assert row["perplexity"] == pytest.approx(fit["perplexity"]) and row["code_pass_rate"] == 0.5
     assert row["language_fidelity"] == 1.0 and row["intervals"]["perplexity"] == fit["intervals"]["perplexity"]
+
+
+def test_held_out_answers_in_batches_equal_one_at_a_time_in_the_rows_order(monkeypatch):
+    from dataengine.train import evaluation
+
+    tokenizer, model = tiny_tokenizer(), tiny_llama(len(tiny_tokenizer()))
+    # a head of its own: with the embeddings tied, a random model repeats the prompt's last token whatever came before
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
+    # prompts of unlike lengths, so a batch pads them; the second starts its answer with a prefix
+    prompts = [
+        ([{"role": "user", "content": "what is the sum of one and two and three and four"}], ""),
+        ([{"role": "user", "content": "sort"}], "def "),
+        ([{"role": "user", "content": "how to print a list"}], ""),
+    ]
+    counted: list[int] = []
+    batched = evaluation.generate_answers(model, tokenizer, prompts, 12, counted.append)
+    monkeypatch.setattr(evaluation, "ANSWER_BATCH", 1)
+    alone = evaluation.generate_answers(model, tiny_tokenizer(), prompts, 12)
+    assert counted == [3] and batched == alone
+    assert batched[1].startswith("def ") and len({*batched}) == 3

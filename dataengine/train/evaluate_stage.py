@@ -137,7 +137,7 @@ class EvaluateStage(Stage):
                     prefix,
                     self.cfg.max_new_tokens,
                     limits,
-                    lambda bar=bar: progress.advance(bar),
+                    lambda n, bar=bar: progress.advance(bar, n),
                 )
                 samples += [{"student": label, **s} for s in quality.pop("samples")]
                 fit = answer_fit(model, tokenizer, held_out, form)

@@ -89,14 +89,39 @@ def perplexity_fit(nll_rows: list[list[float]]) -> dict:
 SAMPLE_CHARS = 2000
 
 
+# held-out prompts answered at once: a batch keeps the CPU's cores busy where one prompt at a time leaves a small
+# student's matmuls too thin to use them (bench/BENCHMARKS.md, "Evaluation")
+ANSWER_BATCH = 16
+
+
 @torch.no_grad()
-def generate_answer(model, tokenizer, messages: list[dict], prefix: str, max_new_tokens: int) -> str:
-    """Greedy answer to the prompt turns; `prefix` starts the answer as it started the teacher's."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: list[tuple[list[dict], str]],
+    max_new_tokens: int,
+    advance: Callable[[int], None] = lambda n: None,
+) -> list[str]:
+    """Greedy answers to each (prompt turns, prefix); `prefix` starts the answer as it started the teacher's.
+    Prompts of like length go in a batch together, left-padded (the tokenizer's padding side is set so)."""
+    tokenizer.padding_side = "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    return prefix + tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    texts = [
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
+        for messages, prefix in prompts
+    ]
+    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    answers: list[str] = [""] * len(texts)
+    for start in range(0, len(order), ANSWER_BATCH):
+        batch = order[start : start + ANSWER_BATCH]
+        ids = tokenizer([texts[i] for i in batch], add_special_tokens=False, padding=True, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        for row, i in enumerate(batch):
+            said = tokenizer.decode(out[row, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+            answers[i] = prompts[i][1] + said
+        advance(len(batch))
+    return answers
 
 
 def answer_quality(
@@ -106,7 +131,7 @@ def answer_quality(
     code_prefix: str,
     max_new_tokens: int,
     limits: SandboxLimits,
-    advance: Callable[[], None] = lambda: None,
+    advance: Callable[[int], None] = lambda n: None,
 ) -> dict:
     """The student answers the held-out prompts itself: code answers must parse and pass their own tests in
     the sandbox (the rule curation applied to the teacher); math answers must reach the problem's answer (as
@@ -117,9 +142,10 @@ def answer_quality(
     model.eval()
     passed = code = in_language = chat = solved = problems = 0
     samples = []
-    for row in rows:
+    prompts = [(row["messages"][:-1], code_prefix if row["kind"] == "code" else "") for row in rows]
+    said_all = generate_answers(model, tokenizer, prompts, max_new_tokens, advance)
+    for row, said in zip(rows, said_all, strict=True):
         is_code = row["kind"] == "code"
-        said = generate_answer(model, tokenizer, row["messages"][:-1], code_prefix if is_code else "", max_new_tokens)
         thought = split_reasoning(said, None, None) if row.get("reasoning") is not None else None
         answer = thought.answer if thought else said
         if is_code:
@@ -148,7 +174,6 @@ def answer_quality(
                 **(_reasoning_sample(tokenizer, thought) if thought else {}),
             }
         )
-        advance()
     reasoned = [s for s in samples if "reasoning_closed" in s]
     return {
         **_reasoning_figures([s["reasoning_tokens"] for s in reasoned], [s["reasoning_closed"] for s in reasoned]),

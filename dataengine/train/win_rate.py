@@ -28,18 +28,15 @@ def win_rate(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dataengine.train.evaluation import SAMPLE_CHARS, generate_answer
+    from dataengine.train.evaluation import SAMPLE_CHARS, generate_answers
 
     tokenizer = AutoTokenizer.from_pretrained(str(before_dpo))
     model = AutoModelForCausalLM.from_pretrained(str(before_dpo), dtype=torch.float32).eval()
     max_new = recipe.train.evaluate.max_new_tokens
     ctx.log(f"the student before DPO answers the {len(held_out)} held-out prompts")
-    before = {
-        row["id"]: generate_answer(
-            model, tokenizer, row["messages"][:-1], prefix if row["kind"] == "code" else "", max_new
-        )[:SAMPLE_CHARS]
-        for row in held_out
-    }
+    prompts = [(row["messages"][:-1], prefix if row["kind"] == "code" else "") for row in held_out]
+    answers = generate_answers(model, tokenizer, prompts, max_new)
+    before = {row["id"]: answer[:SAMPLE_CHARS] for row, answer in zip(held_out, answers, strict=True)}
     cfg = recipe.curate.judge
     docs = [
         verdict_document(

@@ -1,0 +1,85 @@
+"""The evaluate stage's answers, side by side in one run (issue 26): the held-out prompts answered one at a
+time (as evaluation did before) against in batches of `evaluation.ANSWER_BATCH` (what it does now), by a
+student of the quickstart's shape: SmolLM2-135M's layers, 10 of its 30 kept, random weights, so that every
+answer runs to --max-new-tokens as the untrained student's do. Greedy both ways; the answers are compared.
+
+    .venv/bin/python bench/evaluate.py [--prompts 10] [--max-new-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+QUESTIONS = [
+    "Why do leaves change colour in autumn?",
+    "How does a compiler turn source code into a program?",
+    "Pourquoi le ciel est-il bleu pendant la journée ?",
+    "¿Cómo funciona la fotosíntesis en las plantas?",
+    "What is the difference between weather and climate?",
+    "Comment une imprimerie fonctionnait-elle au quinzième siècle ?",
+    "¿Por qué las estrellas parpadean por la noche?",
+    "How do search engines decide which pages to show first?",
+    "Qu'est-ce qu'un nombre premier et pourquoi est-il utile ?",
+    "¿Qué causa las mareas en el océano?",
+    "How can I get better sleep without medication?",
+    "What made the Silk Road important for trade?",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=10, help="held-out prompts (the quickstart holds out ~10)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from dataengine.recipe import BuiltinTeacherOptions
+    from dataengine.teacher.builtin import builtin_model_dir
+    from dataengine.train import evaluation
+
+    folder = builtin_model_dir("smollm2-moe", BuiltinTeacherOptions())
+    if not folder.is_dir():
+        sys.exit(f"the builtin teacher is not built yet ({folder}): `dataengine teacher build` first")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # SmolLM2-135M's shape with the quickstart student's 10 layers
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=10,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    prompts = [([{"role": "user", "content": q}], "") for q in (QUESTIONS * 4)[: args.prompts]]
+
+    timed = {}
+    batched_size = evaluation.ANSWER_BATCH
+    for label, batch in (("one prompt at a time", 1), (f"batches of {batched_size}", batched_size)):
+        evaluation.ANSWER_BATCH = batch
+        start = time.perf_counter()
+        answers = evaluation.generate_answers(model, tokenizer, prompts, args.max_new_tokens)
+        timed[label] = (time.perf_counter() - start, answers)
+    (slow, one), (fast, batched) = timed.values()
+    same = sum(a == b for a, b in zip(one, batched, strict=True))
+    print(f"{args.prompts} prompts, {args.max_new_tokens} new tokens each, {torch.get_num_threads()} threads")
+    print("| contender | seconds | vs one at a time |\n|---|---:|---:|")
+    for label, (seconds, _) in timed.items():
+        print(f"| {label} | {seconds:.1f} | {slow / seconds:.2f}x |")
+    print(f"greedy answers identical both ways: {same} of {len(one)}")
+
+
+if __name__ == "__main__":
+    main()
