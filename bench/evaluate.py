@@ -42,13 +42,14 @@ def main() -> None:
 
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from dataengine.recipe import BuiltinTeacherOptions
+    from dataengine.recipe import load_recipe
     from dataengine.teacher.builtin import builtin_model_dir
     from dataengine.train import evaluation
 
-    folder = builtin_model_dir("smollm2-moe", BuiltinTeacherOptions())
+    # only its tokenizer is used: the quickstart's teacher, which `make demo` builds
+    folder = builtin_model_dir("smollm2-moe", load_recipe(ROOT / "recipes" / "quickstart.yaml").teacher.builtin)
     if not folder.is_dir():
-        sys.exit(f"the builtin teacher is not built yet ({folder}): `dataengine teacher build` first")
+        sys.exit(f"the builtin teacher is not built yet ({folder}): `make teacher` first")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     # SmolLM2-135M's shape with the quickstart student's 10 layers
     config = LlamaConfig(

@@ -3,7 +3,7 @@ student) and perplexity on the teacher's answers, with 95% bootstrap intervals o
 before and after the same SFT, with the teacher's own perplexity as the floor, and each init's parameters
 (total and active per token).
 
-    .venv/bin/python bench/students.py [--set dense] [--run runs/quickstart] [--steps 16] [--keep 10]
+    .venv/bin/python bench/students.py [--set dense] [--run runs/quickstart] [--steps 16] [--batch 4] [--keep 10]
                                        [--width 768] [--held-out 16] [--only "merged by routing, 20"]
     .venv/bin/python bench/students.py --set experts    # recipes/expert-students.yaml, runs/expert-students
 
@@ -16,7 +16,7 @@ Rows: every teacher answer of a finished quickstart run (`make demo`), kept and 
 alike (each is the teacher's answer to its prompt; the quickstart keeps too few to hold out many), split
 by id into --held-out rows and the rest to train on. KL is over the full vocabulary, the teacher's logits
 computed in transformers. Training: the quickstart's SFT settings for --steps steps, the same for every
-init. The routing-weighted merge reads the run's routing map.
+init, with --batch rows a step. The routing-weighted merge reads the run's routing map.
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--set", choices=sorted(RECIPES), default="dense", help="which inits, on which teacher")
     parser.add_argument("--run", type=Path, default=None, help="default: runs/<the set's recipe>")
     parser.add_argument("--steps", type=int, default=16)
+    # the quickstart trains on 2 rows a step to keep its minutes; the figures in BENCHMARKS.md used 4
+    parser.add_argument("--batch", type=int, default=4, help="rows per SFT step")
     parser.add_argument("--keep", type=int, default=10, help="layers a pruned student keeps (of 30)")
     parser.add_argument("--width", type=int, default=768, help="MLP channels a width-pruned student keeps (of 1536)")
     parser.add_argument("--held-out", type=int, default=16)
@@ -139,7 +141,9 @@ def main() -> None:
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     floor = fit(teacher, teacher, tokenizer, held_out)
-    sft = recipe.train.sft.model_copy(update={"max_steps": args.steps, "save_steps": args.steps})
+    sft = recipe.train.sft.model_copy(
+        update={"max_steps": args.steps, "save_steps": args.steps, "per_device_train_batch_size": args.batch}
+    )
     # the checkpoints are gigabytes: gone when the figures are printed
     with tempfile.TemporaryDirectory(prefix="bench-students-") as tmp:
         work = Path(tmp)

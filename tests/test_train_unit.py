@@ -345,13 +345,14 @@ def test_held_out_metrics_carry_a_bootstrap_interval_and_the_teacher_gets_its_ro
     assert row["language_fidelity"] == 1.0 and row["intervals"]["perplexity"] == fit["intervals"]["perplexity"]
 
 
-def test_held_out_answers_in_batches_equal_one_at_a_time_in_the_rows_order(monkeypatch):
+def test_held_out_answers_in_batches_equal_one_at_a_time_in_the_rows_order():
     from dataengine.train import evaluation
 
     tokenizer, model = tiny_tokenizer(), tiny_llama(len(tiny_tokenizer()))
     # a head of its own: with the embeddings tied, a random model repeats the prompt's last token whatever came before
     model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
-    # prompts of unlike lengths, so a batch pads them; the second starts its answer with a prefix
+    # prompts of unlike lengths, longest first, so a batch pads them and reorders them; the second starts its
+    # answer with a prefix
     prompts = [
         ([{"role": "user", "content": "what is the sum of one and two and three and four"}], ""),
         ([{"role": "user", "content": "sort"}], "def "),
@@ -359,7 +360,10 @@ def test_held_out_answers_in_batches_equal_one_at_a_time_in_the_rows_order(monke
     ]
     counted: list[int] = []
     batched = evaluation.generate_answers(model, tokenizer, prompts, 12, counted.append)
-    monkeypatch.setattr(evaluation, "ANSWER_BATCH", 1)
-    alone = evaluation.generate_answers(model, tiny_tokenizer(), prompts, 12)
+    alone = [evaluation.generate_answers(model, tokenizer, [prompt], 12)[0] for prompt in prompts]
     assert counted == [3] and batched == alone
     assert batched[1].startswith("def ") and len({*batched}) == 3
+    # a tokenizer without a pad token (Llama's, Mistral's) pads with its eos token, to the same answers
+    tokenizer.pad_token = None
+    assert tokenizer.pad_token_id is None
+    assert evaluation.generate_answers(model, tokenizer, prompts, 12) == batched

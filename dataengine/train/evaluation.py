@@ -103,23 +103,28 @@ def generate_answers(
     advance: Callable[[int], None] = lambda n: None,
 ) -> list[str]:
     """Greedy answers to each (prompt turns, prefix); `prefix` starts the answer as it started the teacher's.
-    Prompts of like length go in a batch together, left-padded (the tokenizer's padding side is set so)."""
-    tokenizer.padding_side = "left"
+    Prompts of like length go in a batch together, left-padded here: with the eos token where the tokenizer has
+    no pad token (many have none, and the tokenizer's own padding refuses to run without one)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts = [
-        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
+    ids = [
+        tokenizer(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix,
+            add_special_tokens=False,
+        )["input_ids"]
         for messages, prefix in prompts
     ]
-    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
-    answers: list[str] = [""] * len(texts)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    answers: list[str] = [""] * len(ids)
     for start in range(0, len(order), ANSWER_BATCH):
         batch = order[start : start + ANSWER_BATCH]
-        ids = tokenizer([texts[i] for i in batch], add_special_tokens=False, padding=True, return_tensors="pt")
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        width = max(len(ids[i]) for i in batch)
+        input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])
+        mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch])
+        out = model.generate(
+            input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+        )
         for row, i in enumerate(batch):
-            said = tokenizer.decode(out[row, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-            answers[i] = prompts[i][1] + said
+            answers[i] = prompts[i][1] + tokenizer.decode(out[row, width:], skip_special_tokens=True)
         advance(len(batch))
     return answers
 

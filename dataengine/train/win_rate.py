@@ -35,8 +35,8 @@ def win_rate(
     max_new = recipe.train.evaluate.max_new_tokens
     ctx.log(f"the student before DPO answers the {len(held_out)} held-out prompts")
     prompts = [(row["messages"][:-1], prefix if row["kind"] == "code" else "") for row in held_out]
-    answers = generate_answers(model, tokenizer, prompts, max_new)
-    before = {row["id"]: answer[:SAMPLE_CHARS] for row, answer in zip(held_out, answers, strict=True)}
+    said = generate_answers(model, tokenizer, prompts, max_new)
+    before = {row["id"]: answer[:SAMPLE_CHARS] for row, answer in zip(held_out, said, strict=True)}
     cfg = recipe.curate.judge
     docs = [
         verdict_document(
