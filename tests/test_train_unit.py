@@ -367,3 +367,8 @@ def test_held_out_answers_in_batches_equal_one_at_a_time_in_the_rows_order():
     tokenizer.pad_token = None
     assert tokenizer.pad_token_id is None
     assert evaluation.generate_answers(model, tokenizer, prompts, 12) == batched
+    # an MoE student saved after training with its router loss on answers in padded batches too
+    moe = tiny_mixtral(len(tokenizer))
+    moe.config.output_router_logits = True
+    moe_answers = evaluation.generate_answers(moe, tokenizer, prompts, 6)
+    assert moe_answers == [evaluation.generate_answers(moe, tokenizer, [prompt], 6)[0] for prompt in prompts]

@@ -114,6 +114,10 @@ def generate_answers(
         for messages, prefix in prompts
     ]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    # an MoE student trained with its router loss keeps `output_router_logits` on; transformers' Mixtral then
+    # computes that loss at every decoding step against the whole attention mask, which fails once a batch is
+    # padded. Answers need no router loss
+    router = {"output_router_logits": False} if getattr(model.config, "output_router_logits", False) else {}
     answers: list[str] = [""] * len(ids)
     for start in range(0, len(order), ANSWER_BATCH):
         batch = order[start : start + ANSWER_BATCH]
@@ -121,7 +125,12 @@ def generate_answers(
         input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])
         mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch])
         out = model.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            **router,
         )
         for row, i in enumerate(batch):
             answers[i] = prompts[i][1] + tokenizer.decode(out[row, width:], skip_special_tokens=True)
