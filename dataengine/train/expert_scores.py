@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dataengine.errors import UserError
 from dataengine.train.influence import forward_each, most_influential
 
 if TYPE_CHECKING:
@@ -63,6 +64,17 @@ def score_experts(moe: nn.Module, sequences: list[list[int]]) -> dict[str, np.nd
         "frequency": np.divide(slots, totals, out=np.zeros_like(slots), where=totals > 0),
         "reap": np.divide(weighted, slots, out=np.zeros_like(weighted), where=slots > 0),
     }
+
+
+def scores_for(scores, layers: int, experts: int) -> np.ndarray:
+    """`scores` as a [layers, experts] array, refused with the reason when they are of another teacher."""
+    shares = np.asarray(scores, dtype=np.float64)
+    if shares.shape != (layers, experts):
+        raise UserError(
+            f"the experts' scores are {shares.shape[0]} layers x {shares.shape[1]} experts, the teacher "
+            f"{layers} x {experts}: a routing map made with another model, or MoE layers that are not every layer"
+        )
+    return shares
 
 
 def kept_experts(scores: np.ndarray, keep: int) -> list[list[int]]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from dataengine.errors import UserError
 from dataengine.teacher.builtin import load_every_weight
+from dataengine.train.expert_scores import scores_for
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,12 +38,7 @@ def merge_weights(method: str, layers: int, experts: int, scores: np.ndarray | N
         return np.full((layers, experts), 1 / experts)
     if scores is None:
         raise ValueError(f"merge_experts: {method} weighs the experts by their scores: none given")
-    shares = np.asarray(scores, dtype=np.float64)
-    if shares.shape != (layers, experts):
-        raise UserError(
-            f"the experts' scores are {shares.shape[0]} layers x {shares.shape[1]} experts, the teacher "
-            f"{layers} x {experts}: a routing map made with another model, or MoE layers that are not every layer"
-        )
+    shares = scores_for(scores, layers, experts)
     if method == "top":
         return np.eye(experts)[shares.argmax(axis=1)]
     totals = shares.sum(axis=1, keepdims=True)

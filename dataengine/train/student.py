@@ -124,7 +124,7 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
     from dataengine.experts.routers import moe_dims
     from dataengine.teacher.server import resolve_model
     from dataengine.train.expert_prune import keep_experts
-    from dataengine.train.expert_scores import kept_experts
+    from dataengine.train.expert_scores import kept_experts, scores_for
     from dataengine.train.merge import merge_experts, merge_weights
 
     teacher, config = recipe.teacher, recipe.train.student.from_teacher
@@ -153,12 +153,7 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
     origin = {"expert_score": config.expert_score} if scored else {}
     scores = _expert_scores(moe, tokenizer, config, rows, load, log) if scored else None
     if config.keep_experts is not None:
-        if scores.shape != (layers, experts):
-            raise UserError(
-                f"the experts' scores are {scores.shape[0]} layers x {scores.shape[1]} experts, the teacher "
-                f"{layers} x {experts}: a routing map made with another model, or MoE layers that are not every "
-                "layer"
-            )
+        scores = scores_for(scores, layers, experts)
         kept = kept_experts(scores, config.keep_experts)
         log(
             f"student: {teacher.model} with the {config.keep_experts} of {experts} experts per layer highest by "
