@@ -1,7 +1,7 @@
 """The evaluate stage's answers, side by side in one run (issue 26): the held-out prompts answered one at a
 time (as evaluation did before) against in batches of `evaluation.ANSWER_BATCH` (what it does now), by a
-student of the quickstart's shape: SmolLM2-135M's layers, 10 of its 30 kept, random weights, so that every
-answer runs to --max-new-tokens as the untrained student's do. Greedy both ways; the answers are compared.
+student of the quickstart's shape: the teacher's layers (SmolLM2-135M's), 10 of its 30 kept, random weights,
+so that every answer runs to --max-new-tokens as the untrained student's do. Greedy both ways; the answers are compared.
 
     .venv/bin/python bench/evaluate.py [--prompts 10] [--max-new-tokens 128]
 """
@@ -40,40 +40,34 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from dataengine.recipe import load_recipe
     from dataengine.teacher.builtin import builtin_model_dir
     from dataengine.train import evaluation
 
-    # only its tokenizer is used: the quickstart's teacher, which `make demo` builds
+    # the quickstart's teacher, which `make demo` builds: its tokenizer, and the shape of its layers
     folder = builtin_model_dir("smollm2-moe", load_recipe(ROOT / "recipes" / "quickstart.yaml").teacher.builtin)
     if not folder.is_dir():
         sys.exit(f"the builtin teacher is not built yet ({folder}): `make teacher` first")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    # SmolLM2-135M's shape with the quickstart student's 10 layers
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=10,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    )
+    teacher = AutoConfig.from_pretrained(folder).to_dict()
+    shape = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+    # a dense model of the teacher's layers, 10 of them as the quickstart's student keeps
+    config = LlamaConfig(**{key: teacher[key] for key in shape}, num_hidden_layers=10, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     prompts = [([{"role": "user", "content": q}], "") for q in (QUESTIONS * 4)[: args.prompts]]
 
     timed = {}
-    batched_size = evaluation.ANSWER_BATCH
-    for label, batch in (("one prompt at a time", 1), (f"batches of {batched_size}", batched_size)):
-        evaluation.ANSWER_BATCH = batch
+    for label, batch in (
+        ("one prompt at a time", 1),
+        (f"batches of {evaluation.ANSWER_BATCH}", evaluation.ANSWER_BATCH),
+    ):
         start = time.perf_counter()
-        answers = evaluation.generate_answers(model, tokenizer, prompts, args.max_new_tokens)
+        answers = evaluation.generate_answers(model, tokenizer, prompts, args.max_new_tokens, batch_size=batch)
         timed[label] = (time.perf_counter() - start, answers)
-    (slow, one), (fast, batched) = timed.values()
+    (slow, one), (_, batched) = timed.values()
     same = sum(a == b for a, b in zip(one, batched, strict=True))
     print(f"{args.prompts} prompts, {args.max_new_tokens} new tokens each, {torch.get_num_threads()} threads")
     print("| contender | seconds | vs one at a time |\n|---|---:|---:|")

@@ -101,6 +101,7 @@ def generate_answers(
     prompts: list[tuple[list[dict], str]],
     max_new_tokens: int,
     advance: Callable[[int], None] = lambda n: None,
+    batch_size: int = ANSWER_BATCH,
 ) -> list[str]:
     """Greedy answers to each (prompt turns, prefix); `prefix` starts the answer as it started the teacher's.
     Prompts of like length go in a batch together, left-padded here: with the eos token where the tokenizer has
@@ -119,8 +120,8 @@ def generate_answers(
     # padded. Answers need no router loss
     router = {"output_router_logits": False} if getattr(model.config, "output_router_logits", False) else {}
     answers: list[str] = [""] * len(ids)
-    for start in range(0, len(order), ANSWER_BATCH):
-        batch = order[start : start + ANSWER_BATCH]
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
         width = max(len(ids[i]) for i in batch)
         input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])
         mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch])
