@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from dataengine.errors import RecipeError
 from dataengine.generate.seeds import expand_seeds, top_up_seeds
 from dataengine.generate.top_up import add_round, load_rounds, plan_round
 from dataengine.manifest import Manifest
@@ -80,6 +83,35 @@ def test_no_round_when_nothing_is_short_or_top_up_is_off(tmp_path):
     short = manifests(kept={"chat/en": 0, "chat/fr": 0, "code/en": 0}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
     assert next_round(off, tmp_path, short) is None
     assert not (tmp_path / TOP_UP_FILE).exists()
+
+
+def test_enough_leaves_groups_that_kept_that_share_of_their_target(tmp_path):
+    recipe = parse_recipe(RECIPE.replace("max_factor: 3}", "max_factor: 3, enough: 0.5}"))
+    # en kept half its target (enough), fr one row under half, code none: fr and code ask for their whole shortfall
+    m = manifests(kept={"chat/en": 4, "chat/fr": 3, "code/en": 0}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
+    # fr: 5 short at a keep rate of 3/8 -> 14 rows -> 7 prompts of 2 rollouts; code: 4 short at the floor 1/3 -> 12
+    assert plan_round(recipe, m["generate"], m["curate"]) == {"chat/fr": 7, "code/en": 12}
+    half = manifests(kept={"chat/en": 4, "chat/fr": 4, "code/en": 2}, made={"chat/en": 8, "chat/fr": 8, "code/en": 4})
+    assert next_round(recipe, tmp_path, half) is None
+    assert next_round(parse_recipe(RECIPE), tmp_path, half) == {"chat/en": 4, "chat/fr": 4, "code/en": 4}
+
+
+def test_the_first_round_asks_its_prompts_and_top_up_rounds_their_own():
+    recipe = parse_recipe(RECIPE.replace("{code: fr, quota: 4}", "{code: fr, quota: 4, prompts: 10}"))
+    asked = [(s.kind, s.language) for s in expand_seeds(recipe.generate, None)]
+    assert (asked.count(("chat", "en")), asked.count(("chat", "fr"))) == (4, 10)
+    # curation still counts against the quota: 4 prompts of 2 rollouts
+    m = manifests(kept={"chat/en": 8, "chat/fr": 5, "code/en": 4}, made={"chat/en": 8, "chat/fr": 20, "code/en": 4})
+    # fr: 3 short at a keep rate of 5/20, under the floor 1/3 -> 9 rows -> 5 prompts; a round asks those, not `prompts`
+    assert plan_round(recipe, m["generate"], m["curate"]) == {"chat/fr": 5}
+    extra = [(s.kind, s.language) for s in top_up_seeds(recipe.generate, {"chat/fr": 5}, round=1)]
+    assert extra == [("chat", "fr")] * 5
+
+
+def test_prompts_below_the_quota_are_refused_with_where():
+    with pytest.raises(RecipeError) as refused:
+        parse_recipe(RECIPE.replace("{code: fr, quota: 4}", "{code: fr, quota: 4, prompts: 3}"))
+    assert "generate.chat.languages[1]: prompts (3) must be at least the quota (4)" in str(refused.value)
 
 
 def test_top_up_prompts_are_new_samples():

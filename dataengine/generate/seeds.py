@@ -105,12 +105,12 @@ def chat_seeds(gen: GenerateConfig, round: int = 0) -> Iterator[PromptSeed]:
     for lang in chat.languages:
         template = lang.instruction or shipped[lang.code]["persona_instruction" if chat.personas else "instruction"]
         rng = _rng(gen, f"chat:{lang.code}", round)
-        topics = _draw(pool, lang.quota, rng)
+        topics = _draw(pool, lang.asked, rng)
         # drawn from their own generator: turning personas on leaves the topics as they were
         personas = (
-            _draw(load_personas()[lang.code], lang.quota, _rng(gen, f"persona:{lang.code}", round))
+            _draw(load_personas()[lang.code], lang.asked, _rng(gen, f"persona:{lang.code}", round))
             if chat.personas
-            else itertools.repeat(None, lang.quota)
+            else itertools.repeat(None, lang.asked)
         )
         for n, (topic, persona) in enumerate(zip(topics, personas, strict=True)):
             # A quota larger than the topic pool repeats topics; the repeat number keeps prompts distinct.
@@ -127,7 +127,7 @@ def math_seeds(gen: GenerateConfig, round: int = 0) -> Iterator[PromptSeed]:
     shipped = load_languages()
     for lang in math.languages:
         template = lang.instruction or shipped[lang.code]["math_instruction"]
-        for n, topic in enumerate(_draw(pool, lang.quota, _rng(gen, f"math:{lang.code}", round))):
+        for n, topic in enumerate(_draw(pool, lang.asked, _rng(gen, f"math:{lang.code}", round))):
             suffix = "" if n < len(pool) else f" ({n // len(pool) + 1})"
             yield PromptSeed(
                 "math", "math_problem", lang.code, topic, template.format(topic=topic) + suffix, math.rollouts, round
@@ -209,14 +209,16 @@ def top_up_seeds(gen: GenerateConfig, extra: dict[str, int], round: int) -> Iter
     update: dict = {"sources": []}
     if gen.chat is not None:
         languages = [
-            lang.model_copy(update={"quota": wanted.get(Group("chat", lang.code), 0)}) for lang in gen.chat.languages
+            lang.model_copy(update={"quota": wanted.get(Group("chat", lang.code), 0), "prompts": None})
+            for lang in gen.chat.languages
         ]
         update["chat"] = gen.chat.model_copy(update={"languages": languages})
     if gen.code is not None:
         update["code"] = gen.code.model_copy(update={"count": wanted.get(Group("code", gen.code.language), 0)})
     if gen.math is not None:
         problems = [
-            lang.model_copy(update={"quota": wanted.get(Group("math", lang.code), 0)}) for lang in gen.math.languages
+            lang.model_copy(update={"quota": wanted.get(Group("math", lang.code), 0), "prompts": None})
+            for lang in gen.math.languages
         ]
         update["math"] = gen.math.model_copy(update={"languages": problems})
     again = gen.model_copy(update=update)

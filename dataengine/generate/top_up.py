@@ -38,9 +38,9 @@ def rollouts(recipe: Recipe, group: Group) -> int:
 def plan_round(
     recipe: Recipe, generated: Manifest, curated: Manifest, judged: Manifest | None = None
 ) -> dict[str, int]:
-    """Extra prompts per short group: the rows still missing divided by the group's keep rate so far
-    (at least 1 / max_factor, so a group where nothing survived asks max_factor times its shortfall). With a
-    judge, a row is kept when the judge kept it too."""
+    """Extra prompts per short group (one that kept less than `top_up.enough` of its target): the rows still
+    missing divided by the group's keep rate so far (at least 1 / max_factor, so a group where nothing survived
+    asks max_factor times its shortfall). With a judge, a row is kept when the judge kept it too."""
     made = GenerateStats.of(generated).rows_by_kind_language
     judge = JudgeStats.of(judged)
     quota = CurateStats.of(curated).quota
@@ -55,7 +55,8 @@ def plan_round(
         },
         schema={"group": pl.String, "target": pl.Int64, "kept": pl.Int64, "made": pl.Int64, "rollouts": pl.Int64},
     )
-    return queries.shortfall(groups, recipe.generate.top_up.max_factor)
+    top_up = recipe.generate.top_up
+    return queries.shortfall(groups, top_up.max_factor, top_up.enough)
 
 
 def add_round(

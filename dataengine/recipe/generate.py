@@ -54,11 +54,36 @@ class SamplingConfig(StrictModel):
 
 class LanguageQuota(StrictModel):
     code: LanguageCode = Field(description="BCP-47 code, e.g. en, fr, zh")
-    quota: int = Field(ge=0, description="number of distinct prompts in this language")
+    quota: int = Field(
+        ge=0,
+        description="rows wanted in this language (x rollouts): what curation counts against and top-up tops up "
+        "to; also the first round's distinct prompts unless `prompts` asks more",
+    )
+    prompts: int | None = Field(
+        None,
+        ge=0,
+        description="distinct prompts the first round asks, at least the quota: more where curation keeps only part "
+        "of what the teacher writes in this language, so that no top-up round is needed; null: the quota",
+        json_schema_extra=ADDED,
+    )
     instruction: str | None = Field(
         None,
         description="meta-prompt written in this language, with {topic}; needed for languages without a shipped one",
     )
+
+    @model_validator(mode="after")
+    def _prompts_cover_the_quota(self) -> LanguageQuota:
+        if self.prompts is not None and self.prompts < self.quota:
+            raise ValueError(
+                f"prompts ({self.prompts}) must be at least the quota ({self.quota}): the first round asks at least "
+                "what curation counts against"
+            )
+        return self
+
+    @property
+    def asked(self) -> int:
+        """Prompts the first round asks in this language."""
+        return self.quota if self.prompts is None else self.prompts
 
 
 class ChatConfig(StrictModel):
@@ -217,6 +242,13 @@ class TopUpConfig(StrictModel):
 
     rounds: int = Field(0, ge=0, le=5, description="top-up rounds at most; 0 turns top-up off")
     max_factor: float = Field(3.0, ge=1.0, le=20.0, description="a round asks at most this many times the missing rows")
+    enough: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="share of its target a kind/language must keep for no round to be asked for it: 1 tops up any "
+        "shortfall, 0.5 only groups that kept under half (a round then still asks for the whole shortfall)",
+    )
 
 
 class GenerateConfig(ExecutorSettings):

@@ -161,16 +161,16 @@ def length_summary(lengths: np.ndarray) -> Lengths:
     return Lengths(rows, ordered[0], ordered.median(), ordered[min(rows - 1, int(0.9 * rows))], ordered[-1])
 
 
-def shortfall(groups: pl.LazyFrame, max_factor: float) -> dict[str, int]:
+def shortfall(groups: pl.LazyFrame, max_factor: float, enough: float = 1.0) -> dict[str, int]:
     """Prompts a top-up round asks per short group, in the order given. `groups` holds a row per group: group,
-    target, kept, made (rows generated) and rollouts (answers per prompt). The rows still missing are divided by the
-    group's keep rate so far, at least 1 / max_factor (a group where nothing survived asks max_factor times its
-    shortfall), then by its rollouts."""
+    target, kept, made (rows generated) and rollouts (answers per prompt). A group is short when it kept less than
+    `enough` of its target. The rows still missing are divided by the group's keep rate so far, at least
+    1 / max_factor (a group where nothing survived asks max_factor times its shortfall), then by its rollouts."""
     short = pl.col("target") - pl.col("kept")
     made = pl.col("made").fill_null(0)
     rate = pl.max_horizontal(pl.when(made > 0).then(pl.col("kept") / made).otherwise(0.0), pl.lit(1.0 / max_factor))
     prompts = ((short / rate).ceil() / pl.col("rollouts")).ceil().cast(pl.Int64)
-    asked = groups.filter(short > 0).select("group", prompts.alias("prompts"))
+    asked = groups.filter(pl.col("kept") < enough * pl.col("target")).select("group", prompts.alias("prompts"))
     return dict(asked.collect().iter_rows())
 
 
