@@ -1,8 +1,8 @@
 """curate: the teacher writes samples (or, with `ingest`, the recipe brings finished rows), then datatrove
 filters, dedups and decontaminates them; then
 they are routed through the teacher's experts when the recipe has `route`, and published when it has
-`publish`. Where curation keeps fewer rows than asked
-(`generate.top_up`), more prompts are generated and both stages (and the judge) run again before the rest."""
+`publish`. Where curation keeps fewer rows than asked (`generate.top_up`, under its `enough` share), more
+prompts are generated and both stages (and the judge) run again before the rest."""
 
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def round_after(stages: list[Stage]) -> str:
 
 def top_up(recipe: Recipe) -> NextRound | None:
     """After generate and curate: one more round of prompts where curation fell short of the recipe's targets
-    (what the judge kept, when there is one). Rows brought with `ingest` have no quota to top up."""
+    (under `top_up.enough` of them; what the judge kept, when there is one). Rows brought with `ingest` have no
+    quota to top up."""
     if recipe.generate is None:
         return None
 

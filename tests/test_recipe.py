@@ -36,7 +36,7 @@ def test_shipped_quickstart_is_valid():
     recipe = load_recipe("recipes/quickstart.yaml")
     langs = [lang.code for lang in recipe.generate.chat.languages]
     # no code, Chinese or Spanish: the builtin teacher writes none well enough to keep (the recipe says why);
-    # a top-up round fills each language it asks for before the student trains
+    # a top-up round is asked before the student trains where a language kept under half its quota
     assert langs == ["en", "fr"] and recipe.generate.code is None and recipe.generate.top_up.rounds >= 1
 
 

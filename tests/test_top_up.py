@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 
+from dataengine.curate.stage import _targets
 from dataengine.errors import RecipeError
 from dataengine.generate.seeds import expand_seeds, top_up_seeds
 from dataengine.generate.top_up import add_round, load_rounds, plan_round
 from dataengine.manifest import Manifest
 from dataengine.recipe import parse_recipe
 from dataengine.results import CurateStats, GenerateStats, JudgeStats, Quota
+from dataengine.rows import Group
+from dataengine.rows.queries import shortfall
 from dataengine.run_folder import TOP_UP as TOP_UP_FILE
 
 RECIPE = """
@@ -96,11 +100,26 @@ def test_enough_leaves_groups_that_kept_that_share_of_their_target(tmp_path):
     assert next_round(parse_recipe(RECIPE), tmp_path, half) == {"chat/en": 4, "chat/fr": 4, "code/en": 4}
 
 
+def test_enough_holds_at_its_exact_share_and_leaves_empty_targets_alone():
+    # 0.55 * 100 is 55.00000000000001 in floats: a group that kept exactly 55 of 100 kept enough
+    groups = pl.LazyFrame(
+        {
+            "group": ["chat/en", "chat/fr", "chat/de"],
+            "target": [100, 100, 0],
+            "kept": [55, 54, 0],
+            "made": [100] * 3,
+            "rollouts": [1] * 3,
+        }
+    )
+    assert shortfall(groups, max_factor=3, enough=0.55) == {"chat/fr": 86}  # 46 short / 0.54 kept
+
+
 def test_the_first_round_asks_its_prompts_and_top_up_rounds_their_own():
     recipe = parse_recipe(RECIPE.replace("{code: fr, quota: 4}", "{code: fr, quota: 4, prompts: 10}"))
     asked = [(s.kind, s.language) for s in expand_seeds(recipe.generate, None)]
     assert (asked.count(("chat", "en")), asked.count(("chat", "fr"))) == (4, 10)
     # curation still counts against the quota: 4 prompts of 2 rollouts
+    assert _targets(recipe)[Group("chat", "fr")] == 8
     m = manifests(kept={"chat/en": 8, "chat/fr": 5, "code/en": 4}, made={"chat/en": 8, "chat/fr": 20, "code/en": 4})
     # fr: 3 short at a keep rate of 5/20, under the floor 1/3 -> 9 rows -> 5 prompts; a round asks those, not `prompts`
     assert plan_round(recipe, m["generate"], m["curate"]) == {"chat/fr": 5}
@@ -108,10 +127,22 @@ def test_the_first_round_asks_its_prompts_and_top_up_rounds_their_own():
     assert extra == [("chat", "fr")] * 5
 
 
+def test_math_languages_ask_their_prompts_first_and_their_shortfall_after():
+    math = "  math:\n    languages: [{code: en, quota: 2, prompts: 5}]\n    rollouts: 3\n"
+    recipe = parse_recipe(RECIPE.replace("  top_up:", math + "  top_up:"))
+    asked = [s for s in expand_seeds(recipe.generate, None) if s.kind == "math"]
+    assert len(asked) == 5 and {s.rollouts for s in asked} == {3}
+    assert _targets(recipe)[Group("math", "en")] == 6
+    assert [s.kind for s in top_up_seeds(recipe.generate, {"math/en": 2}, round=1)] == ["math", "math"]
+
+
 def test_prompts_below_the_quota_are_refused_with_where():
     with pytest.raises(RecipeError) as refused:
         parse_recipe(RECIPE.replace("{code: fr, quota: 4}", "{code: fr, quota: 4, prompts: 3}"))
     assert "generate.chat.languages[1]: prompts (3) must be at least the quota (4)" in str(refused.value)
+    with pytest.raises(RecipeError) as refused:
+        parse_recipe(RECIPE.replace("{code: fr, quota: 4}", "{code: fr, quota: 0, prompts: 3}"))
+    assert "generate.chat.languages[1]: prompts (3) asks for rows of a language whose quota is 0" in str(refused.value)
 
 
 def test_top_up_prompts_are_new_samples():

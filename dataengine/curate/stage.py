@@ -309,7 +309,7 @@ class _Tally:
 
 
 def _targets(recipe: Recipe) -> dict[Group, int]:
-    """Rows the recipe asked for per kind/language (prompts x rollouts), to report shortfalls."""
+    """Rows the recipe asked for per kind/language (quota x rollouts), to report shortfalls."""
     gen, targets = recipe.generate, Counter()
     if gen is None:  # rows brought with `ingest`: no quota to fall short of
         return {}

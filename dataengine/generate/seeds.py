@@ -66,7 +66,7 @@ class PromptSeed:
     topic: str | None
     prompt: str
     rollouts: int
-    round: int = 0  # 0: the recipe's quotas; 1..: top-up rounds after curation fell short
+    round: int = 0  # 0: the recipe's prompts (its quotas, or `prompts` where set); 1..: top-up rounds
     persona: str | None = None  # who asks (generate.chat.personas)
 
     @property
@@ -113,7 +113,7 @@ def chat_seeds(gen: GenerateConfig, round: int = 0) -> Iterator[PromptSeed]:
             else itertools.repeat(None, lang.asked)
         )
         for n, (topic, persona) in enumerate(zip(topics, personas, strict=True)):
-            # A quota larger than the topic pool repeats topics; the repeat number keeps prompts distinct.
+            # More prompts than the topic pool repeats topics; the repeat number keeps prompts distinct.
             suffix = "" if n < len(pool) else f" ({n // len(pool) + 1})"
             prompt = template.format(topic=topic, persona=persona) + suffix
             yield PromptSeed("chat", "instruct_answer", lang.code, topic, prompt, chat.rollouts, round, persona)

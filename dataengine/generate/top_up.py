@@ -1,5 +1,5 @@
-"""Top-up rounds: when curation keeps fewer rows than the recipe asked for in a kind/language, ask the
-teacher for more prompts there, a bounded number of times.
+"""Top-up rounds: when curation keeps fewer rows than the recipe asked for in a kind/language (under
+`top_up.enough` of them), ask the teacher for more prompts there, a bounded number of times.
 
 The rounds are recorded in `<run>/top_up.json`; the generate stage reads them (each round has its own
 datatrove work folder, so the finished rounds are never generated again), and the pipelines that compose

@@ -56,8 +56,8 @@ class LanguageQuota(StrictModel):
     code: LanguageCode = Field(description="BCP-47 code, e.g. en, fr, zh")
     quota: int = Field(
         ge=0,
-        description="rows wanted in this language (x rollouts): what curation counts against and top-up tops up "
-        "to; also the first round's distinct prompts unless `prompts` asks more",
+        description="distinct prompts' worth of rows wanted in this language: curation's target is quota x "
+        "rollouts rows, and top-up tops up to it; the first round asks this many prompts unless `prompts` asks more",
     )
     prompts: int | None = Field(
         None,
@@ -73,6 +73,11 @@ class LanguageQuota(StrictModel):
 
     @model_validator(mode="after")
     def _prompts_cover_the_quota(self) -> LanguageQuota:
+        if self.prompts and not self.quota:
+            raise ValueError(
+                f"prompts ({self.prompts}) asks for rows of a language whose quota is 0: give it a quota, or leave "
+                "out the language"
+            )
         if self.prompts is not None and self.prompts < self.quota:
             raise ValueError(
                 f"prompts ({self.prompts}) must be at least the quota ({self.quota}): the first round asks at least "
@@ -238,7 +243,8 @@ class PromptSource(StrictModel):
 
 
 class TopUpConfig(StrictModel):
-    """After curation, ask for more prompts where a kind/language kept fewer rows than its target."""
+    """After curation, ask for more prompts where a kind/language kept fewer rows than its target (under `enough`
+    of it)."""
 
     rounds: int = Field(0, ge=0, le=5, description="top-up rounds at most; 0 turns top-up off")
     max_factor: float = Field(3.0, ge=1.0, le=20.0, description="a round asks at most this many times the missing rows")

@@ -170,7 +170,9 @@ def shortfall(groups: pl.LazyFrame, max_factor: float, enough: float = 1.0) -> d
     made = pl.col("made").fill_null(0)
     rate = pl.max_horizontal(pl.when(made > 0).then(pl.col("kept") / made).otherwise(0.0), pl.lit(1.0 / max_factor))
     prompts = ((short / rate).ceil() / pl.col("rollouts")).ceil().cast(pl.Int64)
-    asked = groups.filter(pl.col("kept") < enough * pl.col("target")).select("group", prompts.alias("prompts"))
+    # kept / target, not kept < enough * target: 0.55 * 100 is 55.00000000000001 in floats
+    under = (pl.col("target") > 0) & (pl.col("kept") / pl.col("target") < enough)
+    asked = groups.filter(under).select("group", prompts.alias("prompts"))
     return dict(asked.collect().iter_rows())
 
 
