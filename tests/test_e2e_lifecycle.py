@@ -100,7 +100,7 @@ def start(own_processes):
 def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
     tmp_path, teacher_server, start, own_processes
 ):
-    kw = dict(quota=6, code=2, concurrency=2, chunk=2, temperature=0.0)
+    kw = dict(quota=4, code=2, concurrency=2, chunk=2, temperature=0.0)
     # greedy, so the uninterrupted reference drops the same prompts (a teacher may write an empty question)
     reference = tmp_path / "reference"
     recipe = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **kw)
