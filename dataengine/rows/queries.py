@@ -161,7 +161,7 @@ def length_summary(lengths: np.ndarray) -> Lengths:
     return Lengths(rows, ordered[0], ordered.median(), ordered[min(rows - 1, int(0.9 * rows))], ordered[-1])
 
 
-def shortfall(groups: pl.LazyFrame, max_factor: float, enough: float = 1.0) -> dict[str, int]:
+def shortfall(groups: pl.LazyFrame, max_factor: float, enough: float) -> dict[str, int]:
     """Prompts a top-up round asks per short group, in the order given. `groups` holds a row per group: group,
     target, kept, made (rows generated) and rollouts (answers per prompt). A group is short when it kept less than
     `enough` of its target. The rows still missing are divided by the group's keep rate so far, at least
