@@ -67,9 +67,8 @@ def test_teacher_build_prints_the_folder_and_no_library_bars(tmp_path):
     recipe.write_text(RECIPE.format(extra=f"builtin: {{source: {gguf}, num_experts: 2}}"))
     cache = tmp_path / "cache"
     env = {"DATAENGINE_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(cache), "COLUMNS": "400"}
-    done = subprocess.run(
-        [sys.executable, "-m", "dataengine.cli", "teacher", "build", str(recipe)], capture_output=True, text=True, env=env
-    )
+    build = [sys.executable, "-m", "dataengine.cli", "teacher", "build", str(recipe)]
+    done = subprocess.run(build, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     folder = Path(done.stdout.strip().splitlines()[-1])
     assert folder.parent == cache / "models" and (folder / "config.json").is_file()
