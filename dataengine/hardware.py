@@ -3,8 +3,10 @@ worker binds. GPUs are left to their own defaults.
 
 Measured (bench/BENCHMARKS.md, "Generation throughput"): on a CPU without native bfloat16 (AVX2 only), a bf16
 matmul in torch runs 50x slower than float32 and vLLM generates ~2x faster in float32; on one with AVX512-BF16 or
-AMX, bf16 is the faster. And vLLM's CPU worker binds its OpenMP threads to all cores but one, which it keeps
-for its own frontend: on a 2-core machine that leaves half the CPU idle while the frontend mostly waits.
+AMX, bf16 is the faster (2.3x to 2.7x float32 on a Xeon with AMX; on an AMD EPYC with AVX512-BF16 and no AMX,
+1.11x on both cores and about even on one, in one run each). And vLLM's CPU worker binds its OpenMP threads to all
+cores but one, which it keeps for its own frontend: on a 2-core machine that leaves half the CPU idle while the
+frontend mostly waits.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import os
 from dataclasses import dataclass
 
 # at or below this many cores, vLLM's worker binds them all: the frontend's few milliseconds per step cost
-# less than an idle core (bench/generate.py: 1.4x in bf16, 1.7x in float32 on 2 cores); above it, vLLM's own
-# reservation stands
+# less than an idle core (bench/generate.py, 2 cores: 1.4x in bf16 and 1.7x in float32 on a Xeon, 1.7x in bf16
+# on an AMD EPYC); above it, vLLM's own reservation stands
 SMALL_MACHINE_CORES = 4
 THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"

@@ -390,10 +390,14 @@ def builtin_model_dir(name: str, options: BuiltinTeacherOptions) -> Path:
     return cache_dir() / "models" / f"{name}-{build_key(name, options)}"
 
 
+def is_built(name: str, options: BuiltinTeacherOptions) -> bool:
+    return (builtin_model_dir(name, options) / "dataengine_build.json").is_file()
+
+
 def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print, allow_download: bool = False) -> Path:
     """The folder of the built MoE; built once per (name, options) and reused after that."""
     out = builtin_model_dir(name, options)
-    if (out / "dataengine_build.json").is_file():
+    if is_built(name, options):
         return out
     source = BUILTIN_MODELS[name]
     log(
