@@ -303,9 +303,9 @@ def teacher_build(recipe: RecipeArg) -> None:
     r, _ = _load(recipe)
     if not r.teacher.is_builtin:
         raise UserError(f"teacher.model is {r.teacher.model!r}, not a builtin:<name> teacher: nothing to build")
-    name = r.teacher.model.split(":", 1)[1]
-    if is_built(name, r.teacher.builtin):  # make demo and make test ask every time: no torch import for nothing
-        console.print(builtin_model_dir(name, r.teacher.builtin))
+    name, options = r.teacher.builtin_name, r.teacher.builtin
+    if is_built(name, options):  # make demo and make test ask every time: no torch import for nothing
+        console.print(builtin_model_dir(name, options))
         return
     # make demo's set-up step: transformers' weight-loading and shard-writing bars off, its log records and
     # warnings in the cache's log, as a run keeps them in its own

@@ -183,6 +183,11 @@ class TeacherConfig(StrictModel):
         return self.model.startswith(BUILTIN_PREFIX)
 
     @property
+    def builtin_name(self) -> str:
+        """The builtin teacher's name (`builtin:<name>`); only for a builtin teacher."""
+        return self.model.removeprefix(BUILTIN_PREFIX)
+
+    @property
     def urls(self) -> list[str]:
         """The running servers the recipe names (`endpoint`, or the `endpoints` pool); [] when the engine starts one."""
         return [self.endpoint] if self.endpoint else list(self.endpoints)

@@ -32,8 +32,7 @@ def resolve_model(teacher: TeacherConfig, log: Callable[[str], None] = print, al
     if teacher.is_builtin:
         from dataengine.teacher.builtin import ensure_builtin
 
-        name = teacher.model.split(":", 1)[1]
-        return str(ensure_builtin(name, teacher.builtin, log=log, allow_download=allow_download))
+        return str(ensure_builtin(teacher.builtin_name, teacher.builtin, log=log, allow_download=allow_download))
     return teacher.model
 
 

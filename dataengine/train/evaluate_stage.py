@@ -36,7 +36,7 @@ def _memory(teacher: TeacherConfig, base_dir: Path) -> str:
     if teacher.is_builtin:
         from dataengine.teacher.builtin import builtin_model_dir
 
-        folder = builtin_model_dir(teacher.model.split(":", 1)[1], teacher.builtin)
+        folder = builtin_model_dir(teacher.builtin_name, teacher.builtin)
     else:
         folder = resolve_path(teacher.model, base_dir)
     if not folder.is_dir():
