@@ -4,9 +4,11 @@ worker binds. GPUs are left to their own defaults.
 Measured (bench/BENCHMARKS.md, "Generation throughput"): on a CPU without native bfloat16 (AVX2 only), a bf16
 matmul in torch runs 50x slower than float32 and vLLM generates ~2x faster in float32; on one with AVX512-BF16 or
 AMX, bf16 is the faster (2.3x to 2.7x float32 on a Xeon with AMX; on an AMD EPYC with AVX512-BF16 and no AMX,
-1.11x on both cores and about even on one, in one run each). And vLLM's CPU worker binds its OpenMP threads to all
-cores but one, which it keeps for its own frontend: on a 2-core machine that leaves half the CPU idle while the
-frontend mostly waits.
+1.11x on both cores and about even on one, in one run each). And vLLM's CPU worker, a process of its own, binds its
+OpenMP threads to all cores but one, which it keeps for its own frontend: on a 2-core machine that leaves half the
+CPU idle while the frontend mostly waits. On a small machine the engine has vLLM run the model in its EngineCore
+process instead (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, vLLM's uniprocess executor): unbound, its threads use every
+core, and a server starts without a Worker process, ~8 s sooner (bench/server_start.py).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import functools
 import os
 from dataclasses import dataclass
 
-# at or below this many cores, vLLM's worker binds them all: the frontend's few milliseconds per step cost
-# less than an idle core (bench/generate.py, 2 cores: 1.4x in bf16 and 1.7x in float32 on a Xeon, 1.7x in bf16
-# on an AMD EPYC); above it, vLLM's own reservation stands
+# at or below this many cores, vLLM's model runs on all of them: the frontend's few milliseconds per step cost less
+# than an idle core (bench/generate.py, 2 cores: 1.4x in bf16 and 1.7x in float32 on a Xeon, 1.7x in bf16 on an
+# AMD EPYC); above it, vLLM's own reservation stands
 SMALL_MACHINE_CORES = 4
 THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+# "0": the EngineCore runs the model itself (vLLM's uniprocess executor), with torch's threads on every usable core;
+# vLLM's CPU binding (THREADS_BIND, RESERVED) applies only to its multiprocess executor's Worker
+MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
 @dataclass(frozen=True)
@@ -73,28 +78,29 @@ def teacher_dtype(asked: str | None) -> Choice:
     return cpu_dtype()
 
 
-def vllm_cpu_env(env: dict[str, str], ranks: int = 1) -> Choice | None:
-    """VLLM_CPU_OMP_THREADS_BIND and VLLM_CPU_NUM_OF_RESERVED_CPU for a server of one worker (`ranks`: tensor x
-    pipeline x data parallel) on a small CPU-only machine: bind every usable core. None where the recipe (or the
-    caller's environment) sets either, on a GPU, above SMALL_MACHINE_CORES, or with several ranks (vLLM wants a
-    core list per rank then)."""
-    if THREADS_BIND in env or RESERVED in env or ranks > 1 or has_gpu():
+def one_engine_process(env: dict[str, str], ranks: int = 1) -> Choice | None:
+    """VLLM_ENABLE_V1_MULTIPROCESSING=0 for a server of one worker (`ranks`: tensor x pipeline x data parallel) on
+    a small CPU-only machine: the model runs in the EngineCore on every usable core, no Worker process. None where
+    the recipe (or the caller's environment) sets it or vLLM's CPU binding, on a GPU, above SMALL_MACHINE_CORES,
+    or with several ranks (those need vLLM's multiprocess executor)."""
+    if THREADS_BIND in env or RESERVED in env or MULTIPROCESSING in env or ranks > 1 or has_gpu():
         return None
     cores = usable_cores()
     if len(cores) < 2 or len(cores) > SMALL_MACHINE_CORES:
         return None
     return Choice(
-        ",".join(map(str, cores)),
-        f"{len(cores)} cores: vLLM's worker binds them all instead of keeping one idle for its frontend",
+        "0",
+        f"{len(cores)} cores: vLLM runs the model in its EngineCore on all of them, no core kept idle for its "
+        "frontend and no Worker process to start",
     )
 
 
 def server_env(env: dict[str, str], ranks: int = 1) -> tuple[dict[str, str], list[str]]:
     """The variables to add to a CPU server's environment `env`, and a line for each saying why."""
-    bind = vllm_cpu_env(env, ranks)
-    if bind is None:
+    one = one_engine_process(env, ranks)
+    if one is None:
         return {}, []
-    return {THREADS_BIND: bind.value, RESERVED: "0"}, [f"vLLM CPU cores {bind.value}: {bind.why}"]
+    return {MULTIPROCESSING: one.value}, [f"{MULTIPROCESSING}={one.value}: {one.why}"]
 
 
 def describe(dtype: str | None, env: dict[str, str], ranks: int = 1) -> list[str]:

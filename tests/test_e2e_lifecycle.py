@@ -143,7 +143,7 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
     record = run_dir / ".work" / "teacher-server.json"
     _wait_until(proc, lambda: record.is_file() and _done(run_dir) >= after_kill + 2)
     keeper = psutil.Process(json.loads(record.read_text())["pid"])
-    keeper.children()[0].kill()  # the API server; its EngineCore and Worker are the keeper's to end
+    keeper.children()[0].kill()  # the API server; its EngineCore (and Worker, if any) are the keeper's to end
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
     assert "restart 1 of 3" in output and "restart 2 of" not in output

@@ -1,4 +1,5 @@
-"""What the engine picks for the machine it runs on: the teacher's dtype and the cores vLLM binds on CPU."""
+"""What the engine picks for the machine it runs on: the teacher's dtype, and on a small CPU machine vLLM's model in
+its EngineCore on every core."""
 
 from __future__ import annotations
 
@@ -64,15 +65,16 @@ def test_avx512_without_bf16_is_not_native(monkeypatch: pytest.MonkeyPatch):
     assert hardware.native_bf16.__wrapped__() is False
 
 
-def test_a_small_machine_binds_every_core_unless_told_otherwise(cpu_machine):
+def test_a_small_machine_runs_the_model_in_one_engine_process_unless_told_otherwise(cpu_machine):
     cpu_machine(bf16=False, cores=2)
     env, why = hardware.server_env({})
-    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "0,1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    assert len(why) == 1 and "0,1" in why[0]
-    # the recipe's env (or the caller's) wins, either variable
+    assert env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert len(why) == 1 and "2 cores" in why[0] and "no Worker process" in why[0]
+    # the recipe's env (or the caller's) wins: vLLM's own switch, or its CPU binding (which only its Worker applies)
+    assert hardware.server_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}) == ({}, [])
     assert hardware.server_env({"VLLM_CPU_OMP_THREADS_BIND": "auto"}) == ({}, [])
     assert hardware.server_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}) == ({}, [])
-    cpu_machine(bf16=False, cores=16)  # a big machine: vLLM's reservation for its frontend stands
+    cpu_machine(bf16=False, cores=16)  # a big machine: vLLM's Worker and its reservation for the frontend stand
     assert hardware.server_env({}) == ({}, [])
     cpu_machine(bf16=False, cores=1)
     assert hardware.server_env({}) == ({}, [])
@@ -97,3 +99,23 @@ def test_native_bf16_is_what_onednn_may_use():
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert capped.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_a_real_server_on_a_small_machine_has_no_worker_process_and_answers(teacher_server):
+    """The test's own vLLM server (started by the engine's TeacherServer): on 2 to 4 cores, its EngineCore runs the
+    model, no Worker process is started, and it generates."""
+    import httpx
+    import psutil
+
+    if hardware.one_engine_process({}) is None:
+        pytest.skip("not a small CPU-only machine: vLLM's Worker process stands")
+    tree = psutil.Process(teacher_server.process.pid).children(recursive=True)
+    names = [proc.name() for proc in tree]
+    assert "VLLM::EngineCore" in names and "VLLM::Worker" not in names, names
+    answer = httpx.post(
+        f"{teacher_server.base_url}/v1/completions",
+        json={"model": "builtin:smollm2-moe", "prompt": "The capital of France is", "max_tokens": 8},
+        timeout=120,
+    ).json()
+    assert answer["usage"]["completion_tokens"] > 0

@@ -1,6 +1,7 @@
 """Ties a server's whole process tree to its owner: `python -m dataengine.teacher.keeper OWNER_PID -- CMD...`.
 
-vLLM's API server starts an EngineCore process, which starts a Worker. A parent-death signal on the
+vLLM's API server starts an EngineCore process, which starts a Worker (on a small CPU machine the engine has the
+EngineCore run the model itself: hardware.py). A parent-death signal on the
 API server alone is not enough: when the API server is killed, its EngineCore and Worker live on
 under pid 1 (measured: the worker kept 5.5 GB, and both ignored SIGTERM). The keeper sits between
 the owner and the server: it gets SIGTERM when the owner dies (even by SIGKILL), it is a child

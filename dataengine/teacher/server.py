@@ -107,7 +107,8 @@ class TeacherServer:
     """A vLLM server process tree for one teacher. Use as a context manager, or start()/stop().
 
     The server runs under a keeper (`dataengine.teacher.keeper`) in a session of its own: the keeper
-    dies with this process and ends the whole tree (API server, EngineCore, Worker) whenever it stops.
+    dies with this process and ends the whole tree (API server, EngineCore, and a Worker where vLLM starts one)
+    whenever it stops.
     `<log>.json` beside the log records the keeper (pid, start time, port), so a later run of the same
     folder can stop a tree that an earlier, killed run left, and nothing else."""
 
