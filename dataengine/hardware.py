@@ -1,5 +1,5 @@
-"""What runs fast on this machine's CPU, for the models the engine runs there: the dtype and the cores vLLM's CPU
-worker binds. GPUs are left to their own defaults.
+"""What runs fast on this machine's CPU, for the models the engine runs there: the dtype, and on a small machine how
+vLLM runs its model on the cores. GPUs are left to their own defaults.
 
 Measured (bench/BENCHMARKS.md, "Generation throughput"): on a CPU without native bfloat16 (AVX2 only), a bf16
 matmul in torch runs 50x slower than float32 and vLLM generates ~2x faster in float32; on one with AVX512-BF16 or
@@ -7,8 +7,9 @@ AMX, bf16 is the faster (2.3x to 2.7x float32 on a Xeon with AMX; on an AMD EPYC
 1.11x on both cores and about even on one, in one run each). And vLLM's CPU worker, a process of its own, binds its
 OpenMP threads to all cores but one, which it keeps for its own frontend: on a 2-core machine that leaves half the
 CPU idle while the frontend mostly waits. On a small machine the engine has vLLM run the model in its EngineCore
-process instead (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, vLLM's uniprocess executor): unbound, its threads use every
-core, and a server starts without a Worker process, ~8 s sooner (bench/server_start.py).
+process instead (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, vLLM's uniprocess executor) with one OpenMP thread per usable
+core (`OMP_NUM_THREADS`: unbound, torch would otherwise take one per physical core, half of them on a VM whose
+vCPUs are hyperthreads), and a server starts without a Worker process, ~8 s sooner (bench/server_start.py).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import os
 from dataclasses import dataclass
 
 # at or below this many cores, vLLM's model runs on all of them: the frontend's few milliseconds per step cost less
-# than an idle core (bench/generate.py, 2 cores: 1.4x in bf16 and 1.7x in float32 on a Xeon, 1.7x in bf16 on an
-# AMD EPYC); above it, vLLM's own reservation stands
+# than an idle core (2 cores: a Worker bound to both against vLLM's one, bench/generate.py, 1.4x in bf16 and 1.7x
+# in float32 on a Xeon, 1.7x in bf16 on an AMD EPYC; the EngineCore on both, bench/server_start.py, 1.56x in
+# float32 on the EPYC); above it, vLLM's own reservation stands
 SMALL_MACHINE_CORES = 4
 THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 # "0": the EngineCore runs the model itself (vLLM's uniprocess executor), with torch's threads on every usable core;
 # vLLM's CPU binding (THREADS_BIND, RESERVED) applies only to its multiprocess executor's Worker
 MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+THREADS = "OMP_NUM_THREADS"  # vLLM leaves a value set from outside as it is
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ def server_env(env: dict[str, str], ranks: int = 1) -> tuple[dict[str, str], lis
     one = one_engine_process(env, ranks)
     if one is None:
         return {}, []
-    return {MULTIPROCESSING: one.value}, [f"{MULTIPROCESSING}={one.value}: {one.why}"]
+    threads = {} if THREADS in env else {THREADS: str(len(usable_cores()))}
+    return {MULTIPROCESSING: one.value, **threads}, [f"{MULTIPROCESSING}={one.value}: {one.why}"]
 
 
 def describe(dtype: str | None, env: dict[str, str], ranks: int = 1) -> list[str]:

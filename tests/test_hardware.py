@@ -44,7 +44,7 @@ def test_a_gpu_is_served_as_before(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_several_vllm_workers_keep_vllms_binding(cpu_machine, write_recipe):
-    """vLLM wants a core list per rank: one list for a tensor- or pipeline-parallel server would stop it."""
+    """Several ranks need vLLM's multiprocess executor (a Worker each, with a core list each)."""
     cpu_machine(bf16=False, cores=4)
     assert hardware.server_env({}, ranks=2) == ({}, [])
     vllm = load_recipe(write_recipe(MINIMAL)).teacher.vllm
@@ -68,8 +68,10 @@ def test_avx512_without_bf16_is_not_native(monkeypatch: pytest.MonkeyPatch):
 def test_a_small_machine_runs_the_model_in_one_engine_process_unless_told_otherwise(cpu_machine):
     cpu_machine(bf16=False, cores=2)
     env, why = hardware.server_env({})
-    assert env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "2"}
     assert len(why) == 1 and "2 cores" in why[0] and "no Worker process" in why[0]
+    # a thread count of the caller's stands
+    assert hardware.server_env({"OMP_NUM_THREADS": "1"})[0] == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     # the recipe's env (or the caller's) wins: vLLM's own switch, or its CPU binding (which only its Worker applies)
     assert hardware.server_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}) == ({}, [])
     assert hardware.server_env({"VLLM_CPU_OMP_THREADS_BIND": "auto"}) == ({}, [])
@@ -104,15 +106,19 @@ def test_native_bf16_is_what_onednn_may_use():
 @pytest.mark.slow
 def test_a_real_server_on_a_small_machine_has_no_worker_process_and_answers(teacher_server):
     """The test's own vLLM server (started by the engine's TeacherServer): on 2 to 4 cores, its EngineCore runs the
-    model, no Worker process is started, and it generates."""
+    model with a thread per usable core, no Worker process is started, and it generates."""
     import httpx
     import psutil
 
-    if hardware.one_engine_process({}) is None:
-        pytest.skip("not a small CPU-only machine: vLLM's Worker process stands")
+    if hardware.one_engine_process({**os.environ, **teacher_server.teacher.vllm.env}) is None:
+        pytest.skip("not a small CPU-only machine, or vLLM's executor set from outside: vLLM's Worker stands")
     tree = psutil.Process(teacher_server.process.pid).children(recursive=True)
     names = [proc.name() for proc in tree]
     assert "VLLM::EngineCore" in names and "VLLM::Worker" not in names, names
+    # the EngineCore inherits its API server's environment (its own reads empty once vLLM has set its title)
+    api_server = tree[names.index("VLLM::EngineCore")].parent()
+    threads = os.environ.get("OMP_NUM_THREADS", str(len(hardware.usable_cores())))
+    assert api_server.environ().get("OMP_NUM_THREADS") == threads
     answer = httpx.post(
         f"{teacher_server.base_url}/v1/completions",
         json={"model": "builtin:smollm2-moe", "prompt": "The capital of France is", "max_tokens": 8},

@@ -109,8 +109,8 @@ def servers(teacher_server, tmp_path_factory):
     the test process would not fit in this machine's 24 GB)."""
     folder = tmp_path_factory.mktemp("pool")
     teacher = load_recipe(tiny_recipe(folder)).teacher
-    # on one core of its own: the session's server binds every core of a small machine (dataengine/hardware.py),
-    # and two servers both bound to every core would fight over them while both answer
+    # on one core of its own: the session's server runs its model on every core of a small machine
+    # (dataengine/hardware.py), and two servers both on every core would fight over them while both answer
     last = str(sorted(os.sched_getaffinity(0))[-1])
     env = {**SMALL_CACHE, "VLLM_CPU_OMP_THREADS_BIND": last, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     teacher = teacher.model_copy(update={"vllm": teacher.vllm.model_copy(update={"env": env})})
