@@ -99,7 +99,7 @@ def one_engine_process(env: dict[str, str], ranks: int = 1) -> Choice | None:
 
 
 def server_env(env: dict[str, str], ranks: int = 1) -> tuple[dict[str, str], list[str]]:
-    """The variables to add to a CPU server's environment `env`, and a line for each saying why."""
+    """The variables to add to a CPU server's environment `env`, and the lines that say why."""
     one = one_engine_process(env, ranks)
     if one is None:
         return {}, []
