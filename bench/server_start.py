@@ -22,13 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from generate import AVX2_ONLY  # bench/generate.py's cap, beside this file
+
 CORES = ",".join(map(str, sorted(os.sched_getaffinity(0))))
 CONTENDERS = {
     "engine's pick": {},  # dataengine/hardware.py
     "Worker on all cores": {"VLLM_CPU_OMP_THREADS_BIND": CORES, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
     "vLLM's binding": {"VLLM_CPU_OMP_THREADS_BIND": "auto"},
 }
-AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def measure(name: str, prompts: int, max_tokens: int) -> dict:

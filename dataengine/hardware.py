@@ -21,7 +21,7 @@ from dataclasses import dataclass
 # at or below this many cores, vLLM's model runs on all of them: the frontend's few milliseconds per step cost less
 # than an idle core (2 cores: a Worker bound to both against vLLM's one, bench/generate.py, 1.4x in bf16 and 1.7x
 # in float32 on a Xeon, 1.7x in bf16 on an AMD EPYC; the EngineCore on both, bench/server_start.py, 1.56x in
-# float32 on the EPYC); above it, vLLM's own reservation stands
+# float32 and 1.47x to 1.63x in bf16 on the EPYC); above it, vLLM's own reservation stands
 SMALL_MACHINE_CORES = 4
 THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"
