@@ -11,7 +11,7 @@ import pytest
 
 from dataengine import hardware
 from dataengine.recipe import load_recipe
-from dataengine.teacher.server import server_command
+from dataengine.teacher.server import REGEX_TIMEOUT, REGEX_TIMEOUT_S, server_command, server_environment
 from tests.conftest import MINIMAL
 
 
@@ -95,6 +95,20 @@ def test_the_server_starts_with_what_was_picked(cpu_machine, write_recipe):
     assert hardware.describe("bfloat16", {"VLLM_CPU_OMP_THREADS_BIND": "0"}) == []
 
 
+def test_a_server_gives_the_code_layouts_regex_time_to_compile_unless_told_otherwise(cpu_machine, write_recipe):
+    """vLLM fails a request whose regex takes over 5 s to compile; the code layout's took longer on a loaded core."""
+    cpu_machine(bf16=False)
+    teacher = load_recipe(write_recipe(MINIMAL)).teacher
+    env = server_environment(teacher, {"PATH": "/bin"})
+    assert env[REGEX_TIMEOUT] == REGEX_TIMEOUT_S and int(REGEX_TIMEOUT_S) > 5
+    assert env["PATH"] == "/bin" and env["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # and what the machine calls for
+    # the caller's value stands, and the recipe's over both
+    assert server_environment(teacher, {REGEX_TIMEOUT: "9"})[REGEX_TIMEOUT] == "9"
+    asked = teacher.model_copy(update={"vllm": teacher.vllm.model_copy(update={"env": {REGEX_TIMEOUT: "0"}})})
+    assert server_environment(asked, {REGEX_TIMEOUT: "9"})[REGEX_TIMEOUT] == "0"
+
+
 def test_native_bf16_is_what_onednn_may_use():
     """oneDNN capped at AVX2 (as on a CPU without AVX512-BF16/AMX) has no native bf16, whatever the flags say."""
     code = "from dataengine.hardware import native_bf16; print(native_bf16())"
@@ -119,6 +133,7 @@ def test_a_real_server_on_a_small_machine_has_no_worker_process_and_answers(teac
     api_server = tree[names.index("VLLM::EngineCore")].parent()
     threads = os.environ.get("OMP_NUM_THREADS", str(len(hardware.usable_cores())))
     assert api_server.environ().get("OMP_NUM_THREADS") == threads
+    assert api_server.environ().get(REGEX_TIMEOUT) == os.environ.get(REGEX_TIMEOUT, REGEX_TIMEOUT_S)
     answer = httpx.post(
         f"{teacher_server.base_url}/v1/completions",
         json={"model": "builtin:smollm2-moe", "prompt": "The capital of France is", "max_tokens": 8},

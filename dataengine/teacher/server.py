@@ -36,6 +36,27 @@ def resolve_model(teacher: TeacherConfig, log: Callable[[str], None] = print, al
     return teacher.model
 
 
+# vLLM gives up compiling a structured output's regex after 5 s (a guard against patterns from strangers) and
+# answers the request with a 500, which fails the run. The patterns a server of ours sees are the engine's own: the
+# code answer's layout (dataengine/checks/code_answer.py) takes 1.7 to 2.8 s to compile on an idle core of an AMD
+# EPYC with AVX512, and went past 5 s there on a loaded one (a test's second server, on one core beside another
+# busy server); a slower CPU is past it more often. Compiled once per server, so a minute costs nothing after.
+REGEX_TIMEOUT = "VLLM_REGEX_COMPILATION_TIMEOUT_S"
+REGEX_TIMEOUT_S = "60"
+
+
+def server_environment(teacher: TeacherConfig, env: dict[str, str]) -> dict[str, str]:
+    """The environment a server of `teacher` starts with, from the caller's `env`: the engine's defaults, then the
+    recipe's `teacher.vllm.env`, then what the machine calls for (dataengine/hardware.py). A variable the caller or
+    the recipe sets keeps its value."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": "4", REGEX_TIMEOUT: REGEX_TIMEOUT_S, **env}
+    if teacher.return_routed_experts:
+        env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # vLLM returns routed experts from this model runner only
+    env.update(teacher.vllm.env)
+    env.update(server_env(env, teacher.vllm.ranks)[0])
+    return env
+
+
 def served_name(teacher: TeacherConfig) -> str:
     return teacher.served_model_name or teacher.model
 
@@ -134,11 +155,7 @@ class TeacherServer:
         stop_recorded(self.record_path, self.log)
         self.port = self.teacher.vllm.port or free_port(self.teacher.vllm.host)
         cmd = server_command(self.teacher, self.model_path, self.port)
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")}
-        if self.teacher.return_routed_experts:
-            env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # vLLM returns routed experts from this model runner only
-        env.update(self.teacher.vllm.env)
-        env.update(server_env(env, self.teacher.vllm.ranks)[0])
+        env = server_environment(self.teacher, dict(os.environ))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log(f"starting vLLM for {served_name(self.teacher)} on {self.base_url} (log: {self.log_path})")
         with open(self.log_path, "ab") as logfile:
