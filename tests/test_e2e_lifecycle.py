@@ -34,6 +34,12 @@ def _done(run_dir: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in files if p.exists())
 
 
+def _requests(run_dir: Path) -> int:
+    """The requests the teacher answered in the run's last generate pass, from datatrove's stats."""
+    stats = json.loads((run_dir / ".work" / "generate" / "logs" / "stats.json").read_text())
+    return next(s["stats"]["successful_requests"]["total"] for s in stats if "successful_requests" in s["stats"])
+
+
 def _wait_until(proc: subprocess.Popen, condition, timeout: float = 400) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -106,6 +112,7 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
     recipe = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **kw)
     subprocess.run(_cli(recipe, reference), check=True, capture_output=True, env=own_processes.env())
     expected = sorted(load_dataset(str(reference / "generated"), split="train")["id"])
+    asked = _requests(reference)
 
     own = tmp_path / "own"
     own.mkdir()
@@ -152,4 +159,6 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
     assert manifest.stats["teacher_restarts"] == 1
     ids = load_dataset(str(run_dir / "generated"), split="train")["id"]
     assert len(ids) == len(set(ids)) and sorted(ids) == expected
+    # what the killed runs finished was not asked again (their checkpoints and datatrove's request cache)
+    assert 0 < _requests(run_dir) < asked
     assert _nothing_of_the_run_left(run_dir, own_processes, within=5)
