@@ -20,7 +20,7 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
         stages.append(ScoreStage(recipe, base_dir, rows_from=kept))
         rows = "scored"
     # a student made from the experts scored by how the rows route reads the route stage's map (it counts
-    # every curated row); evaluate builds the student and the compared inits again
+    # every curated row); evaluate takes the untrained student from train and builds the compared inits itself
     route = next((s for s in stages if s.name == "route"), None)
     routing = route.outputs["map"] if route is not None else None
     student, compared = recipe.train.student, recipe.train.evaluate.compare_inits
@@ -33,7 +33,7 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
         preference_from=preference if recipe.train.dpo is not None else None,
     )
     student_dir = train.outputs["student"]
-    evaluate_map = routing if any(_reads_map(s) for s in [student, *compared]) else None
+    evaluate_map = routing if any(_reads_map(s) for s in compared) else None
     stages += [
         train,
         EvaluateStage(
@@ -41,6 +41,7 @@ def build(recipe: Recipe, base_dir: Path) -> Pipeline:
             base_dir,
             rows_from=rows,
             student_from=student_dir,
+            init_from=train.outputs["init"],
             routing_from=evaluate_map,
             before_dpo_from=train.outputs.get("before_dpo"),
         ),

@@ -130,8 +130,13 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     assert after["perplexity"] < before["perplexity"]
     # the compared start, untrained, on the same rows: as many parameters (10 of the same 30 layers)
     compared = metrics["inits"]["every-third"]
-    init_parameters = json.loads((run_dir / ".work" / "train" / "init" / "student_init.json").read_text())["parameters"]
+    init_dir = run_dir / "students" / "tiny-student-init"
+    init_parameters = json.loads((init_dir / "student_init.json").read_text())["parameters"]
     assert compared["parameters"] == init_parameters and compared["perplexity"] > 1
+    # "before" is the student train started from, handed over (linked, not copied), not built again by evaluate
+    assert (init_dir / "model.safetensors").stat().st_nlink == 2
+    assert not (run_dir / ".work" / "evaluate" / "init").exists()
+    assert AutoModelForCausalLM.from_pretrained(init_dir).config.num_hidden_layers == 10
     # the teacher beside them, on the same rows: its perplexity on the answers it wrote is the floor. It came
     # from the served teacher's logprobs (train.evaluate.teacher: served, the default), not from loading it here;
     # loaded here it gives the same figure, up to the server's arithmetic

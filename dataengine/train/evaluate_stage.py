@@ -75,14 +75,17 @@ class EvaluateStage(Stage):
         base_dir: Path,
         rows_from: str,
         student_from: str,
+        init_from: str,
         routing_from: str | None = None,
         before_dpo_from: str | None = None,
     ) -> None:
         self.recipe = recipe
         self.cfg = recipe.train.evaluate
         self.base_dir = base_dir
-        # the untrained student is built again here as the train stage built it: from the same rows and map
-        self.inputs = {"rows": rows_from, "student": student_from} | ({"routing": routing_from} if routing_from else {})
+        # the student trained and the student it started as (the train stage's outputs); the compared inits
+        # (train.evaluate.compare_inits) are built here from the same rows, and the routing map where they read it
+        self.inputs = {"rows": rows_from, "student": student_from, "init": init_from}
+        self.inputs |= {"routing": routing_from} if routing_from else {}
         if before_dpo_from:
             # with train.dpo: the student before DPO, whose answers the judge weighs against the trained one's
             self.inputs["before_dpo"] = before_dpo_from
@@ -118,8 +121,7 @@ class EvaluateStage(Stage):
         load = None
         if "routing" in inputs:
             load = json.loads((inputs["routing"] / ROUTING_MAP_FILE).read_text())["overall"]["load"]
-        initial = init_student(self.recipe, self.base_dir, work_dir / "init", train_rows, load, ctx.log)
-        trained = inputs["student"]
+        initial, trained = inputs["init"], inputs["student"]
         code = self.recipe.generate.code if self.recipe.generate else None
         prefix = (code.answer_prefix or "") if code else ""
         limits = SandboxLimits.of(self.recipe.curate.code, timeout_s=self.cfg.code_timeout_s)
