@@ -81,6 +81,9 @@ class _Wiring:
         manifest = self.manifest(stage)
         if manifest is None:
             return "pending"
+        # an output gone since (deleted, or one the stage gained in a later version of it) is written again
+        if not all((self.run_dir / folder).is_dir() for folder in stage.outputs.values()):
+            return "stale"
         if manifest.config_hash != config_hash(stage, recipe) or manifest.input_fingerprint != inputs:
             return "stale"
         return "done"

@@ -175,8 +175,9 @@ def _finish(recipe: Recipe, run_dir: Path) -> None:
     stages = build_pipeline(recipe, run_dir).stages
     wiring = _Wiring(stages, run_dir)
     for stage in stages:
+        for output in stage.outputs.values():
+            (run_dir / output).mkdir(parents=True, exist_ok=True)
         folder = run_dir / next(iter(stage.outputs.values()))
-        folder.mkdir(parents=True, exist_ok=True)
         inputs = wiring.input_fingerprint(stage)
         Manifest(stage.name, config_hash(stage, recipe), inputs, f"out-{stage.name}", 1, 1).write(folder)
 
@@ -215,6 +216,22 @@ def test_plan_after_a_change_to_the_data_reruns_from_the_stage_that_reads_it(tmp
     statuses = [(stage.name, status) for stage, status in plan(edited, tmp_path, tmp_path)]
     first = next(i for i, (_, status) in enumerate(statuses) if status != "done")
     assert statuses[first][0] == "route" and all(status == "stale" for _, status in statuses[first:])
+
+
+def test_a_stage_whose_output_is_gone_runs_again(tmp_path):
+    """A run folder of an older version lacks what a stage writes today (train's students/<name>-init/, which
+    evaluate reads): train runs again (its work folder makes that quick), and what follows it."""
+    import shutil
+
+    from dataengine.runner import plan
+
+    recipe = parse_recipe(FULL)
+    _finish(recipe, tmp_path)
+    train = next(stage for stage in build_pipeline(recipe, tmp_path).stages if stage.name == "train")
+    shutil.rmtree(tmp_path / train.outputs["init"])
+    statuses = [(stage.name, status) for stage, status in plan(recipe, tmp_path, tmp_path)]
+    first = next(i for i, (_, status) in enumerate(statuses) if status != "done")
+    assert statuses[first] == ("train", "stale") and all(status == "stale" for _, status in statuses[first:])
 
 
 def test_generate_keys_and_so_row_ids_did_not_move():

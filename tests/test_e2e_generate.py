@@ -6,6 +6,11 @@ Slow (vLLM starts in ~60 s on 2 cores); CI runs them. `pytest -m "not slow"` ski
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ from datasets import load_dataset
 from rich.console import Console
 from transformers import AutoConfig
 
+from dataengine.manifest import Manifest
 from dataengine.recipe import load_recipe
 from dataengine.runner import plan, run_recipe
 from dataengine.teacher.server import resolve_model
@@ -95,6 +101,54 @@ def test_generate_run_then_skip(tmp_path):
     path.write_text(path.read_text().replace("temperature: 0.8", "temperature: 0.5"))
     changed = load_recipe(path)
     assert [status for _, status in plan(changed, tmp_path, run_dir)] == ["stale"]
+
+
+def _cli(recipe: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
+
+
+def _stats(run_dir: Path) -> dict:
+    return json.loads((run_dir / ".work" / "generate" / "logs" / "stats.json").read_text())
+
+
+def _requests(stats: dict) -> int:
+    for step in stats:
+        if "successful_requests" in step.get("stats", {}):
+            return step["stats"]["successful_requests"]["total"]
+    return 0
+
+
+def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server):
+    """SIGKILL mid-generation, run again: same ids as an uninterrupted run, no duplicates, and
+    the finished requests are answered from datatrove's request cache instead of the teacher."""
+    # greedy decoding, so that both runs drop the same prompts (a teacher may write an empty question)
+    kw = dict(endpoint=teacher_server.base_url, quota=4, code=2, concurrency=2, chunk=2, temperature=0.0)
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+    recipe = tiny_recipe(tmp_path, **kw)
+
+    subprocess.run(_cli(recipe, full_dir), check=True, capture_output=True)
+    full = load_dataset(str(full_dir / "generated"), split="train")
+    total_requests = _requests(_stats(full_dir))
+
+    proc = subprocess.Popen(_cli(recipe, killed_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = killed_dir / ".work" / "generate" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = list(checkpoints.rglob("chunk_*.jsonl")) + list((killed_dir / ".work/generate/raw").glob("*.jsonl"))
+        if sum(len(p.read_text().splitlines()) for p in done if p.exists()) >= 4:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert Manifest.read(killed_dir / "generated") is None  # not marked done
+
+    resumed = subprocess.run(_cli(recipe, killed_dir), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    ds = load_dataset(str(killed_dir / "generated"), split="train")
+    assert len(set(ds["id"])) == len(ds)
+    assert sorted(ds["id"]) == sorted(full["id"])
+    assert _requests(_stats(killed_dir)) < total_requests
 
 
 def test_upcycled_smollm2_matches_its_dense_parent():

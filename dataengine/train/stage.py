@@ -238,6 +238,9 @@ def _link_model(model: Path, folder: Path) -> None:
     """`model`'s files into `folder` as hard links (a copy across file systems): the work folder's files are never
     written again, so the run folder's names share their blocks instead of holding a second copy of the weights."""
     for item in model.iterdir():
+        if item.is_dir():  # a tokenizer's additional_chat_templates/, say
+            shutil.copytree(item, folder / item.name)
+            continue
         try:
             (folder / item.name).hardlink_to(item)
         except OSError:
