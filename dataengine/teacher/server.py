@@ -46,9 +46,9 @@ REGEX_TIMEOUT_S = "60"
 
 
 def server_environment(teacher: TeacherConfig, env: dict[str, str]) -> dict[str, str]:
-    """The environment a server of `teacher` starts with, from the caller's `env`: the engine's defaults, then the
-    recipe's `teacher.vllm.env`, then what the machine calls for (dataengine/hardware.py). A variable the caller or
-    the recipe sets keeps its value."""
+    """The environment a server of `teacher` starts with, from the caller's `env`: the engine's defaults under it,
+    then the model runner routing capture needs, the recipe's `teacher.vllm.env` over both, and what the machine
+    calls for (dataengine/hardware.py) where neither set it."""
     env = {"VLLM_CPU_KVCACHE_SPACE": "4", REGEX_TIMEOUT: REGEX_TIMEOUT_S, **env}
     if teacher.return_routed_experts:
         env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # vLLM returns routed experts from this model runner only
