@@ -98,7 +98,7 @@ def one_engine_process(env: dict[str, str], ranks: int = 1) -> Choice | None:
     )
 
 
-def server_env(env: dict[str, str], ranks: int = 1) -> tuple[dict[str, str], list[str]]:
+def machine_env(env: dict[str, str], ranks: int = 1) -> tuple[dict[str, str], list[str]]:
     """The variables to add to a CPU server's environment `env`, and the lines that say why."""
     one = one_engine_process(env, ranks)
     if one is None:
@@ -111,4 +111,4 @@ def describe(dtype: str | None, env: dict[str, str], ranks: int = 1) -> list[str
     """What the engine picks for a teacher server it starts here, a line each with the reason."""
     chosen = teacher_dtype(dtype)
     lines = [] if dtype is not None else [f"teacher dtype {chosen.value}: {chosen.why}"]
-    return lines + server_env({**os.environ, **env}, ranks)[1]
+    return lines + machine_env({**os.environ, **env}, ranks)[1]

@@ -40,13 +40,13 @@ def test_a_gpu_is_served_as_before(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(hardware, "has_gpu", lambda: True)
     monkeypatch.setattr(hardware, "usable_cores", lambda: [0, 1])
     assert hardware.teacher_dtype(None).value == "bfloat16"
-    assert hardware.server_env({}) == ({}, [])
+    assert hardware.machine_env({}) == ({}, [])
 
 
 def test_several_vllm_workers_keep_vllms_binding(cpu_machine, write_recipe):
     """Several ranks need vLLM's multiprocess executor (a Worker each, with a core list each)."""
     cpu_machine(bf16=False, cores=4)
-    assert hardware.server_env({}, ranks=2) == ({}, [])
+    assert hardware.machine_env({}, ranks=2) == ({}, [])
     vllm = load_recipe(write_recipe(MINIMAL)).teacher.vllm
     assert vllm.ranks == 1
     assert (
@@ -67,19 +67,19 @@ def test_avx512_without_bf16_is_not_native(monkeypatch: pytest.MonkeyPatch):
 
 def test_a_small_machine_runs_the_model_in_one_engine_process_unless_told_otherwise(cpu_machine):
     cpu_machine(bf16=False, cores=2)
-    env, why = hardware.server_env({})
+    env, why = hardware.machine_env({})
     assert env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "2"}
     assert len(why) == 1 and "2 cores" in why[0] and "no Worker process" in why[0]
     # a thread count of the caller's stands
-    assert hardware.server_env({"OMP_NUM_THREADS": "1"})[0] == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert hardware.machine_env({"OMP_NUM_THREADS": "1"})[0] == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     # the recipe's env (or the caller's) wins: vLLM's own switch, or its CPU binding (which only its Worker applies)
-    assert hardware.server_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}) == ({}, [])
-    assert hardware.server_env({"VLLM_CPU_OMP_THREADS_BIND": "auto"}) == ({}, [])
-    assert hardware.server_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}) == ({}, [])
+    assert hardware.machine_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}) == ({}, [])
+    assert hardware.machine_env({"VLLM_CPU_OMP_THREADS_BIND": "auto"}) == ({}, [])
+    assert hardware.machine_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}) == ({}, [])
     cpu_machine(bf16=False, cores=16)  # a big machine: vLLM's Worker and its reservation for the frontend stand
-    assert hardware.server_env({}) == ({}, [])
+    assert hardware.machine_env({}) == ({}, [])
     cpu_machine(bf16=False, cores=1)
-    assert hardware.server_env({}) == ({}, [])
+    assert hardware.machine_env({}) == ({}, [])
 
 
 def test_the_server_starts_with_what_was_picked(cpu_machine, write_recipe):

@@ -22,7 +22,7 @@ import httpx
 import psutil
 
 from dataengine.errors import StageError
-from dataengine.hardware import server_env, teacher_dtype
+from dataengine.hardware import machine_env, teacher_dtype
 from dataengine.recipe import TeacherConfig
 
 
@@ -53,7 +53,7 @@ def server_environment(teacher: TeacherConfig, env: dict[str, str]) -> dict[str,
     if teacher.return_routed_experts:
         env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # vLLM returns routed experts from this model runner only
     env.update(teacher.vllm.env)
-    env.update(server_env(env, teacher.vllm.ranks)[0])
+    env.update(machine_env(env, teacher.vllm.ranks)[0])
     return env
 
 
