@@ -3,6 +3,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import subprocess
+import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -110,6 +112,33 @@ def teacher_server(tmp_path_factory):
     )
     with TeacherServer(teacher, folder / "server.log") as server:
         yield server
+
+
+# a run slow enough to interrupt midway: two requests at a time, two rows a checkpoint; greedy, so that every run of
+# it drops the same prompts (a teacher may write an empty question)
+INTERRUPTIBLE = dict(quota=4, code=2, concurrency=2, chunk=2, temperature=0.0)
+
+
+@pytest.fixture(scope="session")
+def interruptible_reference(teacher_server, tmp_path_factory) -> tuple[list[str], int]:
+    """The uninterrupted run of the `INTERRUPTIBLE` tiny recipe on the session's server, that the tests which kill
+    it midway compare with: its row ids, sorted, and the requests the teacher answered (datatrove's stats)."""
+    from datasets import load_dataset
+
+    folder = tmp_path_factory.mktemp("reference")
+    recipe = tiny_recipe(folder, endpoint=teacher_server.base_url, **INTERRUPTIBLE)
+    run_dir = folder / "run"
+    cli = [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
+    subprocess.run(cli, check=True, capture_output=True)
+    ids = sorted(load_dataset(str(run_dir / "generated"), split="train")["id"])
+    return ids, generate_requests(run_dir)
+
+
+def generate_requests(run_dir: Path) -> int:
+    """The requests the teacher answered in the run's last generate pass (after a teacher restart, the pass after
+    it), from datatrove's stats."""
+    stats = json.loads((run_dir / ".work" / "generate" / "logs" / "stats.json").read_text())
+    return next((s["stats"]["successful_requests"]["total"] for s in stats if "successful_requests" in s["stats"]), 0)
 
 
 def served_completion(model_dir: Path, log_path: Path) -> dict:

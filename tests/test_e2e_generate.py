@@ -22,7 +22,7 @@ from dataengine.manifest import Manifest
 from dataengine.recipe import load_recipe
 from dataengine.runner import plan, run_recipe
 from dataengine.teacher.server import resolve_model
-from tests.conftest import tiny_recipe
+from tests.conftest import INTERRUPTIBLE, generate_requests, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -107,28 +107,12 @@ def _cli(recipe: Path, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
 
 
-def _stats(run_dir: Path) -> dict:
-    return json.loads((run_dir / ".work" / "generate" / "logs" / "stats.json").read_text())
-
-
-def _requests(stats: dict) -> int:
-    for step in stats:
-        if "successful_requests" in step.get("stats", {}):
-            return step["stats"]["successful_requests"]["total"]
-    return 0
-
-
-def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server):
+def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server, interruptible_reference):
     """SIGKILL mid-generation, run again: same ids as an uninterrupted run, no duplicates, and
     the finished requests are answered from datatrove's request cache instead of the teacher."""
-    # greedy decoding, so that both runs drop the same prompts (a teacher may write an empty question)
-    kw = dict(endpoint=teacher_server.base_url, quota=4, code=2, concurrency=2, chunk=2, temperature=0.0)
-    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
-    recipe = tiny_recipe(tmp_path, **kw)
-
-    subprocess.run(_cli(recipe, full_dir), check=True, capture_output=True)
-    full = load_dataset(str(full_dir / "generated"), split="train")
-    total_requests = _requests(_stats(full_dir))
+    expected, asked = interruptible_reference  # the same recipe, uninterrupted
+    killed_dir = tmp_path / "killed"
+    recipe = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **INTERRUPTIBLE)
 
     proc = subprocess.Popen(_cli(recipe, killed_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = killed_dir / ".work" / "generate" / "checkpoints"
@@ -145,10 +129,10 @@ def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server):
 
     resumed = subprocess.run(_cli(recipe, killed_dir), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    ds = load_dataset(str(killed_dir / "generated"), split="train")
-    assert len(set(ds["id"])) == len(ds)
-    assert sorted(ds["id"]) == sorted(full["id"])
-    assert _requests(_stats(killed_dir)) < total_requests
+    ids = load_dataset(str(killed_dir / "generated"), split="train")["id"]
+    assert len(set(ids)) == len(ids)
+    assert sorted(ids) == expected
+    assert generate_requests(killed_dir) < asked
 
 
 def test_upcycled_smollm2_matches_its_dense_parent():

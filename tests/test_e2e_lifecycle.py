@@ -18,7 +18,7 @@ import pytest
 from datasets import load_dataset
 
 from dataengine.manifest import Manifest
-from tests.conftest import tiny_recipe
+from tests.conftest import INTERRUPTIBLE, generate_requests, tiny_recipe
 from tests.own_processes import OwnProcesses
 
 pytestmark = pytest.mark.slow
@@ -32,13 +32,6 @@ def _done(run_dir: Path) -> int:
     work = run_dir / ".work" / "generate"
     files = list((work / "checkpoints").rglob("chunk_*.jsonl")) + list((work / "raw").glob("*.jsonl"))
     return sum(len(p.read_text().splitlines()) for p in files if p.exists())
-
-
-def _requests(run_dir: Path) -> int:
-    """The requests the teacher answered in the run's last generate pass (after a restart, the pass after it), from
-    datatrove's stats."""
-    stats = json.loads((run_dir / ".work" / "generate" / "logs" / "stats.json").read_text())
-    return next((s["stats"]["successful_requests"]["total"] for s in stats if "successful_requests" in s["stats"]), 0)
 
 
 def _wait_until(proc: subprocess.Popen, condition, timeout: float = 400) -> None:
@@ -105,21 +98,12 @@ def start(own_processes):
 
 
 def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
-    tmp_path, teacher_server, start, own_processes
+    tmp_path, interruptible_reference, start, own_processes
 ):
-    kw = dict(quota=4, code=2, concurrency=2, chunk=2, temperature=0.0)
-    # greedy, so the uninterrupted reference drops the same prompts (a teacher may write an empty question)
-    reference = tmp_path / "reference"
-    recipe = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **kw)
-    subprocess.run(_cli(recipe, reference), check=True, capture_output=True, env=own_processes.env())
-    expected = sorted(load_dataset(str(reference / "generated"), split="train")["id"])
-    asked = _requests(reference)
-
-    own = tmp_path / "own"
-    own.mkdir()
-    recipe = tiny_recipe(own, **kw)  # no endpoint: each run starts (and owns) its vLLM server
+    expected, asked = interruptible_reference  # the same recipe, uninterrupted, on the session's server
+    recipe = tiny_recipe(tmp_path, **INTERRUPTIBLE)  # no endpoint: each run starts (and owns) its vLLM server
     run_dir = tmp_path / "run"
-    assert not _vllm_processes(own_processes)  # the shared test server is not the runs' (it serves the reference)
+    assert not _vllm_processes(own_processes)  # the session's server (the reference's) is not the runs'
 
     # 1. SIGTERM mid-generation: exit 143, one line on how to resume, the server tree gone
     proc = start(_cli(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -162,5 +146,5 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
     assert len(ids) == len(set(ids)) and sorted(ids) == expected
     # the pass after the restart asked only what was left (a killed run's own resume is
     # tests/test_e2e_generate.py's)
-    assert 0 < _requests(run_dir) < asked
+    assert 0 < generate_requests(run_dir) < asked
     assert _nothing_of_the_run_left(run_dir, own_processes, within=5)
