@@ -1,9 +1,8 @@
 """Students end to end on the builtin teacher (vLLM CPU server): score, SFT, offline_topk, evaluate,
 a crash in training that resumes from the checkpoint, and the saved student served by vLLM.
 
-The teacher has the quickstart's identical experts (the shared `teacher_server`, top-2 where the quickstart routes
-top-1: the same function): these tests are about the
-training path, which a merge of copies exercises as well as any. Students of experts that differ (split, kept
+The teacher is the quickstart's (the shared `teacher_server`: identical experts, routed top-1): these tests are about
+the training path, which a merge of copies exercises as well as any. Students of experts that differ (split, kept
 or merged) are tested end to end in tests/test_e2e_expert_students.py."""
 
 from __future__ import annotations

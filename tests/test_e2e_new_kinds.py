@@ -33,7 +33,8 @@ def _assistant_turns(row: dict) -> int:
 
 def test_new_kinds_run_end_to_end_resume_after_a_kill_and_publish_what_trl_trains_on(tmp_path, teacher_server):
     text = (ROOT / "recipes" / "new-kinds.yaml").read_text()
-    text = text.replace("  vllm: {enforce_eager: true, max_model_len: 2048}", f"  endpoint: {teacher_server.base_url}")
+    served = f"  builtin: {{top_k: 1}}\n  endpoint: {teacher_server.base_url}"  # the session server's teacher
+    text = text.replace("  vllm: {enforce_eager: true, max_model_len: 2048}", served)
     text = text.replace("../runs/new-kinds/dataset", str(tmp_path / "dataset"))
     path = tmp_path / "new-kinds.yaml"
     path.write_text(text)

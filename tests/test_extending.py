@@ -133,7 +133,8 @@ def test_a_plug_in_stage_from_an_entry_point(tmp_path, monkeypatch):
 def test_the_examples_run_end_to_end_resume_and_show_in_the_report_and_card(tmp_path, teacher_server):
     path = _examples(tmp_path)
     text = path.read_text().replace(
-        "  model: builtin:smollm2-moe\n", f"  model: builtin:smollm2-moe\n  endpoint: {teacher_server.base_url}\n"
+        "  model: builtin:smollm2-moe\n",
+        f"  model: builtin:smollm2-moe\n  builtin: {{top_k: 1}}\n  endpoint: {teacher_server.base_url}\n",
     )
     path.write_text(text + f"publish: {{to: {tmp_path / 'published'}}}\n")
 

@@ -24,7 +24,7 @@ from tests.tiny_models import tiny_tokenizer
 RECIPE = """
 name: magpie
 pipeline: generate
-teacher: {{model: builtin:smollm2-moe{endpoint}}}
+teacher: {{model: builtin:smollm2-moe, builtin: {{top_k: 1}}{endpoint}}}  # the session server's (conftest.py)
 generate:
   sampling: {{max_tokens: 32}}
   magpie:

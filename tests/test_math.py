@@ -25,7 +25,7 @@ from dataengine.runner import run_recipe
 RECIPE = """
 name: math
 pipeline: curate
-teacher: {{model: builtin:smollm2-moe{endpoint}}}
+teacher: {{model: builtin:smollm2-moe, builtin: {{top_k: 1}}{endpoint}}}  # the session server's (conftest.py)
 generate:
   math:
     languages: [{{code: en, quota: 2}}, {{code: fr, quota: 1}}]

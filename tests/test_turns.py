@@ -29,7 +29,7 @@ from tests.tiny_models import tiny_llama, tiny_tokenizer
 RECIPE = """
 name: turns
 pipeline: curate
-teacher: {{model: builtin:smollm2-moe{endpoint}}}
+teacher: {{model: builtin:smollm2-moe, builtin: {{top_k: 1}}{endpoint}}}  # the session server's (conftest.py)
 generate:
   sampling: {{max_tokens: 64, frequency_penalty: 0.5}}
   chat:
