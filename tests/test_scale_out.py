@@ -161,7 +161,8 @@ def test_scoring_on_two_tasks_over_two_endpoints_matches_one(servers, single_run
     for tasks, urls in ((1, servers[:1]), (2, servers)):
         pool = [s.base_url for s in urls]
         recipe = parse_recipe(
-            f"name: s\npipeline: curate\nteacher: {{model: builtin:smollm2-moe, endpoints: {pool}}}\n"
+            "name: s\npipeline: curate\n"
+            f"teacher: {{model: builtin:smollm2-moe, builtin: {{top_k: 1}}, endpoints: {pool}}}\n"
             "generate: {chat: {languages: [{code: en, quota: 1}]}}\ncurate: {}\n"
             f"score: {{top_k: 4, batch_size: 3, tasks: {tasks}, workers: {tasks}}}\n"
         )

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from dataengine.errors import StageError
-from dataengine.teacher.logprobs import answer_nll, sequence_logprobs
+from dataengine.teacher.logprobs import answer_nll, ranked_by_logprob, sequence_logprobs
 from tests.conftest import MINIMAL, JsonHandler, serving
 
 # the logprob the stand-in gives every answer token: token t gets -t / 10
@@ -89,6 +89,18 @@ def test_the_top_k_is_read_by_logprob_whatever_rank_vllm_gives_the_token_that_is
     # the stand-in shows the fault: TRL's client alone takes the token that is there for the top-1
     trl = sequence_logprobs(VLLMClient(base_url=standin), SEQUENCES, STARTS, 2, 1, "score")
     assert trl["logprob_token_ids"][0] == [[8, 1], [9, 1]]
+
+
+def test_a_positions_ranks_come_from_its_logprobs_a_nan_last():
+    position = {
+        "7": {"logprob": -2.0, "rank": 1},  # the token that is there, ranked first by vLLM
+        "1": {"logprob": math.nan, "rank": 2},
+        "2": {"logprob": -0.5, "rank": 3},
+        "3": {"logprob": -0.5, "rank": 4},
+    }
+    ranked = ranked_by_logprob(position)
+    assert [(token, entry["rank"]) for token, entry in ranked.items()] == [("2", 1), ("3", 2), ("7", 3), ("1", 4)]
+    assert ranked["7"]["logprob"] == -2.0 and ranked_by_logprob(None) is None  # the first token has no logprobs
 
 
 class _Teacher:

@@ -255,14 +255,18 @@ def test_a_hub_teacher_or_a_config_not_on_this_machine_is_not_checked(tmp_path, 
     assert shape_problems(tmp_path, "builtin:smollm2-moe", "student: {prune: {layers: [999]}}\n") == []
 
 
+# the quickstart's build, which `make teacher` (run by `make test`) makes
+QUICKSTART_TEACHER = "builtin:smollm2-moe\n  builtin: {top_k: 1}"
+
+
 @pytest.mark.skipif(
-    not (builtin_model_dir("smollm2-moe", BuiltinTeacherOptions()) / "config.json").is_file(),
-    reason="the builtin teacher is not built on this machine (`dataengine teacher build`)",
+    not (builtin_model_dir("smollm2-moe", BuiltinTeacherOptions(top_k=1)) / "config.json").is_file(),
+    reason="the builtin teacher is not built on this machine (`make teacher`)",
 )
 def test_prune_of_the_builtin_teachers_dense_parent(tmp_path):
-    problems = shape_problems(tmp_path, "builtin:smollm2-moe", "student: {prune: {layers: [0, 40]}}\n")
+    problems = shape_problems(tmp_path, QUICKSTART_TEACHER, "student: {prune: {layers: [0, 40]}}\n")
     assert problems == [
         "train.student.prune.layers: layer 40 does not exist: the start (builtin:smollm2-moe's dense parent) has "
         "30 layers (0-29)"
     ]
-    assert shape_problems(tmp_path, "builtin:smollm2-moe", "student: {prune: {layers: [0, 29]}}\n") == []
+    assert shape_problems(tmp_path, QUICKSTART_TEACHER, "student: {prune: {layers: [0, 29]}}\n") == []

@@ -16,35 +16,46 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 from dataengine.errors import StageError
 
+if TYPE_CHECKING:  # TRL's import takes seconds (it imports vLLM): only the stages that ask the teacher pay for it
+    from trl.generation.vllm_client import VLLMClient
 
-def client(url: str):
+
+def client(url: str) -> VLLMClient:
     """TRL's client of a vLLM server at `url` (its root, without /v1), reading each position's top-k by logprob."""
     with warnings.catch_warnings():
-        # TRL warns that it was tested up to an older vLLM; the completions endpoint it calls is stable
+        # TRL warns, at import and again when a client starts, that it was tested up to an older vLLM; the
+        # completions endpoint it calls is stable
         warnings.simplefilter("ignore", UserWarning)
         from trl.generation.vllm_client import VLLMClient
 
-    class RankedByLogprob(VLLMClient):
-        @staticmethod
-        def _format_sequence_logprobs(choice: dict, sequence: list[int], prompt_length: int, top_logprobs: int) -> dict:
-            ranked = {**choice, "prompt_logprobs": [ranked_by_logprob(p) for p in choice["prompt_logprobs"]]}
-            return VLLMClient._format_sequence_logprobs(ranked, sequence, prompt_length, top_logprobs)
+        class RankedByLogprob(VLLMClient):
+            # overrides a private method of TRL's, pinned in pyproject.toml (trl==1.16.0): the one place that reads
+            # the ranks
+            @staticmethod
+            def _format_sequence_logprobs(
+                choice: dict, sequence: list[int], prompt_length: int, top_logprobs: int
+            ) -> dict:
+                ranked = {**choice, "prompt_logprobs": [ranked_by_logprob(p) for p in choice["prompt_logprobs"]]}
+                return VLLMClient._format_sequence_logprobs(ranked, sequence, prompt_length, top_logprobs)
 
-    return RankedByLogprob(base_url=url, connection_timeout=60.0)
+        return RankedByLogprob(base_url=url, connection_timeout=60.0)
 
 
 def ranked_by_logprob(position: dict | None) -> dict | None:
     """One position of vLLM's `prompt_logprobs` ({token id: {logprob, rank, ...}}) with the ranks its logprobs give
-    (a NaN last), in place of vLLM's (see the module's docstring)."""
+    (a NaN last; equal logprobs by vLLM's rank), in place of vLLM's (see the module's docstring)."""
     if not position:
         return position
-    order = sorted(
-        position, key=lambda t: -position[t]["logprob"] if not math.isnan(position[t]["logprob"]) else math.inf
-    )
-    return {token: {**position[token], "rank": rank} for rank, token in enumerate(order, 1)}
+
+    def key(token: str) -> tuple[float, int]:
+        logprob = position[token]["logprob"]
+        return (math.inf if math.isnan(logprob) else -logprob, position[token]["rank"])
+
+    return {token: {**position[token], "rank": rank} for rank, token in enumerate(sorted(position, key=key), 1)}
 
 
 def sequence_logprobs(
