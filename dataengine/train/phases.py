@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset
 
 from dataengine.recipe import DistillSettings, DPOSettings, SFTSettings, TrainerSettings
+from dataengine.teacher.logprobs import client
 from dataengine.train.offline_topk import OfflineTopKCollator, OfflineTopKTrainer
 
 DONE = "phase.json"
@@ -303,8 +304,6 @@ def _on_policy(model, tokenizer, rows, settings: DistillSettings, common: dict, 
 
 def _server(model, tokenizer, rows, settings: DistillSettings, common: dict, url: str):
     from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer
-
-    from dataengine.teacher.logprobs import client
 
     config = ServerDistillationConfig(**common, teacher_model_server_url=url)
     trainer = ServerDistillationTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
