@@ -118,6 +118,11 @@ def teacher_server(tmp_path_factory):
         yield server
 
 
+def run_command(recipe: Path, run_dir: Path) -> list[str]:
+    """`dataengine run RECIPE --output RUN_DIR` in this interpreter, for the tests that run it as a user would."""
+    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
+
+
 # a run slow enough to interrupt midway: two requests at a time, two rows a checkpoint; greedy, so that every run of
 # it drops the same prompts (a teacher may write an empty question)
 INTERRUPTIBLE = dict(quota=4, code=2, concurrency=2, chunk=2, temperature=0.0)
@@ -132,8 +137,7 @@ def interruptible_reference(teacher_server, tmp_path_factory) -> tuple[list[str]
     folder = tmp_path_factory.mktemp("reference")
     recipe = tiny_recipe(folder, endpoint=teacher_server.base_url, **INTERRUPTIBLE)
     run_dir = folder / "run"
-    cli = [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
-    done = subprocess.run(cli, capture_output=True, text=True)
+    done = subprocess.run(run_command(recipe, run_dir), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ids = sorted(load_dataset(str(run_dir / "generated"), split="train")["id"])
     return ids, generate_requests(run_dir)

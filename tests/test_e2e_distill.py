@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from dataengine.train.data import phase_rows
 from dataengine.train.evaluation import answer_fit
 from dataengine.train.phases import run_distill
 from dataengine.train.student import init_student
-from tests.conftest import served_completion, tiny_recipe
+from tests.conftest import run_command, served_completion, tiny_recipe
 from tests.tiny_models import row_data
 
 pytestmark = pytest.mark.slow
@@ -63,10 +62,6 @@ train:
 """
 
 
-def _cli(recipe: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
-
-
 def _parses(path: Path) -> bool:
     try:
         json.loads(path.read_text())
@@ -80,7 +75,7 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     run_dir = tmp_path / "run"
     # first run: killed once SFT has written its first checkpoint
     proc = subprocess.Popen(
-        _cli(path, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        run_command(path, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     # transformers writes trainer_state.json last: once it parses, checkpoint-3 is complete
     state = run_dir / ".work" / "train" / "sft" / "checkpoint-3" / "trainer_state.json"

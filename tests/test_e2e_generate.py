@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from dataengine.manifest import Manifest
 from dataengine.recipe import load_recipe
 from dataengine.runner import plan, run_recipe
 from dataengine.teacher.server import resolve_model
-from tests.conftest import INTERRUPTIBLE, generate_requests, tiny_recipe
+from tests.conftest import INTERRUPTIBLE, generate_requests, run_command, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -103,10 +102,6 @@ def test_generate_run_then_skip(tmp_path):
     assert [status for _, status in plan(changed, tmp_path, run_dir)] == ["stale"]
 
 
-def _cli(recipe: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
-
-
 def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server, interruptible_reference):
     """SIGKILL mid-generation, run again: same ids as an uninterrupted run, no duplicates, and
     the finished requests are answered from datatrove's request cache instead of the teacher."""
@@ -114,7 +109,7 @@ def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server, inter
     killed_dir = tmp_path / "killed"
     recipe = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, **INTERRUPTIBLE)
 
-    proc = subprocess.Popen(_cli(recipe, killed_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(run_command(recipe, killed_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = killed_dir / ".work" / "generate" / "checkpoints"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -127,7 +122,7 @@ def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server, inter
     proc.wait()
     assert Manifest.read(killed_dir / "generated") is None  # not marked done
 
-    resumed = subprocess.run(_cli(recipe, killed_dir), capture_output=True, text=True)
+    resumed = subprocess.run(run_command(recipe, killed_dir), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     ids = load_dataset(str(killed_dir / "generated"), split="train")["id"]
     assert len(set(ids)) == len(ids)

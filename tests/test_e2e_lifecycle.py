@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,14 +17,10 @@ import pytest
 from datasets import load_dataset
 
 from dataengine.manifest import Manifest
-from tests.conftest import INTERRUPTIBLE, generate_requests, tiny_recipe
+from tests.conftest import INTERRUPTIBLE, generate_requests, run_command, tiny_recipe
 from tests.own_processes import OwnProcesses
 
 pytestmark = pytest.mark.slow
-
-
-def _cli(recipe: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
 
 
 def _done(run_dir: Path) -> int:
@@ -106,7 +101,7 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
     assert not _vllm_processes(own_processes)  # the session's server (the reference's) is not the runs'
 
     # 1. SIGTERM mid-generation: exit 143, one line on how to resume, the server tree gone
-    proc = start(_cli(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(run_command(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_until(proc, lambda: _done(run_dir) >= 2)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
@@ -120,7 +115,7 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
 
     # 2. SIGKILL mid-generation (the OOM killer, a preempted node): within seconds nothing of the run is
     #    left: no vLLM process, no forked copy of the engine holding the run's files open
-    proc = start(_cli(recipe, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start(run_command(recipe, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_until(proc, lambda: _done(run_dir) >= after_term + 2)
     proc.kill()
     proc.wait()
@@ -131,7 +126,7 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
     after_kill = _done(run_dir)
 
     # 3. the teacher's API server is killed mid-generation: the same run restarts it once and finishes
-    proc = start(_cli(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start(run_command(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     record = run_dir / ".work" / "teacher-server.json"
     _wait_until(proc, lambda: record.is_file() and _done(run_dir) >= after_kill + 2)
     keeper = psutil.Process(json.loads(record.read_text())["pid"])

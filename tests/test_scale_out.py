@@ -29,7 +29,7 @@ from dataengine.rows import read_rows, write_shards
 from dataengine.score.stage import ScoreStage
 from dataengine.stage import RunContext
 from dataengine.teacher.server import TeacherServer, teacher_pool
-from tests.conftest import tiny_recipe
+from tests.conftest import run_command, tiny_recipe
 from tests.own_processes import OwnProcesses
 from tests.test_slurm_executor import fake_slurm
 
@@ -52,12 +52,8 @@ def _recipe(folder: Path, *, endpoint: str | None = None, endpoints: list[str] =
     return path
 
 
-def _cli(recipe: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
-
-
 def _run(recipe: Path, run_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run(_cli(recipe, run_dir), capture_output=True, text=True, env=env)
+    done = subprocess.run(run_command(recipe, run_dir), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -193,7 +189,7 @@ def test_a_dead_endpoint_fails_its_task_alone_and_the_rerun_resumes_it(servers, 
     more = "tasks: 2\nworkers: 2"
     recipe = _recipe(tmp_path, endpoints=[alive.base_url, doomed.base_url], more=more, quota=3, chunk=1, concurrency=1)
     recipe.write_text(recipe.read_text().replace("  vllm:", "  recovery: {max_attempts: 1, backoff_s: 0}\n  vllm:", 1))
-    proc = subprocess.Popen(_cli(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(run_command(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     raw = run_dir / ".work" / "generate" / "raw"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
