@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Run a command as if on the issue's 2-core AVX2-only EPYC (the first-run issue; shared/DESIGN.md): torch, oneDNN
+# and MKL capped at AVX2 (no native bfloat16, so the engine picks float32), and the command's process tree held to
+# QUOTA of one core's time across all cores by a cgroup CPU quota.
+#
+#     bench/slow_cpu.sh [--quota 0.66 | --per-core 0.33] COMMAND [ARG...]
+#     bench/slow_cpu.sh .venv/bin/python bench/generate.py --prompts 32 --max-tokens 96 --contenders stage
+#
+# The default quota is calibrated on that machine's one figure of the engine's kind: vLLM offline in float32 on
+# both cores, 32 prompts x 96 tokens, 57.6 tokens/s there; 56.2 under this script on the 2-core EPYC of
+# bench/BENCHMARKS.md ("An emulated AVX2-only EPYC"). A quota slows what runs on both cores 3x there, but a single
+# busy thread only 1.5x (it may use the whole quota alone), so single-threaded work runs faster here than there.
+# `--per-core SHARE` instead leaves every core to the command (and to everything else on the machine) only SHARE of
+# the time: a real-time thread pinned to each core spins the rest, so one busy thread slows as much as two.
+# Needs root and a writable cgroup CPU controller (v1 `cpu.cfs_quota_us` or v2 `cpu.max`); the cgroup is removed
+# when the command ends.
+set -euo pipefail
+
+quota=0.66
+share=""
+case "${1:-}" in
+    --quota) quota=$2; shift 2 ;;
+    --per-core) share=$2; quota=$(nproc); shift 2 ;;
+esac
+if [[ $# -eq 0 ]]; then
+    echo "usage: bench/slow_cpu.sh [--quota CORES | --per-core SHARE] COMMAND [ARG...]" >&2
+    exit 2
+fi
+
+period=100000
+limit=$(awk -v q="$quota" -v p="$period" 'BEGIN { printf "%d", q * p }')
+name="dataengine-slow-cpu-$$"
+if [[ -w /sys/fs/cgroup/cpu ]]; then  # cgroup v1
+    group=/sys/fs/cgroup/cpu/$name
+    mkdir "$group"
+    echo "$period" >"$group/cpu.cfs_period_us"
+    echo "$limit" >"$group/cpu.cfs_quota_us"
+elif [[ -w /sys/fs/cgroup/cgroup.subtree_control ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then  # v2
+    group=/sys/fs/cgroup/$name
+    echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+    mkdir "$group"
+    echo "$limit $period" >"$group/cpu.max"
+else
+    echo "bench/slow_cpu.sh: no writable cgroup CPU controller here (needs root, cgroup v1 cpu or v2 cpu.max)" >&2
+    exit 1
+fi
+
+spinners=()
+cleanup() {
+    [[ ${#spinners[@]} -eq 0 ]] || kill "${spinners[@]}" 2>/dev/null || true
+    rmdir "$group" 2>/dev/null || echo "bench/slow_cpu.sh: processes left in $group" >&2
+}
+trap cleanup EXIT
+if [[ -n "$share" ]]; then
+    # busy the first (1 - SHARE) of every 9 ms of the clock at real-time priority, which takes the core from any
+    # ordinary thread, then sleep to the next 9 ms. Every core's spinner keeps the same phase, so the command's
+    # threads get their cores at the same moments: threads that wait for each other (OpenMP's) lose no more than
+    # on a CPU that is slower throughout. The kernel lets real-time threads have up to 95% of a core.
+    for cpu in $(seq 0 $(($(nproc) - 1))); do
+        python3 -c '
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+period = 0.009
+busy = period * (1 - float(sys.argv[2]))
+while True:
+    while time.monotonic() % period < busy:
+        pass
+    time.sleep(period - time.monotonic() % period)
+' "$cpu" "$share" &
+        spinners+=($!)
+    done
+fi
+
+# the command runs in a child shell moved into the group, in the background so that a TERM or Ctrl-C here reaches
+# it at once; the group goes once it has ended (rmdir fails while a leftover process is still in it: that is
+# reported, not hidden)
+(
+    echo "$BASHPID" >"$group/cgroup.procs"
+    export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+    exec "$@"
+) &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+rc=0
+while kill -0 "$child" 2>/dev/null; do
+    wait "$child" || rc=$?  # a trapped signal ends the wait early: wait again until the command has ended
+done
+exit "$rc"
