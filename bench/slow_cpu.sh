@@ -7,13 +7,13 @@
 #     bench/slow_cpu.sh .venv/bin/python bench/generate.py --prompts 32 --max-tokens 96 --contenders stage
 #
 # The default quota is calibrated on that machine's one figure of the engine's kind: vLLM offline in float32 on
-# both cores, 32 prompts x 96 tokens, 57.6 tokens/s there; 56.2 under this script on the 2-core EPYC of
+# both cores, 32 prompts x 96 tokens, 57.6 tokens/s there; 56.2 with this quota on the 2-core EPYC of
 # bench/BENCHMARKS.md ("An emulated AVX2-only EPYC"). A quota slows what runs on both cores 3x to 4x there, but a single
 # busy thread only 1.5x (it may use the whole quota alone), so single-threaded work runs faster here than there.
 # `--per-core SHARE` instead leaves every core to the command (and to everything else on the machine) only SHARE of
 # the time: a real-time thread pinned to each core spins the rest, so one busy thread slows as much as two.
-# Needs root and a writable cgroup CPU controller (v1 `cpu.cfs_quota_us` or v2 `cpu.max`); the cgroup is removed
-# when the command ends.
+# Needs root: the quota a writable cgroup CPU controller (v1 `cpu.cfs_quota_us` or v2 `cpu.max`; the cgroup is
+# removed when the command ends), the spinners real-time priority.
 set -euo pipefail
 
 quota=0.66
@@ -26,17 +26,14 @@ if [[ $# -eq 0 ]]; then
     echo "usage: bench/slow_cpu.sh [--quota CORES | --per-core SHARE] COMMAND [ARG...]" >&2
     exit 2
 fi
-# the cores this script may run on (not `nproc`, which follows OMP_NUM_THREADS)
-cpus=$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')
 if [[ -n "$share" ]]; then
     awk -v s="$share" 'BEGIN { exit !(s + 0 > 0 && s + 0 < 1) }' || { echo "--per-core: a share between 0 and 1, got $share" >&2; exit 2; }
-    quota=$(wc -w <<<"$cpus")  # the spinners slow it: no quota
+    # the cores this script may run on (not `nproc`, which follows OMP_NUM_THREADS)
+    cpus=$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')
+else
+    awk -v q="$quota" 'BEGIN { exit !(q + 0 >= 0.01) }' || { echo "--quota: a number of cores of 0.01 or more, got $quota" >&2; exit 2; }
 fi
-awk -v q="$quota" 'BEGIN { exit !(q + 0 >= 0.01) }' || { echo "--quota: a number of cores of 0.01 or more, got $quota" >&2; exit 2; }
 
-period=100000
-limit=$(awk -v q="$quota" -v p="$period" 'BEGIN { printf "%d", q * p }')
-name="dataengine-slow-cpu-$$"
 group=""
 spinners=()
 cleanup() {
@@ -44,22 +41,25 @@ cleanup() {
     [[ -z "$group" ]] || rmdir "$group" 2>/dev/null || echo "bench/slow_cpu.sh: processes left in $group" >&2
 }
 trap cleanup EXIT
-if [[ -w /sys/fs/cgroup/cpu ]]; then  # cgroup v1
-    mkdir "/sys/fs/cgroup/cpu/$name"
-    group=/sys/fs/cgroup/cpu/$name
-    echo "$period" >"$group/cpu.cfs_period_us"
-    echo "$limit" >"$group/cpu.cfs_quota_us"
-elif [[ -w /sys/fs/cgroup/cgroup.subtree_control ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then  # v2
-    echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
-    mkdir "/sys/fs/cgroup/$name"
-    group=/sys/fs/cgroup/$name
-    echo "$limit $period" >"$group/cpu.max"
+if [[ -z "$share" ]]; then
+    period=100000
+    limit=$(awk -v q="$quota" -v p="$period" 'BEGIN { printf "%d", q * p }')
+    name="dataengine-slow-cpu-$$"
+    if [[ -w /sys/fs/cgroup/cpu ]]; then  # cgroup v1
+        mkdir "/sys/fs/cgroup/cpu/$name"
+        group=/sys/fs/cgroup/cpu/$name
+        echo "$period" >"$group/cpu.cfs_period_us"
+        echo "$limit" >"$group/cpu.cfs_quota_us"
+    elif [[ -w /sys/fs/cgroup/cgroup.subtree_control ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then  # v2
+        echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+        mkdir "/sys/fs/cgroup/$name"
+        group=/sys/fs/cgroup/$name
+        echo "$limit $period" >"$group/cpu.max"
+    else
+        echo "bench/slow_cpu.sh: no writable cgroup CPU controller here (needs root, cgroup v1 cpu or v2 cpu.max)" >&2
+        exit 1
+    fi
 else
-    echo "bench/slow_cpu.sh: no writable cgroup CPU controller here (needs root, cgroup v1 cpu or v2 cpu.max)" >&2
-    exit 1
-fi
-
-if [[ -n "$share" ]]; then
     # busy the first (1 - SHARE) of every 9 ms of the clock at real-time priority, which takes the core from any
     # ordinary thread, then sleep to the next 9 ms. Every core's spinner keeps the same phase, so the command's
     # threads get their cores at the same moments: threads that wait for each other (OpenMP's) lose no more than
@@ -86,11 +86,11 @@ while os.getppid() == parent:
     done
 fi
 
-# the command runs in a child shell moved into the group, in the background so that a TERM or Ctrl-C here reaches
-# it at once; the group goes once it has ended (rmdir fails while a leftover process is still in it: that is
+# the command runs in a child shell (moved into the quota's group), in the background so that a TERM or Ctrl-C here
+# reaches it at once; the group goes once it has ended (rmdir fails while a leftover process is still in it: that is
 # reported, not hidden)
 (
-    echo "$BASHPID" >"$group/cgroup.procs"
+    [[ -z "$group" ]] || echo "$BASHPID" >"$group/cgroup.procs"
     export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
     exec "$@"
 ) &
