@@ -125,7 +125,7 @@ def run_command(recipe: Path, run_dir: Path) -> list[str]:
 
 # a run slow enough to interrupt midway: two requests at a time, two rows a checkpoint; greedy, so that every run of
 # it drops the same prompts (a teacher may write an empty question)
-INTERRUPTIBLE = dict(quota=4, code=2, concurrency=2, chunk=2, temperature=0.0)
+INTERRUPTIBLE = dict(quota=2, code=2, concurrency=2, chunk=2, temperature=0.0)
 
 
 @pytest.fixture(scope="session")
@@ -148,6 +148,14 @@ def generate_requests(run_dir: Path) -> int:
     it), from datatrove's stats."""
     stats = json.loads((run_dir / ".work" / "generate" / "logs" / "stats.json").read_text())
     return next((s["stats"]["successful_requests"]["total"] for s in stats if "successful_requests" in s["stats"]), 0)
+
+
+def served_requests(server) -> float:
+    """Requests a vLLM server has finished, from vLLM's own metrics."""
+    import httpx
+
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return sum(float(m) for m in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.M))
 
 
 def served_completion(model_dir: Path, log_path: Path) -> dict:

@@ -21,7 +21,7 @@ from dataengine.manifest import Manifest
 from dataengine.recipe import load_recipe
 from dataengine.runner import plan, run_recipe
 from dataengine.teacher.server import resolve_model
-from tests.conftest import INTERRUPTIBLE, generate_requests, run_command, tiny_recipe
+from tests.conftest import INTERRUPTIBLE, generate_requests, run_command, served_requests, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +41,11 @@ def test_builtin_teacher_is_a_mixtral_moe(tmp_path):
     assert (folder / "dataengine_build.json").stat().st_mtime == mtime
 
 
-def test_generate_run_then_skip(tmp_path):
-    """The runner starts vLLM itself, writes a loadable dataset with provenance, and skips on re-run."""
-    path = tiny_recipe(tmp_path, penalty=0.5)  # vLLM takes OpenAI's penalty knob; the rows record it
+def test_generate_run_then_skip(tmp_path, teacher_server):
+    """Generation writes a loadable dataset with provenance, and a re-run skips it without asking the teacher. (A run
+    that starts its own vLLM server and ends it is tests/test_e2e_lifecycle.py's.)"""
+    # vLLM takes OpenAI's penalty knob; the rows record it
+    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, penalty=0.5)
     path.write_text(path.read_text().replace("    rollouts: 2\n", "    rollouts: 2\n    personas: true\n", 1))
     recipe = load_recipe(path)
     run_dir = tmp_path / "run"
@@ -86,12 +88,12 @@ def test_generate_run_then_skip(tmp_path):
     shown = console.export_text()
     assert "generated:" in shown and str(out) in shown and "chat/fr" in shown
 
-    # second run: skipped from the manifest, no server started, output untouched
-    before = (out / "manifest.json").read_text()
+    # second run: skipped from the manifest, the teacher not asked, output untouched
+    before, asked = (out / "manifest.json").read_text(), served_requests(teacher_server)
     console = Console(record=True, width=200)
     again = run_recipe(recipe, tmp_path, run_dir=run_dir, console=console)
     shown = console.export_text()
-    assert "already done" in shown and "starting vLLM" not in shown
+    assert "already done" in shown and served_requests(teacher_server) == asked
     assert (out / "manifest.json").read_text() == before
     assert again["generate"].output_fingerprint == manifest.output_fingerprint
     assert [status for _, status in plan(recipe, tmp_path, run_dir)] == ["done"]
@@ -131,13 +133,14 @@ def test_killed_run_resumes_without_regenerating(tmp_path, teacher_server, inter
 
 
 def test_upcycled_smollm2_matches_its_dense_parent():
-    """On the real GGUF model (fp32): identical experts reproduce the dense logits."""
+    """On the real GGUF model (fp32, dequantised once into the cache): identical experts reproduce the dense
+    logits."""
     import torch
 
     from dataengine.recipe import BuiltinTeacherOptions
-    from dataengine.teacher.builtin import BUILTIN_MODELS, calibration_texts, fetch_gguf, load_dense, upcycle
+    from dataengine.teacher.builtin import BUILTIN_MODELS, calibration_texts, fetch_gguf, load_dense_parent, upcycle
 
-    dense, tokenizer = load_dense(fetch_gguf(BUILTIN_MODELS["smollm2-moe"]))
+    dense, tokenizer = load_dense_parent(fetch_gguf(BUILTIN_MODELS["smollm2-moe"]))
     # the k-means router, fitted as the build fits it: routing changes, the function does not
     calibration = [tokenizer(text, return_tensors="pt").input_ids[0] for text in calibration_texts()]
     moe = upcycle(dense, BuiltinTeacherOptions(num_experts=4, top_k=2), calibration)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from datasets import load_dataset
@@ -29,7 +27,7 @@ from dataengine.rows import read_rows, write_shards
 from dataengine.score.stage import ScoreStage
 from dataengine.stage import RunContext
 from dataengine.teacher.server import TeacherServer, teacher_pool
-from tests.conftest import run_command, tiny_recipe
+from tests.conftest import run_command, served_requests, tiny_recipe
 from tests.own_processes import OwnProcesses
 from tests.test_slurm_executor import fake_slurm
 
@@ -56,12 +54,6 @@ def _run(recipe: Path, run_dir: Path, env: dict | None = None) -> subprocess.Com
     done = subprocess.run(run_command(recipe, run_dir), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
-
-
-def _served(server: TeacherServer) -> float:
-    """Requests the server has finished, from vLLM's own metrics."""
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    return sum(float(m) for m in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.M))
 
 
 def _same_rows(run_dir: Path, single) -> None:
@@ -124,13 +116,13 @@ def single_run(servers, tmp_path_factory):
 
 
 def test_two_tasks_over_two_endpoints_make_the_rows_of_one(servers, single_run, tmp_path):
-    before = [_served(s) for s in servers]
+    before = [served_requests(s) for s in servers]
     run_dir = tmp_path / "run"
     urls = [s.base_url for s in servers]
     _run(_recipe(tmp_path, endpoints=urls, more="tasks: 2\nworkers: 2"), run_dir)
     _same_rows(run_dir, single_run)
     # both servers answered some of the requests: each task talks to its own
-    assert all(_served(s) > b for s, b in zip(servers, before, strict=True))
+    assert all(served_requests(s) > b for s, b in zip(servers, before, strict=True))
     manifest = Manifest.read(run_dir / "generated")
     assert manifest.stats["tasks"] == 2
     work = run_dir / ".work" / "generate"

@@ -125,9 +125,11 @@ def test_with_perturbed_experts_a_merged_student_stays_far_closer_than_a_pruned_
     assert merged < 0.2 * pruned
 
 
-def test_a_bf16_teacher_is_merged_layer_by_layer_in_fp32(tmp_path, monkeypatch):
+@pytest.mark.parametrize("native", [True, False])
+def test_a_bf16_teacher_is_merged_layer_by_layer_in_fp32(tmp_path, monkeypatch, native):
     from transformers import MixtralForCausalLM
 
+    from dataengine import hardware
     from dataengine.train.student import init_student
     from tests.tiny_models import save, student_recipe
 
@@ -135,8 +137,11 @@ def test_a_bf16_teacher_is_merged_layer_by_layer_in_fp32(tmp_path, monkeypatch):
     moe = tiny_mixtral(len(tokenizer), seed=6).to(torch.bfloat16)
     teacher = save(moe, tokenizer, tmp_path / "teacher")
     recipe = student_recipe(teacher, "{from_teacher: {merge_experts: uniform}}")
-    loaded = []  # the teacher stays in its checkpoint's bf16 in memory: half of fp32 for a 30B MoE
+    # the teacher stays in its checkpoint's bf16 in memory where the CPU computes bf16 natively (half of fp32 for
+    # a 30B MoE); float32 on a CPU without, where bf16 forwards are slow
+    loaded = []
     original = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(hardware, "native_bf16", lambda: native)
     monkeypatch.setattr(
         AutoModelForCausalLM,
         "from_pretrained",
@@ -144,7 +149,8 @@ def test_a_bf16_teacher_is_merged_layer_by_layer_in_fp32(tmp_path, monkeypatch):
     )
     folder = init_student(recipe, tmp_path, tmp_path / "init", [], log=lambda _: None)
     monkeypatch.undo()
-    assert [type(m) for m in loaded] == [MixtralForCausalLM] and loaded[0].dtype == torch.bfloat16
+    assert [type(m) for m in loaded] == [MixtralForCausalLM]
+    assert loaded[0].dtype == (torch.bfloat16 if native else torch.float32)
     student = AutoModelForCausalLM.from_pretrained(folder)
     assert student.dtype == torch.float32
     down = moe.state_dict()["model.layers.1.mlp.experts.down_proj"].float()  # [experts, out, in] in bf16

@@ -74,6 +74,10 @@ def test_teacher_build_prints_the_folder_and_no_library_bars(tmp_path):
     assert folder.parent == cache / "models" and (folder / "config.json").is_file()
     assert "building builtin teacher smollm2-moe (2 copies experts, top-2)" in done.stdout
     assert "Loading weights" not in done.stderr and "Writing model shards" not in done.stderr, done.stderr
+    # the dense parent was dequantised once into the cache, for the students cut from it and the next build
+    (dense,) = (cache / "models").glob("SmolLM2-135M-Instruct.Q4_1-dense-*")
+    assert "dequantising the dense parent SmolLM2-135M-Instruct.Q4_1.gguf once" in done.stdout
+    assert (dense / "dataengine_dense.json").is_file() and (dense / "model.safetensors").is_file()
     # built already (make demo and make test ask every time): the folder, before any library is loaded
     (cache / "build.log").unlink()
     again = subprocess.run(build, capture_output=True, text=True, env=env)

@@ -198,3 +198,27 @@ def test_split_has_its_own_build_key_and_copies_keep_theirs():
     split = build_key("smollm2-moe", BuiltinTeacherOptions(experts="split"))
     assert split != build_key("smollm2-moe", copies)
     assert split != build_key("smollm2-moe", BuiltinTeacherOptions(experts="split", shared_channels=0.5))
+
+
+def test_the_dense_parent_is_dequantised_once_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    from dataengine.teacher import builtin
+    from tests.tiny_models import tiny_tokenizer
+
+    monkeypatch.setenv("DATAENGINE_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "parent.Q4_1.gguf"
+    gguf.write_bytes(b"the quantised weights")
+    dense, tokenizer = tiny_dense(), tiny_tokenizer()
+    dequantised = []
+    monkeypatch.setattr(builtin, "load_dense", lambda path: dequantised.append(path) or (dense, tokenizer))
+    lines: list[str] = []
+    model, _ = builtin.load_dense_parent(gguf, lines.append)
+    again, _ = builtin.load_dense_parent(gguf, lines.append)
+    assert dequantised == [gguf] and len(lines) == 1 and "dequantising the dense parent parent.Q4_1.gguf" in lines[0]
+    for loaded in (model, again):
+        assert loaded.dtype == torch.float32
+        for name, weight in dense.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], weight), name
+    # other bytes are another parent: dequantised again, beside the first
+    gguf.write_bytes(b"other quantised weights")
+    builtin.dense_parent(gguf, lines.append)
+    assert dequantised == [gguf, gguf] and len(list((tmp_path / "cache" / "models").glob("parent.Q4_1-dense-*"))) == 2

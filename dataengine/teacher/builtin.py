@@ -150,6 +150,40 @@ def load_dense(gguf_path: Path):
     return model, tokenizer
 
 
+DENSE_MARKER = "dataengine_dense.json"
+
+
+def dense_parent(gguf_path: Path, log=print) -> Path:
+    """The dense parent dequantised once into a transformers folder in the cache, keyed by the GGUF's bytes. The
+    builds and every student cut from the dense parent load it from there in about a second, where dequantising
+    the GGUF takes ~15 s on 2 cores (bench/BENCHMARKS.md, "The dense parent")."""
+    digest = hashlib.sha256(gguf_path.read_bytes()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"{gguf_path.stem}-dense-{digest}"
+    if (out / DENSE_MARKER).is_file():
+        return out
+    log(f"dequantising the dense parent {gguf_path.name} once, into {out}")
+    model, tokenizer = load_dense(gguf_path)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # two processes may write it at once: each its own
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / DENSE_MARKER).write_text(json.dumps({"gguf": str(gguf_path), "dtype": "float32"}, indent=2))
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first: its folder is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_dense_parent(gguf_path: Path, log=print):
+    """The dense parent in float32 and its tokenizer, from its cached folder (`dense_parent`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = dense_parent(gguf_path, log)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+
+
 def calibration_texts() -> list[str]:
     """What the k-means router is fitted on: every shipped language's meta-prompt about three topics, and a
     short Python function per code archetype."""
@@ -405,7 +439,7 @@ def ensure_builtin(name: str, options: BuiltinTeacherOptions, log=print, allow_d
         f"into {out}"
     )
     gguf_path = fetch_gguf(source, options.source, allow_download)
-    dense, tokenizer = load_dense(gguf_path)
+    dense, tokenizer = load_dense_parent(gguf_path, log)
     calibration = [tokenizer(text, return_tensors="pt").input_ids[0] for text in calibration_texts()]
     moe = upcycle(dense, options, calibration)
     tmp = out.with_name(out.name + ".tmp")
