@@ -133,8 +133,9 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
     path = resolve_model(teacher, log)
     revision = None if teacher.is_builtin else teacher.revision
     # in the checkpoint's own dtype (bf16 for a Hub MoE: half of fp32's memory for a 30B teacher) where the CPU
-    # computes bf16 natively; float32 elsewhere, where scoring the experts in bf16 runs 2.5x slower (REAP on 8 rows
-    # of the split builtin teacher, AVX2 only: 10.9 s against 4.3 s). merge_experts upcasts one layer at a time
+    # computes bf16 natively; float32 elsewhere, where scoring the experts in bf16 takes 2x as long (REAP on 8 rows
+    # of the split builtin teacher, AVX2 only, loading included: 12.9 s against 6.4 s, bench/student_start.py).
+    # merge_experts upcasts one layer at a time
     moe = AutoModelForCausalLM.from_pretrained(
         path, revision=revision, dtype="auto" if native_bf16() else torch.float32
     )
