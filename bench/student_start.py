@@ -30,12 +30,20 @@ def measure(name: str, rows: int) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.recipe import BuiltinTeacherOptions
-    from dataengine.teacher.builtin import BUILTIN_MODELS, dense_parent, ensure_builtin, fetch_gguf, load_dense
+    from dataengine.teacher.builtin import (
+        BUILTIN_MODELS,
+        dense_parent_dir,
+        ensure_builtin,
+        fetch_gguf,
+        load_dense,
+        load_dense_parent,
+    )
     from dataengine.train.expert_scores import score_experts
 
     gguf = fetch_gguf(BUILTIN_MODELS["smollm2-moe"])
     if name.startswith("dense"):
-        folder = dense_parent(gguf)  # written before the clock starts, if it is not yet
+        load_dense_parent(gguf)  # written into the cache before the clock starts, if it is not yet
+        folder = dense_parent_dir(gguf)
         started = time.perf_counter()
         if name.endswith("GGUF"):
             load_dense(gguf)

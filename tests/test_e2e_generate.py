@@ -88,12 +88,19 @@ def test_generate_run_then_skip(tmp_path, teacher_server):
     shown = console.export_text()
     assert "generated:" in shown and str(out) in shown and "chat/fr" in shown
 
-    # second run: skipped from the manifest, the teacher not asked, output untouched
+    # second run: skipped from the manifest, the teacher not asked, output untouched; and with the endpoint taken
+    # out of the recipe (not part of the stage's key), no server started for a stage that is done
     before, asked = (out / "manifest.json").read_text(), served_requests(teacher_server)
     console = Console(record=True, width=200)
     again = run_recipe(recipe, tmp_path, run_dir=run_dir, console=console)
     shown = console.export_text()
     assert "already done" in shown and served_requests(teacher_server) == asked
+    own = tmp_path / "own-server.yaml"
+    own.write_text(path.read_text().replace(f"endpoint: {teacher_server.base_url}", ""))
+    console = Console(record=True, width=200)
+    run_recipe(load_recipe(own), tmp_path, run_dir=run_dir, console=console)
+    shown = console.export_text()
+    assert "already done" in shown and "starting vLLM" not in shown
     assert (out / "manifest.json").read_text() == before
     assert again["generate"].output_fingerprint == manifest.output_fingerprint
     assert [status for _, status in plan(recipe, tmp_path, run_dir)] == ["done"]

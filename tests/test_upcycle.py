@@ -215,10 +215,41 @@ def test_the_dense_parent_is_dequantised_once_then_loaded_from_the_cache(tmp_pat
     again, _ = builtin.load_dense_parent(gguf, lines.append)
     assert dequantised == [gguf] and len(lines) == 1 and "dequantising the dense parent parent.Q4_1.gguf" in lines[0]
     for loaded in (model, again):
-        assert loaded.dtype == torch.float32
+        assert loaded is not dense and loaded.dtype == torch.float32
         for name, weight in dense.state_dict().items():
             assert torch.equal(loaded.state_dict()[name], weight), name
+    models = tmp_path / "cache" / "models"
+    assert [p.name for p in models.iterdir()] == [builtin.dense_parent_dir(gguf).name]  # no writer's folder left
     # other bytes are another parent: dequantised again, beside the first
     gguf.write_bytes(b"other quantised weights")
-    builtin.dense_parent(gguf, lines.append)
-    assert dequantised == [gguf, gguf] and len(list((tmp_path / "cache" / "models").glob("parent.Q4_1-dense-*"))) == 2
+    builtin.load_dense_parent(gguf, lines.append)
+    assert dequantised == [gguf, gguf] and len(list(models.iterdir())) == 2
+
+
+def test_a_dense_parent_another_process_kept_first_is_used_and_a_read_only_cache_is_not_needed(tmp_path, monkeypatch):
+    from dataengine.teacher import builtin
+    from tests.tiny_models import tiny_tokenizer
+
+    monkeypatch.setenv("DATAENGINE_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "parent.Q4_1.gguf"
+    gguf.write_bytes(b"the quantised weights")
+    dense, tokenizer = tiny_dense(), tiny_tokenizer()
+    out = builtin.dense_parent_dir(gguf)
+
+    def raced(path):  # another process keeps the same folder while this one dequantises
+        builtin._keep_dense(dense, tokenizer, path, out)
+        return dense, tokenizer
+
+    monkeypatch.setattr(builtin, "load_dense", raced)
+    model, _ = builtin.load_dense_parent(gguf, lambda _: None)
+    assert model is not dense and [p.name for p in out.parent.iterdir()] == [out.name]
+
+    # a cache it cannot write: the dequantised model itself, and a line that says so
+    other = tmp_path / "other.Q4_1.gguf"
+    other.write_bytes(b"other quantised weights")
+    monkeypatch.setattr(builtin, "load_dense", lambda path: (dense, tokenizer))
+    monkeypatch.setattr(dense, "save_pretrained", lambda folder: (_ for _ in ()).throw(PermissionError("read-only")))
+    lines: list[str] = []
+    model, _ = builtin.load_dense_parent(other, lines.append)
+    assert model is dense and "could not keep the dense parent" in lines[-1] and "read-only" in lines[-1]
+    assert not builtin.dense_parent_dir(other).exists() and [p.name for p in out.parent.iterdir()] == [out.name]

@@ -16,7 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,37 +153,52 @@ def load_dense(gguf_path: Path):
 
 
 DENSE_MARKER = "dataengine_dense.json"
+# Bump when what the dense parent's folder holds changes (load_dense, the GGUF conversion), so it is written again
+DENSE_VERSION = 1
 
 
-def dense_parent(gguf_path: Path, log=print) -> Path:
-    """The dense parent dequantised once into a transformers folder in the cache, keyed by the GGUF's bytes. The
-    builds and every student cut from the dense parent load it from there in about a second, where dequantising
-    the GGUF takes ~15 s on 2 cores (bench/BENCHMARKS.md, "The dense parent")."""
-    digest = hashlib.sha256(gguf_path.read_bytes()).hexdigest()[:12]
-    out = cache_dir() / "models" / f"{gguf_path.stem}-dense-{digest}"
-    if (out / DENSE_MARKER).is_file():
-        return out
-    log(f"dequantising the dense parent {gguf_path.name} once, into {out}")
-    model, tokenizer = load_dense(gguf_path)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # two processes may write it at once: each its own
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / DENSE_MARKER).write_text(json.dumps({"gguf": str(gguf_path), "dtype": "float32"}, indent=2))
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished first: its folder is the same
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+def dense_parent_dir(gguf_path: Path) -> Path:
+    """Where the dense parent of `gguf_path` is kept in the cache, keyed by the GGUF's bytes."""
+    with open(gguf_path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf_path.stem}-dense-v{DENSE_VERSION}-{digest}"
 
 
-def load_dense_parent(gguf_path: Path, log=print):
-    """The dense parent in float32 and its tokenizer, from its cached folder (`dense_parent`)."""
+def load_dense_parent(gguf_path: Path, log: Callable[[str], None] = print) -> tuple:
+    """The dense parent in float32 and its tokenizer. Dequantised from the GGUF once into a transformers folder in
+    the cache: the builds and every student cut from the dense parent then load it in about a second, where
+    dequantising takes ~15 s on 2 cores (bench/BENCHMARKS.md, "What a student's start costs on CPU"). Where the
+    cache cannot be written, the run goes on with the model it dequantised."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = dense_parent(gguf_path, log)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+    out = dense_parent_dir(gguf_path)
+    if not (out / DENSE_MARKER).is_file():
+        log(f"dequantising the dense parent {gguf_path.name} once, into {out}")
+        model, tokenizer = load_dense(gguf_path)
+        try:
+            _keep_dense(model, tokenizer, gguf_path, out)
+        except OSError as exc:  # a read-only cache (an image's, a shared one)
+            log(f"could not keep the dense parent in {out} ({exc}): the next run dequantises it again")
+            return model, tokenizer
+    return AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), AutoTokenizer.from_pretrained(out)
+
+
+def _keep_dense(model, tokenizer, gguf_path: Path, out: Path) -> None:
+    """Write the dense parent whole into `out`: each writer in a folder of its own, renamed once complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / DENSE_MARKER).write_text(json.dumps({"gguf": str(gguf_path), "version": DENSE_VERSION}, indent=2))
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / DENSE_MARKER).is_file():  # not another process that wrote the same folder first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def calibration_texts() -> list[str]:

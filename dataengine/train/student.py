@@ -119,11 +119,9 @@ def init_student(
 def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None, log: Callable[[str], None]):
     """The teacher's experts, scored once, merged into a dense model or the best of them kept as an MoE; its
     tokenizer, and where it came from."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.experts.routers import moe_dims
-    from dataengine.hardware import native_bf16
     from dataengine.teacher.server import resolve_model
     from dataengine.train.expert_prune import keep_experts
     from dataengine.train.expert_scores import kept_experts, scores_for
@@ -132,13 +130,8 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
     teacher, config = recipe.teacher, recipe.train.student.from_teacher
     path = resolve_model(teacher, log)
     revision = None if teacher.is_builtin else teacher.revision
-    # in the checkpoint's own dtype (bf16 for a Hub MoE: half of fp32's memory for a 30B teacher) where the CPU
-    # computes bf16 natively; float32 elsewhere, where scoring the experts in bf16 takes 2x as long (REAP on 8 rows
-    # of the split builtin teacher, AVX2 only, loading included: 12.9 s against 6.4 s, bench/student_start.py).
-    # merge_experts upcasts one layer at a time
-    moe = AutoModelForCausalLM.from_pretrained(
-        path, revision=revision, dtype="auto" if native_bf16() else torch.float32
-    )
+    # merge_experts upcasts one layer at a time, whatever the teacher's dtype here
+    moe = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=_teacher_dtype(path))
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     dims = moe_dims(moe.config.to_dict())
     if dims is None:
@@ -177,6 +170,23 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
     log(f"student: {teacher.model}'s experts merged ({config.merge_experts}) into a dense model")
     origin |= {"merged_experts_of": teacher.model, "merge": config.merge_experts, "weights": weights.round(4).tolist()}
     return merge_experts(moe, weights), tokenizer, origin
+
+
+def _teacher_dtype(path: str):
+    """What the teacher whose experts are scored loads in: float32 on a CPU without native bf16, where scoring in
+    bf16 takes twice as long (REAP on 8 rows of the split builtin teacher, loading included: 12.9 s against 6.4 s,
+    bench/student_start.py), when a float32 copy of its local checkpoint takes under half the free memory; else the
+    checkpoint's own dtype (bf16 for a Hub MoE: half of float32's memory for a 30B teacher)."""
+    import psutil
+    import torch
+
+    from dataengine.hardware import native_bf16
+
+    folder = Path(path)
+    if native_bf16() or not folder.is_dir():
+        return "auto"
+    stored = sum(f.stat().st_size for f in folder.glob("*.safetensors"))  # float32 doubles a bf16 checkpoint
+    return torch.float32 if 0 < 2 * stored < psutil.virtual_memory().available / 2 else "auto"
 
 
 def active_parameters(model) -> int:
