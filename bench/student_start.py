@@ -30,26 +30,14 @@ def measure(name: str, rows: int) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.recipe import BuiltinTeacherOptions
-    from dataengine.teacher.builtin import (
-        BUILTIN_MODELS,
-        dense_parent_dir,
-        ensure_builtin,
-        fetch_gguf,
-        load_dense,
-        load_dense_parent,
-    )
+    from dataengine.teacher.builtin import BUILTIN_MODELS, ensure_builtin, fetch_gguf, load_dense, load_dense_parent
     from dataengine.train.expert_scores import score_experts
 
     gguf = fetch_gguf(BUILTIN_MODELS["smollm2-moe"])
     if name.startswith("dense"):
         load_dense_parent(gguf)  # written into the cache before the clock starts, if it is not yet
-        folder = dense_parent_dir(gguf)
         started = time.perf_counter()
-        if name.endswith("GGUF"):
-            load_dense(gguf)
-        else:
-            AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-            AutoTokenizer.from_pretrained(folder)
+        (load_dense if name.endswith("GGUF") else load_dense_parent)(gguf)  # the engine's own path: GGUF hashed too
         return time.perf_counter() - started
     teacher = ensure_builtin("smollm2-moe", BuiltinTeacherOptions(experts="split"))
     tokenizer = AutoTokenizer.from_pretrained(teacher)

@@ -181,6 +181,7 @@ def load_dense_parent(gguf_path: Path, log: Callable[[str], None] = print) -> tu
         except OSError as exc:  # a read-only cache (an image's, a shared one)
             log(f"could not keep the dense parent in {out} ({exc}): the next run dequantises it again")
             return model, tokenizer
+    # loaded back even just after writing (about a second): every run gets the same objects from the same folder
     return AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), AutoTokenizer.from_pretrained(out)
 
 

@@ -174,7 +174,7 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
 
 def _teacher_dtype(path: str):
     """What the teacher whose experts are scored loads in: float32 on a CPU without native bf16, where scoring in
-    bf16 takes twice as long (REAP on 8 rows of the split builtin teacher, loading included: 12.9 s against 6.4 s,
+    bf16 takes about twice as long (REAP on 8 rows of the split builtin teacher, loading included: 13.0 s against 6.9 s,
     bench/student_start.py), when a float32 copy of its local checkpoint takes under half the free memory; else the
     checkpoint's own dtype (bf16 for a Hub MoE: half of float32's memory for a 30B teacher)."""
     import psutil
