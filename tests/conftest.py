@@ -55,15 +55,15 @@ teacher:
   {endpoint}
   vllm: {{enforce_eager: true, max_model_len: 1024}}
 generate:
-  sampling: {{max_tokens: 40, temperature: {temperature}, frequency_penalty: {penalty}}}
+  sampling: {{max_tokens: {max_tokens}, temperature: {temperature}, frequency_penalty: {penalty}}}
   chat:
     languages:
       - {{code: en, quota: {quota}}}
       - {{code: fr, quota: {quota}}}
       - {{code: zh, quota: {quota}}}
-    question_max_tokens: 32
+    question_max_tokens: {question_max_tokens}
     rollouts: 2
-  code: {{count: {code}, max_tokens: 64}}
+  code: {{count: {code}, max_tokens: {code_max_tokens}}}
   max_concurrent_requests: {concurrency}
   records_per_chunk: {chunk}
 """
@@ -78,6 +78,9 @@ def tiny_recipe(
     chunk: int = 4,
     temperature: float = 0.8,
     penalty: float = 0.0,
+    max_tokens: int = 40,
+    question_max_tokens: int = 32,
+    code_max_tokens: int = 64,
     extra: str = "",
 ) -> Path:
     text = TINY.format(
@@ -88,6 +91,9 @@ def tiny_recipe(
         chunk=chunk,
         temperature=temperature,
         penalty=penalty,
+        max_tokens=max_tokens,
+        question_max_tokens=question_max_tokens,
+        code_max_tokens=code_max_tokens,
     )
     path = folder / "tiny.yaml"
     path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))
@@ -123,9 +129,14 @@ def run_command(recipe: Path, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "dataengine.cli", "run", str(recipe), "--output", str(run_dir)]
 
 
-# a run slow enough to interrupt midway: two requests at a time, two rows a checkpoint; greedy, so that every run of
-# it drops the same prompts (a teacher may write an empty question)
-INTERRUPTIBLE = dict(quota=2, code=2, concurrency=2, chunk=2, temperature=0.0)
+# caps for runs whose assertions read which rows were made, never what they say: on a small CPU a decode step of 16
+# sequences costs the tiny teacher twice one of 2, not 8x (bench/decode_batch.py), so a run's time follows its longest
+# chain of steps, question then answer: 32 steps here against 72 with tiny_recipe's defaults
+SHORT = dict(max_tokens=16, question_max_tokens=16, code_max_tokens=16)
+
+# a run slow enough to interrupt midway: two requests at a time (seven waves of them), two rows a checkpoint; greedy,
+# so that every run of it drops the same prompts (a teacher may write an empty question)
+INTERRUPTIBLE = dict(quota=2, code=2, concurrency=2, chunk=2, temperature=0.0, **SHORT)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from dataengine.experts.metrics import js_divergence
 from dataengine.recipe import PublishConfig, load_recipe
 from dataengine.rows import read_rows
 from dataengine.runner import run_recipe
-from tests.conftest import tiny_recipe
+from tests.conftest import SHORT, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,8 @@ def test_top_up_round_when_curation_falls_short(tmp_path, teacher_server):
     """Everything is dropped (an impossible length floor), so one bounded top-up round asks for more
     prompts in every group; the first round is not generated again, and a rerun adds no round."""
     curate = CURATE.replace("length: {min_chars: 8}", "length: {min_chars: 100000}")
-    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, extra=curate)
+    # every rollout of a round in one wave, each short: the test counts rows, whatever they say
+    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, extra=curate, concurrency=32, **SHORT)
     top_up = "  records_per_chunk: 4\n  top_up: {rounds: 1, max_factor: 1.5}\n"
     path.write_text(path.read_text().replace("  records_per_chunk: 4\n", top_up))
     recipe = load_recipe(path)

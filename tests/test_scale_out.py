@@ -27,7 +27,7 @@ from dataengine.rows import read_rows, write_shards
 from dataengine.score.stage import ScoreStage
 from dataengine.stage import RunContext
 from dataengine.teacher.server import TeacherServer, teacher_pool
-from tests.conftest import run_command, served_requests, tiny_recipe
+from tests.conftest import SHORT, run_command, served_requests, tiny_recipe
 from tests.own_processes import OwnProcesses
 from tests.test_slurm_executor import fake_slurm
 
@@ -37,8 +37,9 @@ SMALL_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
 def _recipe(folder: Path, *, endpoint: str | None = None, endpoints: list[str] = (), more: str = "", **kw) -> Path:
-    """The tiny recipe, greedy, with a pool and the generate block's executor settings in `more`."""
-    path = tiny_recipe(folder, endpoint=endpoint, temperature=0.0, **kw)
+    """The tiny recipe, greedy and short (the tests compare which rows were made), with a pool and the generate
+    block's executor settings in `more`."""
+    path = tiny_recipe(folder, endpoint=endpoint, temperature=0.0, **SHORT | kw)
     text = path.read_text()
     if endpoints:
         text = text.replace(

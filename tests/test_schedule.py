@@ -24,7 +24,7 @@ from dataengine.schedule.cron import due_times, next_time, on_calendar
 from dataengine.schedule.export import export, next_due
 from dataengine.schedule.scheduled_run import BUSY, RunLock, history, run_scheduled
 from dataengine.schedule.scheduler import Entry, _launch
-from tests.conftest import FILTERS_OFF, tiny_recipe
+from tests.conftest import FILTERS_OFF, SHORT, tiny_recipe
 
 # Runs of this recipe fail fast and for a real reason: the prompt file has no `question` column.
 RECIPE = """
@@ -235,6 +235,7 @@ def test_a_scheduled_run_generates_with_its_own_seed(tmp_path, monkeypatch, teac
         quota=1,
         code=0,
         extra="schedule: {cron: '0 3 * * *', timezone: UTC}\n",
+        **SHORT,
     )
     recipe = load_recipe(path)
     tick = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
@@ -263,7 +264,7 @@ def test_two_scheduled_runs_build_one_dataset_with_the_teacher(tmp_path, monkeyp
     from huggingface_hub import DatasetCard
 
     monkeypatch.chdir(tmp_path)
-    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=1, code=0, extra=INCREMENTAL)
+    path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=1, code=0, extra=INCREMENTAL, **SHORT)
     target = tmp_path / "published"
     published: list[set[str]] = []
     for day in (24, 25):
