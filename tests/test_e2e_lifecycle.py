@@ -97,6 +97,8 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
 ):
     expected, asked = interruptible_reference  # the same recipe, uninterrupted, on the session's server
     recipe = tiny_recipe(tmp_path, **INTERRUPTIBLE)  # no endpoint: each run starts (and owns) its vLLM server
+    # the restart of step 3 after half a second, not teacher.recovery's default 5
+    recipe.write_text(recipe.read_text().replace("  vllm:", "  recovery: {backoff_s: 0.5}\n  vllm:", 1))
     run_dir = tmp_path / "run"
     assert not _vllm_processes(own_processes)  # the session's server (the reference's) is not the runs'
 
