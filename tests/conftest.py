@@ -134,8 +134,8 @@ def run_command(recipe: Path, run_dir: Path) -> list[str]:
 # chain of steps, question then answer: 32 steps here against 72 with tiny_recipe's defaults
 SHORT = dict(max_tokens=16, question_max_tokens=16, code_max_tokens=16)
 
-# a run slow enough to interrupt midway: two requests at a time (seven waves of them), two rows a checkpoint; greedy,
-# so that every run of it drops the same prompts (a teacher may write an empty question)
+# a run slow enough to interrupt midway: two rollouts at a time (a question, then its answer), two rows a checkpoint;
+# greedy, so that every run of it drops the same prompts (a teacher may write an empty question)
 INTERRUPTIBLE = dict(quota=2, code=2, concurrency=2, chunk=2, temperature=0.0, **SHORT)
 
 

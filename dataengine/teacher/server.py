@@ -190,7 +190,7 @@ class TeacherServer:
             if self.healthy():
                 self.log(f"vLLM ready after {time.monotonic() - started:.0f}s")
                 return
-            time.sleep(0.25)  # asking costs nothing; a second between asks made every start up to a second late
+            time.sleep(1.0)
         self.stop()
         raise StageError(
             f"vLLM server not ready after {self.teacher.vllm.startup_timeout_s:.0f}s "
@@ -283,7 +283,7 @@ class TeacherEndpoint:
             wait = policy.backoff_s * 2 ** (attempt - 1)
             self.log(
                 f"{self.role} endpoint {self.endpoint} is not answering ({failure}); "
-                f"retrying in {wait:.0f}s (attempt {attempt} of {policy.max_attempts})"
+                f"retrying in {wait:g}s (attempt {attempt} of {policy.max_attempts})"
             )
             time.sleep(wait)
             if self.healthy():
@@ -302,7 +302,7 @@ class TeacherEndpoint:
             wait = backoff_s * 2 ** (self.restarts - 1)
             self.log(
                 f"teacher server died (keeper exit code {code}; {failure}); restart {self.restarts} of {attempts} "
-                f"in {wait:.0f}s. Last log lines ({server.log_path}):\n{server.log_tail(10)}"
+                f"in {wait:g}s. Last log lines ({server.log_path}):\n{server.log_tail(10)}"
             )
             server.stop()  # reaps whatever is left of the dead tree
             time.sleep(wait)
