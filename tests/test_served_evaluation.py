@@ -136,7 +136,7 @@ def test_a_busy_teacher_is_asked_again_and_a_gone_one_fails_at_once(standin):
 
 
 def test_scoring_does_not_import_vllm(standin):
-    """TRL's client imports vLLM's engine (4.5 s or more of a run on a 2-core CPU): scoring and evaluation ask the
+    """TRL's client imports vLLM's engine (6.4 s or more of a run on a 2-core CPU): scoring and evaluation ask the
     teacher without it."""
     code = (
         "import sys; from dataengine.teacher.logprobs import answer_nll; "

