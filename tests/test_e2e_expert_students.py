@@ -44,7 +44,7 @@ train:
   student:
     name: pruned
     from_teacher: {{keep_experts: 2, expert_score: reap, sample_rows: 8}}
-  sft: {{max_steps: 4, per_device_train_batch_size: 2, learning_rate: 2.0e-4, logging_steps: 1, save_steps: 4,
+  sft: {{max_steps: 4, per_device_train_batch_size: 4, learning_rate: 1.0e-4, logging_steps: 1, save_steps: 4,
         max_length: 256, gradient_checkpointing: false}}
   evaluate:
     eval_fraction: 0.25
