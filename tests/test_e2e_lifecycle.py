@@ -97,8 +97,12 @@ def test_term_kill_and_a_dead_teacher_leave_nothing_behind_and_lose_nothing(
 ):
     expected, asked = interruptible_reference  # the same recipe, uninterrupted, on the session's server
     recipe = tiny_recipe(tmp_path, **INTERRUPTIBLE)  # no endpoint: each run starts (and owns) its vLLM server
-    # the restart of step 3 after half a second, not teacher.recovery's default 5
-    recipe.write_text(recipe.read_text().replace("  vllm:", "  recovery: {backoff_s: 0.5}\n  vllm:", 1))
+    # the restart of step 3 after half a second, not teacher.recovery's default 5; a 1 GB KV cache (46k tokens of
+    # the tiny teacher, for two rollouts at a time), not the engine's 4: a start is ready 2 s sooner (21.7 s, not 23.7)
+    vllm = "  vllm: {enforce_eager: true, max_model_len: 1024}"
+    owned = "  recovery: {backoff_s: 0.5}\n" + vllm[:-1] + ', env: {VLLM_CPU_KVCACHE_SPACE: "1"}}'
+    assert vllm in recipe.read_text()
+    recipe.write_text(recipe.read_text().replace(vllm, owned))
     run_dir = tmp_path / "run"
     assert not _vllm_processes(own_processes)  # the session's server (the reference's) is not the runs'
 

@@ -132,6 +132,34 @@ def test_a_dense_merge_weighed_by_reap_reads_the_same_scores(tmp_path):
     np.testing.assert_allclose(made["weights"], (reap / reap.sum(axis=1, keepdims=True)).round(4), atol=1e-4)
 
 
+def test_a_start_scored_the_same_way_on_the_same_rows_reads_the_scores_already_measured(tmp_path, monkeypatch):
+    import dataengine.train.student as student
+
+    tokenizer = tiny_tokenizer()
+    teacher = save(tiny_mixtral(len(tokenizer), seed=9), tokenizer, tmp_path / "teacher")
+    trained = student_recipe(teacher, "{from_teacher: {keep_experts: 2, expert_score: reap, sample_rows: 4}}")
+    first = student.init_student(trained, tmp_path, tmp_path / "init", row_data(6), None, lambda _: None)
+    made = json.loads((first / "student_init.json").read_text())
+
+    def scored_again(*args):
+        raise AssertionError("the teacher's experts were scored again")
+
+    monkeypatch.setattr(student, "_expert_scores", scored_again)
+    merge = student_recipe(teacher, "{from_teacher: {merge_experts: routing, expert_score: reap, sample_rows: 4}}")
+    logged = []
+    folder = student.init_student(merge, tmp_path, tmp_path / "merged", row_data(6), None, logged.append, made)
+    merged = json.loads((folder / "student_init.json").read_text())
+    reap = np.array(made["scores"])
+    np.testing.assert_allclose(merged["weights"], (reap / reap.sum(axis=1, keepdims=True)).round(4), atol=1e-4)
+    assert merged["scores"] == made["scores"] and merged["measured"] == made["measured"]
+    assert any("reap scores of the trained student's start" in line for line in logged)
+    # measured otherwise (other rows, another score): scored here
+    for other in ("{keep_experts: 2, expert_score: reap, sample_rows: 3}", "{keep_experts: 2}"):
+        with pytest.raises(AssertionError, match="scored again"):
+            recipe = student_recipe(teacher, f"{{from_teacher: {other}}}")
+            student.init_student(recipe, tmp_path, tmp_path / "other", row_data(6), None, lambda _: None, made)
+
+
 def test_keep_experts_is_checked(tmp_path):
     from dataengine.recipe import FromTeacherConfig
     from dataengine.train.shape import shape_problems

@@ -31,12 +31,12 @@ name: turns
 pipeline: curate
 teacher: {{model: builtin:smollm2-moe, builtin: {{top_k: 1}}{endpoint}}}  # the session server's (conftest.py)
 generate:
-  sampling: {{max_tokens: 64, frequency_penalty: 0.5}}
+  sampling: {{max_tokens: 32, frequency_penalty: 0.5}}
   chat:
     languages: [{{code: en, quota: 2}}, {{code: fr, quota: 1}}]
     turns: 3
     personas: {personas}
-    question_max_tokens: 40
+    question_max_tokens: 24   # 3 x (24 + 32) decode steps in a row: short caps, a short run
 # the 135M teacher's answers are mostly cut by their cap and its questions often address the user: with those
 # two filters off, the rest (refusal, repetition, language, prose) decide where a conversation is cut
 curate: {{filters: {{truncated: {{enabled: false}}, question: {{enabled: false}}}}}}

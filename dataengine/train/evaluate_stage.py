@@ -147,9 +147,13 @@ class EvaluateStage(Stage):
         if self.cfg.teacher:
             results["teacher"] = self._teacher(held_out, ctx)
         inits = {}
+        # the trained student's start was made from the same teacher and training rows: its expert scores serve
+        # the compared starts that measure theirs the same way (REAP's pass over the teacher is not run again)
+        scored = json.loads((initial / "student_init.json").read_text()) if self.cfg.compare_inits else None
         for other in self.cfg.compare_inits:
             variant = self.recipe.model_copy(update={"train": self.recipe.train.model_copy(update={"student": other})})
-            folder = init_student(variant, self.base_dir, work_dir / "inits" / other.name, train_rows, load, ctx.log)
+            folder = work_dir / "inits" / other.name
+            folder = init_student(variant, self.base_dir, folder, train_rows, load, ctx.log, scored)
             ctx.log(f"evaluating the compared init {other.name} untrained")
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
             fit = answer_fit(model, AutoTokenizer.from_pretrained(str(folder)), held_out, form)

@@ -70,15 +70,18 @@ def init_student(
     rows: Dataset,
     routing_load: list[list[float]] | None = None,
     log: Callable[[str], None] = print,
+    scored: dict | None = None,
 ) -> Path:
     """Save the untrained student (weights + tokenizer) in `out_dir` once; later calls reuse it. `rows` are the
     training rows (Block Influence is measured on them), `routing_load` the routing map's per-layer expert
-    load (a routing-weighted merge of experts reads it)."""
+    load (a routing-weighted merge of experts reads it). `scored` is another start's student_init.json made from
+    the same teacher and rows: its expert scores are used where they were measured the way this start measures
+    them, instead of scoring the teacher's experts again."""
     if (out_dir / "student_init.json").is_file():
         return out_dir
     student = recipe.train.student
     if student.from_teacher is not None:
-        model, tokenizer, origin = _from_teacher(recipe, rows, routing_load, log)
+        model, tokenizer, origin = _from_teacher(recipe, rows, routing_load, log, scored or {})
     elif student.model is not None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,9 +119,13 @@ def init_student(
     return out_dir
 
 
-def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None, log: Callable[[str], None]):
+def _from_teacher(
+    recipe: Recipe, rows: Dataset, load: list[list[float]] | None, log: Callable[[str], None], scored: dict
+):
     """The teacher's experts, scored once, merged into a dense model or the best of them kept as an MoE; its
-    tokenizer, and where it came from."""
+    tokenizer, and where it came from (with the scores and what they were measured on, for `init_student`'s
+    `scored`)."""
+    import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.experts.routers import moe_dims
@@ -148,23 +155,24 @@ def _from_teacher(recipe: Recipe, rows: Dataset, load: list[list[float]] | None,
                 f"train.student.from_teacher.keep_experts: {config.keep_experts}, the teacher has {experts} "
                 "experts per layer: give fewer"
             )
-    scored = config.keep_experts is not None or config.merge_experts != "uniform"
-    origin = {"expert_score": config.expert_score} if scored else {}
-    scores = _expert_scores(moe, tokenizer, config, rows, load, log) if scored else None
-    if config.keep_experts is not None:
+    scores, origin = None, {}
+    if config.keep_experts is not None or config.merge_experts != "uniform":
+        measured = _measured(config, load)
+        if measured == scored.get("measured") and "scores" in scored:
+            log(f"student: the experts' {config.expert_score} scores of the trained student's start (the same rows)")
+            scores = np.asarray(scored["scores"], dtype=np.float64)
+        else:
+            scores = _expert_scores(moe, tokenizer, config, rows, load, log)
         scores = scores_for(scores, layers, experts)
+        origin = {"expert_score": config.expert_score, "measured": measured, "scores": scores.round(6).tolist()}
+    if config.keep_experts is not None:
         kept = kept_experts(scores, config.keep_experts)
         log(
             f"student: {teacher.model} with the {config.keep_experts} of {experts} experts per layer highest by "
             f"{config.expert_score}"
         )
         student = keep_experts(moe, kept)
-        origin |= {
-            "experts_kept_of": teacher.model,
-            "kept_experts": kept,
-            "of_experts": experts,
-            "scores": scores.round(6).tolist(),
-        }
+        origin |= {"experts_kept_of": teacher.model, "kept_experts": kept, "of_experts": experts}
         return student, tokenizer, origin
     weights = merge_weights(config.merge_experts, layers, experts, scores)
     log(f"student: {teacher.model}'s experts merged ({config.merge_experts}) into a dense model")
@@ -205,6 +213,14 @@ def active_parameters(model) -> int:
         return total
     in_experts = sum(p.numel() for m in modules for p in m.parameters())
     return total - in_experts * (experts - top_k) // experts
+
+
+def _measured(config: FromTeacherConfig, load) -> str:
+    """How `_expert_scores` measures this config's scores: two starts of one teacher and one run's rows whose
+    strings are equal have equal scores."""
+    if config.expert_score == "frequency" and load is not None:
+        return "frequency: the routing map"
+    return f"{config.expert_score}: the {config.sample_rows} training rows of lowest id"
 
 
 def _expert_scores(moe, tokenizer, config: FromTeacherConfig, rows: Dataset, load, log: Callable[[str], None]):
