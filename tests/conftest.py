@@ -169,20 +169,39 @@ def served_requests(server) -> float:
     return sum(float(m) for m in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.M))
 
 
-def served_completion(model_dir: Path, log_path: Path) -> dict:
-    """vLLM serves a saved student: one completion from a server started on it (and stopped)."""
+def served_completion(model_dir: Path, folder: Path) -> dict:
+    """`dataengine teacher serve` on a recipe whose teacher is a saved student (vLLM serves it): the served model's
+    answer to one completion; then Ctrl-C, after which the command exits 0 and nothing answers on its port."""
+    import signal
+
     import httpx
 
-    from dataengine.recipe import TeacherConfig
-    from dataengine.teacher.server import TeacherServer
+    from dataengine.teacher.server import free_port
 
-    config = TeacherConfig(model=str(model_dir), vllm={"enforce_eager": True, "max_model_len": 512})
-    with TeacherServer(config, log_path) as server:
-        return httpx.post(
-            f"{server.base_url}/v1/completions",
-            json={"model": str(model_dir), "prompt": "The capital of France is", "max_tokens": 8},
-            timeout=120,
-        ).json()
+    port = free_port("127.0.0.1")
+    recipe = folder / "serve.yaml"
+    vllm = f"{{port: {port}, enforce_eager: true, max_model_len: 512}}"
+    recipe.write_text(MINIMAL.replace("model: builtin:smollm2-moe", f"model: {model_dir}\n  vllm: {vllm}"))
+    serve = [sys.executable, "-m", "dataengine.cli", "teacher", "serve", str(recipe), "-o", str(folder / "serve-run")]
+    proc = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while (line := proc.stdout.readline()) and "Ctrl-C to stop" not in line:
+            lines.append(line)
+        assert proc.poll() is None, "serve exited before the server was ready:\n" + "".join(lines[-30:])
+        url = f"http://127.0.0.1:{port}/v1"
+        assert httpx.get(f"{url}/models", timeout=10).json()["data"][0]["id"] == str(model_dir)
+        body = {"model": str(model_dir), "prompt": "The capital of France is", "max_tokens": 8}
+        answer = httpx.post(f"{url}/completions", json=body, timeout=120).json()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/models", timeout=5)
+        return answer
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # ------------------------------------------------------------------ a stand-in judge
