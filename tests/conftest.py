@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -183,12 +184,16 @@ def served_completion(model_dir: Path, folder: Path) -> dict:
     vllm = f"{{port: {port}, enforce_eager: true, max_model_len: 512}}"
     recipe.write_text(MINIMAL.replace("model: builtin:smollm2-moe", f"model: {model_dir}\n  vllm: {vllm}"))
     serve = [sys.executable, "-m", "dataengine.cli", "teacher", "serve", str(recipe), "-o", str(folder / "serve-run")]
-    proc = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # wide lines: the ready line names the model's folder, and rich wraps a pipe's output at 80 columns
+    env = {**os.environ, "COLUMNS": "500"}
+    proc = subprocess.Popen(
+        serve, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     try:
         lines = []
         while (line := proc.stdout.readline()) and "Ctrl-C to stop" not in line:
             lines.append(line)
-        assert proc.poll() is None, "serve exited before the server was ready:\n" + "".join(lines[-30:])
+        assert "Ctrl-C to stop" in line, "serve exited before the server was ready:\n" + "".join(lines[-30:])
         url = f"http://127.0.0.1:{port}/v1"
         assert httpx.get(f"{url}/models", timeout=10).json()["data"][0]["id"] == str(model_dir)
         body = {"model": str(model_dir), "prompt": "The capital of France is", "max_tokens": 8}

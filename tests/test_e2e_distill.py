@@ -1,5 +1,5 @@
 """Students end to end on the builtin teacher (vLLM CPU server): score, SFT, offline_topk, evaluate,
-a crash in training that resumes from the checkpoint, and the saved student loaded in transformers.
+a crash in training that resumes from the checkpoint, and the saved student served by vLLM.
 
 The teacher is the quickstart's (the shared `teacher_server`: identical experts, routed top-1): these tests are about
 the training path, which a merge of copies exercises as well as any. Students of experts that differ (split, kept
@@ -28,7 +28,7 @@ from dataengine.train.data import phase_rows
 from dataengine.train.evaluation import answer_fit
 from dataengine.train.phases import run_distill
 from dataengine.train.student import init_student
-from tests.conftest import run_command, tiny_recipe
+from tests.conftest import run_command, served_completion, tiny_recipe
 from tests.tiny_models import row_data
 
 pytestmark = pytest.mark.slow
@@ -155,10 +155,12 @@ def test_distill_pipeline_end_to_end_with_a_crash_in_training(tmp_path, teacher_
     for figure in ("funnel", "lengths", "clusters", "throughput", "loss", "evaluation"):
         assert f'id="{figure}" data-drawn="true"' in page, figure
 
-    # the saved student is a plain transformers folder (that vLLM serves one, saved the same way, is
-    # tests/test_e2e_expert_students.py's: a vLLM start here would cost the suite a minute on a small CPU)
+    # the saved student is a plain transformers folder...
     model = AutoModelForCausalLM.from_pretrained(student_dir)
     assert model.config.num_hidden_layers == 10
+    # ...that vLLM serves (by `dataengine teacher serve`, stopped by Ctrl-C): a dense student, its layers cut
+    answer = served_completion(student_dir, tmp_path)
+    assert answer["usage"]["completion_tokens"] > 0 and answer["choices"][0]["text"]
 
     # dataengine rows reads this real run's tables: the counts its manifests give, the teacher's top-k per token
     frames = run_rows.tables(run_dir)

@@ -1,8 +1,8 @@
 """recipes/new-kinds.yaml end to end on the builtin teacher (vLLM CPU server): 3-turn conversations, verifiable
 math and Magpie prompts through generate -> curate -> score -> train -> evaluate -> publish; the run killed once
 Magpie's pass and some of round 0's chunks are done, then resumed; what it publishes loaded with `datasets` and
-trained on with `trl sft`. Its reasoning settings change nothing on a teacher that does not think (the stand-in
-thinking teacher is tests/test_reasoning.py's)."""
+trained on with TRL's `sft` script (what `trl sft` runs). Its reasoning settings change nothing on a teacher that
+does not think (the stand-in thinking teacher is tests/test_reasoning.py's)."""
 
 from __future__ import annotations
 

@@ -152,12 +152,17 @@ def test_a_start_scored_the_same_way_on_the_same_rows_reads_the_scores_already_m
     reap = np.array(made["scores"])
     np.testing.assert_allclose(merged["weights"], (reap / reap.sum(axis=1, keepdims=True)).round(4), atol=1e-4)
     assert merged["scores"] == made["scores"] and merged["measured"] == made["measured"]
-    assert any("reap scores of the trained student's start" in line for line in logged)
-    # measured otherwise (other rows, another score): scored here
-    for other in ("{keep_experts: 2, expert_score: reap, sample_rows: 3}", "{keep_experts: 2}"):
+    assert any("scores of the trained student's start (reap: the 4 training rows" in line for line in logged)
+    # measured otherwise (other rows, another score), or a start that scored nothing (a named model): scored here
+    others = [
+        ("{keep_experts: 2, expert_score: reap, sample_rows: 3}", made),
+        ("{keep_experts: 2}", made),
+        ("{keep_experts: 2, expert_score: reap, sample_rows: 4}", {"model": "a/hub-model"}),
+    ]
+    for other, given in others:
+        recipe = student_recipe(teacher, f"{{from_teacher: {other}}}")
         with pytest.raises(AssertionError, match="scored again"):
-            recipe = student_recipe(teacher, f"{{from_teacher: {other}}}")
-            student.init_student(recipe, tmp_path, tmp_path / "other", row_data(6), None, lambda _: None, made)
+            student.init_student(recipe, tmp_path, tmp_path / "other", row_data(6), None, lambda _: None, given)
 
 
 def test_keep_experts_is_checked(tmp_path):

@@ -170,6 +170,7 @@ def test_the_shipped_curate_and_train_from_published_recipes_run_end_to_end(tmp_
     for name in ("curate-rows", "train-from-published"):
         text = (ROOT / "recipes" / f"{name}.yaml").read_text()
         text = text.replace("../dataengine/data/conversations.jsonl", str(SHIPPED))
+        assert text.count("max_steps: 8") == (name == "train-from-published")
         text = text.replace("max_steps: 8", "max_steps: 4")  # half the shipped steps: the student still trains
         (tmp_path / f"{name}.yaml").write_text(text.replace("../runs/curate-rows/dataset", str(published)))
 

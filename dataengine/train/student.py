@@ -159,12 +159,13 @@ def _from_teacher(
     if config.keep_experts is not None or config.merge_experts != "uniform":
         measured = _measured(config, load)
         if measured == scored.get("measured") and "scores" in scored:
-            log(f"student: the experts' {config.expert_score} scores of the trained student's start (the same rows)")
+            log(f"student: the experts' scores of the trained student's start ({measured})")
             scores = np.asarray(scored["scores"], dtype=np.float64)
         else:
             scores = _expert_scores(moe, tokenizer, config, rows, load, log)
         scores = scores_for(scores, layers, experts)
-        origin = {"expert_score": config.expert_score, "measured": measured, "scores": scores.round(6).tolist()}
+        # unrounded: a start that reads them keeps the experts these scores keep, ties included
+        origin = {"expert_score": config.expert_score, "measured": measured, "scores": scores.tolist()}
     if config.keep_experts is not None:
         kept = kept_experts(scores, config.keep_experts)
         log(
