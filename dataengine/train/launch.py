@@ -99,6 +99,12 @@ def main(argv: list[str]) -> int:
     settings = SETTINGS[phase].model_validate(spec.pop("settings"))
     rows = load_from_disk(spec.pop("rows"))
     run_phase(phase, Path(spec.pop("start")), rows, settings, Path(spec.pop("out")), print, **spec)
+    # the process group ends before the interpreter does, as TRL's scripts end theirs (`trainer.end()`): left to
+    # the exit, a gloo process once aborted after the phase was saved ("terminate called without an active
+    # exception", SIGABRT), and torchrun failed the launch
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()
     return 0
 
 
