@@ -120,8 +120,8 @@ def test_new_kinds_run_end_to_end_resume_after_a_kill_and_publish_what_trl_train
         assert {k for split in load_dataset(str(dataset), kind).values() for k in split["kind"]} == {kind}
 
     # and TRL's own `trl sft` script trains on it: one step of the student on the published conversations. Its
-    # parser and main, in this process: `trl sft` would launch them under accelerate in a new interpreter, whose
-    # imports (torch, transformers, TRL) cost ~15 s on a small CPU for the same script
+    # parser and main, in this process: `trl sft` would launch them under accelerate in a new interpreter (17 s for
+    # this one step on 2 cores under the AVX2 cap, most of it importing torch, transformers and TRL again)
     from trl.scripts.sft import main as sft_main
     from trl.scripts.sft import make_parser
 
