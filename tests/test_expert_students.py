@@ -133,6 +133,7 @@ def test_a_dense_merge_weighed_by_reap_reads_the_same_scores(tmp_path):
 
 
 def test_a_start_scored_the_same_way_on_the_same_rows_reads_the_scores_already_measured(tmp_path, monkeypatch):
+    import dataengine.train.expert_scores as expert_scores
     import dataengine.train.student as student
 
     tokenizer = tiny_tokenizer()
@@ -144,7 +145,7 @@ def test_a_start_scored_the_same_way_on_the_same_rows_reads_the_scores_already_m
     def scored_again(*args):
         raise AssertionError("the teacher's experts were scored again")
 
-    monkeypatch.setattr(student, "_expert_scores", scored_again)
+    monkeypatch.setattr(expert_scores, "score_experts", scored_again)
     merge = student_recipe(teacher, "{from_teacher: {merge_experts: routing, expert_score: reap, sample_rows: 4}}")
     logged = []
     folder = student.init_student(merge, tmp_path, tmp_path / "merged", row_data(6), None, logged.append, made)

@@ -32,8 +32,9 @@ if TYPE_CHECKING:  # TRL's client imports vLLM (seconds): only server distillati
 
 
 # what a request rides out before it fails, as TRL's client does (its session retries them): a connection dropped
-# mid-request and a busy server's or proxy's 502, 503 or 504, asked again after 1, 2 and 4 s. A refused connection
-# fails at once: the teacher is gone, and the stage recovers it (teacher.recovery)
+# mid-request and a busy server's or proxy's 502, 503 or 504, asked again after 1, 2 and 4 s. Written here because
+# httpx's transport retries only failed connections, not statuses. A refused connection fails at once: the teacher
+# is gone, and the stage recovers it (teacher.recovery)
 RETRY_WAITS_S = (1, 2, 4)
 RETRIED_STATUS = frozenset({502, 503, 504})
 

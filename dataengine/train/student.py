@@ -125,7 +125,6 @@ def _from_teacher(
     """The teacher's experts, scored once, merged into a dense model or the best of them kept as an MoE; its
     tokenizer, and where it came from (with the scores and what they were measured on, for `init_student`'s
     `scored`)."""
-    import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataengine.experts.routers import moe_dims
@@ -157,15 +156,9 @@ def _from_teacher(
             )
     scores, origin = None, {}
     if config.keep_experts is not None or config.merge_experts != "uniform":
-        measured = _measured(config, load)
-        if measured == scored.get("measured") and "scores" in scored:
-            log(f"student: the experts' scores of the trained student's start ({measured})")
-            scores = np.asarray(scored["scores"], dtype=np.float64)
-        else:
-            scores = _expert_scores(moe, tokenizer, config, rows, load, log)
-        scores = scores_for(scores, layers, experts)
+        scores = scores_for(_expert_scores(moe, tokenizer, config, rows, load, log, scored), layers, experts)
         # unrounded: a start that reads them keeps the experts these scores keep, ties included
-        origin = {"expert_score": config.expert_score, "measured": measured, "scores": scores.tolist()}
+        origin = {"expert_score": config.expert_score, "measured": _measured(config, load), "scores": scores.tolist()}
     if config.keep_experts is not None:
         kept = kept_experts(scores, config.keep_experts)
         log(
@@ -224,15 +217,21 @@ def _measured(config: FromTeacherConfig, load) -> str:
     return f"{config.expert_score}: the {config.sample_rows} training rows of lowest id"
 
 
-def _expert_scores(moe, tokenizer, config: FromTeacherConfig, rows: Dataset, load, log: Callable[[str], None]):
+def _expert_scores(
+    moe, tokenizer, config: FromTeacherConfig, rows: Dataset, load, log: Callable[[str], None], scored: dict
+):
     """[layers, experts] of `config.expert_score`: frequency from the routing map where the recipe routes (it
-    counts every curated row), else scored on `sample_rows` training rows."""
+    counts every curated row), else scored on `sample_rows` training rows, unless `scored` (another start's
+    student_init.json, of the same teacher and rows) holds scores measured that way."""
     import numpy as np
 
     from dataengine.train.expert_scores import score_experts
 
     if config.expert_score == "frequency" and load is not None:
         return np.asarray(load, dtype=np.float64)
+    if (measured := _measured(config, load)) == scored.get("measured") and "scores" in scored:
+        log(f"student: the experts' scores of the trained student's start ({measured})")
+        return np.asarray(scored["scores"], dtype=np.float64)
     if not len(rows):
         raise UserError(
             f"train.student.from_teacher.expert_score: {config.expert_score} scores the experts on "
