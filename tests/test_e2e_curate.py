@@ -14,6 +14,7 @@ from dataengine.experts.metrics import js_divergence
 from dataengine.recipe import PublishConfig, load_recipe
 from dataengine.rows import read_rows
 from dataengine.runner import run_recipe
+from dataengine.verdicts import verdict_schema
 from tests.conftest import SHORT, tiny_recipe
 
 pytestmark = pytest.mark.slow
@@ -166,6 +167,26 @@ curate:
   code: {timeout_s: 5, cpu_s: 3}
   judge: {threshold: 1.5, rationale_chars: 80, pairs: {min_margin: 0.25}}
 """
+
+
+def test_a_server_of_ours_writes_no_whitespace_outside_a_json_verdicts_strings(teacher_server):
+    """Asked for blank lines, the builtin teacher writes them between a verdict's keys and values, and may go on
+    until max_tokens (a row's every attempt did in a CI run: judge_error). Our servers allow none outside strings."""
+    import httpx
+
+    schema = verdict_schema(["helpfulness", "correctness"], 40)
+    asked = "Write a JSON object, pretty-printed with two blank lines after every colon and every comma."
+    payload = {
+        "model": "builtin:smollm2-moe",
+        "messages": [{"role": "user", "content": asked}],
+        "max_tokens": 96,
+        "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}},
+    }
+    answer = httpx.post(f"{teacher_server.base_url}/v1/chat/completions", json=payload, timeout=300).json()
+    text = answer["choices"][0]["message"]["content"]
+    assert answer["choices"][0]["finish_reason"] == "stop", text
+    assert text == json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")), text
 
 
 def test_the_teacher_judges_every_kept_row_under_its_schema(tmp_path, teacher_server):

@@ -14,7 +14,7 @@ import pytest
 from dataengine.errors import StageError
 from dataengine.recipe import parse_recipe
 from dataengine.teacher.builtin import BUILTIN_MODELS, _cached_gguf, _cached_wheel
-from dataengine.teacher.server import TeacherEndpoint, free_port, server_command
+from dataengine.teacher.server import STRUCTURED_OUTPUTS, TeacherEndpoint, free_port, server_command
 
 RECIPE = """
 name: t
@@ -140,6 +140,8 @@ def test_the_batch_throughput_knobs_reach_the_vllm_command():
     flags = " ".join(cmd)
     assert "--max-num-seqs 256" in flags and "--max-num-batched-tokens 8192" in flags
     assert "--no-enable-prefix-caching" in cmd and "--gpu-memory-utilization 0.9" in flags
+    # a small model under a JSON schema writes no newlines between keys and values until max_tokens
+    assert cmd[cmd.index("--structured-outputs-config") + 1] == STRUCTURED_OUTPUTS
     # left unset, vLLM's defaults hold: no flag is passed
     plain = server_command(parse_recipe("name: t\nteacher: {model: m}\n" + chat).teacher, "/models/m", 8000)
     assert not [f for f in plain if "prefix-caching" in f or "batched-tokens" in f or "num-seqs" in f]
