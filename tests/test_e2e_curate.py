@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -169,9 +170,10 @@ curate:
 """
 
 
-def test_a_server_of_ours_writes_no_whitespace_outside_a_json_verdicts_strings(teacher_server):
+def test_a_server_of_ours_writes_no_newlines_outside_json_strings(teacher_server):
     """Asked for blank lines, the builtin teacher writes them between a verdict's keys and values, and may go on
-    until max_tokens (a row's every attempt did in a CI run: judge_error). Our servers allow none outside strings."""
+    until max_tokens (a row's every attempt did in a CI run: judge_error). Our servers allow none outside strings
+    (teacher/server.py, STRUCTURED_OUTPUTS)."""
     import httpx
 
     schema = verdict_schema(["helpfulness", "correctness"], 40)
@@ -186,7 +188,9 @@ def test_a_server_of_ours_writes_no_whitespace_outside_a_json_verdicts_strings(t
     answer = httpx.post(f"{teacher_server.base_url}/v1/chat/completions", json=payload, timeout=300).json()
     text = answer["choices"][0]["message"]["content"]
     assert answer["choices"][0]["finish_reason"] == "stop", text
-    assert text == json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")), text
+    json.loads(text)
+    # outside its strings: no newline, no indentation (xgrammar 0.2.8 may put one space after a comma)
+    assert not re.search(r"\s\s|\n", re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)), text
 
 
 def test_the_teacher_judges_every_kept_row_under_its_schema(tmp_path, teacher_server):
@@ -197,7 +201,8 @@ def test_the_teacher_judges_every_kept_row_under_its_schema(tmp_path, teacher_se
     curated, judged = manifests["curate"], manifests["judge"]
     assert judged.rows_in == curated.rows_out > 0
     assert judged.rows_out + sum(judged.drops.values()) == judged.rows_in
-    # the JSON schema holds the 135M teacher to a verdict that reads: none is rejected as unreadable
+    # the JSON schema, with no newlines outside its strings (teacher/server.py), holds the 135M teacher to a
+    # verdict that reads: none is rejected as unreadable
     assert "judge_error" not in judged.drops
     run_dir = tmp_path / "run"
     # the 135M teacher is a harsh and noisy judge: either side may be empty (the stand-in judge of test_judge.py

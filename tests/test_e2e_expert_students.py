@@ -90,8 +90,8 @@ def test_an_expert_pruned_moe_student_trains_evaluates_and_serves(tmp_path, spli
     # evaluated beside the teacher, and beside the other starts scored the same ways, on the same held-out rows
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     before, after, teacher = metrics["before"], metrics["after"], metrics["teacher"]
-    # 4 steps at 1e-4 overfit the 12 training rows of one float32 run (an AVX2-capped Xeon): the 4 held out rose
-    # from 11.02 to 11.40. At 3e-5 they fell there (10.85) and on four other seeds' rows (1.5% to 7.6%)
+    # after 4 steps at 1e-4 on the 12 training rows of one float32 run (an AVX2-capped Xeon), the 4 held out rose
+    # from 11.02 to 11.40. At 3e-5 they fell there (10.85) and on four other seeds' rows (by 1.5% to 7.6%)
     assert after["perplexity"] < before["perplexity"]
     assert teacher["perplexity"] < after["perplexity"]
     inits = metrics["inits"]

@@ -140,8 +140,17 @@ def test_the_batch_throughput_knobs_reach_the_vllm_command():
     flags = " ".join(cmd)
     assert "--max-num-seqs 256" in flags and "--max-num-batched-tokens 8192" in flags
     assert "--no-enable-prefix-caching" in cmd and "--gpu-memory-utilization 0.9" in flags
-    # a small model under a JSON schema writes no newlines between keys and values until max_tokens
-    assert cmd[cmd.index("--structured-outputs-config") + 1] == STRUCTURED_OUTPUTS
     # left unset, vLLM's defaults hold: no flag is passed
     plain = server_command(parse_recipe("name: t\nteacher: {model: m}\n" + chat).teacher, "/models/m", 8000)
     assert not [f for f in plain if "prefix-caching" in f or "batched-tokens" in f or "num-seqs" in f]
+
+
+def test_the_servers_structured_outputs_allow_no_newlines_unless_the_recipe_says_otherwise():
+    """A small model under a JSON schema writes no newlines between keys and values until max_tokens; a recipe's
+    own `--structured-outputs-config` comes after the engine's, and vLLM takes the last."""
+    chat = "generate: {chat: {languages: [{code: en, quota: 1}]}}\n"
+    cmd = server_command(parse_recipe("name: t\nteacher: {model: m}\n" + chat).teacher, "/models/m", 8000)
+    assert cmd[cmd.index("--structured-outputs-config") + 1] == STRUCTURED_OUTPUTS
+    own = "{model: m, vllm: {extra_args: [--structured-outputs-config.backend, guidance]}}"
+    cmd = server_command(parse_recipe(f"name: t\nteacher: {own}\n" + chat).teacher, "/models/m", 8000)
+    assert cmd.index("--structured-outputs-config") < cmd.index("--structured-outputs-config.backend")

@@ -46,9 +46,11 @@ REGEX_TIMEOUT_S = "60"
 
 # Under a JSON schema vLLM lets the model write any whitespace between tokens, and a small model can write newlines
 # between a key and its value until max_tokens: 10 of 56 judge verdicts of the builtin teacher did (14 rows, greedy
-# and at the retry temperature), and a row whose every attempt does is lost (judge_error; a CI run lost one). With no
-# whitespace outside strings, all 56 closed. vLLM takes this only with a named backend: xgrammar, the one its "auto"
-# picks for the engine's schemas and regexes. A `--structured-outputs-config` in `teacher.vllm.extra_args` wins.
+# and at the retry temperature), and a row whose every attempt does is lost (judge_error; a CI run lost one). With
+# vLLM's disable_any_whitespace (no newlines or indentation outside strings; xgrammar 0.2.8 may still put a space
+# after a comma), all 56 closed. vLLM takes it only with a named backend: xgrammar, the one its "auto" picks for the
+# engine's schemas and regexes. A `--structured-outputs-config` in `teacher.vllm.extra_args`, dotted keys
+# included, replaces this one whole.
 STRUCTURED_OUTPUTS = '{"backend": "xgrammar", "disable_any_whitespace": true}'
 
 
