@@ -146,8 +146,8 @@ def test_the_batch_throughput_knobs_reach_the_vllm_command():
 
 
 def test_the_servers_structured_outputs_allow_no_newlines_unless_the_recipe_says_otherwise():
-    """A small model under a JSON schema writes no newlines between keys and values until max_tokens; a recipe's
-    own `--structured-outputs-config` comes after the engine's, and vLLM takes the last."""
+    """So that a small model under a JSON schema cannot write newlines between keys and values until max_tokens;
+    a recipe's own `--structured-outputs-config` comes after the engine's, and vLLM takes the last."""
     chat = "generate: {chat: {languages: [{code: en, quota: 1}]}}\n"
     cmd = server_command(parse_recipe("name: t\nteacher: {model: m}\n" + chat).teacher, "/models/m", 8000)
     assert cmd[cmd.index("--structured-outputs-config") + 1] == STRUCTURED_OUTPUTS
