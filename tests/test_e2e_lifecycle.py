@@ -35,7 +35,9 @@ def _wait_until(proc: subprocess.Popen, condition, timeout: float = 400) -> None
         if condition():
             return
         time.sleep(0.05)  # often: the run asks 14 rollouts in all, and each step must stop it with some left
-    assert proc.poll() is None, "the run finished before the step could interrupt it; make it longer"
+    if proc.poll() is not None:
+        output = proc.communicate()[0] if proc.stdout else ""  # the step's own output, when it kept it
+        raise AssertionError(f"the run ended (exit {proc.returncode}) before the step could interrupt it: {output}")
     raise AssertionError("timed out waiting for the run")
 
 

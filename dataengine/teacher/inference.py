@@ -141,6 +141,9 @@ class _Runner(InferenceRunner):
     url = ""
 
     def run(self, data: Iterable[Document], rank: int = 0, world_size: int = 1) -> None:
+        manager = self.checkpoint_manager
+        raw = Path(self.output_writer.output_folder.path)
+        mend_last_chunk(Path(manager.checkpoints_local_dir), raw, rank, manager.records_per_chunk)
         with self.task_teacher.open(rank) as (self.url, self.health):
             super().run(data, rank, world_size)
 
@@ -303,6 +306,34 @@ def _finished(work_dir: Path) -> int:
     for path in (work_dir / "checkpoints").glob("*/chunk_*.jsonl"):  # datatrove's {rank:05d}/chunk_{index:05d}
         chunks[path.parent.name, int(path.name.removesuffix(".jsonl").removeprefix("chunk_"))].append(path)
     return sum(len(_ids_in(paths)) for paths in chunks.values())
+
+
+def mend_last_chunk(checkpoints: Path, raw: Path, rank: int, records_per_chunk: int) -> None:
+    """Put back the number of task `rank`'s last finished chunk when a killed run left its file empty.
+
+    datatrove saves that number by opening `last_chunk/<rank>.txt` for writing (which empties it) and then
+    writing it, just after it removed the chunk's checkpoint; a run killed between the two leaves the file
+    empty, and every later run of the pass fails reading it (`int('')`, checkpointing.py). The number follows
+    from what the chunks left: chunk k is finished when its raw file is closed with `records_per_chunk`
+    documents (datatrove closes it before it counts the chunk done) and its checkpoint is gone."""
+    index = checkpoints / "last_chunk" / f"{rank:05d}.txt"
+    if not index.is_file() or index.read_text().strip().lstrip("-").isdigit():
+        return
+    last = -1
+    while True:
+        chunk = last + 1
+        output = raw / f"{rank:05d}_chunk_{chunk}.jsonl"  # ${rank}_chunk_${chunk_index}.jsonl
+        checkpoint = checkpoints / f"{rank:05d}" / f"chunk_{chunk:05d}.jsonl"
+        if checkpoint.exists() or not output.is_file() or len(_ids_in([output])) < records_per_chunk:
+            break
+        last = chunk
+    logger.warning(f"task {rank}: the record of its last finished chunk was empty (a killed run); it is {last}")
+    if last < 0:
+        index.unlink()
+        return
+    written = index.with_suffix(".mended")
+    written.write_text(str(last))
+    written.replace(index)  # whole or not at all, unlike the write it mends
 
 
 def _ids_in(paths: list[Path]) -> set[str]:
