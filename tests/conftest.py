@@ -116,8 +116,8 @@ def teacher_server(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("server")
     teacher = load_recipe(tiny_recipe(folder)).teacher
-    # a 2 GB KV cache (the engine's default here is 4) holds ~90k tokens of the tiny teacher: plenty, and
-    # test_scale_out runs a second server beside this one
+    # a 2 GB KV cache (the engine's default here is 4) holds ~90k tokens of the tiny teacher: plenty, and the
+    # expert students' split teacher and the Slurm task's server run beside this one
     teacher = teacher.model_copy(
         update={"vllm": teacher.vllm.model_copy(update={"env": {"VLLM_CPU_KVCACHE_SPACE": "2"}})}
     )

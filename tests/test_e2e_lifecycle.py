@@ -36,8 +36,9 @@ def _wait_until(proc: subprocess.Popen, condition, timeout: float = 400) -> None
             return
         time.sleep(0.05)  # often: the run asks 14 rollouts in all, and each step must stop it with some left
     if proc.poll() is not None:
-        output = proc.communicate()[0] if proc.stdout else ""  # the step's own output, when it kept it
-        raise AssertionError(f"the run ended (exit {proc.returncode}) before the step could interrupt it: {output}")
+        out, err = proc.communicate()  # what the step kept of the run's output (None where it did not)
+        kept = (out or "") + (err or "")
+        raise AssertionError(f"the run ended (exit {proc.returncode}) before the step could interrupt it: {kept}")
     raise AssertionError("timed out waiting for the run")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from datatrove.data import Document
+from datatrove.pipeline.inference.checkpointing import CheckpointManager
 from rich.console import Console
 
 from dataengine.errors import StageError
@@ -58,10 +59,10 @@ async def _ask(document: Document, generate, *, on_done) -> str:
     return result.text
 
 
-def _pass(url: str, work: Path) -> None:
+def _pass(url: str, work: Path, documents: int = DOCUMENTS) -> None:
     teacher = f"teacher: {{model: teacher, endpoint: '{url}', recovery: {{max_attempts: 1, backoff_s: 0.01}}}}"
     recipe = parse_recipe(f"name: t\n{teacher}\ngenerate: {{chat: {{languages: [{{code: en, quota: 1}}]}}}}\n")
-    docs = [Document(text=f"question {i}", id=f"p{i:02d}") for i in range(DOCUMENTS)]
+    docs = [Document(text=f"question {i}", id=f"p{i:02d}") for i in range(documents)]
     run_inference(
         [TeacherEndpoint(recipe.teacher, work / "unused.log", print)],
         docs,
@@ -97,6 +98,25 @@ def test_a_pass_resumes_after_a_kill_emptied_the_record_of_its_last_chunk(tmp_pa
 
     assert _Teacher.asked == ["p04", "p05"]  # nothing finished was asked again
     assert _written(work) == [f"p{i:02d}" for i in range(DOCUMENTS)]  # each once
+
+
+def test_the_last_chunk_is_on_disk_before_it_is_recorded_finished(tmp_path, monkeypatch):
+    """5 documents in chunks of 2: the last chunk holds one. datatrove records it finished at the end of the pass,
+    while its raw file is still open; a kill there must not find a finished record over unwritten rows."""
+    on_disk: dict[int, int] = {}
+    record = CheckpointManager.update_last_chunk_index
+
+    async def recording(self, rank: int) -> None:  # what the raw files hold as each chunk is recorded
+        for path in (tmp_path / "work" / "raw").glob("*_chunk_*.jsonl"):
+            chunk = int(path.stem.rsplit("_", 1)[1])
+            on_disk.setdefault(chunk, len(path.read_text().splitlines()))
+        await record(self, rank)
+
+    monkeypatch.setattr(CheckpointManager, "update_last_chunk_index", recording)
+    _Teacher.asked, _Teacher.answering, _Teacher.dead = [], {f"p{i:02d}" for i in range(5)}, False
+    with serving(_Teacher) as url:
+        _pass(url, tmp_path / "work", documents=5)
+    assert on_disk == {0: 2, 1: 2, 2: 1}
 
 
 def _chunk(folder: Path, name: str, ids: list[str]) -> None:

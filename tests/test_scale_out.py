@@ -1,11 +1,11 @@
 """Generation over several teacher endpoints and tasks (`teacher.endpoints`, `generate.tasks`), on datatrove's local,
 Ray and Slurm executors, against the session's vLLM CPU server of the builtin teacher at two addresses: its own and
 a TCP forwarder's (`Forwarder`). The engine sees two endpoints either way; a second vLLM server would cost a start
-(about 40 s on the issue's 2-core machine) and fight the first for the same two cores.
+(about 40 s on a 2-core AVX2-only CPU) and fight the first for the same two cores.
 
 The Slurm executor runs through the stand-ins of test_slurm_executor.py (datatrove's real launch scripts and
-pickled pipeline); Ray is a local instance. Scoring runs on two tasks over the same pool. The last test kills a
-server: keep it last.
+pickled pipeline); Ray is a local instance. Scoring runs on two tasks over the same pool. The last test closes the
+forwarder: keep it last.
 """
 
 from __future__ import annotations
@@ -98,10 +98,10 @@ def test_generate_on_slurm_starts_a_server_in_each_task(tmp_path, own_processes)
 class Forwarder:
     """A second address for a running server: every connection to `base_url` is piped to `upstream` (host, port),
     both ways, byte for byte. Counts the HTTP requests it passed on (`requests`); `close()` ends the listener and
-    every connection, as a lost node would."""
+    every connection, as a lost node would: from then on a connection is refused."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream, self.requests = upstream, 0
+        self.upstream, self.requests, self.closed = upstream, 0, False
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.base_url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.sockets: set[socket.socket] = set()
@@ -112,34 +112,53 @@ class Forwarder:
         while True:
             try:
                 client, _ = self.listener.accept()
-            except OSError:  # closed
+            except OSError:  # the listener was shut down
                 return
-            server = socket.create_connection(self.upstream)
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:  # the server is gone: so is this connection
+                client.close()
+                continue
             with self.lock:
+                if self.closed:  # accepted as close() ran
+                    client.close()
+                    server.close()
+                    return
                 self.sockets |= {client, server}
-            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+            threading.Thread(target=self._connection, args=(client, server), daemon=True).start()
+
+    def _connection(self, client: socket.socket, server: socket.socket) -> None:
+        answers = threading.Thread(target=self._pipe, args=(server, client, False), daemon=True)
+        answers.start()
+        self._pipe(client, server, True)
+        answers.join()
+        with self.lock:
+            self.sockets -= {client, server}
+        client.close()
+        server.close()
 
     def _pipe(self, source: socket.socket, sink: socket.socket, asked: bool) -> None:
         tail = b""  # a request line may arrive split over two reads
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 if asked:
-                    seen = tail + data
                     with self.lock:
-                        self.requests += seen.count(b"POST /v1/") - tail.count(b"POST /v1/")
-                    tail = seen[-8:]
+                        self.requests += (tail + data).count(b"POST /v1/")
+                    tail = (tail + data)[-8:]  # shorter than the pattern: no request is counted twice
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
-        self.listener.close()
         with self.lock:
+            self.closed = True
+            # shut down, not only closed: a thread blocked in accept() on Linux wakes only then
+            with contextlib.suppress(OSError):
+                self.listener.shutdown(socket.SHUT_RDWR)
+            self.listener.close()
             for sock in self.sockets:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
 
 
 @pytest.fixture(scope="module")

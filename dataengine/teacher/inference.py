@@ -22,11 +22,13 @@ from typing import Any
 
 import orjson
 from datatrove.data import Document
+from datatrove.pipeline.inference.checkpointing import CheckpointManager
 from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
 from datatrove.pipeline.inference.servers import EndpointServer
 from datatrove.pipeline.inference.types import ServerError
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.pipeline.writers.disk_base import DiskWriter
 from loguru import logger
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -140,6 +142,12 @@ class _Runner(InferenceRunner):
     health: Health = staticmethod(lambda: True)
     url = ""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        old = self.checkpoint_manager
+        self.checkpoint_manager = _Checkpoints(old.checkpoints_local_dir, old.records_per_chunk, self.request_cache)
+        self.checkpoint_manager.writer = self.output_writer
+
     def run(self, data: Iterable[Document], rank: int = 0, world_size: int = 1) -> None:
         manager = self.checkpoint_manager
         raw = Path(self.output_writer.output_folder.path)
@@ -166,6 +174,20 @@ class _Runner(InferenceRunner):
         if task is not None:
             task.add_done_callback(functools.partial(_failure_seen, doc.id))
         await super()._handle_record(doc, *args, **kwargs)
+
+
+class _Checkpoints(CheckpointManager):
+    """datatrove's checkpoints, with the pass's last chunk written out before it is recorded finished.
+
+    datatrove closes a full chunk's raw file before it records the chunk, but records the last (shorter) chunk at
+    the end of the pass while that file is still open, its last lines still in a buffer: a run killed just then
+    would find the pass recorded done up to a chunk whose raw file lacks them, and never write them again."""
+
+    writer: DiskWriter
+
+    async def cleanup_last_chunk(self, rank: int, chunk_index: int) -> None:
+        self.writer.output_mg.close()  # every document is written by now; the writer's own close finds none open
+        await super().cleanup_last_chunk(rank, chunk_index)
 
 
 def _failure_seen(doc_id: str, task: asyncio.Task) -> None:
@@ -314,17 +336,18 @@ def mend_last_chunk(checkpoints: Path, raw: Path, rank: int, records_per_chunk: 
     datatrove saves that number by opening `last_chunk/<rank>.txt` for writing (which empties it) and then
     writing it, just after it removed the chunk's checkpoint; a run killed between the two leaves the file
     empty, and every later run of the pass fails reading it (`int('')`, checkpointing.py). The number follows
-    from what the chunks left: chunk k is finished when its raw file is closed with `records_per_chunk`
-    documents (datatrove closes it before it counts the chunk done) and its checkpoint is gone."""
+    from what the chunks left: chunk k is finished when its raw file holds `records_per_chunk` documents (a full
+    chunk's file is closed before the chunk is recorded) and its checkpoint is gone (datatrove removes them in
+    order). The pass's last, shorter chunk is taken for unfinished and asked again: never a row lost."""
     index = checkpoints / "last_chunk" / f"{rank:05d}.txt"
-    if not index.is_file() or index.read_text().strip().lstrip("-").isdigit():
+    if not index.is_file() or index.read_text().strip().isdigit():
         return
     last = -1
     while True:
         chunk = last + 1
         output = raw / f"{rank:05d}_chunk_{chunk}.jsonl"  # ${rank}_chunk_${chunk_index}.jsonl
         checkpoint = checkpoints / f"{rank:05d}" / f"chunk_{chunk:05d}.jsonl"
-        if checkpoint.exists() or not output.is_file() or len(_ids_in([output])) < records_per_chunk:
+        if checkpoint.exists() or not output.is_file() or _documents_in(output) < records_per_chunk:
             break
         last = chunk
     logger.warning(f"task {rank}: the record of its last finished chunk was empty (a killed run); it is {last}")
@@ -334,6 +357,16 @@ def mend_last_chunk(checkpoints: Path, raw: Path, rank: int, records_per_chunk: 
     written = index.with_suffix(".mended")
     written.write_text(str(last))
     written.replace(index)  # whole or not at all, unlike the write it mends
+
+
+def _documents_in(path: Path) -> int:
+    """The whole documents in a raw file (a line cut short by a crash is not one)."""
+    whole = 0
+    for line in path.read_bytes().splitlines():
+        with contextlib.suppress(orjson.JSONDecodeError):
+            orjson.loads(line)
+            whole += 1
+    return whole
 
 
 def _ids_in(paths: list[Path]) -> set[str]:
