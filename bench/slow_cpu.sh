@@ -9,7 +9,9 @@
 # The default quota is calibrated on that machine's one figure of the engine's kind: vLLM offline in float32 on
 # both cores, 32 prompts x 96 tokens, 57.6 tokens/s there; 56.2 with this quota on the 2-core EPYC of
 # bench/BENCHMARKS.md ("An emulated AVX2-only EPYC"). A quota slows what runs on both cores 3x to 4x there, but a single
-# busy thread only 1.5x (it may use the whole quota alone), so single-threaded work runs faster here than there.
+# busy thread only 1.5x (it may use the whole quota alone), so single-threaded work runs faster here than there:
+# a bare matmul 2x, while transformers decoding a small batch on one thread came within 7% of that machine's figure
+# (bench/BENCHMARKS.md, "A third figure to check the emulation by"), where the per-core share ran it at half.
 # `--per-core SHARE` instead leaves every core to the command (and to everything else on the machine) only SHARE of
 # the time: a real-time thread pinned to each core spins the rest, so one busy thread slows as much as two.
 # Needs root: the quota a writable cgroup CPU controller (v1 `cpu.cfs_quota_us` or v2 `cpu.max`; the cgroup is
