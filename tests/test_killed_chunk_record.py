@@ -4,7 +4,8 @@ was left.
 datatrove records a task's last finished chunk in `checkpoints/last_chunk/<rank>.txt` by emptying the file and
 then writing the number; a SIGKILL between the two (found by tests/test_e2e_lifecycle.py under load) left the file
 empty, and every later run failed with `ValueError: invalid literal for int()`. Here a real pass over a stand-in
-teacher finishes two chunks and stops on an error; the file is then emptied as the kill left it.
+teacher finishes two chunks and stops when the teacher dies; the file is then emptied as the kill left it. And the
+pass's last chunk, which datatrove records while its raw file is still open, is on disk before it is recorded.
 """
 
 from __future__ import annotations
